@@ -1,0 +1,136 @@
+"""Model configuration: one frozen dataclass describes every supported decoder.
+
+The Llama family differs only in a handful of switches, so one `ModelConfig` covers
+Llama 2/3.x (with Llama 3.1+ RoPE scaling), Mistral (sliding window), Qwen2/2.5 (q/k/v bias)
+and Qwen3 (RMSNorm on queries and keys):
+
+    family     qkv_bias  o_bias  qk_norm  sliding_window   rope_scaling
+    llama      opt.      opt.    no       no               llama3 / linear (3.1+)
+    mistral    no        no      no       4096 (v0.1)      no
+    qwen2      yes       no      no       no               no
+    qwen3      opt.      opt.    yes      no               no
+
+Numerics (`dtype`, `param_dtype`), the attention kernel, rematerialisation and layer
+scanning live here too, because they change how the same parameters are computed, not what
+they are. `head` chooses the output head on the shared trunk: `"lm"` (vocabulary logits) or
+`"scalar"` (one number per position, for reward and value models).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+HEADS = ("lm", "scalar")
+ATTENTION_IMPLS = ("xla", "cudnn")
+REMAT_POLICIES = ("none", "full", "dots", "save_proj", "save_proj_attn")
+ROPE_TYPES = ("default", "linear", "llama3")
+
+
+@dataclasses.dataclass(frozen=True)
+class RopeScaling:
+    """RoPE frequency scaling. `llama3` is the Llama 3.1+ scheme, `linear` divides all frequencies."""
+
+    rope_type: str = "default"
+    factor: float = 1.0
+    low_freq_factor: float = 1.0
+    high_freq_factor: float = 4.0
+    original_max_position_embeddings: int = 8192
+
+    def __post_init__(self):
+        if self.rope_type not in ROPE_TYPES:
+            raise ValueError(f"unsupported rope_type {self.rope_type!r}; supported: {ROPE_TYPES}")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Architecture and numerics of one decoder. Field names follow HF where HF has one."""
+
+    vocab_size: int
+    hidden_size: int
+    intermediate_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    head_dim: int
+    family: str = "llama"
+    rms_norm_eps: float = 1e-5
+    rope_theta: float = 10000.0
+    rope_scaling: RopeScaling | None = None
+    max_position_embeddings: int = 2048
+    tie_word_embeddings: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
+    mlp_bias: bool = False
+    qk_norm: bool = False
+    sliding_window: int | None = None
+    initializer_range: float = 0.02
+    bos_token_id: int | None = None
+    eos_token_id: int | tuple[int, ...] | None = None
+    pad_token_id: int | None = None
+    head: str = "lm"
+    # Numerics and speed: how the parameters are computed, not what they are.
+    dtype: str = "bfloat16"
+    param_dtype: str = "float32"
+    attention_impl: str = "xla"
+    remat: str = "none"
+    scan_layers: bool = True
+
+    def __post_init__(self):
+        checks = [
+            (self.family in FAMILIES, f"family {self.family!r} not in {FAMILIES}"),
+            (self.head in HEADS, f"head {self.head!r} not in {HEADS}"),
+            (self.attention_impl in ATTENTION_IMPLS,
+             f"attention_impl {self.attention_impl!r} not in {ATTENTION_IMPLS}"),
+            (self.remat in REMAT_POLICIES, f"remat {self.remat!r} not in {REMAT_POLICIES}"),
+            (self.num_heads % self.num_kv_heads == 0,
+             f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"),
+            (self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ValueError(f"ModelConfig: {message}")
+        if isinstance(self.rope_scaling, Mapping):
+            object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
+        if isinstance(self.eos_token_id, list):
+            object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def compute_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.dtype)
+
+    @property
+    def weight_dtype(self) -> jnp.dtype:
+        return jnp.dtype(self.param_dtype)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "ModelConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - names)
+        if unknown:
+            raise ValueError(f"ModelConfig: unknown key(s) {unknown}; valid keys: {sorted(names)}")
+        return cls(**values)
+
+    def param_count(self) -> int:
+        """Parameters by formula (the tests also count them through `jax.eval_shape`)."""
+        d, f, h, kv, hd = (self.hidden_size, self.intermediate_size, self.num_heads,
+                           self.num_kv_heads, self.head_dim)
+        attn = d * h * hd * 2 + d * kv * hd * 2
+        attn += (h + 2 * kv) * hd if self.qkv_bias else 0
+        attn += d if self.o_bias else 0
+        attn += 2 * hd if self.qk_norm else 0
+        mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
+        per_layer = attn + mlp + 2 * d
+        embed = self.vocab_size * d
+        head = 0 if self.head == "lm" and self.tie_word_embeddings else (
+            self.vocab_size * d if self.head == "lm" else d)
+        return embed + self.num_layers * per_layer + d + head

@@ -1,0 +1,119 @@
+"""Building blocks of the decoder: projections with logical axes, RMSNorm, rotary embeddings.
+
+Every weight is declared with the logical names of its dimensions (see `easyalign.sharding`),
+so the same module shards as FSDP, tensor-parallel or both without code changes.
+Weights are stored in `param_dtype` and cast to the compute `dtype` at use; normalisation
+statistics and RoPE angles are computed in float32 (DESIGN decision 4).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from easyalign.model.config import ModelConfig, RopeScaling
+
+
+def _param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None],
+           dtype) -> nnx.Param:
+    return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names))
+
+
+class Einsum(nnx.Module):
+    """A projection `einsum(equation, x, kernel) (+ bias)` with logically named weight axes.
+
+    Kernels keep the head structure (`[embed, heads, head_dim]` rather than a flat matrix) so
+    that tensor parallelism can split whole heads; HF import/export reshapes at the boundary.
+    """
+
+    def __init__(self, equation: str, kernel_shape: Sequence[int],
+                 kernel_names: Sequence[str | None], *, config: ModelConfig, rngs: nnx.Rngs,
+                 bias_shape: Sequence[int] | None = None,
+                 bias_names: Sequence[str | None] | None = None):
+        self.equation = equation
+        self.dtype = config.compute_dtype
+        init = nnx.initializers.normal(config.initializer_range)
+        self.kernel = _param(rngs, init, kernel_shape, kernel_names, config.weight_dtype)
+        self.bias = (None if bias_shape is None else
+                     _param(rngs, nnx.initializers.zeros, bias_shape, bias_names,
+                            config.weight_dtype))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        y = jnp.einsum(self.equation, x.astype(self.dtype), self.kernel[...].astype(self.dtype))
+        if self.bias is not None:
+            y = y + self.bias[...].astype(self.dtype)
+        return y
+
+
+class RMSNorm(nnx.Module):
+    """y = x / sqrt(mean(x²) + ε) · scale, statistics in float32 (as HF `LlamaRMSNorm`)."""
+
+    def __init__(self, size: int, *, config: ModelConfig, rngs: nnx.Rngs,
+                 names: Sequence[str | None] = ("norm",)):
+        self.eps = config.rms_norm_eps
+        self.scale = _param(rngs, nnx.initializers.ones, (size,), names, config.weight_dtype)
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dtype = x.dtype
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        # HF casts back to the input dtype before multiplying by the weight.
+        return self.scale[...].astype(dtype) * x32.astype(dtype)
+
+
+class Embed(nnx.Module):
+    """Token embedding `[vocab, embed]`; `attend` reuses it as a tied output projection."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.dtype = config.compute_dtype
+        init = nnx.initializers.normal(config.initializer_range)
+        self.embedding = _param(rngs, init, (config.vocab_size, config.hidden_size),
+                                ("vocab", "embed"), config.weight_dtype)
+
+    def __call__(self, tokens: jax.Array) -> jax.Array:
+        return jnp.take(self.embedding[...], tokens, axis=0).astype(self.dtype)
+
+
+def rope_inverse_frequencies(head_dim: int, theta: float,
+                             scaling: RopeScaling | None) -> jax.Array:
+    """inv_freq_i = θ^(−2i/d), i < d/2, then the family's scaling.
+
+    Llama 3.1+ (`llama3`): with wavelength λ_i = 2π / inv_freq_i, L = original context,
+    λ_low = L / low_freq_factor and λ_high = L / high_freq_factor:
+      λ_i > λ_low  → inv_freq_i / factor                    (long wavelengths slowed down)
+      λ_i < λ_high → inv_freq_i                             (short wavelengths kept)
+      otherwise    → (1 − s) · inv_freq_i / factor + s · inv_freq_i,
+                     s = (L / λ_i − low_freq_factor) / (high_freq_factor − low_freq_factor).
+    """
+    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if scaling is None or scaling.rope_type == "default":
+        return inv_freq
+    if scaling.rope_type == "linear":
+        return inv_freq / scaling.factor
+    old_len = scaling.original_max_position_embeddings
+    low_wavelen = old_len / scaling.low_freq_factor
+    high_wavelen = old_len / scaling.high_freq_factor
+    wavelen = 2 * math.pi / inv_freq
+    scaled = jnp.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+    smooth = (old_len / wavelen - scaling.low_freq_factor) / (
+        scaling.high_freq_factor - scaling.low_freq_factor)
+    smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+    medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+    return jnp.where(medium, smoothed, scaled)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+    """Rotate `x [B, T, heads, head_dim]` by angles positions · inv_freq (HF "rotate_half" layout).
+
+    x' = x · cos θ + rotate_half(x) · sin θ with rotate_half([x1, x2]) = [−x2, x1]; angles in
+    float32 so that long positions keep their precision.
+    """
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
+    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    x1, x2 = jnp.split(x, 2, axis=-1)
+    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin

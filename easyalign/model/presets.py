@@ -1,0 +1,76 @@
+"""Named model shapes: tiny test/demo shapes and the published shapes of real checkpoints.
+
+Real-shape presets reproduce the published parameter counts exactly (checked by
+`jax.eval_shape` in the tests, at no memory cost), so a user can plan memory and benchmarks
+without downloading anything. Numerics (`dtype`, `remat`, ...) are defaults a config overrides.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from easyalign.model.config import ModelConfig, RopeScaling
+
+_LLAMA3_ROPE = RopeScaling(rope_type="llama3", factor=32.0, low_freq_factor=1.0,
+                           high_freq_factor=4.0, original_max_position_embeddings=8192)
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # Llama-3.2-1B: 1,235,814,400 parameters (tied embeddings).
+    "llama-3.2-1b": dict(
+        family="llama", vocab_size=128256, hidden_size=2048, intermediate_size=8192,
+        num_layers=16, num_heads=32, num_kv_heads=8, head_dim=64, rms_norm_eps=1e-5,
+        rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072,
+        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # Llama-3.1-8B: 8,030,261,248 parameters.
+    "llama-3.1-8b": dict(
+        family="llama", vocab_size=128256, hidden_size=4096, intermediate_size=14336,
+        num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
+        rope_theta=500000.0, max_position_embeddings=131072,
+        rope_scaling=RopeScaling(rope_type="llama3", factor=8.0, low_freq_factor=1.0,
+                                 high_freq_factor=4.0, original_max_position_embeddings=8192),
+        bos_token_id=128000, eos_token_id=128001),
+    # Qwen2.5-0.5B: 494,032,768 parameters (tied embeddings, q/k/v bias).
+    "qwen2.5-0.5b": dict(
+        family="qwen2", vocab_size=151936, hidden_size=896, intermediate_size=4864,
+        num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, max_position_embeddings=32768, tie_word_embeddings=True,
+        qkv_bias=True, bos_token_id=151643, eos_token_id=151643),
+    # Qwen2.5-7B: 7,615,616,512 parameters.
+    "qwen2.5-7b": dict(
+        family="qwen2", vocab_size=152064, hidden_size=3584, intermediate_size=18944,
+        num_layers=28, num_heads=28, num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, max_position_embeddings=131072, qkv_bias=True,
+        bos_token_id=151643, eos_token_id=151643),
+    # Mistral-7B-v0.1: 7,241,732,096 parameters, sliding-window attention of 4096.
+    "mistral-7b": dict(
+        family="mistral", vocab_size=32000, hidden_size=4096, intermediate_size=14336,
+        num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
+        rope_theta=10000.0, max_position_embeddings=32768, sliding_window=4096,
+        bos_token_id=1, eos_token_id=2),
+    # The anchors' distillation student: Llama-3.2-1B widths with 8 layers of 1024.
+    "llama-student-8x1024": dict(
+        family="llama", vocab_size=128256, hidden_size=1024, intermediate_size=4096,
+        num_layers=8, num_heads=16, num_kv_heads=8, head_dim=64, rms_norm_eps=1e-5,
+        rope_theta=500000.0, rope_scaling=_LLAMA3_ROPE, max_position_embeddings=131072,
+        tie_word_embeddings=True, bos_token_id=128000, eos_token_id=128001),
+    # Test shape: divisible by an (fsdp=4, tensor=2) mesh; GQA 4:2.
+    "tiny": dict(
+        family="llama", vocab_size=256, hidden_size=64, intermediate_size=128, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=512),
+    # The built-in world's teacher and student (vocab set from the world's tokenizer).
+    "world-teacher": dict(
+        family="llama", vocab_size=1024, hidden_size=128, intermediate_size=384, num_layers=4,
+        num_heads=4, num_kv_heads=2, head_dim=32, max_position_embeddings=256,
+        tie_word_embeddings=True),
+    "world-student": dict(
+        family="llama", vocab_size=1024, hidden_size=64, intermediate_size=192, num_layers=2,
+        num_heads=4, num_kv_heads=2, head_dim=16, max_position_embeddings=256,
+        tie_word_embeddings=True),
+}
+
+
+def preset(name: str, **overrides: Any) -> ModelConfig:
+    """The `ModelConfig` of a named preset, with field overrides (e.g. `dtype="float32"`)."""
+    if name not in PRESETS:
+        raise ValueError(f"unknown model preset {name!r}; known presets: {sorted(PRESETS)}")
+    return ModelConfig(**{**PRESETS[name], **overrides})

@@ -1,0 +1,183 @@
+"""The decoder: one implementation for the Llama family, with an LM head or a scalar head.
+
+    h_0 = embed(tokens)
+    h'_l = h_l + Attn(RMSNorm(h_l))            (GQA, RoPE, optional q/k norm and biases)
+    h_{l+1} = h'_l + W_down(silu(W_gate RMSNorm(h'_l)) ⊙ W_up RMSNorm(h'_l))
+    out = RMSNorm(h_L) → logits = out·W_head (W_head = embeddingᵀ when tied) | reward = out·w
+
+Layers are stored stacked (a leading `layers` axis on every block weight, built with
+`nnx.vmap`) and run under `jax.lax.scan` (`scan_layers=True`: compile time independent of
+depth) or a Python loop over the same stacked weights. `remat` chooses what the backward pass
+keeps (see `REMAT_POLICIES`). The same `trunk` serves training, scoring, prefill and one-token
+decoding with a KV cache, so sampler and trainer compute identical log-probs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from easyalign.model.attention import Attention
+from easyalign.model.config import ModelConfig
+from easyalign.model.layers import Einsum, Embed, RMSNorm, rope_inverse_frequencies
+from easyalign.sharding import constrain
+
+_SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "attention_out",
+                      "mlp_gate", "mlp_up", "mlp_out")
+
+REMAT_POLICIES = {
+    "full": jax.checkpoint_policies.nothing_saveable,
+    "dots": jax.checkpoint_policies.dots_with_no_batch_dims_saveable,
+    "save_proj": jax.checkpoint_policies.save_only_these_names(*_SAVED_PROJECTIONS),
+    "save_proj_attn": jax.checkpoint_policies.save_only_these_names(
+        *_SAVED_PROJECTIONS, "attention"),
+}
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class KVCache:
+    """Keys and values of every layer, `[layers, batch, max_length, kv_heads, head_dim]`."""
+
+    k: jax.Array
+    v: jax.Array
+
+    @classmethod
+    def zeros(cls, config: ModelConfig, batch: int, max_length: int, dtype=None) -> "KVCache":
+        shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
+        dtype = dtype or config.compute_dtype
+        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        d, f = config.hidden_size, config.intermediate_size
+        bias = config.mlp_bias
+        self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), config=config,
+                                rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",))
+        self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), config=config,
+                              rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",))
+        self.down_proj = Einsum("btf,fd->btd", (f, d), ("mlp", "embed"), config=config,
+                                rngs=rngs, bias_shape=(d,) if bias else None,
+                                bias_names=("embed",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x), "mlp_gate")
+        up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x), "mlp_up")
+        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        return jax.ad_checkpoint.checkpoint_name(self.down_proj(hidden), "mlp_out")
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.input_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+        self.attn = Attention(config, rngs=rngs)
+        self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+        self.mlp = MLP(config, rngs=rngs)
+
+    def __call__(self, x, positions, segment_ids, inv_freq, cache=None):
+        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache)
+        x = x + attn_out
+        x = x + self.mlp(self.post_attn_norm(x))
+        return constrain(x, ("batch", "length", "act_embed")), cache
+
+
+class Transformer(nnx.Module):
+    """Decoder with an LM head (`head="lm"`) or a scalar head (`head="scalar"`)."""
+
+    def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
+        self.config = config
+        self.embed_tokens = Embed(config, rngs=rngs)
+
+        @nnx.split_rngs(splits=config.num_layers)
+        @nnx.vmap(in_axes=(0,), out_axes=0, transform_metadata={nnx.PARTITION_NAME: "layers"})
+        def make_layers(layer_rngs):
+            return Block(config, rngs=layer_rngs)
+
+        self.layers = make_layers(rngs)
+        self.final_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+        if config.head == "scalar":
+            self.score = Einsum("btd,do->bto", (config.hidden_size, 1), ("embed", None),
+                                config=config, rngs=rngs)
+        elif not config.tie_word_embeddings:
+            self.lm_head = Einsum("btd,dv->btv", (config.hidden_size, config.vocab_size),
+                                  ("embed", "vocab"), config=config, rngs=rngs)
+
+    # ----------------------------------------------------------------------------- trunk
+    def trunk(self, tokens: jax.Array, *, positions: jax.Array | None = None,
+              segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
+              cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states `[B, T, d]` (and the updated cache when one is given).
+
+        `attention_mask [B, T]` (1 = token, 0 = padding) is HF's convention; it is turned into
+        segment ids so padding never mixes with tokens. With a cache, `positions` are the
+        absolute positions of `tokens` (default 0..T−1, i.e. a prefill).
+        """
+        cfg = self.config
+        if attention_mask is not None:
+            if segment_ids is not None:
+                raise ValueError("pass either attention_mask or segment_ids, not both")
+            segment_ids = attention_mask.astype(jnp.int32)
+        if cache is not None and positions is None:
+            positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        x = constrain(self.embed_tokens(tokens), ("batch", "length", "act_embed"))
+
+        graphdef, layer_state = nnx.split(self.layers)
+
+        def layer(x, params, layer_cache):
+            block = nnx.merge(graphdef, params)
+            return block(x, positions, segment_ids, inv_freq, layer_cache)
+
+        if cfg.remat != "none":
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+        layer_caches = None if cache is None else (cache.k, cache.v)
+
+        if cfg.scan_layers:
+            def body(x, xs):
+                params, layer_cache = xs
+                return layer(x, params, layer_cache)
+
+            x, new_caches = jax.lax.scan(body, x, (layer_state, layer_caches))
+        else:
+            outs = []
+            for i in range(cfg.num_layers):
+                take = functools.partial(lambda a, i: a[i], i=i)
+                x, new = layer(x, jax.tree.map(take, layer_state),
+                               None if layer_caches is None else jax.tree.map(take, layer_caches))
+                outs.append(new)
+            new_caches = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+        hidden = self.final_norm(x)
+        return hidden, (None if cache is None else KVCache(*new_caches))
+
+    # ----------------------------------------------------------------------------- heads
+    def head_kernel(self) -> jax.Array:
+        """The LM head as a `[d, vocab]` matrix (the embedding transposed when tied)."""
+        if self.config.head != "lm":
+            raise ValueError("this model has a scalar head, not an LM head")
+        if self.config.tie_word_embeddings:
+            return self.embed_tokens.embedding[...].T
+        return self.lm_head.kernel[...]
+
+    def logits(self, hidden: jax.Array) -> jax.Array:
+        """Vocabulary logits in float32 for `hidden [..., d]` (compute in the model dtype)."""
+        dtype = self.config.compute_dtype
+        logits = jnp.einsum("...d,dv->...v", hidden.astype(dtype), self.head_kernel().astype(dtype),
+                            preferred_element_type=jnp.float32)
+        return constrain(logits, ("batch", "length", "act_vocab")) if logits.ndim == 3 else logits
+
+    def scores(self, hidden: jax.Array) -> jax.Array:
+        """Scalar-head outputs `[B, T]` in float32 (reward/value at every position)."""
+        return self.score(hidden)[..., 0].astype(jnp.float32)
+
+    def __call__(self, tokens: jax.Array, attention_mask: jax.Array | None = None, *,
+                 positions: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """Logits `[B, T, vocab]` (LM head) or scores `[B, T]` (scalar head)."""
+        hidden, _ = self.trunk(tokens, positions=positions, segment_ids=segment_ids,
+                               attention_mask=attention_mask)
+        return self.scores(hidden) if self.config.head == "scalar" else self.logits(hidden)

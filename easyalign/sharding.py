@@ -1,0 +1,139 @@
+"""The device mesh and the one table that maps logical axis names to mesh axes.
+
+Every parameter and activation names its dimensions logically (`embed`, `mlp`, `heads`, ...).
+`LOGICAL_RULES` is the only place those names meet the physical mesh `("data", "fsdp",
+"tensor")`:
+
+* `data`   — pure data parallelism: the batch is split, parameters are replicated;
+* `fsdp`   — the batch is split *and* parameters/optimizer state are sharded along `embed`
+             (ZeRO-3 style; XLA all-gathers weights per layer and reduce-scatters gradients);
+* `tensor` — Megatron-style tensor parallelism over heads, MLP width and vocabulary.
+
+Changing a parallelism strategy is a change of this table or of the mesh shape, never of
+model code. Models are created straight into their shardings: shapes come from
+`nnx.eval_shape`, then one `jax.jit` whose `out_shardings` are the rules' shardings
+initialises every shard on its own device — no whole model ever sits on one device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from typing import Callable, Iterator, Sequence
+
+import jax
+import numpy as np
+from flax import nnx
+from flax.core import spmd as core_spmd
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec
+
+MESH_AXES = ("data", "fsdp", "tensor")
+
+# logical name -> mesh axis (or axes, or None = replicated). Parameters use the first group,
+# activations the second (`act_*` so that activation and weight layouts can differ).
+LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
+    ("embed", "fsdp"),
+    ("vocab", "tensor"),
+    ("heads", "tensor"),
+    ("kv_heads", "tensor"),
+    ("head_dim", None),
+    ("mlp", "tensor"),
+    ("layers", None),
+    ("norm", None),
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("act_embed", None),
+    ("act_heads", "tensor"),
+    ("act_kv_heads", "tensor"),
+    ("act_mlp", "tensor"),
+    ("act_vocab", "tensor"),
+    ("cache_length", None),
+)
+
+
+def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
+              devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A `("data", "fsdp", "tensor")` mesh; one axis may be -1, meaning "the rest of the devices"."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = [data, fsdp, tensor]
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if len(devices) % known:
+            raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: {len(devices)} devices are "
+                             f"not divisible by the fixed axes ({known})")
+        shape[shape.index(-1)] = len(devices) // known
+    if math.prod(shape) != len(devices):
+        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
+                         f"{len(devices)} are available")
+    if devices == list(jax.devices()):
+        return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
+                axis_types=(AxisType.Auto,) * 3)
+
+
+def mesh_from_config(mesh_config) -> Mesh:
+    """Mesh from a config block with fields `data`, `fsdp`, `tensor`."""
+    return make_mesh(mesh_config.data, mesh_config.fsdp, mesh_config.tensor)
+
+
+def single_device_mesh() -> Mesh:
+    """A 1×1×1 mesh on the first device (annotated variables need a mesh to exist in)."""
+    return make_mesh(1, 1, 1, devices=jax.devices()[:1])
+
+
+@contextlib.contextmanager
+def use_mesh(mesh: Mesh) -> Iterator[Mesh]:
+    """Activate `mesh` and the logical rules: inside, annotated params land in their shardings."""
+    with jax.set_mesh(mesh), nnx.logical_axis_rules(LOGICAL_RULES):
+        yield mesh
+
+
+def logical_spec(names: Sequence[str | None]) -> PartitionSpec:
+    """PartitionSpec of a logical axis tuple under `LOGICAL_RULES`."""
+    return PartitionSpec(*core_spmd.from_sharding_rules(tuple(names), LOGICAL_RULES))
+
+
+def logical_sharding(mesh: Mesh, names: Sequence[str | None]) -> NamedSharding:
+    return NamedSharding(mesh, logical_spec(names))
+
+
+def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
+    """Pin an activation's layout by logical names; a no-op outside a mesh of several devices."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or mesh.size == 1:
+        return x
+    return jax.lax.with_sharding_constraint(x, logical_spec(names))
+
+
+def state_shardings(abstract_state, mesh: Mesh):
+    """NamedShardings for an (abstract) nnx State, from each variable's logical annotation."""
+    with use_mesh(mesh):
+        return nnx.get_named_sharding(abstract_state, mesh)
+
+
+def abstract_model(build: Callable[[], nnx.Module], mesh: Mesh):
+    """`(graphdef, abstract_state, shardings)` of the module `build()` makes — no memory used."""
+    with use_mesh(mesh):
+        abstract = nnx.eval_shape(build)
+        graphdef, state = nnx.split(abstract)
+        shardings = nnx.get_named_sharding(state, mesh)
+    return graphdef, state, shardings
+
+
+def create_sharded(build: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
+    """Run `build()` inside one jit whose outputs are sharded by the rules (no host copy)."""
+    graphdef, _, shardings = abstract_model(build, mesh)
+
+    def init():
+        return nnx.state(build())
+
+    with use_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return nnx.merge(graphdef, state)
+
+
+def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
+    """Sharding of a `[batch, ...]` input array: batch over (data, fsdp), the rest replicated."""
+    return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1))
