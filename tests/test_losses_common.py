@@ -1,0 +1,122 @@
+"""Tests for easyalign.losses.common: masked reductions, log-probs, entropy, KL estimators."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from numpy.testing import assert_allclose, assert_array_equal
+
+from easyalign import losses
+from easyalign.losses import common
+
+X = np.array([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0]])
+M = np.array([[0, 1, 1, 0], [1, 1, 0, 0]], dtype=np.float32)  # picks 2, 3, 5, 6
+
+
+def test_masked_sum_mean_var():
+    assert_allclose(common.masked_sum(X, M), 16.0)
+    assert_allclose(common.masked_sum(X, M, axis=1), [5.0, 11.0])
+    assert_allclose(common.masked_mean(X, M), 4.0)
+    assert_allclose(common.masked_mean(X, M, axis=1), [2.5, 5.5])
+    # entries 2, 3, 5, 6 around 4: squares 4, 1, 1, 4 -> 10/4 biased, 10/3 unbiased.
+    assert_allclose(common.masked_var(X, M, unbiased=False), 2.5, rtol=1e-6)
+    assert_allclose(common.masked_var(X, M), 10.0 / 3.0, rtol=1e-6)
+
+
+def test_masked_mean_empty_mask_is_zero_with_finite_grad():
+    empty = np.zeros_like(M)
+    assert float(common.masked_mean(X, empty)) == 0.0
+    assert_array_equal(common.masked_mean(X, M * np.array([[1.0], [0.0]]), axis=1), [2.5, 0.0])
+    grad = jax.grad(lambda x: common.masked_mean(x, empty))(jnp.asarray(X, jnp.float32))
+    assert_array_equal(grad, np.zeros_like(X))
+
+
+def test_masked_whiten():
+    out = np.asarray(common.masked_whiten(X, M))
+    std = np.sqrt(10.0 / 3.0 + 1e-8)
+    expected = np.array([[0.0, -2.0 / std, -1.0 / std, 0.0], [1.0 / std, 2.0 / std, 0.0, 0.0]])
+    assert_allclose(out, expected, rtol=1e-5, atol=1e-6)
+    assert_allclose(common.masked_mean(out, M), 0.0, atol=1e-6)
+    kept_mean = np.asarray(common.masked_whiten(X, M, shift_mean=False))
+    assert_allclose(kept_mean, (expected + 4.0) * M, rtol=1e-5)
+
+
+def test_sequence_logps():
+    logps = np.array([[0.0, -1.0, -2.0, -4.0], [0.0, -0.5, -0.5, -9.0]])
+    mask = np.array([[0, 1, 1, 1], [0, 1, 1, 0]])
+    assert_allclose(common.sequence_logps(logps, mask), [-7.0, -1.0])
+    assert_allclose(common.sequence_logps(logps, mask, average=True), [-7.0 / 3, -0.5], rtol=1e-6)
+
+
+def _log_softmax(x):
+    x = x - x.max(-1, keepdims=True)
+    return x - np.log(np.exp(x).sum(-1, keepdims=True))
+
+
+def test_logprobs_from_logits_matches_manual_gather():
+    rng = np.random.default_rng(0)
+    logits = rng.normal(size=(2, 4, 5))
+    tokens = np.array([[3, 1, 4, 0], [2, 2, 0, 1]])
+    got = np.asarray(losses.logprobs_from_logits(logits, tokens))
+    lsm = _log_softmax(logits)
+    expected = np.zeros((2, 4))
+    for b in range(2):
+        for t in range(1, 4):
+            expected[b, t] = lsm[b, t - 1, tokens[b, t]]  # logits at t-1 score token t
+    assert got.dtype == np.float32
+    assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+    assert np.all(got[:, 0] == 0.0)
+
+
+def test_logprobs_from_bf16_logits_are_fp32():
+    logits = jnp.zeros((1, 3, 4), jnp.bfloat16)
+    out = losses.logprobs_from_logits(logits, jnp.array([[0, 1, 2]]))
+    assert out.dtype == jnp.float32
+    assert_allclose(out, [[0.0, np.log(0.25), np.log(0.25)]], rtol=1e-6)
+
+
+def test_entropy_and_shift():
+    logits = np.log(np.array([[[0.5, 0.5, 1e-30], [0.25, 0.25, 0.5]]]))
+    ent = np.asarray(common.entropy_from_logits(logits))
+    assert_allclose(ent, [[np.log(2.0), 1.5 * np.log(2.0)]], rtol=1e-5)
+    assert_allclose(common.shift_to_tokens(ent), [[0.0, np.log(2.0)]], rtol=1e-5)
+
+
+LOGPS = np.array([-1.0, -2.0, -0.5])
+REF = np.array([-1.5, -1.0, -0.5])  # d = log pi - log pi_ref = [0.5, -1.0, 0.0]
+
+
+def test_kl_estimators_hand_values():
+    assert_allclose(common.kl_k1(LOGPS, REF), [0.5, -1.0, 0.0])
+    assert_allclose(common.kl_k2(LOGPS, REF), [0.125, 0.5, 0.0])
+    # k3 = exp(-d) - 1 + d: exp(-0.5) - 0.5 = 0.10653066, e - 2 = 0.71828183, 0.
+    assert_allclose(common.kl_k3(LOGPS, REF), [0.10653066, 0.71828183, 0.0], rtol=1e-6)
+    assert common.KL_ESTIMATORS["k3"] is common.kl_k3
+
+
+def test_k3_nonnegative_and_unbiased_for_kl():
+    rng = np.random.default_rng(1)
+    a, b = rng.normal(size=1000) * 3, rng.normal(size=1000) * 3
+    assert np.all(np.asarray(common.kl_k3(a, b)) >= 0.0)
+    # Sampling y ~ pi over 3 outcomes, mean k1 and k3 both estimate KL(pi || pi_ref).
+    pi, ref = np.array([0.6, 0.3, 0.1]), np.array([0.2, 0.5, 0.3])
+    true_kl = np.sum(pi * np.log(pi / ref))
+    y = rng.choice(3, size=200_000, p=pi)
+    for name in ("k1", "k3"):
+        est = np.mean(np.asarray(common.KL_ESTIMATORS[name](np.log(pi)[y], np.log(ref)[y])))
+        assert_allclose(est, true_kl, rtol=0.02)
+
+
+@pytest.mark.parametrize(
+    "registry, valid",
+    [
+        (losses.KL_ESTIMATORS, "k1, k2, k3"),
+        (losses.DPO_LOSSES, "hinge, ipo, sigmoid"),
+        (losses.DIVERGENCES, "forward_kl, jsd, reverse_kl"),
+    ],
+)
+def test_registry_rejects_unknown_name_listing_valid(registry, valid):
+    with pytest.raises(ValueError, match=f"unknown thing 'nope'; valid: {valid}$"):
+        losses.get(registry, "nope", "thing")
+    first = sorted(registry)[0]
+    assert losses.get(registry, first, "thing") is registry[first]
