@@ -1,0 +1,1 @@
+"""Evaluation: alignment, safety, truthfulness and latency suites, rules and reports."""
