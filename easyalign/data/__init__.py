@@ -1,0 +1,1 @@
+"""Data: sources, tokenisation and chat templates, collation, and the built-in world."""
