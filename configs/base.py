@@ -1,0 +1,89 @@
+"""Every default of every phase, one line of explanation each.
+
+Phase configs (`configs/sft.py`, `configs/dpo.py`, ...) start from `get_config()` and override
+only what differs; presets (`--config=configs/sft.py:tiny`) override a little more. Any field can
+be set from the command line: `--config.optim.lr=1e-6`. Unknown keys are errors.
+"""
+
+from ml_collections import ConfigDict
+
+
+def get_config() -> ConfigDict:
+    c = ConfigDict()
+    c.phase = "sft"                      # which algorithm runs (set by each phase config)
+    c.workdir = "runs/default"           # all outputs: checkpoints/, logs/, plots/, config.json
+
+    # ------------------------------------------------------------------ model
+    c.model = m = ConfigDict()
+    m.preset = "world-teacher"           # shape preset (easyalign/model/presets.py) when not loading
+    m.init = "scratch"                   # scratch | hf | checkpoint: where the weights come from
+    m.path = ""                          # HF directory or easyalign checkpoint for init=hf|checkpoint
+    m.head = "lm"                        # lm | scalar (reward/value models)
+    m.dtype = "float32"                  # compute dtype (bfloat16 on GPU)
+    m.param_dtype = "float32"            # master weights and optimizer state dtype
+    m.attention_impl = "xla"             # xla | cudnn (GPU)
+    m.remat = "none"                     # none | full | dots | save_proj | save_proj_attn
+    m.scan_layers = True                 # lax.scan over stacked layers (compile time O(1) in depth)
+    m.vocab_size = 0                     # 0 = from the tokenizer (scratch models only)
+    m.overrides = ConfigDict()           # any other ModelConfig field, e.g. num_layers=2
+
+    # ------------------------------------------------------------------ mesh & processes
+    c.mesh = ConfigDict()
+    c.mesh.data = 1                      # pure data-parallel axis
+    c.mesh.fsdp = -1                     # fully-sharded data-parallel axis (-1 = the rest)
+    c.mesh.tensor = 1                    # tensor-parallel axis (heads, MLP, vocab)
+    c.distributed = ConfigDict()
+    c.distributed.coordinator = ""       # HOST:PORT of process 0 ("" = SLURM variables or single)
+    c.distributed.num_processes = 0      # 0 = from SLURM or 1
+    c.distributed.process_id = -1        # -1 = from SLURM or 0
+    c.distributed.cpu_collectives = "gloo"  # CPU-only multi-process collectives
+
+    # ------------------------------------------------------------------ data
+    c.data = d = ConfigDict()
+    d.source = "world"                   # world | a file path (jsonl/json/csv) | hf:NAME
+    d.eval_source = "world"              # world | path | hf:NAME | "" (no eval)
+    d.split = "train"                    # split for hf:NAME sources
+    d.eval_split = "test"                # eval split for hf:NAME sources
+    d.columns = ConfigDict()             # field renames, e.g. {"prompt": "goal"}
+    d.tokenizer = ""                     # tokenizer dir ("" = the world's, or the HF model's)
+    d.max_length = 64                    # static sequence length of every batch
+    d.max_prompt_length = 48             # prompts longer than this are cut from the left
+    d.on_overflow = "truncate"           # truncate | drop | error for over-long examples
+    d.pack = False                       # pack several examples per row with segment ids
+    d.world = ConfigDict()
+    d.world.seed = 0                     # the built-in world's seed
+    d.world.dir = ""                     # where the world + tokenizer live ("" = workdir/../world)
+
+    # ------------------------------------------------------------------ training loop
+    c.train = t = ConfigDict()
+    t.steps = 200                        # optimizer steps
+    t.batch_size = 32                    # global batch (examples or pairs) per step
+    t.grad_accum = 1                     # micro-batches per step (batch_size divisible by it)
+    t.seed = 0                           # parameter init, dropout-free sampling, data order
+    t.log_every = 10                     # metrics fetched from the device every N steps
+    t.eval_every = 100                   # evaluation every N steps (0 = only at the end)
+    t.eval_batches = 8                   # batches per evaluation (0 = the whole eval set)
+    t.checkpoint_every = 100             # checkpoint every N steps (and always at the end)
+    t.keep_checkpoints = 2               # latest checkpoints kept (the best is kept besides)
+    t.async_checkpointing = True         # write checkpoints in the background
+    t.plot = True                        # PNG curves into workdir/plots at the end
+    t.progress_bar = True                # tqdm progress bar on process 0
+
+    # ------------------------------------------------------------------ optimizer
+    c.optim = o = ConfigDict()
+    o.name = "adamw"                     # adamw | adafactor | sgd | lion
+    o.lr = 3e-4                          # peak learning rate
+    o.schedule = "cosine"                # cosine | linear | constant (after warm-up)
+    o.warmup_steps = 10                  # linear warm-up from 0
+    o.min_lr_ratio = 0.1                 # final lr = min_lr_ratio · lr (cosine/linear)
+    o.b1 = 0.9
+    o.b2 = 0.95
+    o.eps = 1e-8
+    o.weight_decay = 0.0                 # decoupled; never applied to norms or biases
+    o.clip_norm = 1.0                    # global-norm clipping (0 = off)
+
+    # ------------------------------------------------------------------ speed accounting
+    c.perf = ConfigDict()
+    c.perf.peak_tflops = 989.0           # per-device bf16 peak for MFU (H100 SXM dense)
+    return c
+
