@@ -1,0 +1,170 @@
+"""Tokenisation: loss masks cover exactly the response tokens and EOS (hand-checked token lists),
+every assistant turn of a conversation is trained, truncation is explicit and counted."""
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from easyalign.data.records import (normalize_preference, normalize_prompts, normalize_sft,
+                                    normalize_teacher)
+from easyalign.data.sources import DataError, Record, load_records
+from easyalign.data.tokenize import (TruncationPolicy, TruncationStats, pad_token_id,
+                                     tokenize_examples, tokenize_sft)
+
+SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
+                             Path(__file__).resolve().parents[2] / "shared" / "data"))
+# A word-level vocabulary makes every expected token list readable by hand. The Whitespace
+# pre-tokenizer drops newlines and splits "<|user|>" into "<|", "user", "|>".
+WORDS = ("[PAD] </s> [UNK] <| |> user assistant system hi there how are you fine thanks "
+         "a b c d e f g h").split()
+ID = {w: i for i, w in enumerate(WORDS)}
+POLICY = TruncationPolicy(max_length=64)
+
+
+def word_tokenizer(chat_template=None):
+    tok = Tokenizer(models.WordLevel(ID, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", pad_token="[PAD]",
+                                   unk_token="[UNK]", chat_template=chat_template)
+
+
+def ids(text):
+    return [ID[w] for w in text.split()]
+
+
+def sft(*records):
+    return normalize_sft([Record(r, f"data.jsonl:{i + 1}") for i, r in enumerate(records)])
+
+
+def test_sft_mask_is_response_plus_eos():
+    [ex], stats = tokenize_examples(sft({"prompt": "hi there", "response": "fine thanks"}),
+                                    "sft", word_tokenizer(), POLICY)
+    # Default template: "<|user|>\nhi there</s>\n<|assistant|>\n" + "fine thanks" + EOS.
+    expected = ids("<| user |> hi there </s> <| assistant |>") + ids("fine thanks </s>")
+    assert ex["tokens"].tolist() == expected
+    assert ex["tokens"].dtype == np.int32 and ex["loss_mask"].dtype == np.float32
+    assert ex["loss_mask"].tolist() == [0] * 9 + [1, 1, 1]
+    assert ex["source"] == "data.jsonl:1"
+    assert stats == TruncationStats(seen=1)
+
+
+def test_every_assistant_turn_is_trained():
+    conversation = [{"role": "system", "content": "a"}, {"role": "user", "content": "hi"},
+                    {"role": "assistant", "content": "fine"}, {"role": "user", "content": "how"},
+                    {"role": "assistant", "content": "fine thanks"}]
+    [ex], _ = tokenize_examples(sft({"messages": conversation}), "sft", word_tokenizer(), POLICY)
+    segments = [("<| system |> a </s> <| user |> hi </s> <| assistant |>", 0), ("fine </s>", 1),
+                ("<| user |> how </s> <| assistant |>", 0), ("fine thanks </s>", 1)]
+    assert ex["tokens"].tolist() == [t for text, _ in segments for t in ids(text)]
+    assert ex["loss_mask"].tolist() == [m for text, m in segments for _ in ids(text)]
+
+
+def test_tokenizer_template_wins_and_prefix_breaks_are_errors():
+    # The tokenizer's own template (here: a "b" before every turn) is used, and as it ends
+    # assistant turns with EOS it keeps the prefix property.
+    own = ("{% for m in messages %}b <|{{ m['role'] }}|> {{ m['content'] }}{{ eos_token }}"
+           "{% endfor %}{% if add_generation_prompt %}b <|assistant|>{% endif %}")
+    two_turns = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+                              {"role": "user", "content": "how"}, {"role": "assistant", "content": "c"}]}
+    [ex], _ = tokenize_examples(sft(two_turns), "sft", word_tokenizer(own), POLICY)
+    assert ex["tokens"].tolist() == ids("b <| user |> hi </s> b <| assistant |> a </s> "
+                                        "b <| user |> how </s> b <| assistant |> c </s>")
+    # This one renders a past assistant turn without its EOS: the model would be trained on a
+    # sequence it never sees when sampling, so it is an error naming record and turn.
+    broken = ("{% for m in messages %}<|{{ m['role'] }}|> {{ m['content'] }}"
+              "{% if m['role'] != 'assistant' %}{{ eos_token }}{% endif %}{% endfor %}"
+              "{% if add_generation_prompt %}<|assistant|>{% endif %}")
+    with pytest.raises(DataError, match=re.escape("data.jsonl:1: field 'messages[3]': the chat "
+                                                  "template breaks the prefix property")):
+        tokenize_examples(sft(two_turns), "sft", word_tokenizer(broken), POLICY)
+
+
+def test_preference_prompt_and_extras():
+    tok = word_tokenizer()
+    pairs = normalize_preference([Record({"prompt": "hi", "chosen": "fine", "rejected": "a b",
+                                          "weight": 2.0}, "p.jsonl:1")])
+    [ex], _ = tokenize_examples(pairs, "preference", tok, POLICY)
+    prompt = ids("<| user |> hi </s> <| assistant |>")
+    assert ex["chosen_tokens"].tolist() == prompt + ids("fine </s>")
+    assert ex["rejected_tokens"].tolist() == prompt + ids("a b </s>")
+    assert ex["chosen_loss_mask"].tolist() == [0] * len(prompt) + [1, 1]
+    assert ex["rejected_loss_mask"].tolist() == [0] * len(prompt) + [1, 1, 1]
+    assert ex["weight"] == 2.0
+    [ex], _ = tokenize_examples(normalize_prompts([Record({"prompt": "how are you"}, "q:1")]),
+                                "prompt", tok, POLICY)
+    assert ex["prompt_tokens"].tolist() == ids("<| user |> how are you </s> <| assistant |>")
+    assert pad_token_id(tok) == ID["[PAD]"]
+    with pytest.raises(DataError, match=re.escape("r:1: field 'index': name is reserved")):
+        tokenize_examples(normalize_prompts([Record({"prompt": "a", "index": 3}, "r:1")]),
+                          "prompt", tok, POLICY)
+
+
+def test_truncation_is_counted_and_follows_the_policy():
+    tok = word_tokenizer()
+    long = {"messages": [{"role": "user", "content": "a b c d e"},
+                         {"role": "assistant", "content": "e f g h"}]}
+    short = {"prompt": "hi", "response": "fine"}
+    examples = sft(short, long)  # short: 8 + 2 tokens; long: 12 prompt + 5 response tokens
+    policy = TruncationPolicy(max_length=12, max_prompt_length=8)
+    out, stats = tokenize_examples(examples, "sft", tok, policy)
+    # The prompt keeps its LAST 8 tokens, the response its FIRST 4 (EOS is cut: it did not end).
+    assert out[1]["tokens"].tolist() == ids("b c d e </s> <| assistant |>") + ids("e f g h")
+    assert out[1]["loss_mask"].tolist() == [0] * 8 + [1] * 4
+    assert stats == TruncationStats(seen=2, truncated=1, dropped=0, tokens_dropped=4 + 1)
+    out, stats = tokenize_examples(examples, "sft", tok,
+                                   TruncationPolicy(12, 8, on_overflow="drop"))
+    assert len(out) == 1 and out[0]["source"] == "data.jsonl:1"
+    assert stats == TruncationStats(seen=2, dropped=1)
+    with pytest.raises(DataError, match=r"data\.jsonl:2: 12 prompt \+ \[5\] response tokens exceed"):
+        tokenize_examples(examples, "sft", tok, TruncationPolicy(12, 8, on_overflow="error"))
+    # Preference pairs share one truncated prompt; each response is cut to fit on its own.
+    pairs = normalize_preference([Record({"prompt": "a b c d", "chosen": "e", "rejected": "f g h"},
+                                         "p:1")])
+    [ex], stats = tokenize_examples(pairs, "preference", tok, TruncationPolicy(9, 6))
+    assert ex["chosen_tokens"].tolist() == ids("c d </s> <| assistant |> e </s>")
+    assert ex["rejected_tokens"].tolist() == ids("c d </s> <| assistant |> f g h")
+    assert stats == TruncationStats(seen=1, truncated=1, tokens_dropped=5 + 1)
+    with pytest.raises(ValueError, match="max_prompt_length < max_length"):
+        TruncationPolicy(8, 8)
+
+
+def test_teacher_topk_rows_align_with_response_tokens():
+    topk = {"ids": [[13, 14], [14, 13], [1, 13]], "logprobs": [[-0.1, -2.5], [-0.2, -2.0], [0.0, -9.0]]}
+    teacher = normalize_teacher([Record({"prompt": "hi", "teacher_response": "fine thanks",
+                                         "teacher_topk": topk}, "t:1")])
+    [ex], _ = tokenize_examples(teacher, "teacher", word_tokenizer(), TruncationPolicy(10))
+    assert ex["tokens"].tolist() == ids("<| user |> hi </s> <| assistant |> fine thanks")
+    assert ex["teacher_topk_ids"].tolist() == [[0, 0]] * 8 + [[13, 14], [14, 13]]
+    np.testing.assert_allclose(ex["teacher_topk_logprobs"][8:], [[-0.1, -2.5], [-0.2, -2.0]])
+    bad = normalize_teacher([Record({"prompt": "hi", "teacher_response": "fine",
+                                     "teacher_topk": topk}, "t:2")])
+    with pytest.raises(DataError, match=re.escape("t:2: field 'teacher_topk': 3 rows, but the "
+                                                  "response is 2 tokens")):
+        tokenize_examples(bad, "teacher", word_tokenizer(), POLICY)
+
+
+def test_gpt2_bpe_on_hh_rlhf_round_trips():
+    gpt2 = SHARED / "gpt2-tokenizer"
+    hh = SHARED / "hh-rlhf/harmless-base/test.jsonl.gz"
+    if not (gpt2 / "encoder.json").exists() or not hh.exists():
+        pytest.skip(f"shared data {gpt2} or {hh} is absent")
+    bpe = Tokenizer(models.BPE.from_file(str(gpt2 / "encoder.json"), str(gpt2 / "vocab.bpe")))
+    bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    bpe.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=bpe, eos_token="<|endoftext|>")
+    assert pad_token_id(tok) == tok.eos_token_id == 50256  # GPT-2 has no pad token
+    pairs = normalize_preference(load_records(str(hh))[:50])
+    out, stats = tokenize_examples(pairs, "preference", tok, TruncationPolicy(1024, 768))
+    assert len(out) == 50 and stats.seen == 50
+    for pair, ex in zip(pairs, out):
+        for side in ("chosen", "rejected"):
+            mask = ex[f"{side}_loss_mask"].astype(bool)
+            tokens = ex[f"{side}_tokens"]
+            assert tok.decode(tokens[~mask]).endswith(pair["prompt"][-1]["content"] +
+                                                      "<|endoftext|>\n<|assistant|>\n")
+            if len(tokens) < 1024:  # untruncated: the trained tokens are the final turn + EOS
+                assert tok.decode(tokens[mask]) == pair[side] + "<|endoftext|>"
