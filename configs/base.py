@@ -47,7 +47,7 @@ def get_config() -> ConfigDict:
     d.columns = ConfigDict()             # field renames, e.g. {"prompt": "goal"}
     d.tokenizer = ""                     # tokenizer dir ("" = the world's, or the HF model's)
     d.max_length = 64                    # static sequence length of every batch
-    d.max_prompt_length = 48             # prompts longer than this are cut from the left
+    d.max_prompt_length = 0              # prompts are cut from the left to this (0 = max_length - 1)
     d.on_overflow = "truncate"           # truncate | drop | error for over-long examples
     d.pack = False                       # pack several examples per row with segment ids
     d.world = ConfigDict()

@@ -1,0 +1,391 @@
+"""What every phase shares: set-up, data, models, and the run of the generic loop.
+
+An algorithm module (sft, reward, dpo, ...) is a batch kind plus a loss. It calls
+
+    run = prepare(config)                          processes, mesh, workdir, world, tokenizer
+    examples = load_examples(run, kind, split)     records → normalised examples
+    model = init_model(run, head="lm")             scratch | HF | earlier stage, sharded
+    train(run, model=..., loss_fn=..., ...)         state, resume, loop, checkpoints, export
+
+and `train` writes to `config.workdir`:
+
+    config.json          the resolved config
+    checkpoints/         Orbax train-state checkpoints (latest N + best), resumable
+    logs/                metrics.jsonl, tensorboard events, samples.txt
+    plots/               PNG curves
+    model/               the final model as an easyalign checkpoint (params, config, tokenizer):
+                         what later stages load, `easyalign sample` reads and `convert` exports.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any, Callable
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from easyalign import distributed, sharding
+from easyalign.data import loader as data_loader
+from easyalign.data import records as data_records
+from easyalign.data import sources as data_sources
+from easyalign.data import tokenize as data_tokenize
+from easyalign.model import ModelConfig, Transformer, create_model, preset
+from easyalign.train import checkpoint as ckpt
+from easyalign.train import loop as train_loop
+from easyalign.train import metrics as train_metrics
+from easyalign.train import optim, state as train_state
+from easyalign.train.step import make_train_step
+
+MODEL_DIR = "model"
+# The built-in world's files per (record kind, split), with the column mapping to apply.
+WORLD_FILES = {
+    ("sft", "train"): ("sft_train.jsonl", None),
+    ("sft", "eval"): ("preference_heldout.jsonl", {"prompt": "prompt", "response": "chosen"}),
+    ("preference", "train"): ("preference_train.jsonl", None),
+    ("preference", "eval"): ("preference_heldout.jsonl", None),
+    ("prompt", "train"): ("rl_prompts.jsonl", None),
+    ("prompt", "eval"): ("preference_heldout.jsonl", {"prompt": "prompt"}),
+}
+
+
+@dataclasses.dataclass
+class Run:
+    config: Any
+    mesh: Mesh
+    workdir: Path
+    tokenizer: Any
+    world_dir: Path | None
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------- set-up
+def world_dir(config) -> Path:
+    """Where the built-in world and its tokenizer live (shared by all stages of a pipeline)."""
+    if config.data.world.dir:
+        return Path(config.data.world.dir)
+    return Path(config.workdir).absolute().parent / f"world-seed{config.data.world.seed}"
+
+
+def ensure_world(config) -> Path:
+    """Generate the built-in world and train its tokenizer once; later calls reuse the files."""
+    from easyalign.data.tokenizer import build_world_tokenizer
+    from easyalign.data.world import WorldConfig, build_world
+
+    directory = world_dir(config)
+    done = directory / "tokenizer" / "tokenizer.json"
+    if jax.process_index() == 0 and not done.exists():
+        world = build_world(WorldConfig(seed=config.data.world.seed))
+        world.write(directory)
+        build_world_tokenizer(world, directory / "tokenizer")
+    _barrier("world")
+    return directory
+
+
+def _barrier(name: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(name)
+
+
+def uses_world(config) -> bool:
+    return "world" in (config.data.source, config.data.eval_source)
+
+
+def load_tokenizer(config, world: Path | None):
+    from transformers import AutoTokenizer
+
+    path = config.data.tokenizer
+    if not path and config.model.init in ("hf", "checkpoint") and config.model.path:
+        candidate = Path(config.model.path)
+        path = str(candidate / "tokenizer") if (candidate / "tokenizer").exists() else str(candidate)
+    if not path and world is not None:
+        path = str(world / "tokenizer")
+    if not path:
+        raise ValueError("no tokenizer: set data.tokenizer, or model.path to a directory with one")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def prepare(config) -> Run:
+    """Start processes, build the mesh, create the workdir and record the resolved config."""
+    distributed.initialize_from_config(config)
+    mesh = sharding.mesh_from_config(config.mesh)
+    workdir = Path(config.workdir).absolute()
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    world = ensure_world(config) if uses_world(config) else None
+    return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
+               world_dir=world)
+
+
+# ----------------------------------------------------------------------------- data
+def load_examples(run: Run, kind: str, split: str) -> list[dict]:
+    """Normalised examples of `kind` ("sft" | "preference" | "prompt" | "teacher")."""
+    data = run.config.data
+    source = data.source if split == "train" else data.eval_source
+    if not source:
+        return []
+    if source == "world":
+        filename, columns = WORLD_FILES[(kind, split)]
+        spec = {"path": str(run.world_dir / filename), "columns": columns}
+    elif source.startswith("hf:"):
+        spec = {"hf_name": source[3:], "split": data.split if split == "train" else data.eval_split,
+                "columns": dict(data.columns) or None}
+    else:
+        spec = {"path": source, "columns": dict(data.columns) or None}
+    return data_records.normalize(data_sources.load_records(spec), kind)
+
+
+def tokenize(run: Run, examples: list[dict], kind: str, max_length: int | None = None):
+    data = run.config.data
+    policy = data_tokenize.TruncationPolicy(
+        max_length=max_length or data.max_length, max_prompt_length=data.max_prompt_length or None,
+        on_overflow=data.on_overflow)
+    tokens, stats = data_tokenize.tokenize_examples(examples, kind, run.tokenizer, policy)
+    if run.is_main and stats.truncated + stats.dropped:
+        print(f"[data] {kind}: {stats}")
+    return tokens
+
+
+def pad_id(run: Run) -> int:
+    return data_tokenize.pad_token_id(run.tokenizer)
+
+
+def train_loader(run: Run, examples: list[dict], kind: str, max_length: int | None = None):
+    c = run.config
+    return data_loader.make_train_loader(
+        examples, kind=kind, global_batch=c.train.batch_size,
+        max_length=max_length or c.data.max_length, pad_id=pad_id(run), seed=c.train.seed,
+        pack=c.data.pack and kind in ("sft", "teacher"))
+
+
+def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = None,
+                 max_length: int | None = None):
+    c = run.config
+    batches = data_loader.make_eval_batches(
+        examples, kind=kind, batch_size=c.train.batch_size,
+        max_length=max_length or c.data.max_length, pad_id=pad_id(run))
+    for i, batch in enumerate(batches):
+        if limit and i >= limit:
+            return
+        yield batch
+
+
+# ----------------------------------------------------------------------------- models
+def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
+    """The ModelConfig a `model` config block asks for (numerics from the block)."""
+    m = model_cfg or run.config.model
+    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                    remat=m.remat, scan_layers=m.scan_layers, head=head)
+    if m.init == "hf":
+        from easyalign.hf import read_hf_config
+
+        return read_hf_config(m.path).replace(**numerics, **dict(m.overrides))
+    if m.init == "checkpoint":
+        from easyalign.hf import read_checkpoint_config
+
+        return read_checkpoint_config(m.path).replace(**numerics, **dict(m.overrides))
+    vocab = m.vocab_size or len(run.tokenizer)
+    ids = dict(eos_token_id=run.tokenizer.eos_token_id, pad_token_id=pad_id(run),
+               bos_token_id=run.tokenizer.bos_token_id)
+    return preset(m.preset, vocab_size=vocab, **ids, **numerics, **dict(m.overrides))
+
+
+def init_model(run: Run, model_cfg=None, *, head: str = "lm", seed: int | None = None
+               ) -> Transformer:
+    """A sharded model: fresh (`scratch`), imported (`hf`) or from an earlier stage.
+
+    When the source has a different head (a reward model grown from an SFT model), the trunk
+    is loaded and the new head starts from its initialiser.
+    """
+    m = model_cfg or run.config.model
+    config = model_config(run, m, head=head)
+    seed = run.config.train.seed if seed is None else seed
+    if m.init == "scratch":
+        return create_model(config, run.mesh, seed=seed)
+    from easyalign.hf import from_hf, load_checkpoint_model
+
+    if m.init == "hf":
+        source = from_hf(m.path, mesh=run.mesh, **_numeric_overrides(config, include_head=False))
+    else:
+        source = load_checkpoint_model(m.path, mesh=run.mesh,
+                                       **_numeric_overrides(config, include_head=False))
+    if source.config.head == head:
+        return source if source.config == config else _regraft(source, config, run.mesh, seed)
+    return _regraft(source, config, run.mesh, seed)
+
+
+def _numeric_overrides(config: ModelConfig, include_head: bool) -> dict:
+    keys = ("dtype", "param_dtype", "attention_impl", "remat", "scan_layers") + (
+        ("head",) if include_head else ())
+    return {k: getattr(config, k) for k in keys}
+
+
+def _regraft(source: Transformer, config: ModelConfig, mesh: Mesh, seed: int) -> Transformer:
+    """A model of `config` holding every parameter of `source` whose path and shape match."""
+    from flax import traverse_util
+
+    target = create_model(config, mesh, seed=seed)
+    source_flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(source)))
+    target_state = nnx.state(target)
+    target_flat = traverse_util.flatten_dict(nnx.to_pure_dict(target_state))
+    for path, value in target_flat.items():
+        if path in source_flat and source_flat[path].shape == value.shape:
+            target_flat[path] = source_flat[path]
+    nnx.replace_by_pure_dict(target_state, traverse_util.unflatten_dict(target_flat))
+    nnx.update(target, target_state)
+    return target
+
+
+def frozen_params(model: Transformer) -> tuple[Any, nnx.State]:
+    """`(graphdef, params)` of a model that is read but not trained."""
+    graphdef, params = nnx.split(model)
+    return graphdef, params
+
+
+def save_model(run: Run, params: nnx.State, graphdef, name: str = MODEL_DIR) -> Path:
+    """Write a stage's final model (params + config + tokenizer) as a model checkpoint."""
+    from easyalign.hf import save_checkpoint_model
+
+    out = run.workdir / name
+    if out.exists() and jax.process_index() == 0:
+        import shutil
+
+        shutil.rmtree(out)  # a half-written model dir from a killed run; the train state is safe
+    _barrier("save_model")
+    save_checkpoint_model(nnx.merge(graphdef, params), out)
+    if run.is_main:
+        run.tokenizer.save_pretrained(str(out / "tokenizer"))
+    return out
+
+
+def stage_done(workdir: str | Path) -> bool:
+    """A stage is complete when its final model directory has been written."""
+    return (Path(workdir) / MODEL_DIR / "model_config.json").exists()
+
+
+# ----------------------------------------------------------------------------- training
+def flops_per_token(config: ModelConfig, seq_len: int) -> float:
+    return train_metrics.flops_per_token(config.param_count(), config.num_layers,
+                                         config.hidden_size, seq_len)
+
+
+def train(run: Run, *, model: Transformer, loss_fn_for: Callable, loader, frozen: Any = None,
+          evaluate_for: Callable | None = None, best_metric: str | None = None,
+          tokens: Callable[[dict], int] | None = None, after_log: Callable | None = None,
+          total_steps: int | None = None) -> tuple[nnx.State, Any]:
+    """Train `model` with `loss_fn_for(graphdef)`; resumes from `workdir/checkpoints`.
+
+    `evaluate_for(graphdef)` returns `evaluate(params) -> metrics`. Returns the final params
+    and the graphdef; the final model is written to `workdir/model/`.
+    """
+    c = run.config
+    steps = total_steps or c.train.steps
+    graphdef, params = nnx.split(model)
+    tx, schedule = optim.make_optimizer(c.optim, steps)
+    checkpointer = ckpt.Checkpointer(run.workdir / "checkpoints", keep=c.train.keep_checkpoints,
+                                     best_metric=best_metric,
+                                     async_save=c.train.async_checkpointing)
+    state = train_state.create_train_state(params, tx, c.train.seed, run.mesh)
+    del params
+    latest = checkpointer.latest_step()
+    writer = train_metrics.MetricsWriter(run.workdir, total_steps=steps,
+                                         progress_bar=c.train.progress_bar)
+    if latest is not None:
+        state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
+        if data_state.get("loader"):
+            loader.set_state(data_state["loader"].encode())
+        writer.resume(latest)
+        if run.is_main:
+            print(f"[resume] {run.workdir.name}: continuing from step {latest}")
+    shardings = train_state.state_shardings(state)
+    loss_fn = loss_fn_for(graphdef)
+    with sharding.use_mesh(run.mesh):
+        step_fn = make_train_step(loss_fn, tx, schedule, shardings, grad_accum=c.train.grad_accum)
+        evaluate = evaluate_for(graphdef) if evaluate_for else None
+        hooks = train_loop.StepHooks(
+            evaluate=(lambda s: evaluate(s.params)) if evaluate else None, tokens=tokens,
+            after_log=after_log)
+        loop = train_loop.LoopConfig(
+            total_steps=steps, log_every=c.train.log_every, eval_every=c.train.eval_every,
+            checkpoint_every=c.train.checkpoint_every,
+            flops_per_token=flops_per_token(model.config, c.data.max_length),
+            peak_flops=c.perf.peak_tflops * 1e12)
+        state = train_loop.run_loop(
+            state=state, step_fn=step_fn, frozen=frozen, loader=_LoaderState(loader),
+            mesh=run.mesh, loop=loop, checkpointer=checkpointer, writer=writer,
+            model_config=model.config.to_dict(), hooks=hooks)
+    checkpointer.close()
+    if c.train.plot:
+        writer.plot(run.workdir / "plots")
+    writer.close()
+    save_model(run, state.params, graphdef)
+    return state.params, graphdef
+
+
+class _LoaderState:
+    """Adapts a data Loader (bytes state) to the loop's JSON checkpoint item."""
+
+    def __init__(self, loader):
+        self.loader = loader
+
+    def __next__(self):
+        return next(self.loader)
+
+    def get_state(self) -> dict:
+        return {"loader": self.loader.get_state().decode()}
+
+
+def evaluation_average(batches_metrics: list[dict[str, np.ndarray]]) -> dict[str, float]:
+    """Combine per-batch `(sum, count)` metrics: each key `k` averages `k_sum / k_count`."""
+    totals: dict[str, float] = {}
+    for metrics in jax.device_get(batches_metrics):
+        for key, value in metrics.items():
+            totals[key] = totals.get(key, 0.0) + float(np.asarray(value))
+    return {key[:-4]: totals[key] / max(totals[key[:-4] + "_count"], 1e-12)
+            for key in totals if key.endswith("_sum")}
+
+
+def write_json(path: Path, value: Any) -> None:
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def make_evaluator(run: Run, batches: list[dict], metric_fn: Callable, frozen: Any = None
+                   ) -> Callable[[Any], dict[str, float]]:
+    """`evaluate(params) -> metrics` over fixed host batches.
+
+    `metric_fn(params, batch, frozen)` returns `{name_sum, name_count}` pairs per batch (so
+    padded rows and unequal token counts average correctly); the result maps each `name` to
+    Σ sums / Σ counts over all batches.
+    """
+    jitted = jax.jit(metric_fn)
+
+    def evaluate(params) -> dict[str, float]:
+        with sharding.use_mesh(run.mesh):
+            outs = [jitted(params, train_loop.to_global_batch(b, run.mesh), frozen)
+                    for b in batches]
+        return evaluation_average(outs)
+
+    return evaluate
+
+
+def attention_inputs(batch: dict, packed: bool, prefix: str = "") -> dict:
+    """Positions and segment ids for packed rows; right-padded rows need only the causal mask
+    (padding comes after every real token), which keeps the fused attention kernel's fast path."""
+    if not packed:
+        return {}
+    return {"positions": batch[f"{prefix}positions"], "segment_ids": batch[f"{prefix}segment_ids"]}

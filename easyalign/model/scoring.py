@@ -1,0 +1,88 @@
+"""Per-token quantities from hidden states without materialising `[B, T, vocab]` logits.
+
+With a 128K vocabulary, fp32 logits of a 4×2048 batch are 4 GB, and their gradient as much
+again. Every loss therefore goes through `chunked`: the sequence is cut into chunks, logits
+are computed chunk by chunk inside `jax.checkpoint` (so the backward pass recomputes each
+chunk's logits instead of storing them), and only per-token results `[B, T]` survive.
+
+Convention (see `easyalign.losses`): `logps[b, t] = log p(tokens[b, t] | tokens[b, <t])`,
+read off the hidden state at t−1; position 0 has no prediction and is 0.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+DEFAULT_CHUNK = 512
+
+
+def chunked(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int = DEFAULT_CHUNK
+            ) -> jax.Array:
+    """Apply `fn(*chunks) -> [B, c, ...]` over length-chunks of `[B, L, ...]` arrays → `[B, L, ...]`.
+
+    `fn` runs under `jax.checkpoint`: its internals (e.g. a chunk's logits) are recomputed in
+    the backward pass rather than kept alive across the whole sequence.
+    """
+    length = arrays[0].shape[1]
+    if length <= chunk:
+        return fn(*arrays)
+    n = -(-length // chunk)
+    pad = n * chunk - length
+
+    def split(x):
+        x = jnp.pad(x, [(0, 0), (0, pad)] + [(0, 0)] * (x.ndim - 2))
+        return jnp.moveaxis(x.reshape((x.shape[0], n, chunk) + x.shape[2:]), 1, 0)
+
+    out = jax.lax.map(lambda xs: jax.checkpoint(fn)(*xs), tuple(split(a) for a in arrays))
+    out = jnp.moveaxis(out, 0, 1)
+    return out.reshape((out.shape[0], n * chunk) + out.shape[3:])[:, :length]
+
+
+def _shift(values: jax.Array) -> jax.Array:
+    """`[B, T−1, ...]` predictions for tokens 1..T−1 → `[B, T, ...]` with position 0 = 0."""
+    return jnp.pad(values, [(0, 0), (1, 0)] + [(0, 0)] * (values.ndim - 2))
+
+
+def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
+                   chunk: int = DEFAULT_CHUNK, temperature: float = 1.0) -> jax.Array:
+    """`log p(tokens[t] | <t)` for every position, `[B, T]` float32 (position 0 = 0)."""
+
+    def fn(h, targets):
+        logits = model.logits(h) / temperature
+        logz = jax.nn.logsumexp(logits, axis=-1)
+        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+        return picked - logz
+
+    return _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
+
+
+def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
+                               chunk: int = DEFAULT_CHUNK) -> tuple[jax.Array, jax.Array]:
+    """Log-probs as `token_logprobs`, plus the entropy H_t = −Σ_v p log p of each prediction."""
+
+    def fn(h, targets):
+        logp = jax.nn.log_softmax(model.logits(h), axis=-1)
+        picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
+        entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
+        return jnp.stack([picked, entropy], axis=-1)
+
+    out = _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
+    return out[..., 0], out[..., 1]
+
+
+def token_divergence(student, student_hidden: jax.Array, teacher, teacher_hidden: jax.Array,
+                     divergence: Callable[[jax.Array, jax.Array], jax.Array], *,
+                     chunk: int = DEFAULT_CHUNK) -> jax.Array:
+    """Per-token `divergence(student_logits, teacher_logits)` at every predicted position.
+
+    Both models' logits exist one chunk at a time; the teacher's hidden states should be
+    `stop_gradient`-ed by the caller. Returns `[B, T]` aligned like `token_logprobs`.
+    """
+
+    def fn(hs, ht):
+        return divergence(student.logits(hs), teacher.logits(ht))
+
+    return _shift(chunked(fn, student_hidden[:, :-1], teacher_hidden[:, :-1], chunk=chunk))
