@@ -1,0 +1,202 @@
+"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2 and qwen3.
+
+Families differ in a few switches (see `FAMILIES`):
+
+    model_type  biases                              mlp_bias  q/k norm  sliding window
+    llama       attention_bias → q,k,v and o        key       no        none
+    mistral     none                                no        no        `sliding_window` (or null)
+    qwen2       q,k,v always, o never               no        no        must be off
+    qwen3       attention_bias → q,k,v and o        no        yes       must be off
+
+RoPE is read in both spellings: transformers ≥ 5 writes `rope_parameters = {rope_type,
+rope_theta, factor, ...}`, transformers 4 wrote `rope_theta` plus `rope_scaling = {rope_type
+(or legacy "type"), factor, ...}`. Export writes both, so either major version reads it back.
+A key missing from `config.json` takes the HF config class's default (`_DEFAULTS`), as
+`transformers` would. `architectures` ending in `ForSequenceClassification` with one label map
+to `head="scalar"` (reward / value models).
+
+`to_model_config(hf_config_dict(c)) == c` for every `ModelConfig` HF can express (numerics
+fields such as `dtype`, `remat` are not HF's and keep their defaults).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from easyalign.model.config import ModelConfig, RopeScaling
+
+
+@dataclasses.dataclass(frozen=True)
+class Family:
+    architecture: str        # "Llama" → LlamaForCausalLM / LlamaForSequenceClassification
+    bias: str                # "attention_bias" (one flag for q,k,v,o), "qkv" (Qwen2) or "none"
+    has_mlp_bias: bool       # config carries `mlp_bias`
+    qk_norm: bool
+    sliding_window: bool     # True: honoured (Mistral); False: must be off (Qwen) or absent
+
+
+FAMILIES: dict[str, Family] = {
+    "llama": Family("Llama", "attention_bias", True, False, False),
+    "mistral": Family("Mistral", "none", False, False, True),
+    "qwen2": Family("Qwen2", "qkv", False, False, False),
+    "qwen3": Family("Qwen3", "attention_bias", False, True, False),
+}
+
+# Defaults of the HF config classes (transformers 5) for keys a config.json may omit.
+_DEFAULTS: dict[str, dict[str, Any]] = {
+    "llama": dict(max_position_embeddings=2048, bos_token_id=1, eos_token_id=2),
+    "mistral": dict(max_position_embeddings=4096 * 32, bos_token_id=1, eos_token_id=2,
+                    sliding_window=4096),
+    "qwen2": dict(max_position_embeddings=32768),
+    "qwen3": dict(max_position_embeddings=32768),
+}
+_COMMON_DEFAULTS = dict(rms_norm_eps=1e-6, initializer_range=0.02, tie_word_embeddings=False,
+                        hidden_act="silu", bos_token_id=None, eos_token_id=None,
+                        pad_token_id=None, attention_bias=False, mlp_bias=False)
+_REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+             "num_attention_heads")
+_ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "low_freq_factor",
+              "high_freq_factor", "original_max_position_embeddings"}
+
+
+class HFConfigError(ValueError):
+    """A config.json easyalign cannot represent exactly."""
+
+
+def _rope(raw: Mapping[str, Any], where: str) -> tuple[float, RopeScaling | None]:
+    params = raw.get("rope_parameters")
+    if params is None:  # transformers 4 spelling
+        params = {**(raw.get("rope_scaling") or {}), "rope_theta": raw.get("rope_theta", 10000.0)}
+    unknown = sorted(set(params) - _ROPE_KEYS)
+    if unknown:
+        raise HFConfigError(f"{where}: unsupported RoPE parameter(s) {unknown} in {dict(params)}")
+    rope_type = params.get("rope_type", params.get("type", "default"))
+    theta = float(params.get("rope_theta", raw.get("rope_theta", 10000.0)))
+    if rope_type == "default":
+        return theta, None
+    if rope_type == "linear":
+        return theta, RopeScaling(rope_type="linear", factor=float(params["factor"]))
+    if rope_type == "llama3":
+        return theta, RopeScaling(
+            rope_type="llama3", factor=float(params["factor"]),
+            low_freq_factor=float(params["low_freq_factor"]),
+            high_freq_factor=float(params["high_freq_factor"]),
+            original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+    raise HFConfigError(f"{where}: unsupported rope_type {rope_type!r}; supported: "
+                        "'default', 'linear', 'llama3'")
+
+
+def _head(raw: Mapping[str, Any], where: str) -> str:
+    architectures = raw.get("architectures") or []
+    if not any(a.endswith("ForSequenceClassification") for a in architectures):
+        return "lm"
+    labels = len(raw["id2label"]) if raw.get("id2label") else raw.get("num_labels", 2)
+    if labels != 1:
+        raise HFConfigError(f"{where}: {architectures[0]} with {labels} labels; only one label "
+                            "(a scalar reward/value head) is supported")
+    return "scalar"
+
+
+def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> ModelConfig:
+    """`ModelConfig` from the dict of an HF config.json (`where` names it in errors)."""
+    model_type = raw.get("model_type")
+    if model_type not in FAMILIES:
+        raise HFConfigError(f"{where}: unsupported model_type {model_type!r}; supported: "
+                            f"{sorted(FAMILIES)}")
+    family = FAMILIES[model_type]
+    missing = [k for k in _REQUIRED if k not in raw]
+    if missing:
+        raise HFConfigError(f"{where}: missing required key(s) {missing}")
+    c = {**_COMMON_DEFAULTS, **_DEFAULTS[model_type],
+         **{k: v for k, v in raw.items() if v is not None or k.endswith("token_id")}}
+    if c["hidden_act"] not in ("silu", "swish"):  # two HF names of the same function
+        raise HFConfigError(f"{where}: hidden_act {c['hidden_act']!r}; only 'silu' is supported")
+    if not family.sliding_window and (
+            c.get("use_sliding_window") or "sliding_attention" in (c.get("layer_types") or [])):
+        raise HFConfigError(f"{where}: sliding-window attention (use_sliding_window / "
+                            f"layer_types) is unsupported for {model_type}")
+    bias = {"attention_bias": bool(c["attention_bias"]), "qkv": True, "none": False}[family.bias]
+    theta, scaling = _rope(raw, where)
+    heads = c["num_attention_heads"]
+    return ModelConfig(
+        family=model_type, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
+        intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
+        num_heads=heads, num_kv_heads=c.get("num_key_value_heads", heads),
+        head_dim=c.get("head_dim", c["hidden_size"] // heads),
+        rms_norm_eps=float(c["rms_norm_eps"]), rope_theta=theta, rope_scaling=scaling,
+        max_position_embeddings=c["max_position_embeddings"],
+        tie_word_embeddings=bool(c["tie_word_embeddings"]),
+        qkv_bias=bias, o_bias=bias and family.bias == "attention_bias",
+        mlp_bias=bool(c["mlp_bias"]) and family.has_mlp_bias, qk_norm=family.qk_norm,
+        sliding_window=raw.get("sliding_window", c.get("sliding_window"))
+        if family.sliding_window else None,
+        initializer_range=float(c["initializer_range"]), bos_token_id=c["bos_token_id"],
+        eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"], head=_head(raw, where))
+
+
+def _check_expressible(config: ModelConfig) -> None:
+    family = FAMILIES[config.family]
+    wanted = {"attention_bias": (config.qkv_bias, config.qkv_bias), "qkv": (True, False),
+              "none": (False, False)}[family.bias]
+    problems = []
+    if (config.qkv_bias, config.o_bias) != wanted:
+        problems.append(f"qkv_bias={config.qkv_bias}, o_bias={config.o_bias} (HF {config.family} "
+                        f"has q/k/v bias {wanted[0]}, o bias {wanted[1]})")
+    if config.mlp_bias and not family.has_mlp_bias:
+        problems.append("mlp_bias=True")
+    if config.qk_norm != family.qk_norm:
+        problems.append(f"qk_norm={config.qk_norm}")
+    if config.sliding_window is not None and not family.sliding_window:
+        problems.append(f"sliding_window={config.sliding_window}")
+    if problems:
+        raise HFConfigError(f"ModelConfig of family {config.family!r} has no HF equivalent: "
+                            + "; ".join(problems))
+
+
+def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
+    """The config.json of `config` with weights stored in `dtype` (both transformers 4 and 5)."""
+    _check_expressible(config)
+    family = FAMILIES[config.family]
+    scalar = config.head == "scalar"
+    rope: dict[str, Any] = {"rope_type": "default"}
+    if config.rope_scaling is not None and config.rope_scaling.rope_type != "default":
+        s = config.rope_scaling
+        rope = {"rope_type": s.rope_type, "factor": s.factor}
+        if s.rope_type == "llama3":
+            rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
+                        original_max_position_embeddings=s.original_max_position_embeddings)
+    eos = config.eos_token_id
+    out: dict[str, Any] = {
+        "architectures": [family.architecture
+                          + ("ForSequenceClassification" if scalar else "ForCausalLM")],
+        "model_type": config.family,
+        "vocab_size": config.vocab_size, "hidden_size": config.hidden_size,
+        "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "head_dim": config.head_dim,
+        "hidden_act": "silu", "rms_norm_eps": config.rms_norm_eps,
+        "max_position_embeddings": config.max_position_embeddings,
+        "initializer_range": config.initializer_range,
+        "tie_word_embeddings": config.tie_word_embeddings,
+        "bos_token_id": config.bos_token_id,
+        "eos_token_id": list(eos) if isinstance(eos, tuple) else eos,
+        "pad_token_id": config.pad_token_id,
+        "rope_parameters": {**rope, "rope_theta": config.rope_theta},   # transformers ≥ 5
+        "rope_theta": config.rope_theta,                                # transformers 4
+        "rope_scaling": None if rope["rope_type"] == "default" else rope,
+        "attention_dropout": 0.0, "use_cache": True,
+        "dtype": dtype, "torch_dtype": dtype,  # transformers 5 reads `dtype`, 4 `torch_dtype`
+    }
+    if family.bias == "attention_bias":
+        out["attention_bias"] = config.qkv_bias
+    if family.has_mlp_bias:
+        out["mlp_bias"] = config.mlp_bias
+    if family.sliding_window:
+        out["sliding_window"] = config.sliding_window
+    elif config.family.startswith("qwen"):
+        out.update(use_sliding_window=False, sliding_window=None,
+                   max_window_layers=config.num_layers)
+    if scalar:  # num_labels = 1, spelled the way HF serialises it
+        out.update(id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
+    return out

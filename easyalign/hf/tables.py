@@ -1,0 +1,206 @@
+"""Declarative HF ⇄ easyalign tensor tables (DESIGN decision 7).
+
+A table is a tuple of `Row`s; one row says where one HF tensor lives in our parameter tree:
+
+    Row(hf="model.layers.{i}.self_attn.q_proj.weight",     # HF name, {i} = layer index
+        path="layers.attn.q_proj.kernel",                  # our nnx param path
+        layout="(H hd) d -> d H hd",                       # HF dims -> our dims
+        when=qkv_bias)                                     # present only if this holds
+
+`layout` is an einops-like spec over the symbols of `sizes(config)` (`V d F H KV hd 1`). The left
+side lists the HF tensor's dimensions, a parenthesised group being one HF dimension made of
+several factors (row-major, so `(H hd)` is `H` blocks of `hd`); the right side lists our
+dimensions, each one factor. Import is "split the HF dims into factors, then transpose", export
+is the inverse. A row whose HF name contains `{i}` is a stacked parameter: our array has a
+leading `layers` axis of size L and row `i` of it is the HF tensor for layer `i`.
+
+Import and export (`load.py`, `export.py`) are generic readers of these tables; a family adds
+a table, never a code path. All four supported families use HF's Llama naming, so they share
+`LLAMA_TABLE` and differ only by which conditional rows apply (biases, q/k norm, heads).
+A family that fuses tensors (e.g. one `qkv_proj`) would need a row kind the format does not
+have yet: one HF tensor feeding several params.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import re
+from typing import Callable
+
+import numpy as np
+
+from easyalign.model.config import ModelConfig
+
+# Tensors HF checkpoints may carry that hold no parameter (old Llama exports saved RoPE tables).
+IGNORED_TENSORS = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"),)
+
+
+def sizes(config: ModelConfig) -> dict[str, int]:
+    """Values of the layout symbols for one config."""
+    return {"V": config.vocab_size, "d": config.hidden_size, "F": config.intermediate_size,
+            "H": config.num_heads, "KV": config.num_kv_heads, "hd": config.head_dim, "1": 1}
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """A parsed `"(H hd) d -> d H hd"`: HF dims as factor groups, and our dims as factors."""
+
+    groups: tuple[tuple[str, ...], ...]
+    ours: tuple[str, ...]
+
+    @classmethod
+    def parse(cls, spec: str) -> "Layout":
+        left, right = (side.strip() for side in spec.split("->"))
+        groups = tuple(tuple(group.split()) if group else (single,)
+                       for group, single in re.findall(r"\(([^)]*)\)|(\S+)", left))
+        ours = tuple(right.split())
+        factors = [f for group in groups for f in group]
+        if sorted(factors) != sorted(ours) or len(set(ours)) != len(ours):
+            raise ValueError(f"layout {spec!r}: both sides must name the same distinct factors")
+        return cls(groups, ours)
+
+    @property
+    def factors(self) -> tuple[str, ...]:
+        return tuple(f for group in self.groups for f in group)
+
+    @property
+    def perm(self) -> tuple[int, ...]:
+        """Transpose taking the split HF view (factor order) to our dimension order."""
+        return tuple(self.factors.index(f) for f in self.ours)
+
+    def hf_shape(self, size: dict[str, int]) -> tuple[int, ...]:
+        return tuple(math.prod(size[f] for f in group) for group in self.groups)
+
+    def our_shape(self, size: dict[str, int]) -> tuple[int, ...]:
+        return tuple(size[f] for f in self.ours)
+
+    def hf_slices(self, index: tuple[slice, ...], size: dict[str, int]):
+        """HF slices covering the block `index` (slices of our dims) selects, and the factor ranges.
+
+        A group `(a b)` can only be sliced contiguously along its leading factor, so the read
+        covers the requested range of `a` with all of `b`; `to_ours` trims `b` in memory. Our
+        sharding rules never split an inner factor (head_dim is replicated), so nothing is
+        over-read in practice.
+        """
+        ranges = {}
+        for f, s in zip(self.ours, index):
+            start, stop, step = s.indices(size[f])
+            if step != 1:
+                raise ValueError(f"strided read of factor {f} is not supported")
+            ranges[f] = (start, stop)
+        hf = []
+        for group in self.groups:
+            inner = math.prod(size[f] for f in group[1:])
+            start, stop = ranges[group[0]]
+            hf.append(slice(start * inner, stop * inner))
+        return tuple(hf), ranges
+
+    def to_ours(self, block: np.ndarray, ranges: dict[str, tuple[int, int]],
+                size: dict[str, int]) -> np.ndarray:
+        """The HF block read by `hf_slices` → our block (split, trim inner factors, transpose)."""
+        split = []
+        for group in self.groups:
+            split.append(ranges[group[0]][1] - ranges[group[0]][0])
+            split.extend(size[f] for f in group[1:])
+        block = block.reshape(split)
+        trim = tuple(slice(0, None) if f == group[0] else slice(*ranges[f])
+                     for group in self.groups for f in group)
+        return np.transpose(block[trim], self.perm)
+
+    def to_hf(self, ours: np.ndarray, size: dict[str, int]) -> np.ndarray:
+        """One whole tensor in our layout → the HF tensor (inverse transpose, merge groups)."""
+        return np.transpose(ours, np.argsort(self.perm)).reshape(self.hf_shape(size))
+
+
+def _always(config: ModelConfig) -> bool:
+    return True
+
+
+def qkv_bias(config: ModelConfig) -> bool:
+    return config.qkv_bias
+
+
+def o_bias(config: ModelConfig) -> bool:
+    return config.o_bias
+
+
+def mlp_bias(config: ModelConfig) -> bool:
+    return config.mlp_bias
+
+
+def qk_norm(config: ModelConfig) -> bool:
+    return config.qk_norm
+
+
+def untied_lm_head(config: ModelConfig) -> bool:
+    return config.head == "lm" and not config.tie_word_embeddings
+
+
+def scalar_head(config: ModelConfig) -> bool:
+    return config.head == "scalar"
+
+
+@dataclasses.dataclass(frozen=True)
+class Row:
+    hf: str
+    path: str
+    layout: Layout
+    when: Callable[[ModelConfig], bool] = _always
+
+    @property
+    def stacked(self) -> bool:
+        return "{i}" in self.hf
+
+    def hf_names(self, num_layers: int) -> list[str]:
+        return [self.hf.format(i=i) for i in range(num_layers)] if self.stacked else [self.hf]
+
+
+def _row(hf: str, path: str, layout: str, when=_always) -> Row:
+    return Row(hf, path, Layout.parse(layout), when)
+
+
+_LAYER = "model.layers.{i}."
+LLAMA_TABLE: tuple[Row, ...] = (
+    _row("model.embed_tokens.weight", "embed_tokens.embedding", "V d -> V d"),
+    _row(_LAYER + "input_layernorm.weight", "layers.input_norm.scale", "d -> d"),
+    _row(_LAYER + "self_attn.q_proj.weight", "layers.attn.q_proj.kernel", "(H hd) d -> d H hd"),
+    _row(_LAYER + "self_attn.q_proj.bias", "layers.attn.q_proj.bias", "(H hd) -> H hd", qkv_bias),
+    _row(_LAYER + "self_attn.k_proj.weight", "layers.attn.k_proj.kernel", "(KV hd) d -> d KV hd"),
+    _row(_LAYER + "self_attn.k_proj.bias", "layers.attn.k_proj.bias", "(KV hd) -> KV hd",
+         qkv_bias),
+    _row(_LAYER + "self_attn.v_proj.weight", "layers.attn.v_proj.kernel", "(KV hd) d -> d KV hd"),
+    _row(_LAYER + "self_attn.v_proj.bias", "layers.attn.v_proj.bias", "(KV hd) -> KV hd",
+         qkv_bias),
+    _row(_LAYER + "self_attn.o_proj.weight", "layers.attn.o_proj.kernel", "d (H hd) -> H hd d"),
+    _row(_LAYER + "self_attn.o_proj.bias", "layers.attn.o_proj.bias", "d -> d", o_bias),
+    _row(_LAYER + "self_attn.q_norm.weight", "layers.attn.q_norm.scale", "hd -> hd", qk_norm),
+    _row(_LAYER + "self_attn.k_norm.weight", "layers.attn.k_norm.scale", "hd -> hd", qk_norm),
+    _row(_LAYER + "post_attention_layernorm.weight", "layers.post_attn_norm.scale", "d -> d"),
+    _row(_LAYER + "mlp.gate_proj.weight", "layers.mlp.gate_proj.kernel", "F d -> d F"),
+    _row(_LAYER + "mlp.gate_proj.bias", "layers.mlp.gate_proj.bias", "F -> F", mlp_bias),
+    _row(_LAYER + "mlp.up_proj.weight", "layers.mlp.up_proj.kernel", "F d -> d F"),
+    _row(_LAYER + "mlp.up_proj.bias", "layers.mlp.up_proj.bias", "F -> F", mlp_bias),
+    _row(_LAYER + "mlp.down_proj.weight", "layers.mlp.down_proj.kernel", "d F -> F d"),
+    _row(_LAYER + "mlp.down_proj.bias", "layers.mlp.down_proj.bias", "d -> d", mlp_bias),
+    _row("model.norm.weight", "final_norm.scale", "d -> d"),
+    _row("lm_head.weight", "lm_head.kernel", "V d -> d V", untied_lm_head),
+    # HF *ForSequenceClassification with num_labels=1: the reward/value head.
+    _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
+)
+
+TABLES: dict[str, tuple[Row, ...]] = {
+    "llama": LLAMA_TABLE, "mistral": LLAMA_TABLE, "qwen2": LLAMA_TABLE, "qwen3": LLAMA_TABLE}
+
+
+def rows_for(config: ModelConfig) -> list[Row]:
+    """The rows of `config`'s family table that apply to it."""
+    return [row for row in TABLES[config.family] if row.when(config)]
+
+
+def ignorable(name: str, config: ModelConfig) -> bool:
+    """HF tensors that may be present and are dropped: RoPE caches; `lm_head.weight` of a tied
+    model (some exporters write the shared matrix twice; HF ignores it when tying, so do we)."""
+    if any(pattern.search(name) for pattern in IGNORED_TENSORS):
+        return True
+    return name == "lm_head.weight" and config.head == "lm" and config.tie_word_embeddings
