@@ -1,0 +1,137 @@
+"""Export a `Transformer` as an HF checkpoint directory that `transformers` loads as is.
+
+    to_hf(model, "out/", tokenizer=tok, max_shard_size="2GB", dtype="bfloat16")
+
+writes `config.json`, `generation_config.json` (bos/eos/pad ids), the weights as safetensors
+— `model.safetensors`, or `model-00001-of-0000N.safetensors` shards plus
+`model.safetensors.index.json` when they exceed `max_shard_size` — and the tokenizer files.
+
+Streaming: every tensor's HF shape and dtype is known from the table, so the shard plan is
+made before any data moves. Then, shard by shard, each HF tensor (one layer slice of a stacked
+parameter) is gathered to the host on its own — `jax.device_get`, or `process_allgather` when
+the array spans several hosts — converted by the table's layout and kept until its shard is
+written. Host memory thus holds about one shard. Every process takes part in the gathers
+(they are collective on multi-host meshes); only process 0 writes files.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import warnings
+from pathlib import Path
+
+import jax
+import ml_dtypes  # noqa: F401  (lets numpy cast to bfloat16 and safetensors write it)
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from safetensors.numpy import save_file
+
+from easyalign.hf.config import hf_config_dict
+from easyalign.hf.load import INDEX_FILE, SINGLE_FILE
+from easyalign.hf.tables import Row, rows_for, sizes
+from easyalign.model import Transformer
+
+_UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
+          "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
+
+
+def parse_size(size: int | str) -> int:
+    """Bytes of `2_000_000_000`, `"2GB"` (decimal, as HF) or `"2GiB"` (binary)."""
+    if isinstance(size, int):
+        return size
+    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]I?B|B)\s*", size.upper())
+    if not match:
+        raise ValueError(f"max_shard_size {size!r}: expected bytes or e.g. '2GB', '500MiB'")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def _entries(rows: list[Row], num_layers: int) -> list[tuple[str, Row, int | None]]:
+    """(HF name, row, layer) in HF's order: embeddings, layer 0, layer 1, ..., norm, heads."""
+    first = next(k for k, row in enumerate(rows) if row.stacked)
+    before = [(row.hf, row, None) for row in rows[:first] if not row.stacked]
+    after = [(row.hf, row, None) for row in rows[first:] if not row.stacked]
+    layers = [(row.hf.format(i=i), row, i) for i in range(num_layers)
+              for row in rows if row.stacked]
+    return before + layers + after
+
+
+def _plan(entries, nbytes: dict[str, int], limit: int) -> list[list]:
+    """Greedy shards in order; a tensor larger than the limit gets a shard of its own (as HF)."""
+    shards: list[list] = [[]]
+    used = 0
+    for entry in entries:
+        if shards[-1] and used + nbytes[entry[0]] > limit:
+            shards.append([])
+            used = 0
+        shards[-1].append(entry)
+        used += nbytes[entry[0]]
+    return shards
+
+
+def _to_host(x: jax.Array) -> np.ndarray:
+    """The whole of `x` on this host (a collective when `x` spans hosts)."""
+    if x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def _write_json(path: Path, value) -> None:
+    path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
+
+
+def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
+          max_shard_size: int | str = "2GB", dtype: str | None = None) -> Path:
+    """Write `model` to `out_dir` in HF format; returns the directory.
+
+    `dtype` is the dtype the weights are written in (default: the model's `param_dtype`, so
+    import → export reproduces the checkpoint bit for bit when the dtypes agree). `tokenizer`
+    is anything with `save_pretrained(dir)` (an HF tokenizer); its `pad_token_id` fills in
+    the config's when the model config has none.
+    """
+    config = model.config
+    out_dir = Path(out_dir)
+    dtype = str(np.dtype(dtype or config.param_dtype))
+    if tokenizer is not None and config.pad_token_id is None:
+        config = config.replace(pad_token_id=tokenizer.pad_token_id)
+    if config.head == "scalar" and config.pad_token_id is None:
+        warnings.warn("exporting a scalar head without pad_token_id: HF's "
+                      "*ForSequenceClassification cannot pool batches of more than one row")
+    hf_config = hf_config_dict(config, dtype)
+    rows = rows_for(config)
+    size = sizes(config)
+    entries = _entries(rows, config.num_layers)
+    itemsize = np.dtype(dtype).itemsize
+    nbytes = {name: int(np.prod(row.layout.hf_shape(size))) * itemsize
+              for name, row, _ in entries}
+    shards = _plan(entries, nbytes, parse_size(max_shard_size))
+    names = ([SINGLE_FILE] if len(shards) == 1 else
+             [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
+
+    writer = jax.process_index() == 0
+    if writer:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        _write_json(out_dir / "config.json", hf_config)
+        generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
+                      if hf_config[k] is not None}
+        _write_json(out_dir / "generation_config.json", generation)
+
+    params = {".".join(map(str, p)): v.get_value()
+              for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
+    weight_map = {}
+    for file, shard in zip(names, shards):
+        tensors = {}
+        for name, row, layer in shard:
+            value = params[row.path] if layer is None else params[row.path][layer]
+            tensors[name] = np.ascontiguousarray(
+                row.layout.to_hf(_to_host(value), size).astype(dtype))
+            weight_map[name] = file
+        if writer:
+            save_file(tensors, str(out_dir / file), metadata={"format": "pt"})
+    if writer and len(shards) > 1:
+        _write_json(out_dir / INDEX_FILE, {"metadata": {"total_size": sum(nbytes.values())},
+                                           "weight_map": weight_map})
+    if writer and tokenizer is not None:
+        tokenizer.save_pretrained(str(out_dir))
+    return out_dir
