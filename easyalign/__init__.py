@@ -1,0 +1,38 @@
+"""easyalign: post-training of open causal LMs in JAX/Flax NNX (see DESIGN.md).
+
+Public API, imported lazily on first use so that `import easyalign` stays cheap:
+
+    easyalign.from_hf / to_hf                       HF checkpoint directory ⇄ Transformer
+    easyalign.convert_hf_to_checkpoint / convert_checkpoint_to_hf / load_checkpoint_model /
+    save_checkpoint_model                           Orbax model checkpoints
+    easyalign.ModelConfig / Transformer / create_model / preset
+"""
+
+from __future__ import annotations
+
+import importlib
+
+_EXPORTS = {
+    "from_hf": "easyalign.hf",
+    "to_hf": "easyalign.hf",
+    "convert_hf_to_checkpoint": "easyalign.hf",
+    "convert_checkpoint_to_hf": "easyalign.hf",
+    "load_checkpoint_model": "easyalign.hf",
+    "save_checkpoint_model": "easyalign.hf",
+    "ModelConfig": "easyalign.model",
+    "Transformer": "easyalign.model",
+    "create_model": "easyalign.model",
+    "preset": "easyalign.model",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'easyalign' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)
+
+
+def __dir__():
+    return sorted(set(globals()) | set(_EXPORTS))

@@ -1,0 +1,116 @@
+"""Model checkpoints on disk (Orbax) and their conversion from and to HF format.
+
+A model checkpoint is a directory:
+
+    ckpt_dir/
+      model_config.json   ModelConfig.to_dict() as JSON — the checkpoint describes itself
+      params/             Orbax (StandardCheckpointer) PyTree of the parameters: the nnx
+                          `Param` state as a nested dict of arrays, keys = the param paths
+                          (`embed_tokens/embedding`, `layers/attn/q_proj/kernel`, ...), stacked
+                          block weights with their leading `[L]` axis, as in the model
+      tokenizer/          HF tokenizer files, copied verbatim (optional)
+
+`params/` is a plain Orbax PyTree, so a training checkpoint can hold the same tree as one item
+of a `CheckpointManager` step and these functions read it. Restore is sharding-aware: the
+target is the abstract model on the *current* mesh (`ShapeDtypeStruct`s carrying the rules'
+`NamedSharding`s), so Orbax reads each device's block straight into its shard — a checkpoint
+saved on one mesh restores on any other, and the stored dtype is cast to the config's
+`param_dtype` on the way in.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh
+
+from easyalign import sharding
+from easyalign.hf.export import to_hf
+from easyalign.hf.load import from_hf
+from easyalign.model import Transformer, abstract_model
+from easyalign.model.config import ModelConfig
+
+PARAMS_DIR = "params"
+CONFIG_FILE = "model_config.json"
+TOKENIZER_DIR = "tokenizer"
+# Files an HF tokenizer may consist of (tokenizers, sentencepiece and BPE vocabularies).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "added_tokens.json", "tokenizer.model", "vocab.json", "merges.txt",
+                   "chat_template.jinja", "chat_template.json")
+
+
+def _copy_tokenizer(src: Path, dst: Path) -> None:
+    files = [src / name for name in TOKENIZER_FILES if (src / name).is_file()]
+    if files:
+        dst.mkdir(parents=True, exist_ok=True)
+        for file in files:
+            shutil.copy2(file, dst / file.name)
+
+
+def save_checkpoint_model(model: Transformer, ckpt_dir: str | Path,
+                          tokenizer_dir: str | Path | None = None) -> Path:
+    """Write `model` as a model checkpoint (layout in the module docstring); returns the dir.
+
+    Collective on multi-host meshes (Orbax coordinates the processes); process 0 writes the
+    JSON and tokenizer files. `ckpt_dir/params` must not exist yet.
+    """
+    ckpt_dir = Path(ckpt_dir).absolute()
+    params = nnx.to_pure_dict(nnx.state(model, nnx.Param))
+    with ocp.StandardCheckpointer() as checkpointer:  # leaving the block waits for the save
+        checkpointer.save(ckpt_dir / PARAMS_DIR, params)
+    if jax.process_index() == 0:
+        (ckpt_dir / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
+        if tokenizer_dir is not None:
+            _copy_tokenizer(Path(tokenizer_dir), ckpt_dir / TOKENIZER_DIR)
+    return ckpt_dir
+
+
+def read_checkpoint_config(ckpt_dir: str | Path) -> ModelConfig:
+    path = Path(ckpt_dir) / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"{ckpt_dir}: no {CONFIG_FILE} (not an easyalign model "
+                                "checkpoint)")
+    return ModelConfig.from_dict(json.loads(path.read_text()))
+
+
+def load_checkpoint_model(ckpt_dir: str | Path, mesh: Mesh | None = None,
+                          **config_overrides) -> Transformer:
+    """Restore a model checkpoint directly into the shardings of `mesh` (default: one device).
+
+    `config_overrides` are `ModelConfig` fields such as `dtype` (compute) or `param_dtype`
+    (the stored params are cast to it during the restore).
+    """
+    ckpt_dir = Path(ckpt_dir).absolute()
+    config = read_checkpoint_config(ckpt_dir).replace(**config_overrides)
+    mesh = mesh or sharding.single_device_mesh()
+    graphdef, abstract, shardings = abstract_model(config, mesh)
+    target = jax.tree.map(lambda value, where: jax.ShapeDtypeStruct(
+        value.shape, value.dtype, sharding=where),
+        nnx.to_pure_dict(abstract), nnx.to_pure_dict(shardings))
+    with ocp.StandardCheckpointer() as checkpointer:
+        params = checkpointer.restore(ckpt_dir / PARAMS_DIR, target)
+    nnx.replace_by_pure_dict(abstract, params)
+    return nnx.merge(graphdef, abstract)
+
+
+def convert_hf_to_checkpoint(hf_dir: str | Path, out_dir: str | Path,
+                             mesh: Mesh | None = None, param_dtype: str = "float32") -> Path:
+    """HF checkpoint directory → model checkpoint (params in `param_dtype`, tokenizer copied)."""
+    model = from_hf(hf_dir, mesh=mesh, param_dtype=param_dtype)
+    return save_checkpoint_model(model, out_dir, tokenizer_dir=hf_dir)
+
+
+def convert_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
+                             mesh: Mesh | None = None, max_shard_size: int | str = "2GB",
+                             dtype: str | None = None) -> Path:
+    """Model checkpoint → HF directory (weights in `dtype`, default the stored param dtype)."""
+    model = load_checkpoint_model(ckpt_dir, mesh=mesh)
+    out_dir = to_hf(model, out_dir, max_shard_size=max_shard_size, dtype=dtype)
+    if jax.process_index() == 0:
+        _copy_tokenizer(Path(ckpt_dir) / TOKENIZER_DIR, Path(out_dir))
+    return out_dir
