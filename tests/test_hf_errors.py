@@ -1,0 +1,123 @@
+"""Bad HF directories: each fails with one clear error naming the file or tensor."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from easyalign import from_hf
+from easyalign.hf import HFCheckpointError, HFConfigError
+from hf_fixtures import make_hf_model
+
+
+@pytest.fixture
+def hf_dir(tmp_path):
+    make_hf_model("llama", tmp_path)
+    return tmp_path
+
+
+def rewrite_weights(directory, change):
+    file = directory / "model.safetensors"
+    tensors = load_file(file)
+    change(tensors)
+    save_file(tensors, file, metadata={"format": "pt"})
+    return file
+
+
+def edit_config(directory, **changes):
+    config = json.loads((directory / "config.json").read_text())
+    config.update(changes)
+    (directory / "config.json").write_text(json.dumps(config))
+
+
+def test_directory_without_config(tmp_path):
+    with pytest.raises(HFCheckpointError, match=f"{re.escape(str(tmp_path))}: no config.json"):
+        from_hf(tmp_path)
+
+
+def test_unsupported_model_type(hf_dir):
+    edit_config(hf_dir, model_type="gpt2")
+    with pytest.raises(HFConfigError, match=r"config.json: unsupported model_type 'gpt2'; "
+                                            r"supported: \['llama', 'mistral', 'qwen2', 'qwen3'\]"):
+        from_hf(hf_dir)
+
+
+def test_missing_tensor(hf_dir):
+    rewrite_weights(hf_dir, lambda t: t.pop("model.layers.1.mlp.up_proj.weight"))
+    with pytest.raises(HFCheckpointError) as error:
+        from_hf(hf_dir)
+    message = str(error.value)
+    assert "model.safetensors: does not match its llama config" in message
+    assert "missing tensor model.layers.1.mlp.up_proj.weight (expected shape [128, 64])" in message
+    assert "expected 35 tensors, found 34" in message
+
+
+def test_misshapen_tensor(hf_dir):
+    def shrink(tensors):
+        tensors["model.layers.0.self_attn.k_proj.weight"] = np.zeros((16, 64), np.float32)
+    rewrite_weights(hf_dir, shrink)
+    with pytest.raises(HFCheckpointError, match=re.escape(
+            "model.safetensors: tensor model.layers.0.self_attn.k_proj.weight has shape "
+            "[16, 64], expected [32, 64]")):
+        from_hf(hf_dir)
+
+
+def test_unexpected_tensor(hf_dir):
+    def add(tensors):
+        tensors["model.layers.2.mlp.up_proj.weight"] = np.zeros((128, 64), np.float32)
+        tensors["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.zeros(8, np.float32)
+    rewrite_weights(hf_dir, add)
+    with pytest.raises(HFCheckpointError) as error:
+        from_hf(hf_dir)
+    assert "model.safetensors: unexpected tensor model.layers.2.mlp.up_proj.weight" in str(
+        error.value)
+    assert "inv_freq" not in str(error.value)  # RoPE caches are ignorable
+
+
+def test_override_that_contradicts_the_weights(hf_dir):
+    with pytest.raises(HFCheckpointError, match="missing tensor score.weight"):
+        from_hf(hf_dir, head="scalar")
+
+
+def test_only_pytorch_pickle(tmp_path):
+    model = make_hf_model("llama", tmp_path / "src")
+    (tmp_path / "bin").mkdir()
+    (tmp_path / "bin" / "config.json").write_bytes((tmp_path / "src" / "config.json").read_bytes())
+    torch.save(model.state_dict(), tmp_path / "bin" / "pytorch_model.bin")
+    with pytest.raises(HFCheckpointError, match=r"no model.safetensors or model.safetensors.index"
+                                                r".json; found \['pytorch_model.bin'\], but "
+                                                r"PyTorch pickles are never loaded"):
+        from_hf(tmp_path / "bin")
+
+
+def test_index_naming_a_missing_shard(hf_dir):
+    (hf_dir / "model.safetensors").rename(hf_dir / "model-00001-of-00002.safetensors")
+    names = load_file(hf_dir / "model-00001-of-00002.safetensors")
+    weight_map = {name: "model-00001-of-00002.safetensors" for name in names}
+    weight_map["model.norm.weight"] = "model-00002-of-00002.safetensors"
+    (hf_dir / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    with pytest.raises(HFCheckpointError, match="index.json: lists model-00002-of-00002."
+                                                "safetensors, which does not exist"):
+        from_hf(hf_dir)
+
+
+@pytest.mark.parametrize("changes, message", [
+    ({"model_type": "qwen2", "use_sliding_window": True, "sliding_window": 8},
+     "sliding-window attention .* is unsupported for qwen2"),
+    ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
+     "unsupported rope_type 'yarn'"),
+    ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}},
+     "unsupported rope_type 'dynamic'; supported: 'default', 'linear', 'llama3'"),
+    ({"hidden_act": "gelu"}, "hidden_act 'gelu'; only 'silu'"),
+    ({"architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "a", "1": "b"}},
+     "with 2 labels; only one label"),
+])
+def test_unsupported_configs(hf_dir, changes, message):
+    edit_config(hf_dir, **changes)
+    with pytest.raises(HFConfigError, match=message):
+        from_hf(hf_dir)
