@@ -101,9 +101,10 @@ def test_hh_rlhf_harmless_base_test_file():
     assert len(pairs) == 2312
     first = pairs[0]
     assert first["source"] == f"{path}:1"
-    assert first["prompt"][0] == {"role": "user", "content": "what are some pranks with a pen i can do?"}
-    assert first["prompt"][-1] == {"role": "user",
-                                   "content": "okay some of these do not have anything to do with pens"}
+    assert first["prompt"][0] == {"role": "user",
+                                  "content": "what are some pranks with a pen i can do?"}
+    assert first["prompt"][-1] == {
+        "role": "user", "content": "okay some of these do not have anything to do with pens"}
     assert [m["role"] for m in first["prompt"]] == ["user", "assistant"] * 2 + ["user"]
     assert first["chosen"].startswith("No, sorry!  All of these involve a pen")
     assert records[0].data["chosen"].endswith("\n\nAssistant: " + first["chosen"])

@@ -68,8 +68,9 @@ def test_tokenizer_template_wins_and_prefix_breaks_are_errors():
     # assistant turns with EOS it keeps the prefix property.
     own = ("{% for m in messages %}b <|{{ m['role'] }}|> {{ m['content'] }}{{ eos_token }}"
            "{% endfor %}{% if add_generation_prompt %}b <|assistant|>{% endif %}")
-    two_turns = {"messages": [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
-                              {"role": "user", "content": "how"}, {"role": "assistant", "content": "c"}]}
+    two_turns = {"messages": [
+        {"role": "user", "content": "hi"}, {"role": "assistant", "content": "a"},
+        {"role": "user", "content": "how"}, {"role": "assistant", "content": "c"}]}
     [ex], _ = tokenize_examples(sft(two_turns), "sft", word_tokenizer(own), POLICY)
     assert ex["tokens"].tolist() == ids("b <| user |> hi </s> b <| assistant |> a </s> "
                                         "b <| user |> how </s> b <| assistant |> c </s>")
@@ -119,7 +120,7 @@ def test_truncation_is_counted_and_follows_the_policy():
                                    TruncationPolicy(12, 8, on_overflow="drop"))
     assert len(out) == 1 and out[0]["source"] == "data.jsonl:1"
     assert stats == TruncationStats(seen=2, dropped=1)
-    with pytest.raises(DataError, match=r"data\.jsonl:2: 12 prompt \+ \[5\] response tokens exceed"):
+    with pytest.raises(DataError, match=r"data\.jsonl:2: 12 prompt \+ \[5\] response tokens exc"):
         tokenize_examples(examples, "sft", tok, TruncationPolicy(12, 8, on_overflow="error"))
     # Preference pairs share one truncated prompt; each response is cut to fit on its own.
     pairs = normalize_preference([Record({"prompt": "a b c d", "chosen": "e", "rejected": "f g h"},
@@ -133,7 +134,8 @@ def test_truncation_is_counted_and_follows_the_policy():
 
 
 def test_teacher_topk_rows_align_with_response_tokens():
-    topk = {"ids": [[13, 14], [14, 13], [1, 13]], "logprobs": [[-0.1, -2.5], [-0.2, -2.0], [0.0, -9.0]]}
+    topk = {"ids": [[13, 14], [14, 13], [1, 13]],
+            "logprobs": [[-0.1, -2.5], [-0.2, -2.0], [0.0, -9.0]]}
     teacher = normalize_teacher([Record({"prompt": "hi", "teacher_response": "fine thanks",
                                          "teacher_topk": topk}, "t:1")])
     [ex], _ = tokenize_examples(teacher, "teacher", word_tokenizer(), TruncationPolicy(10))

@@ -131,8 +131,8 @@ def _split_hh(d: dict, where: str, allow_empty: bool) -> tuple[list[dict], str, 
     common = os.path.commonprefix([chosen, rejected])
     cut = common.rfind(HH_ASSISTANT)
     if cut < 0:
-        raise DataError(where, "no 'prompt' field, and chosen/rejected are not HH dialogues sharing "
-                               "a prefix up to a '\\n\\nAssistant:' turn", field="prompt")
+        raise DataError(where, "no 'prompt' field, and chosen/rejected are not HH dialogues "
+                               "sharing a prefix up to a '\\n\\nAssistant:' turn", field="prompt")
     prompt = _hh_dialogue(chosen[:cut], where, "chosen")
     if not prompt:
         raise DataError(where, "HH dialogue has no turn before the final Assistant turn",
@@ -152,7 +152,7 @@ def _split_hh(d: dict, where: str, allow_empty: bool) -> tuple[list[dict], str, 
 
 def normalize_preference(records: Sequence[Record], *,
                          allow_empty_responses: bool = False) -> list[dict[str, Any]]:
-    """``{prompt, chosen, rejected}`` or HH dialogues -> ``{prompt, chosen, rejected, source, ...}``.
+    """``{prompt, chosen, rejected}`` or HH dialogues -> ``{prompt, chosen, rejected, source}``.
 
     ``allow_empty_responses`` accepts an empty chosen/rejected response (it trains as bare EOS).
     """

@@ -35,7 +35,6 @@ import dataclasses
 import gzip
 import json
 from collections.abc import Iterator, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 __all__ = ["DataError", "Record", "SourceSpec", "load_records"]
@@ -84,7 +83,8 @@ class SourceSpec:
         if (self.path is None) == (self.hf_name is None):
             raise ValueError(f"SourceSpec needs exactly one of path / hf_name, got {self}")
         if self.resolved_format() not in FORMATS:
-            raise ValueError(f"unknown source format {self.resolved_format()!r}; use one of {FORMATS}")
+            raise ValueError(f"unknown source format {self.resolved_format()!r}; "
+                             f"use one of {FORMATS}")
 
     def resolved_format(self) -> str:
         if self.format is not None:
@@ -128,7 +128,8 @@ def _read_jsonl(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
             try:
                 data = json.loads(line)
             except json.JSONDecodeError as e:
-                raise DataError(where, f"malformed JSON line ({e.msg} at column {e.colno})") from None
+                message = f"malformed JSON line ({e.msg} at column {e.colno})"
+                raise DataError(where, message) from None
             if not isinstance(data, dict):
                 raise DataError(where, f"expected a JSON object, got {type(data).__name__}")
             yield data, where
