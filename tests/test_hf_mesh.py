@@ -23,7 +23,8 @@ def test_sharded_import_export_and_restore_on_8_devices(tmp_path):
 
 
 def _main(tmp: Path) -> None:
-    sys.path.insert(0, str(Path(__file__).parent))
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent)]  # hf_fixtures, and easyalign if not installed
     import jax
     import jax.numpy as jnp
     import numpy as np
