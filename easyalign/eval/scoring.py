@@ -1,0 +1,104 @@
+"""Model-side numbers for evaluation: continuation log-likelihoods and reward scores.
+
+Both take rows of token ids on the host, pad them into fixed-shape batches and run one jitted
+forward per batch:
+
+* `continuation_logprobs(model, rows)` with rows `(prefix, continuation)`:
+
+      ℓ = Σ_{t ∈ continuation} log π(x_t | x_<t)
+
+  read off one full forward over prefix + continuation with `easyalign.model.scoring.
+  token_logprobs` — the trainer's own log-prob code (chunked, fp32 log-softmax). It serves
+  TruthfulQA MC (prefix = the question rendered with the chat template, continuation = an
+  answer) and the KL to the reference (prefix = the prompt, continuation = the variant's
+  response tokens, scored under the variant and under the reference).
+* `reward_scores(model, sequences)`: a scalar-head model's output at each sequence's last
+  token, r(x, y) — the reward model's training layout (`easyalign.algorithms.reward`).
+
+Padding. Rows are right-padded; under the causal mask padding after a row's last token cannot
+change any earlier position, so no segment ids are needed (padded positions are masked out of
+the sums). Batches are always `batch_size` rows and `bucket_length`-wide, so a run compiles a
+handful of shapes; with a mesh, rows are sharded over ("data", "fsdp") and `batch_size` must be
+divisible by that product.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from easyalign import sharding
+from easyalign.model.scoring import token_logprobs
+from easyalign.sampler import bucket_length
+
+
+def _masked_logprob_sums(graphdef, state, tokens, mask):
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model.trunk(tokens)
+    return jnp.sum(token_logprobs(model, hidden, tokens) * mask, axis=-1)
+
+
+def _last_token_scores(graphdef, state, tokens, mask):
+    model = nnx.merge(graphdef, state)
+    hidden, _ = model.trunk(tokens)
+    last = jnp.maximum(jnp.sum(mask, axis=-1).astype(jnp.int32) - 1, 0)
+    return jnp.take_along_axis(model.scores(hidden), last[:, None], axis=1)[:, 0]
+
+
+_logprob_sums_jit = jax.jit(_masked_logprob_sums, static_argnames=("graphdef",))
+_last_scores_jit = jax.jit(_last_token_scores, static_argnames=("graphdef",))
+
+
+def _run_batched(fn: Callable, model, sequences: Sequence[Sequence[int]],
+                 masks: Sequence[Sequence[float]], *, batch_size: int, pad_id: int,
+                 mesh: Mesh | None) -> np.ndarray:
+    """`fn(graphdef, state, tokens [B, W], mask [B, W]) -> [B]` over all rows, in order."""
+    graphdef, state = nnx.split(model)
+    out = []
+    for start in range(0, len(sequences), batch_size):
+        chunk = sequences[start:start + batch_size]
+        width = bucket_length(max(len(s) for s in chunk))
+        tokens = np.full((batch_size, width), pad_id, np.int32)
+        mask = np.zeros((batch_size, width), np.float32)
+        for row, (seq, m) in enumerate(zip(chunk, masks[start:start + batch_size])):
+            tokens[row, :len(seq)] = seq
+            mask[row, :len(m)] = m
+        if mesh is None:
+            values = fn(graphdef=graphdef, state=state, tokens=tokens, mask=mask)
+        else:
+            with sharding.use_mesh(mesh):
+                values = fn(graphdef=graphdef, state=state,
+                            tokens=jax.device_put(tokens, sharding.batch_sharding(mesh, 2)),
+                            mask=jax.device_put(mask, sharding.batch_sharding(mesh, 2)))
+        # Host-device sync point: one small [B] transfer per batch.
+        out.append(np.asarray(jax.device_get(values))[:len(chunk)])
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def continuation_logprobs(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                          batch_size: int = 8, pad_id: int = 0,
+                          mesh: Mesh | None = None) -> np.ndarray:
+    """Σ log π(continuation | prefix) for each `(prefix, continuation)` row, float32 `[N]`."""
+    for prefix, continuation in rows:
+        if not prefix or not continuation:
+            raise ValueError("continuation_logprobs: every row needs a non-empty prefix (the "
+                             "first token has no prediction) and continuation")
+    sequences = [list(p) + list(c) for p, c in rows]
+    masks = [[0.0] * len(p) + [1.0] * len(c) for p, c in rows]
+    return _run_batched(_logprob_sums_jit, model, sequences, masks, batch_size=batch_size,
+                        pad_id=pad_id, mesh=mesh)
+
+
+def reward_scores(model, sequences: Sequence[Sequence[int]], *, batch_size: int = 8,
+                  pad_id: int = 0, mesh: Mesh | None = None) -> np.ndarray:
+    """A scalar-head model's score at the last token of each sequence, float32 `[N]`."""
+    if model.config.head != "scalar":
+        raise ValueError(f"the reward model must have a scalar head, not {model.config.head!r}")
+    masks = [[1.0] * len(s) for s in sequences]
+    return _run_batched(_last_scores_jit, model, sequences, masks, batch_size=batch_size,
+                        pad_id=pad_id, mesh=mesh)

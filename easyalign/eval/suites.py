@@ -1,0 +1,194 @@
+"""What an evaluation reads: model variants, prompt suites and multiple-choice tasks.
+
+Variants. `eval.variants` names the models to compare, as a tuple of `"name=path"` strings (the
+command-line form: `--config.eval.variants="('sft=runs/sft/model', 'dpo=runs/dpo/model')"`), one
+comma-separated string, or a mapping name → path. A path is an easyalign model checkpoint
+(`model_config.json` + `params/`, see `easyalign.hf.checkpoint`) or an HF directory
+(`config.json` + safetensors, imported with `easyalign.hf.from_hf`). Each variant is read with
+its own tokenizer: `path/tokenizer/` for a checkpoint, `path` itself for an HF directory, else a
+fallback (the world's tokenizer).
+
+Prompt suites. A `Suite` is a named list of items `{"prompt", "answer"?, "where"}` and the kind
+that decides how a response is graded:
+
+* the built-in world's held-out suites (`instructions`, `facts`, `unknown`, `harmful`,
+  `benign`), read from the world directory's `eval_<suite>.jsonl`; their kind is the world kind;
+* extra prompt files (JSONL, JSON or CSV, via `easyalign.data.sources`, so a bad row is an error
+  naming file and line), each with the column holding the prompt and a tag: `harmful` (refusing
+  is right), `benign` (refusing is over-refusal) or `plain` (only rates are reported). Given as
+  a mapping name → {path, column, tag} or as a string `"name=PATH[:COLUMN[:TAG]]"` (column
+  defaults to `prompt`, tag to `plain`; a path containing ':' needs the mapping form).
+
+Multiple choice. `load_mc_task` reads TruthfulQA's `mc_task.json`: a list of
+`{"question", "mc1_targets": {answer: 0|1}, "mc2_targets": {answer: 0|1}}`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+from typing import Any, Mapping
+
+from easyalign.data.sources import DataError, load_records
+from easyalign.data.world import SUITES as WORLD_SUITES
+from easyalign.eval.metrics import TAGS
+
+
+@dataclasses.dataclass(frozen=True)
+class Suite:
+    name: str
+    kind: str  # a world kind (instruction, fact, unknown, harmful, benign) or an extra-suite tag
+    items: list[dict]  # {"prompt", "answer" (None when judged by rules only), "where"}
+    world: bool  # a built-in world suite (its metric names come from metrics.WORLD_SUITE_METRICS)
+
+
+@dataclasses.dataclass(frozen=True)
+class MCQuestion:
+    question: str
+    mc1: tuple[tuple[str, int], ...]  # (answer, label) pairs; exactly one label is 1
+    mc2: tuple[tuple[str, int], ...]
+    where: str
+
+
+# ----------------------------------------------------------------------------- variants
+def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
+    """`"a=p,b=q"` | `("a=p", "b=q")` | `{"a": "p"}` → {name: path}, in the given order."""
+    if isinstance(spec, Mapping):
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+    else:
+        entries = spec.split(",") if isinstance(spec, str) else list(spec)
+        pairs = []
+        for entry in (e.strip() for e in entries):
+            if not entry:
+                continue
+            name, sep, path = entry.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"{what}: expected 'name=path', got {entry!r}")
+            pairs.append((name.strip(), path.strip()))
+    names = [n for n, _ in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{what}: duplicate name(s) {duplicates}")
+    return dict(pairs)
+
+
+def load_model(path: str | Path, mesh=None, dtype: str = ""):
+    """A model checkpoint or an HF directory, onto `mesh`; `dtype` overrides the compute dtype."""
+    from easyalign.hf import from_hf, load_checkpoint_model
+    from easyalign.hf.checkpoint import CONFIG_FILE
+
+    path = Path(path)
+    overrides = {"dtype": dtype} if dtype else {}
+    if (path / CONFIG_FILE).is_file():
+        return load_checkpoint_model(path, mesh=mesh, **overrides)
+    if (path / "config.json").is_file():
+        return from_hf(path, mesh=mesh, **overrides)
+    raise FileNotFoundError(f"{path}: neither an easyalign model checkpoint ({CONFIG_FILE}) "
+                            "nor an HF model directory (config.json)")
+
+
+def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
+    """The tokenizer stored with a model (`path/tokenizer/` or `path`), else `fallback`."""
+    from transformers import AutoTokenizer
+
+    path = Path(path)
+    for candidate in (path / "tokenizer", path):
+        if any((candidate / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
+            return AutoTokenizer.from_pretrained(str(candidate))
+    if fallback:
+        return AutoTokenizer.from_pretrained(str(fallback))
+    raise FileNotFoundError(f"{path}: no tokenizer files and no fallback tokenizer "
+                            "(set eval.tokenizer)")
+
+
+def same_vocabulary(a, b) -> bool:
+    """Do two tokenizers map the same strings to the same ids (so token ids are comparable)?"""
+    return a is b or a.get_vocab() == b.get_vocab()
+
+
+# ----------------------------------------------------------------------------- prompt suites
+def world_suites(world_dir: str | Path, names, limit: int = 0) -> list[Suite]:
+    """The built-in world's held-out suites `names` (first `limit` items each; 0 = all)."""
+    unknown = sorted(set(names) - set(WORLD_SUITES))
+    if unknown:
+        raise ValueError(f"eval.suites: unknown suite(s) {unknown}; valid: {list(WORLD_SUITES)}")
+    suites = []
+    for name in names:
+        records = load_records(str(Path(world_dir) / f"eval_{name}.jsonl"))
+        records = records[:limit] if limit else records
+        items = [{"prompt": r.data["prompt"], "answer": r.data.get("answer"), "where": r.where}
+                 for r in records]
+        suites.append(Suite(name, WORLD_SUITES[name], items, world=True))
+    return suites
+
+
+def parse_extra_suites(spec: Any) -> dict[str, dict[str, str]]:
+    """Extra suites → {name: {"path", "column", "tag"}} (forms in the module docstring)."""
+    out: dict[str, dict[str, str]] = {}
+    if isinstance(spec, Mapping):
+        for name, entry in spec.items():
+            entry = dict(entry)
+            unknown = sorted(set(entry) - {"path", "column", "tag"})
+            if unknown or "path" not in entry:
+                raise ValueError(f"eval.extra_suites.{name}: needs 'path' (and optionally "
+                                 f"'column', 'tag'); unknown keys {unknown}")
+            out[str(name)] = {"path": str(entry["path"]), "column": entry.get("column", "prompt"),
+                              "tag": entry.get("tag", "plain")}
+    else:
+        for name, value in parse_named_paths(spec, "eval.extra_suites").items():
+            parts = value.split(":")
+            if len(parts) > 3:
+                raise ValueError(f"eval.extra_suites: {name}={value!r} has more than two ':'; "
+                                 "give a path containing ':' in the mapping form")
+            path, column, tag = parts + [""] * (3 - len(parts))
+            out[name] = {"path": path, "column": column or "prompt", "tag": tag or "plain"}
+    for name, entry in out.items():
+        if entry["tag"] not in TAGS:
+            raise ValueError(f"eval.extra_suites.{name}: tag {entry['tag']!r} is not one of {TAGS}")
+    return out
+
+
+def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain",
+                limit: int = 0) -> Suite:
+    """Prompts from a JSONL/JSON/CSV file's `column`, graded per `tag`."""
+    if name in WORLD_SUITES:
+        raise ValueError(f"eval.extra_suites: {name!r} is the name of a built-in world suite")
+    records = load_records({"path": path, "columns": {"prompt": column}})
+    records = records[:limit] if limit else records
+    items = []
+    for record in records:
+        prompt = record.data["prompt"]
+        if not isinstance(prompt, str) or not prompt.strip():
+            raise DataError(record.where, "empty or non-string prompt", field=column)
+        items.append({"prompt": prompt, "answer": None, "where": record.where})
+    return Suite(name, tag, items, world=False)
+
+
+# ----------------------------------------------------------------------------- multiple choice
+def _targets(data: dict, key: str, where: str) -> tuple[tuple[str, int], ...]:
+    targets = data.get(key)
+    if not isinstance(targets, Mapping) or not targets:
+        raise DataError(where, "expected a non-empty {answer: 0|1} object", field=key)
+    pairs = tuple((str(answer), int(label)) for answer, label in targets.items())
+    labels = [label for _, label in pairs]
+    if set(labels) - {0, 1} or 1 not in labels or 0 not in labels:
+        raise DataError(where, "labels must be 0/1 with at least one of each", field=key)
+    if key == "mc1_targets" and labels.count(1) != 1:
+        raise DataError(where, f"MC1 needs exactly one true answer, got {labels.count(1)}",
+                        field=key)
+    return pairs
+
+
+def load_mc_task(path: str | Path, limit: int = 0) -> list[MCQuestion]:
+    """TruthfulQA `mc_task.json` questions (the first `limit`; 0 = all)."""
+    records = load_records({"path": str(path), "format": "json"})
+    records = records[:limit] if limit else records
+    questions = []
+    for record in records:
+        question = record.data.get("question")
+        if not isinstance(question, str) or not question.strip():
+            raise DataError(record.where, "missing question", field="question")
+        questions.append(MCQuestion(question, _targets(record.data, "mc1_targets", record.where),
+                                    _targets(record.data, "mc2_targets", record.where),
+                                    record.where))
+    return questions
