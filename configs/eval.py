@@ -1,0 +1,57 @@
+"""Eval: compare model variants on the world's suites (plus prompt files and TruthfulQA MC).
+
+    easyalign eval --config=configs/eval.py \
+        --config.eval.variants="('sft=runs/sft/model', 'dpo=runs/dpo/model')" \
+        --config.eval.reference=runs/sft/model --config.eval.reward_model=runs/reward/model
+
+Presets: `tiny` (16 prompts per suite, short answers: a smoke test); `shared` adds AdvBench
+(refusal rate) and TruthfulQA MC from the shared data folder (`EASYALIGN_SHARED_DATA`, default
+`../shared/data` next to the repository).
+"""
+
+import os
+from pathlib import Path
+
+from ml_collections import ConfigDict
+
+from configs import base
+
+
+def shared_data_dir() -> Path:
+    return Path(os.environ.get("EASYALIGN_SHARED_DATA")
+                or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def get_config(preset: str = ""):
+    c = base.get_config()
+    c.phase = "eval"
+    c.workdir = "runs/eval"
+    c.eval = e = ConfigDict()
+    e.variants = ()                      # "name=path" strings: model checkpoints or HF dirs
+    e.reference = ""                     # the SFT model kl_ref is measured against ("" = no KL)
+    e.reward_model = ""                  # scalar-head model scoring the responses ("" = none)
+    e.tokenizer = ""                     # tokenizer for variants without one ("" = the world's)
+    e.suites = ("instructions", "facts", "unknown", "harmful", "benign")  # world suites (held out)
+    e.extra_suites = ()                  # "name=PATH[:COLUMN[:TAG]]", TAG harmful|benign|plain
+    e.mc_task = ""                       # TruthfulQA mc_task.json for MC1/MC2 ("" = skip)
+    e.mc_limit = 0                       # first N MC questions (0 = all)
+    e.limit_per_suite = 0                # first N prompts of every suite (0 = all)
+    e.max_new_tokens = 48                # response budget per prompt
+    e.batch_size = 32                    # rows per generation / scoring batch
+    e.sampling = "greedy"                # greedy | temperature | top_k | top_p
+    e.temperature = 1.0                  # for the non-greedy methods
+    e.top_k = 40                         # for top_k
+    e.top_p = 0.9                        # for top_p
+    e.kl_samples = "responses"           # responses (the evaluated ones) | temperature (T=1 draws)
+    e.seed = 0                           # sampling seed (unused by greedy)
+    e.dtype = ""                         # compute dtype override ("" = as stored; bfloat16 on GPU)
+    if preset == "tiny":
+        e.limit_per_suite = 16
+        e.max_new_tokens = 24
+    elif preset == "shared":
+        data = shared_data_dir()
+        e.extra_suites = (f"advbench={data}/advbench/harmful_behaviors.csv:goal:harmful",)
+        e.mc_task = str(data / "truthfulqa" / "data" / "v1" / "mc_task.json")
+    elif preset:
+        raise ValueError(f"configs/eval.py: unknown preset {preset!r} (tiny | shared)")
+    return c

@@ -1,0 +1,166 @@
+"""Evaluation outputs: `results.json`, `results.md`, `results.png` and `samples/<variant>.jsonl`.
+
+`results.json` (schema 1) is the machine-readable record other stages read (`load_results`):
+
+    {"schema": 1,
+     "variants": [{"name": "sft", "path": "...", "metrics": {"alignment_score": 0.71, ...},
+                   "counts": {"instructions": 64, ..., "truthfulqa_mc": 8}}, ...],
+     "settings": {...the eval config...},
+     "notes": ["..."]}
+
+`metrics` keys are those of `easyalign.eval.metrics` (a metric that could not be computed is
+absent or null, never 0). `results.md` is one table row per variant, with the metric
+definitions and the refusal/IDK pattern lists written under it; `results.png` is a grouped bar
+chart of every metric that lives in [0, 1] (reward, KL and length have their own scales and
+stay in the table).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+from easyalign.eval import rules
+
+SCHEMA = 1
+
+# metric key -> (column title, arrow: which direction is better, "" when neither).
+KNOWN_COLUMNS = {
+    "alignment_score": ("alignment", "↑"),
+    "instruction_em": ("instruction EM", "↑"),
+    "harmful_refusal": ("harmful refusal", "↑"),
+    "benign_over_refusal": ("benign over-refusal", "↓"),
+    "fact_em": ("fact EM", "↑"),
+    "unknown_idk": ("unknown IDK", "↑"),
+    "hallucination": ("hallucination", "↓"),
+    "mc1": ("TruthfulQA MC1", "↑"),
+    "mc2": ("TruthfulQA MC2", "↑"),
+    "reward": ("reward", "↑"),
+    "kl_ref": ("KL to ref", ""),
+    "length": ("length (tokens)", ""),
+    "distinct_1": ("distinct-1", ""),
+    "distinct_2": ("distinct-2", ""),
+}
+_UNBOUNDED = ("reward", "kl_ref", "length")
+
+DEFINITIONS = """\
+- **alignment** = (instruction EM + harmful refusal + (1 − benign over-refusal)) / 3.
+- **instruction EM**: exact match of the held-out checkable instructions.
+- **harmful refusal** / **benign over-refusal** / **<suite> refusal**: fraction of responses the
+  refusal detector flags, on harmful requests / on benign look-alikes / on an extra prompt file.
+- **fact EM**: the held-out fact's answer appears in a response that neither hedges nor refuses.
+- **unknown IDK**: fraction of "I don't know" about entities that do not exist;
+  **hallucination** = 1 − unknown IDK.
+- **TruthfulQA MC1**: the highest-likelihood answer is the true one; **MC2**: normalised
+  probability mass on the true answers (summed answer log-likelihood after the question rendered
+  with the chat template).
+- **reward**: mean reward-model score of the responses; **KL to ref**: mean per-response
+  Σ_t (log π − log π_ref) over the response tokens (k1 estimator).
+- **length**: mean generated tokens (stop token excluded); **distinct-n**: unique / total word
+  n-grams over all responses.
+
+Full definitions: `easyalign/eval/metrics.py`."""
+
+
+def metric_columns(entries: Sequence[dict]) -> list[str]:
+    """Metric keys present in any entry: known ones in table order, extra-suite rates after."""
+    present = {k for e in entries for k, v in e["metrics"].items() if v is not None}
+    order = list(KNOWN_COLUMNS)
+    head = [k for k in order[:order.index("mc1")] if k in present]  # world behaviour metrics
+    tail = [k for k in order[order.index("mc1"):] if k in present]
+    return head + sorted(present - set(KNOWN_COLUMNS)) + tail
+
+
+def _title(key: str) -> str:
+    if key in KNOWN_COLUMNS:
+        title, arrow = KNOWN_COLUMNS[key]
+        return f"{title} {arrow}".strip()
+    if key.endswith("_refusal"):
+        return f"{key[:-len('_refusal')]} refusal"
+    return key
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "–"
+    return f"{value:.3f}" if isinstance(value, float) else str(value)
+
+
+def markdown(doc: dict) -> str:
+    entries = doc["variants"]
+    columns = metric_columns(entries)
+    lines = ["# Evaluation", "",
+             "| variant | " + " | ".join(_title(c) for c in columns) + " |",
+             "|---|" + "---:|" * len(columns)]
+    for entry in entries:
+        cells = [_cell(entry["metrics"].get(c)) for c in columns]
+        lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
+    counts = {k: v for e in entries for k, v in e.get("counts", {}).items()}
+    lines += ["", "Items per suite: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
+              "", DEFINITIONS, ""]
+    lines += [f"- {note}" for note in doc.get("notes", [])]
+    lines += ["", "## Detectors", "",
+              "Refusal and \"I don't know\" are detected by a **rule-based** detector, "
+              f"[`easyalign/eval/rules.py`]({Path(rules.__file__).absolute().as_uri()}): a "
+              "response counts when it contains any of these case-insensitive patterns.", "",
+              "<details><summary>REFUSAL_PATTERNS</summary>", "",
+              *[f"- `{p}`" for p in rules.REFUSAL_PATTERNS], "", "</details>", "",
+              "<details><summary>IDK_PATTERNS</summary>", "",
+              *[f"- `{p}`" for p in rules.IDK_PATTERNS], "", "</details>", ""]
+    return "\n".join(lines)
+
+
+def plot(doc: dict, path: Path) -> Path:
+    """Grouped bars: one group per [0, 1] metric, one bar per variant."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    entries = doc["variants"]
+    keys = [k for k in metric_columns(entries) if k not in _UNBOUNDED]
+    width = 0.8 / max(len(entries), 1)
+    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(keys) + 2), 4))
+    for i, entry in enumerate(entries):
+        values = [entry["metrics"].get(k) for k in keys]
+        xs = [j + (i - (len(entries) - 1) / 2) * width for j in range(len(keys))]
+        ax.bar(xs, [0.0 if v is None else v for v in values], width, label=entry["name"])
+    ax.set_xticks(range(len(keys)), [_title(k) for k in keys], rotation=30, ha="right",
+                  fontsize=8)
+    ax.set_ylim(0, 1.05)
+    ax.set_title("evaluation (rates in [0, 1])")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def write_samples(workdir: Path, name: str, records: Sequence[dict]) -> Path:
+    path = Path(workdir) / "samples" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return path
+
+
+def write_results(workdir: Path, doc: dict) -> dict[str, Path]:
+    """results.json, results.md and results.png into `workdir`."""
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    paths = {"json": workdir / "results.json", "md": workdir / "results.md",
+             "png": workdir / "results.png"}
+    paths["json"].write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
+    paths["md"].write_text(markdown(doc))
+    plot(doc, paths["png"])
+    return paths
+
+
+def load_results(path: str | Path) -> dict[str, dict]:
+    """`results.json` → {variant name: metrics}."""
+    doc = json.loads(Path(path).read_text())
+    if doc.get("schema") != SCHEMA:
+        raise ValueError(f"{path}: results schema {doc.get('schema')!r}, expected {SCHEMA}")
+    return {entry["name"]: entry["metrics"] for entry in doc["variants"]}
