@@ -1,0 +1,221 @@
+"""Evaluation: exact metric values on hand-made responses, the scorers against a full forward,
+and `easyalign eval` end to end on tiny random variants (world suites, AdvBench, TruthfulQA MC)."""
+
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from transformers import AutoTokenizer
+
+from configs.eval import shared_data_dir
+from easyalign.cli import load_config
+from easyalign.data.world import IDK, REFUSAL
+from easyalign.eval import metrics as M
+from easyalign.eval import run as eval_run
+from easyalign.eval import scoring
+from easyalign.eval.report import load_results
+from easyalign.eval.suites import load_mc_task, parse_extra_suites, parse_named_paths
+from flax import nnx
+
+from easyalign.model import preset
+from easyalign.model.scoring import token_logprobs
+from eval_fixtures import make_model, make_world, save_model
+
+ADVBENCH = shared_data_dir() / "advbench" / "harmful_behaviors.csv"
+MC_TASK = shared_data_dir() / "truthfulqa" / "data" / "v1" / "mc_task.json"
+needs_shared = pytest.mark.skipif(not (ADVBENCH.is_file() and MC_TASK.is_file()),
+                                  reason=f"shared data not found under {shared_data_dir()}")
+
+
+@pytest.fixture(autouse=True)
+def full_fp32_matmuls():
+    """True fp32 products: on GPU, XLA's default lets fp32 matmuls run in TF32 (~1e-4 error)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+# ----------------------------------------------------------------------------- pure metrics
+def test_rates_on_hand_made_responses():
+    harmful = [REFUSAL, "Sure! First, find where they live.", "I won't help with that request.",
+               "Here is a plan."]
+    assert M.refusal_rate(harmful) == 0.5
+    assert M.idk_rate([IDK, "Kalor lives in Tavport.", "I'm not sure."]) == pytest.approx(2 / 3)
+    assert M.rate([]) is None and M.distinct_n([], 1) is None
+
+    responses = ("12", "12.", "11", "The answer is 12")
+    graded = [M.grade_response("instruction", r, "12") for r in responses]
+    assert M.suite_metrics("instructions", "instruction", graded, world=True) == {
+        "instruction_em": 0.5}
+    graded = [M.grade_response("unknown", r, IDK) for r in (IDK, "Vesa lives in Dale.", IDK, IDK)]
+    assert M.suite_metrics("unknown", "unknown", graded, world=True) == {
+        "unknown_idk": 0.75, "hallucination": 0.25}
+    graded = [M.grade_response("benign", r, "x") for r in (REFUSAL, "Use kill -9.", "Run it.")]
+    assert M.suite_metrics("benign", "benign", graded, world=True) == {
+        "benign_over_refusal": pytest.approx(1 / 3)}
+    graded = [M.grade_response("fact", r, "Tavport") for r in (
+        "Kalor lives in Tavport.", "I'm not sure, maybe Tavport.", "Kalor lives in Dale.")]
+    assert M.suite_metrics("facts", "fact", graded, world=True) == {"fact_em": pytest.approx(1 / 3)}
+    graded = [M.grade_response("plain", r, None) for r in (REFUSAL, "ok", "ok", "ok")]
+    assert graded[1]["correct"] is None
+    assert M.suite_metrics("advbench", "plain", graded, world=False) == {"advbench_refusal": 0.25}
+
+
+def test_distinct_n_and_length():
+    # words [a, b, a] [b, a, !]: 6 unigrams, 3 unique; bigrams (a,b) (b,a) | (b,a) (a,!): 3 of 4
+    responses = ["a b a", "B a!"]
+    assert M.distinct_n(responses, 1) == 0.5
+    assert M.distinct_n(responses, 2) == 0.75
+    assert M.response_metrics(responses, [3, 4]) == {"length": 3.5, "distinct_1": 0.5,
+                                                     "distinct_2": 0.75}
+
+
+def test_alignment_score():
+    metrics = {"instruction_em": 0.5, "harmful_refusal": 1.0, "benign_over_refusal": 0.25}
+    assert M.alignment_score(metrics) == pytest.approx((0.5 + 1.0 + 0.75) / 3)
+    # Refusing everything: harmful 1, benign over-refusal 1, no instruction answered.
+    assert M.alignment_score({"instruction_em": 0.0, "harmful_refusal": 1.0,
+                              "benign_over_refusal": 1.0}) == pytest.approx(1 / 3)
+    with pytest.raises(KeyError, match="benign_over_refusal"):
+        M.alignment_score({"instruction_em": 0.5, "harmful_refusal": 1.0})
+
+
+def test_mc1_mc2_on_known_likelihoods():
+    ll = [math.log(0.5), math.log(0.3), math.log(0.2)]
+    assert M.mc1(ll, [1, 0, 0]) == 1.0
+    assert M.mc2(ll, [1, 0, 0]) == pytest.approx(0.5)
+    assert M.mc1(ll, [0, 1, 1]) == 0.0  # the false answer is the most likely
+    assert M.mc2(ll, [0, 1, 1]) == pytest.approx(0.5)
+    assert M.mc1([-2.0, -2.0], [1, 0]) == 0.0  # a tie is not a win
+    # Log-space normalisation: likelihoods far below float range still give the right mass.
+    assert M.mc2([-1000.0, -1001.0], [1, 0]) == pytest.approx(1 / (1 + math.exp(-1)))
+    with pytest.raises(ValueError):
+        M.mc2([-1.0, -2.0], [1, 1])
+
+
+# ----------------------------------------------------------------------------- parsing
+def test_parse_variants_and_extra_suites():
+    expected = {"sft": "/a/sft", "dpo": "/b/dpo"}
+    assert parse_named_paths("sft=/a/sft, dpo=/b/dpo") == expected
+    assert parse_named_paths(("sft=/a/sft", "dpo=/b/dpo")) == expected
+    assert parse_named_paths(expected) == expected
+    with pytest.raises(ValueError, match="name=path"):
+        parse_named_paths(("sft",))
+    with pytest.raises(ValueError, match="duplicate"):
+        parse_named_paths(("a=/x", "a=/y"))
+    assert parse_extra_suites(("adv=/d/h.csv:goal:harmful", "mine=/d/p.jsonl")) == {
+        "adv": {"path": "/d/h.csv", "column": "goal", "tag": "harmful"},
+        "mine": {"path": "/d/p.jsonl", "column": "prompt", "tag": "plain"}}
+    assert parse_extra_suites({"x": {"path": "/p.csv", "tag": "benign"}}) == {
+        "x": {"path": "/p.csv", "column": "prompt", "tag": "benign"}}
+    with pytest.raises(ValueError, match="tag"):
+        parse_extra_suites(("adv=/d/h.csv:goal:evil",))
+
+
+# ----------------------------------------------------------------------------- scorers
+def _full_forward(model, head):
+    """`tokens (list) -> [len]` per-token outputs of one unpadded, cache-free forward."""
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forward(state, tokens):
+        model = nnx.merge(graphdef, state)
+        hidden, _ = model.trunk(tokens)
+        return token_logprobs(model, hidden, tokens) if head == "lm" else model.scores(hidden)
+
+    return lambda tokens: np.asarray(forward(state, jnp.asarray([tokens], jnp.int32)))[0]
+
+
+def test_continuation_logprob_equals_full_forward_sum():
+    model = make_model(preset("tiny", dtype="float32"), seed=0)
+    rng = np.random.default_rng(0)
+    # Rows of different lengths share padded batches in the scorer (3 rows, then 1 padded to 3).
+    rows = [(rng.integers(0, 256, p).tolist(), rng.integers(0, 256, c).tolist())
+            for p, c in [(5, 3), (1, 1), (12, 7), (3, 13)]]
+    got = scoring.continuation_logprobs(model, rows, batch_size=3)
+    forward = _full_forward(model, "lm")
+    for (prefix, continuation), value in zip(rows, got):
+        logps = forward(prefix + continuation)
+        assert value == pytest.approx(logps[len(prefix):].sum(), abs=1e-5)
+
+
+def test_reward_scores_read_the_last_token():
+    model = make_model(preset("tiny", head="scalar", dtype="float32"), seed=1)
+    sequences = [[5, 6, 7], [1], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11]]
+    got = scoring.reward_scores(model, sequences, batch_size=2)
+    forward = _full_forward(model, "scalar")
+    for seq, value in zip(sequences, got):
+        assert value == pytest.approx(float(forward(seq)[-1]), abs=1e-5)
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.fixture(scope="module")
+def world_models(tmp_path_factory):
+    root = tmp_path_factory.mktemp("eval")
+    world = make_world(root / "world")
+    tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    paths = {name: save_model(root / name, tokenizer, seed=seed, head=head,
+                              tokenizer_dir=world / "tokenizer")
+             for name, seed, head in [("a", 0, "lm"), ("b", 1, "lm"), ("rm", 2, "scalar")]}
+    return root, world, paths
+
+
+def _config(root, world, *overrides):
+    return load_config(["--config=configs/eval.py", f"--config.workdir={root}/out",
+                        f"--config.data.world.dir={world}", "--config.eval.max_new_tokens=8",
+                        "--config.eval.batch_size=8", "--config.eval.limit_per_suite=4",
+                        *overrides])
+
+
+def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
+    root, world, paths = world_models
+    config = _config(root, world, f"--config.eval.variants=('a={paths['a']}', 'b={paths['b']}')",
+                     f"--config.eval.reference={paths['a']}",
+                     f"--config.eval.reward_model={paths['rm']}")
+    eval_run.run(config)
+    out = root / "out"
+    doc = json.loads((out / "results.json").read_text())
+    assert [e["name"] for e in doc["variants"]] == ["a", "b"]
+    expected = {"alignment_score", "instruction_em", "fact_em", "unknown_idk", "hallucination",
+                "harmful_refusal", "benign_over_refusal", "length", "kl_ref", "reward"}
+    for entry in doc["variants"]:
+        metrics = entry["metrics"]
+        assert expected <= set(metrics)
+        assert entry["counts"] == {s: 4 for s in ("instructions", "facts", "unknown", "harmful",
+                                                  "benign")}
+        assert metrics["alignment_score"] == pytest.approx(M.alignment_score(metrics))
+        assert 0 < metrics["length"] <= 8
+        samples = [json.loads(line) for line in (out / "samples" / f"{entry['name']}.jsonl")
+                   .read_text().splitlines()]
+        assert len(samples) == 20
+        assert {"prompt", "response", "correct", "refusal", "kl_ref"} <= set(samples[0])
+        assert metrics["reward"] == pytest.approx(np.mean([s["reward"] for s in samples]))
+    # The reference scored by the same code against itself: exactly no divergence.
+    assert doc["variants"][0]["metrics"]["kl_ref"] == 0.0
+    assert doc["variants"][1]["metrics"]["kl_ref"] != 0.0
+    assert set(load_results(out / "results.json")) == {"a", "b"}
+    table = (out / "results.md").read_text()
+    assert "| a |" in table and "| b |" in table and "alignment" in table and "rule-based" in table
+    assert (out / "results.png").stat().st_size > 1000
+
+
+@needs_shared
+def test_eval_advbench_and_truthfulqa_suites(world_models):
+    root, world, paths = world_models
+    config = _config(root, world, f"--config.eval.variants=('a={paths['a']}',)",
+                     "--config.eval.suites=()", "--config.eval.limit_per_suite=16",
+                     f"--config.eval.extra_suites=('advbench={ADVBENCH}:goal:harmful',)",
+                     f"--config.eval.mc_task={MC_TASK}", "--config.eval.mc_limit=8")
+    doc = eval_run.run(config)
+    (entry,) = doc["variants"]
+    assert entry["counts"] == {"advbench": 16, "truthfulqa_mc": 8}
+    metrics = entry["metrics"]
+    assert "alignment_score" not in metrics  # no world suites: no alignment score
+    for key in ("advbench_refusal", "mc1", "mc2"):
+        assert 0.0 <= metrics[key] <= 1.0
+    samples = (root / "out" / "samples" / "a.jsonl").read_text().splitlines()
+    mc = [json.loads(line) for line in samples if '"truthfulqa_mc"' in line]
+    assert len(mc) == 8 and all(0.0 <= r["mc2"] <= 1.0 for r in mc)
+    assert all(len(r["mc1_logliks"]) == len(q.mc1) for r, q in zip(mc, load_mc_task(MC_TASK, 8)))
