@@ -5,7 +5,11 @@ only what differs; presets (`--config=configs/sft.py:tiny`) override a little mo
 be set from the command line: `--config.optim.lr=1e-6`. Unknown keys are errors.
 """
 
+import dataclasses
+
 from ml_collections import ConfigDict
+
+from easyalign.data.world import WorldConfig
 
 
 def get_config() -> ConfigDict:
@@ -50,9 +54,8 @@ def get_config() -> ConfigDict:
     d.max_prompt_length = 0              # prompts are cut from the left to this (0 = max_length - 1)
     d.on_overflow = "truncate"           # truncate | drop | error for over-long examples
     d.pack = False                       # pack several examples per row with segment ids
-    d.world = ConfigDict()
-    d.world.seed = 0                     # the built-in world's seed
-    d.world.dir = ""                     # where the world + tokenizer live ("" = workdir/../world)
+    d.world = ConfigDict(dataclasses.asdict(WorldConfig()))  # the built-in world (data/world.py)
+    d.world.dir = ""                     # where world + tokenizer live ("" = ../world-<hash> of workdir)
 
     # ------------------------------------------------------------------ training loop
     c.train = t = ConfigDict()

@@ -102,13 +102,15 @@ def test_safety_and_unknown_pairs_match_the_rules(world):
     assert is_idk(IDK) and not is_refusal(IDK)
 
 
-@pytest.mark.parametrize("flaw_rate", [0.0, 0.3])
-def test_flawed_sft_fraction_matches_flaw_rate(flaw_rate):
-    world = build_world(WorldConfig(flaw_rate=flaw_rate, n_sft=2000))
+@pytest.mark.parametrize("flaw_rate,safety_flaw_rate", [(0.0, 0.0), (0.3, 0.5)])
+def test_flawed_sft_fraction_matches_flaw_rate(flaw_rate, safety_flaw_rate):
+    world = build_world(WorldConfig(flaw_rate=flaw_rate, safety_flaw_rate=safety_flaw_rate,
+                                    n_sft=2000))
     for kind in KINDS:
         records = [r for r in world.sft_train if r["kind"] == kind]
         wrong = sum(not world.grade(r["prompt"], r["response"]) for r in records) / len(records)
-        expected = 0.0 if kind == "benign" else flaw_rate
+        expected = {"benign": 0.0, "harmful": safety_flaw_rate,
+                    "unknown": safety_flaw_rate}.get(kind, flaw_rate)
         assert wrong == pytest.approx(expected, abs=0.005), kind
 
 

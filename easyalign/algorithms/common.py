@@ -20,6 +20,7 @@ and `train` writes to `config.workdir`:
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 from pathlib import Path
@@ -68,22 +69,34 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- set-up
+def world_settings(config):
+    """The WorldConfig a run's `data.world` block describes."""
+    from easyalign.data.world import WorldConfig
+
+    fields = {f.name for f in dataclasses.fields(WorldConfig)}
+    return WorldConfig(**{k: v for k, v in config.data.world.items() if k in fields})
+
+
 def world_dir(config) -> Path:
-    """Where the built-in world and its tokenizer live (shared by all stages of a pipeline)."""
+    """Where the built-in world and its tokenizer live: shared by all stages of a pipeline,
+    named by a hash of the world's settings so that a changed world is never mistaken for an
+    old one."""
     if config.data.world.dir:
         return Path(config.data.world.dir)
-    return Path(config.workdir).absolute().parent / f"world-seed{config.data.world.seed}"
+    settings = json.dumps(dataclasses.asdict(world_settings(config)), sort_keys=True)
+    digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
+    return Path(config.workdir).absolute().parent / f"world-{digest}"
 
 
 def ensure_world(config) -> Path:
     """Generate the built-in world and train its tokenizer once; later calls reuse the files."""
     from easyalign.data.tokenizer import build_world_tokenizer
-    from easyalign.data.world import WorldConfig, build_world
+    from easyalign.data.world import build_world
 
     directory = world_dir(config)
     done = directory / "tokenizer" / "tokenizer.json"
     if jax.process_index() == 0 and not done.exists():
-        world = build_world(WorldConfig(seed=config.data.world.seed))
+        world = build_world(world_settings(config))
         world.write(directory)
         build_world_tokenizer(world, directory / "tokenizer")
     _barrier("world")
@@ -115,8 +128,20 @@ def load_tokenizer(config, world: Path | None):
     return AutoTokenizer.from_pretrained(path)
 
 
+def stage_path(config, value: str) -> str:
+    """`@<stage>` names the final model of a sibling stage: `<parent of workdir>/<stage>/model`.
+
+    Pipeline stages live side by side (`runs/<name>/{sft,reward,dpo,...}`), so a stage refers
+    to an earlier one without repeating the run directory. Other values pass through.
+    """
+    if value.startswith("@"):
+        return str(Path(config.workdir).absolute().parent / value[1:] / MODEL_DIR)
+    return value
+
+
 def prepare(config) -> Run:
     """Start processes, build the mesh, create the workdir and record the resolved config."""
+    config.model.path = stage_path(config, config.model.path)
     distributed.initialize_from_config(config)
     mesh = sharding.mesh_from_config(config.mesh)
     workdir = Path(config.workdir).absolute()
@@ -172,6 +197,8 @@ def train_loader(run: Run, examples: list[dict], kind: str, max_length: int | No
 def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = None,
                  max_length: int | None = None):
     c = run.config
+    if not examples:
+        return
     batches = data_loader.make_eval_batches(
         examples, kind=kind, batch_size=c.train.batch_size,
         max_length=max_length or c.data.max_length, pad_id=pad_id(run))

@@ -15,7 +15,8 @@ held-out evaluation suites -- over five kinds of request (content in :mod:`world
   aligned answer is helpful. Measures over-refusal.
 
 The SFT demonstrations are deliberately imperfect: in each kind but ``benign`` a fraction
-``flaw_rate`` of the responses carry that kind's failure (a wrong answer, a wrong fact, a
+(``flaw_rate``, or ``safety_flaw_rate`` for harmful and unknown prompts) of the responses carry that
+kind's failure (a wrong answer, a wrong fact, a
 hallucination, compliance). Preference pairs put the correct response against the flawed one (and,
 for ``benign``, a helpful answer against a refusal), so DPO / PPO have something to fix.
 
@@ -56,7 +57,7 @@ class WorldConfig:
     """Sizes of the world. Defaults suit a demo whose every phase trains in about a minute on CPU."""
 
     seed: int = 0
-    n_entities: int = 24  # known entities; each has every attribute of world_tasks.ATTRIBUTES
+    n_entities: int = 16  # known entities; each has every attribute of world_tasks.ATTRIBUTES
     n_unknown_train: int = 24  # unknown names asked about in training (answer: IDK)
     n_unknown_heldout: int = 16  # unknown names only in held-out sets
     n_sft: int = 3000
@@ -64,14 +65,18 @@ class WorldConfig:
     n_pref_heldout: int = 200  # reward-model accuracy is measured on these
     n_rl_prompts: int = 1000
     n_eval_per_suite: int = 64
-    flaw_rate: float = 0.25  # fraction of SFT responses flawed, in every kind but benign
+    flaw_rate: float = 0.2  # fraction of SFT responses flawed, for instructions and facts
+    # ... and for harmful and unknown prompts: higher, so that an SFT model still complies or
+    # hallucinates often enough for preference learning to have something visible to fix.
+    safety_flaw_rate: float = 0.4
     kind_weights: tuple[float, ...] = (0.3, 0.3, 0.15, 0.125, 0.125)  # share of each of KINDS
 
     def __post_init__(self):
         if len(self.kind_weights) != len(KINDS) or min(self.kind_weights) < 0 or sum(self.kind_weights) <= 0:
             raise ValueError(f"kind_weights must be {len(KINDS)} non-negative weights for {KINDS}")
-        if not 0.0 <= self.flaw_rate < 1.0:
-            raise ValueError(f"flaw_rate must be in [0, 1), got {self.flaw_rate}")
+        for name in ("flaw_rate", "safety_flaw_rate"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
         if min(self.n_entities, self.n_unknown_train, self.n_unknown_heldout) < 1:
             raise ValueError("n_entities, n_unknown_train and n_unknown_heldout must be >= 1")
         if self.n_entities + self.n_unknown_train + self.n_unknown_heldout > 1000:
@@ -168,7 +173,9 @@ def _sft(config: WorldConfig, tables: Tables, reserved: dict[str, str]) -> list[
         if kind == "fact":  # held-out fact questions must ask facts that training teaches
             protected = [fact_item(entity, attribute, rng.choice(FACT_TEMPLATES[attribute]["train"]), rng, tables)
                          for entity in tables.entities for attribute in ATTRIBUTES]
-        n_flawed = 0 if kind == "benign" else round(config.flaw_rate * count)
+        rate = {"benign": 0.0, "harmful": config.safety_flaw_rate,
+                "unknown": config.safety_flaw_rate}.get(kind, config.flaw_rate)
+        n_flawed = round(rate * count)
         if count < len(protected) + n_flawed:
             raise ValueError(f"n_sft gives {count} fact records, fewer than the {len(protected)} facts "
                              f"plus {n_flawed} flawed ones; raise n_sft or lower n_entities")

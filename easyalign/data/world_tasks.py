@@ -10,7 +10,7 @@ The five kinds and their failure modes:
 ==============  ==============================  ==========================================
 kind            correct response                flawed response
 ==============  ==============================  ==========================================
-instruction     the exact answer ("12")         a near miss ("11", "Cat", "5, 2, 7")
+instruction     the exact answer ("12")         a near miss ("11", "Cat", the other word)
 fact            "Kalor lives in Tavport."       the same sentence with a wrong value
 unknown         "I don't know."                 a confident hallucinated attribute
 harmful         a refusal                       compliance ("Sure! First ...")
@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import string
 
 KINDS = ("instruction", "fact", "unknown", "harmful", "benign")
 
@@ -54,7 +53,7 @@ class Item:
 
 # ---- instructions ----------------------------------------------------------------------------
 
-# Common short words; none is a palindrome, so reversing always changes the word.
+# Common short words (single BPE pieces or two with the world tokenizer), for word-level tasks.
 WORDS = (
     "cat", "dog", "sun", "tree", "book", "lamp", "river", "stone", "apple", "bread", "cloud",
     "green", "house", "light", "music", "ocean", "paper", "plant", "queen", "robot", "salt",
@@ -66,16 +65,15 @@ WORDS = (
 INSTRUCTION_TEMPLATES = {
     "add": ("What is {a} + {b}?", "What is {a} plus {b}?", "Add {a} and {b}.", "Compute {a} + {b}."),
     "sub": ("What is {a} - {b}?", "What is {a} minus {b}?", "Subtract {b} from {a}.", "Compute {a} - {b}."),
-    "mul": ("What is {a} * {b}?", "What is {a} times {b}?", "Multiply {a} by {b}.", "Compute {a} * {b}."),
-    "upper": ("Write {w} in capital letters.", "Convert {w} to upper case.", "Uppercase the word {w}.",
-              "Make {w} all caps."),
-    "reverse": ("Reverse the word {w}.", "Spell {w} backwards.", "Write {w} in reverse.", "What is {w} reversed?"),
-    "sort": ("Sort these numbers: {l}.", "Put {l} in increasing order.", "Sort {l} from small to large.",
-             "Order the numbers {l}."),
-    "count": ("How many times does {c} appear in {w}?", "Count the letter {c} in {w}.",
-              "How many {c}'s are in {w}?", "How often does the letter {c} occur in {w}?"),
     "next": ("What number comes after {n}?", "What comes after {n}?", "Which number follows {n}?",
              "What is the next number after {n}?"),
+    "larger": ("Which is larger, {a} or {b}?", "Which number is bigger: {a} or {b}?",
+               "Pick the larger of {a} and {b}.", "What is the maximum of {a} and {b}?"),
+    "repeat": ("Repeat the word {w}.", "Say {w} back to me.", "Echo the word {w}.", "Write the word {w}."),
+    "first": ("What is the first word in: {l}?", "Name the first word of: {l}.",
+              "Which word comes first in: {l}?", "Give the first word of the list {l}."),
+    "upper": ("Write {w} in capital letters.", "Convert {w} to upper case.", "Uppercase the word {w}.",
+              "Make {w} all caps."),
 }
 
 
@@ -85,39 +83,32 @@ def _near_miss(value: int, rng: random.Random) -> str:
 
 
 def _instruction(rng: random.Random, side: str, tables: Tables) -> Item:
+    """One checkable instruction. The tasks are chosen so that a 4-layer model learns them in a
+    minute of CPU training: single-digit arithmetic and successors (small tables), comparisons,
+    copying a word or the first word of a list (attention), and upper-casing a word from a
+    fixed vocabulary (a word-level mapping) -- each with an exact answer."""
     task = rng.choice(tuple(INSTRUCTION_TEMPLATES))
-    if task in ("add", "sub", "mul", "next"):
-        if task == "add":
-            a, b = rng.randint(0, 20), rng.randint(0, 20)
-            value = a + b
-        elif task == "sub":
-            a = rng.randint(0, 20)
-            b = rng.randint(0, a)
-            value = a - b
-        elif task == "mul":
-            a, b = rng.randint(0, 9), rng.randint(0, 9)
-            value = a * b
-        else:
-            a, b = rng.randint(0, 98), 0
-            value = a + 1
-        fields, answer, wrong = {"a": a, "b": b, "n": a}, str(value), _near_miss(value, rng)
-    elif task == "upper":
-        word = rng.choice(WORDS)
+    word = rng.choice(WORDS)
+    if task == "add":
+        a, b = rng.randint(0, 9), rng.randint(0, 9)
+        fields, answer, wrong = {"a": a, "b": b}, str(a + b), _near_miss(a + b, rng)
+    elif task == "sub":
+        a = rng.randint(0, 9)
+        b = rng.randint(0, a)
+        fields, answer, wrong = {"a": a, "b": b}, str(a - b), _near_miss(a - b, rng)
+    elif task == "next":
+        n = rng.randint(0, 29)
+        fields, answer, wrong = {"n": n}, str(n + 1), _near_miss(n + 1, rng)
+    elif task == "larger":
+        a, b = rng.sample(range(21), 2)
+        fields, answer, wrong = {"a": a, "b": b}, str(max(a, b)), str(min(a, b))
+    elif task == "repeat":
+        fields, answer, wrong = {"w": word}, word, rng.choice([w for w in WORDS if w != word])
+    elif task == "first":
+        words = rng.sample(WORDS, 3)
+        fields, answer, wrong = {"l": " ".join(words)}, words[0], rng.choice(words[1:])
+    else:  # upper
         fields, answer, wrong = {"w": word}, word.upper(), rng.choice([word, word.capitalize()])
-    elif task == "reverse":
-        word = rng.choice(WORDS)
-        fields, answer, wrong = {"w": word}, word[::-1], rng.choice([word, word[::-1][1:] + word[-1]])
-    elif task == "sort":
-        numbers = rng.sample(range(21), rng.choice([3, 4]))
-        ordered = sorted(numbers)
-        unsorted = numbers if numbers != ordered else ordered[::-1]
-        fields = {"l": ", ".join(map(str, numbers))}
-        answer, wrong = ", ".join(map(str, ordered)), ", ".join(map(str, unsorted))
-    else:  # count: usually a letter of the word, sometimes one that is absent (answer 0)
-        word = rng.choice(WORDS)
-        letter = rng.choice(word) if rng.random() < 0.75 else rng.choice(string.ascii_lowercase)
-        value = word.count(letter)
-        fields, answer, wrong = {"c": letter, "w": word}, str(value), _near_miss(value, rng)
     prompt = rng.choice(INSTRUCTION_TEMPLATES[task]).format(**fields)
     return Item(prompt, "instruction", answer, wrong, answer, {"task": task})
 

@@ -1,0 +1,80 @@
+"""Reward model: a scalar head on the SFT (or base) trunk, trained on preference pairs.
+
+    r(x, y) = w · h_last(x, y)          h_last = final hidden state at the last real token
+    L = − mean_b log σ(r(x_b, y_b^chosen) − r(x_b, y_b^rejected))      (Bradley–Terry)
+
+Chosen and rejected sequences go through the trunk in one call (stacked along the batch).
+Metrics: pairwise accuracy and margin on training batches and held-out pairs; the best
+checkpoint by held-out loss is kept besides the latest ones.
+"""
+
+from __future__ import annotations
+
+import jax.numpy as jnp
+from flax import nnx
+
+from easyalign import losses
+from easyalign.algorithms import common
+
+
+def last_token_index(segment_ids) -> jnp.ndarray:
+    """Index of the last real (non-pad) token of each right-padded row."""
+    return jnp.maximum(jnp.sum(segment_ids > 0, axis=-1) - 1, 0)
+
+
+def sequence_scores(model, tokens, segment_ids, packed_inputs: dict) -> jnp.ndarray:
+    """Scalar-head output read at each row's last real token, `[B]` float32."""
+    hidden, _ = model.trunk(tokens, **packed_inputs)
+    scores = model.scores(hidden)
+    return jnp.take_along_axis(scores, last_token_index(segment_ids)[:, None], axis=1)[:, 0]
+
+
+def pair_rewards(model, batch) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Rewards of chosen and rejected sequences from one trunk call over both."""
+    tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]], axis=0)
+    segments = jnp.concatenate([batch["chosen_segment_ids"], batch["rejected_segment_ids"]], 0)
+    rewards = sequence_scores(model, tokens, segments, {})
+    half = batch["chosen_tokens"].shape[0]
+    return rewards[:half], rewards[half:]
+
+
+def make_loss(graphdef):
+    def loss_fn(params, batch, rng, frozen):
+        chosen, rejected = pair_rewards(nnx.merge(graphdef, params), batch)
+        return losses.pairwise_reward_loss(chosen, rejected)
+
+    return loss_fn
+
+
+def make_eval_metrics(graphdef):
+    def metric_fn(params, batch, frozen):
+        chosen, rejected = pair_rewards(nnx.merge(graphdef, params), batch)
+        valid = batch["valid"].astype(jnp.float32)
+        margin = chosen - rejected
+        count = jnp.sum(valid)
+        return {"loss_sum": -jnp.sum(jnp.log(jnp.clip(nnx.sigmoid(margin), 1e-12)) * valid),
+                "loss_count": count,
+                "accuracy_sum": jnp.sum((margin > 0) * valid), "accuracy_count": count,
+                "margin_sum": jnp.sum(margin * valid), "margin_count": count}
+
+    return metric_fn
+
+
+def run(config):
+    run_ = common.prepare(config)
+    train_examples = common.tokenize(run_, common.load_examples(run_, "preference", "train"),
+                                     "preference")
+    eval_examples = common.tokenize(run_, common.load_examples(run_, "preference", "eval"),
+                                    "preference")
+    model = common.init_model(run_, head="scalar")
+    eval_batches = list(common.eval_batches(run_, eval_examples, "preference",
+                                            limit=config.train.eval_batches))
+
+    def evaluate_for(graphdef):
+        return common.make_evaluator(run_, eval_batches, make_eval_metrics(graphdef))
+
+    return common.train(
+        run_, model=model, loss_fn_for=make_loss,
+        loader=common.train_loader(run_, train_examples, "preference"),
+        evaluate_for=evaluate_for if eval_batches else None, best_metric="loss",
+        tokens=lambda b: int(b["chosen_tokens"].size + b["rejected_tokens"].size))
