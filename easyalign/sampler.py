@@ -216,7 +216,7 @@ def _generate(state, prompt_tokens, prompt_lengths, rng, *, graphdef, method, ma
     prompt_tokens = sharding.constrain(prompt_tokens, ("batch", "length"))
     cache = constrain_cache(KVCache.zeros(model.config, batch, cache_length))
     positions = jnp.broadcast_to(jnp.arange(width, dtype=jnp.int32), (batch, width))
-    hidden, cache = model.trunk(prompt_tokens, positions=positions, cache=cache)
+    hidden, cache = model.trunk(prompt_tokens, positions=positions, cache=cache, prefill=True)
     last_hidden = jnp.take_along_axis(hidden, (prompt_lengths - 1)[:, None, None], axis=1)[:, 0]
     carry = (jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
              jnp.zeros((batch, max_new_tokens), jnp.float32),

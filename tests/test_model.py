@@ -41,12 +41,28 @@ def test_kv_cache_decoding_equals_full_forward(tiny):
     tokens = random_tokens((2, 12))
     full = tiny(tokens)
     cache = KVCache.zeros(tiny.config, batch=2, max_length=16, dtype=jnp.float32)
-    hidden, cache = tiny.trunk(tokens[:, :4], cache=cache)  # prefill 4 tokens
+    hidden, cache = tiny.trunk(tokens[:, :4], cache=cache, prefill=True)  # prefill 4 tokens
     steps = [tiny.logits(hidden)]
     for t in range(4, 12):  # then 8 single-token steps
         hidden, cache = tiny.trunk(tokens[:, t:t + 1], positions=jnp.full((2, 1), t), cache=cache)
         steps.append(tiny.logits(hidden))
     np.testing.assert_allclose(jnp.concatenate(steps, axis=1), full, atol=1e-5, rtol=0)
+
+
+def test_cache_continuation_with_several_tokens_and_per_row_positions(tiny):
+    """Decode calls of several tokens, rows at different positions (as after a ragged prompt)."""
+    tokens = random_tokens((2, 12), seed=7)
+    full = tiny(tokens)
+    cache = KVCache.zeros(tiny.config, batch=2, max_length=16, dtype=jnp.float32)
+    # Row 0's prompt is 3 long (its slots 3, 4 get padding), row 1's is 5 long.
+    prompts = tokens[:, :5].at[0, 3:5].set(jnp.asarray([11, 12], jnp.int32))
+    _, cache = tiny.trunk(prompts, cache=cache, prefill=True)
+    starts = jnp.asarray([3, 5])
+    positions = starts[:, None] + jnp.arange(3)[None]
+    chunk = jnp.take_along_axis(tokens, positions, axis=1)
+    hidden, _ = tiny.trunk(chunk, positions=positions, cache=cache)
+    expected = jnp.take_along_axis(full, positions[..., None], axis=1)
+    np.testing.assert_allclose(tiny.logits(hidden), expected, atol=1e-5, rtol=0)
 
 
 def test_packed_rows_equal_separate_sequences(tiny):

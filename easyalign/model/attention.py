@@ -6,10 +6,15 @@ log-probs equal trainer log-probs:
 * training / scoring: keys are this call's tokens; with neither positions nor segment ids the
   fast path asks the kernel for a plain causal mask (`is_causal=True`, cuDNN's fused path);
 * packed rows: query i sees key j iff segment(i) == segment(j) and position(j) ≤ position(i);
-* with a KV cache: this call's keys/values are written into the cache at their absolute
-  positions, and query i sees cache slot j iff j ≤ position(i). Slots past a row's current
-  position may hold stale values (padding of a shorter prompt); they are never visible, and
-  are overwritten before the row's position reaches them.
+* prefill (`mode="prefill"`, an empty cache): exactly the training computation; this call's
+  keys/values are handed back so the caller writes them into the cache;
+* decode (`mode="decode"`): query i of row b sees the cache slots j < p_b (p_b = the row's first
+  position in this call, slots written by earlier calls) and this call's own keys causally by
+  position. The cache is only *read* here; the new keys/values go back to the caller, which
+  writes all layers' at once after the layer scan — so each step reads the cache once and
+  writes one slot per layer instead of copying the whole cache through the scan. Slots ≥ p_b may
+  hold stale values (padding of a shorter prompt); they are never visible, and are overwritten
+  before the row's position reaches them.
 """
 
 from __future__ import annotations
@@ -58,8 +63,9 @@ class Attention(nnx.Module):
             self.k_norm = RMSNorm(hd, config=config, rngs=rngs, names=("head_dim",))
 
     def __call__(self, x: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None,
-                 inv_freq: jax.Array, cache: tuple[jax.Array, jax.Array] | None = None):
-        """x `[B, T, d]` → (out `[B, T, d]`, updated `(k, v)` cache or None)."""
+                 inv_freq: jax.Array, cache: tuple[jax.Array, jax.Array] | None = None,
+                 mode: str | None = None):
+        """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` when a cache mode is set)."""
         cfg = self.config
         batch, length = x.shape[:2]
         q = checkpoint_name(self.q_proj(x), "query_proj")
@@ -74,27 +80,53 @@ class Attention(nnx.Module):
         q = constrain(q, ("batch", "length", "act_heads", None))
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
 
-        mask, is_causal, impl = None, False, cfg.attention_impl
-        if cache is not None:
-            # Write this call's keys/values at their absolute positions, attend over the cache.
-            rows = jnp.arange(batch)[:, None]
-            k_cache = cache[0].at[rows, rope_positions].set(k.astype(cache[0].dtype))
-            v_cache = cache[1].at[rows, rope_positions].set(v.astype(cache[1].dtype))
-            cache = (k_cache, v_cache)
-            k, v = k_cache.astype(q.dtype), v_cache.astype(q.dtype)
-            slots = jnp.broadcast_to(jnp.arange(k.shape[1]), (batch, k.shape[1]))
-            mask = attention_mask(rope_positions, slots, sliding_window=cfg.sliding_window)
-            impl = "xla"  # single-token decode is bandwidth-bound; cuDNN brings nothing there
-        elif positions is not None or segment_ids is not None:
-            mask = attention_mask(rope_positions, rope_positions, segment_ids, segment_ids,
-                                  cfg.sliding_window)
+        if mode == "decode":
+            out = cached_attention(q, k, v, cache[0], cache[1], rope_positions,
+                                   cfg.sliding_window)
         else:
-            is_causal = True
-
-        window = None
-        if is_causal and cfg.sliding_window is not None:
-            window = (cfg.sliding_window - 1, 0)
-        out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                           local_window_size=window, implementation=impl)
+            mask, is_causal, window = None, False, None
+            if mode == "prefill" or (positions is None and segment_ids is None):
+                is_causal = True  # positions are 0..T-1: index order is position order
+                if cfg.sliding_window is not None:
+                    window = (cfg.sliding_window - 1, 0)
+            else:
+                mask = attention_mask(rope_positions, rope_positions, segment_ids, segment_ids,
+                                      cfg.sliding_window)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                               local_window_size=window,
+                                               implementation=cfg.attention_impl)
         out = checkpoint_name(out, "attention")
-        return checkpoint_name(self.o_proj(out), "attention_out"), cache
+        new_kv = None if mode is None else (k, v)
+        return checkpoint_name(self.o_proj(out), "attention_out"), new_kv
+
+
+def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_cache: jax.Array,
+                     v_cache: jax.Array, positions: jax.Array,
+                     sliding_window: int | None = None) -> jax.Array:
+    """softmax([q·K_cache, q·k] / √d) · [V_cache; v] over the visible cache slots and new keys.
+
+    q `[B, T, H, hd]`, k/v `[B, T, KV, hd]` (this call), caches `[B, S, KV, hd]`, positions
+    `[B, T]` (consecutive per row). One softmax over both parts, in float32; the cache is read
+    once and never copied. Returns `[B, T, H, hd]`.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    qg = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    qg = qg * jnp.asarray(head_dim ** -0.5, q.dtype)
+    scores_cache = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache.astype(q.dtype),
+                              preferred_element_type=jnp.float32)
+    scores_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k, preferred_element_type=jnp.float32)
+    slots = jnp.arange(k_cache.shape[1])
+    visible_cache = slots[None, None, :] < positions[:, :1, None]              # [B, 1, S]
+    visible_new = positions[:, None, :] <= positions[:, :, None]               # [B, T, T]
+    if sliding_window is not None:
+        visible_cache &= slots[None, None, :] > positions[:, :, None] - sliding_window
+        visible_new &= positions[:, None, :] > positions[:, :, None] - sliding_window
+    neg = jnp.finfo(jnp.float32).min
+    scores_cache = jnp.where(visible_cache[:, None, None], scores_cache, neg)
+    scores_new = jnp.where(visible_new[:, None, None], scores_new, neg)
+    probs = jax.nn.softmax(jnp.concatenate([scores_cache, scores_new], axis=-1), axis=-1)
+    probs_cache, probs_new = probs[..., :k_cache.shape[1]], probs[..., k_cache.shape[1]:]
+    out = (jnp.einsum("bkgts,bskd->btkgd", probs_cache.astype(q.dtype), v_cache.astype(q.dtype))
+           + jnp.einsum("bkgtu,bukd->btkgd", probs_new.astype(q.dtype), v))
+    return out.reshape(batch, length, heads, head_dim)

@@ -79,11 +79,12 @@ class Block(nnx.Module):
         self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
 
-    def __call__(self, x, positions, segment_ids, inv_freq, cache=None):
-        attn_out, cache = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache)
+    def __call__(self, x, positions, segment_ids, inv_freq, cache=None, mode=None):
+        attn_out, new_kv = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache,
+                                     mode)
         x = x + attn_out
         x = x + self.mlp(self.post_attn_norm(x))
-        return constrain(x, ("batch", "length", "act_embed")), cache
+        return constrain(x, ("batch", "length", "act_embed")), new_kv
 
 
 class Transformer(nnx.Module):
@@ -110,18 +111,23 @@ class Transformer(nnx.Module):
     # ----------------------------------------------------------------------------- trunk
     def trunk(self, tokens: jax.Array, *, positions: jax.Array | None = None,
               segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
-              cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+              cache: KVCache | None = None, prefill: bool = False
+              ) -> tuple[jax.Array, KVCache | None]:
         """Final-norm hidden states `[B, T, d]` (and the updated cache when one is given).
 
         `attention_mask [B, T]` (1 = token, 0 = padding) is HF's convention; it is turned into
         segment ids so padding never mixes with tokens. With a cache, `positions` are the
-        absolute positions of `tokens` (default 0..T−1, i.e. a prefill).
+        absolute positions of `tokens` (default 0..T−1); `prefill=True` declares the cache empty
+        (attention stays within this call, through the fused kernel), otherwise this call
+        continues the cached sequence (see `attention.py`). Either way the call's keys and
+        values are written into the cache at their positions after the layer scan.
         """
         cfg = self.config
         if attention_mask is not None:
             if segment_ids is not None:
                 raise ValueError("pass either attention_mask or segment_ids, not both")
             segment_ids = attention_mask.astype(jnp.int32)
+        mode = None if cache is None else ("prefill" if prefill else "decode")
         if cache is not None and positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
@@ -131,28 +137,35 @@ class Transformer(nnx.Module):
 
         def layer(x, params, layer_cache):
             block = nnx.merge(graphdef, params)
-            return block(x, positions, segment_ids, inv_freq, layer_cache)
+            return block(x, None if mode == "prefill" else positions, segment_ids, inv_freq,
+                         layer_cache, mode)
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        layer_caches = None if cache is None else (cache.k, cache.v)
+        layer_caches = None if mode != "decode" else (cache.k, cache.v)
 
         if cfg.scan_layers:
             def body(x, xs):
                 params, layer_cache = xs
                 return layer(x, params, layer_cache)
 
-            x, new_caches = jax.lax.scan(body, x, (layer_state, layer_caches))
+            x, new_kv = jax.lax.scan(body, x, (layer_state, layer_caches))
         else:
             outs = []
             for i in range(cfg.num_layers):
                 take = functools.partial(lambda a, i: a[i], i=i)
-                x, new = layer(x, jax.tree.map(take, layer_state),
-                               None if layer_caches is None else jax.tree.map(take, layer_caches))
-                outs.append(new)
-            new_caches = None if cache is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
+                x, kv = layer(x, jax.tree.map(take, layer_state),
+                              None if layer_caches is None else jax.tree.map(take, layer_caches))
+                outs.append(kv)
+            new_kv = None if mode is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
         hidden = self.final_norm(x)
-        return hidden, (None if cache is None else KVCache(*new_caches))
+        if cache is None:
+            return hidden, None
+        # One scatter of every layer's new keys/values `[L, B, T, KV, hd]` into the cache.
+        rows = jnp.arange(tokens.shape[0])[:, None]
+        k_cache = cache.k.at[:, rows, positions].set(new_kv[0].astype(cache.k.dtype))
+        v_cache = cache.v.at[:, rows, positions].set(new_kv[1].astype(cache.v.dtype))
+        return hidden, KVCache(k_cache, v_cache)
 
     # ----------------------------------------------------------------------------- heads
     def head_kernel(self) -> jax.Array:
