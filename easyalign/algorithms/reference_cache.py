@@ -1,0 +1,201 @@
+"""Per-example arrays computed once by a jitted function over a data set, cached on disk.
+
+DPO's reference log-probs, a distillation teacher's per-token log-probs: quantities of a frozen
+model on a fixed data set that the training loop would otherwise recompute every epoch (and for
+which it would keep the frozen model in device memory). This module computes them once,
+
+    arrays = compute_per_example(fn, params, batches, num_examples, mesh)
+             fn(params, batch) -> {name: [B, ...]}   jitted; row b lands at arrays[name][index[b]]
+
+and stores them under `root/<fingerprint>/` (`arrays.npz` + `key.json`, the human-readable
+parts the fingerprint was made of). `cached(root, parts, compute)` returns the stored arrays
+when the fingerprint matches, else computes and stores them. The fingerprint is the sha256 of
+the canonical JSON of `parts`; a caller puts in it everything the arrays depend on:
+
+    data       examples_digest(examples, keys)   sha256 of every token array and mask, in order
+    model      model_digest(config, params)      the ModelConfig (numerics included) + params_digest
+    template   template_digest(tokenizer)        the chat template (and vocabulary size)
+    options    whatever else the function reads (e.g. length averaging)
+
+and nothing else (not the learning rate, not the run's name), so another run over the same data
+and model hits the same entry.
+
+`params_digest` hashes per-tensor summary statistics computed on device — shape, dtype, Σx,
+Σx², and a position-weighted Σ w_i x_i (so a permutation of entries changes it too) — not the
+raw bytes. Trade-off: hashing the bytes of a 7B model means gathering ~15–30 GB to the host of
+every process (sharded arrays are not addressable there) and ~10 s of sha256 per run; the
+statistics are a few reductions over arrays already in place, cost nothing at any scale, and
+change with any training step. They are not cryptographic: two parameter sets with identical
+shapes and identical float32 statistics would collide, which practical checkpoints do not do.
+They are computed in float32, so the same parameters on a different mesh may reduce in another
+order and give a different digest — a spurious miss that recomputes, never a wrong hit.
+
+Multi-host: every process must call `cached` (the computation is collective); process 0 decides
+hit or miss for all and writes, so the directory must be on a filesystem shared by all processes,
+as the run's checkpoints must be.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh
+
+from easyalign import sharding
+from easyalign.train.loop import to_global_batch
+
+CACHE_VERSION = 1  # bump when the layout or a digest's definition changes
+ARRAYS_FILE = "arrays.npz"
+KEY_FILE = "key.json"
+_WEIGHT_PERIOD = 1021  # prime; position weights cycle through 1/p .. 1 (exact in float32)
+
+
+# ----------------------------------------------------------------------------- fingerprints
+def fingerprint(parts: Mapping[str, Any]) -> str:
+    """sha256 (hex) of the canonical JSON of `parts` and the cache version."""
+    blob = json.dumps({"cache_version": CACHE_VERSION, **parts}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def examples_digest(examples: Sequence[Mapping[str, Any]], keys: Sequence[str]) -> str:
+    """sha256 over the arrays `keys` of every example, in order (dtype and length included)."""
+    h = hashlib.sha256(f"{len(examples)}:{','.join(keys)}".encode())
+    for example in examples:
+        for key in keys:
+            array = np.ascontiguousarray(example[key])
+            h.update(f"{array.dtype}{array.shape}".encode())
+            h.update(array.tobytes())
+    return h.hexdigest()
+
+
+@jax.jit
+def _tensor_stats(x: jax.Array) -> jax.Array:
+    """[Σx, Σx², Σ w x] in float32, with w a position weight built per axis (no reshape, so a
+    sharded tensor is reduced where it lies instead of being gathered for a ravel)."""
+    x = x.astype(jnp.float32)
+    index = jnp.zeros(x.shape, jnp.int32)
+    for axis in range(x.ndim):
+        # (Σ_a (i_a mod p)·(a+2)) mod p stays far below int32 range for any realistic rank.
+        iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) % _WEIGHT_PERIOD
+        index = index + iota * (axis + 2)
+    weight = (index % _WEIGHT_PERIOD + 1).astype(jnp.float32) / _WEIGHT_PERIOD
+    return jnp.stack([jnp.sum(x), jnp.sum(x * x), jnp.sum(x * weight)])
+
+
+def params_digest(params: nnx.State | Mapping) -> str:
+    """sha256 over (path, shape, dtype, float32 statistics) of every tensor (module docstring)."""
+    tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
+    leaves = jax.tree_util.tree_leaves_with_path(tree)
+    stats = jax.device_get([_tensor_stats(x) for _, x in leaves])  # host-device sync point
+    h = hashlib.sha256()
+    for (path, x), s in zip(leaves, stats):
+        h.update(f"{jax.tree_util.keystr(path)}{x.shape}{x.dtype}".encode())
+        h.update(np.asarray(s, np.float32).tobytes())
+    return h.hexdigest()
+
+
+def model_digest(config_dict: Mapping[str, Any], params) -> str:
+    """The model as a scorer: its config (shapes and numerics) and its parameters."""
+    config = json.dumps(dict(config_dict), sort_keys=True, default=str)
+    return hashlib.sha256((config + params_digest(params)).encode()).hexdigest()
+
+
+def template_digest(tokenizer) -> str:
+    """The chat template that laid the tokens out (the tokenizer's default when it has none)."""
+    from easyalign.data.tokenize import DEFAULT_CHAT_TEMPLATE
+
+    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+    if isinstance(template, dict):  # named templates
+        template = json.dumps(template, sort_keys=True)
+    return hashlib.sha256(f"{template}|{len(tokenizer)}".encode()).hexdigest()
+
+
+# ----------------------------------------------------------------------------- computation
+@functools.partial(jax.jit, static_argnums=0)
+def _rows(fn, params, batch):
+    # `fn` is static (hashed by identity): every data set scored with the same function reuses
+    # one compiled program instead of compiling per call.
+    return fn(params, batch), batch["index"], batch["valid"]
+
+
+def compute_per_example(fn: Callable[[Any, dict], dict[str, jax.Array]], params,
+                        batches: Iterable[dict[str, np.ndarray]], num_examples: int,
+                        mesh: Mesh) -> dict[str, np.ndarray]:
+    """`{name: [num_examples, ...]}` from `fn(params, batch) -> {name: [B, ...]}` over batches
+    carrying `index [B]` and `valid [B]` (evaluation batches: each example exactly once).
+
+    Every process receives every row (gathered across processes); each row is stored at its
+    example's index. Raises if some example was never seen (batches and `num_examples` disagree).
+    """
+    out: dict[str, np.ndarray] = {}
+    seen = np.zeros(num_examples, np.bool_)
+    with sharding.use_mesh(mesh):
+        for batch in batches:
+            # Host-device sync point per batch; this runs once per data set, not per step.
+            values, index, valid = multihost_utils.process_allgather(
+                _rows(fn, params, to_global_batch(batch, mesh)), tiled=True)
+            rows = index[valid]
+            for name, value in values.items():
+                if name not in out:
+                    out[name] = np.zeros((num_examples,) + value.shape[1:], value.dtype)
+                out[name][rows] = value[valid]
+            seen[rows] = True
+    if not seen.all():
+        raise ValueError(f"{int((~seen).sum())} of {num_examples} examples were not in any batch")
+    return out
+
+
+# ----------------------------------------------------------------------------- storage
+def load(directory: Path) -> dict[str, np.ndarray] | None:
+    path = directory / ARRAYS_FILE
+    if not path.is_file():
+        return None
+    with np.load(path) as data:
+        return {name: data[name] for name in data.files}
+
+
+def save(directory: Path, arrays: Mapping[str, np.ndarray], parts: Mapping[str, Any]) -> None:
+    """Write atomically: a killed run leaves a `.tmp` directory, never a half-written entry."""
+    tmp = directory.with_name(directory.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    np.savez(tmp / ARRAYS_FILE, **arrays)
+    (tmp / KEY_FILE).write_text(json.dumps(
+        {"fingerprint": directory.name, "cache_version": CACHE_VERSION, **parts},
+        indent=2, sort_keys=True) + "\n")
+    shutil.rmtree(directory, ignore_errors=True)
+    os.replace(tmp, directory)
+
+
+def _all_agree(value: bool) -> bool:
+    """Process 0's `value` on every process (one decision for a collective computation)."""
+    if jax.process_count() == 1:
+        return value
+    return bool(multihost_utils.broadcast_one_to_all(np.int32(value)))
+
+
+def cached(root: str | Path, parts: Mapping[str, Any],
+           compute: Callable[[], dict[str, np.ndarray]]) -> tuple[dict[str, np.ndarray], bool]:
+    """`(arrays, hit)`: the arrays stored under `root/fingerprint(parts)`, or `compute()`d and
+    stored there. Collective: every process calls it with the same `parts`."""
+    directory = Path(root) / fingerprint(parts)
+    arrays = load(directory) if jax.process_index() == 0 else None
+    if _all_agree(arrays is not None):
+        return (arrays if arrays is not None else load(directory)), True
+    arrays = compute()
+    if jax.process_index() == 0:
+        save(directory, arrays, parts)
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices(f"reference_cache:{directory.name}")
+    return arrays, False
