@@ -1,0 +1,278 @@
+"""PPO for RLHF: the policy maximises a reward model's score under a KL penalty to the reference.
+
+The objective (Ziegler et al. 2019; Ouyang et al. 2022), per prompt x and response y ~ π_θ(·|x):
+
+    max_θ  E[ r_φ(x, y) − β · KL(π_θ(·|x) ‖ π_ref(·|x)) ]
+
+with r_φ the frozen reward model, π_ref the frozen SFT model and β the KL coefficient (fixed, or
+adapted towards a target KL per sequence: `losses.AdaptiveKLController`). Each *iteration*:
+
+1. **Rollout** (`rollout.py`): sample responses to `train.batch_size` prompts from π_old = the
+   current policy, score them (log π_old, log π_ref, values V_old, reward-model score), turn the
+   score and the per-token KL into rewards, GAE advantages A_t and returns R_t (formulas there).
+2. **Update**: `ppo.epochs` passes over the batch in shuffled minibatches of `ppo.minibatch_size`
+   rollouts, one optimizer step each, through the generic jitted step (`train.step`) with
+
+       L = L_clip + c_v · L_V − c_H · H,          ρ_t = π_θ(y_t) / π_old(y_t)
+       L_clip = mean_t max(−A_t ρ_t, −A_t clip(ρ_t, 1 − ε, 1 + ε))
+       L_V    = ½ mean_t max((V_t − R_t)², (clip(V_t, V_old,t ± ε_v) − R_t)²)
+       H      = mean_t entropy of π_θ(·|x, y_<t)
+
+   means over the response tokens (and EOS) of the minibatch (`losses.ppo`).
+
+Design: the policy (LM head) and the value model (scalar head, initialised from the reward
+model) are separate networks trained together: ONE `TrainState` whose params are
+`{"policy": ..., "value": ...}` and one optimizer over both, so the generic step, its gradient
+accumulation (weighted by response tokens, exact for the token means above), clipping, donation
+and the Orbax checkpoint of the train state serve PPO unchanged. With disjoint parameters Adam
+normalises each tree separately, so c_v acts mostly through the shared global-norm clip. The
+reference and reward model are frozen params (no optimizer state) used only by the rollout.
+
+The outer loop (rollout → update) is written here because `common.train`'s loop pulls one batch
+per step; it is built from the same pieces (`make_train_step`, `Checkpointer`, `MetricsWriter`,
+`to_global_batch`). A checkpoint, every `train.checkpoint_every` iterations, holds the train
+state (both param trees, optimizer, RNG, step) plus, as JSON, the prompt loader's state and the
+KL coefficient; the iteration is its step number. Rollout randomness and minibatch order are
+derived from (seed, iteration), so a killed run resumes on the identical trajectory.
+
+Metrics per iteration (`logs/metrics.jsonl`): reward (mean reward-model score), kl (per-sequence
+KL to the reference), kl_coef, pg_clipfrac, approx_kl, vf_loss, pg_loss, entropy,
+response_length, eos_rate, logprob_mismatch (max |sampler − scoring log-prob|); `eval/reward`
+is the mean score of greedy responses to held-out prompts (iteration 0 = the SFT policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from easyalign import losses, sampler, sharding
+from easyalign.algorithms import common, rollout
+from easyalign.train import checkpoint as ckpt
+from easyalign.train import metrics as train_metrics
+from easyalign.train import optim, state as train_state
+from easyalign.train.loop import NonFiniteLossError, to_global_batch
+from easyalign.train.step import make_train_step
+
+KL_CONTROLLERS = ("fixed", "adaptive")
+
+
+def check_config(config) -> None:
+    """Fail before any work when the `ppo` block is inconsistent."""
+    p, t = config.ppo, config.train
+    losses.get(losses.KL_ESTIMATORS, p.kl_estimator, "ppo.kl_estimator")
+    if p.kl_controller not in KL_CONTROLLERS:
+        raise ValueError(f"unknown ppo.kl_controller {p.kl_controller!r}; valid: "
+                         f"{', '.join(KL_CONTROLLERS)}")
+    if t.batch_size % p.minibatch_size:
+        raise ValueError(f"ppo.minibatch_size {p.minibatch_size} must divide train.batch_size "
+                         f"{t.batch_size}")
+    if p.minibatch_size % t.grad_accum:
+        raise ValueError(f"train.grad_accum {t.grad_accum} must divide ppo.minibatch_size "
+                         f"{p.minibatch_size}")
+    if not 1 <= p.max_new_tokens < config.data.max_length:
+        raise ValueError(f"ppo.max_new_tokens {p.max_new_tokens} must be in 1..data.max_length-1 "
+                         f"({config.data.max_length - 1}): data.max_length holds prompt + response")
+
+
+def kl_controller(p):
+    if p.kl_controller == "adaptive":
+        return losses.AdaptiveKLController(target=p.kl_target, horizon=p.kl_horizon)
+    return losses.FixedKLController()
+
+
+def model_block(config, path: str):
+    """The `model` block with another source: an easyalign checkpoint, or an HF directory."""
+    block = config.model.copy_and_resolve_references()
+    block.path = common.stage_path(config, path)
+    block.init = "hf" if (Path(block.path) / "config.json").exists() else "checkpoint"
+    return block
+
+
+# ----------------------------------------------------------------------------- set-up
+@dataclasses.dataclass
+class Setup:
+    """Everything `train` needs (tests inspect it before and after training)."""
+
+    run: common.Run
+    graphs: rollout.Graphs
+    params: dict                  # trained: {"policy", "value"}
+    frozen: dict                  # read only: {"reference", "reward"}
+    loader: Any                   # prompt batches (checkpointable)
+    eval_batches: list[dict]      # held-out prompt batches with `valid`
+    policy_config: Any
+    stop_tokens: tuple[int, ...]
+
+
+def setup(config) -> Setup:
+    check_config(config)
+    p = config.ppo
+    blocks = {name: model_block(config, getattr(p, name))
+              for name in ("value_model", "reference", "reward_model")}
+    run_ = common.prepare(config)
+    width = config.data.max_length - p.max_new_tokens  # the prompt block
+    prompts = common.tokenize(run_, common.load_examples(run_, "prompt", "train"), "prompt",
+                              max_length=width)
+    held_out = common.tokenize(run_, common.load_examples(run_, "prompt", "eval"), "prompt",
+                               max_length=width)
+    eval_batches = [b | {"prompt_lengths": np.maximum(b["prompt_lengths"], 1)}  # padding rows
+                    for b in common.eval_batches(run_, held_out, "prompt", max_length=width,
+                                                 limit=config.train.eval_batches)]
+    models = {"policy": common.init_model(run_, head="lm"),
+              "value": common.init_model(run_, blocks["value_model"], head="scalar"),
+              "reference": common.init_model(run_, blocks["reference"], head="lm"),
+              "reward": common.init_model(run_, blocks["reward_model"], head="scalar")}
+    vocab = {name: m.config.vocab_size for name, m in models.items()}
+    if len(set(vocab.values())) > 1:
+        raise ValueError(f"the four PPO models must share one tokenizer; vocabulary sizes: {vocab}")
+    split = {name: nnx.split(m) for name, m in models.items()}
+    eos = run_.tokenizer.eos_token_id
+    policy_config = models["policy"].config
+    config_eos = policy_config.eos_token_id
+    stops = {eos} | set([config_eos] if isinstance(config_eos, int) else config_eos or [])
+    return Setup(
+        run=run_, graphs=rollout.Graphs(**{k: g for k, (g, _) in split.items()}),
+        params={k: split[k][1] for k in ("policy", "value")},
+        frozen={k: split[k][1] for k in ("reference", "reward")},
+        loader=common.train_loader(run_, prompts, "prompt", max_length=width),
+        eval_batches=eval_batches, policy_config=policy_config, stop_tokens=tuple(sorted(stops)))
+
+
+# ----------------------------------------------------------------------------- loss
+def make_loss(graphs: rollout.Graphs, p):
+    """`loss_fn(params, batch, rng, frozen)` of the update; weighted by response tokens, so
+    gradient accumulation reproduces the minibatch's token means exactly."""
+
+    def loss_fn(params, batch, rng, frozen):
+        del rng, frozen  # deterministic; the frozen models were used in the rollout
+        mask = batch["mask"]
+        logps, entropy = rollout.policy_logps(nnx.merge(graphs.policy, params["policy"]),
+                                              batch["tokens"])
+        values = rollout.token_values(nnx.merge(graphs.value, params["value"]), batch["tokens"])
+        pg, pg_metrics = losses.ppo_policy_loss(logps, batch["old_logps"], batch["advantages"],
+                                                mask, p.clip_eps)
+        vf, vf_metrics = losses.ppo_value_loss(values, batch["old_values"], batch["returns"],
+                                               mask, p.value_clip_eps)
+        entropy = losses.masked_mean(entropy, mask)
+        loss = pg + p.vf_coef * vf - p.entropy_coef * entropy
+        return loss, {**pg_metrics, **vf_metrics, "entropy": entropy,
+                      "loss_weight": jnp.sum(mask)}
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- the loop
+def _evaluate(s: Setup, rollout_fn, params, kl_coef) -> dict[str, float]:
+    """Mean reward-model score and length of greedy responses to the held-out prompts."""
+    p, mesh = s.run.config.ppo, s.run.mesh
+    total = {"reward": 0.0, "response_length": 0.0}
+    count = 0.0
+    for host_batch in s.eval_batches:
+        prompts = to_global_batch(host_batch, mesh)
+        gen = rollout.sample(s.graphs, params["policy"], prompts, jax.random.key(0),
+                             max_new_tokens=p.max_new_tokens, stop_tokens=s.stop_tokens,
+                             pad_id=common.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
+        _, rows, _ = rollout_fn(params, s.frozen, prompts, gen, kl_coef)
+        valid = prompts["valid"].astype(jnp.float32)
+        total["reward"] += float(jnp.sum(rows["scores"] * valid))
+        total["response_length"] += float(jnp.sum(rows["lengths"] * valid))
+        count += float(jnp.sum(valid))
+    return {k: v / max(count, 1.0) for k, v in total.items()}
+
+
+def train(s: Setup) -> tuple[dict, rollout.Graphs]:
+    """Run (or resume) PPO; returns `({"policy", "value"} params, graphs)` and writes
+    `workdir/model/` (the policy)."""
+    run_, mesh = s.run, s.run.mesh
+    c = run_.config
+    p, t = c.ppo, c.train
+    iterations = t.steps
+    steps_per_iteration = p.epochs * (t.batch_size // p.minibatch_size)
+    tx, schedule = optim.make_optimizer(c.optim, iterations * steps_per_iteration)
+    checkpointer = ckpt.Checkpointer(run_.workdir / "checkpoints", keep=t.keep_checkpoints,
+                                     async_save=t.async_checkpointing)
+    state = train_state.create_train_state(s.params, tx, t.seed, mesh)
+    writer = train_metrics.MetricsWriter(run_.workdir, total_steps=iterations,
+                                         progress_bar=t.progress_bar)
+    start, kl_coef = 0, p.kl_coef
+    latest = checkpointer.latest_step()
+    if latest is not None:
+        state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
+        s.loader.set_state(data_state["loader"].encode())
+        start, kl_coef = latest, data_state["kl_coef"]
+        writer.resume(latest)
+        if run_.is_main:
+            print(f"[resume] {run_.workdir.name}: continuing from iteration {latest}")
+    s.params = None  # the state owns (and donates) these buffers now
+    kl_coef = jnp.asarray(kl_coef, jnp.float32)
+    controller = kl_controller(p)
+    pad_id = common.pad_id(run_)
+    rollout_key = jax.random.key(t.seed)
+    with sharding.use_mesh(mesh):
+        step_fn = make_train_step(make_loss(s.graphs, p), tx, schedule,
+                                  train_state.state_shardings(state), grad_accum=t.grad_accum)
+        rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id, run_.tokenizer.eos_token_id)
+        take = rollout.make_take()
+        if start == 0 and s.eval_batches:
+            writer.write(0, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")
+        pending, since = [], time.perf_counter()
+        for it in range(start + 1, iterations + 1):
+            prompts = to_global_batch(next(s.loader), mesh)
+            gen = rollout.sample(s.graphs, state.params["policy"], prompts,
+                                 jax.random.fold_in(rollout_key, it),
+                                 max_new_tokens=p.max_new_tokens, stop_tokens=s.stop_tokens,
+                                 pad_id=pad_id, mesh=mesh)
+            batch, rows, metrics = rollout_fn(state.params, s.frozen, prompts, gen, kl_coef)
+            if p.sample_every and it % p.sample_every == 0:
+                writer.write_text(it, "samples",
+                                  rollout.sample_text(run_.tokenizer, prompts, rows, p.num_samples))
+            batch = {k: batch[k] for k in rollout.TRAIN_KEYS}
+            step_metrics = []
+            for rows_idx in rollout.minibatch_indices(t.batch_size, p.minibatch_size, p.epochs,
+                                                      (t.seed, it)):
+                state, m = step_fn(state, take(batch, rows_idx), None)
+                step_metrics.append(m)
+            # Metrics stay on the device until a log step (each fetch is a host-device sync).
+            pending.append(metrics | jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)),
+                                                  *step_metrics))
+            kl_coef = jnp.asarray(controller.update(kl_coef, metrics["kl"], t.batch_size),
+                                  jnp.float32)
+            last = it == iterations
+            if it % t.log_every == 0 or last:
+                fetched = jax.device_get(pending)
+                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+                if not math.isfinite(values["loss"]):
+                    raise NonFiniteLossError(
+                        f"non-finite loss at iteration {it}; the last complete checkpoint is "
+                        f"{checkpointer.latest_step()} in {checkpointer.directory}. Lower "
+                        "optim.lr or ppo.kl_coef.")
+                values["iteration_time"] = (time.perf_counter() - since) / len(pending)
+                writer.write(it, values)
+                writer.advance(it)
+                pending, since = [], time.perf_counter()
+            if s.eval_batches and ((t.eval_every and it % t.eval_every == 0) or last):
+                began = time.perf_counter()
+                writer.write(it, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")
+                since += time.perf_counter() - began  # iteration_time: rollout + update only
+            if it % t.checkpoint_every == 0 or last:
+                data_state = {"loader": s.loader.get_state().decode(),
+                              "kl_coef": float(kl_coef)}
+                checkpointer.save(it, state, data_state, s.policy_config.to_dict(), force=last)
+    checkpointer.close()
+    if t.plot:
+        writer.plot(run_.workdir / "plots")
+    writer.close()
+    common.save_model(run_, state.params["policy"], s.graphs.policy)
+    return state.params, s.graphs
+
+
+def run(config):
+    return train(setup(config))

@@ -1,0 +1,222 @@
+"""PPO rollouts: sample responses, score them with four models, shape rewards, estimate advantages.
+
+One rollout turns a batch of prompts into a PPO training batch, entirely on the device:
+
+1. **Sample** (`sample`): the jitted sampler draws a response per prompt from the current policy
+   at temperature 1 (so the sampling distribution *is* π_old), stopping at EOS or after
+   `ppo.max_new_tokens` tokens.
+2. **Assemble** (`assemble`): row b becomes `prompt[:P_b] + response[:L_b] + padding`, width
+   T = P + N (P the prompt block, N the token budget). The response mask m covers exactly the L_b
+   generated tokens, the EOS included. The reward model reads the same tokens in a block one
+   column wider: a response cut by the budget gets an EOS appended there, because the reward
+   model was trained on chat-templated `prompt + response + EOS` and scores the last real token.
+3. **Score** (`score`, one jitted pass with everything below): on the assembled tokens,
+
+       log π_old(y_t)  policy, the same trunk + chunked log-prob code as the training loss, so the
+                       first minibatch of an update starts at ratio exactly 1 (the sampler's own
+                       log-probs are only compared with it: the `logprob_mismatch` metric);
+       log π_ref(y_t)  frozen reference (the SFT model);
+       V_old(t)        value model, read at the hidden state that predicts token t (like a
+                       log-prob), i.e. the value of the state before the action y_t;
+       score           frozen reward model at the last real token (`reward.sequence_scores`).
+
+4. **Rewards and advantages** (`advantages`): per-token KL-shaped rewards (`losses.ppo`)
+
+       r_t = −β · KL_t + [t = last response token] · clip(score, ±c)
+       KL_t = k1: log π_old(y_t) − log π_ref(y_t)     k3: exp(−d) − 1 + d,  d = the k1 value
+
+   (β the KL coefficient of the controller; optionally whitened without shifting the mean), then
+   GAE over the response span with V = 0 after its last token:
+
+       δ_t = r_t + γ V_{t+1} − V_t,    A_t = δ_t + γ λ A_{t+1},    R_t = A_t + V_t
+
+   and the advantages are whitened over all response tokens of the (global) batch.
+
+Everything is a global array sharded over the batch axes, so the same code runs on one device,
+one host or many.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.experimental import multihost_utils
+
+from easyalign import losses, sampler, sharding
+from easyalign.algorithms.reward import sequence_scores
+from easyalign.model.scoring import token_logprobs_and_entropy
+
+# The arrays a PPO update reads, `[B, T]` each.
+TRAIN_KEYS = ("tokens", "mask", "old_logps", "old_values", "advantages", "returns")
+
+
+@dataclasses.dataclass(frozen=True)
+class Graphs:
+    """Graph definitions of the four models (static: they never change during a run)."""
+
+    policy: Any
+    value: Any
+    reference: Any
+    reward: Any
+
+
+# ----------------------------------------------------------------------------- model outputs
+def policy_logps(model, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """`(log π(tokens[t] | <t), entropy of that prediction)`, `[B, T]` each, position 0 = 0.
+
+    The one code path for rollout scoring and the loss. The entropy comes from the same chunked
+    pass (`losses.entropy_bonus` would need the full `[B, T, vocab]` logits)."""
+    hidden, _ = model.trunk(tokens)
+    return token_logprobs_and_entropy(model, hidden, tokens)
+
+
+def token_values(model, tokens: jax.Array) -> jax.Array:
+    """Value of the state before each token, `[B, T]`: the scalar head read at position t − 1."""
+    hidden, _ = model.trunk(tokens)
+    return losses.shift_to_tokens(model.scores(hidden))
+
+
+# ----------------------------------------------------------------------------- rollout pieces
+def sample(graphs: Graphs, policy_params, prompts: dict, rng: jax.Array, *, max_new_tokens: int,
+           stop_tokens, pad_id: int, mesh, method=sampler.Temperature(1.0)) -> sampler.Generation:
+    """Responses to a global prompt batch (`prompt_tokens [B, P]`, `prompt_lengths [B]`)."""
+    return sampler.generate(graphs.policy, policy_params, prompts["prompt_tokens"],
+                            prompts["prompt_lengths"], rng, max_new_tokens=max_new_tokens,
+                            method=method, stop_tokens=stop_tokens, pad_id=pad_id, mesh=mesh)
+
+
+def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int, eos_id: int
+             ) -> dict[str, jax.Array]:
+    """Prompt + response rows (module docstring, step 2).
+
+    Returns `tokens [B, T]`, `mask [B, T]` (response + EOS), `sampler_logps [B, T]` (the
+    sampler's log-probs moved onto the tokens they score), and the reward model's `rm_tokens`,
+    `rm_segment_ids` `[B, T + 1]`.
+    """
+    batch, width = prompt_tokens.shape
+    total = width + gen.tokens.shape[1]
+    j = jnp.arange(total + 1)[None, :]
+    start, length = prompt_lengths[:, None], gen.lengths[:, None]
+    in_prompt = j < start
+    in_response = (j >= start) & (j < start + length)
+    # Column j reads column `src` of [prompt block | response block | one spare column].
+    src = jnp.clip(jnp.where(in_prompt, j, width + j - start), 0, total)
+    spare = jnp.zeros((batch, 1), jnp.int32)
+    tokens = jnp.take_along_axis(
+        jnp.concatenate([prompt_tokens, gen.tokens, spare], axis=1), src, axis=1)
+    tokens = jnp.where(in_prompt | in_response, tokens, pad_id)
+    logps = jnp.take_along_axis(jnp.concatenate(
+        [jnp.zeros_like(prompt_tokens, jnp.float32), gen.logprobs, spare.astype(jnp.float32)],
+        axis=1), src, axis=1)
+    appended = ~gen.done[:, None] & (j == start + length)
+    return {"tokens": tokens[:, :total], "mask": in_response[:, :total].astype(jnp.float32),
+            "sampler_logps": jnp.where(in_response, logps, 0.0)[:, :total],
+            "rm_tokens": jnp.where(appended, eos_id, tokens),
+            "rm_segment_ids": (in_prompt | in_response | appended).astype(jnp.int32)}
+
+
+def score(graphs: Graphs, params: dict, frozen: dict, seq: dict) -> dict[str, jax.Array]:
+    """`old_logps`, `ref_logps`, `old_values`, `entropy` `[B, T]` and reward-model `scores [B]`."""
+    tokens = seq["tokens"]
+    old_logps, entropy = policy_logps(nnx.merge(graphs.policy, params["policy"]), tokens)
+    # The policy's own code path, so that policy == reference gives exactly KL = 0.
+    ref_logps, _ = policy_logps(nnx.merge(graphs.reference, frozen["reference"]), tokens)
+    old_values = token_values(nnx.merge(graphs.value, params["value"]), tokens)
+    scores = sequence_scores(nnx.merge(graphs.reward, frozen["reward"]), seq["rm_tokens"],
+                             seq["rm_segment_ids"], {})
+    return {"old_logps": old_logps, "ref_logps": ref_logps, "old_values": old_values,
+            "entropy": entropy, "scores": scores}
+
+
+def advantages(scored: dict, mask: jax.Array, kl_coef: jax.Array, p
+               ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
+    """KL-shaped rewards, GAE advantages and returns (module docstring, step 4); `p` = `ppo`."""
+    scores = scored["scores"]
+    if p.score_clip > 0:
+        scores = jnp.clip(scores, -p.score_clip, p.score_clip)
+    rewards, metrics = losses.kl_penalty_rewards(scores, scored["old_logps"], scored["ref_logps"],
+                                                 mask, kl_coef, p.kl_estimator)
+    if p.whiten_rewards:
+        rewards = losses.masked_whiten(rewards, mask, shift_mean=False)
+    adv, returns = losses.gae(rewards, scored["old_values"], mask, p.gamma, p.lam)
+    if p.whiten_advantages:
+        adv = losses.masked_whiten(adv, mask)
+    out = {"advantages": adv, "returns": returns}
+    return out, {"kl": metrics["kl"], "non_score_reward": metrics["non_score_reward"],
+                 "returns": losses.masked_mean(returns, mask)}
+
+
+def make_rollout_fn(graphs: Graphs, p, pad_id: int, eos_id: int):
+    """`rollout(params, frozen, prompts, gen, kl_coef) -> (train batch, per-row, metrics)`, jitted.
+
+    `per-row` holds what sample logging and evaluation read: `scores`, `lengths` `[B]` and the
+    assembled `tokens`. Metrics are batch means (`logprob_mismatch` the maximum).
+    """
+
+    def rollout(params, frozen, prompts, gen, kl_coef):
+        seq = assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id, eos_id)
+        mask = seq["mask"]
+        scored = score(graphs, params, frozen, seq)
+        shaped, metrics = advantages(scored, mask, kl_coef, p)
+        batch = {"tokens": seq["tokens"], "mask": mask, **shaped,
+                 "old_logps": scored["old_logps"], "old_values": scored["old_values"]}
+        mismatch = jnp.max(jnp.abs(scored["old_logps"] - seq["sampler_logps"]) * mask)
+        metrics |= {"reward": jnp.mean(scored["scores"]),
+                    "entropy_rollout": losses.masked_mean(scored["entropy"], mask),
+                    "response_length": jnp.mean(gen.lengths.astype(jnp.float32)),
+                    "eos_rate": jnp.mean(gen.done.astype(jnp.float32)),
+                    "value": losses.masked_mean(scored["old_values"], mask),
+                    "logprob_mismatch": mismatch, "kl_coef": jnp.asarray(kl_coef, jnp.float32)}
+        rows = {"scores": scored["scores"], "lengths": gen.lengths, "tokens": seq["tokens"]}
+        return batch, rows, metrics
+
+    return jax.jit(rollout)
+
+
+# ----------------------------------------------------------------------------- minibatches
+def minibatch_indices(batch_size: int, minibatch_size: int, epochs: int, seed: tuple[int, ...]
+                      ) -> list[np.ndarray]:
+    """Row indices of every minibatch of an update: each epoch a fresh permutation of the batch,
+    cut into `batch_size / minibatch_size` pieces. Seeded by (run seed, iteration), so every
+    process draws the same minibatches and a resumed run the same as an uninterrupted one."""
+    rng = np.random.default_rng(seed)
+    return [perm[i:i + minibatch_size] for perm in (rng.permutation(batch_size)
+                                                    for _ in range(epochs))
+            for i in range(0, batch_size, minibatch_size)]
+
+
+def make_take():
+    """`take(batch, rows)`: a minibatch of a global batch, again sharded over the batch axes
+    (`rows` is the same on every process)."""
+
+    def take(batch, rows):
+        return {k: sharding.constrain(v[rows], ("batch",) + (None,) * (v.ndim - 1))
+                for k, v in batch.items()}
+
+    return jax.jit(take)
+
+
+# ----------------------------------------------------------------------------- host side
+def host(tree):
+    """Global arrays → numpy on every process (a collective under several processes)."""
+    return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def sample_text(tokenizer, prompts: dict, rows: dict, n: int) -> str:
+    """`prompt → response  [reward]` for the first `n` rows of a rollout (process 0 writes it)."""
+    got = host({"prompt_lengths": prompts["prompt_lengths"][:n], "tokens": rows["tokens"][:n],
+                "lengths": rows["lengths"][:n], "scores": rows["scores"][:n]})
+    lines = []
+    for b in range(len(got["lengths"])):
+        start = int(got["prompt_lengths"][b])
+        prompt = tokenizer.decode(got["tokens"][b, :start], skip_special_tokens=True)
+        response = tokenizer.decode(got["tokens"][b, start:start + int(got["lengths"][b])],
+                                    skip_special_tokens=True)
+        lines.append(f"{' '.join(prompt.split())!r} → {response.strip()!r}  "
+                     f"[reward {float(got['scores'][b]):+.3f}]")
+    return "\n".join(lines)
