@@ -196,8 +196,9 @@ def _generate(state, prompt_tokens, prompt_lengths, rng, *, graphdef, method, ma
         budget = jnp.clip(max_length - prompt_lengths, 0, max_new_tokens)
 
     def constrain_cache(cache):
-        names = (None, "batch", "cache_length", "act_kv_heads", None)
-        return KVCache(sharding.constrain(cache.k, names), sharding.constrain(cache.v, names))
+        names = ("batch", "cache_length", "act_kv_heads", None)
+        return KVCache(tuple(sharding.constrain(k, names) for k in cache.k),
+                       tuple(sharding.constrain(v, names) for v in cache.v))
 
     def choose(step, logits, carry):
         """Sample token `step` for every row and record it; inactive rows record padding."""

@@ -213,7 +213,8 @@ def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     """The ModelConfig a `model` config block asks for (numerics from the block)."""
     m = model_cfg or run.config.model
     numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-                    remat=m.remat, scan_layers=m.scan_layers, head=head)
+                    remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
+                    head=head)
     if m.init == "hf":
         from easyalign.hf import read_hf_config
 
@@ -253,7 +254,7 @@ def init_model(run: Run, model_cfg=None, *, head: str = "lm", seed: int | None =
 
 
 def _numeric_overrides(config: ModelConfig, include_head: bool) -> dict:
-    keys = ("dtype", "param_dtype", "attention_impl", "remat", "scan_layers") + (
+    keys = ("dtype", "param_dtype", "attention_impl", "remat", "scan_layers", "logits_chunk") + (
         ("head",) if include_head else ())
     return {k: getattr(config, k) for k in keys}
 

@@ -61,7 +61,7 @@ class WorldConfig:
     n_unknown_train: int = 24  # unknown names asked about in training (answer: IDK)
     n_unknown_heldout: int = 16  # unknown names only in held-out sets
     n_sft: int = 3000
-    n_pref_train: int = 2000
+    n_pref_train: int = 6000  # plenty: the reward model generalises from variety, not epochs
     n_pref_heldout: int = 200  # reward-model accuracy is measured on these
     n_rl_prompts: int = 1000
     n_eval_per_suite: int = 64

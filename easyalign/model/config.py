@@ -78,6 +78,7 @@ class ModelConfig:
     attention_impl: str = "xla"
     remat: str = "none"
     scan_layers: bool = True
+    logits_chunk: int = 512  # sequence chunk of vocabulary projections in losses (memory vs speed)
 
     def __post_init__(self):
         checks = [

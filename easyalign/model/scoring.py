@@ -1,9 +1,11 @@
 """Per-token quantities from hidden states without materialising `[B, T, vocab]` logits.
 
 With a 128K vocabulary, fp32 logits of a 4×2048 batch are 4 GB, and their gradient as much
-again. Every loss therefore goes through `chunked`: the sequence is cut into chunks, logits
-are computed chunk by chunk inside `jax.checkpoint` (so the backward pass recomputes each
-chunk's logits instead of storing them), and only per-token results `[B, T]` survive.
+again. Every loss therefore goes through `chunked`: the sequence is cut into chunks of
+`config.logits_chunk`, logits are computed chunk by chunk inside `jax.checkpoint` (so the
+backward pass recomputes each chunk's logits instead of storing them), and only per-token
+results `[B, T]` survive. A chunk as long as the sequence skips the recomputation (faster,
+when memory allows: the H100 benchmark uses 2048).
 
 Convention (see `easyalign.losses`): `logps[b, t] = log p(tokens[b, t] | tokens[b, <t])`,
 read off the hidden state at t−1; position 0 has no prediction and is 0.
@@ -16,7 +18,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-DEFAULT_CHUNK = 512
+DEFAULT_CHUNK = 512  # = ModelConfig.logits_chunk's default
 
 
 def chunked(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int = DEFAULT_CHUNK
@@ -47,7 +49,7 @@ def _shift(values: jax.Array) -> jax.Array:
 
 
 def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
-                   chunk: int = DEFAULT_CHUNK, temperature: float = 1.0) -> jax.Array:
+                   chunk: int | None = None, temperature: float = 1.0) -> jax.Array:
     """`log p(tokens[t] | <t)` for every position, `[B, T]` float32 (position 0 = 0)."""
 
     def fn(h, targets):
@@ -56,11 +58,12 @@ def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
         picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
         return picked - logz
 
-    return _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
+    return _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:],
+                          chunk=chunk or model.config.logits_chunk))
 
 
 def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
-                               chunk: int = DEFAULT_CHUNK) -> tuple[jax.Array, jax.Array]:
+                               chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
     """Log-probs as `token_logprobs`, plus the entropy H_t = −Σ_v p log p of each prediction."""
 
     def fn(h, targets):
@@ -69,13 +72,14 @@ def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
         entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
         return jnp.stack([picked, entropy], axis=-1)
 
-    out = _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
+    out = _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:],
+                         chunk=chunk or model.config.logits_chunk))
     return out[..., 0], out[..., 1]
 
 
 def token_divergence(student, student_hidden: jax.Array, teacher, teacher_hidden: jax.Array,
                      divergence: Callable[[jax.Array, jax.Array], jax.Array], *,
-                     chunk: int = DEFAULT_CHUNK) -> jax.Array:
+                     chunk: int | None = None) -> jax.Array:
     """Per-token `divergence(student_logits, teacher_logits)` at every predicted position.
 
     Both models' logits exist one chunk at a time; the teacher's hidden states should be
@@ -85,4 +89,5 @@ def token_divergence(student, student_hidden: jax.Array, teacher, teacher_hidden
     def fn(hs, ht):
         return divergence(student.logits(hs), teacher.logits(ht))
 
-    return _shift(chunked(fn, student_hidden[:, :-1], teacher_hidden[:, :-1], chunk=chunk))
+    return _shift(chunked(fn, student_hidden[:, :-1], teacher_hidden[:, :-1],
+                          chunk=chunk or student.config.logits_chunk))

@@ -7,7 +7,8 @@
 
 Layers are stored stacked (a leading `layers` axis on every block weight, built with
 `nnx.vmap`) and run under `jax.lax.scan` (`scan_layers=True`: compile time independent of
-depth) or a Python loop over the same stacked weights. `remat` chooses what the backward pass
+depth) or a Python loop over the same stacked weights (faster on GPU: XLA schedules and fuses
+across layers; always used with a KV cache). `remat` chooses what the backward pass
 keeps (see `REMAT_POLICIES`). The same `trunk` serves training, scoring, prefill and one-token
 decoding with a KV cache, so sampler and trainer compute identical log-probs.
 """
@@ -41,16 +42,48 @@ REMAT_POLICIES = {
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass
 class KVCache:
-    """Keys and values of every layer, `[layers, batch, max_length, kv_heads, head_dim]`."""
+    """Keys and values, one `[batch, max_length, kv_heads, head_dim]` array per layer.
 
-    k: jax.Array
-    v: jax.Array
+    Per-layer buffers rather than one stacked array: each layer reads and updates its own
+    buffer in place, where slicing a stacked cache would copy every layer's slice every step.
+    """
+
+    k: tuple[jax.Array, ...]
+    v: tuple[jax.Array, ...]
 
     @classmethod
     def zeros(cls, config: ModelConfig, batch: int, max_length: int, dtype=None) -> "KVCache":
-        shape = (config.num_layers, batch, max_length, config.num_kv_heads, config.head_dim)
+        shape = (batch, max_length, config.num_kv_heads, config.head_dim)
         dtype = dtype or config.compute_dtype
-        return cls(jnp.zeros(shape, dtype), jnp.zeros(shape, dtype))
+        return cls(tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)),
+                   tuple(jnp.zeros(shape, dtype) for _ in range(config.num_layers)))
+
+
+@jax.custom_vjp
+def head_matmul(hidden: jax.Array, kernel: jax.Array) -> jax.Array:
+    """`hidden @ kernel` accumulated and returned in float32 (log-probs need the precision).
+
+    The backward pass casts the float32 cotangent back to the compute dtype before its two
+    matmuls: left to autodiff, a float32 cotangent would promote them to float32 matmuls —
+    the largest matmuls of a small model (the vocabulary projection), several times slower
+    on tensor cores for no useful precision in the gradient.
+    """
+    return jnp.einsum("...d,dv->...v", hidden, kernel, preferred_element_type=jnp.float32)
+
+
+def _head_matmul_fwd(hidden, kernel):
+    return head_matmul(hidden, kernel), (hidden, kernel)
+
+
+def _head_matmul_bwd(residuals, cotangent):
+    hidden, kernel = residuals
+    cotangent = cotangent.astype(hidden.dtype)
+    d_hidden = jnp.einsum("...v,dv->...d", cotangent, kernel)
+    d_kernel = jnp.einsum("...d,...v->dv", hidden, cotangent, preferred_element_type=jnp.float32)
+    return d_hidden, d_kernel.astype(kernel.dtype)
+
+
+head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
 
 
 class MLP(nnx.Module):
@@ -119,8 +152,8 @@ class Transformer(nnx.Module):
         segment ids so padding never mixes with tokens. With a cache, `positions` are the
         absolute positions of `tokens` (default 0..T−1); `prefill=True` declares the cache empty
         (attention stays within this call, through the fused kernel), otherwise this call
-        continues the cached sequence (see `attention.py`). Either way the call's keys and
-        values are written into the cache at their positions after the layer scan.
+        continues the cached sequence (see `attention.py`). Either way each layer's new keys
+        and values are written into its cache buffer at their positions.
         """
         cfg = self.config
         if attention_mask is not None:
@@ -142,30 +175,24 @@ class Transformer(nnx.Module):
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
-        layer_caches = None if mode != "decode" else (cache.k, cache.v)
 
-        if cfg.scan_layers:
-            def body(x, xs):
-                params, layer_cache = xs
-                return layer(x, params, layer_cache)
-
-            x, new_kv = jax.lax.scan(body, x, (layer_state, layer_caches))
-        else:
-            outs = []
-            for i in range(cfg.num_layers):
-                take = functools.partial(lambda a, i: a[i], i=i)
-                x, kv = layer(x, jax.tree.map(take, layer_state),
-                              None if layer_caches is None else jax.tree.map(take, layer_caches))
-                outs.append(kv)
-            new_kv = None if mode is None else jax.tree.map(lambda *a: jnp.stack(a), *outs)
-        hidden = self.final_norm(x)
-        if cache is None:
-            return hidden, None
-        # One scatter of every layer's new keys/values `[L, B, T, KV, hd]` into the cache.
+        if cfg.scan_layers and cache is None:
+            x, _ = jax.lax.scan(lambda x, params: (layer(x, params, None)[0], None), x,
+                                layer_state)
+            return self.final_norm(x), None
+        # A Python loop over the stacked weights: always with a cache, so that each layer
+        # updates its own cache buffer in place (see KVCache).
         rows = jnp.arange(tokens.shape[0])[:, None]
-        k_cache = cache.k.at[:, rows, positions].set(new_kv[0].astype(cache.k.dtype))
-        v_cache = cache.v.at[:, rows, positions].set(new_kv[1].astype(cache.v.dtype))
-        return hidden, KVCache(k_cache, v_cache)
+        new_k, new_v = [], []
+        for i in range(cfg.num_layers):
+            params = jax.tree.map(functools.partial(lambda a, i: a[i], i=i), layer_state)
+            layer_cache = None if mode != "decode" else (cache.k[i], cache.v[i])
+            x, kv = layer(x, params, layer_cache)
+            if cache is not None:
+                new_k.append(cache.k[i].at[rows, positions].set(kv[0].astype(cache.k[i].dtype)))
+                new_v.append(cache.v[i].at[rows, positions].set(kv[1].astype(cache.v[i].dtype)))
+        hidden = self.final_norm(x)
+        return hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v)))
 
     # ----------------------------------------------------------------------------- heads
     def head_kernel(self) -> jax.Array:
@@ -179,8 +206,7 @@ class Transformer(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits in float32 for `hidden [..., d]` (compute in the model dtype)."""
         dtype = self.config.compute_dtype
-        logits = jnp.einsum("...d,dv->...v", hidden.astype(dtype), self.head_kernel().astype(dtype),
-                            preferred_element_type=jnp.float32)
+        logits = head_matmul(hidden.astype(dtype), self.head_kernel().astype(dtype))
         return constrain(logits, ("batch", "length", "act_vocab")) if logits.ndim == 3 else logits
 
     def scores(self, hidden: jax.Array) -> jax.Array:

@@ -48,6 +48,12 @@ def accumulate_gradients(loss_fn: LossFn, params, batch: dict, rng: jax.Array, f
                          grad_accum: int):
     """`(loss, metrics, grads)` of the whole batch, computed micro-batch by micro-batch."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if grad_accum == 1:
+        # One batch: its own token mean is the answer; no weighting passes over the gradients.
+        (loss, metrics), grads = grad_fn(params, batch, rng, frozen)
+        metrics = {k: jnp.asarray(v, jnp.float32) for k, v in metrics.items()
+                   if k != "loss_weight"}
+        return loss, metrics, grads
 
     def weighted(micro, micro_rng):
         (loss, metrics), grads = grad_fn(params, micro, micro_rng, frozen)
@@ -56,19 +62,16 @@ def accumulate_gradients(loss_fn: LossFn, params, batch: dict, rng: jax.Array, f
         grads = jax.tree.map(lambda g: g.astype(jnp.float32) * weight, grads)
         return loss * weight, metrics, grads, weight
 
-    if grad_accum == 1:
-        loss, metrics, grads, weight = weighted(batch, rng)
-    else:
-        micro = _micro_batches(batch, grad_accum)
-        rngs = jax.random.split(rng, grad_accum)
-        first = jax.tree.map(lambda x: x[0], micro)
-        zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(weighted, first, rngs[0]))
+    micro = _micro_batches(batch, grad_accum)
+    rngs = jax.random.split(rng, grad_accum)
+    first = jax.tree.map(lambda x: x[0], micro)
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(weighted, first, rngs[0]))
 
-        def body(total, xs):
-            out = weighted(*xs)
-            return jax.tree.map(jnp.add, total, out), None
+    def body(total, xs):
+        out = weighted(*xs)
+        return jax.tree.map(jnp.add, total, out), None
 
-        (loss, metrics, grads, weight), _ = jax.lax.scan(body, zeros, (micro, rngs))
+    (loss, metrics, grads, weight), _ = jax.lax.scan(body, zeros, (micro, rngs))
     # An all-masked batch has weight 0; dividing by max(·, tiny) keeps it finite (and zero).
     norm = jnp.maximum(weight, 1e-12)
     grads = jax.tree.map(lambda g: g / norm, grads)

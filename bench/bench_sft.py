@@ -1,0 +1,82 @@
+"""SFT train step at the Llama-3.2-1B shape, 2048-token sequences, against the PyTorch/HF anchor.
+
+Measures the library's own jitted step (`easyalign.train.step.make_train_step` with the SFT loss,
+AdamW, clipping, donated state): tokens/s, MFU (anchors' count), step time, peak memory.
+
+    python bench/bench_sft.py [--batch 8] [--remat none] [--param-dtype float32] [--cpu]
+"""
+
+import argparse
+
+import common  # noqa: F401  (sets XLA flags before jax)
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from configs import base
+from easyalign import sharding
+from easyalign.algorithms import sft
+from easyalign.model import create_model, preset
+from easyalign.train import optim
+from easyalign.train.state import create_train_state, state_shardings
+from easyalign.train.step import make_train_step
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="llama-3.2-1b")
+    ap.add_argument("--batch", type=int, nargs="+", default=[4, 8])
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--remat", default="none")
+    ap.add_argument("--param-dtype", default="float32")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--fsdp", type=int, default=-1)
+    ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
+    ap.add_argument("--chunk", type=int, default=2048, help="logits chunk (2048: no recompute)")
+    ap.add_argument("--cpu", action="store_true")
+    args = ap.parse_args()
+    tiny = args.cpu
+    config = preset("tiny" if tiny else args.preset, dtype="bfloat16", param_dtype=args.param_dtype,
+                    attention_impl="xla" if tiny else "cudnn", remat=args.remat,
+                    scan_layers=bool(args.scan), logits_chunk=args.chunk)
+    seq = 64 if tiny else args.seq
+    mesh = sharding.make_mesh(1, args.fsdp, 1)
+    cfg = base.get_config()
+    tx, schedule = optim.make_optimizer(cfg.optim, total_steps=1000)
+    for batch in args.batch:
+        model = create_model(config, mesh, seed=0)
+        graphdef, params = nnx.split(model)
+        del model
+        state = create_train_state(params, tx, seed=0, mesh=mesh)
+        with sharding.use_mesh(mesh):
+            step = make_train_step(sft.make_loss(graphdef, packed=False), tx, schedule,
+                                   state_shardings(state))
+            rng = np.random.RandomState(0)
+            host = {"tokens": rng.randint(0, config.vocab_size, (batch, seq)).astype(np.int32),
+                    "loss_mask": np.ones((batch, seq), np.float32)}
+            data = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
+                    for k, v in host.items()}
+            holder = {"state": state}
+
+            def run():
+                holder["state"], metrics = step(holder["state"], data, None)
+                return metrics["loss"]
+
+            seconds = common.time_calls(run, repeats=args.steps)
+        tokens = batch * seq
+        flops = common.train_flops_per_token(config.param_count(), config.num_layers,
+                                             config.hidden_size, seq)
+        common.log(what="easyalign_sft_step", preset=args.preset,
+                   batch=batch, seq=seq, remat=args.remat, param_dtype=args.param_dtype,
+                   scan_layers=bool(args.scan), logits_chunk=args.chunk,
+                   xla_flags=common.extra_flags(),
+                   devices=jax.device_count(), step_s=seconds, tokens_per_s=tokens / seconds,
+                   mfu=flops * tokens / seconds / (common.PEAK_FLOPS * jax.device_count()),
+                   peak_gib=common.peak_gib(), device=common.device_name())
+        del holder, state, step
+
+
+if __name__ == "__main__":
+    main()

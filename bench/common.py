@@ -1,0 +1,67 @@
+"""Shared benchmark plumbing: XLA flags, timing, memory, MFU, JSON lines.
+
+Every benchmark prints one JSON line per figure (like the anchors in ../shared/anchors), so the
+device call's output can be parsed into docs/benchmarks.md by `bench/report.py`.
+
+Timing: each measured function is compiled and run twice before timing; then `repeats` calls
+are timed with `jax.block_until_ready` around each, and the median is reported.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import sys
+import time
+
+# Flags that help on one H100 (see ../shared/anchors/README.md); set before jax is imported.
+GPU_XLA_FLAGS = ("--xla_gpu_enable_latency_hiding_scheduler=true "
+                 "--xla_gpu_enable_highest_priority_async_stream=true ")
+os.environ.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
+_USER_FLAGS = os.environ.get("XLA_FLAGS", "")
+if "--cpu" not in sys.argv:
+    os.environ["XLA_FLAGS"] = GPU_XLA_FLAGS + _USER_FLAGS
+
+import jax  # noqa: E402
+
+PEAK_FLOPS = 989e12  # H100 SXM dense bf16, the anchors' MFU denominator
+
+
+def log(**fields) -> None:
+    print(json.dumps(fields), flush=True)
+
+
+def extra_flags() -> str:
+    """XLA flags given on top of the defaults (recorded with every figure)."""
+    return _USER_FLAGS
+
+
+def on_cpu() -> bool:
+    return "--cpu" in sys.argv
+
+
+def device_name() -> str:
+    return jax.devices()[0].device_kind
+
+
+def peak_gib() -> float | None:
+    stats = jax.devices()[0].memory_stats()
+    return None if not stats else stats.get("peak_bytes_in_use", 0) / 2**30
+
+
+def time_calls(fn, repeats: int, warmup: int = 2) -> float:
+    """Median seconds of `fn()` (which must return device arrays) after `warmup` calls."""
+    for _ in range(warmup):
+        jax.block_until_ready(fn())
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(fn())
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def train_flops_per_token(num_params: int, num_layers: int, hidden: int, seq: int) -> float:
+    """The anchors' count: 6N + 6·L·d·S (causal attention as half of full)."""
+    return 6 * num_params + 6 * num_layers * hidden * seq
