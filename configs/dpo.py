@@ -1,13 +1,14 @@
 """DPO: preference optimisation of the SFT model against a frozen copy of itself.
 
-Pipeline layout: stages of one run live side by side, `runs/<name>/{sft,reward,dpo,...}`. With
-`model.path` left empty the policy (and reference) is `<parent of workdir>/sft/model`, so
+Pipeline layout: stages of one run live side by side, `runs/<name>/{sft,reward,dpo,...}`. The
+default `model.path="@sft"` names the SFT stage of the same run, `<parent of workdir>/sft/model`
+(resolved by `common.prepare`), for the policy and the reference alike, so
 
     easyalign sft --config=configs/sft.py:tiny --config.workdir=runs/demo/sft
     easyalign dpo --config=configs/dpo.py:tiny --config.workdir=runs/demo/dpo
 
-needs no path (the defaults are exactly these workdirs); set `--config.model.path=DIR` for any other easyalign checkpoint (or
-`model.init=hf` with an HF directory).
+needs no path (these workdirs are also the defaults). `--config.model.path=DIR` takes any other
+easyalign checkpoint (or, with `model.init=hf`, an HF directory).
 """
 
 from ml_collections import ConfigDict
@@ -20,7 +21,7 @@ def get_config(preset: str = ""):
     c.phase = "dpo"
     c.workdir = "runs/demo/dpo"
     c.model.init = "checkpoint"          # the policy starts from the SFT model ...
-    c.model.path = ""                    # ... "" = <parent of workdir>/sft/model (pipeline layout)
+    c.model.path = "@sft"                # ... of this pipeline (runs/<name>/sft/model)
 
     c.dpo = d = ConfigDict()
     d.beta = 0.1                         # β: strength of the implicit KL to the reference
@@ -36,10 +37,11 @@ def get_config(preset: str = ""):
     c.train.batch_size = 32              # pairs per step (64 sequences per forward)
     if preset == "tiny":
         # The built-in world from configs/sft.py:tiny's model, about a minute on 2 CPU cores.
-        # Measured there (held-out): refusal of harmful prompts 0.97 → 1.00, over-refusal 0 → 0,
-        # "I don't know" on unknown entities 0.70 → 0.89. The NLL anchor (sft_weight) matters:
-        # without it the small models drift from "I can't help" to "I don't help" (both
-        # responses' likelihoods fall, DPO's known displacement) and refuse less, not more.
+        # Measured there, held out (SFT → DPO): preference accuracy 0.75 → 0.835 (implicit
+        # reward accuracy 0.805), refusal of harmful prompts 0.81 → 1.00, over-refusal 0 → 0,
+        # "I don't know" on unknown entities 0.52 → 0.91. The NLL anchor (sft_weight) matters:
+        # without it small models drift from "I can't help" to "I don't help" (both responses'
+        # likelihoods fall, DPO's known displacement) and can refuse less, not more.
         c.train.steps = 60
         c.train.eval_every = 30
         c.train.checkpoint_every = 30

@@ -1,11 +1,12 @@
-"""Direct Preference Optimisation: the policy learns from preference pairs against a frozen reference.
+"""Direct Preference Optimisation: the policy learns from preference pairs against a frozen
+reference.
 
 For a prompt x with chosen response y_w and rejected y_l, the policy π_θ (initialised from the
 SFT model) and the frozen reference π_ref (the same SFT model, never updated):
 
     z = [log π_θ(y_w|x) − log π_ref(y_w|x)] − [log π_θ(y_l|x) − log π_ref(y_l|x)]
 
-    sigmoid   L = −(1−ε) log σ(β z) − ε log σ(−β z)      (Rafailov et al. 2023; ε = label_smoothing)
+    sigmoid   L = −(1−ε) log σ(β z) − ε log σ(−β z)    (Rafailov et al. 2023; ε = label_smoothing)
     ipo       L = (z − 1/(2β))²                          (Azar et al. 2023)
     hinge     L = max(0, 1 − β z)                        (SLiC)
 
@@ -21,10 +22,11 @@ responses. The anchor keeps log π_θ(y_w) up. (TRL averages the NLL over all ch
 the batch; here each response's token mean is averaged over pairs, which keeps the loss a mean
 over pairs — exact under gradient accumulation — and identical in training and evaluation.)
 
-The implicit reward of a
-response is r(y) = β (log π_θ(y|x) − log π_ref(y|x)); the metrics report the chosen and rejected
-rewards, their margin, the reward accuracy P[r(y_w) > r(y_l)] (held out: the preference
-accuracy) and the policy–reference log-ratio.
+The implicit reward of a response is r(y) = β (log π_θ(y|x) − log π_ref(y|x)); the metrics
+report the chosen and rejected rewards, their margin, the reward accuracy P[r(y_w) > r(y_l)]
+(held out: the preference accuracy), the policy–reference log-ratio and the chosen NLL. Held
+out, `logps/accuracy` = P[log π_θ(y_w) > log π_θ(y_l)] also ranks pairs by the policy alone,
+which is defined for the SFT model too (its implicit rewards are all 0) and so compares the two.
 
 Sequence log-probs. log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) over the response mask m (response
 tokens and EOS; prompt tokens are context): the sum is the likelihood of the whole response, the
@@ -84,13 +86,6 @@ def check_config(config) -> None:
     if d.label_smoothing and d.loss_type != "sigmoid":
         raise ValueError(f"dpo.label_smoothing applies only to loss_type 'sigmoid', "
                          f"not {d.loss_type!r}")
-
-
-def resolve_paths(config) -> None:
-    """Pipeline layout `runs/<name>/{sft,dpo,...}`: an empty `model.path` (with
-    init="checkpoint") is the SFT stage next to this one, `<parent of workdir>/sft/model`."""
-    if config.model.init == "checkpoint" and not config.model.path:
-        config.model.path = str(Path(config.workdir).absolute().parent / "sft" / common.MODEL_DIR)
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -243,7 +238,6 @@ class Setup:
 
 
 def setup(config) -> Setup:
-    resolve_paths(config)
     check_config(config)
     run_ = common.prepare(config)
     c = config.train
