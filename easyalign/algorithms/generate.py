@@ -1,0 +1,170 @@
+"""`easyalign generate`: sample a model on a prompt file into a JSONL of completions.
+
+    easyalign generate --config=configs/generate.py \
+        --config.generate.model=runs/demo/dpo --config.data.source=prompts.jsonl
+
+Input. `data.source` is read like every phase's data (`common.load_examples(run, "prompt",
+"train")`: JSONL, JSON, CSV or `hf:NAME`, or the built-in world's prompts); the prompt is the
+column `generate.column` (a plain string becomes one user turn, a message list is kept as the
+conversation so far). The chat template of the model's tokenizer renders it with the assistant
+generation prompt; prompts longer than `data.max_length` tokens lose their beginning (counted
+and reported by `common.tokenize`).
+
+Output. One line per prompt, in input order, to `generate.output` (default
+`workdir/generations.jsonl`):
+
+    {"prompt": ..., "response": "...", "finished": true, "num_tokens": 17, ...}
+
+`finished` is true when the model emitted a stop token (EOS), false when it ran into
+`generate.max_new_tokens`; `num_tokens` counts the response's tokens without the stop token.
+The input row's other fields ride along (e.g. an `id` column). Lines are streamed batch by
+batch into `<output>.partial`, renamed to `<output>` when the last batch is written, so a killed
+run never leaves a file that looks complete.
+
+Batching. Every sampler call takes `generate.batch_size` prompts (global over processes), all
+padded to one prompt width, so the decode loop compiles once; a tqdm bar counts batches.
+Batch j draws from `fold_in(key(seed), j)`, so a run is reproducible.
+
+Multi-host. Every process runs this; each contributes its share of the rows of every batch
+(`make_eval_batches`), the sampler runs on the global batch over the mesh with the model
+sharded by the rules, the outputs come back replicated, and process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from pathlib import Path
+from typing import Iterator
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from easyalign import sharding
+from easyalign.algorithms import common
+from easyalign.data import loader as data_loader
+from easyalign.sampler import bucket_length
+from easyalign.sampler import generate as sampler_generate
+from easyalign.tools import resolve_model_dir, sampling_method
+from easyalign.train.loop import to_global_batch
+
+OUTPUT = "generations.jsonl"
+
+
+def stop_tokens(tokenizer, model_config) -> tuple[int, ...]:
+    """A response ends at the tokenizer's EOS or any EOS id of the model config."""
+    eos = model_config.eos_token_id
+    ids = {tokenizer.eos_token_id} | (set(eos) if isinstance(eos, tuple) else {eos})
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+def completions(run: common.Run, model, prompts: list[dict], g
+                ) -> Iterator[list[tuple[int, list[int], bool]]]:
+    """Per global batch, `(prompt index, generated token ids, finished)` for its valid rows.
+
+    `prompts` are tokenised prompt examples (`prompt_tokens`); the ids include the stop token
+    when `finished`.
+    """
+    graphdef, params = nnx.split(model)
+    width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
+    method = sampling_method(g.sampling, g.temperature, g.top_k, g.top_p)
+    stops, pad = stop_tokens(run.tokenizer, model.config), common.pad_id(run)
+
+    def sample(params, batch, rng):
+        # Padding rows have prompt length 0; one token keeps their prefill index valid.
+        out = sampler_generate(graphdef, params, batch["prompt_tokens"],
+                               jnp.maximum(batch["prompt_lengths"], 1), rng,
+                               max_new_tokens=g.max_new_tokens, method=method,
+                               stop_tokens=stops, pad_id=pad)
+        return out.tokens, out.lengths, out.done, batch["index"], batch["valid"]
+
+    # Replicated outputs: every process can read every row; process 0 writes them.
+    jitted = jax.jit(sample, out_shardings=NamedSharding(run.mesh, PartitionSpec()))
+    batches = data_loader.make_eval_batches(prompts, kind="prompt", batch_size=g.batch_size,
+                                            max_length=width, pad_id=pad)
+    key = jax.random.key(g.seed)
+    with sharding.use_mesh(run.mesh):
+        for j, batch in enumerate(batches):
+            # Host-device sync point, once per batch, after the whole batch is decoded.
+            tokens, lengths, done, index, valid = jax.device_get(
+                jitted(params, to_global_batch(batch, run.mesh), jax.random.fold_in(key, j)))
+            yield [(int(index[row]), tokens[row, :int(lengths[row])].tolist(), bool(done[row]))
+                   for row in np.nonzero(valid)[0]]
+
+
+def record(run: common.Run, example: dict, ids: list[int], finished: bool) -> dict:
+    """The output line of one prompt (module docstring)."""
+    content = ids[:-1] if finished else ids  # the stop token is not part of the response
+    messages = example["prompt"]
+    prompt = (messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user"
+              else messages)
+    extra = {k: v for k, v in example.items() if k not in ("prompt", "source")}
+    # The input's own fields ride along; one named like an output field is replaced by it.
+    return {"prompt": prompt, **extra,
+            "response": run.tokenizer.decode(content, skip_special_tokens=True),
+            "finished": finished, "num_tokens": len(content)}
+
+
+def _use_model_tokenizer(config, model_dir: Path, kind: str) -> None:
+    """Tokenise with the model's own tokenizer unless `data.tokenizer` names one."""
+    candidate = model_dir / "tokenizer" if kind == "checkpoint" else model_dir
+    if not config.data.tokenizer and (candidate / "tokenizer_config.json").is_file():
+        config.data.tokenizer = str(candidate)
+
+
+def run(config) -> Path:
+    """Write the completions of every prompt; returns the JSONL path."""
+    from easyalign.eval.suites import load_model
+    from tqdm.auto import tqdm
+
+    g = config.generate
+    if g.max_new_tokens < 1 or g.batch_size < 1 or g.limit < 0:
+        raise ValueError("generate: need max_new_tokens ≥ 1, batch_size ≥ 1, limit ≥ 0")
+    model_dir, kind = resolve_model_dir(common.stage_path(config, g.model))
+    _use_model_tokenizer(config, model_dir, kind)
+    if g.column != "prompt":
+        config.data.columns = ConfigDict({"prompt": g.column})
+    run_ = common.prepare(config)
+    examples = common.load_examples(run_, "prompt", "train")
+    examples = examples[:g.limit] if g.limit else examples
+    if not examples:
+        raise ValueError(f"generate: no prompts in data.source={config.data.source!r}")
+    tokenized = common.tokenize(run_, examples, "prompt")
+    if len(tokenized) != len(examples):
+        raise ValueError("generate: prompts were dropped by data.on_overflow='drop'; raise "
+                         "data.max_length or let long prompts be truncated")
+    model = load_model(model_dir, run_.mesh, g.dtype)
+    output = Path(g.output).absolute() if g.output else run_.workdir / OUTPUT
+    batches = completions(run_, model, tokenized, g)
+    if not run_.is_main:
+        for _ in batches:  # every process takes part in every batch; process 0 writes
+            pass
+        return output
+    progress = tqdm(total=-(-len(tokenized) // g.batch_size), desc="generate",
+                    dynamic_ncols=True)
+    counts = {"written": 0, "unfinished": 0, "tokens": 0}
+    start = time.perf_counter()
+    output.parent.mkdir(parents=True, exist_ok=True)
+    partial = output.with_name(output.name + ".partial")
+    with open(partial, "w", encoding="utf-8") as f:
+        for rows in batches:
+            for index, ids, finished in rows:
+                f.write(json.dumps(record(run_, examples[index], ids, finished),
+                                   ensure_ascii=False) + "\n")
+                counts["written"] += 1
+                counts["unfinished"] += not finished
+                counts["tokens"] += len(ids)
+            f.flush()  # a long run's progress is readable in the .partial file
+            progress.update(1)
+    progress.close()
+    os.replace(partial, output)
+    seconds = time.perf_counter() - start
+    print(f"[generate] {counts['written']} completions → {output} ({counts['unfinished']} cut "
+          f"at max_new_tokens={g.max_new_tokens}; {counts['tokens'] / seconds:.0f} generated "
+          "tokens/s, compile included)")
+    return output

@@ -1,0 +1,473 @@
+"""`easyalign doctor --config=...`: will this run start, and will it fit? Checked before compiling.
+
+Give it the run's own config and flags (`easyalign doctor --config=configs/sft.py:tiny
+--config.mesh.tensor=2`), or `--config=configs/doctor.py:PHASE[:PRESET]` for the `doctor` block's
+planning options (another machine's devices and memory, a JSON file). It never initialises the
+distributed runtime (that blocks until every process has joined); it reports the processes the
+flags or SLURM variables describe, this process's devices (memory from `Device.memory_stats()`;
+on CPU the host RAM shared by the fake devices), the mesh `config.mesh` resolves to over
+processes × local devices (or why it cannot), the model and its parameter count, an estimate of
+memory per device against what a device has ("fits" / "does not fit (by X GiB)"), and whether
+the coordinator is reachable (TCP connect with a timeout; process 0 checks its port is free).
+
+Memory per device (bytes; `t` = mesh.tensor, `s` = data × fsdp, `bp`/`bc` = bytes of the
+param / compute dtype; d, F, H, K, hd, V, L = hidden, MLP, heads, KV heads, head dim,
+vocabulary, layers; r = sequences per device per micro-batch = ⌈batch·seqs / grad_accum / s⌉,
+seqs = 2 for pairwise phases (reward, DPO); T = data.max_length):
+
+    params        exact: Σ over weights of the per-device block (⌈dim / mesh axes⌉ per dim,
+                  by the rules of `sharding.py`) × bp
+    optimizer     exact: `optax` state of `optim.name` from `jax.eval_shape(tx.init)`; leaves
+                  shaped like a weight are sharded like it (AdamW: μ and ν = 2 × params in the
+                  param dtype), the rest replicated
+    gradients     params' blocks in float32 (the step accumulates in fp32), ×2 with
+                  grad_accum > 1 (accumulator + micro-batch gradient)
+    fsdp gather   fsdp > 1: two layers' weights gathered in the compute dtype (current + next)
+    activations   per layer and token, saved for the backward pass, in elements:
+                    x    = d                                    the layer input (always kept)
+                    proj = (H + 2K)·hd/t + 2F/t + 2d            q, k, v, gate, up, o/down outputs
+                    attn = H·hd/t                               attention output
+                    rest = 3d + (H + K)·hd/t + 2F/t             norms, roped q/k, silu, residual
+                  saved = x (full) | x + proj (dots, save_proj) | x + proj + attn (save_proj_attn)
+                          | x + proj + attn + rest (none), and with remat "none" and the xla
+                          attention the fp32 scores and probabilities, H/t · T² · 8 bytes per
+                          row and layer
+                  L · r · T · saved · bc, plus one layer recomputed in the backward pass
+                  (proj + attn + rest, and its T² probabilities) when remat ≠ none, plus two fp32
+                  residual-stream gradients 2 · r · T · d · 4
+    logits        the chunked LM head (`model/scoring.py`): logits and their gradient of one
+                  chunk, 2 · r · min(T, 512) · V/t · 4
+    frozen models DPO's live reference, PPO's reference and reward model, the distillation
+                  teacher: their params (× bp); PPO's value model is trained (params, optimizer,
+                  gradients, activations)
+    KV cache      phases that sample (PPO, on-policy distillation, generate, teacher-data):
+                  2 · L · r · (T + new tokens) · K/t · hd · bc; inference phases count params,
+                  cache and one prefill layer instead of the training terms
+
+Not counted: XLA's temporary workspace, fragmentation and the CUDA context (keep ~10% free).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import socket
+from pathlib import Path
+
+import jax
+import numpy as np
+
+from easyalign import sharding
+from easyalign.model.config import ModelConfig
+
+GiB = 1024 ** 3
+# Phases that train, with the sequences each example contributes to a forward pass.
+TRAINING = {"sft": 1, "reward": 2, "dpo": 2, "ppo": 1, "distill": 1}
+# Phases that only sample: block holding the model path and the batch.
+INFERENCE = {"generate": ("generate", "model"), "teacher_data": ("teacher_data", "teacher")}
+LOGITS_CHUNK = 512  # easyalign.model.scoring.DEFAULT_CHUNK
+# Bytes per attention-score element the xla attention keeps for the backward pass: fp32 scores
+# and probabilities (fitted to XLA's memory analysis of compiled steps at T = 256 and 512).
+SCORE_BYTES = 8
+
+
+def options(config) -> dict:
+    """The `doctor` block (configs/doctor.py) with its defaults; phase configs have none."""
+    block = config.get("doctor") or {}
+    return {"devices": block.get("devices", 0), "device_memory_gib": block.get(
+        "device_memory_gib", 0.0), "json": block.get("json", ""),
+        "timeout_s": block.get("timeout_s", 5.0)}
+
+
+# ----------------------------------------------------------------------------- processes, devices
+def processes(config) -> dict:
+    d = config.distributed
+    if d.coordinator:
+        return {"count": max(d.num_processes, 1), "index": max(d.process_id, 0),
+                "source": "flags", "coordinator": d.coordinator}
+    if "SLURM_JOB_ID" in os.environ and int(os.environ.get("SLURM_NTASKS", "1")) > 1:
+        return {"count": int(os.environ["SLURM_NTASKS"]),
+                "index": int(os.environ.get("SLURM_PROCID", "0")), "source": "slurm",
+                "coordinator": ""}
+    return {"count": 1, "index": 0, "source": "single process", "coordinator": ""}
+
+
+def devices(opts: dict) -> dict:
+    """This process's devices, as the run will see them (see `_visible_count`)."""
+    local = jax.local_devices()
+    stats = local[0].memory_stats() or {}
+    memory, source = stats.get("bytes_limit"), "memory_stats"
+    if memory is None and local[0].platform == "cpu":
+        memory = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") // len(local)
+        source = f"host RAM / {len(local)} devices"
+    if opts["device_memory_gib"]:
+        memory, source = int(opts["device_memory_gib"] * GiB), "doctor.device_memory_gib"
+    return {"platform": local[0].platform, "kind": local[0].device_kind,
+            "per_process": opts["devices"] or _visible_count(len(local), local[0].platform),
+            "planned": bool(opts["devices"]), "memory_bytes": memory,
+            "memory_source": source if memory else "unknown"}
+
+
+def _visible_count(count: int, platform: str) -> int:
+    """Devices `jax.distributed.initialize` will leave this process: JAX_LOCAL_DEVICE_IDS if
+    set, else inside a SLURM step on GPU only device SLURM_LOCALID (JAX's own SLURM rule)."""
+    if os.environ.get("JAX_LOCAL_DEVICE_IDS"):
+        return len(os.environ["JAX_LOCAL_DEVICE_IDS"].split(","))
+    slurm_step = all(v in os.environ for v in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST",
+                                                "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"))
+    return 1 if slurm_step and platform == "gpu" and count > 1 else count
+
+
+def coordinator(address: str, is_coordinator: bool, timeout: float) -> dict:
+    """Process 0 binds the port; the others must reach it. Never joins the runtime."""
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        return {"ok": False, "detail": f"{address!r} is not HOST:PORT"}
+    if is_coordinator:
+        with socket.socket() as s:
+            try:
+                s.bind(("", int(port)))
+            except OSError as e:
+                return {"ok": False, "detail": f"process 0 cannot bind port {port}: {e}"}
+        return {"ok": True, "detail": f"port {port} is free for process 0 to listen on"}
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return {"ok": True, "detail": f"{address} accepts connections"}
+    except ConnectionRefusedError:
+        return {"ok": True, "detail": f"{host} answers; nothing listens on {port} yet (fine "
+                                      "before process 0 starts)"}
+    except OSError as e:  # timeout, unknown host, no route
+        return {"ok": False, "detail": f"cannot reach {address} within {timeout:g} s: {e}"}
+
+
+def resolve_mesh(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[dict | None, str]:
+    """`({"data", "fsdp", "tensor"}, "")`, or `(None, why not)` — `sharding.make_mesh`'s rules."""
+    shape = [data, fsdp, tensor]
+    asked = dict(zip(sharding.MESH_AXES, shape))
+    if shape.count(-1) > 1:
+        return None, f"mesh {asked}: at most one axis may be -1"
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if n_devices % known:
+            return None, f"mesh {asked}: {n_devices} devices are not divisible by {known}"
+        shape[shape.index(-1)] = n_devices // known
+    if math.prod(shape) != n_devices:
+        return None, f"mesh {asked} needs {math.prod(shape)} devices, {n_devices} are available"
+    return dict(zip(sharding.MESH_AXES, shape)), ""
+
+
+# ----------------------------------------------------------------------------- models
+def read_model_config(config, path: str) -> ModelConfig:
+    """The ModelConfig of a checkpoint / phase workdir / HF directory / `@stage`."""
+    from easyalign.algorithms.common import stage_path
+    from easyalign.hf import read_checkpoint_config, read_hf_config
+    from easyalign.tools import resolve_model_dir
+
+    directory, kind = resolve_model_dir(stage_path(config, path))
+    return read_checkpoint_config(directory) if kind == "checkpoint" else read_hf_config(directory)
+
+
+def _vocab(config) -> tuple[int | None, str]:
+    """A scratch model's vocabulary: the tokenizer's size if the tokenizer exists yet."""
+    from easyalign.algorithms.common import world_dir
+
+    if config.model.vocab_size:
+        return config.model.vocab_size, "model.vocab_size"
+    path = config.data.tokenizer or str(world_dir(config) / "tokenizer")
+    if Path(path).is_dir():
+        from transformers import AutoTokenizer
+
+        return len(AutoTokenizer.from_pretrained(path)), f"tokenizer {path}"
+    return None, "the preset's (no tokenizer yet)"
+
+
+def main_model(config) -> tuple[ModelConfig, str]:
+    """The model the run trains (or samples), with the run's numerics, and where it comes from."""
+    from easyalign.model import preset
+
+    if config.phase in INFERENCE:
+        block, field = INFERENCE[config.phase]
+        path = config[block][field]
+        model = read_model_config(config, path)
+        dtype = config[block].get("dtype")
+        return (model.replace(dtype=dtype) if dtype else model), f"{path}"
+    m = config.model
+    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                    remat=m.remat, scan_layers=m.scan_layers,
+                    head="scalar" if config.phase == "reward" else "lm", **dict(m.overrides))
+    if m.init == "scratch":
+        vocab, source = _vocab(config)
+        extra = {"vocab_size": vocab} if vocab else {}
+        return preset(m.preset, **extra, **numerics), f"preset {m.preset} (vocab from {source})"
+    path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
+    return read_model_config(config, path).replace(**numerics), f"{m.init} {path}"
+
+
+def extra_models(config, policy: ModelConfig) -> list[dict]:
+    """Models held besides the main one: `{role, config, trained, note}`."""
+    def load(role, path, head, trained):
+        try:
+            model = read_model_config(config, path).replace(
+                dtype=policy.dtype, param_dtype=policy.param_dtype, remat=policy.remat,
+                head=head)
+            note = path
+        except (ValueError, FileNotFoundError):
+            model, note = policy.replace(head=head), f"{path} not found: assumed the policy's shape"
+        return {"role": role, "config": model, "trained": trained, "note": note}
+
+    if config.phase == "dpo" and config.dpo.reference == "live":
+        return [{"role": "reference", "config": policy, "trained": False, "note": "live"}]
+    if config.phase == "ppo":
+        p = config.ppo
+        return [load("reference", p.reference, "lm", False),
+                load("reward model", p.reward_model, "scalar", False),
+                load("value model", p.value_model, "scalar", True)]
+    if config.phase == "distill":
+        return [load("teacher", config.distill.teacher, "lm", False)]
+    return []
+
+
+def divisibility(model: ModelConfig, mesh: dict, rows: int) -> list[str]:
+    """Axes the mesh splits unevenly (XLA pads them: wasted memory and compute)."""
+    t, f = mesh["tensor"], mesh["fsdp"]
+    checks = [("heads", model.num_heads, t), ("kv_heads", model.num_kv_heads, t),
+              ("mlp", model.intermediate_size, t), ("vocab", model.vocab_size, t),
+              ("embed", model.hidden_size, f)]
+    notes = [f"{name} {size} is not divisible by {axis} shards" for name, size, axis in checks
+             if size % axis]
+    if rows % (mesh["data"] * f):
+        notes.append(f"the micro-batch ({rows} sequences) is not divisible by data × fsdp = "
+                     f"{mesh['data'] * f}")
+    return notes
+
+
+# ----------------------------------------------------------------------------- memory
+def _axis_size(mesh: dict, axes) -> int:
+    axes = () if axes is None else (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh[a] for a in axes)
+
+
+def parameter_bytes(model: ModelConfig, mesh: dict) -> dict:
+    """Exact parameter sizes on `mesh`: `{count, layer_count, total, per_device}` (bytes in bp),
+    plus the abstract state and each weight's per-device fraction for the optimizer."""
+    from flax import nnx
+
+    from easyalign.model import abstract_model
+
+    _, state, _ = abstract_model(model)  # shapes only, on a 1-device mesh: no memory used
+
+    def fraction(value, spec) -> float:
+        axes = tuple(sharding.logical_spec(tuple(spec)))
+        axes += (None,) * (len(value.shape) - len(axes))
+        return math.prod(math.ceil(n / _axis_size(mesh, a)) / n for n, a in zip(value.shape, axes))
+
+    fractions = jax.tree.map(fraction, state, nnx.get_partition_spec(state))
+    out = {"count": 0, "layer_count": 0, "total": 0, "per_device": 0, "state": state,
+           "fractions": fractions}
+    leaves = jax.tree_util.tree_leaves_with_path(state)
+    for (path, value), frac in zip(leaves, jax.tree.leaves(fractions)):
+        size = math.prod(value.shape)
+        out["count"] += size
+        out["layer_count"] += size if getattr(path[0], "key", None) == "layers" else 0
+        out["total"] += size * value.dtype.itemsize
+        out["per_device"] += round(size * frac) * value.dtype.itemsize
+    return out
+
+
+def optimizer_bytes(optim_config, params: dict) -> int:
+    """Per-device optimizer state: param-shaped leaves sharded like their weight, the rest
+    replicated (the rule of `train.state.opt_state_shardings`)."""
+    import optax
+
+    from easyalign.train import optim
+
+    tx, _ = optim.make_optimizer(optim_config, 1)
+    abstract = jax.eval_shape(tx.init, params["state"])
+
+    def nbytes(leaf, param, frac):
+        scale = frac if leaf.shape == param.shape else 1.0
+        return round(math.prod(leaf.shape) * scale) * leaf.dtype.itemsize
+
+    sizes = optax.tree_map_params(
+        tx, nbytes, abstract, params["state"], params["fractions"],
+        transform_non_params=lambda leaf: math.prod(leaf.shape) * leaf.dtype.itemsize)
+    return int(sum(jax.tree.leaves(sizes)))
+
+
+def layer_elements(model: ModelConfig, t: int) -> dict:
+    """Per-token element counts of one layer's activations (module docstring)."""
+    d, f, h, k, hd = (model.hidden_size, model.intermediate_size, model.num_heads,
+                      model.num_kv_heads, model.head_dim)
+    return {"x": d, "proj": (h + 2 * k) * hd / t + 2 * f / t + 2 * d, "attn": h * hd / t,
+            "rest": 3 * d + (h + k) * hd / t + 2 * f / t}
+
+
+SAVED = {"full": ("x",), "dots": ("x", "proj"), "save_proj": ("x", "proj"),
+         "save_proj_attn": ("x", "proj", "attn"), "none": ("x", "proj", "attn", "rest")}
+
+
+def activation_bytes(model: ModelConfig, rows: int, length: int, t: int) -> dict:
+    """Training activations per device: `{layers, recompute, residual_grads, logits}` bytes."""
+    e, bc = layer_elements(model, t), np.dtype(model.dtype).itemsize
+    # The xla attention materialises fp32 scores and probabilities [H/t, T, T] per row.
+    scores = (SCORE_BYTES * model.num_heads / t * length ** 2
+              if model.attention_impl == "xla" else 0)
+    saved = sum(e[name] for name in SAVED[model.remat]) * bc * length
+    one_layer = (e["proj"] + e["attn"] + e["rest"]) * bc * length + scores
+    per_row_layers = model.num_layers * (saved + (scores if model.remat == "none" else 0))
+    return {"layers": rows * per_row_layers,
+            "recompute": rows * one_layer if model.remat != "none" else 0,
+            "residual_grads": 2 * rows * length * model.hidden_size * 4,
+            "logits": 2 * rows * min(length, LOGITS_CHUNK) * model.vocab_size / t * 4}
+
+
+def kv_cache_bytes(model: ModelConfig, rows: int, length: int, t: int) -> float:
+    return (2 * model.num_layers * rows * length * model.num_kv_heads / t * model.head_dim
+            * np.dtype(model.dtype).itemsize)
+
+
+def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict) -> dict:
+    """Memory per device by component (bytes) for the phase; see the module docstring."""
+    t, shards, length = mesh["tensor"], mesh["data"] * mesh["fsdp"], config.data.max_length
+    params = parameter_bytes(model, mesh)
+    out = {"params": params["per_device"]}
+    if config.phase in INFERENCE:
+        block = config[INFERENCE[config.phase][0]]
+        rows = math.ceil(block.batch_size / shards)
+        out["kv_cache"] = kv_cache_bytes(model, rows, length + block.max_new_tokens, t)
+        e = layer_elements(model, t)
+        out["prefill"] = rows * length * (sum(e.values()) * np.dtype(model.dtype).itemsize
+                                         + SCORE_BYTES * model.num_heads / t * length)
+        return out
+    train = config.train
+    sequences = config.ppo.minibatch_size if config.phase == "ppo" else (
+        train.batch_size * TRAINING[config.phase])
+    rows = math.ceil(sequences / train.grad_accum / shards)
+    out.update(dict.fromkeys(("optimizer", "gradients", "activations", "logits"), 0))
+    for m in [model] + [x["config"] for x in extras if x["trained"]]:
+        p = params if m is model else parameter_bytes(m, mesh)
+        out["params"] += 0 if m is model else p["per_device"]
+        out["optimizer"] += optimizer_bytes(config.optim, p)
+        fp32_grads = p["per_device"] / np.dtype(m.param_dtype).itemsize * 4
+        out["gradients"] += fp32_grads * (2 if train.grad_accum > 1 else 1)
+        act = activation_bytes(m, rows, length, t)
+        out["logits"] += act.pop("logits")
+        out["activations"] += sum(act.values())
+    if mesh["fsdp"] > 1:
+        out["fsdp_gather"] = (2 * params["layer_count"] / model.num_layers / t
+                              * np.dtype(model.dtype).itemsize)
+    frozen = [x["config"] for x in extras if not x["trained"]]
+    if frozen:
+        out["frozen_models"] = sum(parameter_bytes(m, mesh)["per_device"] for m in frozen)
+    if config.phase == "ppo" or (config.phase == "distill" and config.distill.mode == "on_policy"):
+        out["kv_cache"] = kv_cache_bytes(model, math.ceil(train.batch_size / shards), length, t)
+    return out
+
+
+# ----------------------------------------------------------------------------- the report
+def diagnose(config) -> dict:
+    """Everything the doctor checks, as a JSON-ready dict; `problems` lists what stops the run."""
+    opts = options(config)
+    procs, devs = processes(config), devices(opts)
+    devs["total"] = devs["per_process"] * procs["count"]
+    report = {"phase": config.phase, "processes": procs, "devices": devs, "problems": [],
+              "notes": []}
+    problems, notes = report["problems"], report["notes"]
+    if procs["coordinator"]:
+        check = coordinator(procs["coordinator"], procs["index"] == 0, opts["timeout_s"])
+        report["coordinator"] = check
+        if not check["ok"]:
+            problems.append(f"coordinator: {check['detail']}")
+    elif procs["source"] == "slurm":
+        notes.append("coordinator: JAX derives it from SLURM_STEP_NODELIST (first node) and "
+                     "SLURM_JOB_ID; not checked")
+    mesh, why = resolve_mesh(config.mesh.data, config.mesh.fsdp, config.mesh.tensor,
+                             devs["total"])
+    report["mesh"] = {"asked": dict(config.mesh), "resolved": mesh}
+    if why:
+        problems.append(why)
+    if config.phase not in TRAINING and config.phase not in INFERENCE:
+        notes.append(f"no memory estimate for phase {config.phase!r} (doctor sizes "
+                     f"{', '.join([*TRAINING, *INFERENCE])})")
+        return report
+    try:
+        model, source = main_model(config)
+    except (ValueError, FileNotFoundError) as e:
+        problems.append(f"model: {e}")
+        return report
+    report["model"] = {"source": source, "params": model.param_count(), "layers":
+                       model.num_layers, "hidden": model.hidden_size, "vocab": model.vocab_size,
+                       "param_dtype": model.param_dtype, "dtype": model.dtype,
+                       "remat": model.remat, "attention_impl": model.attention_impl}
+    extras = extra_models(config, model)
+    report["extra_models"] = [{"role": x["role"], "params": x["config"].param_count(),
+                               "trained": x["trained"], "note": x["note"]} for x in extras]
+    if mesh is None:
+        return report
+    if config.phase in TRAINING:
+        sequences = TRAINING[config.phase] * config.train.batch_size // config.train.grad_accum
+        notes.extend(divisibility(model, mesh, sequences))
+    memory = {k: int(v) for k, v in estimate(config, model, extras, mesh).items()}
+    total, capacity = sum(memory.values()), devs["memory_bytes"]
+    report["memory"] = {"per_device": memory, "total": total, "capacity": capacity}
+    if capacity is None:
+        report["memory"]["verdict"] = "unknown (the device reports no memory size)"
+    elif total <= capacity:
+        report["memory"]["verdict"] = f"fits ({(capacity - total) / GiB:.2f} GiB to spare)"
+    else:
+        report["memory"]["verdict"] = f"does not fit (by {(total - capacity) / GiB:.2f} GiB)"
+        problems.append(f"memory: {report['memory']['verdict']}")
+    return report
+
+
+def format_report(report: dict) -> str:
+    procs, devs = report["processes"], report["devices"]
+    lines = [f"easyalign doctor — phase {report['phase']}",
+             f"processes  {procs['count']} (this is process {procs['index']}; "
+             f"{procs['source']})"]
+    if "coordinator" in report:
+        lines.append(f"coordinator {procs['coordinator']}: {report['coordinator']['detail']}")
+    memory = (f"{devs['memory_bytes'] / GiB:.2f} GiB each ({devs['memory_source']})"
+              if devs["memory_bytes"] else "memory unknown")
+    kind = (f"planned (doctor.devices; this machine has {devs['kind']})" if devs["planned"]
+            else f"{devs['kind']} ({devs['platform']})")
+    lines.append(f"devices    {devs['per_process']} per process, {devs['total']} in all, {kind}; "
+                 f"{memory}")
+    asked, resolved = report["mesh"]["asked"], report["mesh"]["resolved"]
+    lines.append("mesh       " + " ".join(f"{k}={v}" for k, v in asked.items()) + " → " + (
+        " ".join(f"{k}={v}" for k, v in resolved.items()) if resolved else "does not fit"))
+    if "model" in report:
+        m = report["model"]
+        lines.append(f"model      {m['source']}: {m['params']:,} params, {m['layers']} layers × "
+                     f"{m['hidden']}, vocab {m['vocab']}; {m['param_dtype']} weights, "
+                     f"{m['dtype']} compute, remat {m['remat']}, attention {m['attention_impl']}")
+        for x in report["extra_models"]:
+            kind = "trained" if x["trained"] else "frozen"
+            lines.append(f"  + {x['role']} ({kind}): {x['params']:,} params ({x['note']})")
+    if "memory" in report:
+        mem = report["memory"]
+        lines.append("memory per device (estimate; formulas in easyalign/doctor.py)")
+        lines += [f"  {name:<16}{size / GiB:8.3f} GiB" for name, size in mem["per_device"].items()]
+        capacity = f" of {mem['capacity'] / GiB:.2f} GiB" if mem["capacity"] else ""
+        lines.append(f"  {'total':<16}{mem['total'] / GiB:8.3f} GiB{capacity} → {mem['verdict']}")
+    lines += [f"note: {n}" for n in report["notes"]]
+    lines += [f"PROBLEM: {p}" for p in report["problems"]]
+    lines.append("verdict: " + ("ready" if not report["problems"] else
+                                f"{len(report['problems'])} problem(s)"))
+    return "\n".join(lines)
+
+
+def run(config) -> dict:
+    """Print the report (and its JSON); exit with status 1 when there is a problem."""
+    report = diagnose(config)
+    print(format_report(report))
+    path = options(config)["json"]
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(report, indent=2) + "\n")
+    else:
+        print(json.dumps(report))  # the last line of stdout, for scripts
+    if report["problems"]:
+        raise SystemExit(1)
+    return report

@@ -1,0 +1,203 @@
+"""`easyalign convert` and `easyalign sample`: plain-flag tools around model checkpoints.
+
+    easyalign convert --from_hf=HF_DIR --out=CKPT_DIR [--dtype=float32]
+    easyalign convert --to_hf=CKPT_DIR --out=HF_DIR [--dtype=bfloat16] [--max_shard_size=2GB]
+    easyalign sample --checkpoint=DIR --prompt="What is 2+3?" [--prompt=...] \
+        [--max_new_tokens=64] [--method=greedy|temperature|top_k|top_p] [--temperature=0.7] \
+        [--top_k=40] [--top_p=0.9] [--seed=0] [--json]
+
+A model directory may be given three ways everywhere (`resolve_model_dir`): an easyalign model
+checkpoint (`DIR/{model_config.json, params/, tokenizer/}`), a phase's workdir (its final model
+is `DIR/model/`), or an HF directory (`config.json` + safetensors). `--to_hf` takes the first
+two; `sample` all three.
+
+Both tools run in one process and spread the model over every local device as FSDP
+(`--fsdp=-1`, the default), so a model larger than one device still converts; `--fsdp=1` keeps
+it on the first device. The flags are absl flags parsed from the argument list the CLI hands
+over, so `easyalign sample --help` lists them.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Callable
+
+import jax
+from absl import flags
+
+from easyalign import sharding
+
+MODEL_DIR = "model"  # where a phase writes its final model (algorithms.common.MODEL_DIR)
+
+
+class ToolError(ValueError):
+    """Bad flags or paths; the CLI prints the message and exits with status 1."""
+
+
+def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
+    """`(directory, "checkpoint" | "hf")` for a model checkpoint, a phase workdir or an HF dir."""
+    from easyalign.hf.checkpoint import CONFIG_FILE
+
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path, "checkpoint"
+    if (path / MODEL_DIR / CONFIG_FILE).is_file():
+        return path / MODEL_DIR, "checkpoint"
+    # A phase workdir also has a config.json (the run's config), but no weights next to it.
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path, "hf"
+    if (path / "config.json").is_file():
+        raise ToolError(f"{path}: looks like a phase workdir whose final model/ is missing "
+                        "(did the run finish?)")
+    raise ToolError(f"{path}: not an easyalign model checkpoint (model_config.json), a phase "
+                    "workdir (model/) or an HF model directory (config.json + *.safetensors)")
+
+
+def _flags(command: str, args: list[str], define: Callable[[flags.FlagValues], None]
+           ) -> flags.FlagValues:
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("fsdp", -1, "devices to shard the model over (-1 = all local ones)",
+                         flag_values=fv)
+    define(fv)
+    try:
+        rest = fv([f"easyalign {command}"] + list(args))
+    except flags.Error as e:
+        raise ToolError(str(e)) from None
+    if len(rest) > 1:
+        raise ToolError(f"unexpected argument(s) {rest[1:]}; every input is a --flag")
+    return fv
+
+
+def _mesh(fv: flags.FlagValues):
+    devices = jax.local_devices()
+    n = len(devices) if fv.fsdp == -1 else fv.fsdp
+    if not 1 <= n <= len(devices):
+        raise ToolError(f"--fsdp={fv.fsdp}: this process has {len(devices)} device(s)")
+    return sharding.make_mesh(1, n, 1, devices=devices[:n])
+
+
+def _run(command: str, body: Callable[[list[str]], None], args: list[str]) -> None:
+    """Turn a ToolError (or a missing file) into `easyalign <command>: message`, exit status 1."""
+    try:
+        body(args)
+    except (ToolError, FileNotFoundError) as e:
+        sys.exit(f"easyalign {command}: {e}")
+
+
+# ----------------------------------------------------------------------------- convert
+def _define_convert(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("from_hf", None, "HF model directory to import", flag_values=fv)
+    flags.DEFINE_string("to_hf", None, "model checkpoint (or phase workdir) to export",
+                        flag_values=fv)
+    flags.DEFINE_string("out", None, "output directory (must not exist or be empty)",
+                        flag_values=fv)
+    flags.DEFINE_string("dtype", None, "--from_hf: stored param dtype (default float32); "
+                        "--to_hf: weight dtype written (default the stored one)", flag_values=fv)
+    flags.DEFINE_string("max_shard_size", "2GB", "--to_hf: largest safetensors file",
+                        flag_values=fv)
+
+
+def _convert(args: list[str]) -> None:
+    from easyalign.hf import convert_checkpoint_to_hf, convert_hf_to_checkpoint
+
+    fv = _flags("convert", args, _define_convert)
+    if (fv.from_hf is None) == (fv.to_hf is None):
+        raise ToolError("give exactly one direction: --from_hf=HF_DIR or --to_hf=CHECKPOINT "
+                        "(with --out=DIR)")
+    if not fv.out:
+        raise ToolError("missing --out=DIR")
+    out = Path(fv.out)
+    if out.exists() and any(out.iterdir()):
+        raise ToolError(f"--out={out} exists and is not empty; refusing to overwrite")
+    mesh = _mesh(fv)
+    if fv.from_hf is not None:
+        if not (Path(fv.from_hf) / "config.json").is_file():
+            raise ToolError(f"--from_hf={fv.from_hf}: no config.json (not an HF model directory)")
+        convert_hf_to_checkpoint(fv.from_hf, out, mesh=mesh, param_dtype=fv.dtype or "float32")
+        print(f"easyalign convert: {fv.from_hf} → model checkpoint {out}")
+    else:
+        source, kind = resolve_model_dir(fv.to_hf)
+        if kind != "checkpoint":
+            raise ToolError(f"--to_hf={fv.to_hf} is already an HF directory")
+        convert_checkpoint_to_hf(source, out, mesh=mesh, max_shard_size=fv.max_shard_size,
+                                 dtype=fv.dtype)
+        print(f"easyalign convert: {source} → HF directory {out}")
+
+
+def convert(args: list[str]) -> None:
+    """`easyalign convert`: HF directory ⇄ easyalign model checkpoint."""
+    _run("convert", _convert, args)
+
+
+# ----------------------------------------------------------------------------- sample
+def _define_sample(fv: flags.FlagValues) -> None:
+    flags.DEFINE_string("checkpoint", None, "model checkpoint, phase workdir or HF directory",
+                        flag_values=fv)
+    flags.DEFINE_multi_string("prompt", [], "a user prompt (repeat for several)", flag_values=fv)
+    flags.DEFINE_integer("max_new_tokens", 64, "response budget per prompt", flag_values=fv)
+    flags.DEFINE_enum("method", "greedy", ["greedy", "temperature", "top_k", "top_p"],
+                      "sampling method", flag_values=fv)
+    flags.DEFINE_float("temperature", 1.0, "for temperature, top_k, top_p", flag_values=fv)
+    flags.DEFINE_integer("top_k", 40, "k of top_k", flag_values=fv)
+    flags.DEFINE_float("top_p", 0.9, "p of top_p", flag_values=fv)
+    flags.DEFINE_integer("seed", 0, "sampling seed (greedy ignores it)", flag_values=fv)
+    flags.DEFINE_string("tokenizer", None, "tokenizer directory when the model has none",
+                        flag_values=fv)
+    flags.DEFINE_string("dtype", "", "compute dtype override (default as stored)",
+                        flag_values=fv)
+    flags.DEFINE_bool("json", False, "one JSON object per prompt instead of text",
+                      flag_values=fv)
+
+
+def sampling_method(name: str, temperature: float, top_k: int, top_p: float):
+    """The sampler's method object for a method name and its parameters (unused ones ignored)."""
+    from easyalign.sampler import sampling_from_config
+
+    kwargs = {"greedy": {}, "temperature": {"temperature": temperature},
+              "top_k": {"k": top_k, "temperature": temperature},
+              "top_p": {"p": top_p, "temperature": temperature}}
+    if name not in kwargs:
+        raise ToolError(f"sampling method {name!r} is not one of {sorted(kwargs)}")
+    try:
+        return sampling_from_config(name, **kwargs[name])
+    except ValueError as e:
+        raise ToolError(str(e)) from None
+
+
+def _sample(args: list[str]) -> None:
+    from easyalign.eval.suites import load_model, load_tokenizer
+    from easyalign.sampler import Sampler
+
+    fv = _flags("sample", args, _define_sample)
+    if not fv.checkpoint:
+        raise ToolError("missing --checkpoint=DIR")
+    if not fv.prompt:
+        raise ToolError('missing --prompt="..." (repeat the flag for several prompts)')
+    if fv.max_new_tokens < 1:
+        raise ToolError(f"--max_new_tokens must be ≥ 1, got {fv.max_new_tokens}")
+    method = sampling_method(fv.method, fv.temperature, fv.top_k, fv.top_p)
+    path, _ = resolve_model_dir(fv.checkpoint)
+    mesh = _mesh(fv)
+    model = load_model(path, mesh, fv.dtype)
+    tokenizer = load_tokenizer(path, fv.tokenizer)
+    # One batch for a handful of prompts; rows are padded to the batch, so no more than needed.
+    sampler = Sampler.from_model(model, tokenizer, batch_size=min(len(fv.prompt), 32), mesh=mesh)
+    outs = sampler.sample_texts(fv.prompt, max_new_tokens=fv.max_new_tokens, method=method,
+                                seed=fv.seed)
+    for i, out in enumerate(outs):
+        num_tokens = len(out["tokens"]) - int(out["finished"])  # the stop token is not content
+        if fv.json:
+            print(json.dumps({"prompt": out["prompt"], "response": out["response"],
+                              "finished": out["finished"], "num_tokens": num_tokens},
+                             ensure_ascii=False))
+            continue
+        end = "stopped" if out["finished"] else f"cut at max_new_tokens={fv.max_new_tokens}"
+        print(f"### prompt {i + 1}: {out['prompt']}\n{out['response']}\n"
+              f"[{num_tokens} tokens, {end}]\n")
+
+
+def sample(args: list[str]) -> None:
+    """`easyalign sample`: print a model's completions of a few prompts."""
+    _run("sample", _sample, args)

@@ -1,0 +1,227 @@
+"""`easyalign doctor`: the memory estimator on known shapes, mesh and coordinator checks, the CLI.
+
+Parameter and optimizer sizes are exact (checked to the byte on Llama-3.2-1B); the activation
+formula is checked term by term on the `tiny` preset, and as a whole against XLA's own memory
+analysis of the compiled SFT step on CPU.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax.numpy as jnp
+import pytest
+
+from easyalign import doctor, sharding
+from easyalign.cli import load_config
+from easyalign.model import create_model, preset
+
+REPO = Path(__file__).resolve().parents[1]
+LLAMA_1B = 1_235_814_400
+ONE = {"data": 1, "fsdp": 1, "tensor": 1}
+FSDP4_TP2 = {"data": 1, "fsdp": 4, "tensor": 2}
+
+
+def config(*flags: str):
+    return load_config(["--config=configs/doctor.py:sft", "--config.workdir=/nonexistent/sft",
+                        *flags])
+
+
+# ----------------------------------------------------------------------------- exact sizes
+def test_llama_1b_parameter_bytes_are_exact():
+    model = preset("llama-3.2-1b", param_dtype="float32")
+    whole = doctor.parameter_bytes(model, ONE)
+    assert whole["count"] == LLAMA_1B == model.param_count()
+    assert whole["total"] == whole["per_device"] == LLAMA_1B * 4
+    # fsdp=4 × tensor=2: every matrix splits 8 ways; the RMSNorm scales (2 per layer + the
+    # final one, 16 layers of width 2048) are replicated.
+    norms = 16 * 2 * 2048 + 2048
+    sharded = doctor.parameter_bytes(model, FSDP4_TP2)
+    assert sharded["per_device"] == ((LLAMA_1B - norms) // 8 + norms) * 4
+    assert sharded["layer_count"] == LLAMA_1B - 128256 * 2048 - 2048  # tied: embedding only
+    bf16 = doctor.parameter_bytes(model.replace(param_dtype="bfloat16"), FSDP4_TP2)
+    assert bf16["per_device"] * 2 == sharded["per_device"]
+
+
+def test_optimizer_state_sizes():
+    model = preset("llama-3.2-1b", param_dtype="float32")
+    params = doctor.parameter_bytes(model, FSDP4_TP2)
+    optim = config().optim
+    # AdamW: μ and ν shaped (and sharded) like the params, plus two int32 step counters
+    # (Adam's and the learning-rate schedule's), replicated.
+    assert doctor.optimizer_bytes(optim, params) == 2 * params["per_device"] + 2 * 4
+    optim.name = "sgd"  # momentum trace only
+    assert doctor.optimizer_bytes(optim, params) == params["per_device"] + 4
+
+
+def test_activation_formula_term_by_term():
+    # tiny: d=64, F=128, H=4, K=2, hd=16, V=256, L=2; tensor=2, 3 rows of T=100 tokens.
+    d, r, T, L = 64, 3, 100, 2
+    x, proj, attn, rest = 64, 8 * 16 / 2 + 128 + 2 * 64, 4 * 16 / 2, 3 * 64 + 6 * 16 / 2 + 128
+    scores = 8 * (4 / 2) * T * T  # fp32 scores + probabilities, per row and layer
+    assert doctor.layer_elements(preset("tiny"), 2) == {"x": x, "proj": proj, "attn": attn,
+                                                        "rest": rest}
+    common = {"residual_grads": 2 * r * T * d * 4, "logits": 2 * r * T * 256 / 2 * 4}
+
+    full = doctor.activation_bytes(preset("tiny", remat="full", dtype="bfloat16"), r, T, 2)
+    assert full == pytest.approx({"layers": L * r * T * x * 2,
+                                  "recompute": r * ((proj + attn + rest) * 2 * T + scores),
+                                  **common})
+    none = doctor.activation_bytes(preset("tiny", remat="none", dtype="float32"), r, T, 2)
+    assert none == pytest.approx({
+        "layers": L * r * ((x + proj + attn + rest) * 4 * T + scores), "recompute": 0, **common})
+    save = doctor.activation_bytes(preset("tiny", remat="save_proj_attn", dtype="bfloat16",
+                                          attention_impl="cudnn"), r, T, 2)
+    assert save["layers"] == pytest.approx(L * r * T * (x + proj + attn) * 2)
+    assert save["recompute"] == pytest.approx(r * (proj + attn + rest) * 2 * T)  # no T² term
+
+
+@pytest.mark.parametrize("remat", ["none", "full"])
+def test_estimate_is_close_to_xlas_memory_analysis(remat):
+    """Gradients + activations + logits vs the temporaries XLA allocates for the SFT step."""
+    from flax import nnx
+
+    from easyalign.algorithms.sft import make_loss
+    from easyalign.train import optim, state as train_state
+    from easyalign.train.step import make_train_step
+
+    c = config(f"--config.model.remat={remat}", "--config.model.preset=world-teacher",
+               "--config.model.vocab_size=1024", "--config.data.max_length=256",
+               "--config.train.batch_size=8")
+    model_config, _ = doctor.main_model(c)
+    mesh = sharding.single_device_mesh()
+    graphdef, params = nnx.split(create_model(model_config, mesh))
+    tx, schedule = optim.make_optimizer(c.optim, 10)
+    state = train_state.create_train_state(params, tx, 0, mesh)
+    batch = {"tokens": jnp.zeros((8, 256), jnp.int32), "loss_mask": jnp.ones((8, 256))}
+    with sharding.use_mesh(mesh):
+        step = make_train_step(make_loss(graphdef, False), tx, schedule,
+                               train_state.state_shardings(state))
+        analysis = step.lower(state, batch, None).compile().memory_analysis()
+    estimate = doctor.estimate(c, model_config, [], ONE)
+    ours = estimate["gradients"] + estimate["activations"] + estimate["logits"]
+    assert 0.67 < analysis.temp_size_in_bytes / ours < 1.5, (analysis.temp_size_in_bytes, ours)
+
+
+# ----------------------------------------------------------------------------- checks
+def test_mesh_resolution_and_its_messages():
+    assert doctor.resolve_mesh(1, -1, 2, 8) == ({"data": 1, "fsdp": 4, "tensor": 2}, "")
+    assert "8 devices are not divisible by 3" in doctor.resolve_mesh(1, -1, 3, 8)[1]
+    assert "needs 4 devices, 8 are available" in doctor.resolve_mesh(2, 2, 1, 8)[1]
+    assert "at most one axis may be -1" in doctor.resolve_mesh(-1, -1, 1, 8)[1]
+
+    report = doctor.diagnose(config("--config.mesh.tensor=3", "--config.doctor.devices=8"))
+    assert report["mesh"]["resolved"] is None and "memory" not in report
+    assert any("not divisible by 3" in p for p in report["problems"])
+
+
+def test_verdicts_for_an_8b_model():
+    plan = ["--config.model.preset=llama-3.1-8b", "--config.model.vocab_size=128256",
+            "--config.model.dtype=bfloat16", "--config.model.remat=full",
+            "--config.data.max_length=2048", "--config.train.batch_size=8"]
+    small = doctor.diagnose(config(*plan, "--config.doctor.devices=1",
+                                   "--config.doctor.device_memory_gib=80"))
+    memory = small["memory"]
+    assert memory["per_device"]["params"] == pytest.approx(8_030_261_248 * 4, rel=1e-9)
+    over = (memory["total"] - 80 * doctor.GiB) / doctor.GiB
+    assert memory["verdict"] == f"does not fit (by {over:.2f} GiB)" and over > 0
+    assert small["problems"] == [f"memory: {memory['verdict']}"]
+
+    big = doctor.diagnose(config(*plan, "--config.doctor.devices=8",
+                                 "--config.doctor.device_memory_gib=80"))
+    assert big["mesh"]["resolved"] == {"data": 1, "fsdp": 8, "tensor": 1}
+    assert big["memory"]["verdict"].startswith("fits") and not big["problems"]
+    assert big["memory"]["per_device"]["optimizer"] == pytest.approx(
+        2 * big["memory"]["per_device"]["params"], rel=1e-6)
+
+
+def test_dpo_live_reference_and_generate_are_sized(tmp_path):
+    base = ["--config.model.init=scratch", "--config.model.vocab_size=1024",
+            "--config.doctor.devices=1"]
+    live = doctor.diagnose(load_config(["--config=configs/doctor.py:dpo", *base,
+                                        "--config.dpo.reference=live"]))
+    assert live["extra_models"][0]["role"] == "reference"
+    assert live["memory"]["per_device"]["frozen_models"] == live["memory"]["per_device"]["params"]
+
+    model = create_model(preset("world-student", vocab_size=1024))
+    from easyalign.hf import save_checkpoint_model
+
+    save_checkpoint_model(model, tmp_path / "m")
+    gen = doctor.diagnose(load_config(["--config=configs/doctor.py:generate",
+                                       f"--config.generate.model={tmp_path / 'm'}",
+                                       "--config.generate.batch_size=4",
+                                       "--config.generate.max_new_tokens=16"]))
+    assert gen["model"]["params"] == model.config.param_count()
+    # K and V: 2 layers × 4 rows × (512 + 16) positions × 2 kv heads × 16 dims in bfloat16.
+    assert gen["memory"]["per_device"]["kv_cache"] == 2 * 2 * 4 * 528 * 2 * 16 * 2
+
+
+def test_coordinator_check():
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        assert doctor.coordinator(f"127.0.0.1:{port}", False, 2)["detail"].endswith(
+            "accepts connections")
+        taken = doctor.coordinator(f"127.0.0.1:{port}", True, 2)  # process 0 cannot bind it
+        assert not taken["ok"] and f"cannot bind port {port}" in taken["detail"]
+    refused = doctor.coordinator(f"127.0.0.1:{port}", False, 2)
+    assert refused["ok"] and "nothing listens" in refused["detail"]
+    assert doctor.coordinator(f"127.0.0.1:{port}", True, 2)["ok"]
+    unknown = doctor.coordinator("coordinator.invalid:1234", False, 0.5)  # RFC 6761: never resolves
+    assert not unknown["ok"] and "cannot reach coordinator.invalid:1234" in unknown["detail"]
+    assert not doctor.coordinator("no-port", False, 0.5)["ok"]
+
+
+def test_devices_follow_jax_rules_for_slurm(monkeypatch):
+    monkeypatch.setenv("JAX_LOCAL_DEVICE_IDS", "0,1,2")
+    assert doctor._visible_count(8, "gpu") == 3
+    monkeypatch.delenv("JAX_LOCAL_DEVICE_IDS")
+    for var in ("SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID",
+                "SLURM_LOCALID"):
+        monkeypatch.setenv(var, "1")
+    assert doctor._visible_count(8, "gpu") == 1  # JAX keeps GPU SLURM_LOCALID only
+    assert doctor._visible_count(8, "cpu") == 8
+
+
+# ----------------------------------------------------------------------------- command line
+def test_cli_exit_status_and_json_line(tmp_path):
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    bad = subprocess.run([sys.executable, "-m", "easyalign", "doctor",
+                          "--config=configs/sft.py:tiny", "--config.mesh.tensor=3"],
+                         cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert bad.returncode == 1, bad.stderr[-2000:]
+    report = json.loads(bad.stdout.splitlines()[-1])
+    assert "PROBLEM: mesh" in bad.stdout and report["problems"]
+
+    doctor.run(config("--config.model.vocab_size=1024",
+                      f"--config.doctor.json={tmp_path / 'r.json'}"))
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["memory"]["verdict"].startswith("fits") and report["problems"] == []
+
+
+def test_two_processes_through_the_launcher(tmp_path):
+    env = dict(os.environ, NPROC="2", CPU_DEVICES="2", PORT=str(_free_port()),
+               LOG_DIR=str(tmp_path), PYTHON=sys.executable)
+    subprocess.run([str(REPO / "scripts" / "launch_multihost.sh"), "doctor",
+                    "--config=configs/sft.py:tiny", "--config.model.vocab_size=1024"],
+                   cwd=REPO, env=env, check=True, timeout=180, capture_output=True)
+    reports = [json.loads((tmp_path / f"process_{i}.log").read_text().splitlines()[-1])
+               for i in range(2)]
+    for i, report in enumerate(reports):
+        assert report["processes"]["count"] == 2 and report["processes"]["index"] == i
+        assert report["devices"]["total"] == 4
+        assert report["mesh"]["resolved"] == {"data": 1, "fsdp": 4, "tensor": 1}
+        assert report["coordinator"]["ok"]
+    assert "free for process 0" in reports[0]["coordinator"]["detail"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,245 @@
+"""Failure behaviour of multi-process runs, the launcher, and restoring across meshes.
+
+* the launcher (`scripts/launch_multihost.sh`) passes the multi-host flags and environment,
+  and when one process fails it stops the others and exits with that status — checked with a
+  stand-in interpreter (`PYTHON=`), in a second;
+* a real 2-process SFT run (gloo, 2 fake CPU devices each): SIGKILL one process and the other
+  exits non-zero, with JAX's message, within 60 s;
+* a run trained on 8 fake devices (fsdp=4 × tensor=2) restores on 1 device — the final model
+  and the train-state checkpoint — with the same logits (1e-5). The device count is fixed before
+  jax starts, so those halves run this file as a script (`save` / `restore`) in subprocesses.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+LAUNCH = REPO / "scripts" / "launch_multihost.sh"
+SMALL = ["--config.model.preset=world-student", "--config.train.batch_size=8",
+         "--config.train.eval_every=0", "--config.data.eval_source=", "--config.train.log_every=1",
+         "--config.train.progress_bar=False", "--config.train.plot=False"]
+# A stand-in for `python -m easyalign ...`: records its arguments and environment; process 1
+# fails after a moment, the others wait to be killed.
+FAKE_PYTHON = """#!/usr/bin/env bash
+shift 2  # -m easyalign
+for a in "$@"; do case $a in --process_id=*) id=${a#*=};; esac; done
+printf '%s\\n' "$@" > "$OUT/$id.args"
+for v in CUDA_VISIBLE_DEVICES JAX_LOCAL_DEVICE_IDS JAX_PLATFORMS XLA_FLAGS NCCL_NVLS_ENABLE; do
+  [[ -n "${!v:-}" ]] && echo "$v=${!v}"
+done > "$OUT/$id.env"
+if [[ "$id" == "$FAIL" ]]; then sleep 0.5; exit 7; fi
+[[ -n "$FAIL" ]] && exec sleep 60
+exit 0
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def cpu_env(devices: int) -> dict:
+    return dict(os.environ, JAX_PLATFORMS="cpu",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+
+
+def launch(tmp_path: Path, fail: str = "", **env) -> tuple[subprocess.CompletedProcess, float]:
+    fake = tmp_path / "python"
+    fake.write_text(FAKE_PYTHON)
+    fake.chmod(0o755)
+    full_env = {k: v for k, v in os.environ.items() if k not in ("CPU_DEVICES", "NPROC")}
+    full_env.update(PYTHON=str(fake), OUT=str(tmp_path), FAIL=fail, PORT="4321", **env)
+    start = time.monotonic()
+    result = subprocess.run([str(LAUNCH), "sft", "--config=configs/sft.py:tiny", "--x=a b"],
+                            env=full_env, capture_output=True, text=True, timeout=60)
+    return result, time.monotonic() - start
+
+
+# ----------------------------------------------------------------------------- the launcher
+def test_launcher_passes_flags_and_environment(tmp_path):
+    result, _ = launch(tmp_path, NPROC="3", CPU_DEVICES="2")
+    assert result.returncode == 0, result.stderr
+    for i in range(3):
+        args = (tmp_path / f"{i}.args").read_text().splitlines()
+        assert args == ["sft", "--config=configs/sft.py:tiny", "--x=a b",
+                        "--coordinator=127.0.0.1:4321", "--num_processes=3", f"--process_id={i}"]
+        env = (tmp_path / f"{i}.env").read_text()
+        assert "JAX_PLATFORMS=cpu" in env and "NCCL_NVLS_ENABLE=0" in env
+        assert "--xla_force_host_platform_device_count=2" in env and "CUDA_VISIBLE" not in env
+
+    # Second host of two, one process per GPU: ranks 2 and 3 of 4, GPU i each.
+    result, _ = launch(tmp_path, NPROC="2", HOSTS="2", NODE_RANK="1", MASTER_ADDR="10.0.0.1")
+    assert result.returncode == 0, result.stderr
+    for local, rank in enumerate((2, 3)):
+        args = (tmp_path / f"{rank}.args").read_text().splitlines()
+        assert args[-3:] == ["--coordinator=10.0.0.1:4321", "--num_processes=4",
+                             f"--process_id={rank}"]
+        env = (tmp_path / f"{rank}.env").read_text()
+        assert f"CUDA_VISIBLE_DEVICES={local}" in env and "JAX_LOCAL_DEVICE_IDS=0" in env
+
+
+def test_launcher_stops_everyone_at_the_first_failure(tmp_path):
+    result, seconds = launch(tmp_path, fail="1", NPROC="3", CPU_DEVICES="1")
+    assert result.returncode == 7
+    assert "process 1 exited with status 7" in result.stderr
+    assert seconds < 20  # processes 0 and 2 would sleep for 60 s: they were killed
+
+
+# ----------------------------------------------------------------------------- real processes
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> Path:
+    from eval_fixtures import make_world
+
+    return make_world(tmp_path_factory.mktemp("faults") / "world")
+
+
+def sft_command(workdir: Path, world: Path, steps: int, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "easyalign", "sft", "--config=configs/sft.py:tiny",
+            f"--config.workdir={workdir}", f"--config.data.world.dir={world}",
+            f"--config.train.steps={steps}", *SMALL, *extra]
+
+
+def logged_steps(workdir: Path) -> int:
+    path = workdir / "logs" / "metrics.jsonl"
+    return len(path.read_text().splitlines()) if path.exists() else 0
+
+
+@pytest.mark.slow
+def test_sigkill_of_one_process_stops_the_other(tmp_path, world):
+    from configs import base
+
+    if "heartbeat_timeout_s" not in base.get_config().distributed:
+        pytest.skip("needs distributed.heartbeat_timeout_s (JAX's default of 100 s lets the "
+                    "survivor wait ~90 s for the dead process's heartbeat)")
+    workdir, port = tmp_path / "run", free_port()
+    outputs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
+    procs = [subprocess.Popen(
+        sft_command(workdir, world, 100_000, "--config.train.checkpoint_every=100000",
+                    f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
+        cwd=REPO, env=cpu_env(2), stdout=outputs[i], stderr=subprocess.STDOUT) for i in range(2)]
+    try:
+        deadline = time.monotonic() + 300
+        while logged_steps(workdir) < 2 and time.monotonic() < deadline:
+            assert procs[0].poll() is None and procs[1].poll() is None, "a process died early"
+            time.sleep(0.2)
+        assert logged_steps(workdir) >= 2, "the run never got going"
+        # Kill the non-coordinator: the survivor is process 0, which hosts the coordination
+        # service and learns of the death from the missed heartbeats (killing process 0 is the
+        # easy case: process 1 loses its coordinator connection and stops at once).
+        procs[1].send_signal(signal.SIGKILL)
+        killed = time.monotonic()
+        code = procs[0].wait(timeout=120)
+        seconds = time.monotonic() - killed
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+    outputs[0].seek(0)
+    log = outputs[0].read()
+    print(f"survivor exited with status {code} {seconds:.1f} s after the SIGKILL")
+    assert code != 0 and seconds < 60, (code, seconds, log[-3000:])
+    assert "another task died" in log or "heartbeat" in log, log[-3000:]
+
+
+@pytest.mark.slow
+def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path, world):
+    workdir = tmp_path / "run"
+    for mode, devices in (("save", 8), ("restore", 1)):
+        result = subprocess.run([sys.executable, __file__, mode, str(workdir), str(world)],
+                                cwd=REPO, env=cpu_env(devices), capture_output=True, text=True,
+                                timeout=400)
+        assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
+            result.stdout[-3000:] + result.stderr[-5000:])
+
+
+# ----------------------------------------------------------------------------- script halves
+FLAGS = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.checkpoint_every=2",
+         "--config.train.async_checkpointing=False"]
+
+
+def _config(workdir: Path, world: Path):
+    from easyalign.cli import load_config
+
+    return load_config(sft_command(workdir, world, 2, *FLAGS)[4:])
+
+
+def _logits(graphdef, params, mesh):
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from easyalign import sharding
+
+    tokens = np.random.default_rng(0).integers(1, 200, (8, 24)).astype(np.int32)
+    with sharding.use_mesh(mesh):
+        fn = jax.jit(lambda p, t: nnx.merge(graphdef, p)(t))
+        return np.asarray(fn(params, jax.device_put(tokens, sharding.batch_sharding(mesh, 2))))
+
+
+def _save(workdir: Path, world: Path) -> None:
+    """Train 2 steps on fsdp=4 × tensor=2; keep the logits of the trained params."""
+    import jax
+    import numpy as np
+    from flax import nnx
+    from jax.sharding import PartitionSpec as P
+
+    from easyalign import sharding
+    from easyalign.algorithms import sft
+
+    assert jax.device_count() == 8
+    config = _config(workdir, world)
+    params, graphdef = sft.run(config)
+    q = nnx.to_pure_dict(params)["layers"]["attn"]["q_proj"]["kernel"]
+    assert q.sharding.spec == P(None, "fsdp", "tensor", None), q.sharding
+    np.save(workdir / "logits.npy", _logits(graphdef, params, sharding.mesh_from_config(
+        config.mesh)))
+
+
+def _restore(workdir: Path, world: Path) -> None:
+    """The final model and the latest train state, each restored onto one device."""
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from easyalign import sharding
+    from easyalign.hf import load_checkpoint_model
+    from easyalign.train import checkpoint, optim, state as train_state
+
+    assert jax.device_count() == 1
+    expected = np.load(workdir / "logits.npy")
+    mesh = sharding.single_device_mesh()
+    model = load_checkpoint_model(workdir / "model", mesh=mesh)
+    graphdef, params = nnx.split(model)
+    np.testing.assert_allclose(_logits(graphdef, params, mesh), expected, atol=1e-5, rtol=0)
+
+    tx, _ = optim.make_optimizer(_config(workdir, world).optim, 2)
+    target = train_state.abstract_like(train_state.create_train_state(params, tx, 0, mesh))
+    checkpointer = checkpoint.Checkpointer(workdir / "checkpoints")
+    assert checkpointer.latest_step() == 2
+    state, data_state = checkpointer.restore(2, target)
+    checkpointer.close()
+    assert int(state.step) == 2 and data_state["loader"]
+    leaf = jax.tree.leaves(state.params)[0]
+    assert leaf.sharding.mesh.devices.size == 1
+    np.testing.assert_allclose(_logits(graphdef, state.params, mesh), expected, atol=1e-5,
+                               rtol=0)
+    print("OK")
+
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    sys.path[:0] = [str(here), str(here.parent)]  # easyalign and configs when not installed
+    mode, run_dir, world_dir = sys.argv[1], Path(sys.argv[2]), Path(sys.argv[3])
+    {"save": _save, "restore": _restore}[mode](run_dir, world_dir)
+    if mode == "save":
+        print("OK")

@@ -1,0 +1,201 @@
+"""`easyalign convert`, `easyalign sample` and `easyalign generate`, on tiny models in-process.
+
+The model is a random `world-student` with the built-in world's tokenizer (its chat template
+is what `sample` and `generate` render prompts with); the reference for every output is the
+`Sampler` called directly, so the tools are checked for plumbing, not model quality.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import jax
+import pytest
+from transformers import AutoTokenizer
+
+from easyalign import tools
+from easyalign.cli import load_config
+from easyalign.eval.suites import load_model
+from easyalign.sampler import Greedy, Sampler
+from eval_fixtures import make_world, save_model
+from hf_fixtures import assert_same_tensors, make_hf_model, safetensors_dir
+
+PROMPTS = ["What is 2 + 3?", "Write the word tiger.", "Tell me Sumar's job.",
+           "Reverse the word cat.", "Sort: pear apple fig"]
+
+
+@pytest.fixture(autouse=True)
+def full_fp32_matmuls():
+    """True fp32 products: on GPU, XLA's default lets fp32 matmuls run in TF32 (~1e-4 error)."""
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
+@pytest.fixture(scope="module")
+def world_model(tmp_path_factory):
+    """`(root, world_dir, checkpoint_dir)`: a phase workdir layout `root/stage/model`."""
+    root = tmp_path_factory.mktemp("tools")
+    world = make_world(root / "world")
+    tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
+    checkpoint = save_model(root / "stage" / "model", tokenizer, seed=0,
+                            tokenizer_dir=world / "tokenizer")
+    return root, world, checkpoint
+
+
+def expected_samples(checkpoint: Path, prompts, max_new_tokens: int) -> list[dict]:
+    model = load_model(checkpoint)
+    tokenizer = AutoTokenizer.from_pretrained(str(checkpoint / "tokenizer"))
+    return Sampler.from_model(model, tokenizer, batch_size=len(prompts)).sample_texts(
+        prompts, max_new_tokens=max_new_tokens, method=Greedy())
+
+
+def exit_message(excinfo) -> str:
+    return str(excinfo.value.code)
+
+
+# ----------------------------------------------------------------------------- convert
+def test_convert_round_trip_is_bit_identical(tmp_path):
+    make_hf_model("llama", tmp_path / "hf")
+    tools.convert([f"--from_hf={tmp_path / 'hf'}", f"--out={tmp_path / 'ckpt'}"])
+    assert (tmp_path / "ckpt" / "model_config.json").is_file()
+    # A phase workdir (final model in model/) is accepted as the source of an export.
+    (tmp_path / "stage").mkdir()
+    (tmp_path / "ckpt").rename(tmp_path / "stage" / "model")
+    tools.convert([f"--to_hf={tmp_path / 'stage'}", f"--out={tmp_path / 'back'}"])
+    assert_same_tensors(tmp_path / "hf", tmp_path / "back")
+
+    tools.convert([f"--to_hf={tmp_path / 'stage'}", f"--out={tmp_path / 'bf16'}",
+                   "--dtype=bfloat16", "--max_shard_size=100KB"])
+    assert len(list((tmp_path / "bf16").glob("*.safetensors"))) > 1  # sharded, with an index
+    assert (tmp_path / "bf16" / "model.safetensors.index.json").is_file()
+    tensors = safetensors_dir(tmp_path / "bf16")
+    assert {str(t.dtype) for t in tensors.values()} == {"bfloat16"}
+
+
+@pytest.mark.parametrize("args, message", [
+    ([], "give exactly one direction"),
+    (["--from_hf=a", "--to_hf=b", "--out=c"], "give exactly one direction"),
+    (["--from_hf=a"], "missing --out"),
+    (["--to_hf=/nonexistent", "--out=/tmp/x"], "not an easyalign model checkpoint"),
+    (["--from_hf=/nonexistent", "--out=/tmp/x"], "no config.json"),
+    (["--to_hf=a", "--out=b", "stray"], "unexpected argument"),
+    (["--frm_hf=a"], "Unknown command line flag 'frm_hf'"),
+])
+def test_convert_errors_name_the_problem(args, message):
+    with pytest.raises(SystemExit) as excinfo:
+        tools.convert(args)
+    assert exit_message(excinfo).startswith("easyalign convert: ")
+    assert message in exit_message(excinfo)
+
+
+def test_convert_refuses_a_non_empty_output(tmp_path, world_model):
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "keep.txt").write_text("precious")
+    with pytest.raises(SystemExit) as excinfo:
+        tools.convert([f"--to_hf={world_model[2]}", f"--out={tmp_path / 'out'}"])
+    assert "not empty" in exit_message(excinfo)
+
+
+def test_a_phase_workdir_without_its_model_is_explained(tmp_path):
+    (tmp_path / "config.json").write_text("{}")
+    with pytest.raises(tools.ToolError, match="model/ is missing"):
+        tools.resolve_model_dir(tmp_path)
+
+
+# ----------------------------------------------------------------------------- sample
+def test_sample_prints_the_samplers_completions(world_model, capsys):
+    root, _, checkpoint = world_model
+    expected = expected_samples(checkpoint, PROMPTS[:2], 12)
+    args = [f"--prompt={p}" for p in PROMPTS[:2]] + ["--max_new_tokens=12"]
+    # A checkpoint and the phase workdir holding it are the same model.
+    tools.sample([f"--checkpoint={root / 'stage'}", "--json", *args])
+    lines = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [line["response"] for line in lines] == [e["response"] for e in expected]
+    for line, e in zip(lines, expected):
+        assert line["prompt"] == e["prompt"] and line["finished"] == e["finished"]
+        assert line["num_tokens"] == len(e["tokens"]) - int(e["finished"])
+
+    tools.sample([f"--checkpoint={checkpoint}", *args])
+    text = capsys.readouterr().out
+    assert f"### prompt 1: {PROMPTS[0]}" in text and f"### prompt 2: {PROMPTS[1]}" in text
+    assert expected[1]["response"] in text
+
+
+def test_sample_reads_an_hf_directory_and_seeds_random_methods(world_model, tmp_path, capsys):
+    _, _, checkpoint = world_model
+    tools.convert([f"--to_hf={checkpoint}", f"--out={tmp_path / 'hf'}"])  # tokenizer copied too
+    capsys.readouterr()
+    runs = []
+    for source in (checkpoint, tmp_path / "hf"):
+        tools.sample([f"--checkpoint={source}", f"--prompt={PROMPTS[2]}", "--json",
+                      "--method=top_k", "--top_k=5", "--temperature=2.0", "--seed=3",
+                      "--max_new_tokens=10"])
+        runs.append(json.loads(capsys.readouterr().out))
+    assert runs[0] == runs[1]
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--prompt=hi"], "missing --checkpoint"),
+    (["--checkpoint=X"], "missing --prompt"),
+    (["--checkpoint=X", "--prompt=hi", "--max_new_tokens=0"], "max_new_tokens must be ≥ 1"),
+    (["--checkpoint=X", "--prompt=hi", "--method=top_p", "--top_p=1.5"], "p must be in (0, 1]"),
+    (["--checkpoint=X", "--prompt=hi", "--method=beam"], "value should be one of"),
+])
+def test_sample_errors_name_the_problem(args, message):
+    with pytest.raises(SystemExit) as excinfo:
+        tools.sample(args)
+    assert exit_message(excinfo).startswith("easyalign sample: ")
+    assert message in exit_message(excinfo)
+
+
+# ----------------------------------------------------------------------------- generate
+def _generate_config(root: Path, world: Path, *overrides: str):
+    return load_config(["--config=configs/generate.py", f"--config.workdir={root}/gen",
+                        f"--config.data.world.dir={world}", "--config.generate.model=@stage",
+                        "--config.generate.batch_size=2", "--config.generate.max_new_tokens=12",
+                        *overrides])
+
+
+def test_generate_writes_one_line_per_prompt_in_order(world_model):
+    from easyalign.algorithms import generate
+
+    root, world, checkpoint = world_model
+    prompts = root / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps({"id": i, "prompt": p}) + "\n"
+                               for i, p in enumerate(PROMPTS)))
+    # 5 prompts in batches of 2: the last batch has a padding row.
+    output = generate.run(_generate_config(root, world, f"--config.data.source={prompts}"))
+    assert output == root / "gen" / "generations.jsonl"
+    assert not output.with_name(output.name + ".partial").exists()
+    lines = [json.loads(line) for line in output.read_text().splitlines()]
+    expected = expected_samples(checkpoint, PROMPTS, 12)
+    assert [line["id"] for line in lines] == list(range(len(PROMPTS)))
+    for line, e in zip(lines, expected):
+        assert set(line) == {"id", "prompt", "response", "finished", "num_tokens"}
+        assert (line["prompt"], line["response"], line["finished"]) == (
+            e["prompt"], e["response"], e["finished"])
+        assert line["num_tokens"] == len(e["tokens"]) - int(e["finished"])
+        assert line["finished"] or line["num_tokens"] == 12
+
+
+def test_generate_reads_a_csv_column_and_samples_reproducibly(world_model, tmp_path):
+    from easyalign.algorithms import generate
+
+    root, world, _ = world_model
+    with open(tmp_path / "prompts.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["goal", "target"])
+        writer.writerows([[p, "x"] for p in PROMPTS[:3]])
+    outputs = []
+    for name in ("a.jsonl", "b.jsonl"):
+        outputs.append(generate.run(_generate_config(
+            root, world, f"--config.data.source={tmp_path / 'prompts.csv'}",
+            "--config.generate.column=goal", f"--config.generate.output={tmp_path / name}",
+            "--config.generate.sampling=temperature", "--config.generate.seed=7")))
+    a, b = (p.read_text().splitlines() for p in outputs)
+    assert a == b and len(a) == 3
+    assert [json.loads(line)["prompt"] for line in a] == PROMPTS[:3]
+    assert all(set(json.loads(line)) == {"prompt", "response", "finished", "num_tokens"}
+               for line in a)
