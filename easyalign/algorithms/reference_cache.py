@@ -58,7 +58,7 @@ from easyalign.train.loop import to_global_batch
 CACHE_VERSION = 1  # bump when the layout or a digest's definition changes
 ARRAYS_FILE = "arrays.npz"
 KEY_FILE = "key.json"
-_WEIGHT_PERIOD = 1021  # prime; position weights cycle through 1/p .. 1 (exact in float32)
+_WEIGHT_PERIOD = 1021  # prime; an entry's weight is (k + 1) / p, k a mix of its indices mod p
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -137,6 +137,8 @@ def compute_per_example(fn: Callable[[Any, dict], dict[str, jax.Array]], params,
 
     Every process receives every row (gathered across processes); each row is stored at its
     example's index. Raises if some example was never seen (batches and `num_examples` disagree).
+    `fn` is a static jit argument: pass the same function (or `functools.partial`) object for
+    several data sets and they share one compilation.
     """
     out: dict[str, np.ndarray] = {}
     seen = np.zeros(num_examples, np.bool_)
