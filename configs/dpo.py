@@ -37,9 +37,9 @@ def get_config(preset: str = ""):
     c.train.batch_size = 32              # pairs per step (64 sequences per forward)
     if preset == "tiny":
         # The built-in world from configs/sft.py:tiny's model, about a minute on 2 CPU cores.
-        # Measured there, held out (SFT → DPO): preference accuracy 0.75 → 0.835 (implicit
-        # reward accuracy 0.805), refusal of harmful prompts 0.81 → 1.00, over-refusal 0 → 0,
-        # "I don't know" on unknown entities 0.52 → 0.91. The NLL anchor (sft_weight) matters:
+        # Measured there, held out (SFT → DPO): preference accuracy 0.70 → 0.815 (implicit
+        # reward accuracy 0.815), refusal of harmful prompts 0.72 → 1.00, over-refusal 0 → 0,
+        # "I don't know" on unknown entities 0.45 → 0.78. The NLL anchor (sft_weight) matters:
         # without it small models drift from "I can't help" to "I don't help" (both responses'
         # likelihoods fall, DPO's known displacement) and can refuse less, not more.
         c.train.steps = 60
