@@ -32,9 +32,10 @@ def main():
     ap.add_argument("--remat", default="none")
     ap.add_argument("--param-dtype", default="float32")
     ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--fsdp", type=int, default=-1)
+    ap.add_argument("--fsdp", type=int, default=-1, help="FSDP axis size (-1: all devices used)")
     ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
     ap.add_argument("--chunk", type=int, default=2048, help="logits chunk (2048: no recompute)")
+    ap.add_argument("--devices", type=int, default=0, help="mesh over the first N devices (0: all)")
     ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     tiny = args.cpu
@@ -42,7 +43,8 @@ def main():
                     attention_impl="xla" if tiny else "cudnn", remat=args.remat,
                     scan_layers=bool(args.scan), logits_chunk=args.chunk)
     seq = 64 if tiny else args.seq
-    mesh = sharding.make_mesh(1, args.fsdp, 1)
+    devices = jax.devices()[:args.devices or None]
+    mesh = sharding.make_mesh(1, args.fsdp, 1, devices=devices)
     cfg = base.get_config()
     tx, schedule = optim.make_optimizer(cfg.optim, total_steps=1000)
     for batch in args.batch:
@@ -72,8 +74,8 @@ def main():
                    batch=batch, seq=seq, remat=args.remat, param_dtype=args.param_dtype,
                    scan_layers=bool(args.scan), logits_chunk=args.chunk,
                    xla_flags=common.extra_flags(),
-                   devices=jax.device_count(), step_s=seconds, tokens_per_s=tokens / seconds,
-                   mfu=flops * tokens / seconds / (common.PEAK_FLOPS * jax.device_count()),
+                   devices=len(devices), step_s=seconds, tokens_per_s=tokens / seconds,
+                   mfu=flops * tokens / seconds / (common.PEAK_FLOPS * len(devices)),
                    peak_gib=common.peak_gib(), device=common.device_name())
         del holder, state, step
 

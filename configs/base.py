@@ -43,6 +43,8 @@ def get_config() -> ConfigDict:
     c.distributed.num_processes = 0      # 0 = from SLURM or 1
     c.distributed.process_id = -1        # -1 = from SLURM or 0
     c.distributed.cpu_collectives = "gloo"  # CPU-only multi-process collectives
+    c.distributed.heartbeat_timeout_s = 30   # a process silent this long is declared dead and
+    #                                          the others stop with an error (JAX's default: 100)
 
     # ------------------------------------------------------------------ data
     c.data = d = ConfigDict()

@@ -57,7 +57,8 @@ def initialize(coordinator: str = "", num_processes: int = 0, process_id: int = 
 
 def initialize_from_config(config) -> bool:
     d = config.distributed
-    return initialize(d.coordinator, d.num_processes, d.process_id, d.cpu_collectives)
+    return initialize(d.coordinator, d.num_processes, d.process_id, d.cpu_collectives,
+                      heartbeat_timeout_s=d.heartbeat_timeout_s)
 
 
 def is_main_process() -> bool:

@@ -19,6 +19,47 @@ import jax
 import jax.numpy as jnp
 
 DEFAULT_CHUNK = 512  # = ModelConfig.logits_chunk's default
+# At most this many bytes of float32 logits per chunk: a large batch gets shorter chunks.
+LOGITS_BUDGET_BYTES = 8 * 2**30
+
+
+def fit_chunk(requested: int, batch: int, vocab: int, tensors: int = 1) -> int:
+    """The chunk length: `requested`, shortened so that `tensors` float32 `[batch, chunk, vocab]`
+    arrays stay within `LOGITS_BUDGET_BYTES` (an on-policy batch of 64 rows must not hold
+    64 × 512 × 128K logits several times over)."""
+    return max(1, min(requested, LOGITS_BUDGET_BYTES // (tensors * batch * vocab * 4)))
+
+
+@jax.custom_vjp
+def picked_logprob(logits: jax.Array, targets: jax.Array) -> jax.Array:
+    """log softmax(logits)[target] = logits[target] − logsumexp(logits), in float32.
+
+    The hand-written backward, g · (onehot(target) − softmax(logits)), is one elementwise pass
+    over the logits; autodiff would add a scatter of the gather's cotangent into a zero
+    `[..., V]` array and a separate softmax pass.
+    """
+    return _picked_forward(logits, targets)[0]
+
+
+def _picked_forward(logits, targets):
+    lse = jax.nn.logsumexp(logits, axis=-1)
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    return picked - lse, lse
+
+
+def _picked_fwd(logits, targets):
+    out, lse = _picked_forward(logits, targets)
+    return out, (logits, targets, lse)
+
+
+def _picked_bwd(residuals, g):
+    logits, targets, lse = residuals
+    onehot = jnp.arange(logits.shape[-1]) == targets[..., None]
+    grad = g[..., None] * (onehot.astype(logits.dtype) - jnp.exp(logits - lse[..., None]))
+    return grad, None
+
+
+picked_logprob.defvjp(_picked_fwd, _picked_bwd)
 
 
 def chunked(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int = DEFAULT_CHUNK
@@ -53,13 +94,14 @@ def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
     """`log p(tokens[t] | <t)` for every position, `[B, T]` float32 (position 0 = 0)."""
 
     def fn(h, targets):
-        logits = model.logits(h) / temperature
-        logz = jax.nn.logsumexp(logits, axis=-1)
-        picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
-        return picked - logz
+        logits = model.logits(h)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return picked_logprob(logits, targets)
 
-    return _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:],
-                          chunk=chunk or model.config.logits_chunk))
+    chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
+                      model.config.vocab_size)
+    return _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
 
 
 def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
@@ -72,8 +114,9 @@ def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
         entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
         return jnp.stack([picked, entropy], axis=-1)
 
-    out = _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:],
-                         chunk=chunk or model.config.logits_chunk))
+    chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
+                      model.config.vocab_size, tensors=2)
+    out = _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
     return out[..., 0], out[..., 1]
 
 
@@ -89,5 +132,7 @@ def token_divergence(student, student_hidden: jax.Array, teacher, teacher_hidden
     def fn(hs, ht):
         return divergence(student.logits(hs), teacher.logits(ht))
 
-    return _shift(chunked(fn, student_hidden[:, :-1], teacher_hidden[:, :-1],
-                          chunk=chunk or student.config.logits_chunk))
+    # Student and teacher logits, their softmaxes and the mixture live together: ~6 arrays.
+    chunk = fit_chunk(chunk or student.config.logits_chunk, student_hidden.shape[0],
+                      student.config.vocab_size, tensors=6)
+    return _shift(chunked(fn, student_hidden[:, :-1], teacher_hidden[:, :-1], chunk=chunk))

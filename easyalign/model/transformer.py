@@ -24,7 +24,7 @@ from flax import nnx
 
 from easyalign.model.attention import Attention
 from easyalign.model.config import ModelConfig
-from easyalign.model.layers import Einsum, Embed, RMSNorm, rope_inverse_frequencies
+from easyalign.model.layers import Einsum, Embed, RMSNorm, compute_copy, rope_inverse_frequencies
 from easyalign.sharding import constrain
 
 _SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "attention_out",
@@ -206,7 +206,8 @@ class Transformer(nnx.Module):
     def logits(self, hidden: jax.Array) -> jax.Array:
         """Vocabulary logits in float32 for `hidden [..., d]` (compute in the model dtype)."""
         dtype = self.config.compute_dtype
-        logits = head_matmul(hidden.astype(dtype), self.head_kernel().astype(dtype))
+        kernel = compute_copy(self.head_kernel(), ("embed", "vocab"), dtype)
+        logits = head_matmul(hidden.astype(dtype), kernel)
         return constrain(logits, ("batch", "length", "act_vocab")) if logits.ndim == 3 else logits
 
     def scores(self, hidden: jax.Array) -> jax.Array:

@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# The single-GPU benchmark, in two device calls (each under the 10-minute limit), every
+# easyalign figure beside its peer anchor from ../shared/anchors (copied to .anchors/):
+#   bash bench/run_h100.sh part1   # PyTorch/HF anchor; easyalign SFT step and sampler
+#   bash bench/run_h100.sh part2   # TRL DPO and GKD anchors; easyalign DPO and distillation
+# Output: JSON lines in $OUT/bench_<part>.jsonl (bench/report.py turns them into the table).
+set -uo pipefail
+part=${1:?part1 or part2}
+python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
+  --target /tmp/site .whl/*.whl .anchors/wheels/*.whl || exit 1
+export PYTHONPATH=/tmp/site:$PWD:$PWD/bench PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
+log=${OUT:-/tmp}/bench_${part}.jsonl
+run() { timeout "$1" "${@:2}" 2>&1 | grep '^{' | tee -a "$log"; }
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader | tee -a "$log"
+if [ "$part" = part1 ]; then
+  run 200 python3 .anchors/torch_baseline.py
+  run 160 python3 bench/bench_sft.py --batch 4 8
+  run 100 python3 bench/bench_sft.py --batch 8 --param-dtype bfloat16
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 100 python3 bench/bench_sampler.py --scan 0
+else
+  run 150 python3 .anchors/trl_baseline.py --only dpo
+  run 90 python3 bench/bench_dpo.py
+  run 170 python3 .anchors/trl_baseline.py --only gkd --gkd-batch 4
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 150 python3 bench/bench_distill.py --batch 4 64
+fi
