@@ -50,4 +50,6 @@ def get_config(preset: str = ""):
         c.dpo.beta = 0.5
         c.dpo.sft_weight = 1.0
         c.data.max_length = 48
+    elif preset:
+        raise ValueError(f"configs/dpo.py: unknown preset {preset!r} (tiny)")
     return c

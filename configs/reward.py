@@ -18,10 +18,14 @@ def get_config(preset: str = ""):
     c.optim.lr = 1e-4
     c.train.steps = 300
     if preset == "tiny":
-        c.train.steps = 150
+        # Held-out pairwise accuracy measured on the built-in world: 0.92–0.93 (all safety and
+        # unknown-entity pairs right; facts ~0.92, instructions ~0.82).
+        c.train.steps = 250
         c.train.batch_size = 32
-        c.optim.lr = 1e-3
+        c.optim.lr = 3e-4
         c.data.max_length = 48
         c.train.eval_every = 50
         c.train.log_every = 25
+    elif preset:
+        raise ValueError(f"configs/reward.py: unknown preset {preset!r} (tiny)")
     return c

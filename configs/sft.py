@@ -11,11 +11,13 @@ def get_config(preset: str = ""):
     c.phase = "sft"
     c.workdir = "runs/demo/sft"
     if preset == "tiny":
-        c.train.steps = 300
+        c.train.steps = 400
         c.train.batch_size = 32
-        c.optim.lr = 2e-3
+        c.optim.lr = 3e-3
         c.optim.warmup_steps = 20
         c.data.max_length = 48
         c.train.eval_every = 100
         c.train.log_every = 25
+    elif preset:
+        raise ValueError(f"configs/sft.py: unknown preset {preset!r} (tiny)")
     return c

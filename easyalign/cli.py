@@ -13,6 +13,7 @@ when it runs, so `easyalign --help` is instant.
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from typing import Callable
 
@@ -79,6 +80,11 @@ def _resolve(table: dict, command: str) -> Callable:
     return getattr(importlib.import_module(module), name)
 
 
+def phase_function(command: str) -> Callable:
+    """The `run(config)` function of a phase command (used by the pipeline too)."""
+    return _resolve(PHASES, command)
+
+
 def usage() -> str:
     lines = ["usage: easyalign <command> [flags]", "", "phases (take --config=FILE[:preset]):"]
     lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in PHASES.items()]
@@ -92,13 +98,16 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     command, args = argv[1], argv[2:]
-    if command in PHASES:
-        try:
-            config = load_config(args)
-        except ConfigError as e:
-            sys.exit(f"easyalign {command}: {e}")
-        _resolve(PHASES, command)(config)
-    elif command in TOOLS:
-        _resolve(TOOLS, command)(args)
-    else:
+    if command not in PHASES and command not in TOOLS:
         sys.exit(f"easyalign: unknown command {command!r}\n\n{usage()}")
+    try:
+        if command in PHASES:
+            _resolve(PHASES, command)(load_config(args))
+        else:
+            _resolve(TOOLS, command)(args)
+    except (ValueError, FileNotFoundError) as e:
+        # Bad input (config, data, checkpoint): one clear line naming the key, file or tensor.
+        # The data, HF and config errors are ValueErrors; EASYALIGN_DEBUG=1 shows the traceback.
+        if os.environ.get("EASYALIGN_DEBUG"):
+            raise
+        sys.exit(f"easyalign {command}: {e}")

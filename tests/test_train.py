@@ -88,4 +88,4 @@ def test_clipping_bounds_the_update_norm():
     tx, _ = optim.make_optimizer(o, 10)
     params = {"w": jnp.ones((4, 4))}
     updates, _ = tx.update({"w": jnp.full((4, 4), 10.0)}, tx.init(params), params)
-    np.testing.assert_allclose(float(optax.global_norm(updates)), 0.5, rtol=1e-5)
+    np.testing.assert_allclose(float(optax.tree.norm(updates)), 0.5, rtol=1e-5)

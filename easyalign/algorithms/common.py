@@ -111,7 +111,10 @@ def _barrier(name: str) -> None:
 
 
 def uses_world(config) -> bool:
-    return "world" in (config.data.source, config.data.eval_source)
+    """The world's files are read, or its tokenizer is the default (a scratch model with no
+    `data.tokenizer`)."""
+    own_tokenizer = config.data.tokenizer or config.model.init != "scratch"
+    return "world" in (config.data.source, config.data.eval_source) or not own_tokenizer
 
 
 def load_tokenizer(config, world: Path | None):

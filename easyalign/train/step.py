@@ -90,7 +90,7 @@ def make_train_step(loss_fn: LossFn, tx: optax.GradientTransformation,
                                                     frozen, grad_accum)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
-        metrics = dict(metrics, loss=loss, grad_norm=optax.global_norm(grads),
+        metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads),
                        lr=jnp.asarray(schedule(state.step), jnp.float32))
         new_state = TrainState(step=state.step + 1, params=params, opt_state=opt_state, rng=rng)
         return new_state, metrics

@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project's virtual environment and install what a command needs.
+#   scripts/setup_env.sh          the library: requirements.txt + easyalign (editable)
+#   scripts/setup_env.sh test     + the test extras (pytest, pytest-xdist, torch==2.13.0 CPU)
+# Idempotent: a second run only checks that everything is installed.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${EASYALIGN_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+if [ ! -x "$VENV/bin/python" ]; then
+  "$PYTHON" -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -r requirements.txt
+if [ "${1:-}" = "test" ]; then
+  # torch is pinned exactly: that CPU wheel is what the HF parity tests need (no CUDA build).
+  "$VENV/bin/python" -m pip install -q -e ".[test]"
+else
+  "$VENV/bin/python" -m pip install -q -e .
+fi

@@ -1,0 +1,52 @@
+"""Every config file loads (with each of its presets) and its model builds, at no memory cost."""
+
+import importlib
+from pathlib import Path
+
+import jax
+import pytest
+
+from easyalign.model import ModelConfig, abstract_model, preset
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
+# The presets each file offers (checked both ways: these load, a made-up one is refused).
+PRESETS = {
+    "base": [], "sft": ["tiny"], "reward": ["tiny"], "dpo": ["tiny"], "ppo": ["tiny"],
+    "teacher_data": ["tiny"], "distill": ["tiny", "tiny_offline"], "eval": ["tiny", "shared"],
+    "latency": ["tiny"], "generate": ["tiny"], "pipeline": ["tiny"], "ablations": ["tiny"],
+    "doctor": ["sft", "dpo:tiny"],
+}
+
+
+def config_files() -> list[str]:
+    return sorted(p.stem for p in CONFIG_DIR.glob("*.py") if p.stem != "__init__")
+
+
+def test_every_config_file_is_listed_here():
+    assert config_files() == sorted(PRESETS)
+
+
+def load(name: str, arg: str):
+    module = importlib.import_module(f"configs.{name}")
+    return module.get_config(arg) if arg or name != "base" else module.get_config()
+
+
+@pytest.mark.parametrize("name,arg", [(n, a) for n in sorted(PRESETS) for a in [""] + PRESETS[n]
+                                      if not (n == "doctor" and a == "")])
+def test_config_loads_and_its_model_builds(name, arg):
+    config = load(name, arg)
+    assert config.workdir and config.train.steps > 0
+    m = config.model
+    model_config = preset(m.preset, vocab_size=m.vocab_size or 1024, dtype=m.dtype,
+                          param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                          remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
+                          **dict(m.overrides))
+    _, state, shardings = abstract_model(model_config)
+    assert sum(x.size for x in jax.tree.leaves(state)) == model_config.param_count()
+    assert isinstance(ModelConfig.from_dict(model_config.to_dict()), ModelConfig)
+
+
+@pytest.mark.parametrize("name", sorted(n for n in PRESETS if n not in ("base", "doctor")))
+def test_unknown_preset_is_refused(name):
+    with pytest.raises(ValueError, match="unknown preset"):
+        load(name, "no-such-preset")
