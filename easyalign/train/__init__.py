@@ -1,0 +1,1 @@
+"""Generic training: train state, the jitted step, optimizers, the loop, checkpoints, metrics."""
