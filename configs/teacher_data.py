@@ -1,0 +1,41 @@
+"""Teacher data: sample the aligned teacher on a prompt set into `workdir/teacher_data.jsonl`.
+
+`teacher_data.teacher="@dpo"` names the DPO stage of the same pipeline directory
+(`runs/<name>/dpo/model`); any easyalign checkpoint directory works too. The prompts are
+`data.source` (default: the built-in world's training prompts of every kind).
+
+    easyalign teacher-data --config=configs/teacher_data.py:tiny \
+        --config.workdir=runs/demo/teacher_data
+
+Presets: `tiny` (the built-in world: its 1000 training prompts, greedy, top-5 log-probs; about
+ten seconds on a 2-core CPU).
+"""
+
+from ml_collections import ConfigDict
+
+from configs import base
+
+
+def get_config(preset: str = ""):
+    c = base.get_config()
+    c.phase = "teacher_data"
+    c.workdir = "runs/demo/teacher_data"
+    c.teacher_data = t = ConfigDict()
+    t.teacher = "@dpo"                   # teacher checkpoint ("@stage" = ../stage/model)
+    t.sampling = "greedy"                # greedy | temperature | top_k | top_p
+    t.temperature = 1.0                  # for the non-greedy methods
+    t.top_k = 40                         # for top_k
+    t.top_p = 0.9                        # for top_p
+    t.seed = 0                           # sampling seed (batch j draws from fold_in(key(seed), j))
+    t.max_new_tokens = 64                # response budget per prompt
+    t.keep_unfinished = False            # keep responses cut by max_new_tokens (else dropped)
+    t.topk = 0                           # also store the teacher's top-k log-probs (0 = no)
+    t.batch_size = 64                    # prompts per sampler call (global)
+    t.limit = 0                          # first N prompts only (0 = all)
+    if preset == "tiny":
+        t.max_new_tokens = 32
+        t.topk = 5
+        c.data.max_length = 48
+    elif preset:
+        raise ValueError(f"configs/teacher_data.py: unknown preset {preset!r} (tiny)")
+    return c

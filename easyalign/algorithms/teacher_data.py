@@ -1,0 +1,296 @@
+"""Teacher data: sample the (aligned) teacher on a prompt set and write distillation JSONL.
+
+    easyalign teacher-data --config=configs/teacher_data.py[:preset]
+
+For every prompt x of the prompt set (default: the built-in world's training prompts of every
+kind, `load_examples(run, "prompt", "train")`), the teacher π_T (`teacher_data.teacher`, default
+`@dpo`, the sibling stage's model) generates y ~ π_T(·|x) with the jitted sampler (greedy,
+temperature, top-k or top-p) and one line goes to `workdir/teacher_data.jsonl`:
+
+    {"prompt": x, "teacher_response": y[, "teacher_topk": {"ids": [[k ints] × n],
+                                                            "logprobs": [[k floats] × n]}], ...}
+
+— record kind "teacher" of `data.records.normalize_teacher`; the prompt record's other fields
+(the world's `kind`) ride along.
+
+Top-k (`teacher_data.topk = k > 0`). Row i of `teacher_topk` holds the k most likely next tokens
+and their log-probs log π_T(v | x, y_<i) (normalised over the full vocabulary, temperature 1) for
+the i-th token of `encode(y) + [EOS]`: the tokens `tokenize_teacher` lays down for the student.
+Those need not be the tokens the sampler emitted (decoding and re-encoding text may split it
+differently), so the rows come from one teacher forward pass over the re-tokenised example, not
+from the sampler: aligned with the student's targets by construction, and on the sampler's own
+tokens equal to its distributions up to rounding (same trunk and head code).
+
+Dropped responses. One that hits `max_new_tokens` before EOS is dropped unless
+`keep_unfinished` (tokenisation appends an EOS the teacher never emitted, teaching the student
+to stop there); an empty one (EOS first) always is (`normalize_teacher` rejects it). The counts
+go to `workdir/teacher_data.json` with the settings.
+
+Complete or nothing: the old `teacher_data.json` is removed, the JSONL is written to a
+temporary file and renamed, then the new `teacher_data.json` is written — its presence with
+equal settings (teacher path and parameter digest, prompts, chat template, sampling, top-k)
+marks a finished run, which a re-run skips. A killed run leaves no partial file and starts over
+(sampling is a few seconds per thousand prompts on the built-in world; per-batch resume would
+matter only for very large prompt sets).
+
+Multi-host: each process contributes its share of every global prompt batch, the sampler runs
+on the global batch over the mesh, its outputs come back replicated, and process 0 writes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec
+from ml_collections import ConfigDict
+
+from easyalign import sharding
+from easyalign.algorithms import common, reference_cache
+from easyalign.data import loader as data_loader
+from easyalign.data import records as data_records
+from easyalign.data import sources as data_sources
+from easyalign.data import tokenize as data_tokenize
+from easyalign.model.scoring import chunked, fit_chunk
+from easyalign.sampler import bucket_length, generate, sampling_from_config
+from easyalign.train.loop import to_global_batch
+
+OUTPUT = "teacher_data.jsonl"
+SUMMARY = "teacher_data.json"
+
+
+# ----------------------------------------------------------------------------- shared helpers
+def frozen_model(run: common.Run, path: str, head: str = "lm"):
+    """A read-only model (teacher, reward model) from an easyalign checkpoint, on the run's mesh,
+    with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides."""
+    block = ConfigDict(run.config.model.to_dict())
+    block.init, block.path, block.overrides = "checkpoint", common.stage_path(run.config, path), {}
+    return common.init_model(run, block, head=head)
+
+
+def teacher_tokenizer(config, path: str) -> None:
+    """Use the teacher's own tokenizer when the config names none (students share it)."""
+    candidate = Path(common.stage_path(config, path)) / "tokenizer"
+    if not config.data.tokenizer and candidate.is_dir():
+        config.data.tokenizer = str(candidate)
+
+
+def sampling_method(t):
+    """The `SamplingMethod` a `teacher_data` / `distill` block describes."""
+    kwargs = {"greedy": {}, "temperature": {"temperature": t.temperature},
+              "top_k": {"k": t.top_k, "temperature": t.temperature},
+              "top_p": {"p": t.top_p, "temperature": t.temperature}}
+    if t.sampling not in kwargs:
+        raise ValueError(f"sampling {t.sampling!r} is not one of {sorted(kwargs)}")
+    return sampling_from_config(t.sampling, **kwargs[t.sampling])
+
+
+def stop_tokens(tokenizer, model_config) -> tuple[int, ...]:
+    """The tokenizer's EOS and the model config's EOS id(s): a response ends at any of them."""
+    eos = model_config.eos_token_id
+    ids = {tokenizer.eos_token_id} | (set(eos) if isinstance(eos, tuple) else {eos})
+    return tuple(sorted(i for i in ids if i is not None))
+
+
+def prompt_text(messages: list[dict]):
+    """A one-turn user prompt back as its string; longer contexts stay message lists."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return messages
+
+
+# ----------------------------------------------------------------------------- sampling
+def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dict]:
+    """`{"tokens", "finished"}` per tokenised prompt (`prompt_tokens`), in order.
+
+    One jitted sampler call per global batch of `t.batch_size` prompts, all of one static prompt
+    width, so it compiles once; batch j draws from `fold_in(key(seed), j)`.
+    """
+    graphdef, params = nnx.split(model)
+    width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
+    method = sampling_method(t)
+    stops = stop_tokens(run.tokenizer, model.config)
+    replicated = NamedSharding(run.mesh, PartitionSpec())
+
+    def sample(params, batch, rng):
+        # Padding rows have prompt length 0; give them one token so the prefill index is valid.
+        out = generate(graphdef, params, batch["prompt_tokens"],
+                       jnp.maximum(batch["prompt_lengths"], 1), rng,
+                       max_new_tokens=t.max_new_tokens, method=method, stop_tokens=stops,
+                       pad_id=common.pad_id(run))
+        return out.tokens, out.lengths, out.done, batch["index"], batch["valid"]
+
+    jitted = jax.jit(sample, out_shardings=replicated)
+    batches = data_loader.make_eval_batches(prompts, kind="prompt", batch_size=t.batch_size,
+                                            max_length=width, pad_id=common.pad_id(run))
+    results: list[dict | None] = [None] * len(prompts)
+    progress = _progress(run, -(-len(prompts) // t.batch_size), "teacher-data")
+    key = jax.random.key(t.seed)
+    with sharding.use_mesh(run.mesh):
+        for j, batch in enumerate(batches):
+            # Host-device sync point, once per batch: the whole batch is decoded by then.
+            tokens, lengths, done, index, valid = jax.device_get(
+                jitted(params, to_global_batch(batch, run.mesh), jax.random.fold_in(key, j)))
+            for row in np.nonzero(valid)[0]:
+                n = int(lengths[row])
+                results[int(index[row])] = {"tokens": tokens[row, :n].tolist(),
+                                            "finished": bool(done[row])}
+            progress.update(1)
+    progress.close()
+    return results
+
+
+def _progress(run: common.Run, total: int, desc: str):
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=not run.is_main)
+
+
+# ----------------------------------------------------------------------------- top-k
+def teacher_topk(run: common.Run, model, examples: list[dict], k: int, batch_size: int
+                 ) -> list[dict]:
+    """`{"ids", "logprobs"}` `[n_i, k]` lists per teacher example (`normalize_teacher` layout):
+    the teacher's top-k at each of the example's response tokens, from one forward pass."""
+    if model.config.vocab_size >= 2 ** 24:
+        raise ValueError("top-k ids travel as float32 and must stay below 2^24")
+    policy = data_tokenize.TruncationPolicy(max_length=model.config.max_position_embeddings,
+                                            on_overflow="error")
+    tokenized, _ = data_tokenize.tokenize_examples(examples, "teacher", run.tokenizer, policy)
+    width = max(len(ex["tokens"]) for ex in tokenized)
+    graphdef, params = nnx.split(model)
+
+    def score(params, batch):
+        teacher = nnx.merge(graphdef, params)
+        hidden, _ = teacher.trunk(batch["tokens"])
+
+        def fn(h):
+            values, ids = jax.lax.top_k(jax.nn.log_softmax(teacher.logits(h), axis=-1), k)
+            # One chunked output: ids ride as float32 (exact below 2^24).
+            return jnp.concatenate([values, ids.astype(jnp.float32)], axis=-1)
+
+        # Row t predicts token t from the hidden state at t-1 (scoring's convention).
+        chunk = fit_chunk(teacher.config.logits_chunk, hidden.shape[0],
+                          teacher.config.vocab_size, tensors=2)
+        out = chunked(fn, hidden[:, :-1], chunk=chunk)
+        out = jnp.pad(out, ((0, 0), (1, 0), (0, 0)))
+        return {"logprobs": out[..., :k], "ids": out[..., k:].astype(jnp.int32)}
+
+    batches = data_loader.make_eval_batches(tokenized, kind="teacher", batch_size=batch_size,
+                                            max_length=width, pad_id=common.pad_id(run))
+    arrays = reference_cache.compute_per_example(score, params, batches, len(tokenized),
+                                                 run.mesh)
+    out = []
+    for i, ex in enumerate(tokenized):
+        rows = np.nonzero(ex["loss_mask"] > 0)[0]
+        logprobs = arrays["logprobs"][i, rows].astype(np.float64)  # float64: short JSON
+        out.append({"ids": arrays["ids"][i, rows].tolist(),
+                    "logprobs": np.round(logprobs, 6).tolist()})
+    return out
+
+
+# ----------------------------------------------------------------------------- the phase
+def settings(run: common.Run, model, prompts: list[dict], t) -> dict:
+    """Everything the output depends on; a finished run with equal settings is not redone."""
+    texts = json.dumps([p["prompt"] for p in prompts], sort_keys=True)
+    _, params = nnx.split(model)
+    return {"teacher": common.stage_path(run.config, t.teacher),
+            "model": reference_cache.model_digest(model.config.to_dict(), params),
+            "template": reference_cache.template_digest(run.tokenizer),
+            "prompts": hashlib.sha256(texts.encode()).hexdigest(),
+            "sampling": {k: t[k] for k in ("sampling", "temperature", "top_k", "top_p", "seed",
+                                           "max_new_tokens", "keep_unfinished")},
+            "topk": int(t.topk)}
+
+
+def is_complete(workdir: Path, expected: dict) -> bool:
+    summary = workdir / SUMMARY
+    if not (summary.is_file() and (workdir / OUTPUT).is_file()):
+        return False
+    return json.loads(summary.read_text()).get("settings") == expected
+
+
+def build_records(run: common.Run, prompts: list[dict], samples: list[dict], keep_unfinished: bool
+                  ) -> tuple[list[dict], dict[str, int]]:
+    """Teacher records `{prompt, teacher_response, ...}` and the counts of what was dropped."""
+    records, counts = [], {"prompts": len(prompts), "unfinished": 0, "empty": 0}
+    for prompt, sample in zip(prompts, samples):
+        ids = sample["tokens"][:-1] if sample["finished"] else sample["tokens"]
+        if not sample["finished"]:
+            counts["unfinished"] += 1
+            if not keep_unfinished:
+                continue
+        text = run.tokenizer.decode(ids, skip_special_tokens=True)
+        if not text.strip():
+            counts["empty"] += 1
+            continue
+        extra = {k: v for k, v in prompt.items() if k not in ("prompt", "source")}
+        records.append({"prompt": prompt_text(prompt["prompt"]), "teacher_response": text,
+                        **extra})
+    counts["written"] = len(records)
+    return records, counts
+
+
+def write_jsonl(path: Path, records: list[dict]) -> None:
+    """Atomic: a temporary file renamed into place (process 0 only)."""
+    if jax.process_index() != 0:
+        return
+    tmp = path.with_suffix(".jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    os.replace(tmp, path)
+
+
+def run(config) -> Path:
+    """Sample the teacher on the prompt set; returns the JSONL path."""
+    t = config.teacher_data
+    if t.topk < 0 or t.max_new_tokens < 1 or t.batch_size < 1:
+        raise ValueError("teacher_data: need topk >= 0, max_new_tokens >= 1, batch_size >= 1")
+    teacher_tokenizer(config, t.teacher)
+    run_ = common.prepare(config)
+    examples = common.load_examples(run_, "prompt", "train")
+    if t.limit:
+        examples = examples[:t.limit]
+    if not examples:
+        raise ValueError("teacher_data: the prompt set is empty (data.source)")
+    teacher = frozen_model(run_, t.teacher)
+    expected = settings(run_, teacher, examples, t)
+    output = run_.workdir / OUTPUT
+    if is_complete(run_.workdir, expected):
+        if run_.is_main:
+            print(f"[teacher-data] {output} is complete for these settings; skipping")
+        return output
+    tokenized = common.tokenize(run_, examples, "prompt")
+    if len(tokenized) != len(examples):
+        raise ValueError("teacher_data: prompts were dropped by data.on_overflow='drop'; "
+                         "raise data.max_length or truncate instead")
+    samples = sample_responses(run_, teacher, tokenized, t)
+    records, counts = build_records(run_, examples, samples, t.keep_unfinished)
+    if not records:
+        raise ValueError(f"teacher_data: no usable response ({counts}); raise max_new_tokens or "
+                         "set keep_unfinished")
+    if t.topk:
+        normalized = data_records.normalize_teacher(
+            [data_sources.Record(r, f"{OUTPUT}:{i + 1}") for i, r in enumerate(records)])
+        for record, topk in zip(records, teacher_topk(run_, teacher, normalized, t.topk,
+                                                      t.batch_size)):
+            record["teacher_topk"] = topk
+    if run_.is_main:  # from here until the new summary exists, the output counts as incomplete
+        (run_.workdir / SUMMARY).unlink(missing_ok=True)
+    write_jsonl(output, records)
+    common.write_json(run_.workdir / SUMMARY, {"settings": expected, "counts": counts})
+    if jax.process_count() > 1:  # no process moves on (to distillation) before the file exists
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("teacher_data:written")
+    if run_.is_main:
+        dropped = "kept" if t.keep_unfinished else "dropped"
+        print(f"[teacher-data] wrote {counts['written']} of {counts['prompts']} responses to "
+              f"{output}; {counts['unfinished']} unfinished ({dropped}), {counts['empty']} "
+              "empty (dropped)")
+    return output
