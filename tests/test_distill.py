@@ -239,7 +239,7 @@ def test_reward_weighting_equal_scores_equals_unweighted(pipeline, half):
         equal, m_equal = jax.jit(DL.make_loss(graphdef, weighted))(
             params, prompts, rng, dict(half.frozen, reward=reward_params))
     np.testing.assert_allclose(equal, plain, atol=1e-6, rtol=0)
-    np.testing.assert_allclose(m_equal["weight"], 1.0, atol=1e-6)
+    np.testing.assert_allclose(m_equal["weight_max"], 1.0, atol=1e-6)
     np.testing.assert_allclose(m_equal["loss_weight"], m_plain["loss_weight"], rtol=1e-6)
 
 
@@ -289,7 +289,7 @@ def test_student_gets_closer_teacher_stays(pipeline):
     assert all(not np.array_equal(a, b) for a, b in zip(student_before, host(params)))
     assert all(np.array_equal(a, b) for a, b in zip(teacher_before, host(s.frozen["teacher"])))
     assert all(m["on_policy"] == 1.0 for m in metrics if "loss" in m)
-    assert {"divergence", "length", "weight"} <= metrics[0].keys()
+    assert {"divergence", "length", "weight_max"} <= metrics[0].keys()
     assert (pipeline[0] / "closer" / "model" / "model_config.json").is_file()
 
 

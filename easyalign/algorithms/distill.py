@@ -31,8 +31,9 @@ B · softmax of its standardised reward-model score over the batch, at temperatu
 
 Training metrics (`logs/metrics.jsonl`): loss, divergence (the unweighted token mean of the
 training term; offline: nll and topk_kl too), length (response tokens per row, EOS included),
-on_policy (the fraction of sampled steps, over a logging interval), weight (mean sequence
-weight, 1 without reward weighting), plus the loop's lr, grad_norm, tokens/s.
+on_policy (the fraction of sampled steps, over a logging interval), weight_max (the largest
+sequence weight of the batch: 1 without reward weighting; the mean weight is 1 by
+construction), plus the loop's lr, grad_norm, tokens/s.
 
 Evaluation (every `train.eval_every` steps, both modes): the student samples responses to
 held-out prompts with a fixed key, the teacher scores them, and `eval/divergence` is the

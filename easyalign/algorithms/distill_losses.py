@@ -230,8 +230,8 @@ def make_loss(graphdef, w: Wiring):
     A batch with `prompt_tokens` is an on-policy step (sample, then score); one with `tokens`
     is teacher data. `frozen` = {"teacher": params | None, "reward": params | None}. Metrics:
     divergence (unweighted token mean of the training term), length (response tokens per
-    row), on_policy (1 for a sampled batch), weight (mean w over rows with a response), and
-    loss_weight Σ w m (so accumulation keeps the weighted token mean).
+    row), on_policy (1 for a sampled batch), weight_max (the largest sequence weight; 1
+    unweighted), and loss_weight Σ w m (so accumulation keeps the weighted token mean).
     """
 
     def loss_fn(params, batch, rng, frozen):
@@ -274,7 +274,8 @@ def make_loss(graphdef, w: Wiring):
             metrics, divergence=divergence,
             length=jnp.sum(mask) / jnp.maximum(jnp.sum(present), 1),
             on_policy=jnp.float32(on_policy),
-            weight=jnp.sum(row_weights) / jnp.maximum(jnp.sum(present), 1),
+            # The mean weight is 1 by construction; the largest one shows how peaked they are.
+            weight_max=jnp.max(row_weights),
             loss_weight=jnp.sum(mask * row_weights[:, None]))
 
     return loss_fn
