@@ -31,7 +31,7 @@ def get_config() -> ConfigDict:
     #                                      (False unrolls: faster steps on GPU, longer compiles)
     m.logits_chunk = 512                 # sequence chunk of vocabulary projections in losses
     m.vocab_size = 0                     # 0 = from the tokenizer (scratch models only)
-    m.overrides = ConfigDict()           # any other ModelConfig field, e.g. num_layers=2
+    m.overrides = ""                     # other ModelConfig fields: "num_layers=3,hidden_size=96"
 
     # ------------------------------------------------------------------ mesh & processes
     c.mesh = ConfigDict()

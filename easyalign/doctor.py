@@ -195,7 +195,8 @@ def main_model(config) -> tuple[ModelConfig, str]:
     m = config.model
     numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
                     remat=m.remat, scan_layers=m.scan_layers,
-                    head="scalar" if config.phase == "reward" else "lm", **dict(m.overrides))
+                    head="scalar" if config.phase == "reward" else "lm",
+                    **ModelConfig.parse_overrides(m.overrides))
     if m.init == "scratch":
         vocab, source = _vocab(config)
         extra = {"vocab_size": vocab} if vocab else {}

@@ -40,7 +40,7 @@ def test_config_loads_and_its_model_builds(name, arg):
     model_config = preset(m.preset, vocab_size=m.vocab_size or 1024, dtype=m.dtype,
                           param_dtype=m.param_dtype, attention_impl=m.attention_impl,
                           remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
-                          **dict(m.overrides))
+                          **ModelConfig.parse_overrides(m.overrides))
     _, state, shardings = abstract_model(model_config)
     assert sum(x.size for x in jax.tree.leaves(state)) == model_config.param_count()
     assert isinstance(ModelConfig.from_dict(model_config.to_dict()), ModelConfig)

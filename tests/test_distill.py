@@ -25,7 +25,7 @@ from easyalign.algorithms import distill_losses as DL
 from easyalign.hf import save_checkpoint_model
 from easyalign.model import create_model
 
-STUDENT = {"num_layers": 1, "intermediate_size": 64}
+STUDENT = "num_layers=1,intermediate_size=64"
 N_TEACHER = 64
 
 

@@ -143,7 +143,7 @@ def test_prompt_text_round_trip():
 
 def test_frozen_model_keeps_checkpoint_shape(pipeline):
     config = tiny_config(pipeline, "shape")
-    config.model.overrides = {"num_layers": 1}  # a student's override must not reach the teacher
+    config.model.overrides = "num_layers=1"  # a student's override must not reach the teacher
     teacher_data.teacher_tokenizer(config, config.teacher_data.teacher)
     run = common.prepare(config)
     model = teacher_data.frozen_model(run, "@dpo")

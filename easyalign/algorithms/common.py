@@ -221,15 +221,15 @@ def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     if m.init == "hf":
         from easyalign.hf import read_hf_config
 
-        return read_hf_config(m.path).replace(**numerics, **dict(m.overrides))
+        return read_hf_config(m.path).replace(**numerics, **ModelConfig.parse_overrides(m.overrides))
     if m.init == "checkpoint":
         from easyalign.hf import read_checkpoint_config
 
-        return read_checkpoint_config(m.path).replace(**numerics, **dict(m.overrides))
+        return read_checkpoint_config(m.path).replace(**numerics, **ModelConfig.parse_overrides(m.overrides))
     vocab = m.vocab_size or len(run.tokenizer)
     ids = dict(eos_token_id=run.tokenizer.eos_token_id, pad_token_id=pad_id(run),
                bos_token_id=run.tokenizer.bos_token_id)
-    return preset(m.preset, vocab_size=vocab, **ids, **numerics, **dict(m.overrides))
+    return preset(m.preset, vocab_size=vocab, **ids, **numerics, **ModelConfig.parse_overrides(m.overrides))
 
 
 def init_model(run: Run, model_cfg=None, *, head: str = "lm", seed: int | None = None

@@ -70,7 +70,7 @@ def frozen_model(run: common.Run, path: str, head: str = "lm"):
     """A read-only model (teacher, reward model) from an easyalign checkpoint, on the run's mesh,
     with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides."""
     block = ConfigDict(run.config.model.to_dict())
-    block.init, block.path, block.overrides = "checkpoint", common.stage_path(run.config, path), {}
+    block.init, block.path, block.overrides = "checkpoint", common.stage_path(run.config, path), ""
     return common.init_model(run, block, head=head)
 
 

@@ -18,6 +18,7 @@ they are. `head` chooses the output head on the shared trunk: `"lm"` (vocabulary
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 from typing import Any, Mapping
 
@@ -120,6 +121,25 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"ModelConfig: unknown key(s) {unknown}; valid keys: {sorted(names)}")
         return cls(**values)
+
+    @staticmethod
+    def parse_overrides(text: str) -> dict[str, Any]:
+        """`"num_layers=3,hidden_size=96"` → {"num_layers": 3, "hidden_size": 96}: field
+        overrides as written on a command line (values are Python literals, else strings)."""
+        out: dict[str, Any] = {}
+        for item in filter(None, (part.strip() for part in text.split(","))):
+            key, eq, raw = item.partition("=")
+            if not eq:
+                raise ValueError(f"model overrides: {item!r} is not field=value")
+            try:
+                out[key.strip()] = ast.literal_eval(raw.strip())
+            except (ValueError, SyntaxError):
+                out[key.strip()] = raw.strip()
+        names = {f.name for f in dataclasses.fields(ModelConfig)}
+        unknown = sorted(set(out) - names)
+        if unknown:
+            raise ValueError(f"model overrides: unknown field(s) {unknown}")
+        return out
 
     def param_count(self) -> int:
         """Parameters by formula (the tests also count them through `jax.eval_shape`)."""

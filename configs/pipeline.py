@@ -1,0 +1,34 @@
+"""The whole pipeline in one run directory: base → SFT → reward → DPO, PPO → teacher data →
+distillation → evaluation → latency (`easyalign pipeline`, module `easyalign/pipeline.py`).
+
+    easyalign pipeline --config=configs/pipeline.py:tiny          # the README's main command
+    easyalign pipeline --config=configs/pipeline.py:tiny \
+        --config.pipeline.overrides="('sft:train.steps=600', 'dpo:dpo.beta=0.2')"
+
+Presets: `tiny` — the built-in world on a laptop-class CPU in a few minutes (every stage's own
+`tiny` preset).
+"""
+
+from ml_collections import ConfigDict
+
+from configs import base
+
+STAGES = ("base", "sft", "reward", "dpo", "ppo", "teacher_data=teacher-data", "distill",
+          "eval", "latency")
+
+
+def get_config(preset: str = ""):
+    c = base.get_config()
+    c.phase = "pipeline"
+    c.workdir = "runs/demo"              # every stage's workdir is <workdir>/<stage>
+    c.pipeline = p = ConfigDict()
+    p.stages = STAGES                    # "name=command[:preset]" in order ("sft" = "sft=sft")
+    p.preset = ""                        # preset of every stage's config file
+    p.teacher = "dpo"                    # the aligned teacher distilled into the student (dpo|ppo)
+    p.overrides = ()                     # "stage:key=value" config overrides of single stages
+    if preset == "tiny":
+        p.preset = "tiny"
+        c.workdir = "runs/tiny"
+    elif preset:
+        raise ValueError(f"configs/pipeline.py: unknown preset {preset!r} (tiny)")
+    return c

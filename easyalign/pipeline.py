@@ -1,0 +1,241 @@
+"""`easyalign pipeline` and `easyalign ablate`: every stage, in order, in one run directory.
+
+    runs/<name>/
+      world-<hash>/        the built-in world and its tokenizer (shared by every stage)
+      base/model           the untrained model (the table's floor)
+      sft/ reward/ dpo/ ppo/ teacher_data/ distill/     one workdir per training stage
+      eval/results.{json,md,png}   every model variant on the same held-out prompts
+      latency/latency.{json,md}    teacher vs student speed and memory
+
+A stage is `name=command[:preset]` (`configs/pipeline.py`): its config is the command's config
+file with `pipeline.preset` (or its own preset), workdir `runs/<name>/<stage>`, the pipeline's
+world / mesh / process settings, and any `pipeline.overrides` entry `stage:key=value`. Stages
+refer to each other as `@<stage>` (`algorithms.common.stage_path`). A stage whose outputs are
+complete is skipped, so re-running the command resumes a killed pipeline (and the stage that
+was running resumes from its own last checkpoint).
+
+Ablations (`configs/ablations.py`) are the same mechanism with more stages: off-policy vs
+on-policy distillation at equal student steps, reward-weighted vs unweighted distillation —
+and the SFT / DPO / PPO rows of the same table compare the alignment methods.
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import time
+from pathlib import Path
+
+import jax
+
+from easyalign import cli
+from easyalign.algorithms import common
+
+# Commands whose stage produces a model the evaluation compares (stage name = variant name,
+# except that the main distillation stage is reported as the `student`).
+MODEL_COMMANDS = ("base", "sft", "dpo", "ppo", "distill")
+CONFIG_FILES = {"base": "sft", "teacher-data": "teacher_data"}
+
+
+def parse_stage(spec: str, default_preset: str) -> tuple[str, str, str]:
+    """`name=command[:preset]` → (name, command, preset)."""
+    name, _, rest = spec.partition("=")
+    command, _, preset = (rest or name).partition(":")
+    if command != "base" and command not in cli.PHASES:
+        raise ValueError(f"pipeline stage {spec!r}: unknown command {command!r}; "
+                         f"known: base, {', '.join(cli.PHASES)}")
+    return name, command, preset or default_preset
+
+
+def parse_overrides(entries) -> dict[str, list[tuple[str, object]]]:
+    """`stage:key=value` strings → {stage: [(key, value)]}; values parsed as Python literals."""
+    out: dict[str, list[tuple[str, object]]] = {}
+    for entry in entries:
+        stage, _, assignment = entry.partition(":")
+        key, eq, raw = assignment.partition("=")
+        if not eq:
+            raise ValueError(f"pipeline.overrides entry {entry!r}: expected stage:key=value")
+        try:
+            value = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw
+        out.setdefault(stage, []).append((key, value))
+    return out
+
+
+def _set(config, dotted: str, value) -> None:
+    *parents, leaf = dotted.split(".")
+    node = config
+    for part in parents:
+        node = node[part]
+    if leaf not in node:
+        raise ValueError(f"pipeline.overrides: unknown config key {dotted!r}")
+    node[leaf] = value
+
+
+def stage_config(pipe, name: str, command: str, preset: str, overrides):
+    """The config of one stage (module docstring)."""
+    module = importlib.import_module(f"configs.{CONFIG_FILES.get(command, command)}")
+    config = module.get_config("" if command in ("eval", "latency") else preset)
+    config.workdir = str(Path(pipe.workdir).absolute() / name)
+    for block in ("mesh", "distributed"):
+        config[block] = pipe[block]
+    config.data.world = pipe.data.world
+    config.train.progress_bar = pipe.train.progress_bar
+    for key, value in overrides.get(name, []):
+        _set(config, key, value)
+    return config
+
+
+def stage_done(command: str, config) -> bool:
+    """Are the stage's outputs complete? (eval: for exactly the variants asked for now)."""
+    workdir = Path(config.workdir)
+    if command == "teacher-data":
+        return False  # it checks its own settings and skips itself when complete
+    if command == "eval":
+        from easyalign.eval.report import load_results
+
+        path = workdir / "results.json"
+        wanted = {entry.split("=", 1)[0] for entry in config.eval.variants}
+        return path.exists() and set(load_results(path)) == wanted
+    if command == "latency":
+        return (workdir / "latency.json").exists()
+    return common.stage_done(workdir)
+
+
+def save_base(config) -> None:
+    """The untrained model of the SFT shape, saved like a stage's final model."""
+    run = common.prepare(config)
+    model = common.init_model(run, head="lm")
+    graphdef, params = common.frozen_params(model)
+    common.save_model(run, params, graphdef)
+
+
+def _variants(stages) -> list[tuple[str, str]]:
+    """(variant, stage) for every stage that makes a model the evaluation compares."""
+    return [("student" if name == "distill" else name, name)
+            for name, command, _ in stages if command in MODEL_COMMANDS]
+
+
+def _configure_eval(config, pipe, stages) -> None:
+    stage_names = {name for name, _, _ in stages}
+    config.eval.variants = tuple(f"{variant}={common.stage_path(config, '@' + stage)}"
+                                 for variant, stage in _variants(stages))
+    if "sft" in stage_names:
+        config.eval.reference = common.stage_path(config, "@sft")
+    if "reward" in stage_names:
+        config.eval.reward_model = common.stage_path(config, "@reward")
+
+
+def _configure_latency(config, pipe, stages) -> None:
+    # Variant names as in the evaluation, so the summary finds their alignment scores.
+    teacher = pipe.pipeline.teacher
+    config.latency.variants = (f"{teacher}={common.stage_path(config, '@' + teacher)}",
+                               f"student={common.stage_path(config, '@distill')}")
+    config.latency.teacher, config.latency.student = teacher, "student"
+    config.latency.results = str(Path(pipe.workdir).absolute() / "eval" / "results.json")
+
+
+def run_stages(pipe) -> list[tuple[str, str, str]]:
+    p = pipe.pipeline
+    stages = [parse_stage(spec, p.preset) for spec in p.stages]
+    overrides = parse_overrides(p.overrides)
+    unknown = set(overrides) - {name for name, _, _ in stages}
+    if unknown:
+        raise ValueError(f"pipeline.overrides names unknown stage(s) {sorted(unknown)}")
+    for name, command, preset in stages:
+        config = stage_config(pipe, name, command, preset, overrides)
+        if command == "eval":
+            _configure_eval(config, pipe, stages)
+        elif command == "latency":
+            _configure_latency(config, pipe, stages)
+        elif command in ("teacher-data", "distill"):
+            config[CONFIG_FILES.get(command, command)].teacher = "@" + p.teacher
+        workdir = Path(config.workdir)
+        if stage_done(command, config):
+            _say(f"{name}: complete, skipped ({workdir})")
+            continue
+        _say(f"{name}: {command}" + (f" ({preset})" if preset else "") + f" → {workdir}")
+        start = time.perf_counter()
+        if command == "base":
+            save_base(config)
+        else:
+            cli.phase_function(command)(config)
+        _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
+    return stages
+
+
+def _say(message: str) -> None:
+    if jax.process_index() == 0:
+        print(f"[pipeline] {message}", flush=True)
+
+
+def print_results(pipe) -> None:
+    """The evaluation table and the latency summary line of this run directory."""
+    if jax.process_index() != 0:
+        return
+    root = Path(pipe.workdir).absolute()
+    table = root / "eval" / "results.md"
+    if table.exists():
+        text = table.read_text()
+        print("\n" + text.split("\n\n## ")[0].strip() + "\n")
+    summary = root / "latency" / "latency.md"
+    if summary.exists():
+        lines = [line for line in summary.read_text().splitlines()
+                 if line.startswith("Student:")]
+        if lines:
+            print(lines[0])
+
+
+def run(config) -> None:
+    start = time.perf_counter()
+    run_stages(config)
+    print_results(config)
+    _say(f"all stages complete in {time.perf_counter() - start:.0f} s; outputs in "
+         f"{Path(config.workdir).absolute()}")
+
+
+# Ablation tables: (title, variants compared, metrics shown). Variants absent from the run are
+# left out; a table with fewer than two rows is not printed.
+ABLATIONS = (
+    ("Alignment method (safety)", ("sft", "dpo", "ppo"),
+     ("harmful_refusal", "benign_over_refusal", "unknown_idk", "reward", "kl_ref",
+      "alignment_score")),
+    ("Distillation: on-policy vs off-policy (equal student steps)",
+     ("student", "student_offline"),
+     ("alignment_score", "instruction_em", "harmful_refusal", "benign_over_refusal",
+      "unknown_idk", "reward")),
+    ("Distillation: reward-weighted vs unweighted", ("student", "student_reward_weighted"),
+     ("alignment_score", "instruction_em", "harmful_refusal", "benign_over_refusal",
+      "unknown_idk", "reward")),
+)
+
+
+def ablation_tables(results: dict[str, dict]) -> str:
+    """Markdown tables of `ABLATIONS` from eval results `{variant: metrics}`."""
+    parts = []
+    for title, variants, metrics in ABLATIONS:
+        rows = [v for v in variants if v in results]
+        if len(rows) < 2:
+            continue
+        lines = [f"### {title}", "", "| variant | " + " | ".join(metrics) + " |",
+                 "|---" * (len(metrics) + 1) + "|"]
+        for v in rows:
+            cells = [results[v].get(m) for m in metrics]
+            lines.append(f"| {v} | " + " | ".join("–" if c is None else f"{c:.3f}"
+                                                   for c in cells) + " |")
+        parts.append("\n".join(lines))
+    return "\n\n".join(parts) + "\n"
+
+
+def run_ablations(config) -> None:
+    """The ablation stages, then their comparison tables (also in `<workdir>/ablations.md`)."""
+    from easyalign.eval.report import load_results
+
+    run(config)
+    if jax.process_index() != 0:
+        return
+    tables = ablation_tables(load_results(Path(config.workdir).absolute() / "eval" /
+                                          "results.json"))
+    (Path(config.workdir).absolute() / "ablations.md").write_text(tables)
+    print("\n" + tables)
