@@ -48,7 +48,7 @@ def main():
     graphdef, params = nnx.split(create_model(student_cfg, mesh, seed=0))
     wiring = DL.Wiring(mode="on_policy", divergence="jsd", beta=0.5, temperature=1.0,
                        sampling=Temperature(1.0), max_new_tokens=new, stop_tokens=(), pad_id=0,
-                       teacher=teacher_graphdef, chunk=512)
+                       teacher=teacher_graphdef)
     tx, schedule = optim.make_optimizer(base.get_config().optim, 1000)
     frozen = {"teacher": teacher_params, "reward": None}
     for batch_size in args.batch:

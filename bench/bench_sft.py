@@ -11,7 +11,6 @@ import argparse
 import common  # noqa: F401  (sets XLA flags before jax)
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 

@@ -5,8 +5,6 @@ aimed at the piece that costs. Run on the GPU: `python bench/profile_parts.py [-
 """
 
 import argparse
-import os
-import sys
 
 import common  # noqa: F401
 

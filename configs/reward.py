@@ -4,7 +4,6 @@
 Presets: `tiny` (the built-in world, about a minute on a 2-core CPU).
 """
 
-from pathlib import Path
 
 from configs import base
 

@@ -48,6 +48,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from easyalign import sharding
+from easyalign.data.tokenize import render_prompt
 from easyalign.model import KVCache
 
 # ----------------------------------------------------------------------------- sampling methods
@@ -160,6 +161,22 @@ def sampling_from_config(name: str, **kwargs: Any) -> SamplingMethod:
         raise ValueError(f"sampling method {name!r}: unknown argument(s) {unknown}; "
                          f"valid: {sorted(fields)}")
     return cls(**kwargs)
+
+
+def sampling_method(name: str, temperature: float = 1.0, top_k: int = 40,
+                    top_p: float = 0.9) -> SamplingMethod:
+    """The method a config names, from the flat fields configs carry (unused ones ignored)."""
+    arguments = {"greedy": {}, "temperature": {"temperature": temperature},
+                 "top_k": {"k": top_k, "temperature": temperature},
+                 "top_p": {"p": top_p, "temperature": temperature}}
+    if name not in arguments:
+        raise ValueError(f"unknown sampling method {name!r}; valid: {sorted(arguments)}")
+    return sampling_from_config(name, **arguments[name])
+
+
+def method_from_config(block) -> SamplingMethod:
+    """`sampling_method` of a config block with `sampling`, `temperature`, `top_k`, `top_p`."""
+    return sampling_method(block.sampling, block.temperature, block.top_k, block.top_p)
 
 
 # ----------------------------------------------------------------------------- generate
@@ -338,11 +355,9 @@ class Sampler:
         return cls(graphdef, state, tokenizer, **kwargs)
 
     def encode(self, prompt: str) -> list[int]:
-        """Token ids of a one-turn user prompt, ready for the assistant's reply."""
-        text = self.tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], tokenize=False, add_generation_prompt=True)
-        # The template already spells out BOS and the role markers.
-        return self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        """Token ids of a one-turn user prompt, ready for the assistant's reply (rendered
+        exactly as training renders prompts)."""
+        return render_prompt(self.tokenizer, [{"role": "user", "content": prompt}])
 
     def sample_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 128,
                      method: SamplingMethod = Greedy(), seed: int = 0) -> list[dict[str, Any]]:

@@ -151,24 +151,9 @@ def _define_sample(fv: flags.FlagValues) -> None:
                       flag_values=fv)
 
 
-def sampling_method(name: str, temperature: float, top_k: int, top_p: float):
-    """The sampler's method object for a method name and its parameters (unused ones ignored)."""
-    from easyalign.sampler import sampling_from_config
-
-    kwargs = {"greedy": {}, "temperature": {"temperature": temperature},
-              "top_k": {"k": top_k, "temperature": temperature},
-              "top_p": {"p": top_p, "temperature": temperature}}
-    if name not in kwargs:
-        raise ToolError(f"sampling method {name!r} is not one of {sorted(kwargs)}")
-    try:
-        return sampling_from_config(name, **kwargs[name])
-    except ValueError as e:
-        raise ToolError(str(e)) from None
-
-
 def _sample(args: list[str]) -> None:
     from easyalign.eval.suites import load_model, load_tokenizer
-    from easyalign.sampler import Sampler
+    from easyalign.sampler import Sampler, sampling_method
 
     fv = _flags("sample", args, _define_sample)
     if not fv.checkpoint:
@@ -177,7 +162,10 @@ def _sample(args: list[str]) -> None:
         raise ToolError('missing --prompt="..." (repeat the flag for several prompts)')
     if fv.max_new_tokens < 1:
         raise ToolError(f"--max_new_tokens must be ≥ 1, got {fv.max_new_tokens}")
-    method = sampling_method(fv.method, fv.temperature, fv.top_k, fv.top_p)
+    try:
+        method = sampling_method(fv.method, fv.temperature, fv.top_k, fv.top_p)
+    except ValueError as e:
+        raise ToolError(str(e)) from None
     path, _ = resolve_model_dir(fv.checkpoint)
     mesh = _mesh(fv)
     model = load_model(path, mesh, fv.dtype)

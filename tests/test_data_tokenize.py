@@ -13,7 +13,7 @@ from easyalign.data.records import (normalize_preference, normalize_prompts, nor
                                     normalize_teacher)
 from easyalign.data.sources import DataError, Record, load_records
 from easyalign.data.tokenize import (TruncationPolicy, TruncationStats, pad_token_id,
-                                     tokenize_examples, tokenize_sft)
+                                     tokenize_examples)
 
 SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
                              Path(__file__).resolve().parents[2] / "shared" / "data"))

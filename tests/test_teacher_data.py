@@ -22,6 +22,7 @@ from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
 from easyalign.hf import load_checkpoint_model, save_checkpoint_model
 from easyalign.model import create_model, preset
+from easyalign.sampler import method_from_config
 
 N_PROMPTS, TOPK = 16, 3
 
@@ -124,10 +125,10 @@ def test_unfinished_and_empty_responses(pipeline):
 def test_sampling_method_and_errors():
     config = teacher_data_config.get_config("tiny").teacher_data
     config.sampling = "top_p"
-    assert teacher_data.sampling_method(config).p == config.top_p
+    assert method_from_config(config).p == config.top_p
     config.sampling = "beam"
     with pytest.raises(ValueError, match="beam"):
-        teacher_data.sampling_method(config)
+        method_from_config(config)
 
 
 def test_prompt_text_round_trip():

@@ -142,15 +142,21 @@ def stage_path(config, value: str) -> str:
     return value
 
 
+def start_workdir(config) -> Path:
+    """Create `config.workdir` and write the resolved config into it (process 0)."""
+    workdir = Path(config.workdir).absolute()
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    return workdir
+
+
 def prepare(config) -> Run:
     """Start processes, build the mesh, create the workdir and record the resolved config."""
     config.model.path = stage_path(config, config.model.path)
     distributed.initialize_from_config(config)
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = Path(config.workdir).absolute()
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    workdir = start_workdir(config)
     world = ensure_world(config) if uses_world(config) else None
     return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
                world_dir=world)

@@ -56,6 +56,7 @@ from easyalign.algorithms import common, distill_losses as DL, teacher_data
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data.collate import TOPK_KEYS
+from easyalign.sampler import method_from_config
 
 
 def check_config(config) -> None:
@@ -190,7 +191,7 @@ def setup(config) -> Setup:
     on_policy = d.mode == "on_policy"
     wiring = DL.Wiring(
         mode=d.mode, divergence=d.divergence, beta=d.beta, temperature=d.temperature,
-        sampling=teacher_data.sampling_method(d), max_new_tokens=d.max_new_tokens,
+        sampling=method_from_config(d), max_new_tokens=d.max_new_tokens,
         stop_tokens=teacher_data.stop_tokens(run_.tokenizer, student.config),
         pad_id=common.pad_id(run_), packed=config.data.pack, topk_weight=d.topk_weight,
         reward_temperature=d.reward_temperature,

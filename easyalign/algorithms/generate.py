@@ -48,9 +48,9 @@ from ml_collections import ConfigDict
 from easyalign import sharding
 from easyalign.algorithms import common
 from easyalign.data import loader as data_loader
-from easyalign.sampler import bucket_length
+from easyalign.sampler import bucket_length, method_from_config
 from easyalign.sampler import generate as sampler_generate
-from easyalign.tools import resolve_model_dir, sampling_method
+from easyalign.tools import resolve_model_dir
 from easyalign.train.loop import to_global_batch
 
 OUTPUT = "generations.jsonl"
@@ -72,7 +72,7 @@ def completions(run: common.Run, model, prompts: list[dict], g
     """
     graphdef, params = nnx.split(model)
     width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
-    method = sampling_method(g.sampling, g.temperature, g.top_k, g.top_p)
+    method = method_from_config(g)
     stops, pad = stop_tokens(run.tokenizer, model.config), common.pad_id(run)
 
     def sample(params, batch, rng):

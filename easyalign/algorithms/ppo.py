@@ -59,7 +59,7 @@ from easyalign.algorithms import common, rollout
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import metrics as train_metrics
 from easyalign.train import optim, state as train_state
-from easyalign.train.loop import NonFiniteLossError, to_global_batch
+from easyalign.train.loop import NonFiniteLossError, mean_metrics, to_global_batch
 from easyalign.train.step import make_train_step
 
 KL_CONTROLLERS = ("fixed", "adaptive")
@@ -247,8 +247,7 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
                                   jnp.float32)
             last = it == iterations
             if it % t.log_every == 0 or last:
-                fetched = jax.device_get(pending)
-                values = {k: float(np.mean([m[k] for m in fetched])) for k in fetched[-1]}
+                values = mean_metrics(pending)
                 if not math.isfinite(values["loss"]):
                     raise NonFiniteLossError(
                         f"non-finite loss at iteration {it}; the last complete checkpoint is "

@@ -58,7 +58,7 @@ from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
 from easyalign.model.scoring import chunked, fit_chunk
-from easyalign.sampler import bucket_length, generate, sampling_from_config
+from easyalign.sampler import bucket_length, generate, method_from_config
 from easyalign.train.loop import to_global_batch
 
 OUTPUT = "teacher_data.jsonl"
@@ -79,16 +79,6 @@ def teacher_tokenizer(config, path: str) -> None:
     candidate = Path(common.stage_path(config, path)) / "tokenizer"
     if not config.data.tokenizer and candidate.is_dir():
         config.data.tokenizer = str(candidate)
-
-
-def sampling_method(t):
-    """The `SamplingMethod` a `teacher_data` / `distill` block describes."""
-    kwargs = {"greedy": {}, "temperature": {"temperature": t.temperature},
-              "top_k": {"k": t.top_k, "temperature": t.temperature},
-              "top_p": {"p": t.top_p, "temperature": t.temperature}}
-    if t.sampling not in kwargs:
-        raise ValueError(f"sampling {t.sampling!r} is not one of {sorted(kwargs)}")
-    return sampling_from_config(t.sampling, **kwargs[t.sampling])
 
 
 def stop_tokens(tokenizer, model_config) -> tuple[int, ...]:
@@ -114,7 +104,7 @@ def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dic
     """
     graphdef, params = nnx.split(model)
     width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
-    method = sampling_method(t)
+    method = method_from_config(t)
     stops = stop_tokens(run.tokenizer, model.config)
     replicated = NamedSharding(run.mesh, PartitionSpec())
 

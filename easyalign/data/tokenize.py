@@ -45,7 +45,7 @@ import numpy as np
 
 from .sources import DataError
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "TruncationPolicy", "TruncationStats", "pad_token_id",
+__all__ = ["DEFAULT_CHAT_TEMPLATE", "TruncationPolicy", "TruncationStats", "pad_token_id", "render_prompt",
            "tokenize_examples", "tokenize_sft", "tokenize_preference", "tokenize_prompt",
            "tokenize_teacher"]
 
@@ -114,8 +114,12 @@ def _encode(tokenizer, text: str) -> list[int]:
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
-def _render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
-    # A tokenizer's own template wins; the default only fills in where there is none.
+def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
+    """Token ids of `messages` rendered with the chat template and the generation prompt.
+
+    A tokenizer's own template wins; `DEFAULT_CHAT_TEMPLATE` only fills in where there is none.
+    Training, the sampler and evaluation all render prompts here, so they see the same tokens.
+    """
     template = None if getattr(tokenizer, "chat_template", None) else DEFAULT_CHAT_TEMPLATE
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
                                          tokenize=False, chat_template=template)
@@ -178,7 +182,7 @@ def tokenize_sft(example: dict, tokenizer, policy: TruncationPolicy,
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        context = _render_prompt(tokenizer, messages[:i])
+        context = render_prompt(tokenizer, messages[:i])
         if context[:len(tokens)] != tokens:
             raise DataError(example["source"], "the chat template breaks the prefix property: "
                             "rendering the conversation up to this turn does not start with the "
@@ -205,7 +209,7 @@ def tokenize_teacher(example: dict, tokenizer, policy: TruncationPolicy,
     """``{prompt, teacher_response[, teacher_topk]}`` -> SFT layout, plus, with top-k,
     ``teacher_topk_ids [L, k] int32`` / ``teacher_topk_logprobs [L, k] float32`` whose row t
     holds the teacher's candidates for token t (zeros where ``loss_mask`` is 0)."""
-    prompt = _render_prompt(tokenizer, example["prompt"])
+    prompt = render_prompt(tokenizer, example["prompt"])
     response = _encode(tokenizer, example["teacher_response"]) + [_eos_id(tokenizer)]
     topk = example.get("teacher_topk")
     if topk is not None and len(topk["ids"]) != len(response):
@@ -231,7 +235,7 @@ def tokenize_preference(example: dict, tokenizer, policy: TruncationPolicy,
     """``{prompt, chosen, rejected}`` -> ``{chosen_tokens, chosen_loss_mask, rejected_tokens,
     rejected_loss_mask}``: two sequences sharing one (identically truncated) prompt."""
     eos = _eos_id(tokenizer)
-    prompt = _render_prompt(tokenizer, example["prompt"])
+    prompt = render_prompt(tokenizer, example["prompt"])
     responses = [_encode(tokenizer, example[side]) + [eos] for side in ("chosen", "rejected")]
     fit = _fit(example, len(prompt), [len(r) for r in responses], policy, stats)
     if fit is None:
@@ -246,7 +250,7 @@ def tokenize_preference(example: dict, tokenizer, policy: TruncationPolicy,
 def tokenize_prompt(example: dict, tokenizer, policy: TruncationPolicy,
                     stats: TruncationStats) -> dict[str, Any] | None:
     """``{prompt}`` -> ``{prompt_tokens [L] int32}``, generation prompt appended, left-truncated."""
-    prompt = _render_prompt(tokenizer, example["prompt"])
+    prompt = render_prompt(tokenizer, example["prompt"])
     fit = _fit(example, len(prompt), [], policy, stats)
     if fit is None:
         return None

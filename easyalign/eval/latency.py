@@ -212,9 +212,9 @@ def run(config) -> dict:
                   f"latency.results={c.results!r}")
     doc = {"settings": settings, "variants": entries, "summary": summary}
     if not multi_process or jax.process_index() == 0:
-        workdir = Path(config.workdir).absolute()
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        from easyalign.algorithms.common import start_workdir
+
+        workdir = start_workdir(config)
         (workdir / "latency.json").write_text(json.dumps(doc, indent=2) + "\n")
         (workdir / "latency.md").write_text(markdown(entries, settings, summary))
         print(f"[latency] wrote {workdir / 'latency.json'}, latency.md")

@@ -52,7 +52,7 @@ from easyalign.eval import report, scoring
 from easyalign.eval.suites import (Suite, load_mc_task, load_model, load_tokenizer,
                                    parse_extra_suites, parse_named_paths, same_vocabulary,
                                    extra_suite, world_suites)
-from easyalign.sampler import Sampler, Temperature, sampling_from_config
+from easyalign.sampler import Sampler, Temperature, method_from_config
 
 KL_SAMPLES = ("responses", "temperature")
 
@@ -63,16 +63,6 @@ class Frozen:
 
     model: Any
     tokenizer: Any
-
-
-def sampling_method(e):
-    """The sampling method of `eval.sampling` (+ temperature / top_k / top_p)."""
-    args = {"greedy": {}, "temperature": {"temperature": e.temperature},
-            "top_k": {"k": e.top_k, "temperature": e.temperature},
-            "top_p": {"p": e.top_p, "temperature": e.temperature}}
-    if e.sampling not in args:
-        raise ValueError(f"eval.sampling: {e.sampling!r} is not one of {sorted(args)}")
-    return sampling_from_config(e.sampling, **args[e.sampling])
 
 
 def load_suites(config, world: Path | None) -> list[Suite]:
@@ -136,7 +126,7 @@ def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, me
     items = [(suite, item) for suite in suites for item in suite.items]
     prompts = [item["prompt"] for _, item in items]
     outs = sampler.sample_texts(prompts, max_new_tokens=e.max_new_tokens,
-                                method=sampling_method(e), seed=e.seed)
+                                method=method_from_config(e), seed=e.seed)
     records = []
     for (suite, item), out in zip(items, outs):
         length = len(out["tokens"]) - int(out["finished"])  # the stop token is not content
@@ -180,7 +170,7 @@ def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, me
 
 def run(config) -> dict:
     """Evaluate every variant; write and return the results document."""
-    from easyalign.algorithms.common import ensure_world
+    from easyalign.algorithms.common import ensure_world, start_workdir
 
     e = config.eval
     if e.kl_samples not in KL_SAMPLES:
@@ -191,10 +181,7 @@ def run(config) -> dict:
                          "--config.eval.variants=\"('sft=runs/sft/model',)\"")
     distributed.initialize_from_config(config)
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = Path(config.workdir).absolute()
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+    workdir = start_workdir(config)
     world = ensure_world(config) if e.suites else None
     fallback = e.tokenizer or (str(world / "tokenizer") if world else None)
     suites = load_suites(config, world)

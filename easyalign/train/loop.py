@@ -62,7 +62,8 @@ class StepHooks:
     after_log: Callable[[int, Any, dict], None] | None = None
 
 
-def _mean_metrics(pending: list[dict]) -> dict[str, float]:
+def mean_metrics(pending: list[dict]) -> dict[str, float]:
+    """Fetch a list of per-step device metrics and average each key."""
     fetched = jax.device_get(pending)  # host-device sync point
     keys = fetched[-1].keys()
     return {k: float(np.mean([np.asarray(m[k]) for m in fetched])) for k in keys}
@@ -95,7 +96,7 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
                              int(np.prod(next(iter(host_batch.values())).shape[:2])))
         last = step == loop.total_steps
         if step % loop.log_every == 0 or last:
-            values = _mean_metrics(pending)
+            values = mean_metrics(pending)
             pending = []
             if not math.isfinite(values["loss"]):
                 raise NonFiniteLossError(
