@@ -69,7 +69,7 @@ def main():
         tokens = batch * seq
         flops = common.train_flops_per_token(config.param_count(), config.num_layers,
                                              config.hidden_size, seq)
-        common.log(what="easyalign_sft_step", preset=args.preset,
+        common.log(what="easyalign_sft_step", preset="tiny" if tiny else args.preset,
                    batch=batch, seq=seq, remat=args.remat, param_dtype=args.param_dtype,
                    scan_layers=bool(args.scan), logits_chunk=args.chunk,
                    xla_flags=common.extra_flags(),
