@@ -8,6 +8,7 @@
 #                 fit 2 × 80 GB), fp32 master weights + fp32 AdamW state on 4 or more
 #   multiprocess  one process per GPU (jax.distributed) vs one process over all N: same losses
 #   distill64     on-policy distillation at batch 64 on one GPU (does it fit?)
+#   profile       kernel profile and step timeline of the SFT step on N GPUs (exposed collectives)
 # Output: JSON lines in $OUT/bench_x$N.jsonl (docs/bench-results/ keeps those of past calls).
 set -uo pipefail
 N=${1:?number of GPUs}; shift
@@ -45,5 +46,8 @@ multiprocess)
 distill64)
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 150 python3 bench/bench_distill.py \
     --batch 64 --steps 2 ;;
+profile)
+  XLA_FLAGS=$COLLECTIVES run 150 python3 bench/profile_trace.py --what sft --batch 8 \
+    --devices "$N" --top 12 ;;
 *) echo "unknown part $part" >&2; exit 2 ;;
 esac; done
