@@ -107,6 +107,19 @@ def constrain(x: jax.Array, names: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, logical_spec(names))
 
 
+def batch_shards() -> int:
+    """How many ways the current mesh splits a batch (`data × fsdp`); 1 outside a mesh.
+
+    Shapes seen while tracing are global; per-device memory budgets divide by this.
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty:
+        return 1
+    axes = dict(LOGICAL_RULES)["batch"]
+    axes = (axes,) if isinstance(axes, str) else axes
+    return math.prod(mesh.shape[a] for a in axes if a in mesh.shape)
+
+
 def state_shardings(abstract_state, mesh: Mesh):
     """NamedShardings for an (abstract) nnx State, from each variable's logical annotation."""
     with use_mesh(mesh):

@@ -120,3 +120,27 @@ def test_registry_rejects_unknown_name_listing_valid(registry, valid):
         losses.get(registry, "nope", "thing")
     first = sorted(registry)[0]
     assert losses.get(registry, first, "thing") is registry[first]
+
+
+def test_logits_chunk_budget_is_per_device():
+    """Shapes are global while tracing: the logits budget must divide the batch by its shards.
+
+    64 rows × 128K vocabulary exceed the 8 GiB float32 budget in one 2048 chunk on one device
+    (→ 261 positions), but over a mesh that splits the batch 8 ways each device holds 8 rows,
+    which fit the whole chunk.
+    """
+    from jax.sharding import AbstractMesh, AxisType
+
+    from easyalign import sharding
+    from easyalign.model.scoring import LOGITS_BUDGET_BYTES, fit_chunk
+
+    single = fit_chunk(2048, 64, 128256)
+    assert single == LOGITS_BUDGET_BYTES // (64 * 128256 * 4) < 2048
+    mesh = AbstractMesh((2, 4, 1), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    with jax.sharding.use_abstract_mesh(mesh):
+        assert sharding.batch_shards() == 8
+        assert fit_chunk(2048, 64, 128256) == 2048
+        assert fit_chunk(2048, 512, 128256) == single  # 64 rows per device again
+    tensor_only = AbstractMesh((1, 1, 4), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+    with jax.sharding.use_abstract_mesh(tensor_only):
+        assert fit_chunk(2048, 64, 128256) == single  # tensor parallelism does not split rows

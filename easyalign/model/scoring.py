@@ -18,16 +18,24 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from easyalign import sharding
+
 DEFAULT_CHUNK = 512  # = ModelConfig.logits_chunk's default
 # At most this many bytes of float32 logits per chunk: a large batch gets shorter chunks.
 LOGITS_BUDGET_BYTES = 8 * 2**30
 
 
 def fit_chunk(requested: int, batch: int, vocab: int, tensors: int = 1) -> int:
-    """The chunk length: `requested`, shortened so that `tensors` float32 `[batch, chunk, vocab]`
-    arrays stay within `LOGITS_BUDGET_BYTES` (an on-policy batch of 64 rows must not hold
-    64 × 512 × 128K logits several times over)."""
-    return max(1, min(requested, LOGITS_BUDGET_BYTES // (tensors * batch * vocab * 4)))
+    """The chunk length: `requested`, shortened so that `tensors` float32 `[rows, chunk, vocab]`
+    arrays stay within `LOGITS_BUDGET_BYTES` per device (an on-policy batch of 64 rows must not
+    hold 64 × 512 × 128K logits several times over).
+
+    `batch` is the global batch seen while tracing; each device holds `rows = batch / shards`
+    of it under the current mesh. (Budgeting the global batch chunked — and recomputed — the
+    logits of a 4-GPU FSDP step whose per-device batch fits in one chunk.)
+    """
+    rows = -(-batch // sharding.batch_shards())
+    return max(1, min(requested, LOGITS_BUDGET_BYTES // (tensors * rows * vocab * 4)))
 
 
 @jax.custom_vjp
