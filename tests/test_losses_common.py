@@ -141,6 +141,8 @@ def test_logits_chunk_budget_is_per_device():
         assert sharding.batch_shards() == 8
         assert fit_chunk(2048, 64, 128256) == 2048
         assert fit_chunk(2048, 512, 128256) == single  # 64 rows per device again
+        # 68 rows do not split 8 ways evenly (the batch may be replicated): budgeted whole.
+        assert fit_chunk(2048, 68, 128256) == LOGITS_BUDGET_BYTES // (68 * 128256 * 4)
     tensor_only = AbstractMesh((1, 1, 4), sharding.MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     with jax.sharding.use_abstract_mesh(tensor_only):
         assert fit_chunk(2048, 64, 128256) == single  # tensor parallelism does not split rows

@@ -32,9 +32,11 @@ def fit_chunk(requested: int, batch: int, vocab: int, tensors: int = 1) -> int:
 
     `batch` is the global batch seen while tracing; each device holds `rows = batch / shards`
     of it under the current mesh. (Budgeting the global batch chunked — and recomputed — the
-    logits of a 4-GPU FSDP step whose per-device batch fits in one chunk.)
+    logits of a 4-GPU FSDP step whose per-device batch fits in one chunk.) A batch the mesh
+    cannot split evenly is budgeted whole: it may be replicated.
     """
-    rows = -(-batch // sharding.batch_shards())
+    shards = sharding.batch_shards()
+    rows = batch // shards if batch % shards == 0 else batch
     return max(1, min(requested, LOGITS_BUDGET_BYTES // (tensors * rows * vocab * 4)))
 
 
