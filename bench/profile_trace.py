@@ -35,7 +35,7 @@ from easyalign.train import optim
 from easyalign.train.state import create_train_state, state_shardings
 from easyalign.train.step import make_train_step
 
-CATEGORIES = (("collective", r"nccl|all-?gather|reduce-?scatter|all-?reduce"),
+CATEGORIES = (("collective", r"nccl|all-?gather|reduce-?scatter|all-?reduce|all-to-all"),
               ("attention", r"cudnn|flash|fmha|attention"), ("gemm", r"gemm|cutlass|sm90|xmma|cublas|matmul|dot"),
               ("reduce", r"reduce"), ("copy/transpose", r"copy|transpose|memcpy|memset"),
               ("fusion", r"fusion|loop|input"), ("other", r"."))
