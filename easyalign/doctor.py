@@ -233,7 +233,7 @@ def divisibility(model: ModelConfig, mesh: dict, rows: int) -> list[str]:
     """Axes the mesh splits unevenly (XLA pads them: wasted memory and compute)."""
     t, f = mesh["tensor"], mesh["fsdp"]
     checks = [("heads", model.num_heads, t), ("kv_heads", model.num_kv_heads, t),
-              ("mlp", model.intermediate_size, t), ("vocab", model.vocab_size, t),
+              ("mlp", model.intermediate_size, t), ("vocab", model.vocab_size, t * f),
               ("embed", model.hidden_size, f)]
     notes = [f"{name} {size} is not divisible by {axis} shards" for name, size, axis in checks
              if size % axis]

@@ -34,6 +34,8 @@ MESH_AXES = ("data", "fsdp", "tensor")
 LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("embed", "fsdp"),
     ("vocab", "tensor"),
+    ("table_vocab", ("fsdp", "tensor")),     # the embedding table's rows (see model.layers.Embed)
+    ("table_embed", None),
     ("heads", "tensor"),
     ("kv_heads", "tensor"),
     ("head_dim", None),

@@ -54,9 +54,9 @@ def _main(tmp: Path) -> None:
     expected = {
         "q": (model.layers.attn.q_proj.kernel, P(None, "fsdp", "tensor", None), (2, 16, 2, 16)),
         "q_bias": (model.layers.attn.q_proj.bias, P(None, "tensor", None), (2, 2, 16)),
-        "o": (model.layers.attn.o_proj.kernel, P(None, "tensor", None, "fsdp"), (2, 2, 16, 16)),
-        "down": (model.layers.mlp.down_proj.kernel, P(None, "tensor", "fsdp"), (2, 64, 16)),
-        "embed": (model.embed_tokens.embedding, P("tensor", "fsdp"), (128, 16)),
+        "o": (model.layers.attn.o_proj.kernel, P(None, "fsdp", "tensor", None), (2, 16, 2, 16)),
+        "down": (model.layers.mlp.down_proj.kernel, P(None, "fsdp", "tensor"), (2, 16, 64)),
+        "embed": (model.embed_tokens.embedding, P(("fsdp", "tensor"), None), (32, 64)),
         "lm_head": (model.lm_head.kernel, P("fsdp", "tensor"), (16, 128)),
         "norm": (model.layers.input_norm.scale, P(None, None), (2, 64)),
     }

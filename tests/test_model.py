@@ -132,10 +132,10 @@ SHARDED_CHECK = textwrap.dedent("""
     specs = {
         "q": (model.layers.attn.q_proj.kernel, P(None, "fsdp", "tensor", None)),
         "k": (model.layers.attn.k_proj.kernel, P(None, "fsdp", "tensor", None)),
-        "o": (model.layers.attn.o_proj.kernel, P(None, "tensor", None, "fsdp")),
+        "o": (model.layers.attn.o_proj.kernel, P(None, "fsdp", "tensor", None)),
         "gate": (model.layers.mlp.gate_proj.kernel, P(None, "fsdp", "tensor")),
-        "down": (model.layers.mlp.down_proj.kernel, P(None, "tensor", "fsdp")),
-        "embed": (model.embed_tokens.embedding, P("tensor", "fsdp")),
+        "down": (model.layers.mlp.down_proj.kernel, P(None, "fsdp", "tensor")),
+        "embed": (model.embed_tokens.embedding, P(("fsdp", "tensor"), None)),
         "lm_head": (model.lm_head.kernel, P("fsdp", "tensor")),
         "norm": (model.final_norm.scale, P(None)),
     }

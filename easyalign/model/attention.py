@@ -55,7 +55,8 @@ class Attention(nnx.Module):
         self.q_proj = proj(h, "heads", config.qkv_bias)
         self.k_proj = proj(kv, "kv_heads", config.qkv_bias)
         self.v_proj = proj(kv, "kv_heads", config.qkv_bias)
-        self.o_proj = Einsum("bthk,hkd->btd", (h, hd, d), ("heads", "head_dim", "embed"),
+        # Stored `[embed, heads, head_dim]`, FSDP's axis leading: see MLP.down_proj.
+        self.o_proj = Einsum("bthk,dhk->btd", (d, h, hd), ("embed", "heads", "head_dim"),
                              config=config, rngs=rngs,
                              bias_shape=(d,) if config.o_bias else None, bias_names=("embed",))
         if config.qk_norm:
