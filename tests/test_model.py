@@ -99,6 +99,27 @@ def test_layer_loop_and_remat_do_not_change_the_function(tiny, changes):
         np.testing.assert_allclose(x, y, atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("kernel_axes", ["dv", "vd"])
+def test_head_matmul_gradients_equal_autodiff_in_either_kernel_layout(kernel_axes):
+    """The custom VJP (bf16 cotangent, kernel-dtype kernel gradient) is the einsum's gradient."""
+    from easyalign.model.transformer import head_matmul
+    rng = np.random.RandomState(0)
+    hidden = jnp.asarray(rng.randn(2, 5, 16), jnp.float32)
+    kernel = jnp.asarray(rng.randn(16, 40) if kernel_axes == "dv" else rng.randn(40, 16),
+                         jnp.float32)
+    weights = jnp.asarray(rng.randn(2, 5, 40), jnp.float32)
+
+    def loss(fn):
+        return lambda h, k: jnp.sum(jnp.tanh(fn(h, k)) * weights)
+
+    custom = jax.grad(loss(lambda h, k: head_matmul(h, k, kernel_axes)), argnums=(0, 1))
+    plain = jax.grad(loss(lambda h, k: jnp.einsum(f"...d,{kernel_axes}->...v", h, k)),
+                     argnums=(0, 1))
+    for got, want in zip(custom(hidden, kernel), plain(hidden, kernel)):
+        assert got.shape == want.shape
+        np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
+
+
 def test_scalar_head_scores_every_position():
     model = create_model(preset("tiny", dtype="float32", head="scalar"), seed=0)
     scores = model(random_tokens((3, 5)))
