@@ -120,6 +120,23 @@ def test_head_matmul_gradients_equal_autodiff_in_either_kernel_layout(kernel_axe
         np.testing.assert_allclose(np.asarray(got), np.asarray(want), rtol=1e-5, atol=1e-5)
 
 
+def test_a_seed_draws_the_same_kernel_whatever_its_storage_order():
+    from flax import nnx
+    from easyalign import sharding
+    from easyalign.model.layers import Einsum
+    config = preset("tiny", dtype="float32")
+    with sharding.use_mesh(sharding.single_device_mesh()):
+        stored_out_in = Einsum("btf,df->btd", (8, 24), ("embed", "mlp"), config=config,
+                               rngs=nnx.Rngs(5))
+        stored_in_out = Einsum("btf,fd->btd", (24, 8), ("mlp", "embed"), config=config,
+                               rngs=nnx.Rngs(5))
+    np.testing.assert_array_equal(np.asarray(stored_out_in.kernel[...]),
+                                  np.asarray(stored_in_out.kernel[...]).T)
+    x = jnp.asarray(np.random.RandomState(0).randn(2, 3, 24), jnp.float32)
+    np.testing.assert_allclose(np.asarray(stored_out_in(x)), np.asarray(stored_in_out(x)),
+                               rtol=1e-6, atol=1e-6)
+
+
 def test_scalar_head_scores_every_position():
     model = create_model(preset("tiny", dtype="float32", head="scalar"), seed=0)
     scores = model(random_tokens((3, 5)))

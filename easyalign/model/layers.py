@@ -34,6 +34,25 @@ def compute_copy(weight: jax.Array, names: Sequence[str | None], dtype) -> jax.A
     return constrain(weight.astype(dtype), names)
 
 
+def input_major_init(init, equation: str):
+    """`init` drawn in the kernel's input-major order, returned in its storage order.
+
+    The input-major order puts the axes the einsum contracts with `x` first (`x @ W`). How a
+    kernel is stored is a performance choice (see `MLP.down_proj`); drawing every kernel in one
+    order independent of it means a seed gives the same model whatever the storage layout.
+    """
+    inputs, rest = equation.split(",")
+    axes = rest.split("->")[0]
+    order = [i for i, a in enumerate(axes) if a in inputs] + \
+            [i for i, a in enumerate(axes) if a not in inputs]
+    restore = [order.index(i) for i in range(len(axes))]
+
+    def draw(key, shape, dtype):
+        return jnp.transpose(init(key, tuple(shape[i] for i in order), dtype), restore)
+
+    return draw
+
+
 class Einsum(nnx.Module):
     """A projection `einsum(equation, x, kernel) (+ bias)` with logically named weight axes.
 
@@ -48,7 +67,7 @@ class Einsum(nnx.Module):
         self.equation = equation
         self.dtype = config.compute_dtype
         self.kernel_names = tuple(kernel_names)
-        init = nnx.initializers.normal(config.initializer_range)
+        init = input_major_init(nnx.initializers.normal(config.initializer_range), equation)
         self.kernel = _param(rngs, init, kernel_shape, kernel_names, config.weight_dtype)
         self.bias = (None if bias_shape is None else
                      _param(rngs, nnx.initializers.zeros, bias_shape, bias_names,
