@@ -6,7 +6,9 @@ Every parameter and activation names its dimensions logically (`embed`, `mlp`, `
 
 * `data`   — pure data parallelism: the batch is split, parameters are replicated;
 * `fsdp`   — the batch is split *and* parameters/optimizer state are sharded along `embed`
-             (ZeRO-3 style; XLA all-gathers weights per layer and reduce-scatters gradients);
+             (ZeRO-3 style; XLA all-gathers weights per layer and reduce-scatters gradients),
+             the embedding table along its vocabulary rows. Every kernel stores the axis FSDP
+             splits first, so gradient shards arrive contiguous and AdamW never transposes;
 * `tensor` — Megatron-style tensor parallelism over heads, MLP width and vocabulary.
 
 Changing a parallelism strategy is a change of this table or of the mesh shape, never of
