@@ -6,14 +6,16 @@ Numbers are measured on held-out data the models never saw (the world's evaluati
 
 import json
 
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
 from easyalign.algorithms import common
-from easyalign.algorithms.reward import sequence_scores
-from easyalign.data.tokenize import render_prompt
+from easyalign.algorithms.reward import pair_rewards
+from easyalign.data.loader import make_eval_batches
+from easyalign.data.records import normalize
+from easyalign.data.sources import load_records
+from easyalign.data.tokenize import TruncationPolicy, pad_token_id, tokenize_examples
 from easyalign.data.world import build_world, grade
 from easyalign.hf import load_checkpoint_model
 from easyalign.model import create_model
@@ -54,25 +56,23 @@ def json_config(workdir):
 
 
 def held_out_pair_accuracy_by_kind(workdir) -> dict[str, float]:
-    """Pairwise accuracy of the reward model in `workdir` on `preference_heldout`, per kind."""
+    """Pairwise accuracy of the reward model in `workdir` on `preference_heldout`, per kind,
+    through the library's own loading, tokenisation, batching and pair scoring."""
     model = load_checkpoint_model(workdir / "model")
     tokenizer = AutoTokenizer.from_pretrained(str(workdir / "model" / "tokenizer"))
     path, = workdir.parent.glob("world-*/preference_heldout.jsonl")
-    pairs = [json.loads(line) for line in path.open()]
-
-    def scores(side):
-        rows = [render_prompt(tokenizer, [{"role": "user", "content": p["prompt"]}])
-                + tokenizer(p[side], add_special_tokens=False)["input_ids"]
-                + [tokenizer.eos_token_id] for p in pairs]
-        tokens = np.zeros((len(rows), max(map(len, rows))), np.int32)
-        segments = np.zeros_like(tokens)
-        for i, row in enumerate(rows):
-            tokens[i, :len(row)], segments[i, :len(row)] = row, 1
-        return np.asarray(sequence_scores(model, jnp.asarray(tokens), jnp.asarray(segments), {}))
-
-    right = scores("chosen") > scores("rejected")
-    kinds = sorted({p["kind"] for p in pairs})
-    return {k: float(np.mean([r for r, p in zip(right, pairs) if p["kind"] == k])) for k in kinds}
+    examples = normalize(load_records({"path": str(path)}), "preference")
+    policy = TruncationPolicy(max_length=64, on_overflow="error")
+    tokenized, _ = tokenize_examples(examples, "preference", tokenizer, policy)
+    right = {}
+    for batch in make_eval_batches(tokenized, kind="preference", batch_size=64, max_length=64,
+                                   pad_id=pad_token_id(tokenizer)):
+        chosen, rejected = pair_rewards(model, batch)
+        right.update((int(i), bool(ok)) for i, ok, valid in
+                     zip(batch["index"], np.asarray(chosen > rejected), batch["valid"]) if valid)
+    kinds = sorted({ex["kind"] for ex in examples})
+    return {k: float(np.mean([right[i] for i, ex in enumerate(examples) if ex["kind"] == k]))
+            for k in kinds}
 
 
 def test_reward_model_ranks_held_out_pairs(world_runs):
@@ -81,10 +81,11 @@ def test_reward_model_ranks_held_out_pairs(world_runs):
 
     Measured on six runs of the tiny presets (seeds 0–2, code before and after the kernel
     layout change of 2026-11-27): safety kinds 1.0 in every run; facts 0.77–0.87; arithmetic
-    and word instructions 0.52–0.82 (at chance in one run: a knowledge limit of the 2-layer
-    trunk, not asserted); overall 0.785–0.9+. Seed 0 alone gave ≥ 0.9 before the change and
-    0.895 after, from the same initial weights (transposed kernels round differently), so an
-    overall bound of 0.9 tested one draw, not the model. The bounds sit under the spread.
+    and word instructions 0.52–0.82 (at chance in one run: a knowledge limit of the 4-layer,
+    128-wide trunk, not asserted); overall 0.785–0.9+. Seed 0 alone gave ≥ 0.9 before the
+    change and 0.895 after, from the same initial weights (transposed kernels round
+    differently); twice the SFT steps (800) gave 0.855, 400 reward steps 0.90. An overall
+    bound of 0.9 tested one draw, not the model; the bounds sit under the measured spread.
     """
     evals = [r for r in metrics_rows(world_runs / "reward") if "eval/accuracy" in r]
     assert evals[-1]["eval/accuracy"] >= 0.75, evals
