@@ -48,7 +48,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from easyalign import sharding
-from easyalign.data.tokenize import render_prompt
+from easyalign.data.chat_format import render_prompt, stop_token_ids
+from easyalign.data.tokenize import pad_token_id
 from easyalign.model import KVCache
 
 # ----------------------------------------------------------------------------- sampling methods
@@ -285,7 +286,7 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
     prompt_tokens  `[B, P]` int, right-padded (pad values are irrelevant);
     prompt_lengths `[B]` int, each in `1..P`;
     rng            a PRNG key (ignored by `Greedy`);
-    stop_tokens    a row stops after emitting any of these (e.g. the EOS ids); its stop token is
+    stop_tokens    a row stops after emitting any of these (`chat_format.stop_token_ids`); its stop token is
                    part of the output;
     max_length     optional cap on prompt length + generated tokens per row (HF's meaning);
                    must be ≥ P; also bounds the KV cache;
@@ -326,6 +327,11 @@ def bucket_length(length: int) -> int:
     return -(-length // 64) * 64
 
 
+def as_messages(prompt: str | Sequence[dict[str, str]]) -> list[dict[str, str]]:
+    """A prompt as a message list: a string is one user turn."""
+    return [{"role": "user", "content": prompt}] if isinstance(prompt, str) else list(prompt)
+
+
 class Sampler:
     """Chat prompts in, responses out: tokenise with the chat template, batch, generate, decode.
 
@@ -340,27 +346,24 @@ class Sampler:
         self.config = nnx.merge(graphdef, state).config
         self.batch_size, self.mesh = batch_size, mesh
         if stop_tokens is None:
-            stop_tokens = _as_ids(tokenizer.eos_token_id) + _as_ids(self.config.eos_token_id)
-        if not stop_tokens:
-            raise ValueError("no stop tokens: the tokenizer and the model config have no EOS id; "
-                             "pass stop_tokens explicitly")
+            stop_tokens = stop_token_ids(tokenizer, self.config)
         self.stop_tokens = tuple(sorted(set(stop_tokens)))
-        if pad_id is None:
-            pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-        self.pad_id = pad_id
+        self.pad_id = pad_token_id(tokenizer) if pad_id is None else pad_id
 
     @classmethod
     def from_model(cls, model: nnx.Module, tokenizer, **kwargs) -> "Sampler":
         graphdef, state = nnx.split(model)
         return cls(graphdef, state, tokenizer, **kwargs)
 
-    def encode(self, prompt: str) -> list[int]:
-        """Token ids of a one-turn user prompt, ready for the assistant's reply (rendered
-        exactly as training renders prompts)."""
-        return render_prompt(self.tokenizer, [{"role": "user", "content": prompt}])
+    def encode(self, prompt: str | Sequence[dict[str, str]]) -> list[int]:
+        """Token ids of a prompt — a user turn's text or a conversation so far (`{role,
+        content}` messages) — ready for the assistant's reply (rendered exactly as training
+        renders prompts)."""
+        return render_prompt(self.tokenizer, as_messages(prompt))
 
-    def sample_texts(self, prompts: Sequence[str], *, max_new_tokens: int = 128,
-                     method: SamplingMethod = Greedy(), seed: int = 0) -> list[dict[str, Any]]:
+    def sample_texts(self, prompts: Sequence[str | Sequence[dict[str, str]]], *,
+                     max_new_tokens: int = 128, method: SamplingMethod = Greedy(),
+                     seed: int = 0) -> list[dict[str, Any]]:
         """One dict per prompt: `prompt`, `response` (text, stop token excluded), `tokens` and
         `logprobs` (every generated token, the stop token included), `finished` (stopped on a
         stop token rather than on `max_new_tokens`)."""
@@ -390,8 +393,3 @@ class Sampler:
                                     logprobs=out.logprobs[row, :n].tolist(), finished=finished))
         return results
 
-
-def _as_ids(value: int | Sequence[int] | None) -> list[int]:
-    if value is None:
-        return []
-    return [int(value)] if isinstance(value, (int, np.integer)) else [int(v) for v in value]

@@ -94,14 +94,26 @@ def test_preference_prompt_and_extras():
     assert ex["rejected_tokens"].tolist() == prompt + ids("a b </s>")
     assert ex["chosen_loss_mask"].tolist() == [0] * len(prompt) + [1, 1]
     assert ex["rejected_loss_mask"].tolist() == [0] * len(prompt) + [1, 1, 1]
-    assert ex["weight"] == 2.0
+    assert set(ex) == {"chosen_tokens", "chosen_loss_mask", "rejected_tokens",
+                       "rejected_loss_mask", "source"}  # `weight` is not consumed: not passed on
     [ex], _ = tokenize_examples(normalize_prompts([Record({"prompt": "how are you"}, "q:1")]),
                                 "prompt", tok, POLICY)
     assert ex["prompt_tokens"].tolist() == ids("<| user |> how are you </s> <| assistant |>")
     assert pad_token_id(tok) == ID["[PAD]"]
-    with pytest.raises(DataError, match=re.escape("r:1: field 'index': name is reserved")):
-        tokenize_examples(normalize_prompts([Record({"prompt": "a", "index": 3}, "r:1")]),
-                          "prompt", tok, POLICY)
+
+
+def test_columns_a_phase_does_not_consume_are_ignored():
+    """A null in one row, 8 then 7.5, a column named like a batch key: none reaches a batch."""
+    from easyalign.data.loader import make_train_loader
+
+    rows = [{"prompt": "hi", "response": "fine", "index": 3, "score": 8, "note": None},
+            {"prompt": "how", "response": "fine thanks", "index": 4, "score": 7.5, "note": "x"}]
+    examples = sft(*rows)
+    tokenized, _ = tokenize_examples(examples, "sft", word_tokenizer(), POLICY)
+    batch = next(make_train_loader(tokenized, kind="sft", global_batch=2, max_length=16,
+                                   pad_id=0, seed=0))
+    assert not {"score", "note"} & set(batch)
+    assert sorted(batch["index"].tolist()) == [0, 1]  # the loader's own example index
 
 
 def test_truncation_is_counted_and_follows_the_policy():

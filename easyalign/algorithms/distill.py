@@ -30,7 +30,7 @@ B · softmax of its standardised reward-model score over the batch, at temperatu
 `distill.reward_temperature` (`distill_losses.reward_weights`).
 
 Training metrics (`logs/metrics.jsonl`): loss, divergence (the unweighted token mean of the
-training term; offline: nll and topk_kl too), length (response tokens per row, EOS included),
+training term; offline: nll and topk_kl too), length (response tokens per row, stop token included),
 on_policy (the fraction of sampled steps, over a logging interval), weight_max (the largest
 sequence weight of the batch: 1 without reward weighting; the mean weight is 1 by
 construction), plus the loop's lr, grad_norm, tokens/s.
@@ -54,6 +54,7 @@ from flax import nnx
 
 from easyalign.algorithms import common, distill_losses as DL, teacher_data
 from easyalign.data import records as data_records
+from easyalign.data.chat_format import stop_token_ids
 from easyalign.data import sources as data_sources
 from easyalign.data.collate import TOPK_KEYS
 from easyalign.sampler import method_from_config
@@ -192,7 +193,7 @@ def setup(config) -> Setup:
     wiring = DL.Wiring(
         mode=d.mode, divergence=d.divergence, beta=d.beta, temperature=d.temperature,
         sampling=method_from_config(d), max_new_tokens=d.max_new_tokens,
-        stop_tokens=teacher_data.stop_tokens(run_.tokenizer, student.config),
+        stop_tokens=stop_token_ids(run_.tokenizer, student.config),
         pad_id=common.pad_id(run_), packed=config.data.pack, topk_weight=d.topk_weight,
         reward_temperature=d.reward_temperature,
         # Offline training never runs the teacher: keep it out of the step.

@@ -2,7 +2,7 @@
 chunked logits, the sampled-token reverse-KL estimator, offline KD, reward weights.
 
 Notation: x a prompt, y a response, p_S = π_θ the student, p_T the frozen teacher, m_t the
-response mask (response tokens and the EOS that ends them), w_b a per-sequence weight.
+response mask (response tokens and the stop token that ends them), w_b a per-sequence weight.
 
 Token-level divergence of a sequence (GKD, Agarwal et al. 2024), at every response position:
 
@@ -47,7 +47,7 @@ KL to the stored top-k teacher log-probs when `topk_weight > 0`:
     q = softmax_k(stored top-k teacher log-probs), v_k their token ids (`topk_forward_kl`).
 
 Reward weighting (`distill.reward_model`): r_b is the reward model's score of (x, y_b) (scalar
-head at the last token of prompt + response + EOS, its training layout), standardised over the
+head at its read position, `reward.read_index`, of prompt + response), standardised over the
 B' rows of the batch that have a response, and
 
     z_b = (r_b − mean r) / (std r + 1e-6),      w_b = B' · softmax_b(z_b / τ_r)    (0 for the rest)
@@ -124,7 +124,7 @@ def join_prompt_response(prompt_tokens, prompt_lengths, response, response_lengt
     """Right-padded `[B, P]` prompts + `[B, N]` responses → `[B, P + N]` sequences.
 
     Row b is prompt[:P_b] + response[:n_b] then padding. Returns `tokens`, `loss_mask` (1 on the
-    response, EOS included) and `segment_ids` (1 on real tokens), the teacher-batch layout.
+    response, stop token included) and `segment_ids` (1 on real tokens), the teacher-batch layout.
     """
     batch, width = prompt_tokens.shape
     length = width + response.shape[1]
@@ -284,7 +284,7 @@ def make_loss(graphdef, w: Wiring):
 def make_eval_metrics(graphdef, w: Wiring, rng):
     """Held-out `{name_sum, name_count}` per prompt batch: the student samples (fixed `rng`, the
     training sampling method), the teacher scores them, and the full-vocabulary divergence is
-    summed over their tokens; `length` is the mean response length (EOS included)."""
+    summed over their tokens; `length` is the mean response length (stop token included)."""
 
     def metric_fn(params, batch, frozen):
         student = nnx.merge(graphdef, params)

@@ -15,7 +15,8 @@ Output. One line per prompt, in input order, to `generate.output` (default
 
     {"prompt": ..., "response": "...", "finished": true, "num_tokens": 17, ...}
 
-`finished` is true when the model emitted a stop token (EOS), false when it ran into
+`finished` is true when the model emitted a stop token (`chat_format.stop_token_ids`: the
+model's EOS ids, generation_config's, the template's end of turn), false when it ran into
 `generate.max_new_tokens`; `num_tokens` counts the response's tokens without the stop token.
 The input row's other fields ride along (e.g. an `id` column). Lines are streamed batch by
 batch into `<output>.partial`, renamed to `<output>` when the last batch is written, so a killed
@@ -48,19 +49,13 @@ from ml_collections import ConfigDict
 from easyalign import sharding
 from easyalign.algorithms import common
 from easyalign.data import loader as data_loader
+from easyalign.data.chat_format import stop_token_ids
 from easyalign.sampler import bucket_length, method_from_config
 from easyalign.sampler import generate as sampler_generate
 from easyalign.tools import resolve_model_dir
 from easyalign.train.loop import to_global_batch
 
 OUTPUT = "generations.jsonl"
-
-
-def stop_tokens(tokenizer, model_config) -> tuple[int, ...]:
-    """A response ends at the tokenizer's EOS or any EOS id of the model config."""
-    eos = model_config.eos_token_id
-    ids = {tokenizer.eos_token_id} | (set(eos) if isinstance(eos, tuple) else {eos})
-    return tuple(sorted(i for i in ids if i is not None))
 
 
 def completions(run: common.Run, model, prompts: list[dict], g
@@ -73,7 +68,7 @@ def completions(run: common.Run, model, prompts: list[dict], g
     graphdef, params = nnx.split(model)
     width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
     method = method_from_config(g)
-    stops, pad = stop_tokens(run.tokenizer, model.config), common.pad_id(run)
+    stops, pad = stop_token_ids(run.tokenizer, model.config), common.pad_id(run)
 
     def sample(params, batch, rng):
         # Padding rows have prompt length 0; one token keeps their prefill index valid.

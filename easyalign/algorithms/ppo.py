@@ -18,7 +18,7 @@ adapted towards a target KL per sequence: `losses.AdaptiveKLController`). Each *
        L_V    = ½ mean_t max((V_t − R_t)², (clip(V_t, V_old,t ± ε_v) − R_t)²)
        H      = mean_t entropy of π_θ(·|x, y_<t)
 
-   means over the response tokens (and EOS) of the minibatch (`losses.ppo`).
+   means over the response tokens (and the stop token) of the minibatch (`losses.ppo`).
 
 Design: the policy (LM head) and the value model (scalar head, initialised from the reward
 model) are separate networks trained together: ONE `TrainState` whose params are
@@ -56,6 +56,7 @@ from flax import nnx
 
 from easyalign import losses, sampler, sharding
 from easyalign.algorithms import common, rollout
+from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import metrics as train_metrics
 from easyalign.train import optim, state as train_state
@@ -134,16 +135,14 @@ def setup(config) -> Setup:
     if len(set(vocab.values())) > 1:
         raise ValueError(f"the four PPO models must share one tokenizer; vocabulary sizes: {vocab}")
     split = {name: nnx.split(m) for name, m in models.items()}
-    eos = run_.tokenizer.eos_token_id
     policy_config = models["policy"].config
-    config_eos = policy_config.eos_token_id
-    stops = {eos} | set([config_eos] if isinstance(config_eos, int) else config_eos or [])
     return Setup(
         run=run_, graphs=rollout.Graphs(**{k: g for k, (g, _) in split.items()}),
         params={k: split[k][1] for k in ("policy", "value")},
         frozen={k: split[k][1] for k in ("reference", "reward")},
         loader=common.train_loader(run_, prompts, "prompt", max_length=width),
-        eval_batches=eval_batches, policy_config=policy_config, stop_tokens=tuple(sorted(stops)))
+        eval_batches=eval_batches, policy_config=policy_config,
+        stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
 
 
 # ----------------------------------------------------------------------------- loss
@@ -219,7 +218,8 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
     with sharding.use_mesh(mesh):
         step_fn = make_train_step(make_loss(s.graphs, p), tx, schedule,
                                   train_state.state_shardings(state), grad_accum=t.grad_accum)
-        rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id, run_.tokenizer.eos_token_id)
+        rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id,
+                                             chat_format(run_.tokenizer).end_of_turn_id)
         take = rollout.make_take()
         if start == 0 and s.eval_batches:
             writer.write(0, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")

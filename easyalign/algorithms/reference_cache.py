@@ -112,13 +112,15 @@ def model_digest(config_dict: Mapping[str, Any], params) -> str:
 
 
 def template_digest(tokenizer) -> str:
-    """The chat template that laid the tokens out (the tokenizer's default when it has none)."""
-    from easyalign.data.tokenize import DEFAULT_CHAT_TEMPLATE
+    """The chat template and special tokens that laid the tokens out (`chat_format`)."""
+    from easyalign.data.chat_format import chat_format
 
-    template = tokenizer.chat_template or DEFAULT_CHAT_TEMPLATE
+    fmt = chat_format(tokenizer)
+    template = fmt.template or tokenizer.chat_template
     if isinstance(template, dict):  # named templates
         template = json.dumps(template, sort_keys=True)
-    return hashlib.sha256(f"{template}|{len(tokenizer)}".encode()).hexdigest()
+    framing = (fmt.bos_ids, fmt.end_of_turn_id, fmt.end_of_turn_text)
+    return hashlib.sha256(f"{template}|{framing}|{len(tokenizer)}".encode()).hexdigest()
 
 
 # ----------------------------------------------------------------------------- computation

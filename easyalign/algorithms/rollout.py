@@ -3,13 +3,14 @@
 One rollout turns a batch of prompts into a PPO training batch, entirely on the device:
 
 1. **Sample** (`sample`): the jitted sampler draws a response per prompt from the current policy
-   at temperature 1 (so the sampling distribution *is* π_old), stopping at EOS or after
-   `ppo.max_new_tokens` tokens.
+   at temperature 1 (so the sampling distribution *is* π_old), stopping at a stop token
+   (`chat_format.stop_token_ids`) or after `ppo.max_new_tokens` tokens.
 2. **Assemble** (`assemble`): row b becomes `prompt[:P_b] + response[:L_b] + padding`, width
    T = P + N (P the prompt block, N the token budget). The response mask m covers exactly the L_b
-   generated tokens, the EOS included. The reward model reads the same tokens in a block one
-   column wider: a response cut by the budget gets an EOS appended there, because the reward
-   model was trained on chat-templated `prompt + response + EOS` and scores the last real token.
+   generated tokens, the stop token included. The reward model reads the same tokens in a block
+   one column wider, laid out as its training data was, `prompt + response + end of turn`
+   (`chat_format`): the stop token becomes the end-of-turn token, and a response cut by the
+   budget gets one appended.
 3. **Score** (`score`, one jitted pass with everything below): on the assembled tokens,
 
        log π_old(y_t)  policy, the same trunk + chunked log-prob code as the training loss, so the
@@ -18,7 +19,7 @@ One rollout turns a batch of prompts into a PPO training batch, entirely on the 
        log π_ref(y_t)  frozen reference (the SFT model);
        V_old(t)        value model, read at the hidden state that predicts token t (like a
                        log-prob), i.e. the value of the state before the action y_t;
-       score           frozen reward model at the last real token (`reward.sequence_scores`).
+       score           frozen reward model at its read position (`reward.sequence_scores`).
 
 4. **Rewards and advantages** (`advantages`): per-token KL-shaped rewards (`losses.ppo`)
 
@@ -90,11 +91,11 @@ def sample(graphs: Graphs, policy_params, prompts: dict, rng: jax.Array, *, max_
                             method=method, stop_tokens=stop_tokens, pad_id=pad_id, mesh=mesh)
 
 
-def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int, eos_id: int
-             ) -> dict[str, jax.Array]:
+def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int,
+             end_of_turn_id: int) -> dict[str, jax.Array]:
     """Prompt + response rows (module docstring, step 2).
 
-    Returns `tokens [B, T]`, `mask [B, T]` (response + EOS), `sampler_logps [B, T]` (the
+    Returns `tokens [B, T]`, `mask [B, T]` (response + stop token), `sampler_logps [B, T]` (the
     sampler's log-probs moved onto the tokens they score), and the reward model's `rm_tokens`,
     `rm_segment_ids` `[B, T + 1]`.
     """
@@ -113,11 +114,12 @@ def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int
     logps = jnp.take_along_axis(jnp.concatenate(
         [jnp.zeros_like(prompt_tokens, jnp.float32), gen.logprobs, spare.astype(jnp.float32)],
         axis=1), src, axis=1)
-    appended = ~gen.done[:, None] & (j == start + length)
+    # The reward model's end of turn: the stop token's column, or the one after a cut response.
+    end = start + length - gen.done[:, None].astype(jnp.int32)
     return {"tokens": tokens[:, :total], "mask": in_response[:, :total].astype(jnp.float32),
             "sampler_logps": jnp.where(in_response, logps, 0.0)[:, :total],
-            "rm_tokens": jnp.where(appended, eos_id, tokens),
-            "rm_segment_ids": (in_prompt | in_response | appended).astype(jnp.int32)}
+            "rm_tokens": jnp.where(j == end, end_of_turn_id, tokens),
+            "rm_segment_ids": (j <= end).astype(jnp.int32)}
 
 
 def score(graphs: Graphs, params: dict, frozen: dict, seq: dict) -> dict[str, jax.Array]:
@@ -151,7 +153,7 @@ def advantages(scored: dict, mask: jax.Array, kl_coef: jax.Array, p
                  "returns": losses.masked_mean(returns, mask)}
 
 
-def make_rollout_fn(graphs: Graphs, p, pad_id: int, eos_id: int):
+def make_rollout_fn(graphs: Graphs, p, pad_id: int, end_of_turn_id: int):
     """`rollout(params, frozen, prompts, gen, kl_coef) -> (train batch, per-row, metrics)`, jitted.
 
     `per-row` holds what sample logging and evaluation read: `scores`, `lengths` `[B]` and the
@@ -159,7 +161,7 @@ def make_rollout_fn(graphs: Graphs, p, pad_id: int, eos_id: int):
     """
 
     def rollout(params, frozen, prompts, gen, kl_coef):
-        seq = assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id, eos_id)
+        seq = assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id, end_of_turn_id)
         mask = seq["mask"]
         scored = score(graphs, params, frozen, seq)
         shaped, metrics = advantages(scored, mask, kl_coef, p)

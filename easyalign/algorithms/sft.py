@@ -2,7 +2,7 @@
 
     L = − Σ_{b,t} m_{b,t} log π(x_{b,t} | x_{b,<t}) / Σ_{b,t} m_{b,t}
 
-with m the response-and-EOS mask (prompt tokens are context, not targets). The step weights
+with m the response-and-end-of-turn mask (prompt tokens are context, not targets). The step weights
 micro-batches by their token counts, so gradient accumulation gives the same token mean as one
 large batch. Evaluation reports the same loss on held-out examples.
 """

@@ -15,15 +15,15 @@ temperature, top-k or top-p) and one line goes to `workdir/teacher_data.jsonl`:
 
 Top-k (`teacher_data.topk = k > 0`). Row i of `teacher_topk` holds the k most likely next tokens
 and their log-probs log π_T(v | x, y_<i) (normalised over the full vocabulary, temperature 1) for
-the i-th token of `encode(y) + [EOS]`: the tokens `tokenize_teacher` lays down for the student.
+the i-th token of `completion_ids(y)` (response + end of turn): the tokens `tokenize_teacher` lays down for the student.
 Those need not be the tokens the sampler emitted (decoding and re-encoding text may split it
 differently), so the rows come from one teacher forward pass over the re-tokenised example, not
 from the sampler: aligned with the student's targets by construction, and on the sampler's own
 tokens equal to its distributions up to rounding (same trunk and head code).
 
-Dropped responses. One that hits `max_new_tokens` before EOS is dropped unless
-`keep_unfinished` (tokenisation appends an EOS the teacher never emitted, teaching the student
-to stop there); an empty one (EOS first) always is (`normalize_teacher` rejects it). The counts
+Dropped responses. One that hits `max_new_tokens` before a stop token is dropped unless
+`keep_unfinished` (tokenisation appends an end of turn the teacher never emitted, teaching the student
+to stop there); an empty one (a stop token first) always is (`normalize_teacher` rejects it). The counts
 go to `workdir/teacher_data.json` with the settings.
 
 Complete or nothing: the old `teacher_data.json` is removed, the JSONL is written to a
@@ -56,6 +56,7 @@ from easyalign.algorithms import common, reference_cache
 from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
+from easyalign.data.chat_format import stop_token_ids
 from easyalign.data import tokenize as data_tokenize
 from easyalign.model.scoring import chunked, fit_chunk
 from easyalign.sampler import bucket_length, generate, method_from_config
@@ -81,13 +82,6 @@ def teacher_tokenizer(config, path: str) -> None:
         config.data.tokenizer = str(candidate)
 
 
-def stop_tokens(tokenizer, model_config) -> tuple[int, ...]:
-    """The tokenizer's EOS and the model config's EOS id(s): a response ends at any of them."""
-    eos = model_config.eos_token_id
-    ids = {tokenizer.eos_token_id} | (set(eos) if isinstance(eos, tuple) else {eos})
-    return tuple(sorted(i for i in ids if i is not None))
-
-
 def prompt_text(messages: list[dict]):
     """A one-turn user prompt back as its string; longer contexts stay message lists."""
     if len(messages) == 1 and messages[0]["role"] == "user":
@@ -105,7 +99,7 @@ def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dic
     graphdef, params = nnx.split(model)
     width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
     method = method_from_config(t)
-    stops = stop_tokens(run.tokenizer, model.config)
+    stops = stop_token_ids(run.tokenizer, model.config)
     replicated = NamedSharding(run.mesh, PartitionSpec())
 
     def sample(params, batch, rng):

@@ -2,26 +2,20 @@
 
 Token layout (the loss mask marks the *targets* that are trained, aligned with ``tokens``)::
 
-    prompt  = encode(apply_chat_template(context, add_generation_prompt=True))   mask 0
-    target  = encode(response, add_special_tokens=False) + [eos_id]              mask 1
+    prompt  = render_prompt(tokenizer, context)             chat template + generation prompt  mask 0
+    target  = completion_ids(tokenizer, context, response)  response + end of turn             mask 1
 
-so ``loss_mask[t] == 1`` iff token t is a response token or the EOS that ends the response; a
-loss predicts token t from the logits at t-1. Templated text is encoded with
-``add_special_tokens=False`` because templates write their own BOS (the HF convention).
+so ``loss_mask[t] == 1`` iff token t is a response token or the end-of-turn token that closes
+it (``<|im_end|>``, ``<|eot_id|>``, ``</s>``: what the template writes, see
+:mod:`easyalign.data.chat_format`, which also decides BOS); a loss predicts token t from the
+logits at t-1. Prompt + target is the sequence ``transformers`` renders for the conversation
+(``apply_chat_template(tokenize=True)``) up to and including the end of turn.
 
 SFT message lists with several assistant turns train every assistant turn and none of the context:
 the conversation is rendered incrementally, and the generation-prompt rendering of each turn must
-start with the tokens already laid down (previous rendering + response + EOS). A template that
-renders an assistant turn as anything but ``content`` followed directly by ``eos_token`` breaks
-this prefix property and is reported as an error rather than trained on a sequence the model
-would never see at sampling time.
-
-Tokenizers without a chat template use :data:`DEFAULT_CHAT_TEMPLATE`, the Zephyr layout with
-plain-text role markers (they tokenise with any vocabulary)::
-
-    <|system|>\\n{content}{eos}\\n<|user|>\\n{content}{eos}\\n<|assistant|>\\n{content}{eos}\\n
-
-with ``<|assistant|>\\n`` as the generation prompt.
+start with the tokens already laid down (previous rendering + response + end of turn). A template
+that breaks this prefix property is reported as an error rather than trained on a sequence the
+model would never see at sampling time.
 
 Truncation (:class:`TruncationPolicy`): a sequence is a prompt (the tokens before the first
 trained token) plus a body. The prompt keeps at most ``max_prompt_length`` tokens (default
@@ -32,8 +26,8 @@ happens to an example that exceeds a limit: ``"truncate"`` (as above), ``"drop"`
 ``"error"`` (raise :class:`DataError` naming the record). :class:`TruncationStats` counts all of it.
 
 Tokenised examples are dicts of numpy arrays (``tokens`` int32, ``loss_mask`` float32, ...; see
-each function), plus ``source`` and the example's numeric scalar fields (``weight``, ...), which
-the loader passes through to batches.
+each function) plus ``source``. Other fields of a record are not consumed here: they never reach a
+batch (generate keeps them for its output lines from the normalised example).
 """
 from __future__ import annotations
 
@@ -43,25 +37,12 @@ from typing import Any
 
 import numpy as np
 
+from .chat_format import ChatTemplateError, chat_format, completion_ids, render_prompt
 from .sources import DataError
 
-__all__ = ["DEFAULT_CHAT_TEMPLATE", "TruncationPolicy", "TruncationStats", "pad_token_id", "render_prompt",
+__all__ = ["TruncationPolicy", "TruncationStats", "pad_token_id", "render_prompt",
            "tokenize_examples", "tokenize_sft", "tokenize_preference", "tokenize_prompt",
            "tokenize_teacher"]
-
-DEFAULT_CHAT_TEMPLATE = (
-    "{% for message in messages %}<|{{ message['role'] }}|>\n{{ message['content'] }}"
-    "{{ eos_token }}\n{% endfor %}{% if add_generation_prompt %}<|assistant|>\n{% endif %}")
-
-# Batch keys made by the loader; a record field of the same name would be clobbered.
-RESERVED = frozenset({
-    "tokens", "loss_mask", "positions", "segment_ids", "index", "valid", "prompt_tokens",
-    "prompt_lengths", "teacher_topk_ids", "teacher_topk_logprobs",
-    *(f"{side}_{k}" for side in ("chosen", "rejected")
-      for k in ("tokens", "loss_mask", "positions", "segment_ids"))})
-# Fields that a normalised example consumes (never passed through as extras).
-_CORE = frozenset({"messages", "prompt", "chosen", "rejected", "teacher_response", "teacher_topk",
-                   "source"})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,42 +81,19 @@ class TruncationStats:
 
 
 def pad_token_id(tokenizer) -> int:
-    """The tokenizer's pad id, else its EOS id (pads are masked out, so any id works)."""
-    return tokenizer.pad_token_id if tokenizer.pad_token_id is not None else _eos_id(tokenizer)
+    """The tokenizer's pad id, else the id that ends a turn (pads are masked out, so any id
+    works; HF's `*ForSequenceClassification` skips trailing pad ids when reading a reward)."""
+    if tokenizer.pad_token_id is not None:
+        return tokenizer.pad_token_id
+    return tokenizer.eos_token_id if tokenizer.eos_token_id is not None else \
+        chat_format(tokenizer).end_of_turn_id
 
 
-def _eos_id(tokenizer) -> int:
-    if tokenizer.eos_token_id is None:
-        raise ValueError("the tokenizer has no eos_token; set one (responses end with EOS)")
-    return tokenizer.eos_token_id
-
-
-def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-
-
-def render_prompt(tokenizer, messages: Sequence[dict[str, str]]) -> list[int]:
-    """Token ids of `messages` rendered with the chat template and the generation prompt.
-
-    A tokenizer's own template wins; `DEFAULT_CHAT_TEMPLATE` only fills in where there is none.
-    Training, the sampler and evaluation all render prompts here, so they see the same tokens.
-    """
-    template = None if getattr(tokenizer, "chat_template", None) else DEFAULT_CHAT_TEMPLATE
-    text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True,
-                                         tokenize=False, chat_template=template)
-    return _encode(tokenizer, text)
-
-
-def _extras(example: dict[str, Any]) -> dict[str, Any]:
-    """The example's numeric scalar fields, which travel to batches as [B] arrays."""
-    out = {}
-    for k, v in example.items():
-        if k in _CORE or not isinstance(v, (bool, int, float, np.number)):
-            continue
-        if k in RESERVED:
-            raise DataError(example["source"], "name is reserved for a batch key", field=k)
-        out[k] = v
-    return out
+def _completion(example: dict, tokenizer, context, content: str, field: str) -> list[int]:
+    try:
+        return completion_ids(tokenizer, context, content)
+    except ChatTemplateError as e:
+        raise DataError(example["source"], str(e), field=field) from None
 
 
 def _fit(example: dict, prompt_len: int, body_lens: Sequence[int], policy: TruncationPolicy,
@@ -175,7 +133,7 @@ def _sequence(prompt: list[int], body: list[int], mask: list[int], keep_prompt: 
 def tokenize_sft(example: dict, tokenizer, policy: TruncationPolicy,
                  stats: TruncationStats) -> dict[str, Any] | None:
     """``{messages}`` -> ``{tokens [L] int32, loss_mask [L] float32}``; None if dropped."""
-    eos, messages = _eos_id(tokenizer), example["messages"]
+    messages = example["messages"]
     tokens: list[int] = []
     mask: list[int] = []
     prompt_len = None
@@ -186,13 +144,13 @@ def tokenize_sft(example: dict, tokenizer, policy: TruncationPolicy,
         if context[:len(tokens)] != tokens:
             raise DataError(example["source"], "the chat template breaks the prefix property: "
                             "rendering the conversation up to this turn does not start with the "
-                            "previous turns' tokens + response + EOS (an assistant turn must "
-                            "render as its content followed directly by eos_token)",
+                            "previous turns' tokens + response + end of turn",
                             field=f"messages[{i}]")
         tokens += context[len(tokens):]
         mask += [0] * (len(tokens) - len(mask))
         prompt_len = len(tokens) if prompt_len is None else prompt_len
-        response = _encode(tokenizer, message["content"]) + [eos]
+        response = _completion(example, tokenizer, messages[:i], message["content"],
+                               f"messages[{i}]")
         tokens += response
         mask += [1] * len(response)
     fit = _fit(example, prompt_len, [len(tokens) - prompt_len], policy, stats)
@@ -200,8 +158,7 @@ def tokenize_sft(example: dict, tokenizer, policy: TruncationPolicy,
         return None
     seq, loss_mask = _sequence(tokens[:prompt_len], tokens[prompt_len:], mask[prompt_len:],
                                fit[0], fit[1][0])
-    return {"tokens": seq, "loss_mask": loss_mask, "source": example["source"],
-            **_extras(example)}
+    return {"tokens": seq, "loss_mask": loss_mask, "source": example["source"]}
 
 
 def tokenize_teacher(example: dict, tokenizer, policy: TruncationPolicy,
@@ -210,18 +167,19 @@ def tokenize_teacher(example: dict, tokenizer, policy: TruncationPolicy,
     ``teacher_topk_ids [L, k] int32`` / ``teacher_topk_logprobs [L, k] float32`` whose row t
     holds the teacher's candidates for token t (zeros where ``loss_mask`` is 0)."""
     prompt = render_prompt(tokenizer, example["prompt"])
-    response = _encode(tokenizer, example["teacher_response"]) + [_eos_id(tokenizer)]
+    response = _completion(example, tokenizer, example["prompt"], example["teacher_response"],
+                           "teacher_response")
     topk = example.get("teacher_topk")
     if topk is not None and len(topk["ids"]) != len(response):
         raise DataError(example["source"], f"{len(topk['ids'])} rows, but the response is "
-                        f"{len(response)} tokens including EOS", field="teacher_topk")
+                        f"{len(response)} tokens including the end of turn",
+                        field="teacher_topk")
     fit = _fit(example, len(prompt), [len(response)], policy, stats)
     if fit is None:
         return None
     (keep_prompt, (keep_body,)) = fit
     tokens, loss_mask = _sequence(prompt, response, [1] * len(response), keep_prompt, keep_body)
-    out = {"tokens": tokens, "loss_mask": loss_mask, "source": example["source"],
-           **_extras(example)}
+    out = {"tokens": tokens, "loss_mask": loss_mask, "source": example["source"]}
     if topk is not None:
         for key in ("ids", "logprobs"):
             rows = topk[key][:keep_body]
@@ -234,13 +192,13 @@ def tokenize_preference(example: dict, tokenizer, policy: TruncationPolicy,
                         stats: TruncationStats) -> dict[str, Any] | None:
     """``{prompt, chosen, rejected}`` -> ``{chosen_tokens, chosen_loss_mask, rejected_tokens,
     rejected_loss_mask}``: two sequences sharing one (identically truncated) prompt."""
-    eos = _eos_id(tokenizer)
     prompt = render_prompt(tokenizer, example["prompt"])
-    responses = [_encode(tokenizer, example[side]) + [eos] for side in ("chosen", "rejected")]
+    responses = [_completion(example, tokenizer, example["prompt"], example[side], side)
+                 for side in ("chosen", "rejected")]
     fit = _fit(example, len(prompt), [len(r) for r in responses], policy, stats)
     if fit is None:
         return None
-    out = {"source": example["source"], **_extras(example)}
+    out = {"source": example["source"]}
     for side, response, keep_body in zip(("chosen", "rejected"), responses, fit[1]):
         out[f"{side}_tokens"], out[f"{side}_loss_mask"] = _sequence(
             prompt, response, [1] * len(response), fit[0], keep_body)
@@ -255,7 +213,7 @@ def tokenize_prompt(example: dict, tokenizer, policy: TruncationPolicy,
     if fit is None:
         return None
     return {"prompt_tokens": np.asarray(prompt[len(prompt) - fit[0]:], np.int32),
-            "source": example["source"], **_extras(example)}
+            "source": example["source"]}
 
 
 _TOKENIZERS = {"sft": tokenize_sft, "preference": tokenize_preference, "prompt": tokenize_prompt,

@@ -34,8 +34,13 @@ Over all generated responses of a variant (every suite, extra suites included):
                 `re.findall(r"\\w+|[^\\w\\s]", response.lower())` — runs of letters/digits and
                 single punctuation marks — and n-grams never cross a response boundary
                 (Li et al., 2016). Word-level, so it compares variants with different tokenizers.
-    reward      mean reward-model score r(x, y) (scalar head at the last token of
-                prompt + response + EOS, the reward model's training layout).
+    reward      mean reward-model score r(x, y) (scalar head at the read position of
+                prompt + response + end of turn, the reward model's training layout), over
+                the suites of `eval.reward_suites` (all when empty).
+    reward_win_rate
+                P[r(x, y) > r(x, y_ref)] + ½ P[r(x, y) = r(x, y_ref)] over the same prompts,
+                y_ref the response of the variant `eval.win_rate_reference` (the SFT model in
+                the pipeline): the reward model as judge of a head-to-head comparison.
     kl_ref      mean over responses of Σ_t [log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)]
                 over the generated tokens (stop token included): the k1 estimator. See
                 `easyalign.eval.run` for which samples it is averaged over.
@@ -115,6 +120,13 @@ def distinct_n(responses: Sequence[str], n: int) -> float | None:
 def mean(values: Iterable[float]) -> float | None:
     values = [float(v) for v in values]
     return sum(values) / len(values) if values else None
+
+
+def win_rate(scores: Mapping[Any, float], reference: Mapping[Any, float]) -> float | None:
+    """Mean over the keys both score: 1 for a win, ½ for a tie, 0 for a loss (docstring)."""
+    keys = scores.keys() & reference.keys()
+    return mean(1.0 if scores[k] > reference[k] else 0.5 if scores[k] == reference[k] else 0.0
+                for k in keys)
 
 
 def grade_response(suite_kind: str, response: str, answer: str | None) -> dict[str, Any]:

@@ -2,7 +2,9 @@
 
     to_hf(model, "out/", tokenizer=tok, max_shard_size="2GB", dtype="bfloat16")
 
-writes `config.json`, `generation_config.json` (bos/eos/pad ids), the weights as safetensors
+writes `config.json`, `generation_config.json` (bos/eos/pad ids; with a tokenizer, `eos_token_id`
+lists every stop token of `chat_format.stop_token_ids`, so `transformers.generate` stops where
+easyalign's sampler does — e.g. at Llama 3's `<|eot_id|>`), the weights as safetensors
 — `model.safetensors`, or `model-00001-of-0000N.safetensors` shards plus
 `model.safetensors.index.json` when they exceed `max_shard_size` — and the tokenizer files.
 
@@ -77,6 +79,16 @@ def _to_host(x: jax.Array) -> np.ndarray:
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
+def _stop_tokens(tokenizer, config) -> int | list[int]:
+    """config.json's EOS id(s) first, then the other stop tokens (`stop_token_ids`)."""
+    from easyalign.data.chat_format import stop_token_ids
+
+    eos = config.eos_token_id
+    ids = list(eos) if isinstance(eos, tuple) else [] if eos is None else [eos]
+    ids += [i for i in stop_token_ids(tokenizer, config) if i not in ids]
+    return ids[0] if len(ids) == 1 else ids
+
+
 def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
@@ -115,6 +127,8 @@ def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
         _write_json(out_dir / "config.json", hf_config)
         generation = {k: hf_config[k] for k in ("bos_token_id", "eos_token_id", "pad_token_id")
                       if hf_config[k] is not None}
+        if tokenizer is not None and config.head == "lm":
+            generation["eos_token_id"] = _stop_tokens(tokenizer, config)
         _write_json(out_dir / "generation_config.json", generation)
 
     params = {".".join(map(str, p)): v.get_value()

@@ -53,12 +53,38 @@ class HFCheckpointError(ValueError):
 
 
 def read_hf_config(path: str | Path) -> ModelConfig:
-    """`ModelConfig` of the HF checkpoint directory `path` (from its config.json)."""
+    """`ModelConfig` of the HF checkpoint directory `path`, from its config.json.
+
+    `eos_token_id` also takes the ids of `generation_config.json`, which is where
+    `transformers.generate` reads its stop tokens (Llama-3-Instruct as first published ends
+    turns with `<|eot_id|>`, listed there only): config.json's ids first, then the others.
+    """
     path = Path(path)
     config_file = path / "config.json"
     if not config_file.is_file():
         raise HFCheckpointError(f"{path}: no config.json (is this an HF model directory?)")
-    return to_model_config(json.loads(config_file.read_text()), where=str(config_file))
+    config = to_model_config(_read_json(config_file), where=str(config_file))
+    generation_file = path / "generation_config.json"
+    if generation_file.is_file():
+        stops = _ids(config.eos_token_id)
+        stops += [i for i in _ids(_read_json(generation_file).get("eos_token_id"))
+                  if i not in stops]
+        if stops:
+            config = config.replace(eos_token_id=stops[0] if len(stops) == 1 else tuple(stops))
+    return config
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise HFCheckpointError(f"{path}:{e.lineno}: malformed JSON ({e.msg})") from None
+
+
+def _ids(value) -> list[int]:
+    if value is None:
+        return []
+    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
 class SafetensorsDir:

@@ -2,7 +2,7 @@
 
 Conventions (details and formulas in each module's docstring):
   * token arrays `[B, T]`; logps[b, t] = log p(tokens[b, t] | tokens[b, <t]), logps[:, 0] = 0;
-  * masks `[B, T]`, 1 on response tokens and EOS;
+  * masks `[B, T]`, 1 on response tokens and the end of turn;
   * every loss computes in float32 and returns `(loss_scalar, metrics_dict_of_scalars)`;
   * variants are registries (plain dicts) looked up with `get(registry, name, what)`, which raises
     `ValueError` listing the valid names: DPO_LOSSES, KL_ESTIMATORS, DIVERGENCES.
@@ -33,7 +33,8 @@ from easyalign.losses.distill import (
     sampled_token_reverse_kl_advantage,
     topk_forward_kl,
 )
-from easyalign.losses.dpo import DPO_LOSSES, dpo_hinge, dpo_ipo, dpo_loss, dpo_sigmoid
+from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, dpo_hinge, dpo_ipo,
+                                  dpo_loss, dpo_sigmoid)
 from easyalign.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -50,6 +51,7 @@ __all__ = [
     "AdaptiveKLController",
     "DIVERGENCES",
     "DPO_LOSSES",
+    "LENGTH_AVERAGED_DPO_LOSSES",
     "FixedKLController",
     "KL_ESTIMATORS",
     "distill_loss",

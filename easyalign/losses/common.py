@@ -8,7 +8,7 @@ Conventions (every module in `easyalign.losses` follows them):
 
   so logits at position t-1 score the token at position t (the model's next-token shift happens
   once, in `logprobs_from_logits`, and nowhere else).
-* A mask `[B, T]` (float or bool) is 1 where the token counts: response tokens and EOS.
+* A mask `[B, T]` (float or bool) is 1 where the token counts: response tokens and the end-of-turn token.
 * Everything is cast to float32 before any arithmetic, whatever the compute dtype (bf16) was.
 * Losses return `(loss_scalar, metrics)` where metrics is a flat dict of scalar arrays.
 * Variants live in plain dict registries, name -> function; `get(registry, name, what)` looks a

@@ -1,7 +1,7 @@
 """PPO for language models: KL-shaped rewards, GAE, clipped policy and value losses, KL control.
 
 A rollout is a `[B, T]` sequence (prompt then response then padding); `mask` marks the response
-tokens (and EOS) — one contiguous span per row. Each response token is an action, so everything
+tokens (and the stop token) — one contiguous span per row. Each response token is an action, so everything
 below is per token. Conventions follow TRL's PPOTrainer (Huang et al., "The N+ Implementation
 Details of RLHF with PPO", 2024).
 

@@ -21,7 +21,7 @@ def sft_loss(logps: Array, mask: Array) -> tuple[Array, dict[str, Array]]:
 
     Args:
       logps: `[B, T]` per-token log-probs (`logprobs_from_logits` convention).
-      mask: `[B, T]`, 1 on response tokens and EOS.
+      mask: `[B, T]`, 1 on response tokens and the end of turn.
 
     Returns:
       (nll, {"nll", "tokens", "perplexity"}); perplexity = exp(nll) of this batch.
