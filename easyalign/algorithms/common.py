@@ -219,23 +219,30 @@ def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = 
 
 # ----------------------------------------------------------------------------- models
 def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
-    """The ModelConfig a `model` config block asks for (numerics from the block)."""
+    """The ModelConfig a `model` config block asks for (numerics from the block).
+
+    A config without a pad id gets the one batches are padded with (`pad_id(run)`): a reward
+    model reads its score at the last token that is not the pad id (`reward.read_index`), as
+    HF's `*ForSequenceClassification` does with the exported config.
+    """
     m = model_cfg or run.config.model
     numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
                     remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
                     head=head)
+    overrides = ModelConfig.parse_overrides(m.overrides)
     if m.init == "hf":
         from easyalign.hf import read_hf_config
 
-        return read_hf_config(m.path).replace(**numerics, **ModelConfig.parse_overrides(m.overrides))
-    if m.init == "checkpoint":
+        config = read_hf_config(m.path).replace(**numerics, **overrides)
+    elif m.init == "checkpoint":
         from easyalign.hf import read_checkpoint_config
 
-        return read_checkpoint_config(m.path).replace(**numerics, **ModelConfig.parse_overrides(m.overrides))
-    vocab = m.vocab_size or len(run.tokenizer)
-    ids = dict(eos_token_id=run.tokenizer.eos_token_id, pad_token_id=pad_id(run),
-               bos_token_id=run.tokenizer.bos_token_id)
-    return preset(m.preset, vocab_size=vocab, **ids, **numerics, **ModelConfig.parse_overrides(m.overrides))
+        config = read_checkpoint_config(m.path).replace(**numerics, **overrides)
+    else:
+        vocab = m.vocab_size or len(run.tokenizer)
+        ids = dict(eos_token_id=run.tokenizer.eos_token_id, bos_token_id=run.tokenizer.bos_token_id)
+        config = preset(m.preset, vocab_size=vocab, **ids, **numerics, **overrides)
+    return config if config.pad_token_id is not None else config.replace(pad_token_id=pad_id(run))
 
 
 def init_model(run: Run, model_cfg=None, *, head: str = "lm", seed: int | None = None
@@ -258,7 +265,10 @@ def init_model(run: Run, model_cfg=None, *, head: str = "lm", seed: int | None =
         source = load_checkpoint_model(m.path, mesh=run.mesh,
                                        **_numeric_overrides(config, include_head=False))
     if source.config.head == head:
-        return source if source.config == config else _regraft(source, config, run.mesh, seed)
+        if source.config.replace(pad_token_id=config.pad_token_id) == config:
+            source.config = config  # at most the pad id was filled in: the weights are the same
+            return source
+        return _regraft(source, config, run.mesh, seed)
     return _regraft(source, config, run.mesh, seed)
 
 

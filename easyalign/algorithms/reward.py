@@ -1,7 +1,18 @@
 """Reward model: a scalar head on the SFT (or base) trunk, trained on preference pairs.
 
-    r(x, y) = w · h_last(x, y)          h_last = final hidden state at the last real token
+    r(x, y) = w · h_i(x, y)             h_i = final hidden state at the read position i
     L = − mean_b log σ(r(x_b, y_b^chosen) − r(x_b, y_b^rejected))      (Bradley–Terry)
+
+The read position is the one HF's `*ForSequenceClassification` pools at, so that a reward
+model scores the same in easyalign and in `transformers`, after export or on import:
+
+    i = max { t : segment_t > 0  and  x_t ≠ pad_token_id }     (0 if there is none)
+
+— the last real token that is not the model config's pad id (transformers'
+`LlamaForSequenceClassification.forward`: `(arange(T) * (input_ids != pad)).argmax(-1)`). With
+pad = EOS (the usual Llama set-up) a sequence ending in EOS is read one token earlier, at the last
+response token; with a pad id of its own, at the end-of-turn token. With no pad id the read is at
+the last real token (HF then only handles batches of one row).
 
 Chosen and rejected sequences go through the trunk in one call (stacked along the batch).
 Metrics: pairwise accuracy and margin on training batches and held-out pairs; the best
@@ -17,16 +28,23 @@ from easyalign import losses
 from easyalign.algorithms import common
 
 
-def last_token_index(segment_ids) -> jnp.ndarray:
-    """Index of the last real (non-pad) token of each right-padded row."""
-    return jnp.maximum(jnp.sum(segment_ids > 0, axis=-1) - 1, 0)
+def read_index(tokens, segment_ids, pad_id: int | None) -> jnp.ndarray:
+    """The read position of each right-padded row (module docstring), `[B]` int32.
+
+    tokens, segment_ids: `[B, T]`; segment ids > 0 mark real tokens.
+    """
+    real = segment_ids > 0
+    if pad_id is not None:
+        real = real & (tokens != pad_id)
+    positions = jnp.arange(tokens.shape[1], dtype=jnp.int32)
+    return jnp.max(jnp.where(real, positions, 0), axis=-1)
 
 
 def sequence_scores(model, tokens, segment_ids, packed_inputs: dict) -> jnp.ndarray:
-    """Scalar-head output read at each row's last real token, `[B]` float32."""
+    """Scalar-head output at each row's read position (module docstring), `[B]` float32."""
     hidden, _ = model.trunk(tokens, **packed_inputs)
-    scores = model.scores(hidden)
-    return jnp.take_along_axis(scores, last_token_index(segment_ids)[:, None], axis=1)[:, 0]
+    index = read_index(tokens, segment_ids, model.config.pad_token_id)
+    return jnp.take_along_axis(model.scores(hidden), index[:, None], axis=1)[:, 0]
 
 
 def pair_rewards(model, batch) -> tuple[jnp.ndarray, jnp.ndarray]:

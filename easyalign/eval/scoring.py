@@ -12,8 +12,8 @@ forward per batch:
   TruthfulQA MC (prefix = the question rendered with the chat template, continuation = an
   answer) and the KL to the reference (prefix = the prompt, continuation = the variant's
   response tokens, scored under the variant and under the reference).
-* `reward_scores(model, sequences)`: a scalar-head model's output at each sequence's last
-  token, r(x, y) — the reward model's training layout (`easyalign.algorithms.reward`).
+* `reward_scores(model, sequences)`: a scalar-head model's output r(x, y) at each sequence's
+  read position, exactly as in training (`easyalign.algorithms.reward.sequence_scores`).
 
 Padding. Rows are right-padded; under the causal mask padding after a row's last token cannot
 change any earlier position, so no segment ids are needed (padded positions are masked out of
@@ -43,15 +43,14 @@ def _masked_logprob_sums(graphdef, state, tokens, mask):
     return jnp.sum(token_logprobs(model, hidden, tokens) * mask, axis=-1)
 
 
-def _last_token_scores(graphdef, state, tokens, mask):
-    model = nnx.merge(graphdef, state)
-    hidden, _ = model.trunk(tokens)
-    last = jnp.maximum(jnp.sum(mask, axis=-1).astype(jnp.int32) - 1, 0)
-    return jnp.take_along_axis(model.scores(hidden), last[:, None], axis=1)[:, 0]
+def _reward_scores(graphdef, state, tokens, mask):
+    from easyalign.algorithms.reward import sequence_scores
+
+    return sequence_scores(nnx.merge(graphdef, state), tokens, mask.astype(jnp.int32), {})
 
 
 _logprob_sums_jit = jax.jit(_masked_logprob_sums, static_argnames=("graphdef",))
-_last_scores_jit = jax.jit(_last_token_scores, static_argnames=("graphdef",))
+_reward_scores_jit = jax.jit(_reward_scores, static_argnames=("graphdef",))
 
 
 def _run_batched(fn: Callable, model, sequences: Sequence[Sequence[int]],
@@ -96,9 +95,9 @@ def continuation_logprobs(model, rows: Sequence[tuple[Sequence[int], Sequence[in
 
 def reward_scores(model, sequences: Sequence[Sequence[int]], *, batch_size: int = 8,
                   pad_id: int = 0, mesh: Mesh | None = None) -> np.ndarray:
-    """A scalar-head model's score at the last token of each sequence, float32 `[N]`."""
+    """A scalar-head model's score of each sequence at its read position, float32 `[N]`."""
     if model.config.head != "scalar":
         raise ValueError(f"the reward model must have a scalar head, not {model.config.head!r}")
     masks = [[1.0] * len(s) for s in sequences]
-    return _run_batched(_last_scores_jit, model, sequences, masks, batch_size=batch_size,
+    return _run_batched(_reward_scores_jit, model, sequences, masks, batch_size=batch_size,
                         pad_id=pad_id, mesh=mesh)
