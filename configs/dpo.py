@@ -11,7 +11,7 @@ needs no path (these workdirs are also the defaults). `--config.model.path=DIR` 
 easyalign checkpoint (or, with `model.init=hf`, an HF directory).
 """
 
-from ml_collections import ConfigDict
+from ml_collections import ConfigDict, config_dict
 
 from configs import base
 
@@ -27,7 +27,9 @@ def get_config(preset: str = ""):
     d.beta = 0.1                         # β: strength of the implicit KL to the reference
     d.loss_type = "sigmoid"              # sigmoid | ipo | hinge (easyalign.losses.DPO_LOSSES)
     d.label_smoothing = 0.0              # ε of conservative DPO (sigmoid only)
-    d.average_logps = False              # length-average sequence log-probs (IPO-style)
+    d.average_logps = config_dict.placeholder(bool)  # length-average sequence log-probs
+    #                                      (None = the loss's own convention: True for ipo,
+    #                                      as IPO is defined and TRL runs it; False otherwise)
     d.sft_weight = 0.0                   # α of + α·NLL(chosen) (RPO; TRL's rpo_alpha)
     d.reference = "cached"               # cached (precomputed once, on disk) | live (frozen model)
     d.cache_dir = ""                     # reference log-prob cache ("" = workdir/reference_cache)

@@ -84,3 +84,38 @@ def test_rejects_unknown_type_and_misplaced_smoothing():
 def test_jits_with_loss_type_bound_statically():
     fn = jax.jit(lambda *a: losses.dpo_loss(*a, beta=BETA, loss_type="ipo")[0])
     assert_allclose(fn(PI_W, PI_L, REF_W, REF_L), 24.75, rtol=1e-6)
+
+
+def test_ipo_is_length_averaged_by_default():
+    """IPO is defined on length-averaged log-probs: with `dpo.average_logps` unset, the same
+    per-token margin costs a 5-token and a 50-token answer the same (on sums: 0 vs 2025)."""
+    from configs import dpo as dpo_config
+    from easyalign.algorithms import dpo
+
+    def loss_for(length, average):
+        mask = np.ones((2, length), np.float32)
+        # A per-token log-ratio margin of 1 (chosen: +1 per token, rejected: 0): summed over 5
+        # tokens it is exactly IPO's target 1/(2β) = 5; over 50 tokens it overshoots by 45.
+        per_token_margin = 1.0 / (2 * BETA * 5)
+        pi = np.stack([np.full(length, per_token_margin), np.zeros(length)]).astype(np.float32)
+        seq = losses.sequence_logps(pi, mask, average=average)
+        loss, _ = losses.dpo_loss(seq[:1], seq[1:], np.zeros(1), np.zeros(1), beta=BETA,
+                                  loss_type="ipo")
+        return float(loss)
+
+    assert_allclose(loss_for(5, False), 0.0, atol=1e-6)  # sums: the target is met at 5 tokens
+    assert_allclose(loss_for(50, False), (10 * 5.0 - 5.0) ** 2, rtol=1e-5)  # ... and 81× later
+    assert_allclose(loss_for(5, True), loss_for(50, True), rtol=1e-6)  # averages: equal
+
+    defaults = {}
+    for loss_type in ("sigmoid", "ipo", "hinge"):
+        c = dpo_config.get_config()
+        c.dpo.loss_type = loss_type
+        assert c.dpo.average_logps is None
+        dpo.check_config(c)
+        defaults[loss_type] = c.dpo.average_logps
+    assert defaults == {"sigmoid": False, "ipo": True, "hinge": False}
+    c = dpo_config.get_config()
+    c.dpo.update(loss_type="ipo", average_logps=False)  # an explicit choice is kept
+    dpo.check_config(c)
+    assert c.dpo.average_logps is False

@@ -29,9 +29,13 @@ out, `logps/accuracy` = P[log π_θ(y_w) > log π_θ(y_l)] also ranks pairs by t
 which is defined for the SFT model too (its implicit rewards are all 0) and so compares the two.
 
 Sequence log-probs. log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) over the response mask m (response
-tokens and EOS; prompt tokens are context): the sum is the likelihood of the whole response, the
-quantity the DPO derivation is about. `dpo.average_logps=True` divides by Σ_t m_t (IPO-style length
+tokens and the end of turn; prompt tokens are context): the sum is the likelihood of the whole response, the
+quantity the DPO derivation is about. `dpo.average_logps=True` divides by Σ_t m_t (length
 normalisation, which removes the sum's bias towards short responses), for policy and reference.
+IPO is defined on length-averaged log-probs (Azar et al. 2023; TRL and torchtune average for
+"ipo"): on sums the same per-token margin costs a 50-token answer 100× what it costs a 5-token one.
+So `dpo.average_logps` left unset (None) means True for `ipo` and False for the others
+(`resolve_average_logps`); the resolved value is written to the run's config.json.
 
 One forward per step. Chosen and rejected rows are concatenated along the batch ([2B, T]) and go
 through one trunk call, then split: one compiled graph, matmuls twice as tall, and the two halves
@@ -73,10 +77,19 @@ REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 PAIR_KEYS = ("chosen_tokens", "chosen_loss_mask", "rejected_tokens", "rejected_loss_mask")
 
 
+def resolve_average_logps(d) -> bool:
+    """`dpo.average_logps`, or the loss's convention when unset (None); stored back into `d`."""
+    if d.average_logps is None:
+        d.average_logps = d.loss_type in losses.LENGTH_AVERAGED_DPO_LOSSES
+    return bool(d.average_logps)
+
+
 def check_config(config) -> None:
-    """Fail before any work when the `dpo` block names something that does not exist."""
+    """Fail before any work when the `dpo` block names something that does not exist; resolve
+    `dpo.average_logps`."""
     d = config.dpo
     losses.get(losses.DPO_LOSSES, d.loss_type, "dpo.loss_type")  # ValueError listing valid names
+    resolve_average_logps(d)
     if d.reference not in REFERENCES:
         raise ValueError(f"unknown dpo.reference {d.reference!r}; valid: {', '.join(REFERENCES)}")
     if d.beta <= 0:

@@ -15,9 +15,10 @@ the per-pair losses are
     ipo      (z - 1 / (2 beta))^2  = (h/beta - 1/(2 beta))^2  Azar et al. 2023; beta is IPO's tau
     hinge    max(0, 1 - h)                                   SLiC (Zhao et al. 2023)
 
-and the loss is their mean over the batch. IPO is defined on log-likelihood differences and is
-usually run on length-averaged log-probs (TRL divides by the response lengths for "ipo"); this
-module takes whatever the caller passes (`sequence_logps(..., average=True)` gives the average).
+and the loss is their mean over the batch. IPO is defined on length-averaged log-likelihoods
+(Azar et al. 2023; TRL and torchtune divide by the response lengths for "ipo"), which
+`LENGTH_AVERAGED_DPO_LOSSES` records for callers choosing a default; this module takes whatever
+the caller passes (`sequence_logps(..., average=True)` gives the average).
 
 The implicit rewards are r(y) = beta (log pi(y) - log pi_ref(y)); the metrics report them.
 """
@@ -54,6 +55,8 @@ def dpo_hinge(z: Array, beta: float, label_smoothing: float) -> Array:
 DPOVariant = Callable[[Array, float, float], Array]
 
 DPO_LOSSES: dict[str, DPOVariant] = {"sigmoid": dpo_sigmoid, "ipo": dpo_ipo, "hinge": dpo_hinge}
+# The variants defined on length-averaged sequence log-probs rather than sums.
+LENGTH_AVERAGED_DPO_LOSSES = frozenset({"ipo"})
 
 
 def dpo_loss(
