@@ -30,6 +30,8 @@ def get_config(preset: str = ""):
     e.variants = ()                      # "name=path" strings: model checkpoints or HF dirs
     e.reference = ""                     # the SFT model kl_ref is measured against ("" = no KL)
     e.reward_model = ""                  # scalar-head model scoring the responses ("" = none)
+    e.reward_suites = ()                 # suites the reward model scores (() = every suite)
+    e.win_rate_reference = ""            # variant the reward win rate compares with ("" = none)
     e.tokenizer = ""                     # tokenizer for variants without one ("" = the world's)
     e.suites = ("instructions", "facts", "unknown", "harmful", "benign")  # world suites (held out)
     e.extra_suites = ()                  # "name=PATH[:COLUMN[:TAG]]", TAG harmful|benign|plain

@@ -141,13 +141,15 @@ def test_continuation_logprob_equals_full_forward_sum():
         assert value == pytest.approx(logps[len(prefix):].sum(), abs=1e-5)
 
 
-def test_reward_scores_read_the_last_token():
-    model = make_model(preset("tiny", head="scalar", dtype="float32"), seed=1)
-    sequences = [[5, 6, 7], [1], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11]]
-    got = scoring.reward_scores(model, sequences, batch_size=2)
+def test_reward_scores_read_the_last_non_pad_token():
+    """HF's `*ForSequenceClassification` rule: the last token that is not the pad id."""
+    model = make_model(preset("tiny", head="scalar", dtype="float32", pad_token_id=7), seed=1)
+    sequences = [[5, 6, 8], [1], [9, 8, 7, 6, 5, 4, 3, 2, 1, 0, 11], [5, 6, 7], [4, 7, 7]]
+    read_at = [2, 0, 10, 1, 0]
+    got = scoring.reward_scores(model, sequences, batch_size=2, pad_id=7)
     forward = _full_forward(model, "scalar")
-    for seq, value in zip(sequences, got):
-        assert value == pytest.approx(float(forward(seq)[-1]), abs=1e-5)
+    for seq, index, value in zip(sequences, read_at, got):
+        assert value == pytest.approx(float(forward(seq)[index]), abs=1e-5)
 
 
 # ----------------------------------------------------------------------------- end to end
@@ -173,13 +175,17 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
     root, world, paths = world_models
     config = _config(root, world, f"--config.eval.variants=('a={paths['a']}', 'b={paths['b']}')",
                      f"--config.eval.reference={paths['a']}",
-                     f"--config.eval.reward_model={paths['rm']}")
+                     f"--config.eval.reward_model={paths['rm']}",
+                     "--config.eval.reward_suites=('harmful', 'benign')",
+                     "--config.eval.win_rate_reference=b")
     eval_run.run(config)
     out = root / "out"
     doc = json.loads((out / "results.json").read_text())
     assert [e["name"] for e in doc["variants"]] == ["a", "b"]
     expected = {"alignment_score", "instruction_em", "fact_em", "unknown_idk", "hallucination",
-                "harmful_refusal", "benign_over_refusal", "length", "kl_ref", "reward"}
+                "harmful_refusal", "benign_over_refusal", "length", "kl_ref", "reward",
+                "reward_win_rate"}
+    scored = {}
     for entry in doc["variants"]:
         metrics = entry["metrics"]
         assert expected <= set(metrics)
@@ -191,7 +197,14 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
                    .read_text().splitlines()]
         assert len(samples) == 20
         assert {"prompt", "response", "correct", "refusal", "kl_ref"} <= set(samples[0])
-        assert metrics["reward"] == pytest.approx(np.mean([s["reward"] for s in samples]))
+        rewarded = [s for s in samples if "reward" in s]
+        assert {s["suite"] for s in rewarded} == {"harmful", "benign"} and len(rewarded) == 8
+        assert metrics["reward"] == pytest.approx(np.mean([s["reward"] for s in rewarded]))
+        scored[entry["name"]] = {(s["suite"], s["where"]): s["reward"] for s in rewarded}
+    wins = [1.0 if scored["a"][k] > scored["b"][k] else 0.5 if scored["a"][k] == scored["b"][k]
+            else 0.0 for k in scored["b"]]
+    assert doc["variants"][0]["metrics"]["reward_win_rate"] == pytest.approx(np.mean(wins))
+    assert doc["variants"][1]["metrics"]["reward_win_rate"] == 0.5  # against itself: all ties
     # The reference scored by the same code against itself: exactly no divergence.
     assert doc["variants"][0]["metrics"]["kl_ref"] == 0.0
     assert doc["variants"][1]["metrics"]["kl_ref"] != 0.0

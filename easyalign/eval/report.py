@@ -37,6 +37,7 @@ KNOWN_COLUMNS = {
     "mc1": ("TruthfulQA MC1", "↑"),
     "mc2": ("TruthfulQA MC2", "↑"),
     "reward": ("reward", "↑"),
+    "reward_win_rate": ("RM win rate", "↑"),
     "kl_ref": ("KL to ref", ""),
     "length": ("length (tokens)", ""),
     "distinct_1": ("distinct-1", ""),
@@ -55,7 +56,9 @@ DEFINITIONS = """\
 - **TruthfulQA MC1**: the highest-likelihood answer is the true one; **MC2**: normalised
   probability mass on the true answers (summed answer log-likelihood after the question rendered
   with the chat template).
-- **reward**: mean reward-model score of the responses; **KL to ref**: mean per-response
+- **reward**: mean reward-model score of the responses; **RM win rate**: fraction of prompts
+  whose response the reward model scores above the reference variant's (ties count ½);
+  **KL to ref**: mean per-response
   Σ_t (log π − log π_ref) over the response tokens (k1 estimator).
 - **length**: mean generated tokens (stop token excluded); **distinct-n**: unique / total word
   n-grams over all responses.

@@ -24,12 +24,13 @@ variant's weights are on the devices at a time; the reference and reward model s
    the reference's gets no `kl_ref` (and a note says so).
 4. **Reward** (`eval.reward_model`, a scalar-head checkpoint): every (prompt, response) is
    re-tokenised with the reward model's tokenizer exactly as its training data was (chat-template
-   prompt + response + EOS, `easyalign.data.tokenize`; a response cut by `max_new_tokens` gets
-   the EOS too) and scored at the last token; `reward` is the mean.
+   prompt + response + end of turn, `easyalign.data.tokenize`; a response cut by
+   `max_new_tokens` gets the end of turn too) and scored at its read position
+   (`reward.read_index`, HF's); `reward` is the mean.
 5. **TruthfulQA MC** (`eval.mc_task`): see `metrics.mc1` / `metrics.mc2`. Prompt format: the
    question is the user turn rendered with the variant's chat template and generation prompt
    (exactly what `Sampler.encode` feeds the model), and each answer is the assistant's
-   continuation, tokenised on its own without EOS; ℓ is the sum of the answer tokens' log-probs.
+   continuation, tokenised on its own without an end of turn; ℓ is the sum of the answer tokens' log-probs.
    (The TruthfulQA paper prefixes a few-shot "QA primer"; a chat model gets its own template.)
 
 Outputs (process 0): `workdir/results.json|md|png` (`easyalign.eval.report`) and
@@ -52,7 +53,7 @@ from easyalign.eval import report, scoring
 from easyalign.eval.suites import (Suite, load_mc_task, load_model, load_tokenizer,
                                    parse_extra_suites, parse_named_paths, same_vocabulary,
                                    extra_suite, world_suites)
-from easyalign.sampler import Sampler, Temperature, method_from_config
+from easyalign.sampler import Sampler, Temperature, as_messages, method_from_config
 
 KL_SAMPLES = ("responses", "temperature")
 
@@ -82,7 +83,7 @@ def _kl_terms(model, sampler, reference: Frozen, prompts, samples, e, mesh) -> l
 
 
 def _rewards(reward: Frozen, prompts, responses, e, mesh) -> list[float]:
-    examples = [{"messages": [{"role": "user", "content": p}, {"role": "assistant", "content": r}],
+    examples = [{"messages": as_messages(p) + [{"role": "assistant", "content": r}],
                  "source": f"response {i}"} for i, (p, r) in enumerate(zip(prompts, responses))]
     policy = TruncationPolicy(max_length=reward.model.config.max_position_embeddings)
     tokenized, _ = tokenize_examples(examples, "sft", reward.tokenizer, policy)
@@ -152,9 +153,11 @@ def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, me
         else:
             notes.append(f"{name}: no kl_ref, its tokenizer's vocabulary differs from the "
                          "reference's")
-    if reward is not None and records:
-        scores = _rewards(reward, prompts, [r["response"] for r in records], e, mesh)
-        for record, value in zip(records, scores):
+    scored = [r for r in records if not e.reward_suites or r["suite"] in e.reward_suites]
+    if reward is not None and scored:
+        scores = _rewards(reward, [r["prompt"] for r in scored],
+                          [r["response"] for r in scored], e, mesh)
+        for record, value in zip(scored, scores):
             record["reward"] = value
         metrics["reward"] = M.mean(scores)
     counts = {suite.name: len(suite.items) for suite in suites}
@@ -179,6 +182,9 @@ def run(config) -> dict:
     if not variants:
         raise ValueError("eval.variants is empty: give 'name=path' entries, e.g. "
                          "--config.eval.variants=\"('sft=runs/sft/model',)\"")
+    if e.win_rate_reference and (e.win_rate_reference not in variants or not e.reward_model):
+        raise ValueError(f"eval.win_rate_reference={e.win_rate_reference!r} needs a variant of "
+                         f"that name (have {list(variants)}) and eval.reward_model")
     distributed.initialize_from_config(config)
     mesh = sharding.mesh_from_config(config.mesh)
     workdir = start_workdir(config)
@@ -196,16 +202,23 @@ def run(config) -> dict:
     if reference is not None:
         on = "the evaluated responses" if e.kl_samples == "responses" else "temperature-1 samples"
         notes.append(f"kl_ref: k1 estimator on {on} (eval.kl_samples={e.kl_samples!r})")
-    entries = []
+    entries, rewards = [], {}
     for name, path in variants.items():
         entry, records = evaluate_variant(name, path, suites, questions, e, mesh,
                                           reference=reference, reward=reward,
                                           fallback_tokenizer=fallback, notes=notes)
         entries.append(entry)
+        rewards[name] = {(r["suite"], r["where"]): r["reward"] for r in records if "reward" in r}
         if jax.process_index() == 0:
             report.write_samples(workdir, name, records)
             print(f"[eval] {name}: " + ", ".join(
                 f"{k}={v:.3f}" for k, v in entry["metrics"].items() if v is not None))
+    if e.win_rate_reference:
+        for entry in entries:
+            entry["metrics"]["reward_win_rate"] = M.win_rate(rewards[entry["name"]],
+                                                             rewards[e.win_rate_reference])
+        notes.append(f"reward_win_rate: against {e.win_rate_reference!r}, judged by the reward "
+                     "model (ties count ½)")
     doc = {"schema": report.SCHEMA, "variants": entries, "settings": e.to_dict(), "notes": notes}
     if jax.process_index() == 0:
         paths = report.write_results(workdir, doc)
