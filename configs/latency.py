@@ -29,6 +29,7 @@ def get_config(preset: str = ""):
     t.teacher = ""                       # variant names for the summary line ("" = no summary)
     t.student = ""
     t.results = ""                       # eval results.json with their alignment scores
+    t.keep_metrics = ("alignment_score",)  # eval metrics the summary says the student keeps
     if preset == "tiny":
         t.batch_size, t.prompt_length, t.new_tokens, t.repeats = 2, 16, 16, 3
     elif preset:

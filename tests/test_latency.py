@@ -57,14 +57,20 @@ def test_latency_two_tiny_models(models, isolate):
 
 
 def test_summary_line_format():
-    assert latency.summary_line(3.14159, 0.4242, 96.4) == (
+    assert latency.summary_line(3.14159, 0.4242, {"alignment_score": 96.4}) == (
         "Student: 3.1× faster, 0.42× memory, keeps 96% of the teacher's alignment score")
-    assert latency.summary_line(2.0, 0.5, None) == "Student: 2.0× faster, 0.50× memory"
+    assert latency.summary_line(2.0, 0.5, {}) == "Student: 2.0× faster, 0.50× memory"
     entries = {"t": {"decode_tokens_per_s": 100.0, "peak_memory_bytes": 1000},
                "s": {"decode_tokens_per_s": 250.0, "peak_memory_bytes": 250}}
     scores = {"t": {"alignment_score": 0.5}, "s": {"alignment_score": 0.45}}
     line = latency.student_summary(entries, "t", "s", scores)
     assert line == ("Student: 2.5× faster, 0.25× memory, "
                     "keeps 90% of the teacher's alignment score")
+    scores = {"t": {"advbench_refusal": 0.8, "reward_win_rate": 0.6},
+              "s": {"advbench_refusal": 0.72, "reward_win_rate": 0.3}}
+    line = latency.student_summary(entries, "t", "s", scores,
+                                   ("advbench_refusal", "reward_win_rate", "mc1"))
+    assert line == ("Student: 2.5× faster, 0.25× memory, keeps 90% of the teacher's advbench "
+                    "refusal, 50% of its reward win rate")
     with pytest.raises(ValueError, match="not a measured variant"):
         latency.student_summary(entries, "t", "x", None)

@@ -33,8 +33,10 @@ Summary. With `latency.teacher` and `latency.student` naming variants, the run p
     Student: X× faster, Y× memory, keeps Z% of the teacher's alignment score
 
 X = student decode tokens/s / teacher decode tokens/s; Y = student peak memory / teacher peak
-memory (below 1 means less memory); Z = 100 · student / teacher `alignment_score` read from the
-eval `results.json` (`latency.results`); without those scores the last clause is left out.
+memory (below 1 means less memory); Z = 100 · student / teacher value of each metric of
+`latency.keep_metrics` (default `alignment_score`; the real preset keeps `advbench_refusal` and
+`reward_win_rate`) read from the eval `results.json` (`latency.results`); a metric either
+variant lacks (or a teacher value of 0) is left out.
 Outputs: `workdir/latency.json` and `workdir/latency.md`.
 """
 
@@ -129,25 +131,28 @@ def _measure_isolated(path: str, settings: dict, mesh_config: dict) -> dict:
     return json.loads(lines[-1][len(_RESULT_MARK):])
 
 
-def summary_line(speedup: float, memory_ratio: float, kept: float | None) -> str:
-    """`Student: X× faster, Y× memory, keeps Z% of the teacher's alignment score`."""
+def summary_line(speedup: float, memory_ratio: float, kept: dict[str, float]) -> str:
+    """`Student: X× faster, Y× memory, keeps Z% of the teacher's <metric>[, W% of its ...]`."""
     line = f"Student: {speedup:.1f}× faster, {memory_ratio:.2f}× memory"
-    return line + (f", keeps {kept:.0f}% of the teacher's alignment score"
-                   if kept is not None else "")
+    owners = ["the teacher's"] + ["its"] * (len(kept) - 1)
+    clauses = [f"{pct:.0f}% of {owner} {metric.replace('_', ' ')}"
+               for owner, (metric, pct) in zip(owners, kept.items())]
+    return line + (", keeps " + ", ".join(clauses) if clauses else "")
 
 
-def student_summary(entries: dict, teacher: str, student: str,
-                    scores: dict[str, dict] | None) -> str:
+def student_summary(entries: dict, teacher: str, student: str, scores: dict[str, dict] | None,
+                    metrics=("alignment_score",)) -> str:
     """The summary line from latency entries and eval metrics (module docstring)."""
     for name in (teacher, student):
         if name not in entries:
             raise ValueError(f"latency: {name!r} is not a measured variant ({sorted(entries)})")
     t, s = entries[teacher], entries[student]
-    teacher_score = (scores or {}).get(teacher, {}).get("alignment_score")
-    student_score = (scores or {}).get(student, {}).get("alignment_score")
-    kept = None
-    if teacher_score and student_score is not None:  # a teacher score of 0 keeps no ratio
-        kept = 100.0 * student_score / teacher_score
+    kept = {}
+    for metric in metrics:
+        teacher_value = (scores or {}).get(teacher, {}).get(metric)
+        student_value = (scores or {}).get(student, {}).get(metric)
+        if teacher_value and student_value is not None:  # a teacher value of 0 keeps no ratio
+            kept[metric] = 100.0 * student_value / teacher_value
     return summary_line(s["decode_tokens_per_s"] / t["decode_tokens_per_s"],
                         s["peak_memory_bytes"] / t["peak_memory_bytes"], kept)
 
@@ -205,11 +210,11 @@ def run(config) -> dict:
     if c.teacher and c.student:
         results = Path(c.results) if c.results else None
         scores = load_results(results) if results and results.is_file() else None
-        summary = student_summary(entries, c.teacher, c.student, scores)
+        summary = student_summary(entries, c.teacher, c.student, scores, c.keep_metrics)
         print(summary)
         if "keeps" not in summary:
-            print(f"[latency] no alignment_score for {c.teacher!r} and {c.student!r} in "
-                  f"latency.results={c.results!r}")
+            print(f"[latency] no {'/'.join(c.keep_metrics)} for {c.teacher!r} and "
+                  f"{c.student!r} in latency.results={c.results!r}")
     doc = {"settings": settings, "variants": entries, "summary": summary}
     if not multi_process or jax.process_index() == 0:
         from easyalign.algorithms.common import start_workdir
