@@ -9,7 +9,9 @@
 
 A stage is `name=command[:preset]` (`configs/pipeline.py`): its config is the command's config
 file with `pipeline.preset` (or its own preset), workdir `runs/<name>/<stage>`, the pipeline's
-world / mesh / process settings, and any `pipeline.overrides` entry `stage:key=value`. Stages
+world / mesh / process settings, and any `pipeline.overrides` entry `stage:key=value`
+(`*:key=value` sets the key in every stage whose config has it, e.g. the GPU numerics
+`*:model.dtype=bfloat16`; a stage's own entry wins). Stages
 refer to each other as `@<stage>` (`algorithms.common.stage_path`). A stage whose outputs are
 complete is skipped, so re-running the command resumes a killed pipeline (and the stage that
 was running resumes from its own last checkpoint).
@@ -63,14 +65,25 @@ def parse_overrides(entries) -> dict[str, list[tuple[str, object]]]:
     return out
 
 
-def _set(config, dotted: str, value) -> None:
+def _set(config, dotted: str, value, *, missing_ok: bool = False) -> None:
+    if not _has(config, dotted):
+        if missing_ok:
+            return
+        raise ValueError(f"pipeline.overrides: unknown config key {dotted!r}")
     *parents, leaf = dotted.split(".")
     node = config
     for part in parents:
         node = node[part]
-    if leaf not in node:
-        raise ValueError(f"pipeline.overrides: unknown config key {dotted!r}")
     node[leaf] = value
+
+
+def _has(config, dotted: str) -> bool:
+    node = config
+    for part in dotted.split("."):
+        if not hasattr(node, "keys") or part not in node:
+            return False
+        node = node[part]
+    return True
 
 
 def stage_config(pipe, name: str, command: str, preset: str, overrides):
@@ -82,6 +95,8 @@ def stage_config(pipe, name: str, command: str, preset: str, overrides):
         config[block] = pipe[block]
     config.data.world = pipe.data.world
     config.train.progress_bar = pipe.train.progress_bar
+    for key, value in overrides.get("*", []):
+        _set(config, key, value, missing_ok=True)
     for key, value in overrides.get(name, []):
         _set(config, key, value)
     return config
@@ -140,11 +155,14 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
     p = pipe.pipeline
     stages = [parse_stage(spec, p.preset) for spec in p.stages]
     overrides = parse_overrides(p.overrides)
-    unknown = set(overrides) - {name for name, _, _ in stages}
+    unknown = set(overrides) - {name for name, _, _ in stages} - {"*"}
     if unknown:
         raise ValueError(f"pipeline.overrides names unknown stage(s) {sorted(unknown)}")
-    for name, command, preset in stages:
-        config = stage_config(pipe, name, command, preset, overrides)
+    configs = [stage_config(pipe, *stage, overrides) for stage in stages]
+    for key, _ in overrides.get("*", []):
+        if not any(_has(config, key) for config in configs):
+            raise ValueError(f"pipeline.overrides: no stage has the config key {key!r} ('*:')")
+    for (name, command, preset), config in zip(stages, configs):
         if command == "eval":
             _configure_eval(config, pipe, stages)
         elif command == "latency":
