@@ -133,7 +133,7 @@ def test_prompts_and_teacher():
         normalize([], "dpo")
 
 
-# ----------------------------------------------------------------------------- formats users bring
+# ------------------------------------------------------------------- formats users bring
 def user(text):
     return {"role": "user", "content": text}
 
@@ -234,7 +234,7 @@ def test_hh_dialogues_as_prompts():
     assert out["prompt"] == [user("Hi"), assistant("Hello!"), user("A joke?")]
 
 
-# ----------------------------------------------------------------------------- empty text, no preference
+# ------------------------------------------------------------------- empty text, no preference
 EMPTY_CASES = [  # (kind, record, field, reason)
     ("sft", {"prompt": "p", "response": " "}, "response", "empty response"),
     ("sft", {"prompt": "", "response": "r"}, "prompt", "empty prompt"),
@@ -246,8 +246,9 @@ EMPTY_CASES = [  # (kind, record, field, reason)
     ("preference", {"prompt": "p", "chosen": "", "rejected": "r"}, "chosen", "empty chosen"),
     ("preference", {"chosen": [user("q"), assistant("a")], "rejected": [user("q"), assistant("")]},
      "rejected", "empty rejected"),
-    ("preference", {"chosen": "\n\nHuman: q\n\nAssistant:", "rejected": "\n\nHuman: q\n\nAssistant: "
-                    "no"}, "chosen", "empty final Assistant turn"),
+    ("preference", {"chosen": "\n\nHuman: q\n\nAssistant:",
+                    "rejected": "\n\nHuman: q\n\nAssistant: no"}, "chosen",
+     "empty final Assistant turn"),
     ("prompt", {"prompt": "  "}, "prompt", "empty prompt"),
     ("teacher", {"prompt": "q", "teacher_response": ""}, "teacher_response",
      "empty teacher_response"),
@@ -276,7 +277,8 @@ def test_on_empty_error_drop_and_keep(kind, data, field, reason):
 
 def test_identical_responses_are_dropped_whatever_on_empty():
     rows = [rec({"prompt": "p", "chosen": "same", "rejected": " same\n"}, 1),
-            rec({"chosen": [user("q"), assistant("x")], "rejected": [user("q"), assistant("x")]}, 2),
+            rec({"chosen": [user("q"), assistant("x")],
+                 "rejected": [user("q"), assistant("x")]}, 2),
             rec({"chosen": "\n\nHuman: q\n\nAssistant: x", "rejected": "\n\nHuman: q\n\nAssistant:"
                  " x "}, 3),
             rec({"prompt": "p", "chosen": "a", "rejected": "b"}, 4),
@@ -308,7 +310,7 @@ def test_dropped_summary_shows_the_first_few_per_reason():
                                  "chosen == rejected ×1 (x.jsonl:9)")
 
 
-# ----------------------------------------------------------------------------- the shipped real files
+# ------------------------------------------------------------------- the shipped real files
 def test_hh_rlhf_drops_exactly_the_empty_final_turns():
     path = SHARED / "hh-rlhf/harmless-base/test.jsonl.gz"
     if not path.exists():

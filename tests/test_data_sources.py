@@ -119,7 +119,7 @@ def test_advbench_csv_via_goal_column():
                   "system"}
 
 
-# ----------------------------------------------------------------------------- files as tools write them
+# ------------------------------------------------------------------- files as tools write them
 def test_utf8_bom_is_dropped_in_csv_json_and_jsonl(tmp_path):
     bom = "\ufeff"
     (tmp_path / "x.csv").write_text(bom + "prompt,response\r\nhi,there\r\n", encoding="utf-8")

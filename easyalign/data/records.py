@@ -74,10 +74,12 @@ import numpy as np
 
 from .sources import JOINER, DataError, Record
 
-__all__ = ["KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "normalize", "normalize_sft",
-           "normalize_preference", "normalize_prompts", "normalize_teacher"]
+__all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "normalize",
+           "normalize_sft", "normalize_preference", "normalize_prompts", "normalize_teacher"]
 
 KINDS = ("sft", "preference", "prompt", "teacher")
+# The fields a column mapping (`data.columns`, SourceSpec.columns) fills for these layouts.
+COLUMN_FIELDS = ("prompt", "response", "messages", "chosen", "rejected", "teacher_response")
 ON_EMPTY = ("drop", "error", "keep")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

@@ -336,7 +336,7 @@ def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
 
 # ----------------------------------------------------------------------------- column mapping
 def parse_columns(columns: Mapping[str, str | Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
-    """``{target: "a+b" | ["a", "b"] | "a" | ""}`` -> ``{target: ("a", "b")}``; ``""`` is unmapped."""
+    """``{target: "a+b" | ["a", "b"] | "a" | ""}`` -> ``{target: ("a", "b")}`` ("" = unmapped)."""
     out = {}
     for target, column in (columns or {}).items():
         paths = tuple(column.split(JOIN)) if isinstance(column, str) else tuple(column)
