@@ -227,3 +227,15 @@ def test_shared_eval_preset_asks_no_world_suites_unless_told(tmp_path):
                          "--config.eval.suites=('harmful','benign')"])
     assert [(s.name, s.world) for s in load_suites(asked, world)] == [
         ("harmful", True), ("benign", True), ("advbench", False)]
+
+
+def test_identical_pairs_are_reported_without_the_on_empty_key(tmp_path, capsys):
+    rows = [{"prompt": f"q{i}", "chosen": "same" if i < 2 else "good", "rejected": "same" if i < 2
+             else "bad"} for i in range(6)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    run = run_for(f"--config.data.source={path}", "--config.data.eval_source=",
+                  config="configs/dpo.py:tiny")
+    assert len(common.load_examples(run, "preference", "train")) == 4
+    assert capsys.readouterr().out.strip() == (
+        f"[data] preference train: dropped 2 of 6 records of {path}: chosen == rejected ×2 "
+        "(pairs.jsonl:1, pairs.jsonl:2)")

@@ -268,7 +268,7 @@ def test_on_empty_error_drop_and_keep(kind, data, field, reason):
     dropped = Dropped()
     out = normalize(records, kind, on_empty="drop", dropped=dropped)
     assert [ex["source"] for ex in out] == ["data.jsonl:1", "data.jsonl:3"]
-    assert dropped.by_reason == {reason: ["data.jsonl:2"]}
+    assert dropped.by_reason == {reason: ["data.jsonl:2"]} and dropped.empty == 1
     assert dropped.summary() == f"{reason} ×1 (data.jsonl:2)"
     # keep: the record is trained as it is.
     assert [ex["source"] for ex in normalize(records, kind, on_empty="keep")] == [
@@ -291,6 +291,7 @@ def test_identical_responses_are_dropped_whatever_on_empty():
         expected = {"chosen == rejected": wheres + ["data.jsonl:5"]} if on_empty == "keep" else {
             "chosen == rejected": wheres, "empty chosen": ["data.jsonl:5"]}
         assert dropped.by_reason == expected
+        assert dropped.empty == (on_empty == "drop")
     # Without a report to add to, what was dropped is a warning, never silent.
     with pytest.warns(UserWarning, match=re.escape("dropped 3 of 4 preference records: chosen "
                                                    "== rejected ×3 (data.jsonl:1, data.jsonl:2, "

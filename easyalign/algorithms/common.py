@@ -186,8 +186,9 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     dropped = data_records.Dropped()
     examples = data_records.normalize(records, kind, on_empty=data.on_empty, dropped=dropped)
     if dropped and run.is_main:
+        setting = f" [data.on_empty={data.on_empty}]" if dropped.empty else ""
         print(f"[data] {kind} {split}: dropped {len(dropped)} of {len(records)} records of "
-              f"{source}: {dropped.summary()} [data.on_empty={data.on_empty}]")
+              f"{source}: {dropped.summary()}{setting}")
     return examples
 
 

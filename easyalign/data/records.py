@@ -116,9 +116,11 @@ class Dropped:
 
     def __init__(self):
         self.by_reason: dict[str, list[str]] = {}
+        self.empty = 0  # how many of them on_empty dropped
 
     def add(self, skip: Skip) -> None:
         self.by_reason.setdefault(skip.reason, []).append(skip.where)
+        self.empty += isinstance(skip, EmptyText)
 
     def __len__(self) -> int:
         return sum(len(wheres) for wheres in self.by_reason.values())
