@@ -9,6 +9,7 @@ import dataclasses
 
 from ml_collections import ConfigDict
 
+from easyalign.data.records import COLUMN_FIELDS
 from easyalign.data.world import WorldConfig
 
 
@@ -48,11 +49,19 @@ def get_config() -> ConfigDict:
 
     # ------------------------------------------------------------------ data
     c.data = d = ConfigDict()
-    d.source = "world"                   # world | a file path (jsonl/json/csv) | hf:NAME
-    d.eval_source = "world"              # world | path | hf:NAME | "" (no eval)
+    d.source = "world"                   # world | file (.jsonl .json .csv [.gz], .parquet) | hf:NAME
+    d.format = ""                        # "" = from the file suffix | jsonl | json | csv | parquet
+    d.encoding = "utf-8"                 # of text files (a UTF-8 BOM is dropped), e.g. cp1252
+    d.columns = ConfigDict({f: "" for f in COLUMN_FIELDS})  # field <- source column ("" = as
+    #                                      stored); "instruction+input" joins, "chosen.-1.content"
+    d.on_empty = "drop"                  # drop | error | keep records with an empty response/turn
+    d.eval_source = "auto"               # auto | world | path | hf:NAME | "" (no eval); auto =
+    #                                      the world's held-out files, or a held-out split of source
+    d.eval_fraction = 0.05               # auto: hold out this fraction of a source's records ...
+    d.eval_max = 1000                    # ... at most this many (0 = no cap), never trained on
+    d.eval_seed = 0                      # auto: which records are held out (not train.seed)
     d.split = "train"                    # split for hf:NAME sources
-    d.eval_split = "test"                # eval split for hf:NAME sources
-    d.columns = ConfigDict()             # field renames, e.g. {"prompt": "goal"}
+    d.eval_split = "test"                # split for an hf:NAME eval_source
     d.tokenizer = ""                     # tokenizer dir ("" = the world's, or the HF model's)
     d.max_length = 64                    # static sequence length of every batch
     d.max_prompt_length = 0              # prompts are cut from the left to this (0 = max_length - 1)

@@ -4,9 +4,11 @@
         --config.eval.variants="('sft=runs/sft/model', 'dpo=runs/dpo/model')" \
         --config.eval.reference=runs/sft/model --config.eval.reward_model=runs/reward/model
 
-Presets: `tiny` (16 prompts per suite, short answers: a smoke test); `shared` adds AdvBench
+Presets: `tiny` (16 prompts per suite, short answers: a smoke test); `shared`: AdvBench
 (refusal rate) and TruthfulQA MC from the shared data folder (`EASYALIGN_SHARED_DATA`, default
-`../shared/data` next to the repository).
+`../shared/data` next to the repository) for real models, without the built-in world's suites
+(they ask about the world's invented entities and tasks; add some back by name, e.g.
+`--config.eval.suites="('harmful','benign')"`, to evaluate world models on both).
 """
 
 import os
@@ -33,7 +35,8 @@ def get_config(preset: str = ""):
     e.reward_suites = ()                 # suites the reward model scores (() = every suite)
     e.win_rate_reference = ""            # variant the reward win rate compares with ("" = none)
     e.tokenizer = ""                     # tokenizer for variants without one ("" = the world's)
-    e.suites = ("instructions", "facts", "unknown", "harmful", "benign")  # world suites (held out)
+    e.suites = ("instructions", "facts", "unknown", "harmful", "benign")  # world suites (held
+    #                                      out; for models of the built-in world, () = none)
     e.extra_suites = ()                  # "name=PATH[:COLUMN[:TAG]]", TAG harmful|benign|plain
     e.mc_task = ""                       # TruthfulQA mc_task.json for MC1/MC2 ("" = skip)
     e.mc_limit = 0                       # first N MC questions (0 = all)
@@ -52,6 +55,7 @@ def get_config(preset: str = ""):
         e.max_new_tokens = 24
     elif preset == "shared":
         data = shared_data_dir()
+        e.suites = ()                    # real suites only: the world's are not asked of real models
         e.extra_suites = (f"advbench={data}/advbench/harmful_behaviors.csv:goal:harmful",)
         e.mc_task = str(data / "truthfulqa" / "data" / "v1" / "mc_task.json")
     elif preset:

@@ -25,21 +25,22 @@ def write_jsonl(path: Path, lines: list[str]) -> Path:
 
 
 GOOD = json.dumps({"prompt": "What is 2 + 3?", "response": "5"})
-CASES = {
-    "malformed line": ([GOOD, '{"prompt": "broken", "response": ', GOOD], ":2", "JSON"),
+CASES = {  # lines, where, what the message names, flags
+    "malformed line": ([GOOD, '{"prompt": "broken", "response": ', GOOD], ":2", "JSON", ()),
     "missing field": ([GOOD, GOOD, json.dumps({"prompt": "no response here"})], ":3",
-                      "response"),
+                      "response", ()),
+    # Empty responses are dropped and reported by default; an error only when asked.
     "empty response": ([GOOD, json.dumps({"prompt": "Say nothing.", "response": ""})], ":2",
-                       "response"),
+                       "data.on_empty", ("--config.data.on_empty=error",)),
 }
 
 
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_bad_record_is_named_and_nothing_is_checkpointed(tmp_path, case):
-    lines, where, field = CASES[case]
+    lines, where, field, flags = CASES[case]
     data = write_jsonl(tmp_path / "train.jsonl", lines)
     result = sft(tmp_path / "runs" / "sft", f"--config.data.source={data}",
-                 "--config.data.world.dir=" + str(tmp_path / "world"))
+                 "--config.data.world.dir=" + str(tmp_path / "world"), *flags)
     assert result.returncode != 0
     message = result.stderr.strip().splitlines()[-1]
     assert f"{data}{where}" in message and field in message, message

@@ -164,20 +164,94 @@ def prepare(config) -> Run:
 
 # ----------------------------------------------------------------------------- data
 def load_examples(run: Run, kind: str, split: str) -> list[dict]:
-    """Normalised examples of `kind` ("sft" | "preference" | "prompt" | "teacher")."""
+    """Normalised examples of `kind` ("sft" | "preference" | "prompt" | "teacher") for `split`
+    ("train" | "eval"), as the `data` config block describes them.
+
+    `data.source` feeds "train" and `data.eval_source` "eval" ("world" = the built-in world's
+    file for the kind and split, "" = none). The default `data.eval_source="auto"` evaluates on
+    the world's held-out files when the source is the world, and otherwise on a held-out split
+    of `data.source` (`held_out_rows`) that training does not see. Records with empty text
+    follow `data.on_empty`; whatever is skipped is printed as one `[data]` line.
+    """
     data = run.config.data
-    source = data.source if split == "train" else data.eval_source
+    auto = data.eval_source == "auto"
+    source = data.eval_source if split == "eval" and not auto else data.source
     if not source:
         return []
+    spec = _source_spec(run, source, kind, split)
+    rows = data_sources.read_rows(spec)
+    if auto and source != "world":
+        rows = _split_rows(run, rows, source, split)
+    records = data_sources.apply_columns(rows, spec.columns)
+    dropped = data_records.Dropped()
+    examples = data_records.normalize(records, kind, on_empty=data.on_empty, dropped=dropped)
+    if dropped and run.is_main:
+        setting = f" [data.on_empty={data.on_empty}]" if dropped.empty else ""
+        print(f"[data] {kind} {split}: dropped {len(dropped)} of {len(records)} records of "
+              f"{source}: {dropped.summary()}{setting}")
+    return examples
+
+
+def _source_spec(run: Run, source: str, kind: str, split: str) -> data_sources.SourceSpec:
+    data = run.config.data
     if source == "world":
         filename, columns = WORLD_FILES[(kind, split)]
-        spec = {"path": str(run.world_dir / filename), "columns": columns}
-    elif source.startswith("hf:"):
-        spec = {"hf_name": source[3:], "split": data.split if split == "train" else data.eval_split,
-                "columns": dict(data.columns) or None}
-    else:
-        spec = {"path": source, "columns": dict(data.columns) or None}
-    return data_records.normalize(data_sources.load_records(spec), kind)
+        return data_sources.SourceSpec(path=str(run.world_dir / filename), columns=columns)
+    columns = _columns(data.columns)
+    if source.startswith("hf:"):
+        # An explicit hf eval source reads `eval_split`; the auto split holds out of `split`.
+        hf_split = data.eval_split if split == "eval" and data.eval_source != "auto" else data.split
+        return data_sources.SourceSpec(hf_name=source[3:], split=hf_split, columns=columns)
+    return data_sources.SourceSpec(path=source, format=data.format or None, columns=columns,
+                                   encoding=data.encoding)
+
+
+def _columns(columns) -> dict:
+    """`data.columns` (pre-declared fields, "" = not mapped; or a whole dict) as a mapping."""
+    mapping = {field: tuple(c) if isinstance(c, (list, tuple)) else c
+               for field, c in dict(columns).items()}
+    unknown = sorted(set(mapping) - set(data_records.COLUMN_FIELDS))
+    if unknown:
+        raise ValueError(f"data.columns: unknown field(s) {unknown}; a column mapping fills "
+                         f"{', '.join(data_records.COLUMN_FIELDS)}")
+    return data_sources.parse_columns(mapping)
+
+
+def held_out_rows(rows: list, fraction: float, cap: int, seed: int) -> set[int]:
+    """Indices of the rows held out for evaluation when `data.eval_source="auto"`.
+
+    n = min(⌈fraction · M⌉, cap) of the M rows (cap 0 = none): those whose key
+    sha256(seed, row content) is smallest. The key depends on the row itself, not on its
+    position, the column mapping or the record kind, so every stage reading the same file
+    (reward, DPO and PPO on one preference file) holds out the same rows; a row identical to
+    the last one held out is held out too, so duplicates never straddle train and eval.
+    """
+    if not 0 <= fraction < 1 or cap < 0:
+        raise ValueError(f"data.eval_fraction={fraction} must be in [0, 1) and "
+                         f"data.eval_max={cap} >= 0")
+    n = int(np.ceil(fraction * len(rows)))
+    n = min(n, cap) if cap else n
+    if not n:
+        return set()
+    keys = [hashlib.sha256(f"{seed}\0{json.dumps(row.data, sort_keys=True, default=str)}"
+                           .encode()).hexdigest() for row in rows]
+    order = sorted(range(len(rows)), key=lambda i: (keys[i], i))
+    last = keys[order[n - 1]]
+    return {i for i in order if keys[i] <= last}
+
+
+def _split_rows(run: Run, rows: list, source: str, split: str) -> list:
+    """The train or eval side of the held-out split of `source` (the train call reports it)."""
+    data = run.config.data
+    held = held_out_rows(rows, data.eval_fraction, data.eval_max, data.eval_seed)
+    if len(held) >= len(rows):
+        raise ValueError(f"data.eval_fraction={data.eval_fraction} holds out all {len(rows)} "
+                         f"records of {source}; lower it or set data.eval_source")
+    if split == "train" and run.is_main:
+        print(f"[data] held out {len(held)} of {len(rows)} records of {source} for evaluation "
+              f"(data.eval_fraction={data.eval_fraction}, data.eval_max={data.eval_max}, "
+              f"data.eval_seed={data.eval_seed}; data.eval_source=auto)")
+    return [row for i, row in enumerate(rows) if (i in held) == (split == "eval")]
 
 
 def tokenize(run: Run, examples: list[dict], kind: str, max_length: int | None = None):

@@ -1,91 +1,210 @@
 """Normalise raw records to the four record kinds of DESIGN decision 8, validating every field.
 
-==============  ===================================================  ==============================
-kind            accepted input fields                                normalised example
-==============  ===================================================  ==============================
-``sft``         ``{prompt, response}`` or ``{messages}``              ``{messages}``
-``preference``  ``{prompt, chosen, rejected}``, or HH-RLHF dialogue   ``{prompt, chosen, rejected}``
-                strings ``{chosen, rejected}`` (below)
-``prompt``      ``{prompt}``                                          ``{prompt}``
-``teacher``     ``{prompt, teacher_response[, teacher_topk]}``        same
-==============  ===================================================  ==============================
+The layout of a record is detected from its fields, first match wins:
+
+==============  ========================================================  =========================
+kind            accepted layouts                                          normalised example
+==============  ========================================================  =========================
+``sft``         ``{messages}`` or ``{conversations}``: a conversation     ``{messages}``
+                ending with an assistant turn; ``{prompt, response}``;
+                Alpaca ``{instruction, input?, output}``
+``preference``  ``{prompt, chosen, rejected}`` strings; ``{chosen,        ``{prompt, chosen,
+                rejected}`` conversations, with or without ``prompt``     rejected}``
+                (UltraFeedback, TRL); HH-RLHF dialogue strings
+``prompt``      ``{prompt}``; a conversation (all but its final           ``{prompt}``
+                assistant turn); Alpaca ``instruction [+ input]``; a
+                preference row (the prompt its two responses share)
+``teacher``     ``{prompt, teacher_response[, teacher_topk]}``            same
+==============  ========================================================  =========================
+
+Turns are ``{role, content}`` with role ``system | user | assistant`` (OpenAI / HF chat) or
+ShareGPT's ``{from, value}`` with from ``human | gpt | system | user | assistant``.
 
 Conventions of a normalised example (a plain dict):
 
 * ``prompt`` is always a *message list* ``[{"role", "content"}, ...]``; a string prompt becomes
   one user turn, so the chat template alone decides how prompts are rendered.
 * SFT examples are a message list ending with an assistant turn; every assistant turn is trained.
+* Alpaca: the prompt is ``instruction``, then a blank line and ``input`` when that is non-empty;
+  the response is ``output`` (the same as ``data.columns.prompt=instruction+input``).
 * ``source`` is the record's ``where`` (file:line), carried on so later errors can name it.
 * Fields of the record that the kind does not consume are kept unchanged; tokenisation later
   passes the numeric scalar ones (e.g. ``weight``) through to batches as per-example values.
 
-HH-RLHF: a record with only ``chosen`` / ``rejected`` holds two whole dialogues
+Preference conversations (UltraFeedback-binarized, TRL's conversational format): ``chosen`` and
+``rejected`` are message lists that end with an assistant turn -- the two responses -- and share
+every turn before it, which is the prompt (multi-turn too). Histories that differ are an error.
+A ``prompt`` field is optional: with lists that hold only the final turn it is the prompt;
+otherwise it must agree with the shared history (equal to it, or a string equal to its last user
+turn).
+
+HH-RLHF: a record with only ``chosen`` / ``rejected`` strings holds two whole dialogues
 ``"\\n\\nHuman: ...\\n\\nAssistant: ..."`` that share everything up to their final Assistant turn.
 The split point is the last ``"\\n\\nAssistant:"`` inside the common prefix of the two strings (so
 markers quoted inside a final answer cannot move it); the text before it becomes a user/assistant
-message list, and the stripped final turns become ``chosen`` / ``rejected``. A few real HH pairs
-have an *empty* final turn (4 of 2,312 in harmless-base test): that is an error unless
-``allow_empty_responses=True`` -- then the response is just EOS ("say nothing").
+message list, and the stripped final turns become ``chosen`` / ``rejected``.
 
-Other preference layouts are reached by column mapping, e.g. UltraFeedback-binarized:
-``{"prompt": "prompt", "chosen": "chosen.1.content", "rejected": "rejected.1.content"}``.
+Records left out on purpose (:class:`Skip`) are collected in a :class:`Dropped` report -- one
+line per load, never a silent skip:
+
+* **empty text** (``on_empty``): a blank response, chosen/rejected, teacher_response or prompt,
+  or a blank user/assistant turn (4 of the 2,312 HH-RLHF harmless-base test pairs end with an
+  empty Assistant turn). ``"error"`` (the default of these functions) raises a
+  :class:`DataError` naming record, field and the ``data.on_empty`` key; ``"drop"`` (the
+  default of the ``data.on_empty`` config key) skips the record; ``"keep"`` keeps it, and an
+  empty response trains just the end-of-turn token ("say nothing").
+* **no preference**: a pair whose chosen and rejected responses are the same text (after
+  stripping) teaches nothing and is always dropped.
 
 ``teacher_topk`` (optional) is ``{"ids": [[int]*k]*n, "logprobs": [[float]*k]*n}``: the teacher's
 top-k next-token candidates for each of the n response tokens including the final EOS, as the
 same tokenizer splits ``teacher_response``; it becomes int32 / float32 arrays of shape [n, k].
 
-Anything missing, empty or of the wrong type raises :class:`DataError` naming record and field.
+Anything missing or of the wrong type raises :class:`DataError` naming record and field.
 """
 from __future__ import annotations
 
 import os
 import re
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
-from .sources import DataError, Record
+from .sources import JOINER, DataError, Record
 
-__all__ = ["KINDS", "normalize", "normalize_sft", "normalize_preference", "normalize_prompts",
-           "normalize_teacher"]
+__all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "normalize",
+           "normalize_sft", "normalize_preference", "normalize_prompts", "normalize_teacher"]
 
 KINDS = ("sft", "preference", "prompt", "teacher")
+# The fields a column mapping (`data.columns`, SourceSpec.columns) fills for these layouts.
+COLUMN_FIELDS = ("prompt", "response", "messages", "chosen", "rejected", "teacher_response")
+ON_EMPTY = ("drop", "error", "keep")
 ROLES = ("system", "user", "assistant")
+SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
+                  "system": "system"}
+CONVERSATION_FIELDS = ("messages", "conversations")   # OpenAI/HF, ShareGPT
+ALPACA_FIELDS = ("instruction", "input", "output")
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
+# (field, text, reason): a text of the example that must not be blank unless on_empty="keep".
+Text = tuple[str, str, str]
 
-def _string(data: dict, field: str, where: str, *, allow_empty: bool = False) -> str:
+
+class Skip(DataError):
+    """A record left out on purpose and reported; ``reason`` groups the report."""
+
+    def __init__(self, where: str, reason: str, field: str | None = None,
+                 message: str | None = None):
+        super().__init__(where, message or reason, field=field)
+        self.reason = reason
+
+
+class EmptyText(Skip):
+    """A blank response, prompt or turn: ``on_empty`` decides (raised as is for ``"error"``)."""
+
+    def __init__(self, where: str, field: str, reason: str):
+        super().__init__(where, reason, field, f"{reason} (data.on_empty=error); set "
+                         "data.on_empty=drop to skip such records, or keep to train them as "
+                         "they are (an empty response is just the end-of-turn token)")
+
+
+class Dropped:
+    """The records skipped by one or more ``normalize`` calls, by reason, in input order."""
+
+    def __init__(self):
+        self.by_reason: dict[str, list[str]] = {}
+        self.empty = 0  # how many of them on_empty dropped
+
+    def add(self, skip: Skip) -> None:
+        self.by_reason.setdefault(skip.reason, []).append(skip.where)
+        self.empty += isinstance(skip, EmptyText)
+
+    def __len__(self) -> int:
+        return sum(len(wheres) for wheres in self.by_reason.values())
+
+    def summary(self, shown: int = 3) -> str:
+        """``"empty response ×2 (a.json[2335], a.json[4658])"``, reasons joined by ``"; "``."""
+        parts = []
+        for reason, wheres in self.by_reason.items():
+            names = [os.path.basename(w) for w in wheres[:shown]]
+            if len(wheres) > shown:
+                names.append(f"{len(wheres) - shown} more")
+            parts.append(f"{reason} ×{len(wheres)} ({', '.join(names)})")
+        return "; ".join(parts)
+
+
+# ----------------------------------------------------------------------------- fields
+def _string(data: dict, field: str, where: str) -> str:
     if field not in data:
         raise DataError(where, "missing", field=field)
     value = data[field]
     if not isinstance(value, str):
         raise DataError(where, f"expected a string, got {type(value).__name__}", field=field)
-    if not allow_empty and not value.strip():
-        raise DataError(where, "empty", field=field)
     return value
 
 
-def _messages(value: Any, where: str, field: str) -> list[dict[str, str]]:
+def _nonempty(where: str, texts: Sequence[Text], keep_empty: bool) -> None:
+    """Raises :class:`EmptyText` for the first blank text, unless they are kept."""
+    if keep_empty:
+        return
+    for field, text, reason in texts:
+        if not text.strip():
+            raise EmptyText(where, field, reason)
+
+
+def _turn(m: Any, where: str, name: str) -> dict[str, str]:
+    if isinstance(m, dict) and "from" in m and "role" not in m:  # ShareGPT
+        role, content = SHAREGPT_ROLES.get(m["from"]), m.get("value")
+        if role is None:
+            raise DataError(where, f"expected ShareGPT {{from in {tuple(SHAREGPT_ROLES)}, value}}, "
+                                   f"got {m!r:.80}", field=name)
+    elif isinstance(m, dict) and m.get("role") in ROLES:
+        role, content = m["role"], m.get("content")
+    else:
+        raise DataError(where, f"expected {{role in {ROLES}, content}} or ShareGPT {{from, value}},"
+                               f" got {m!r:.80}", field=name)
+    if not isinstance(content, str):
+        raise DataError(where, "content must be a string", field=name)
+    return {"role": role, "content": content}
+
+
+def _turns(value: Any, where: str, field: str) -> list[dict[str, str]]:
     if not isinstance(value, list) or not value:
-        raise DataError(where, "expected a non-empty list of {role, content} messages", field=field)
-    out = []
-    for i, m in enumerate(value):
-        name = f"{field}[{i}]"
-        if not isinstance(m, dict) or m.get("role") not in ROLES:
-            raise DataError(where, f"expected {{role in {ROLES}, content}}, got {m!r:.80}",
-                            field=name)
-        if not isinstance(m.get("content"), str):
-            raise DataError(where, "content must be a string", field=name)
-        out.append({"role": m["role"], "content": m["content"]})
-    return out
+        raise DataError(where, "expected a non-empty list of {role, content} messages",
+                        field=field)
+    return [_turn(m, where, f"{field}[{i}]") for i, m in enumerate(value)]
 
 
-def _prompt(data: dict, where: str) -> list[dict[str, str]]:
+def _turn_texts(turns: Sequence[dict], field: str) -> list[Text]:
+    """Every user and assistant turn must say something; a blank system turn is harmless."""
+    return [(f"{field}[{i}]", m["content"], f"empty {m['role']} turn")
+            for i, m in enumerate(turns) if m["role"] != "system"]
+
+
+def _conversation_field(data: dict) -> str | None:
+    return next((f for f in CONVERSATION_FIELDS if f in data), None)
+
+
+def _prompt(data: dict, where: str) -> tuple[list[dict[str, str]], list[Text]]:
+    """A ``prompt`` field: a message list, or a string that becomes one user turn."""
     if isinstance(data.get("prompt"), list):
-        return _messages(data["prompt"], where, "prompt")
-    return [{"role": "user", "content": _string(data, "prompt", where)}]
+        turns = _turns(data["prompt"], where, "prompt")
+        return turns, _turn_texts(turns, "prompt")
+    text = _string(data, "prompt", where)
+    return [{"role": "user", "content": text}], [("prompt", text, "empty prompt")]
+
+
+def _alpaca_prompt(data: dict, where: str) -> tuple[list[dict[str, str]], list[Text]]:
+    """``instruction``, then a blank line and ``input`` when that is non-empty."""
+    instruction = _string(data, "instruction", where)
+    extra = data.get("input")
+    if extra is not None and not isinstance(extra, str):
+        raise DataError(where, f"expected a string, got {type(extra).__name__}", field="input")
+    text = JOINER.join(part for part in (instruction, extra) if part and part.strip())
+    return [{"role": "user", "content": text}], [("instruction", text, "empty prompt")]
 
 
 def _rest(data: dict, consumed: Sequence[str], where: str) -> dict[str, Any]:
@@ -95,27 +214,34 @@ def _rest(data: dict, consumed: Sequence[str], where: str) -> dict[str, Any]:
     return out
 
 
-def normalize_sft(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """``{prompt, response}`` or ``{messages}`` -> ``{messages, source, ...}``."""
-    out = []
-    for r in records:
-        d, where = r.data, r.where
-        if "messages" in d:
-            messages = _messages(d["messages"], where, "messages")
-            if messages[-1]["role"] != "assistant":
-                raise DataError(where, "the last message must be an assistant turn (the trained "
-                                       "response)", field="messages")
-            for i, m in enumerate(messages):
-                if m["role"] == "assistant" and not m["content"].strip():
-                    raise DataError(where, "empty assistant turn", field=f"messages[{i}]")
-            out.append({"messages": messages, **_rest(d, ("messages",), where)})
-        else:
-            response = _string(d, "response", where)
-            messages = _prompt(d, where) + [{"role": "assistant", "content": response}]
-            out.append({"messages": messages, **_rest(d, ("prompt", "response"), where)})
-    return out
+# ----------------------------------------------------------------------------- sft
+def _sft(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
+    field = _conversation_field(d)
+    if field is not None:
+        messages = _turns(d[field], where, field)
+        if messages[-1]["role"] != "assistant":
+            raise DataError(where, "the last message must be an assistant turn (the trained "
+                                   "response)", field=field)
+        _nonempty(where, _turn_texts(messages, field), keep_empty)
+        return {"messages": messages, **_rest(d, (field,), where)}
+    if "prompt" in d or "response" in d:
+        prompt, texts = _prompt(d, where)
+        response, consumed = _string(d, "response", where), ("prompt", "response")
+        texts = texts + [("response", response, "empty response")]
+    elif "instruction" in d:
+        prompt, texts = _alpaca_prompt(d, where)
+        response, consumed = _string(d, "output", where), ALPACA_FIELDS
+        texts = texts + [("output", response, "empty response")]
+    else:
+        raise DataError(where, "no SFT fields: expected messages, conversations (ShareGPT), "
+                               "prompt + response, or instruction + output (Alpaca); map other "
+                               "columns with data.columns")
+    _nonempty(where, texts, keep_empty)
+    return {"messages": prompt + [{"role": "assistant", "content": response}],
+            **_rest(d, consumed, where)}
 
 
+# ----------------------------------------------------------------------------- preference
 def _hh_dialogue(text: str, where: str, field: str) -> list[dict[str, str]]:
     """``"\\n\\nHuman: a\\n\\nAssistant: b"`` -> user/assistant messages."""
     parts = _HH_TURN.split(text)
@@ -125,7 +251,7 @@ def _hh_dialogue(text: str, where: str, field: str) -> list[dict[str, str]]:
             for role, content in zip(parts[1::2], parts[2::2])]
 
 
-def _split_hh(d: dict, where: str, allow_empty: bool) -> tuple[list[dict], str, str]:
+def _split_hh(d: dict, where: str) -> tuple[list[dict], str, str, list[Text]]:
     chosen = _string(d, "chosen", where)
     rejected = _string(d, "rejected", where)
     common = os.path.commonprefix([chosen, rejected])
@@ -137,43 +263,104 @@ def _split_hh(d: dict, where: str, allow_empty: bool) -> tuple[list[dict], str, 
     if not prompt:
         raise DataError(where, "HH dialogue has no turn before the final Assistant turn",
                         field="chosen")
+    texts = [("chosen", m["content"], f"empty {m['role']} turn in the dialogue") for m in prompt]
     responses = {}
     for field, text in (("chosen", chosen), ("rejected", rejected)):
         response = text[cut + len(HH_ASSISTANT):].strip()
         if "\n\nHuman:" in response:
             raise DataError(where, "chosen and rejected dialogues diverge before their final "
                                    "Assistant turn", field=field)
-        if not response and not allow_empty:
-            raise DataError(where, "empty final Assistant turn (pass allow_empty_responses=True to "
-                                   "train it as a bare EOS)", field=field)
         responses[field] = response
-    return prompt, responses["chosen"], responses["rejected"]
+        texts.append((field, response, "empty final Assistant turn"))
+    return prompt, responses["chosen"], responses["rejected"], texts
 
 
-def normalize_preference(records: Sequence[Record], *,
-                         allow_empty_responses: bool = False) -> list[dict[str, Any]]:
-    """``{prompt, chosen, rejected}`` or HH dialogues -> ``{prompt, chosen, rejected, source}``.
-
-    ``allow_empty_responses`` accepts an empty chosen/rejected response (it trains as bare EOS).
-    """
-    out = []
-    for r in records:
-        d, where = r.data, r.where
-        if "prompt" in d:
-            prompt = _prompt(d, where)
-            chosen = _string(d, "chosen", where, allow_empty=allow_empty_responses)
-            rejected = _string(d, "rejected", where, allow_empty=allow_empty_responses)
-        else:
-            prompt, chosen, rejected = _split_hh(d, where, allow_empty_responses)
-        out.append({"prompt": prompt, "chosen": chosen, "rejected": rejected,
-                    **_rest(d, ("prompt", "chosen", "rejected"), where)})
-    return out
+def _same_turns(a: Sequence[dict], b: Sequence[dict]) -> bool:
+    return len(a) == len(b) and all(
+        x["role"] == y["role"] and x["content"].strip() == y["content"].strip()
+        for x, y in zip(a, b))
 
 
-def normalize_prompts(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """``{prompt}`` -> ``{prompt, source, ...}``."""
-    return [{"prompt": _prompt(r.data, r.where), **_rest(r.data, ("prompt",), r.where)}
-            for r in records]
+def _split_conversations(d: dict, where: str) -> tuple[list[dict], str, str, list[Text]]:
+    """UltraFeedback / TRL conversational pairs (module docstring)."""
+    sides = {}
+    for field in ("chosen", "rejected"):
+        if not isinstance(d.get(field), list):
+            raise DataError(where, "chosen and rejected must both be message lists (or both "
+                                   "strings)", field=field)
+        turns = _turns(d[field], where, field)
+        if turns[-1]["role"] != "assistant":
+            raise DataError(where, "the last message must be an assistant turn (the response)",
+                            field=field)
+        sides[field] = turns
+    history = sides["chosen"][:-1]
+    if not _same_turns(history, sides["rejected"][:-1]):
+        raise DataError(where, "chosen and rejected differ before their final assistant turn; "
+                               "they must share the conversation (the prompt)", field="rejected")
+    texts = _turn_texts(history, "chosen")
+    if "prompt" in d:
+        prompt, prompt_texts = _prompt(d, where)
+        agrees = _same_turns(prompt, history) or (
+            isinstance(d["prompt"], str) and history and _same_turns(prompt, history[-1:]))
+        if history and not agrees:
+            raise DataError(where, "differs from the conversation before the final assistant "
+                                   "turn of chosen/rejected", field="prompt")
+        if not history:
+            history, texts = prompt, prompt_texts
+    elif not history:
+        raise DataError(where, "missing: chosen/rejected hold only the response", field="prompt")
+    chosen, rejected = sides["chosen"][-1]["content"], sides["rejected"][-1]["content"]
+    texts += [("chosen", chosen, "empty chosen"), ("rejected", rejected, "empty rejected")]
+    return history, chosen, rejected, texts
+
+
+def _split_preference(d: dict, where: str) -> tuple[list[dict], str, str, list[Text]]:
+    """(prompt, chosen, rejected, texts) of any preference layout."""
+    for field in ("chosen", "rejected"):
+        if field not in d:
+            raise DataError(where, "missing", field=field)
+    if isinstance(d["chosen"], list) or isinstance(d["rejected"], list):
+        return _split_conversations(d, where)
+    if "prompt" not in d:
+        return _split_hh(d, where)
+    prompt, texts = _prompt(d, where)
+    chosen, rejected = _string(d, "chosen", where), _string(d, "rejected", where)
+    texts = texts + [("chosen", chosen, "empty chosen"), ("rejected", rejected, "empty rejected")]
+    return prompt, chosen, rejected, texts
+
+
+def _preference(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
+    prompt, chosen, rejected, texts = _split_preference(d, where)
+    _nonempty(where, texts, keep_empty)
+    if chosen.strip() == rejected.strip():
+        raise Skip(where, "chosen == rejected", field="rejected",
+                   message="chosen and rejected are the same response (no preference)")
+    return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
+            **_rest(d, ("prompt", "chosen", "rejected"), where)}
+
+
+# ----------------------------------------------------------------------------- prompts, teacher
+def _prompt_example(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
+    field = _conversation_field(d)
+    if "prompt" in d:
+        prompt, texts = _prompt(d, where)
+        consumed = ("prompt",)
+    elif field is not None:
+        turns = _turns(d[field], where, field)
+        prompt = turns[:-1] if turns[-1]["role"] == "assistant" else turns
+        if not prompt:
+            raise DataError(where, "no turn before the final assistant turn", field=field)
+        texts, consumed = _turn_texts(prompt, field), (field,)
+    elif "instruction" in d:
+        prompt, texts = _alpaca_prompt(d, where)
+        consumed = ALPACA_FIELDS
+    elif "chosen" in d and "rejected" in d:
+        prompt, _, _, _ = _split_preference(d, where)
+        texts, consumed = _turn_texts(prompt, "chosen"), ("chosen", "rejected")
+    else:
+        raise DataError(where, "missing", field="prompt")
+    _nonempty(where, texts, keep_empty)
+    return {"prompt": prompt, **_rest(d, consumed, where)}
 
 
 def _topk(value: Any, where: str) -> dict[str, np.ndarray]:
@@ -193,27 +380,64 @@ def _topk(value: Any, where: str) -> dict[str, np.ndarray]:
     return {"ids": ids.astype(np.int32), "logprobs": logprobs}
 
 
-def normalize_teacher(records: Sequence[Record]) -> list[dict[str, Any]]:
-    """``{prompt, teacher_response[, teacher_topk]}`` -> same, plus ``source``."""
+def _teacher(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
+    prompt, texts = _prompt(d, where)
+    response = _string(d, "teacher_response", where)
+    _nonempty(where, texts + [("teacher_response", response, "empty teacher_response")],
+              keep_empty)
+    ex = {"prompt": prompt, "teacher_response": response,
+          **_rest(d, ("prompt", "teacher_response", "teacher_topk"), where)}
+    if d.get("teacher_topk") is not None:
+        ex["teacher_topk"] = _topk(d["teacher_topk"], where)
+    return ex
+
+
+# ----------------------------------------------------------------------------- entry points
+_BUILDERS: dict[str, Callable[[dict, str, bool], dict[str, Any]]] = {
+    "sft": _sft, "preference": _preference, "prompt": _prompt_example, "teacher": _teacher}
+
+
+def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",
+              dropped: Dropped | None = None) -> list[dict[str, Any]]:
+    """Normalised examples of ``kind`` (module docstring).
+
+    Skipped records go to ``dropped``; without one, a warning states what was dropped.
+    """
+    if kind not in _BUILDERS:
+        raise ValueError(f"unknown record kind {kind!r}; use one of {KINDS}")
+    if on_empty not in ON_EMPTY:
+        raise ValueError(f"data.on_empty: {on_empty!r} is not one of {ON_EMPTY}")
+    report = Dropped() if dropped is None else dropped
+    build, keep_empty = _BUILDERS[kind], on_empty == "keep"
     out = []
     for r in records:
-        d, where = r.data, r.where
-        ex = {"prompt": _prompt(d, where),
-              "teacher_response": _string(d, "teacher_response", where),
-              **_rest(d, ("prompt", "teacher_response", "teacher_topk"), where)}
-        if d.get("teacher_topk") is not None:
-            ex["teacher_topk"] = _topk(d["teacher_topk"], where)
-        out.append(ex)
+        try:
+            out.append(build(r.data, r.where, keep_empty))
+        except Skip as skip:
+            if isinstance(skip, EmptyText) and on_empty == "error":
+                raise
+            report.add(skip)
+    if dropped is None and report:
+        warnings.warn(f"dropped {len(report)} of {len(records)} {kind} records: "
+                      f"{report.summary()}", stacklevel=2)
     return out
 
 
-_NORMALIZERS: dict[str, Callable[..., list[dict[str, Any]]]] = {
-    "sft": normalize_sft, "preference": normalize_preference,
-    "prompt": normalize_prompts, "teacher": normalize_teacher}
+def normalize_sft(records: Sequence[Record], **kwargs) -> list[dict[str, Any]]:
+    """SFT layouts -> ``{messages, source, ...}``; ``kwargs`` as :func:`normalize`."""
+    return normalize(records, "sft", **kwargs)
 
 
-def normalize(records: Sequence[Record], kind: str, **kwargs) -> list[dict[str, Any]]:
-    """Dispatches to ``normalize_<kind>``; ``kwargs`` go to that function."""
-    if kind not in _NORMALIZERS:
-        raise ValueError(f"unknown record kind {kind!r}; use one of {KINDS}")
-    return _NORMALIZERS[kind](records, **kwargs)
+def normalize_preference(records: Sequence[Record], **kwargs) -> list[dict[str, Any]]:
+    """Preference layouts -> ``{prompt, chosen, rejected, source, ...}``."""
+    return normalize(records, "preference", **kwargs)
+
+
+def normalize_prompts(records: Sequence[Record], **kwargs) -> list[dict[str, Any]]:
+    """Prompt layouts -> ``{prompt, source, ...}``."""
+    return normalize(records, "prompt", **kwargs)
+
+
+def normalize_teacher(records: Sequence[Record], **kwargs) -> list[dict[str, Any]]:
+    """``{prompt, teacher_response[, teacher_topk]}`` -> same, plus ``source``."""
+    return normalize(records, "teacher", **kwargs)

@@ -1,45 +1,65 @@
-"""Read raw records, with provenance, from JSONL (plain or ``.gz``), JSON, CSV and HF ``datasets``.
+"""Read raw records, with provenance, from JSONL, JSON, CSV (plain or ``.gz``), Parquet and HF
+``datasets``.
 
 This is the first stage of the data pipeline (DESIGN decision 8)::
 
-    load_records(spec) -> list[Record]         # this module
-    normalize_*(records) -> list[dict]          # records.py: the four record kinds, validated
+    load_records(spec) -> list[Record]         # this module: read_rows + apply_columns
+    normalize(records, kind) -> list[dict]      # records.py: the four record kinds, validated
     tokenize_examples(...) -> list[dict]        # tokenize.py: token ids + loss masks, truncation
     make_train_loader / make_eval_batches       # loader.py + collate.py: static-shape batches
 
 Every :class:`Record` carries ``where``, a string naming its origin, so that any later stage can
 say exactly which input is wrong:
 
-* ``"path/file.jsonl:17"``  -- JSONL and CSV: 1-based line where the record starts;
-* ``"path/file.json[3]"``   -- JSON (a top-level list): 0-based index into the list;
-* ``"hf:name:split[3]"``    -- Hugging Face ``datasets``: 0-based row index.
+* ``"path/file.jsonl:17"``   -- JSONL and CSV: 1-based line where the record starts;
+* ``"path/file.json[3]"``    -- JSON (a top-level list): 0-based index into the list;
+* ``"path/file.parquet[3]"`` -- Parquet: 0-based row number;
+* ``"hf:name:split[3]"``     -- Hugging Face ``datasets``: 0-based row index.
+
+Text files are read as spreadsheet and Windows tools write them: a UTF-8 byte-order mark is
+dropped (a CSV header ``\\ufeffprompt`` reads as ``prompt``), ``\\r\\n`` line ends are fine, and
+another ASCII-compatible encoding can be named (``SourceSpec.encoding``, e.g. ``cp1252``). A byte
+that does not decode, a truncated ``.gz`` and a JSON object with a duplicated key (JSON would
+silently keep the last value) are :class:`DataError` s naming file and line.
 
 A source is described by :class:`SourceSpec` (or an equivalent dict, or a bare path string)::
 
     SourceSpec(path="seed_tasks.jsonl",
-               columns={"prompt": ["instruction", "instances.0.input"],
+               columns={"prompt": "instruction+instances.0.input",
                         "response": "instances.0.output"})
 
-``columns`` maps *target field -> source column*. A column is a dotted path into nested JSON
-(integers index lists); a list of columns is joined with a blank line, skipping empty values (the
-usual "instruction + optional input" layout). With a mapping the record holds exactly the mapped
-fields; without one it holds the source row unchanged.
+``columns`` maps *target field -> source column*. A column is a dotted path into nested data
+(integers index lists, negative ones from the end: ``chosen.-1.content``; a column whose own name
+contains a dot is found by that name first). Several columns joined by ``+`` (or given as a
+list) become one string, the non-empty ones joined with a blank line: the usual "instruction +
+optional input" layout, where a null or empty input adds nothing. With a mapping the record
+holds exactly the mapped fields; without one it holds the source row unchanged. A target
+mapped to ``""`` is not mapped (the config declares every target that way).
 
-Blank lines in JSONL are not records and are skipped; everything else that cannot be read is a
-:class:`DataError` naming file and line -- never a silent skip.
+Blank lines in JSONL and CSV are not records and are skipped; everything else that cannot be
+read is a :class:`DataError` naming file and line -- never a silent skip.
 """
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import gzip
+import itertools
 import json
-from collections.abc import Iterator, Mapping, Sequence
+import zlib
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
-__all__ = ["DataError", "Record", "SourceSpec", "load_records"]
+__all__ = ["DataError", "FORMATS", "Record", "SourceSpec", "apply_columns", "as_spec",
+           "load_records", "parse_columns", "read_rows"]
 
-FORMATS = ("jsonl", "json", "csv", "hf")
+FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
+# File suffixes (after an optional ".gz") and the format each one means.
+SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv", "csv"),
+            (".parquet", "parquet"))
+JOIN = "+"          # "instruction+input": several source columns joined into one field
+JOINER = "\n\n"     # ... with a blank line between the non-empty parts
 
 
 class DataError(ValueError):
@@ -64,12 +84,15 @@ class SourceSpec:
     """Where to read records from.
 
     Attributes:
-      path: a local ``.jsonl``, ``.json`` or ``.csv`` file, optionally ``.gz``; or use hf_name.
+      path: a local ``.jsonl`` (``.ndjson``), ``.json``, ``.csv`` file (each optionally ``.gz``)
+        or a ``.parquet`` file; or use hf_name.
       hf_name: a ``datasets.load_dataset`` name or local path (hub names need network access).
       split: the split to read from an HF dataset.
       format: one of ``FORMATS``; inferred from the suffix of ``path`` (``hf`` for hf_name).
       columns: optional mapping target field -> source column(s) (module docstring).
       hf_kwargs: extra keyword arguments for ``load_dataset`` (``data_dir``, ``data_files``, ...).
+      encoding: of text files; must be ASCII-compatible (``utf-8``, ``cp1252``, ``latin-1``...).
+        A UTF-8 byte-order mark is dropped.
     """
 
     path: str | None = None
@@ -78,6 +101,7 @@ class SourceSpec:
     format: str | None = None
     columns: Mapping[str, str | Sequence[str]] | None = None
     hf_kwargs: Mapping[str, Any] | None = None
+    encoding: str = "utf-8"
 
     def __post_init__(self):
         if (self.path is None) == (self.hf_name is None):
@@ -85,90 +109,221 @@ class SourceSpec:
         if self.resolved_format() not in FORMATS:
             raise ValueError(f"unknown source format {self.resolved_format()!r}; "
                              f"use one of {FORMATS}")
+        _check_encoding(self.encoding)
 
     def resolved_format(self) -> str:
-        if self.format is not None:
+        if self.format:
             return self.format
         if self.hf_name is not None:
             return "hf"
-        name = self.path.lower()
-        name = name.removesuffix(".gz")  # any of the formats may be gzipped
-        for suffix, fmt in ((".jsonl", "jsonl"), (".json", "json"), (".csv", "csv")):
+        name = self.path.lower().removesuffix(".gz")  # the text formats may be gzipped
+        for suffix, fmt in SUFFIXES:
             if name.endswith(suffix):
                 return fmt
-        raise ValueError(f"cannot infer the format of {self.path!r}; set SourceSpec.format")
+        raise ValueError(f"cannot infer the format of {self.path!r} from its suffix; name it "
+                         f"(data.format / SourceSpec.format: one of {FORMATS[:-1]})")
+
+
+def _check_encoding(encoding: str) -> None:
+    try:
+        codec = codecs.lookup(encoding)
+    except LookupError:
+        raise ValueError(f"unknown text encoding {encoding!r} (data.encoding)") from None
+    # Lines are split on the byte b"\n" before decoding, which only ASCII-compatible encodings
+    # allow (UTF-16/32 files are refused with a message saying so).
+    if codec.encode("\n,a")[0] != b"\n,a":
+        raise ValueError(f"encoding {encoding!r} is not ASCII-compatible; re-save the file as "
+                         "UTF-8 (data.encoding)")
+
+
+def as_spec(spec: SourceSpec | Mapping[str, Any] | str) -> SourceSpec:
+    """A SourceSpec from a spec, an equivalent dict or a bare path."""
+    if isinstance(spec, SourceSpec):
+        return spec
+    if isinstance(spec, str):
+        return SourceSpec(path=spec)
+    return SourceSpec(**spec)
 
 
 def load_records(spec: SourceSpec | Mapping[str, Any] | str) -> list[Record]:
     """Reads every record of a source, applying its column mapping. See the module docstring."""
-    if isinstance(spec, str):
-        spec = SourceSpec(path=spec)
-    elif isinstance(spec, Mapping):
-        spec = SourceSpec(**spec)
-    fmt = spec.resolved_format()
-    rows = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "hf": _read_hf}[fmt](spec)
-    if spec.columns is None:
-        return [Record(dict(data), where) for data, where in rows]
-    return [Record(_apply_columns(data, spec.columns, where), where) for data, where in rows]
+    spec = as_spec(spec)
+    return apply_columns(read_rows(spec), spec.columns)
 
 
-def _open_text(path: str):
-    # newline="" lets the csv module see quoted newlines; harmless for JSON.
-    if path.endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8", newline="")
-    return open(path, encoding="utf-8", newline="")
+def read_rows(spec: SourceSpec | Mapping[str, Any] | str) -> list[Record]:
+    """Every row of a source as it is stored (no column mapping)."""
+    spec = as_spec(spec)
+    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
+               "parquet": _read_parquet, "hf": _read_hf}
+    return [Record(data, where) for data, where in readers[spec.resolved_format()](spec)]
+
+
+# ----------------------------------------------------------------------------- text files
+def _text_lines(path: str, encoding: str) -> Iterator[tuple[int, str]]:
+    """``(line number, decoded line)`` of a text file, plain or gzipped (module docstring)."""
+    utf8 = codecs.lookup(encoding).name in ("utf-8", "utf-8-sig")
+    gzipped = path.endswith(".gz")
+    # What a truncated (EOFError) or corrupt (BadGzipFile is an OSError, zlib.error) stream raises.
+    gzip_errors = (EOFError, OSError, zlib.error) if gzipped else ()
+    offset = 0  # byte offset of the current line in the (decompressed) file
+    with (gzip.open if gzipped else open)(path, "rb") as f:
+        lines = iter(f)
+        for line_no in itertools.count(1):
+            try:
+                raw = next(lines)
+            except StopIteration:
+                return
+            except gzip_errors as e:
+                raise DataError(path, _gzip_message(line_no - 1, e)) from None
+            start = 0
+            if line_no == 1:
+                if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):
+                    raise DataError(f"{path}:1", "UTF-16 text (it starts with a UTF-16 "
+                                                 "byte-order mark); re-save the file as UTF-8")
+                if utf8 and raw.startswith(codecs.BOM_UTF8):
+                    start = len(codecs.BOM_UTF8)
+            try:
+                text = raw[start:].decode(encoding)
+            except UnicodeDecodeError as e:
+                name = "UTF-8" if utf8 else encoding
+                bad = raw[start + e.start]
+                raise DataError(f"{path}:{line_no}", f"not {name} (byte 0x{bad:02x} at offset "
+                                f"{offset + start + e.start}); re-save the file as UTF-8 or "
+                                "name its encoding (data.encoding)") from None
+            offset += len(raw)
+            yield line_no, text
+
+
+def _gzip_message(complete_lines: int, error: Exception) -> str:
+    if not complete_lines:
+        return f"not a readable gzip file ({error})"
+    return (f"the gzip data breaks off after line {complete_lines}, the last complete line "
+            f"({error}); the file is truncated or corrupt: re-download or re-compress it")
+
+
+class _DuplicateKey(Exception):
+    def __init__(self, key: str):
+        super().__init__(key)
+        self.key = key
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """``object_pairs_hook``: a JSON object whose key repeats is an error, not "last one wins"."""
+    out = {}
+    for key, value in pairs:
+        if key in out:
+            raise _DuplicateKey(key)
+        out[key] = value
+    return out
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_unique_keys)
+
+
+def _duplicate(where: str, key: str) -> DataError:
+    return DataError(where, f"duplicated key {key!r} in a JSON object (JSON would keep only the "
+                            "last value); remove or rename one of them")
 
 
 def _read_jsonl(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
-    with _open_text(spec.path) as f:
-        for line_no, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            where = f"{spec.path}:{line_no}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                message = f"malformed JSON line ({e.msg} at column {e.colno})"
-                raise DataError(where, message) from None
-            if not isinstance(data, dict):
-                raise DataError(where, f"expected a JSON object, got {type(data).__name__}")
-            yield data, where
-
-
-def _read_json(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
-    with _open_text(spec.path) as f:
+    for line_no, line in _text_lines(spec.path, spec.encoding):
+        if not line.strip():
+            continue
+        where = f"{spec.path}:{line_no}"
         try:
-            items = json.load(f)
+            data = _DECODER.decode(line)
         except json.JSONDecodeError as e:
-            raise DataError(f"{spec.path}:{e.lineno}", f"malformed JSON ({e.msg})") from None
-    if not isinstance(items, list):
-        raise DataError(spec.path, f"expected a top-level JSON list, got {type(items).__name__}")
-    for i, data in enumerate(items):
-        where = f"{spec.path}[{i}]"
+            raise DataError(where, f"malformed JSON line ({e.msg} at column {e.colno})") from None
+        except _DuplicateKey as e:
+            raise _duplicate(where, e.key) from None
         if not isinstance(data, dict):
             raise DataError(where, f"expected a JSON object, got {type(data).__name__}")
         yield data, where
 
 
+def _read_json(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
+    """A top-level list of objects, parsed one element at a time so that each error has a line."""
+    text = "".join(line for _, line in _text_lines(spec.path, spec.encoding))
+    path = spec.path
+
+    def line_of(pos: int) -> str:
+        return f"{path}:{text.count(chr(10), 0, pos) + 1}"
+
+    def value_at(pos: int, what: str) -> tuple[Any, int]:
+        try:
+            return _DECODER.raw_decode(text, pos)
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{e.lineno}", f"malformed JSON ({e.msg})") from None
+        except _DuplicateKey as e:
+            raise _duplicate(f"{line_of(pos)} ({what})", e.key) from None
+
+    pos = _skip_space(text, 0)
+    if not text.startswith("[", pos):
+        value, _ = value_at(pos, "the top-level value")
+        raise DataError(path, f"expected a top-level JSON list, got {type(value).__name__}")
+    pos, index = _skip_space(text, pos + 1), 0
+    while not text.startswith("]", pos):
+        where = f"{path}[{index}]"
+        data, end = value_at(pos, f"record [{index}]")
+        if not isinstance(data, dict):
+            raise DataError(where, f"expected a JSON object, got {type(data).__name__}")
+        yield data, where
+        pos, index = _skip_space(text, end), index + 1
+        if text.startswith(",", pos):
+            pos = _skip_space(text, pos + 1)
+        elif not text.startswith("]", pos):
+            raise DataError(line_of(pos), "malformed JSON (expected ',' or ']' after a list "
+                                          "element)")
+    if _skip_space(text, pos + 1) < len(text):
+        raise DataError(line_of(_skip_space(text, pos + 1)),
+                        "malformed JSON (extra data after the top-level list)")
+
+
+def _skip_space(text: str, pos: int) -> int:
+    while pos < len(text) and text[pos] in " \t\r\n":
+        pos += 1
+    return pos
+
+
 def _read_csv(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
-    with _open_text(spec.path) as f:
-        # csv.reader rather than DictReader: it does not skip blank rows behind our back, so the
-        # line counter before each row gives the exact 1-based line where the row starts.
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise DataError(f"{spec.path}:1", "empty CSV file (a header row is required)")
-        while True:
-            start = reader.line_num + 1
-            row = next(reader, None)
-            if row is None:
-                return
-            if not row:
-                continue  # a blank line is not a record
-            where = f"{spec.path}:{start}"
-            if len(row) != len(header):
-                raise DataError(where, f"{len(row)} values for {len(header)} header columns")
-            yield dict(zip(header, row)), where
+    lines = (line for _, line in _text_lines(spec.path, spec.encoding))
+    # csv.reader rather than DictReader: it does not skip blank rows behind our back, so the
+    # line counter before each row gives the exact 1-based line where the row starts.
+    reader = csv.reader(lines)
+    header = next(reader, None)
+    if header is None:
+        raise DataError(f"{spec.path}:1", "empty CSV file (a header row is required)")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{spec.path}:1", f"duplicated column name(s) {repeated} in the header")
+    while True:
+        start = reader.line_num + 1
+        row = next(reader, None)
+        if row is None:
+            return
+        if not row:
+            continue  # a blank line is not a record
+        where = f"{spec.path}:{start}"
+        if len(row) != len(header):
+            raise DataError(where, f"{len(row)} values for {len(header)} header columns")
+        yield dict(zip(header, row)), where
+
+
+# ----------------------------------------------------------------------------- binary sources
+def _read_parquet(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
+    import pyarrow  # lazy: only this source kind needs it (installed with `datasets`)
+    import pyarrow.parquet as pq
+
+    try:
+        parquet = pq.ParquetFile(spec.path)
+    except (pyarrow.ArrowException, OSError) as e:
+        raise DataError(spec.path, f"not a readable Parquet file ({e})") from None
+    row = 0
+    for batch in parquet.iter_batches(batch_size=4096):
+        for data in batch.to_pylist():
+            yield data, f"{spec.path}[{row}]"
+            row += 1
 
 
 def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
@@ -179,28 +334,54 @@ def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
         yield dict(data), f"hf:{spec.hf_name}:{spec.split}[{i}]"
 
 
+# ----------------------------------------------------------------------------- column mapping
+def parse_columns(columns: Mapping[str, str | Sequence[str]] | None) -> dict[str, tuple[str, ...]]:
+    """``{target: "a+b" | ["a", "b"] | "a" | ""}`` -> ``{target: ("a", "b")}`` ("" = unmapped)."""
+    out = {}
+    for target, column in (columns or {}).items():
+        paths = tuple(column.split(JOIN)) if isinstance(column, str) else tuple(column)
+        if paths in ((), ("",)):
+            continue
+        if not all(isinstance(p, str) and p.strip() for p in paths):
+            raise ValueError(f"columns.{target}: {column!r} has an empty or non-string column")
+        out[target] = tuple(p.strip() for p in paths)
+    return out
+
+
+def apply_columns(records: Iterable[Record],
+                  columns: Mapping[str, str | Sequence[str]] | None) -> list[Record]:
+    """The records with their mapped fields only; all of them unchanged without a mapping."""
+    parsed = parse_columns(columns)
+    if not parsed:
+        return list(records)
+    return [Record({target: _mapped(r.data, paths, r.where, target)
+                    for target, paths in parsed.items()}, r.where) for r in records]
+
+
 def _get_path(data: Any, path: str, where: str, target: str) -> Any:
+    if isinstance(data, Mapping) and path in data:  # a column whose own name has a dot
+        return data[path]
     value = data
     for part in path.split("."):
         if isinstance(value, Mapping) and part in value:
             value = value[part]
-        elif isinstance(value, list) and part.isdigit() and int(part) < len(value):
+        elif (isinstance(value, list) and part.lstrip("-").isdigit()
+              and -len(value) <= int(part) < len(value)):
             value = value[int(part)]
         else:
             raise DataError(where, f"source column '{path}' not found", field=target)
     return value
 
 
-def _apply_columns(data: dict, columns: Mapping[str, str | Sequence[str]], where: str) -> dict:
-    out = {}
-    for target, column in columns.items():
-        if isinstance(column, str):
-            out[target] = _get_path(data, column, where, target)
-            continue
-        parts = [_get_path(data, c, where, target) for c in column]
-        for c, part in zip(column, parts):
-            if not isinstance(part, str):
-                raise DataError(where, f"column '{c}' must be a string to be joined, "
-                                       f"got {type(part).__name__}", field=target)
-        out[target] = "\n\n".join(p for p in parts if p.strip())
-    return out
+def _mapped(data: dict, paths: tuple[str, ...], where: str, target: str) -> Any:
+    if len(paths) == 1:
+        return _get_path(data, paths[0], where, target)
+    parts = []
+    for path in paths:
+        part = _get_path(data, path, where, target)
+        if part is not None and not isinstance(part, str):
+            raise DataError(where, f"column '{path}' must be a string to be joined, "
+                                   f"got {type(part).__name__}", field=target)
+        if part and part.strip():  # a null or blank optional part adds no empty paragraph
+            parts.append(part)
+    return JOINER.join(parts)

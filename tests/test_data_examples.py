@@ -1,0 +1,241 @@
+"""Data as every phase loads it (`common.load_examples`): the `data` config block from the
+command line and pipeline overrides, `data.on_empty`, and the held-out evaluation split of a
+real source (`data.eval_source="auto"`). Real files come from ``../shared/data`` and the tests
+that need them skip where it is absent."""
+import json
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from easyalign import pipeline
+from easyalign.algorithms import common
+from easyalign.cli import load_config
+from easyalign.data.sources import DataError
+
+SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
+                             Path(__file__).resolve().parents[2] / "shared" / "data"))
+HH = SHARED / "hh-rlhf/harmless-base/test.jsonl.gz"
+ALPACA = SHARED / "alpaca/alpaca_5000.json"
+
+
+def shared(path: Path) -> Path:
+    if not path.exists():
+        pytest.skip(f"shared data file {path} is absent")
+    return path
+
+
+def run_for(*flags: str, config: str = "configs/sft.py:tiny", world_dir=None) -> common.Run:
+    """A Run holding a config parsed like the command line's; data loading needs nothing else."""
+    return common.Run(config=load_config([f"--config={config}", *flags]), mesh=None,
+                      workdir=Path("."), tokenizer=None, world_dir=world_dir)
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+def sources(examples) -> list[str]:
+    return [ex["source"] for ex in examples]
+
+
+# ----------------------------------------------------------------------------- column flags
+ROWS = [{"question": f"Add {i} and 1.", "context": "Be exact." if i % 2 else "",
+         "answer": str(i + 1), "id": i} for i in range(40)]
+EXPECTED_PROMPTS = [r["question"] + ("\n\nBe exact." if r["context"] else "") for r in ROWS]
+
+
+@pytest.mark.parametrize("flags", [
+    ("--config.data.columns.prompt=question+context", "--config.data.columns.response=answer"),
+    ("--config.data.columns={'prompt': ['question', 'context'], 'response': 'answer'}",),
+    ("--config.data.columns={'prompt': 'question+context', 'response': 'answer'}",),
+], ids=["dotted", "dict-list", "dict-plus"])
+def test_column_mapping_from_the_command_line(tmp_path, flags):
+    path = write_jsonl(tmp_path / "qa.jsonl", ROWS)
+    run = run_for(f"--config.data.source={path}", "--config.data.eval_source=", *flags)
+    examples = common.load_examples(run, "sft", "train")
+    assert [ex["messages"][0]["content"] for ex in examples] == EXPECTED_PROMPTS
+    assert [ex["messages"][1]["content"] for ex in examples] == [r["answer"] for r in ROWS]
+    assert all(set(ex) == {"messages", "source"} for ex in examples)  # mapped fields only
+
+
+def test_column_mapping_in_pipeline_overrides(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", ROWS)
+    pipe = load_config(["--config=configs/pipeline.py:tiny", f"--config.workdir={tmp_path}/runs",
+                        "--config.pipeline.overrides=("
+                        f"'sft:data.source={path}', 'sft:data.eval_source=', "
+                        "'sft:data.columns.prompt=question+context', "
+                        "'sft:data.columns.response=answer', "
+                        f"'dpo:data.source={path}', "
+                        "\"dpo:data.columns={'prompt': 'question', 'chosen': 'answer', "
+                        "'rejected': 'context'}\")"])
+    overrides = pipeline.parse_overrides(pipe.pipeline.overrides)
+    sft = pipeline.stage_config(pipe, "sft", "sft", "tiny", overrides)
+    run = common.Run(config=sft, mesh=None, workdir=tmp_path, tokenizer=None, world_dir=None)
+    examples = common.load_examples(run, "sft", "train")
+    assert [ex["messages"][0]["content"] for ex in examples] == EXPECTED_PROMPTS
+    dpo = pipeline.stage_config(pipe, "dpo", "dpo", "tiny", overrides)
+    assert dict(dpo.data.columns) == {"prompt": "question", "chosen": "answer",
+                                      "rejected": "context"}
+
+
+def test_unknown_column_field_is_named(tmp_path):
+    path = write_jsonl(tmp_path / "qa.jsonl", ROWS)
+    run = run_for(f"--config.data.source={path}",
+                  "--config.data.columns={'promt': 'question'}")
+    with pytest.raises(ValueError, match=r"data.columns: unknown field\(s\) \['promt'\]"):
+        common.load_examples(run, "sft", "train")
+
+
+def test_data_format_names_a_file_without_a_known_suffix(tmp_path):
+    path = write_jsonl(tmp_path / "train.data", [{"prompt": "p", "response": "r"}] * 3)
+    run = run_for(f"--config.data.source={path}", "--config.data.format=jsonl",
+                  "--config.data.eval_source=")
+    assert len(common.load_examples(run, "sft", "train")) == 3
+    with pytest.raises(ValueError, match="data.format"):
+        common.load_examples(run_for(f"--config.data.source={path}"), "sft", "train")
+
+
+# ----------------------------------------------------------------------------- held-out split
+def test_held_out_split_of_a_real_source(tmp_path, capsys):
+    path = write_jsonl(tmp_path / "qa.jsonl", [{"prompt": f"q{i}", "response": f"a{i}"}
+                                               for i in range(100)])
+    run = run_for(f"--config.data.source={path}")
+    assert run.config.data.eval_source == "auto"
+    train = common.load_examples(run, "sft", "train")
+    line = capsys.readouterr().out.strip()
+    assert line == (f"[data] held out 5 of 100 records of {path} for evaluation "
+                    "(data.eval_fraction=0.05, data.eval_max=1000, data.eval_seed=0; "
+                    "data.eval_source=auto)")
+    held = common.load_examples(run, "sft", "eval")
+    assert len(held) == 5 and len(train) == 95
+    assert set(sources(train)).isdisjoint(sources(held))
+    assert sorted(sources(train) + sources(held), key=lambda w: int(w.rsplit(":", 1)[1])) == [
+        f"{path}:{i}" for i in range(1, 101)]
+    # Deterministic; the same rows whatever the record kind (a prompt set from the same file).
+    assert sources(common.load_examples(run, "sft", "eval")) == sources(held)
+    assert sources(common.load_examples(run, "prompt", "eval")) == sources(held)
+    # Another seed holds out other rows; a cap and a fraction bound the count.
+    other = run_for(f"--config.data.source={path}", "--config.data.eval_seed=1")
+    assert sources(common.load_examples(other, "sft", "eval")) != sources(held)
+    capped = run_for(f"--config.data.source={path}", "--config.data.eval_fraction=0.5",
+                     "--config.data.eval_max=7")
+    assert len(common.load_examples(capped, "sft", "eval")) == 7
+    assert len(common.load_examples(capped, "sft", "train")) == 93
+
+
+def test_held_out_split_keeps_duplicates_together_and_refuses_to_hold_out_everything():
+    from easyalign.data.sources import Record
+
+    rows = [Record({"prompt": f"q{i % 10}"}, f"f:{i}") for i in range(100)]  # 10 copies each
+    held = common.held_out_rows(rows, 0.05, 0, seed=0)
+    assert len(held) == 10 and len({rows[i].data["prompt"] for i in held}) == 1
+    with pytest.raises(ValueError, match=r"data.eval_fraction=1.0 must be in \[0, 1\)"):
+        common.held_out_rows(rows, 1.0, 0, seed=0)
+    assert common.held_out_rows(rows, 0.0, 0, seed=0) == set()
+
+
+def test_explicit_eval_sources_and_the_world(tmp_path):
+    from easyalign.data.world import build_world
+
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "q", "response": "a"}] * 4)
+    evaluation = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "e", "response": "b"}] * 3)
+    run = run_for(f"--config.data.source={train}", f"--config.data.eval_source={evaluation}")
+    assert len(common.load_examples(run, "sft", "train")) == 4  # nothing held out
+    assert sources(common.load_examples(run, "sft", "eval")) == [f"{evaluation}:{i}"
+                                                                for i in (1, 2, 3)]
+    assert common.load_examples(run_for(f"--config.data.source={train}",
+                                        "--config.data.eval_source="), "sft", "eval") == []
+    # On the world (the default source), eval stays the world's own held-out file.
+    world = tmp_path / "world"
+    build_world().write(world)
+    run = run_for(world_dir=world)
+    assert sources(common.load_examples(run, "sft", "eval"))[0] == (
+        f"{world}/preference_heldout.jsonl:1")
+    assert len(common.load_examples(run, "sft", "train")) == 3000
+
+
+# ----------------------------------------------------------------------------- real files
+def test_hh_rlhf_through_load_examples(capsys):
+    path = shared(HH)
+    run = run_for(f"--config.data.source={path}", "--config.data.eval_source=",
+                  config="configs/dpo.py:tiny")
+    pairs = common.load_examples(run, "preference", "train")
+    assert len(pairs) == 2308
+    assert capsys.readouterr().out.strip() == (
+        f"[data] preference train: dropped 4 of 2312 records of {path}: empty final Assistant "
+        "turn ×4 (test.jsonl.gz:87, test.jsonl.gz:517, test.jsonl.gz:926, 1 more) "
+        "[data.on_empty=drop]")
+    error = run_for(f"--config.data.source={path}", "--config.data.on_empty=error",
+                    config="configs/reward.py:tiny")
+    with pytest.raises(DataError, match=re.escape(f"{path}:87: field 'chosen': empty final "
+                                                  "Assistant turn (data.on_empty=error); set "
+                                                  "data.on_empty=drop")):
+        common.load_examples(error, "preference", "train")
+    keep = run_for(f"--config.data.source={path}", "--config.data.on_empty=keep",
+                   "--config.data.eval_source=", config="configs/dpo.py:tiny")
+    kept = common.load_examples(keep, "preference", "train")
+    assert len(kept) == 2312 and kept[86]["chosen"] == ""
+    # PPO reads the same file as prompts: every pair gives one, none is dropped.
+    prompts = common.load_examples(run_for(f"--config.data.source={path}",
+                                           config="configs/ppo.py:tiny"), "prompt", "train")
+    assert len(prompts) == 2312 - 116 and prompts[0]["prompt"][-1]["role"] == "user"
+
+
+def test_hh_rlhf_held_out_pairs_are_the_held_out_prompts():
+    path = shared(HH)
+    run = run_for(f"--config.data.source={path}", config="configs/dpo.py:tiny")
+    pairs = common.load_examples(run, "preference", "eval")
+    prompts = common.load_examples(run, "prompt", "eval")
+    assert len(prompts) == 116  # ⌈0.05 · 2312⌉
+    # Reward, DPO and PPO on one file hold out the same rows (minus dropped empty pairs).
+    assert set(sources(pairs)) <= set(sources(prompts))
+    assert len(pairs) >= 116 - 4
+
+
+def test_alpaca_through_load_examples(capsys):
+    path = shared(ALPACA)
+    rows = json.loads(path.read_text(encoding="utf-8"))
+    empty = [i for i, row in enumerate(rows) if not row["output"].strip()]
+    run = run_for(f"--config.data.source={path}", "--config.data.eval_source=")
+    examples = common.load_examples(run, "sft", "train")
+    assert len(examples) == len(rows) - len(empty)
+    shown = ", ".join(f"alpaca_5000.json[{i}]" for i in empty[:3])
+    assert f"dropped {len(empty)} of {len(rows)} records of {path}: empty response ×" \
+           f"{len(empty)} ({shown}" in capsys.readouterr().out
+    held = run_for(f"--config.data.source={path}")
+    train = common.load_examples(held, "sft", "train")
+    evaluation = common.load_examples(held, "sft", "eval")
+    assert len(train) + len(evaluation) == len(rows) - len(empty)
+    assert 245 <= len(evaluation) <= 250  # ⌈0.05 · 5000⌉ held out, less any empty output
+
+
+# ----------------------------------------------------------------------------- evaluation suites
+def test_shared_eval_preset_asks_no_world_suites_unless_told(tmp_path):
+    from easyalign.data.world import build_world
+    from easyalign.eval.run import load_suites
+
+    shared(SHARED / "advbench/harmful_behaviors.csv")
+    config = load_config(["--config=configs/eval.py:shared"])
+    assert config.eval.suites == ()
+    assert [s.name for s in load_suites(config, None)] == ["advbench"]
+    world = tmp_path / "world"
+    build_world().write(world)
+    asked = load_config(["--config=configs/eval.py:shared",
+                         "--config.eval.suites=('harmful','benign')"])
+    assert [(s.name, s.world) for s in load_suites(asked, world)] == [
+        ("harmful", True), ("benign", True), ("advbench", False)]
+
+
+def test_identical_pairs_are_reported_without_the_on_empty_key(tmp_path, capsys):
+    rows = [{"prompt": f"q{i}", "chosen": "same" if i < 2 else "good", "rejected": "same" if i < 2
+             else "bad"} for i in range(6)]
+    path = write_jsonl(tmp_path / "pairs.jsonl", rows)
+    run = run_for(f"--config.data.source={path}", "--config.data.eval_source=",
+                  config="configs/dpo.py:tiny")
+    assert len(common.load_examples(run, "preference", "train")) == 4
+    assert capsys.readouterr().out.strip() == (
+        f"[data] preference train: dropped 2 of 6 records of {path}: chosen == rejected ×2 "
+        "(pairs.jsonl:1, pairs.jsonl:2)")
