@@ -21,7 +21,9 @@ import transformers
 from flax import nnx
 from transformers import AutoTokenizer
 
-from easyalign import tools
+from configs import base
+from easyalign import sharding, tools
+from easyalign.algorithms import common
 from easyalign.hf.gguf import from_gguf, gguf_tokenizer, installed_gguf
 
 TOL = 2.5e-4
@@ -151,3 +153,23 @@ def test_convert_to_checkpoint_and_hf(path, model, hf_model, tokenizer, tmp_path
         "<|im_end|>", "<|im_end|>", tokenizer.chat_template)
     text = tokenizer.apply_chat_template(CHAT_TEXTS[-1], tokenize=False)
     assert saved(text)["input_ids"] == tokenizer(text)["input_ids"]
+
+
+def test_a_phase_starts_from_the_installed_gguf(model, tmp_path):
+    """`model.init=gguf model.path=smollm2` (tokenizer from the file), and a student derived
+    from it: `model.init=derive model.path=smollm2 model.layers=spread:4`."""
+    config = base.get_config()
+    config.model.update(init="gguf", path="smollm2", dtype="float32")
+    tokenizer = common.load_tokenizer(config, world=None)
+    assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
+    run = common.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
+                     tokenizer=tokenizer, world_dir=None)
+    assert common.model_config(run) == model.config
+    config.model.update(init="derive", layers="spread:4")
+    student = common.init_model(run)
+    assert student.config == model.config.replace(num_layers=4)
+    keep = np.array([0, 10, 19, 29])
+    np.testing.assert_array_equal(np.asarray(student.layers.mlp.down_proj.kernel[...]),
+                                  np.asarray(model.layers.mlp.down_proj.kernel[...])[keep])
+    np.testing.assert_array_equal(np.asarray(student.embed_tokens.embedding[...]),
+                                  np.asarray(model.embed_tokens.embedding[...]))
