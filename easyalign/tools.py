@@ -140,7 +140,7 @@ def _convert(args: list[str]) -> None:
 
 
 def convert(args: list[str]) -> None:
-    """`easyalign convert`: HF directory ⇄ easyalign model checkpoint; GGUF file → checkpoint."""
+    """`easyalign convert`: HF directory ⇄ model checkpoint; GGUF file → model checkpoint."""
     _run("convert", _convert, args)
 
 

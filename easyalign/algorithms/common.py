@@ -130,7 +130,7 @@ def load_tokenizer(config, world: Path | None):
 
             return gguf_tokenizer(source)
         candidate = Path(source)
-        path = str(candidate / "tokenizer") if (candidate / "tokenizer").exists() else str(candidate)
+        path = str(candidate / "tokenizer" if (candidate / "tokenizer").exists() else candidate)
     if not path and world is not None:
         path = str(world / "tokenizer")
     if not path:

@@ -18,6 +18,10 @@ numpy — importing `ml_dtypes` (jax does) is enough, and the slices then come b
 `ml_dtypes.bfloat16` arrays with the file's exact bits. (`framework="flax"`/`"jax"` also read
 bf16 but put every slice on the default device first, which defeats the point here.)
 
+The reading side is a `TensorSource` (HF tensor names, shapes, dtypes, and block reads);
+`load_tensors(source, config, mesh)` is the one streaming import every format goes through:
+`SafetensorsDir` here, `easyalign.hf.gguf.model.GGUFTensors` for llama.cpp's GGUF files.
+
 Validation happens before anything is created: every tensor the table expects is present with
 its exact shape, nothing unexpected is left over (`tables.ignorable` lists what may be), and
 each problem names the file and tensor. Safetensors only: a directory with just

@@ -114,7 +114,8 @@ def derive_student(teacher: Transformer, keep: Sequence[int], intermediate_size:
     targets = {path: v.get_value() for path, v in flat(shardings).items()}
     source = {path: v.get_value() for path, v in flat(nnx.state(teacher, nnx.Param)).items()}
     if set(source) != set(targets):
-        raise RuntimeError(f"teacher and student params differ: {sorted(set(source) ^ set(targets))}")
+        raise RuntimeError("teacher and student params differ: "
+                           f"{sorted(set(source) ^ set(targets))}")
     layers = jnp.asarray(keep)
     narrow = config.intermediate_size < teacher.config.intermediate_size
 

