@@ -11,7 +11,8 @@ from __future__ import annotations
 import gguf
 import numpy as np
 
-ARCH = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2}
+ARCH = {"llama": gguf.MODEL_ARCH.LLAMA, "qwen2": gguf.MODEL_ARCH.QWEN2,
+        "qwen3": gguf.MODEL_ARCH.QWEN3}
 
 
 def llama_cpp_permute(w: np.ndarray, n_head: int) -> np.ndarray:

@@ -85,15 +85,19 @@ def test_params_are_the_dequantised_weights(source, tmp_path):
             config.tie_word_embeddings, config.rms_norm_eps) == ("llama", 2, 2, 16, False, 1e-5)
 
 
-def test_qwen2_with_biases_is_not_permuted(tmp_path):
-    """Qwen2 files keep HF's row order (llama.cpp permutes llama only) and carry q/k/v biases."""
-    source = make_hf_model("qwen2", tmp_path / "hf")
-    write_gguf(source, tmp_path / "qwen2.gguf", "F32", arch="qwen2")
-    config = read_gguf_config(tmp_path / "qwen2.gguf")
-    assert (config.family, config.qkv_bias, config.tie_word_embeddings) == ("qwen2", True, True)
+@pytest.mark.parametrize("arch, qkv_bias, qk_norm", [("qwen2", True, False),
+                                                     ("qwen3", False, True)])
+def test_qwen_files_are_not_permuted(arch, qkv_bias, qk_norm, tmp_path):
+    """Qwen2 (q/k/v biases) and Qwen3 (q/k RMSNorm) files keep HF's row order: llama.cpp
+    permutes llama only."""
+    source = make_hf_model(arch, tmp_path / "hf")
+    write_gguf(source, tmp_path / f"{arch}.gguf", "F32", arch=arch)
+    config = read_gguf_config(tmp_path / f"{arch}.gguf")
+    assert (config.family, config.qkv_bias, config.qk_norm, config.tie_word_embeddings) == (
+        arch, qkv_bias, qk_norm, source.config.tie_word_embeddings)
     ids, mask = batch()
     keep = mask.astype(bool)
-    got = ours(from_gguf(tmp_path / "qwen2.gguf", dtype="float32"), ids, mask)
+    got = ours(from_gguf(tmp_path / f"{arch}.gguf", dtype="float32"), ids, mask)
     np.testing.assert_allclose(got[keep], hf_logits(source, ids, mask)[keep], atol=TOL, rtol=0)
 
 
