@@ -21,8 +21,14 @@ def get_config() -> ConfigDict:
     # ------------------------------------------------------------------ model
     c.model = m = ConfigDict()
     m.preset = "world-teacher"           # shape preset (easyalign/model/presets.py) when not loading
-    m.init = "scratch"                   # scratch | hf | checkpoint: where the weights come from
-    m.path = ""                          # HF directory or easyalign checkpoint for init=hf|checkpoint
+    m.init = "scratch"                   # scratch | hf | checkpoint | gguf | derive: where the
+    #                                      weights come from (derive: a student from a teacher)
+    m.path = ""                          # HF dir | checkpoint | .gguf file or "smollm2" (installed
+    #                                      GGUF) | for derive the teacher, any of these or "@stage"
+    m.layers = ""                        # derive: teacher layers kept, "" = all | every_other |
+    #                                      first:k | spread:k (evenly, first and last) | 0,2,4,29
+    m.intermediate_size = 0              # derive: MLP width kept (0 = the teacher's), channels
+    #                                      by weight norm (easyalign/model/student.py)
     m.head = "lm"                        # lm | scalar (reward/value models)
     m.dtype = "float32"                  # compute dtype (bfloat16 on GPU)
     m.param_dtype = "float32"            # master weights and optimizer state dtype

@@ -2,8 +2,13 @@
 
 `distill.teacher="@dpo"` names the DPO stage of the same pipeline directory
 (`runs/<name>/dpo/model`) and `distill.teacher_data="@teacher_data"` the JSONL written by `easyalign teacher-data` there
-(`runs/<name>/teacher_data/teacher_data.jsonl`); the student is `model` (the `world-student`
-preset from scratch by default, or `model.init=checkpoint` with `model.path`).
+(`runs/<name>/teacher_data/teacher_data.jsonl`); the student is `model`: the `world-student`
+preset from scratch by default, `model.init=checkpoint` with `model.path`, or a student
+derived from the teacher's own layers (embeddings, norms and head copied; see
+easyalign/model/student.py):
+
+    --config.model.init=derive --config.model.path=@dpo --config.model.layers=spread:10 \
+        --config.model.intermediate_size=1024
 
 Presets (the built-in world, 500 student steps each, under a minute on a 2-core CPU; ablations
 compare them at equal steps):
@@ -24,7 +29,7 @@ def get_config(preset: str = ""):
     c.phase = "distill"
     c.workdir = "runs/demo/distill"
     c.model.preset = "world-student"     # the student's shape (init=scratch) ...
-    c.model.init = "scratch"             # ... or "checkpoint" with model.path
+    c.model.init = "scratch"             # ... or "checkpoint" | "derive" with model.path
 
     c.distill = d = ConfigDict()
     d.mode = "on_policy"                 # on_policy (GKD) | offline (KD on teacher data)

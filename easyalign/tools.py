@@ -1,6 +1,7 @@
 """`easyalign convert` and `easyalign sample`: plain-flag tools around model checkpoints.
 
     easyalign convert --from_hf=HF_DIR --out=CKPT_DIR [--dtype=float32]
+    easyalign convert --from_gguf=FILE.gguf|smollm2 --out=CKPT_DIR [--dtype=float32]
     easyalign convert --to_hf=CKPT_DIR --out=HF_DIR [--dtype=bfloat16] [--max_shard_size=2GB]
     easyalign sample --checkpoint=DIR --prompt="What is 2+3?" [--prompt=...] \
         [--max_new_tokens=64] [--method=greedy|temperature|top_k|top_p] [--temperature=0.7] \
@@ -89,11 +90,14 @@ def _run(command: str, body: Callable[[list[str]], None], args: list[str]) -> No
 # ----------------------------------------------------------------------------- convert
 def _define_convert(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("from_hf", None, "HF model directory to import", flag_values=fv)
+    flags.DEFINE_string("from_gguf", None, "GGUF file to import (or an installed model: "
+                        "smollm2)", flag_values=fv)
     flags.DEFINE_string("to_hf", None, "model checkpoint (or phase workdir) to export",
                         flag_values=fv)
     flags.DEFINE_string("out", None, "output directory (must not exist or be empty)",
                         flag_values=fv)
-    flags.DEFINE_string("dtype", None, "--from_hf: stored param dtype (default float32); "
+    flags.DEFINE_string("dtype", None, "--from_hf/--from_gguf: stored param dtype (default "
+                        "float32); "
                         "--to_hf: weight dtype written (default the stored one)", flag_values=fv)
     flags.DEFINE_string("max_shard_size", "2GB", "--to_hf: largest safetensors file",
                         flag_values=fv)
@@ -103,9 +107,9 @@ def _convert(args: list[str]) -> None:
     from easyalign.hf import convert_checkpoint_to_hf, convert_hf_to_checkpoint
 
     fv = _flags("convert", args, _define_convert)
-    if (fv.from_hf is None) == (fv.to_hf is None):
-        raise ToolError("give exactly one direction: --from_hf=HF_DIR or --to_hf=CHECKPOINT "
-                        "(with --out=DIR)")
+    if [fv.from_hf, fv.from_gguf, fv.to_hf].count(None) != 2:
+        raise ToolError("give exactly one direction: --from_hf=HF_DIR, --from_gguf=FILE or "
+                        "--to_hf=CHECKPOINT (with --out=DIR)")
     if not fv.out:
         raise ToolError("missing --out=DIR")
     out = Path(fv.out)
@@ -117,6 +121,15 @@ def _convert(args: list[str]) -> None:
             raise ToolError(f"--from_hf={fv.from_hf}: no config.json (not an HF model directory)")
         convert_hf_to_checkpoint(fv.from_hf, out, mesh=mesh, param_dtype=fv.dtype or "float32")
         print(f"easyalign convert: {fv.from_hf} → model checkpoint {out}")
+    elif fv.from_gguf is not None:
+        from easyalign.hf.gguf import GGUFError, convert_gguf_to_checkpoint, resolve_gguf
+
+        try:
+            source = resolve_gguf(fv.from_gguf)
+            convert_gguf_to_checkpoint(source, out, mesh=mesh, param_dtype=fv.dtype or "float32")
+        except GGUFError as e:
+            raise ToolError(str(e)) from None
+        print(f"easyalign convert: {source} → model checkpoint {out}")
     else:
         source, kind = resolve_model_dir(fv.to_hf)
         if kind != "checkpoint":
@@ -127,7 +140,7 @@ def _convert(args: list[str]) -> None:
 
 
 def convert(args: list[str]) -> None:
-    """`easyalign convert`: HF directory ⇄ easyalign model checkpoint."""
+    """`easyalign convert`: HF directory ⇄ model checkpoint; GGUF file → model checkpoint."""
     _run("convert", _convert, args)
 
 

@@ -5,10 +5,13 @@
     convert_hf_to_checkpoint(hf_dir, ckpt_dir)                 # HF → Orbax model checkpoint
     model = load_checkpoint_model(ckpt_dir, mesh=mesh)         # restore into the current mesh
     convert_checkpoint_to_hf(ckpt_dir, out_dir)                # Orbax → HF
+    model = from_gguf("model.gguf" | "smollm2", mesh=mesh)     # llama.cpp file (see hf.gguf)
 
 Modules: `tables` (the declarative tensor tables and their layout mini-language), `config`
 (HF config.json ⇄ ModelConfig), `load` (streaming import), `export` (streaming, sharded
-export), `checkpoint` (the on-disk model checkpoint layout and the conversions).
+export), `checkpoint` (the on-disk model checkpoint layout and the conversions), `gguf`
+(GGUF files through the same tables: dequantised, renamed, un-permuted; tokenizer from the
+metadata).
 """
 
 from easyalign.hf.checkpoint import (
@@ -20,9 +23,18 @@ from easyalign.hf.checkpoint import (
 )
 from easyalign.hf.config import HFConfigError, hf_config_dict, to_model_config
 from easyalign.hf.export import to_hf
+from easyalign.hf.gguf import (
+    GGUFError,
+    convert_gguf_to_checkpoint,
+    from_gguf,
+    gguf_tokenizer,
+    installed_gguf,
+    read_gguf_config,
+)
 from easyalign.hf.load import HFCheckpointError, from_hf, read_hf_config
 
 __all__ = ["from_hf", "to_hf", "read_hf_config", "to_model_config", "hf_config_dict",
            "save_checkpoint_model", "load_checkpoint_model", "read_checkpoint_config",
            "convert_hf_to_checkpoint", "convert_checkpoint_to_hf", "HFCheckpointError",
-           "HFConfigError"]
+           "HFConfigError", "from_gguf", "read_gguf_config", "gguf_tokenizer", "installed_gguf",
+           "convert_gguf_to_checkpoint", "GGUFError"]

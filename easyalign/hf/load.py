@@ -18,6 +18,10 @@ numpy — importing `ml_dtypes` (jax does) is enough, and the slices then come b
 `ml_dtypes.bfloat16` arrays with the file's exact bits. (`framework="flax"`/`"jax"` also read
 bf16 but put every slice on the default device first, which defeats the point here.)
 
+The reading side is a `TensorSource` (HF tensor names, shapes, dtypes, and block reads);
+`load_tensors(source, config, mesh)` is the one streaming import every format goes through:
+`SafetensorsDir` here, `easyalign.hf.gguf.model.GGUFTensors` for llama.cpp's GGUF files.
+
 Validation happens before anything is created: every tensor the table expects is present with
 its exact shape, nothing unexpected is left over (`tables.ignorable` lists what may be), and
 each problem names the file and tensor. Safetensors only: a directory with just
@@ -87,8 +91,62 @@ def _ids(value) -> list[int]:
     return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
 
 
-class SafetensorsDir:
+class TensorSource:
+    """Tensors under their HF names, read block by block: the seam every import format fills.
+
+    A subclass sets `source` (the path named in errors), `tensors` (HF name → (where it lives,
+    HF shape, stored dtype name)) and `readable` (the dtype names it can read), and implements
+    `read(name, index)`: the block `index` (a tuple of slices of the HF shape) as a numpy array.
+    `SafetensorsDir` serves an HF directory; `easyalign.hf.gguf.GGUFTensors` a GGUF file, whose
+    tensors it renames, dequantises and un-permutes so that the same tables apply.
+    """
+
+    source: Path
+    tensors: dict[str, tuple[str, tuple[int, ...], str]]
+    readable: tuple[str, ...] = ()
+
+    def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
+        raise NotImplementedError
+
+    def display(self, name: str) -> str:
+        """How errors name tensor `name` (a format with its own names shows them)."""
+        return name
+
+    def check(self, rows: list[Row], config: ModelConfig) -> None:
+        """Raise one error listing every missing, misshapen or unexpected tensor."""
+        size = sizes(config)
+        expected = {name: row.layout.hf_shape(size)
+                    for row in rows for name in row.hf_names(config.num_layers)}
+        problems = []
+        for name, shape in expected.items():
+            if name not in self.tensors:
+                problems.append(f"missing tensor {self.display(name)} (expected shape "
+                                f"{list(shape)})")
+                continue
+            file, found, dtype = self.tensors[name]
+            if found != shape:
+                problems.append(f"{file}: tensor {self.display(name)} has shape {list(found)}, "
+                                f"expected {list(shape)}")
+            elif dtype not in self.readable:
+                problems.append(f"{file}: tensor {self.display(name)} has dtype {dtype}, "
+                                f"expected one of {self.readable}")
+        unexpected = [n for n in self.tensors if n not in expected and not ignorable(n, config)]
+        problems += [f"{self.tensors[n][0]}: unexpected tensor {self.display(n)} "
+                     f"{list(self.tensors[n][1])}" for n in unexpected]
+        if problems:
+            found = len(self.tensors) - sum(ignorable(n, config) for n in self.tensors)
+            listing = "\n  ".join(problems[:25] + ([f"... {len(problems) - 25} more"]
+                                                   if len(problems) > 25 else []))
+            raise HFCheckpointError(
+                f"{self.source}: does not match its {config.family} config (head={config.head},"
+                f" tie_word_embeddings={config.tie_word_embeddings}): expected {len(expected)} "
+                f"tensors, found {found}:\n  {listing}")
+
+
+class SafetensorsDir(TensorSource):
     """The tensors of an HF checkpoint directory: where each lives, its shape, sliced reads."""
+
+    readable = _FLOAT_DTYPES
 
     def __init__(self, path: Path):
         self.path = path
@@ -126,37 +184,8 @@ class SafetensorsDir:
     def read(self, name: str, index: tuple[slice, ...]) -> np.ndarray:
         return self.handles[self.tensors[name][0]].get_slice(name)[index]
 
-    def check(self, rows: list[Row], config: ModelConfig) -> None:
-        """Raise one error listing every missing, misshapen or unexpected tensor."""
-        size = sizes(config)
-        expected = {name: row.layout.hf_shape(size)
-                    for row in rows for name in row.hf_names(config.num_layers)}
-        problems = []
-        for name, shape in expected.items():
-            if name not in self.tensors:
-                problems.append(f"missing tensor {name} (expected shape {list(shape)})")
-                continue
-            file, found, dtype = self.tensors[name]
-            if found != shape:
-                problems.append(f"{file}: tensor {name} has shape {list(found)}, expected "
-                                f"{list(shape)}")
-            elif dtype not in _FLOAT_DTYPES:
-                problems.append(f"{file}: tensor {name} has dtype {dtype}, expected one of "
-                                f"{_FLOAT_DTYPES}")
-        unexpected = [n for n in self.tensors if n not in expected and not ignorable(n, config)]
-        problems += [f"{self.tensors[n][0]}: unexpected tensor {n} {list(self.tensors[n][1])}"
-                     for n in unexpected]
-        if problems:
-            found = len(self.tensors) - sum(ignorable(n, config) for n in self.tensors)
-            listing = "\n  ".join(problems[:25] + ([f"... {len(problems) - 25} more"]
-                                                   if len(problems) > 25 else []))
-            raise HFCheckpointError(
-                f"{self.source}: does not match its {config.family} config (head={config.head},"
-                f" tie_word_embeddings={config.tie_word_embeddings}): expected {len(expected)} "
-                f"tensors, found {found}:\n  {listing}")
 
-
-def _sharded_param(reader: SafetensorsDir, row: Row, config: ModelConfig,
+def _sharded_param(reader: TensorSource, row: Row, config: ModelConfig,
                    abstract: jax.ShapeDtypeStruct, target: jax.sharding.Sharding) -> jax.Array:
     """One parameter, each device's block read from disk by the callback (no full copy)."""
     size, names = sizes(config), row.hf_names(config.num_layers)
@@ -211,7 +240,13 @@ def from_hf(path: str | Path, *, mesh: Mesh | None = None, **config_overrides) -
     if not path.is_dir():
         raise HFCheckpointError(f"{path}: not a directory")
     config = read_hf_config(path).replace(**config_overrides)
-    reader = SafetensorsDir(path)
+    return load_tensors(SafetensorsDir(path), config, mesh)
+
+
+def load_tensors(reader: TensorSource, config: ModelConfig, mesh: Mesh | None = None
+                 ) -> Transformer:
+    """A `Transformer` of `config` sharded on `mesh`, every parameter streamed from `reader`
+    through `config`'s family table (checked first: names, shapes, dtypes)."""
     rows = rows_for(config)
     reader.check(rows, config)
 
