@@ -3,6 +3,7 @@
 Public API, imported lazily on first use so that `import easyalign` stays cheap:
 
     easyalign.from_hf / to_hf                       HF checkpoint directory ⇄ Transformer
+    easyalign.from_gguf / installed_gguf            a GGUF file (or the installed SmolLM2) → Transformer
     easyalign.convert_hf_to_checkpoint / convert_checkpoint_to_hf / load_checkpoint_model /
     save_checkpoint_model                           Orbax model checkpoints
     easyalign.ModelConfig / Transformer / create_model / preset
@@ -15,6 +16,8 @@ import importlib
 _EXPORTS = {
     "from_hf": "easyalign.hf",
     "to_hf": "easyalign.hf",
+    "from_gguf": "easyalign.hf.gguf",
+    "installed_gguf": "easyalign.hf.gguf",
     "convert_hf_to_checkpoint": "easyalign.hf",
     "convert_checkpoint_to_hf": "easyalign.hf",
     "load_checkpoint_model": "easyalign.hf",

@@ -57,6 +57,7 @@ from pathlib import Path
 
 import jax
 import numpy as np
+from ml_collections import ConfigDict
 
 from easyalign import sharding
 from easyalign.model.config import ModelConfig
@@ -201,8 +202,12 @@ def main_model(config) -> tuple[ModelConfig, str]:
         vocab, source = _vocab(config)
         extra = {"vocab_size": vocab} if vocab else {}
         return preset(m.preset, **extra, **numerics), f"preset {m.preset} (vocab from {source})"
+    from easyalign.algorithms.common import source_model_config, stage_path
+
     path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
-    return read_model_config(config, path).replace(**numerics), f"{m.init} {path}"
+    block = ConfigDict(m.to_dict())
+    block.path = stage_path(config, path)
+    return source_model_config(block).replace(**numerics), f"{m.init} {path}"
 
 
 def extra_models(config, policy: ModelConfig) -> list[dict]:

@@ -323,6 +323,17 @@ def model_source(m) -> tuple[str, str]:
     return kind, str(resolve_gguf(path)) if kind == "gguf" else path
 
 
+def source_model_config(m) -> ModelConfig:
+    """The stored ModelConfig a loading block (`init=hf|checkpoint|gguf|derive`) starts from,
+    before the block's numerics and overrides; a derived student's shape for `derive`."""
+    config = _read_source_config(*model_source(m))
+    if m.init == "derive":
+        from easyalign.model.student import student_config
+
+        config = student_config(config, *_student_shape(m, config))
+    return config
+
+
 def _read_source_config(kind: str, path: str) -> ModelConfig:
     from easyalign.hf import read_checkpoint_config, read_hf_config
     from easyalign.hf.gguf import read_gguf_config
@@ -374,12 +385,7 @@ def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
                     head=head)
     overrides = ModelConfig.parse_overrides(m.overrides)
     if m.init in SOURCE_INITS + ("derive",):
-        config = _read_source_config(*model_source(m))
-        if m.init == "derive":
-            from easyalign.model.student import student_config
-
-            config = student_config(config, *_student_shape(m, config))
-        config = config.replace(**numerics, **overrides)
+        config = source_model_config(m).replace(**numerics, **overrides)
     elif m.init == "scratch":
         vocab = m.vocab_size or len(run.tokenizer)
         ids = dict(eos_token_id=run.tokenizer.eos_token_id, bos_token_id=run.tokenizer.bos_token_id)
