@@ -12,6 +12,7 @@ import pytest
 from easyalign import pipeline
 from easyalign.algorithms import common
 from easyalign.cli import load_config
+from easyalign.data.holdout import held_out_rows
 from easyalign.data.sources import DataError
 
 SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
@@ -130,11 +131,11 @@ def test_held_out_split_keeps_duplicates_together_and_refuses_to_hold_out_everyt
     from easyalign.data.sources import Record
 
     rows = [Record({"prompt": f"q{i % 10}"}, f"f:{i}") for i in range(100)]  # 10 copies each
-    held = common.held_out_rows(rows, 0.05, 0, seed=0)
+    held = held_out_rows(rows, 0.05, 0, seed=0)
     assert len(held) == 10 and len({rows[i].data["prompt"] for i in held}) == 1
     with pytest.raises(ValueError, match=r"data.eval_fraction=1.0 must be in \[0, 1\)"):
-        common.held_out_rows(rows, 1.0, 0, seed=0)
-    assert common.held_out_rows(rows, 0.0, 0, seed=0) == set()
+        held_out_rows(rows, 1.0, 0, seed=0)
+    assert held_out_rows(rows, 0.0, 0, seed=0) == set()
 
 
 def test_explicit_eval_sources_and_the_world(tmp_path):

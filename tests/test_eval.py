@@ -105,13 +105,42 @@ def test_parse_variants_and_extra_suites():
         parse_named_paths(("sft",))
     with pytest.raises(ValueError, match="duplicate"):
         parse_named_paths(("a=/x", "a=/y"))
-    assert parse_extra_suites(("adv=/d/h.csv:goal:harmful", "mine=/d/p.jsonl")) == {
-        "adv": {"path": "/d/h.csv", "column": "goal", "tag": "harmful"},
-        "mine": {"path": "/d/p.jsonl", "column": "prompt", "tag": "plain"}}
+    assert parse_extra_suites(("adv=/d/h.csv:goal:harmful", "mine=/d/p.jsonl",
+                               "hh=/d/t.jsonl.gz::plain:eval")) == {
+        "adv": {"path": "/d/h.csv", "column": "goal", "tag": "harmful", "split": "all"},
+        "mine": {"path": "/d/p.jsonl", "column": "prompt", "tag": "plain", "split": "all"},
+        "hh": {"path": "/d/t.jsonl.gz", "column": "", "tag": "plain", "split": "eval"}}
     assert parse_extra_suites({"x": {"path": "/p.csv", "tag": "benign"}}) == {
-        "x": {"path": "/p.csv", "column": "prompt", "tag": "benign"}}
+        "x": {"path": "/p.csv", "column": "prompt", "tag": "benign", "split": "all"}}
     with pytest.raises(ValueError, match="tag"):
         parse_extra_suites(("adv=/d/h.csv:goal:evil",))
+    with pytest.raises(ValueError, match="split 'test'"):
+        parse_extra_suites(("adv=/d/h.csv:goal:harmful:test",))
+
+
+HH = shared_data_dir() / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"
+ALPACA = shared_data_dir() / "alpaca" / "alpaca_5000.json"
+
+
+@pytest.mark.skipif(not (HH.is_file() and ALPACA.is_file()), reason="shared data not found")
+def test_extra_suites_take_the_split_training_held_out():
+    """split=eval suites hold exactly the prompts of the rows the training stages held out."""
+    from easyalign.data.holdout import held_out_rows
+    from easyalign.data.sources import read_rows
+    from easyalign.eval.suites import extra_suite
+
+    for path, column in ((HH, ""), (ALPACA, "instruction+input")):
+        rows = read_rows({"path": str(path)})
+        held = {rows[i].where for i in held_out_rows(rows, 0.1, 1000, 0)}
+        suite = extra_suite("s", str(path), column=column, split="eval", holdout=(0.1, 1000, 0))
+        assert {item["where"] for item in suite.items} == held and len(held) > 200
+    multi_turn = [i["prompt"] for i in extra_suite("hh", str(HH), column="", split="eval",
+                                                     holdout=(0.1, 1000, 0)).items
+                  if not isinstance(i["prompt"], str)]
+    assert multi_turn and all(turns[-1]["role"] == "user" for turns in multi_turn)
+    alpaca = extra_suite("a", str(ALPACA), column="", split="all")  # Alpaca rows recognised
+    first = json.loads(ALPACA.read_text())[0]
+    assert alpaca.items[0]["prompt"].startswith(first["instruction"])
 
 
 # ----------------------------------------------------------------------------- scorers

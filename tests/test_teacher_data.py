@@ -133,11 +133,11 @@ def test_sampling_method_and_errors():
 
 def test_prompt_text_round_trip():
     single = [{"role": "user", "content": "Hi"}]
-    assert teacher_data.prompt_text(single) == "Hi"
+    assert data_records.prompt_text(single) == "Hi"
     multi = [{"role": "system", "content": "Be brief."}, {"role": "user", "content": "Hi"}]
-    assert teacher_data.prompt_text(multi) == multi
+    assert data_records.prompt_text(multi) == multi
     for prompt in (single, multi):
-        record = data_sources.Record({"prompt": teacher_data.prompt_text(prompt),
+        record = data_sources.Record({"prompt": data_records.prompt_text(prompt),
                                       "teacher_response": "x"}, "t:1")
         assert data_records.normalize_teacher([record])[0]["prompt"] == prompt
 

@@ -36,6 +36,7 @@ from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
+from easyalign.data.holdout import held_out_rows
 from easyalign.model import ModelConfig, Transformer, create_model, preset
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import loop as train_loop
@@ -222,29 +223,6 @@ def _columns(columns) -> dict:
         raise ValueError(f"data.columns: unknown field(s) {unknown}; a column mapping fills "
                          f"{', '.join(data_records.COLUMN_FIELDS)}")
     return data_sources.parse_columns(mapping)
-
-
-def held_out_rows(rows: list, fraction: float, cap: int, seed: int) -> set[int]:
-    """Indices of the rows held out for evaluation when `data.eval_source="auto"`.
-
-    n = min(⌈fraction · M⌉, cap) of the M rows (cap 0 = none): those whose key
-    sha256(seed, row content) is smallest. The key depends on the row itself, not on its
-    position, the column mapping or the record kind, so every stage reading the same file
-    (reward, DPO and PPO on one preference file) holds out the same rows; a row identical to
-    the last one held out is held out too, so duplicates never straddle train and eval.
-    """
-    if not 0 <= fraction < 1 or cap < 0:
-        raise ValueError(f"data.eval_fraction={fraction} must be in [0, 1) and "
-                         f"data.eval_max={cap} >= 0")
-    n = int(np.ceil(fraction * len(rows)))
-    n = min(n, cap) if cap else n
-    if not n:
-        return set()
-    keys = [hashlib.sha256(f"{seed}\0{json.dumps(row.data, sort_keys=True, default=str)}"
-                           .encode()).hexdigest() for row in rows]
-    order = sorted(range(len(rows)), key=lambda i: (keys[i], i))
-    last = keys[order[n - 1]]
-    return {i for i in order if keys[i] <= last}
 
 
 def _split_rows(run: Run, rows: list, source: str, split: str) -> list:

@@ -50,6 +50,7 @@ from easyalign import sharding
 from easyalign.algorithms import common
 from easyalign.data import loader as data_loader
 from easyalign.data.chat_format import stop_token_ids
+from easyalign.data.records import prompt_text
 from easyalign.sampler import bucket_length, method_from_config
 from easyalign.sampler import generate as sampler_generate
 from easyalign.tools import resolve_model_dir
@@ -95,9 +96,7 @@ def completions(run: common.Run, model, prompts: list[dict], g
 def record(run: common.Run, example: dict, ids: list[int], finished: bool) -> dict:
     """The output line of one prompt (module docstring)."""
     content = ids[:-1] if finished else ids  # the stop token is not part of the response
-    messages = example["prompt"]
-    prompt = (messages[0]["content"] if len(messages) == 1 and messages[0]["role"] == "user"
-              else messages)
+    prompt = prompt_text(example["prompt"])
     extra = {k: v for k, v in example.items() if k not in ("prompt", "source")}
     # The input's own fields ride along; one named like an output field is replaced by it.
     return {"prompt": prompt, **extra,

@@ -57,6 +57,7 @@ from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data.chat_format import stop_token_ids
+from easyalign.data.records import prompt_text
 from easyalign.data import tokenize as data_tokenize
 from easyalign.model.scoring import chunked, fit_chunk
 from easyalign.sampler import bucket_length, generate, method_from_config
@@ -80,13 +81,6 @@ def teacher_tokenizer(config, path: str) -> None:
     candidate = Path(common.stage_path(config, path)) / "tokenizer"
     if not config.data.tokenizer and candidate.is_dir():
         config.data.tokenizer = str(candidate)
-
-
-def prompt_text(messages: list[dict]):
-    """A one-turn user prompt back as its string; longer contexts stay message lists."""
-    if len(messages) == 1 and messages[0]["role"] == "user":
-        return messages[0]["content"]
-    return messages
 
 
 # ----------------------------------------------------------------------------- sampling

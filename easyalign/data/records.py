@@ -75,7 +75,8 @@ import numpy as np
 from .sources import JOINER, DataError, Record
 
 __all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "normalize",
-           "normalize_sft", "normalize_preference", "normalize_prompts", "normalize_teacher"]
+           "normalize_sft", "normalize_preference", "normalize_prompts", "normalize_teacher",
+           "prompt_text"]
 
 KINDS = ("sft", "preference", "prompt", "teacher")
 # The fields a column mapping (`data.columns`, SourceSpec.columns) fills for these layouts.
@@ -395,6 +396,14 @@ def _teacher(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- entry points
 _BUILDERS: dict[str, Callable[[dict, str, bool], dict[str, Any]]] = {
     "sft": _sft, "preference": _preference, "prompt": _prompt_example, "teacher": _teacher}
+
+
+def prompt_text(messages: Sequence[dict[str, str]]) -> str | list[dict[str, str]]:
+    """A normalised prompt back as a record writes it: a one-turn user prompt as its string,
+    a longer context as its message list."""
+    if len(messages) == 1 and messages[0]["role"] == "user":
+        return messages[0]["content"]
+    return list(messages)
 
 
 def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",

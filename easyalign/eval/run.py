@@ -69,8 +69,9 @@ class Frozen:
 def load_suites(config, world: Path | None) -> list[Suite]:
     e = config.eval
     suites = world_suites(world, e.suites, e.limit_per_suite) if e.suites else []
+    holdout = (config.data.eval_fraction, config.data.eval_max, config.data.eval_seed)
     for name, spec in parse_extra_suites(e.extra_suites).items():
-        suites.append(extra_suite(name, **spec, limit=e.limit_per_suite))
+        suites.append(extra_suite(name, **spec, limit=e.limit_per_suite, holdout=holdout))
     return suites
 
 

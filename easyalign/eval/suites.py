@@ -13,11 +13,16 @@ that decides how a response is graded:
 
 * the built-in world's held-out suites (`instructions`, `facts`, `unknown`, `harmful`,
   `benign`), read from the world directory's `eval_<suite>.jsonl`; their kind is the world kind;
-* extra prompt files (JSONL, JSON or CSV, via `easyalign.data.sources`, so a bad row is an error
-  naming file and line), each with the column holding the prompt and a tag: `harmful` (refusing
-  is right), `benign` (refusing is over-refusal) or `plain` (only rates are reported). Given as
-  a mapping name → {path, column, tag} or as a string `"name=PATH[:COLUMN[:TAG]]"` (column
-  defaults to `prompt`, tag to `plain`; a path containing ':' needs the mapping form).
+* extra prompt files (any source `easyalign.data.sources` reads, so a bad row is an error
+  naming file and line), each with the column holding the prompt, a tag and a split. The tag:
+  `harmful` (refusing is right), `benign` (refusing is over-refusal) or `plain` (only rates are
+  reported). The column: a column or `a+b` join (default `prompt`), or `""` to read the prompt
+  as training data does (`records.normalize(kind="prompt")`: Alpaca rows, conversations, or the
+  context of HH-RLHF / preference pairs, kept as a conversation). The split: `all` (default) or
+  `eval`, the rows a training stage held out of the same file (`data.holdout`, with this
+  config's `data.eval_fraction` / `eval_max` / `eval_seed`), so a model is evaluated on prompts
+  it was not trained on. Given as a mapping name → {path, column, tag, split} or as a string
+  `"name=PATH[:COLUMN[:TAG[:SPLIT]]]"` (a path containing ':' needs the mapping form).
 
 Multiple choice. `load_mc_task` reads TruthfulQA's `mc_task.json`: a list of
 `{"question", "mc1_targets": {answer: 0|1}, "mc2_targets": {answer: 0|1}}`.
@@ -29,9 +34,12 @@ import dataclasses
 from pathlib import Path
 from typing import Any, Mapping
 
-from easyalign.data.sources import DataError, load_records
+from easyalign.data.sources import DataError, apply_columns, load_records, parse_columns, read_rows
 from easyalign.data.world import SUITES as WORLD_SUITES
 from easyalign.eval.metrics import TAGS
+
+
+SPLITS = ("all", "eval")  # an extra suite's rows: the whole file, or the held-out split
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,45 +131,58 @@ def world_suites(world_dir: str | Path, names, limit: int = 0) -> list[Suite]:
 
 
 def parse_extra_suites(spec: Any) -> dict[str, dict[str, str]]:
-    """Extra suites → {name: {"path", "column", "tag"}} (forms in the module docstring)."""
+    """Extra suites → {name: {"path", "column", "tag", "split"}} (module docstring)."""
     out: dict[str, dict[str, str]] = {}
     if isinstance(spec, Mapping):
         for name, entry in spec.items():
             entry = dict(entry)
-            unknown = sorted(set(entry) - {"path", "column", "tag"})
+            unknown = sorted(set(entry) - {"path", "column", "tag", "split"})
             if unknown or "path" not in entry:
                 raise ValueError(f"eval.extra_suites.{name}: needs 'path' (and optionally "
-                                 f"'column', 'tag'); unknown keys {unknown}")
+                                 f"'column', 'tag', 'split'); unknown keys {unknown}")
             out[str(name)] = {"path": str(entry["path"]), "column": entry.get("column", "prompt"),
-                              "tag": entry.get("tag", "plain")}
+                              "tag": entry.get("tag", "plain"), "split": entry.get("split", "all")}
     else:
         for name, value in parse_named_paths(spec, "eval.extra_suites").items():
             parts = value.split(":")
-            if len(parts) > 3:
-                raise ValueError(f"eval.extra_suites: {name}={value!r} has more than two ':'; "
+            if len(parts) > 4:
+                raise ValueError(f"eval.extra_suites: {name}={value!r} has more than three ':'; "
                                  "give a path containing ':' in the mapping form")
-            path, column, tag = parts + [""] * (3 - len(parts))
-            out[name] = {"path": path, "column": column or "prompt", "tag": tag or "plain"}
+            path, column, tag, split = parts + [None] * (4 - len(parts))
+            out[name] = {"path": path, "column": "prompt" if column is None else column,
+                         "tag": tag or "plain", "split": split or "all"}
     for name, entry in out.items():
         if entry["tag"] not in TAGS:
             raise ValueError(f"eval.extra_suites.{name}: tag {entry['tag']!r} is not one of {TAGS}")
+        if entry["split"] not in SPLITS:
+            raise ValueError(f"eval.extra_suites.{name}: split {entry['split']!r} is not one of "
+                             f"{SPLITS}")
     return out
 
 
 def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain",
-                limit: int = 0) -> Suite:
-    """Prompts from a JSONL/JSON/CSV file's `column`, graded per `tag`."""
+                split: str = "all", limit: int = 0, holdout: tuple[float, int, int] = (0.05, 1000, 0)
+                ) -> Suite:
+    """Prompts of a file (module docstring), graded per `tag`; `holdout` = the
+    `(data.eval_fraction, data.eval_max, data.eval_seed)` of split `eval`."""
+    from easyalign.data.holdout import split_rows
+    from easyalign.data.records import Dropped, normalize, prompt_text
+
     if name in WORLD_SUITES:
         raise ValueError(f"eval.extra_suites: {name!r} is the name of a built-in world suite")
-    records = load_records({"path": path, "columns": {"prompt": column}})
-    records = records[:limit] if limit else records
-    items = []
-    for record in records:
-        prompt = record.data["prompt"]
-        if not isinstance(prompt, str) or not prompt.strip():
-            raise DataError(record.where, "empty or non-string prompt", field=column)
-        items.append({"prompt": prompt, "answer": None, "where": record.where})
+    rows = read_rows({"path": path})
+    if split == "eval":
+        rows = split_rows(rows, "eval", *holdout)
+    if column:
+        rows = apply_columns(rows, parse_columns({"prompt": column}))
+    examples = normalize(rows, "prompt", on_empty="drop", dropped=Dropped())
+    examples = examples[:limit] if limit else examples
+    items = [{"prompt": prompt_text(ex["prompt"]), "answer": None, "where": ex["source"]}
+             for ex in examples]
+    if not items:
+        raise ValueError(f"eval.extra_suites.{name}: no prompts in {path} (split {split})")
     return Suite(name, tag, items, world=False)
+
 
 
 # ----------------------------------------------------------------------------- multiple choice
