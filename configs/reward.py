@@ -1,7 +1,8 @@
 """Reward model: scalar head on the SFT trunk, Bradley–Terry loss on preference pairs.
 
 `model.path="@sft"` names the SFT stage of the same pipeline directory (`runs/<name>/sft/model`).
-Presets: `tiny` (the built-in world, about a minute on a 2-core CPU).
+Presets: `tiny` (the built-in world, about a minute on a 2-core CPU); `real`: the real SFT
+model on HH-RLHF harmless pairs (a tenth held out), two epochs.
 """
 
 
@@ -25,6 +26,14 @@ def get_config(preset: str = ""):
         c.data.max_length = 48
         c.train.eval_every = 50
         c.train.log_every = 25
+    elif preset == "real":
+        base.real(c, base.HH_HARMLESS, max_length=512)
+        c.train.steps = 130              # two epochs of ~2,080 pairs
+        c.train.batch_size = 32
+        c.train.eval_every = 65
+        c.train.checkpoint_every = 130
+        c.optim.lr = 1e-5
+        c.optim.warmup_steps = 10
     elif preset:
-        raise ValueError(f"configs/reward.py: unknown preset {preset!r} (tiny)")
+        raise ValueError(f"configs/reward.py: unknown preset {preset!r} (tiny | real)")
     return c

@@ -8,7 +8,8 @@
         --config.workdir=runs/demo/teacher_data
 
 Presets: `tiny` (the built-in world: its 1000 training prompts, greedy, top-5 log-probs; about
-ten seconds on a 2-core CPU).
+ten seconds on a 2-core CPU); `real`: the real DPO teacher, greedy, on the training side of
+HH-RLHF harmless.
 """
 
 from ml_collections import ConfigDict
@@ -36,6 +37,11 @@ def get_config(preset: str = ""):
         t.max_new_tokens = 32
         t.topk = 5
         c.data.max_length = 48
+    elif preset == "real":
+        # The aligned teacher answers the training side of HH-RLHF harmless (greedy).
+        base.real(c, base.HH_HARMLESS, max_length=256)  # the prompt budget
+        t.max_new_tokens = 192
+        t.batch_size = 128
     elif preset:
-        raise ValueError(f"configs/teacher_data.py: unknown preset {preset!r} (tiny)")
+        raise ValueError(f"configs/teacher_data.py: unknown preset {preset!r} (tiny | real)")
     return c

@@ -40,13 +40,17 @@ CONFIG_FILES = {"base": "sft", "teacher-data": "teacher_data"}
 
 
 def parse_stage(spec: str, default_preset: str) -> tuple[str, str, str]:
-    """`name=command[:preset]` → (name, command, preset)."""
+    """`name=command[:preset]` → (name, command, preset).
+
+    The pipeline's preset does not reach eval and latency (their `tiny` is a smoke test, and a
+    pipeline measures in full); a preset named in the spec (`eval=eval:real`) does.
+    """
     name, _, rest = spec.partition("=")
     command, _, preset = (rest or name).partition(":")
     if command != "base" and command not in cli.PHASES:
         raise ValueError(f"pipeline stage {spec!r}: unknown command {command!r}; "
                          f"known: base, {', '.join(cli.PHASES)}")
-    return name, command, preset or default_preset
+    return name, command, preset or ("" if command in ("eval", "latency") else default_preset)
 
 
 def parse_overrides(entries) -> dict[str, list[tuple[str, object]]]:
@@ -89,7 +93,7 @@ def _has(config, dotted: str) -> bool:
 def stage_config(pipe, name: str, command: str, preset: str, overrides):
     """The config of one stage (module docstring)."""
     module = importlib.import_module(f"configs.{CONFIG_FILES.get(command, command)}")
-    config = module.get_config("" if command in ("eval", "latency") else preset)
+    config = module.get_config(preset)
     config.workdir = str(Path(pipe.workdir).absolute() / name)
     for block in ("mesh", "distributed"):
         config[block] = pipe[block]
@@ -169,6 +173,8 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
             _configure_latency(config, pipe, stages)
         elif command in ("teacher-data", "distill"):
             config[CONFIG_FILES.get(command, command)].teacher = "@" + p.teacher
+            if command == "distill" and config.model.init == "derive":
+                config.model.path = "@" + p.teacher  # the student comes from the teacher's layers
         workdir = Path(config.workdir)
         if stage_done(command, config):
             _say(f"{name}: complete, skipped ({workdir})")

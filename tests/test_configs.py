@@ -11,9 +11,11 @@ from easyalign.model import ModelConfig, abstract_model, preset
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # The presets each file offers (checked both ways: these load, a made-up one is refused).
 PRESETS = {
-    "base": [], "sft": ["tiny"], "reward": ["tiny"], "dpo": ["tiny"], "ppo": ["tiny"],
-    "teacher_data": ["tiny"], "distill": ["tiny", "tiny_offline"], "eval": ["tiny", "shared"],
-    "latency": ["tiny"], "generate": ["tiny"], "pipeline": ["tiny"], "ablations": ["tiny"],
+    "base": [], "sft": ["tiny", "real"], "reward": ["tiny", "real"], "dpo": ["tiny", "real"],
+    "ppo": ["tiny", "real"], "teacher_data": ["tiny", "real"],
+    "distill": ["tiny", "tiny_offline", "real"], "eval": ["tiny", "real", "shared"],
+    "latency": ["tiny", "real"], "generate": ["tiny"], "pipeline": ["tiny", "real"],
+    "ablations": ["tiny"],
     "doctor": ["sft", "dpo:tiny"],
 }
 

@@ -371,7 +371,9 @@ def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     else:
         raise ValueError(f"model.init={m.init!r}: expected scratch, hf, checkpoint, gguf or "
                          "derive")
-    return config if config.pad_token_id is not None else config.replace(pad_token_id=pad_id(run))
+    if config.pad_token_id is None and run.tokenizer is not None:
+        config = config.replace(pad_token_id=pad_id(run))
+    return config
 
 
 def init_model(run: Run, model_cfg=None, *, head: str = "lm", seed: int | None = None
