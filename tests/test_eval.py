@@ -61,6 +61,8 @@ def test_rates_on_hand_made_responses():
     graded = [M.grade_response("plain", r, None) for r in (REFUSAL, "ok", "ok", "ok")]
     assert graded[1]["correct"] is None
     assert M.suite_metrics("advbench", "plain", graded, world=False) == {"advbench_refusal": 0.25}
+    assert M.suite_metrics("alpaca", "benign", graded, world=False) == {
+        "alpaca_over_refusal": 0.25}
 
 
 def test_distinct_n_and_length():

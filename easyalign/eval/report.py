@@ -79,8 +79,9 @@ def _title(key: str) -> str:
     if key in KNOWN_COLUMNS:
         title, arrow = KNOWN_COLUMNS[key]
         return f"{title} {arrow}".strip()
-    if key.endswith("_refusal"):
-        return f"{key[:-len('_refusal')]} refusal"
+    for suffix, title in (("_over_refusal", "over-refusal ↓"), ("_refusal", "refusal")):
+        if key.endswith(suffix):
+            return f"{key[:-len(suffix)]} {title}"
     return key
 
 
