@@ -8,8 +8,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import os
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import torch
+from flax import nnx
 import transformers
 from safetensors.numpy import load_file
 
@@ -100,3 +107,25 @@ def assert_same_tensors(a: Path, b: Path) -> None:
     for name in ta:
         assert ta[name].dtype == tb[name].dtype, (name, ta[name].dtype, tb[name].dtype)
         assert np.array_equal(ta[name].view(np.uint8), tb[name].view(np.uint8)), name
+
+
+@nnx.jit
+def _forward(model, ids, mask):
+    return model(ids, mask)
+
+
+def ours(model, ids, mask) -> np.ndarray:
+    """easyalign's output on `[B, T]` ids with a right-padding mask, in true fp32."""
+    # True fp32 matmuls: on GPUs JAX's default precision for f32 dots is TF32 (~1e-3 off).
+    with jax.default_matmul_precision("highest"):
+        return np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(mask)))
+
+
+def run_on_8_cpu_devices(script: str, tmp_path: Path) -> None:
+    """Run `python script tmp_path` with 8 fake CPU devices; it must print OK last."""
+    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
+               JAX_PLATFORMS="cpu")
+    result = subprocess.run([sys.executable, script, str(tmp_path)], env=env,
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
+        result.stdout[-3000:] + result.stderr[-5000:])

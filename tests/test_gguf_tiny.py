@@ -11,17 +11,14 @@ file (its own names, dequantisation and reverse permutation), with the source mo
 from __future__ import annotations
 
 import gguf
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
 import transformers
-from flax import nnx
 
 from easyalign.hf.gguf import GGUFError, from_gguf, read_gguf_config
 from gguf_fixtures import write_gguf
-from hf_fixtures import batch, hf_logits, make_hf_model
+from hf_fixtures import batch, hf_logits, make_hf_model, ours
 
 TOL = 1e-4  # fp32 end to end, as the HF import; absolute, on logits of magnitude ~1
 QTYPES = ("F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1")
@@ -29,15 +26,6 @@ def roundtrip(w: np.ndarray, qtype: str) -> np.ndarray:
     kind = gguf.GGMLQuantizationType[qtype]
     return gguf.quants.dequantize(gguf.quants.quantize(w, kind), kind)
 
-
-@nnx.jit
-def forward(model, ids, mask):
-    return model(ids, mask)
-
-
-def ours(model, ids, mask) -> np.ndarray:
-    with jax.default_matmul_precision("highest"):
-        return np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
 
 
 @pytest.fixture(scope="module")

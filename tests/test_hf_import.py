@@ -7,26 +7,15 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 import torch
-from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from easyalign import from_hf
 from easyalign.hf import read_hf_config
 from easyalign.hf.tables import Layout
-from hf_fixtures import CASES, batch, hf_logits, make_hf_model
+from hf_fixtures import CASES, batch, hf_logits, make_hf_model, ours
 
 TOL = 1e-4  # fp32 end to end; absolute, on logits of magnitude ~1
 
-
-@nnx.jit
-def forward(model, ids, mask):
-    return model(ids, mask)
-
-
-def ours(model, ids, mask) -> np.ndarray:
-    # True fp32 matmuls: on GPUs JAX's default precision for f32 dots is TF32 (~1e-3 off).
-    with jax.default_matmul_precision("highest"):
-        return np.asarray(forward(model, jnp.asarray(ids), jnp.asarray(mask)))
 
 
 @pytest.mark.parametrize("case", sorted(CASES))

@@ -7,19 +7,14 @@ in its own process, so the test re-runs this file as a script in a subprocess wi
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 
 def test_sharded_import_export_and_restore_on_8_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
-        result.stdout[-3000:] + result.stderr[-5000:])
+    from hf_fixtures import run_on_8_cpu_devices
+
+    run_on_8_cpu_devices(__file__, tmp_path)
 
 
 def _main(tmp: Path) -> None:

@@ -8,19 +8,14 @@ device count is fixed before jax starts, so the checks run in a subprocess.
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from pathlib import Path
 
 
 def test_sharded_gguf_import_and_student_on_8_devices(tmp_path):
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, __file__, str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
-        result.stdout[-3000:] + result.stderr[-5000:])
+    from hf_fixtures import run_on_8_cpu_devices
+
+    run_on_8_cpu_devices(__file__, tmp_path)
 
 
 def _main(tmp: Path) -> None:
