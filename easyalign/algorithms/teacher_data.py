@@ -127,7 +127,8 @@ def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dic
 def _progress(run: common.Run, total: int, desc: str):
     from tqdm.auto import tqdm
 
-    return tqdm(total=total, desc=desc, dynamic_ncols=True, disable=not run.is_main)
+    return tqdm(total=total, desc=desc, dynamic_ncols=True,
+                disable=not (run.is_main and run.config.train.progress_bar))
 
 
 # ----------------------------------------------------------------------------- top-k
