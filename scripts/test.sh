@@ -5,6 +5,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh test
 export JAX_PLATFORMS=cpu
-# Two workers (the CI machine's two cores); tests grouped by file (tests/conftest.py).
-exec .venv/bin/python -m pytest -q -p no:cacheprovider -n "${EASYALIGN_TEST_WORKERS:-2}" \
-  --dist loadgroup "$@"
+exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"

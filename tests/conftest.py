@@ -34,12 +34,3 @@ def world_runs(tmp_path_factory) -> Path:
     sft.run(phase_config("sft", root / "sft", train__plot=False))
     reward.run(phase_config("reward", root / "reward", train__plot=False))
     return root
-
-
-def pytest_collection_modifyitems(items):
-    """Worker groups for `pytest -n N --dist loadgroup` (scripts/test.sh): a test file runs on
-    one worker, so its module fixtures are built once, and every test that uses the trained
-    world models (`world_runs`) runs on the same worker, so they are trained once."""
-    for item in items:
-        group = "world_runs" if "world_runs" in item.fixturenames else item.module.__name__
-        item.add_marker(pytest.mark.xdist_group(group))
