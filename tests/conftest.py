@@ -5,9 +5,19 @@ The stages run in-process through the same `run(config)` functions the CLI calls
 reward}`) so that `@sft` / `@reward` references resolve as in a real pipeline.
 """
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
+
+# One persistent XLA compilation cache for the whole session, subprocesses included (they inherit
+# the environment): the tiny models compile the same programs in many tests and processes, and a
+# cache hit returns the same executable, so results are unchanged. Set before jax is imported.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="easyalign-xla-cache-")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0")
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES", "-1")
 
 
 def phase_config(module: str, workdir: Path, preset: str = "tiny", **overrides):
@@ -34,3 +44,12 @@ def world_runs(tmp_path_factory) -> Path:
     sft.run(phase_config("sft", root / "sft", train__plot=False))
     reward.run(phase_config("reward", root / "reward", train__plot=False))
     return root
+
+
+def pytest_sessionfinish(session, exitstatus):
+    """Remove the session's compilation cache (made above) when this process created it."""
+    import shutil
+
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
+    if os.path.basename(cache).startswith("easyalign-xla-cache-"):
+        shutil.rmtree(cache, ignore_errors=True)
