@@ -190,13 +190,25 @@ class Transformer(nnx.Module):
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
 
-        if cfg.scan_layers and cache is None:
-            x, _ = jax.lax.scan(lambda x, params: (layer(x, params, None)[0], None), x,
-                                layer_state)
-            return self.final_norm(x), None
-        # A Python loop over the stacked weights: always with a cache, so that each layer
-        # updates its own cache buffer in place (see KVCache).
         rows = jnp.arange(tokens.shape[0])[:, None]
+        if cfg.scan_layers and mode != "decode":
+            # Without a cache, or filling an empty one (prefill reads no cache: each layer
+            # attends within this call): one scanned layer, so compile time does not grow with
+            # depth. A prefill returns every layer's keys and values stacked, then writes them
+            # into the per-layer buffers once, after the scan.
+            def scanned(x, params):
+                x, kv = layer(x, params, None)
+                return x, (kv if mode == "prefill" else None)
+
+            x, stacked = jax.lax.scan(scanned, x, layer_state)
+            if mode is None:
+                return self.final_norm(x), None
+            write = lambda buf, kv: buf.at[rows, positions].set(kv.astype(buf.dtype))  # noqa: E731
+            return self.final_norm(x), KVCache(
+                tuple(write(cache.k[i], stacked[0][i]) for i in range(cfg.num_layers)),
+                tuple(write(cache.v[i], stacked[1][i]) for i in range(cfg.num_layers)))
+        # Decoding (or scan_layers off): a Python loop over the stacked weights, so that each
+        # layer reads and updates its own cache buffer in place (see KVCache).
         new_k, new_v = [], []
         for i in range(cfg.num_layers):
             params = jax.tree.map(functools.partial(lambda a, i: a[i], i=i), layer_state)
