@@ -348,6 +348,13 @@ def _check_student_keys(m) -> None:
                          f"model.init=derive (model.init is {m.init!r})")
 
 
+def model_numerics(m, head: str = "lm") -> dict:
+    """The ModelConfig fields a `model` config block sets on any model it builds or loads
+    (compute and master dtypes, attention kernel, remat, scan, logits chunk, head)."""
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk, head=head)
+
+
 def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     """The ModelConfig a `model` config block asks for (numerics from the block).
 
@@ -358,9 +365,7 @@ def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     m = model_cfg or run.config.model
     if model_cfg is None:
         _check_student_keys(m)
-    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-                    remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
-                    head=head)
+    numerics = model_numerics(m, head)
     overrides = ModelConfig.parse_overrides(m.overrides)
     if m.init in SOURCE_INITS + ("derive",):
         config = source_model_config(m).replace(**numerics, **overrides)
