@@ -95,6 +95,8 @@ def load_config(args: list[str]):
         fv = _config_flags(argv)
         rest = fv(argv)
         config = fv.config
+        if config is not None:
+            config.get("phase")  # a file that failed to load raises only when first used
     except (AttributeError, KeyError):  # ml_collections: an override names no field
         raise _unknown_key(args) from None
     except flags.Error as e:
