@@ -92,6 +92,9 @@ def get_config() -> ConfigDict:
     t.async_checkpointing = True         # write checkpoints in the background
     t.plot = True                        # PNG curves into workdir/plots at the end
     t.progress_bar = True                # tqdm progress bar on process 0
+    t.dead_model_steps = 20              # warn when the gradient norm is 0 this many steps in a row
+    t.allow_config_change = False        # resume checkpoints made with another training config
+    #                                      (lr, data content, ...); both configs are kept
 
     # ------------------------------------------------------------------ optimizer
     c.optim = o = ConfigDict()

@@ -7,23 +7,30 @@ plus the multi-host flags every phase accepts:
     easyalign dpo --config=configs/dpo.py --coordinator=10.0.0.1:1234 --num_processes=2 --process_id=0
 
 Tool commands (`convert`, `sample`) take plain flags. Each command's module is imported only
-when it runs, so `easyalign --help` is instant.
+when it runs, so `easyalign --help` is instant; `easyalign <command> --help` lists the
+command's flags and config keys with their one-line comments (from the config files).
+
+The error boundary: every failure a user can cause — a config key or value, a missing or broken
+file, a locked or mismatched run directory, a full disk, a diverged run — ends as one line on
+stderr, `easyalign <command>: <what is wrong, naming the key, file or path>`, and exit status 1.
+`--debug` (or `EASYALIGN_DEBUG=1`) shows the traceback instead.
 """
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Callable
 
 from absl import flags
 from ml_collections import config_flags
 
 
-class ConfigError(ValueError):
-    """A config file or override the user gave cannot be used; the message says which."""
-
+from easyalign.config_check import ConfigError, flat_keys, suggest_key
 
 # command -> (module, function, one-line help). Phase commands take a config.
 PHASES = {
@@ -46,24 +53,69 @@ TOOLS = {
 }
 
 
-def load_config(args: list[str]):
-    """Parse `--config=FILE[:preset]`, `--config.a.b=v` overrides and the multi-host flags."""
-    argv = ["easyalign"] + list(args)
+def _config_flags(argv: list[str]) -> flags.FlagValues:
     fv = flags.FlagValues()
     flags.DEFINE_string("coordinator", None, "HOST:PORT of process 0", flag_values=fv)
     flags.DEFINE_integer("num_processes", None, "number of processes", flag_values=fv)
     flags.DEFINE_integer("process_id", None, "index of this process", flag_values=fv)
+    config_flags.DEFINE_config_file("config", None, "config file[:preset]", flag_values=fv,
+                                    sys_argv=argv)
+    return fv
+
+
+def _last_line(text: str) -> str:
+    """The message of an error whose text ends in a traceback (ml_collections wraps them)."""
+    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
+    return lines[-1] if lines else text
+
+
+def _unknown_key(args: list[str]) -> ConfigError:
+    """The first `--config.KEY=` override naming no field, with a "did you mean"."""
+    files = [a for a in args if a.startswith("--config=")]
     try:
-        config_flags.DEFINE_config_file("config", None, "config file[:preset]", flag_values=fv,
-                                        sys_argv=argv)
-        fv(argv)
+        base = _config_flags(["easyalign", *files])
+        base(["easyalign", *files])
+        known = flat_keys(base.config)
+    except Exception:  # the file itself is broken: reported by the caller's message
+        known = []
+    for arg in args:
+        if arg.startswith("--config."):
+            key = arg[len("--config."):].split("=", 1)[0]
+            if key not in known and not any(k.startswith(key + ".") for k in known):
+                hint = suggest_key(key, known)
+                return ConfigError(f"unknown config key {key!r} ({arg})" +
+                                   (f": {hint}" if hint else ""))
+    return ConfigError(f"unknown config key in {[a for a in args if a.startswith('--config.')]}")
+
+
+def load_config(args: list[str]):
+    """Parse `--config=FILE[:preset]`, `--config.a.b=v` overrides and the multi-host flags."""
+    argv = ["easyalign"] + list(args)
+    try:
+        fv = _config_flags(argv)
+        rest = fv(argv)
         config = fv.config
-    except AttributeError as e:  # ml_collections: an override names a field that does not exist
-        bad = [a for a in args if a.startswith("--config.")]
-        detail = str(e.args[0] if e.args else e).encode().decode("unicode_escape")
-        raise ConfigError(f"unknown config key in {bad}: {' '.join(detail.split())}") from None
-    except (flags.Error, OSError, KeyError, ValueError) as e:
-        raise ConfigError(str(e)) from None
+        if config is not None:
+            config.get("phase")  # a file that failed to load raises only when first used
+    except (AttributeError, KeyError):  # ml_collections: an override names no field
+        raise _unknown_key(args) from None
+    except flags.Error as e:
+        message = str(e)
+        if "Error whilst parsing config file" in message or "Traceback" in message:
+            where = next((a for a in args if a.startswith("--config=")), "--config")
+            last = _last_line(message)
+            if "No such file or directory" in message:
+                last = "no such config file"
+            message = f"{where}: {re.sub(r'^[A-Za-z]+Error: ', '', last)}"
+        raise ConfigError(" ".join(message.split())) from None
+    except (OSError, ValueError) as e:
+        if "No such file or directory" in str(e):
+            where = next((a for a in args if a.startswith("--config=")), "--config")
+            raise ConfigError(f"{where}: no such config file") from None
+        raise ConfigError(" ".join(str(e).split())) from None
+    if len(rest) > 1:
+        raise ConfigError(f"unexpected argument(s) {rest[1:]}: every input is a flag, e.g. "
+                          "--config.train.steps=10")
     if config is None:
         raise ConfigError("missing --config=FILE[:preset] (e.g. --config=configs/sft.py:tiny)")
     if fv.coordinator is not None:
@@ -86,10 +138,127 @@ def phase_function(command: str) -> Callable:
 
 
 def usage() -> str:
-    lines = ["usage: easyalign <command> [flags]", "", "phases (take --config=FILE[:preset]):"]
+    lines = ["usage: easyalign <command> [flags]   (easyalign <command> --help: its flags and "
+             "config keys)", "", "phases (take --config=FILE[:preset]):"]
     lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in PHASES.items()]
     lines += ["", "tools:"] + [f"  {name:<13} {help_}" for name, (_, _, help_) in TOOLS.items()]
+    lines += ["", "every command: --debug (or EASYALIGN_DEBUG=1) shows the traceback of an error"]
     return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- help
+_ASSIGN = re.compile(r"^\s*([A-Za-z_]\w*(?:\.\w+)*)\s*=\s*(?:(\w+)\s*=\s*)?(.*?)\s*(?:#\s?(.*))?$")
+
+
+def config_comments(*files: Path) -> dict[str, str]:
+    """`{dotted key: its one-line comment}` read from config files (`c.train = t =
+    ConfigDict()` aliases followed; continuation comment lines appended)."""
+    comments: dict[str, str] = {}
+    for file in files:
+        if not file.is_file():
+            continue
+        aliases, last = {"c": ""}, None
+        for line in file.read_text().splitlines():
+            stripped = line.strip()
+            if stripped.startswith("if preset") or stripped.startswith("elif preset"):
+                break  # a preset's comments explain the preset, not the key
+            if last and re.match(r"^\s*#\s{10,}\S", line):
+                comments[last] += " " + stripped.lstrip("# ").strip()
+                continue
+            match = _ASSIGN.match(line)
+            if not match:
+                last = None
+                continue
+            target, alias, _, comment = match.groups()
+            head, *rest = target.split(".")
+            if head not in aliases:
+                last = None
+                continue
+            key = ".".join(([aliases[head]] if aliases[head] else []) + rest)
+            if alias:
+                aliases[alias] = key
+            if comment and key:
+                comments[key] = comment.strip()
+                last = key
+            else:
+                last = None
+    return comments
+
+
+def command_help(command: str, args: list[str]) -> str:
+    """`easyalign <command> --help`: the command's flags, and for a phase its config keys with
+    their current values and one-line comments."""
+    if command in TOOLS:
+        from easyalign import tools
+
+        return tools.usage(command)
+    repo = Path(__file__).resolve().parents[1]
+    phase = command.replace("-", "_")
+    given = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")),
+                 f"configs/{'ablations' if phase == 'ablate' else phase}.py")
+    lines = [f"usage: easyalign {command} --config=FILE[:preset] [--config.KEY=VALUE ...]",
+             f"  {PHASES[command][2]}", "", "flags:",
+             "  --config=FILE[:preset]   the config file (default here: "
+             f"{given}), e.g. configs/{phase}.py:tiny",
+             "  --config.KEY=VALUE       override any key below (unknown keys are errors)",
+             "  --coordinator=HOST:PORT  --num_processes=N  --process_id=I   multi-host",
+             "  --debug                  show the traceback of an error", ""]
+    try:
+        config = load_config([f"--config={given}"])
+    except ConfigError as e:
+        return "\n".join(lines + [f"(config keys unavailable: {e})"])
+    file = repo / given.split(":", 1)[0]
+    comments = config_comments(repo / "configs" / "base.py", file)
+    lines.append(f"config keys ({given}):")
+    for key in flat_keys(config):
+        node = config
+        for part in key.split("."):
+            node = node[part]
+        value = repr(node)
+        lines.append(f"  {key} = {value if len(value) < 40 else value[:37] + '...'}" +
+                     (f"    # {comments[key]}" if key in comments else ""))
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- the boundary
+def _causes(error: BaseException):
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        yield error
+        error = error.__cause__ or error.__context__
+
+
+def describe(error: BaseException) -> str:
+    """One line for an error a user caused: its message, or the OS error and the path."""
+    from easyalign.train.loop import NonFiniteLossError
+
+    chain = list(_causes(error))
+    for e in chain:
+        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
+            where = next((x.filename for x in chain if isinstance(x, OSError) and x.filename), "")
+            return (f"no space left on device{f' writing {where}' if where else ''}; the "
+                    "checkpoints saved before are intact — free space and run again to resume")
+    for e in chain:
+        if isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError)) or (
+                isinstance(e, OSError) and e.errno == errno.EROFS):
+            return f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+    if isinstance(error, (ValueError, FileNotFoundError, NonFiniteLossError, KeyError)):
+        text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+        return " ".join(text.split())
+    connection = next((e for e in chain if type(e).__name__ in (
+        "ConnectionError", "OfflineModeIsEnabled", "LocalEntryNotFoundError", "HfHubHTTPError",
+        "DatasetNotFoundError", "MaxRetryError", "ConnectTimeout")), None)
+    if connection is not None:
+        return f"cannot reach the Hugging Face hub: {_last_line(str(connection))[:300]}"
+    first = " ".join(str(error).split())[:400]
+    return f"{type(error).__name__}: {first} (an internal error: --debug shows the traceback)"
+
+
+def _quiet() -> None:
+    """Silence import-time advice that is not about the run (transformers without PyTorch)."""
+    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -99,15 +268,46 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, args = argv[1], argv[2:]
     if command not in PHASES and command not in TOOLS:
-        sys.exit(f"easyalign: unknown command {command!r}\n\n{usage()}")
+        sys.exit(f"easyalign: unknown command {command!r} (easyalign --help lists them)")
+    debug = "--debug" in args or bool(os.environ.get("EASYALIGN_DEBUG"))
+    args = [a for a in args if a != "--debug"]
+    _quiet()
+    if any(a in ("--help", "-h", "--helpfull") for a in args):
+        print(command_help(command, args))
+        return
+    if not debug:
+        from absl import logging as absl_logging
+
+        absl_logging.set_verbosity(absl_logging.FATAL)  # Orbax's error logs too: one line
+        import logging
+
+        for name in ("huggingface_hub", "datasets", "urllib3", "filelock"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # retries of an offline hub
     try:
         if command in PHASES:
-            _resolve(PHASES, command)(load_config(args))
+            config = load_config(args)
+            from easyalign.config_check import check_command
+
+            check_command(config, command)
+            _resolve(PHASES, command)(config)
         else:
             _resolve(TOOLS, command)(args)
-    except (ValueError, FileNotFoundError) as e:
-        # Bad input (config, data, checkpoint): one clear line naming the key, file or tensor.
-        # The data, HF and config errors are ValueErrors; EASYALIGN_DEBUG=1 shows the traceback.
-        if os.environ.get("EASYALIGN_DEBUG"):
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except BaseException as e:  # noqa: BLE001 — the one error boundary
+        if debug:
             raise
-        sys.exit(f"easyalign {command}: {e}")
+        _silence_stderr_loggers()
+        sys.exit(f"easyalign {command}: {describe(e)}")
+    finally:
+        from easyalign.train import rundir
+
+        rundir.release()
+
+
+def _silence_stderr_loggers() -> None:
+    """After the one line, nothing more: background threads (Orbax) must not log again."""
+    import logging
+
+    logging.getLogger().setLevel(logging.CRITICAL)
+    logging.getLogger("absl").setLevel(logging.CRITICAL)

@@ -36,7 +36,8 @@ seqs = 2 for pairwise phases (reward, DPO); T = data.max_length):
                   (proj + attn + rest, and its T² probabilities) when remat ≠ none, plus two fp32
                   residual-stream gradients 2 · r · T · d · 4
     logits        the chunked LM head (`model/scoring.py`): logits and their gradient of one
-                  chunk, 2 · r · min(T, 512) · V/t · 4
+                  chunk, 2 · r · min(T, c) · V/t · 4, c = `model.logits_chunk` as
+                  `scoring.fit_chunk` shortens it for large batches
     frozen models DPO's live reference, PPO's reference and reward model, the distillation
                   teacher: their params (× bp); PPO's value model is trained (params, optimizer,
                   gradients, activations)
@@ -67,7 +68,6 @@ GiB = 1024 ** 3
 TRAINING = {"sft": 1, "reward": 2, "dpo": 2, "ppo": 1, "distill": 1}
 # Phases that only sample: block holding the model path and the batch.
 INFERENCE = {"generate": ("generate", "model"), "teacher_data": ("teacher_data", "teacher")}
-LOGITS_CHUNK = 512  # easyalign.model.scoring.DEFAULT_CHUNK
 # Bytes per attention-score element the xla attention keeps for the backward pass: fp32 scores
 # and probabilities (fitted to XLA's memory analysis of compiled steps at T = 256 and 512).
 SCORE_BYTES = 8
@@ -143,18 +143,11 @@ def coordinator(address: str, is_coordinator: bool, timeout: float) -> dict:
 
 
 def resolve_mesh(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[dict | None, str]:
-    """`({"data", "fsdp", "tensor"}, "")`, or `(None, why not)` — `sharding.make_mesh`'s rules."""
-    shape = [data, fsdp, tensor]
-    asked = dict(zip(sharding.MESH_AXES, shape))
-    if shape.count(-1) > 1:
-        return None, f"mesh {asked}: at most one axis may be -1"
-    if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        if n_devices % known:
-            return None, f"mesh {asked}: {n_devices} devices are not divisible by {known}"
-        shape[shape.index(-1)] = n_devices // known
-    if math.prod(shape) != n_devices:
-        return None, f"mesh {asked} needs {math.prod(shape)} devices, {n_devices} are available"
+    """`({"data", "fsdp", "tensor"}, "")`, or `(None, why not)` — `sharding.resolve_mesh_shape`."""
+    try:
+        shape = sharding.resolve_mesh_shape(data, fsdp, tensor, n_devices)
+    except ValueError as e:
+        return None, str(e)
     return dict(zip(sharding.MESH_AXES, shape)), ""
 
 
@@ -193,16 +186,15 @@ def main_model(config) -> tuple[ModelConfig, str]:
         model = read_model_config(config, path)
         dtype = config[block].get("dtype")
         return (model.replace(dtype=dtype) if dtype else model), f"{path}"
+    from easyalign.algorithms.common import model_numerics, source_model_config, stage_path
+
     m = config.model
-    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-                    remat=m.remat, scan_layers=m.scan_layers,
-                    head="scalar" if config.phase == "reward" else "lm",
+    numerics = dict(model_numerics(m, head="scalar" if config.phase == "reward" else "lm"),
                     **ModelConfig.parse_overrides(m.overrides))
     if m.init == "scratch":
         vocab, source = _vocab(config)
         extra = {"vocab_size": vocab} if vocab else {}
         return preset(m.preset, **extra, **numerics), f"preset {m.preset} (vocab from {source})"
-    from easyalign.algorithms.common import source_model_config, stage_path
 
     path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
     block = ConfigDict(m.to_dict())
@@ -313,7 +305,8 @@ SAVED = {"full": ("x",), "dots": ("x", "proj"), "save_proj": ("x", "proj"),
          "save_proj_attn": ("x", "proj", "attn"), "none": ("x", "proj", "attn", "rest")}
 
 
-def activation_bytes(model: ModelConfig, rows: int, length: int, t: int) -> dict:
+def activation_bytes(model: ModelConfig, rows: int, length: int, t: int, shards: int = 1
+                     ) -> dict:
     """Training activations per device: `{layers, recompute, residual_grads, logits}` bytes."""
     e, bc = layer_elements(model, t), np.dtype(model.dtype).itemsize
     # The xla attention materialises fp32 scores and probabilities [H/t, T, T] per row.
@@ -325,7 +318,17 @@ def activation_bytes(model: ModelConfig, rows: int, length: int, t: int) -> dict
     return {"layers": rows * per_row_layers,
             "recompute": rows * one_layer if model.remat != "none" else 0,
             "residual_grads": 2 * rows * length * model.hidden_size * 4,
-            "logits": 2 * rows * min(length, LOGITS_CHUNK) * model.vocab_size / t * 4}
+            "logits": 2 * rows * logits_chunk(model, rows, length, shards) * model.vocab_size
+            / t * 4}
+
+
+def logits_chunk(model: ModelConfig, rows: int, length: int, shards: int = 1) -> int:
+    """The sequence chunk the losses project to the vocabulary at a time: the library's own
+    `scoring.fit_chunk` of `model.logits_chunk` (`rows` per device of `shards`), at most T."""
+    from easyalign.model.scoring import fit_chunk
+
+    return min(length, fit_chunk(model.logits_chunk, rows * shards, model.vocab_size,
+                                 shards=shards))
 
 
 def kv_cache_bytes(model: ModelConfig, rows: int, length: int, t: int) -> float:
@@ -357,7 +360,7 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict) -> dict
         out["optimizer"] += optimizer_bytes(config.optim, p)
         fp32_grads = p["per_device"] / np.dtype(m.param_dtype).itemsize * 4
         out["gradients"] += fp32_grads * (2 if train.grad_accum > 1 else 1)
-        act = activation_bytes(m, rows, length, t)
+        act = activation_bytes(m, rows, length, t, shards)
         out["logits"] += act.pop("logits")
         out["activations"] += sum(act.values())
     if mesh["fsdp"] > 1:

@@ -55,24 +55,38 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
 )
 
 
+def resolve_mesh_shape(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[int, int, int]:
+    """The `(data, fsdp, tensor)` sizes a mesh config gives on `n_devices` devices.
+
+    One axis may be -1, meaning "the rest of the devices"; the product must be `n_devices`.
+    Raises ValueError naming the mesh and the device count otherwise. The one rule: `make_mesh`,
+    the config check and `easyalign doctor` all call it.
+    """
+    shape = [data, fsdp, tensor]
+    asked = dict(zip(MESH_AXES, shape))
+    if shape.count(-1) > 1:
+        raise ValueError(f"mesh {asked}: at most one axis may be -1")
+    if any(s == 0 or s < -1 for s in shape):
+        raise ValueError(f"mesh {asked}: every axis is ≥ 1 (or -1 for the rest of the devices)")
+    if -1 in shape:
+        known = math.prod(s for s in shape if s != -1)
+        if n_devices % known:
+            raise ValueError(f"mesh {asked}: {n_devices} devices are not divisible by {known} "
+                             "(the fixed axes)")
+        shape[shape.index(-1)] = n_devices // known
+    if math.prod(shape) != n_devices:
+        raise ValueError(f"mesh {asked} needs {math.prod(shape)} devices, {n_devices} are "
+                         "available")
+    return tuple(shape)
+
+
 def make_mesh(data: int = 1, fsdp: int = -1, tensor: int = 1,
               devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A `("data", "fsdp", "tensor")` mesh; one axis may be -1, meaning "the rest of the devices"."""
     devices = list(jax.devices() if devices is None else devices)
-    shape = [data, fsdp, tensor]
-    if shape.count(-1) > 1:
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: at most one axis may be -1")
-    if -1 in shape:
-        known = math.prod(s for s in shape if s != -1)
-        if len(devices) % known:
-            raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))}: {len(devices)} devices are "
-                             f"not divisible by the fixed axes ({known})")
-        shape[shape.index(-1)] = len(devices) // known
-    if math.prod(shape) != len(devices):
-        raise ValueError(f"mesh {dict(zip(MESH_AXES, shape))} needs {math.prod(shape)} devices, "
-                         f"{len(devices)} are available")
+    shape = resolve_mesh_shape(data, fsdp, tensor, len(devices))
     if devices == list(jax.devices()):
-        return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(AxisType.Auto,) * 3)
+        return jax.make_mesh(shape, MESH_AXES, axis_types=(AxisType.Auto,) * 3)
     return Mesh(np.asarray(devices).reshape(shape), MESH_AXES,
                 axis_types=(AxisType.Auto,) * 3)
 

@@ -21,6 +21,8 @@ over, so `easyalign sample --help` lists them.
 from __future__ import annotations
 
 import json
+import os
+import shutil
 import sys
 from pathlib import Path
 from typing import Callable
@@ -71,6 +73,21 @@ def _flags(command: str, args: list[str], define: Callable[[flags.FlagValues], N
     return fv
 
 
+def usage(command: str) -> str:
+    """`easyalign convert --help` / `easyalign sample --help`: the tool's flags."""
+    fv = flags.FlagValues()
+    flags.DEFINE_integer("fsdp", -1, "devices to shard the model over (-1 = all local ones)",
+                         flag_values=fv)
+    {"convert": _define_convert, "sample": _define_sample}[command](fv)
+    lines = [f"usage: easyalign {command} --FLAG=VALUE ...", ""]
+    for name in sorted(fv):
+        flag = fv[name]
+        default = "" if flag.default in (None, "", []) else f" (default {flag.default!r})"
+        lines.append(f"  --{name:<16} {flag.help}{default}")
+    lines.append("  --debug            show the traceback of an error")
+    return "\n".join(lines)
+
+
 def _mesh(fv: flags.FlagValues):
     devices = jax.local_devices()
     n = len(devices) if fv.fsdp == -1 else fv.fsdp
@@ -116,11 +133,20 @@ def _convert(args: list[str]) -> None:
     if out.exists() and any(out.iterdir()):
         raise ToolError(f"--out={out} exists and is not empty; refusing to overwrite")
     mesh = _mesh(fv)
+    # Everything is written into a temporary sibling and renamed when complete: a killed
+    # export never leaves a directory that looks whole (config.json without its weights).
+    final, out = out, out.with_name(out.name + ".partial")
+    if out.exists():
+        shutil.rmtree(out)
     if fv.from_hf is not None:
         if not (Path(fv.from_hf) / "config.json").is_file():
             raise ToolError(f"--from_hf={fv.from_hf}: no config.json (not an HF model directory)")
+        from easyalign.config_check import check_hf_dir
+
+        check_hf_dir(Path(fv.from_hf), "--from_hf", tokenizer=False)
         convert_hf_to_checkpoint(fv.from_hf, out, mesh=mesh, param_dtype=fv.dtype or "float32")
-        print(f"easyalign convert: {fv.from_hf} → model checkpoint {out}")
+        _publish(out, final)
+        print(f"easyalign convert: {fv.from_hf} → model checkpoint {final}")
     elif fv.from_gguf is not None:
         from easyalign.hf.gguf import GGUFError, convert_gguf_to_checkpoint, resolve_gguf
 
@@ -129,14 +155,23 @@ def _convert(args: list[str]) -> None:
             convert_gguf_to_checkpoint(source, out, mesh=mesh, param_dtype=fv.dtype or "float32")
         except GGUFError as e:
             raise ToolError(str(e)) from None
-        print(f"easyalign convert: {source} → model checkpoint {out}")
+        _publish(out, final)
+        print(f"easyalign convert: {source} → model checkpoint {final}")
     else:
         source, kind = resolve_model_dir(fv.to_hf)
         if kind != "checkpoint":
             raise ToolError(f"--to_hf={fv.to_hf} is already an HF directory")
         convert_checkpoint_to_hf(source, out, mesh=mesh, max_shard_size=fv.max_shard_size,
                                  dtype=fv.dtype)
-        print(f"easyalign convert: {source} → HF directory {out}")
+        _publish(out, final)
+        print(f"easyalign convert: {source} → HF directory {final}")
+
+
+def _publish(partial: Path, final: Path) -> None:
+    """Rename the complete output into place (`final` is absent or an empty directory)."""
+    if final.exists():
+        final.rmdir()
+    os.replace(partial, final)
 
 
 def convert(args: list[str]) -> None:

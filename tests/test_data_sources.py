@@ -84,7 +84,7 @@ def test_column_mapping_paths_joins_and_missing_columns(tmp_path):
 def test_spec_validation(tmp_path):
     with pytest.raises(ValueError, match="exactly one of path / hf_name"):
         SourceSpec()
-    with pytest.raises(ValueError, match="cannot infer the format"):
+    with pytest.raises(ValueError, match="cannot tell the file type"):
         SourceSpec(path="data.txt")
     assert SourceSpec(path="a.csv.gz").resolved_format() == "csv"
     assert SourceSpec(path="data.txt", format="jsonl").resolved_format() == "jsonl"

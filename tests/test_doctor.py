@@ -81,6 +81,18 @@ def test_activation_formula_term_by_term():
     assert save["recompute"] == pytest.approx(r * (proj + attn + rest) * 2 * T)  # no T² term
 
 
+def test_logits_memory_follows_logits_chunk_and_the_library_rule():
+    """The logits term uses `model.logits_chunk` through `scoring.fit_chunk` (the losses' own
+    rule), not a hard-coded 512: chunk 4096 at T = 4096 holds 8× the logits of chunk 512."""
+    sizes = {}
+    for chunk in (512, 4096):
+        c = config("--config.data.max_length=4096", f"--config.model.logits_chunk={chunk}")
+        model, _ = doctor.main_model(c)
+        assert model.logits_chunk == chunk
+        sizes[chunk] = doctor.activation_bytes(model, 1, 4096, 1)["logits"]
+    assert sizes[4096] == pytest.approx(8 * sizes[512])
+
+
 @pytest.mark.parametrize("remat", ["none", "full"])
 def test_estimate_is_close_to_xlas_memory_analysis(remat):
     """Gradients + activations + logits vs the temporaries XLA allocates for the SFT step."""

@@ -1,10 +1,12 @@
-"""The generic train step and optimizer: exact gradient accumulation, decay mask, schedules."""
+"""The generic train step and optimizer: exact gradient accumulation, decay mask, schedules,
+one meaning of weight decay in every optimizer."""
 
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import optax
+import pytest
 from flax import nnx
 
 from configs import base
@@ -67,6 +69,23 @@ def test_weight_decay_skips_norms_and_biases():
     assert mask["layers"]["input_norm"]["scale"] is False
     assert mask["final_norm"]["scale"] is False
     assert mask["embed_tokens"]["embedding"] is True
+
+
+@pytest.mark.parametrize("name", optim.OPTIMIZERS)
+def test_weight_decay_is_decoupled_and_scaled_by_the_lr_in_every_optimizer(name):
+    """With a zero gradient, one step moves a decayed weight by exactly −η·λ·w (AdamW's decay,
+    Loshchilov & Hutter 2019) and leaves norms alone; at η = 0 nothing moves at all."""
+    params = {"w": jnp.full((4, 3), 2.0), "bias": jnp.full((3,), 2.0)}
+    zero = jax.tree.map(jnp.zeros_like, params)
+    for lr, wd in ((0.0, 0.1), (0.01, 0.1), (0.5, 0.2)):
+        config = base.get_config().optim
+        config.name, config.lr, config.weight_decay = name, lr, wd
+        config.warmup_steps, config.schedule = 0, "constant"
+        tx, _ = optim.make_optimizer(config, total_steps=10)
+        updates, _ = tx.update(zero, tx.init(params), params)
+        new = optax.apply_updates(params, updates)
+        np.testing.assert_allclose(new["w"], 2.0 - lr * wd * 2.0, rtol=1e-6)
+        np.testing.assert_allclose(new["bias"], 2.0, rtol=0)
 
 
 def test_schedule_warms_up_then_decays_to_the_floor():

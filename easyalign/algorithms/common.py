@@ -31,7 +31,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from easyalign import distributed, sharding
+from easyalign import config_check, distributed, sharding
 from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
@@ -41,7 +41,7 @@ from easyalign.model import ModelConfig, Transformer, create_model, preset
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import loop as train_loop
 from easyalign.train import metrics as train_metrics
-from easyalign.train import optim, state as train_state
+from easyalign.train import optim, rundir, state as train_state
 from easyalign.train.step import make_train_step
 
 MODEL_DIR = "model"
@@ -150,21 +150,38 @@ def stage_path(config, value: str) -> str:
     return value
 
 
-def start_workdir(config) -> Path:
-    """Create `config.workdir` and write the resolved config into it (process 0)."""
+def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
+    """Create `config.workdir`, take its lock, check a resume against the manifest of its
+    checkpoints (`train.rundir`), and write the resolved config into it (process 0)."""
     workdir = Path(config.workdir).absolute()
     if jax.process_index() == 0:
         workdir.mkdir(parents=True, exist_ok=True)
-        (workdir / "config.json").write_text(config.to_json_best_effort(indent=2) + "\n")
+        for note in (rundir.acquire(workdir), rundir.check_resume(config, workdir,
+                                                                  manifest_overrides)):
+            if note:
+                print(note)
+        _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     return workdir
 
 
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
 def prepare(config) -> Run:
-    """Start processes, build the mesh, create the workdir and record the resolved config."""
+    """Validate the config (`config_check`), start processes, build the mesh, create the
+    workdir (lock, manifest) and record the resolved config."""
+    raw_path = config.model.path
+    for warning in config_check.validate(config):
+        if jax.process_index() == 0:
+            print(f"[config] warning: {warning}")
     config.model.path = stage_path(config, config.model.path)
     distributed.initialize_from_config(config)
+    config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = start_workdir(config)
+    workdir = start_workdir(config, {"model.path": raw_path})
     world = ensure_world(config) if uses_world(config) else None
     return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
                world_dir=world)
@@ -278,6 +295,7 @@ def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = 
 
 # ----------------------------------------------------------------------------- models
 SOURCE_INITS = ("hf", "checkpoint", "gguf")  # model.init values that load a model as it is
+MODEL_INITS = ("scratch",) + SOURCE_INITS + ("derive",)  # every model.init value
 
 
 def model_source(m) -> tuple[str, str]:
@@ -348,6 +366,13 @@ def _check_student_keys(m) -> None:
                          f"model.init=derive (model.init is {m.init!r})")
 
 
+def model_numerics(m, head: str = "lm") -> dict:
+    """The ModelConfig fields a `model` config block sets on any model it builds or loads
+    (compute and master dtypes, attention kernel, remat, scan, logits chunk, head)."""
+    return dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
+                remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk, head=head)
+
+
 def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     """The ModelConfig a `model` config block asks for (numerics from the block).
 
@@ -358,9 +383,7 @@ def model_config(run: Run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
     m = model_cfg or run.config.model
     if model_cfg is None:
         _check_student_keys(m)
-    numerics = dict(dtype=m.dtype, param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-                    remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
-                    head=head)
+    numerics = model_numerics(m, head)
     overrides = ModelConfig.parse_overrides(m.overrides)
     if m.init in SOURCE_INITS + ("derive",):
         config = source_model_config(m).replace(**numerics, **overrides)
@@ -457,24 +480,45 @@ def frozen_params(model: Transformer) -> tuple[Any, nnx.State]:
 
 
 def save_model(run: Run, params: nnx.State, graphdef, name: str = MODEL_DIR) -> Path:
-    """Write a stage's final model (params + config + tokenizer) as a model checkpoint."""
+    """Write a stage's final model (params + config + tokenizer) as a model checkpoint.
+
+    Written into a temporary sibling (`<name>.partial`) and renamed when complete: a stage
+    counts as done when `<name>/model_config.json` exists (`stage_done`), so a run killed
+    mid-save never looks finished.
+    """
+    import shutil
+
     from easyalign.hf import save_checkpoint_model
 
     out = run.workdir / name
-    if out.exists() and jax.process_index() == 0:
-        import shutil
-
-        shutil.rmtree(out)  # a half-written model dir from a killed run; the train state is safe
+    partial = run.workdir / f"{name}.partial"
+    if partial.exists() and jax.process_index() == 0:
+        shutil.rmtree(partial)  # a half-written model of a killed run; the train state is safe
     _barrier("save_model")
-    save_checkpoint_model(nnx.merge(graphdef, params), out)
+    save_checkpoint_model(nnx.merge(graphdef, params), partial)
     if run.is_main:
-        run.tokenizer.save_pretrained(str(out / "tokenizer"))
+        run.tokenizer.save_pretrained(str(partial / "tokenizer"))
+        if out.exists():
+            shutil.rmtree(out)
+        os.replace(partial, out)
+    _barrier("save_model_done")
     return out
 
 
 def stage_done(workdir: str | Path) -> bool:
     """A stage is complete when its final model directory has been written."""
     return (Path(workdir) / MODEL_DIR / "model_config.json").exists()
+
+
+def finish(run: Run, out: Path, history: dict, metric: str | None = None) -> None:
+    """The one line every training phase ends with: the model directory and its headline
+    metric (the last held-out `metric`, else the last training loss). Releases the lock."""
+    if run.is_main:
+        name = f"eval/{metric}" if metric and history.get(f"eval/{metric}") else "loss"
+        points = history.get(name) or []
+        headline = f"; {name} {points[-1][1]:.4f} at step {points[-1][0]}" if points else ""
+        print(f"[{run.config.phase}] done: model in {out}{headline}", flush=True)
+    rundir.release(run.workdir)
 
 
 # ----------------------------------------------------------------------------- training
@@ -506,6 +550,16 @@ def train(run: Run, *, model: Transformer, loss_fn_for: Callable, loader, frozen
                                          progress_bar=c.train.progress_bar)
     if latest is not None:
         state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
+        if latest >= steps and stage_done(run.workdir):
+            # A rerun of a finished run: nothing to train, nothing to rewrite.
+            checkpointer.close()
+            writer.close()
+            if run.is_main:
+                print(f"[{c.phase}] already complete ({latest} of {steps} steps): the model is "
+                      f"in {run.workdir / MODEL_DIR} (train again in a new --config.workdir)",
+                      flush=True)
+            rundir.release(run.workdir)
+            return state.params, graphdef
         if data_state.get("loader"):
             loader.set_state(data_state["loader"].encode())
         writer.resume(latest)
@@ -521,7 +575,7 @@ def train(run: Run, *, model: Transformer, loss_fn_for: Callable, loader, frozen
             after_log=after_log)
         loop = train_loop.LoopConfig(
             total_steps=steps, log_every=c.train.log_every, eval_every=c.train.eval_every,
-            checkpoint_every=c.train.checkpoint_every,
+            checkpoint_every=c.train.checkpoint_every, dead_steps=c.train.dead_model_steps,
             flops_per_token=flops_per_token(model.config, c.data.max_length),
             peak_flops=c.perf.peak_tflops * 1e12)
         state = train_loop.run_loop(
@@ -532,7 +586,8 @@ def train(run: Run, *, model: Transformer, loss_fn_for: Callable, loader, frozen
     if c.train.plot:
         writer.plot(run.workdir / "plots")
     writer.close()
-    save_model(run, state.params, graphdef)
+    out = save_model(run, state.params, graphdef)
+    finish(run, out, writer.history, best_metric)
     return state.params, graphdef
 
 

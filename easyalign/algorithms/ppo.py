@@ -44,7 +44,6 @@ is the mean score of greedy responses to held-out prompts (iteration 0 = the SFT
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -60,7 +59,7 @@ from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import metrics as train_metrics
 from easyalign.train import optim, state as train_state
-from easyalign.train.loop import NonFiniteLossError, mean_metrics, to_global_batch
+from easyalign.train.loop import DivergenceGuard, mean_metrics, to_global_batch
 from easyalign.train.step import make_train_step
 
 KL_CONTROLLERS = ("fixed", "adaptive")
@@ -207,6 +206,15 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
         state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
         s.loader.set_state(data_state["loader"].encode())
         start, kl_coef = latest, data_state["kl_coef"]
+        if start >= iterations and common.stage_done(run_.workdir):
+            checkpointer.close()
+            writer.close()
+            if run_.is_main:
+                print(f"[ppo] already complete ({start} of {iterations} iterations): the model "
+                      f"is in {run_.workdir / common.MODEL_DIR} (train again in a new "
+                      "--config.workdir)", flush=True)
+            common.rundir.release(run_.workdir)
+            return state.params, s.graphs
         writer.resume(latest)
         if run_.is_main:
             print(f"[resume] {run_.workdir.name}: continuing from iteration {latest}")
@@ -224,6 +232,8 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
         if start == 0 and s.eval_batches:
             writer.write(0, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")
         pending, since = [], time.perf_counter()
+        guard = DivergenceGuard("iteration", t.dead_model_steps,
+                                hint="Lower optim.lr or ppo.kl_coef.")
         for it in range(start + 1, iterations + 1):
             prompts = to_global_batch(next(s.loader), mesh)
             gen = rollout.sample(s.graphs, state.params["policy"], prompts,
@@ -243,16 +253,13 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
             # Metrics stay on the device until a log step (each fetch is a host-device sync).
             pending.append(metrics | jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)),
                                                   *step_metrics))
+            guard.observe(it, pending[-1])
             kl_coef = jnp.asarray(controller.update(kl_coef, metrics["kl"], t.batch_size),
                                   jnp.float32)
             last = it == iterations
             if it % t.log_every == 0 or last:
+                guard.check(checkpointer)
                 values = mean_metrics(pending)
-                if not math.isfinite(values["loss"]):
-                    raise NonFiniteLossError(
-                        f"non-finite loss at iteration {it}; the last complete checkpoint is "
-                        f"{checkpointer.latest_step()} in {checkpointer.directory}. Lower "
-                        "optim.lr or ppo.kl_coef.")
                 values["iteration_time"] = (time.perf_counter() - since) / len(pending)
                 writer.write(it, values)
                 writer.advance(it)
@@ -262,6 +269,7 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
                 writer.write(it, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")
                 since += time.perf_counter() - began  # iteration_time: rollout + update only
             if it % t.checkpoint_every == 0 or last:
+                guard.check(checkpointer)  # never a checkpoint of diverged weights
                 data_state = {"loader": s.loader.get_state().decode(),
                               "kl_coef": float(kl_coef)}
                 checkpointer.save(it, state, data_state, s.policy_config.to_dict(), force=last)
@@ -269,7 +277,8 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
     if t.plot:
         writer.plot(run_.workdir / "plots")
     writer.close()
-    common.save_model(run_, state.params["policy"], s.graphs.policy)
+    out = common.save_model(run_, state.params["policy"], s.graphs.policy)
+    common.finish(run_, out, writer.history, "reward")
     return state.params, s.graphs
 
 

@@ -120,8 +120,9 @@ class SourceSpec:
         for suffix, fmt in SUFFIXES:
             if name.endswith(suffix):
                 return fmt
-        raise ValueError(f"cannot infer the format of {self.path!r} from its suffix; name it "
-                         f"(data.format / SourceSpec.format: one of {FORMATS[:-1]})")
+        raise ValueError(f"{self.path}: cannot tell the file type from its suffix (use one of "
+                         f"{' '.join(s for s, _ in SUFFIXES)}) or set data.format to one of "
+                         f"{' | '.join(FORMATS[:-1])}")
 
 
 def _check_encoding(encoding: str) -> None:
@@ -329,7 +330,12 @@ def _read_parquet(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
 def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
     import datasets  # lazy: slow to import and only needed for this source kind
 
-    ds = datasets.load_dataset(spec.hf_name, split=spec.split, **dict(spec.hf_kwargs or {}))
+    try:
+        ds = datasets.load_dataset(spec.hf_name, split=spec.split, **dict(spec.hf_kwargs or {}))
+    except (ConnectionError, OSError, ValueError) as e:
+        first = " ".join(str(e).split())[:200]
+        raise DataError(f"hf:{spec.hf_name}", f"cannot load split {spec.split!r} (offline, or no "
+                        f"such dataset? {type(e).__name__}: {first})") from None
     for i, data in enumerate(ds):
         yield dict(data), f"hf:{spec.hf_name}:{spec.split}[{i}]"
 

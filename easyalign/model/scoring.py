@@ -25,7 +25,8 @@ DEFAULT_CHUNK = 512  # = ModelConfig.logits_chunk's default
 LOGITS_BUDGET_BYTES = 8 * 2**30
 
 
-def fit_chunk(requested: int, batch: int, vocab: int, tensors: int = 1) -> int:
+def fit_chunk(requested: int, batch: int, vocab: int, tensors: int = 1,
+              shards: int | None = None) -> int:
     """The chunk length: `requested`, shortened so that `tensors` float32 `[rows, chunk, vocab]`
     arrays stay within `LOGITS_BUDGET_BYTES` per device (an on-policy batch of 64 rows must not
     hold 64 × 512 × 128K logits several times over).
@@ -33,9 +34,10 @@ def fit_chunk(requested: int, batch: int, vocab: int, tensors: int = 1) -> int:
     `batch` is the global batch seen while tracing; each device holds `rows = batch / shards`
     of it under the current mesh. (Budgeting the global batch chunked — and recomputed — the
     logits of a 4-GPU FSDP step whose per-device batch fits in one chunk.) A batch the mesh
-    cannot split evenly is budgeted whole: it may be replicated.
+    cannot split evenly is budgeted whole: it may be replicated. `shards` overrides the current
+    mesh's batch split (`easyalign doctor` plans for a mesh it does not build).
     """
-    shards = sharding.batch_shards()
+    shards = sharding.batch_shards() if shards is None else shards
     rows = batch // shards if batch % shards == 0 else batch
     return max(1, min(requested, LOGITS_BUDGET_BYTES // (tensors * rows * vocab * 4)))
 

@@ -18,6 +18,7 @@ better unless `best_mode="max"`) among steps saved with metrics.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -25,11 +26,23 @@ import orbax.checkpoint as ocp
 from orbax.checkpoint import checkpoint_managers as policies
 
 
+class _QuietNoMetrics(logging.Filter):
+    """Orbax warns on every save without metrics when a best metric is tracked; a run saves
+    between evaluations by design, so the warning is noise."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "did not provide metrics" not in record.getMessage()
+
+
+_QUIET = _QuietNoMetrics()
+
+
 class Checkpointer:
     def __init__(self, directory: str | Path, *, keep: int = 2, best_metric: str | None = None,
                  best_mode: str = "min", async_save: bool = True):
         self.directory = Path(directory).absolute()
         self.best_metric = best_metric
+        logging.getLogger("absl").addFilter(_QUIET)  # idempotent: one filter object
         preserve: list[Any] = [policies.LatestN(n=keep)]
         if best_metric:
             preserve.append(policies.BestN(get_metric_fn=lambda m: m[best_metric],

@@ -4,17 +4,24 @@ Nothing here knows which algorithm runs: it pulls host batches from a loader (an
 `get_state`/`set_state`), places them as global arrays on the mesh, calls the jitted step,
 and at the configured intervals logs, evaluates and checkpoints. Metrics stay on the device
 between log steps — fetching them is a host-device sync point, so it happens every
-`log_every` steps only, and that is also when a non-finite loss stops the run.
+`log_every` steps only.
+
+Divergence is watched on every step without a sync: `DivergenceGuard.observe` folds each
+step's loss and gradient norm into two device scalars (the first step whose loss or gradient
+norm is not finite, and the current run of steps with gradient norm 0), and `check` reads them
+at the next log or checkpoint boundary — before a checkpoint is written, so no checkpoint ever
+holds the NaN weights. A non-finite step stops the run (`NonFiniteLossError`); a gradient norm
+of 0 for `dead_steps` steps in a row (a dead model: nothing will ever change again) is warned.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import time
 from typing import Any, Callable, Iterator
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
@@ -25,6 +32,45 @@ from easyalign.train.metrics import MetricsWriter
 
 class NonFiniteLossError(RuntimeError):
     """Training produced a NaN/inf loss; the last complete checkpoint is still on disk."""
+
+
+@jax.jit
+def _watch(flags, step, loss, grad_norm):
+    first_bad, zero_run = flags
+    bad = jnp.logical_not(jnp.isfinite(loss) & jnp.isfinite(grad_norm))
+    first_bad = jnp.where((first_bad < 0) & bad, step, first_bad)
+    zero_run = jnp.where(grad_norm == 0, zero_run + 1, 0)
+    return first_bad, zero_run
+
+
+class DivergenceGuard:
+    """Per-step non-finite and dead-model watch, read only at boundaries (module docstring)."""
+
+    def __init__(self, unit: str = "step", dead_steps: int = 20, hint: str = "Lower optim.lr "
+                 "or check the data."):
+        self.unit, self.dead_steps, self.hint = unit, dead_steps, hint
+        self.flags = (jnp.asarray(-1, jnp.int32), jnp.asarray(0, jnp.int32))
+        self.warned = False
+
+    def observe(self, step: int, metrics: dict) -> None:
+        """Fold one step's `loss` and `grad_norm` in (asynchronous: no host-device sync)."""
+        self.flags = _watch(self.flags, np.int32(step), metrics["loss"], metrics["grad_norm"])
+
+    def check(self, checkpointer: Checkpointer) -> None:
+        """Raise NonFiniteLossError if any step since the start diverged; warn on a dead model.
+        A host-device sync point: call it at log and checkpoint boundaries only."""
+        first_bad, zero_run = (int(x) for x in jax.device_get(self.flags))
+        if first_bad >= 0:
+            raise NonFiniteLossError(
+                f"non-finite loss or gradient norm at {self.unit} {first_bad}; stopped without "
+                f"saving it (the last complete checkpoint is {self.unit} "
+                f"{checkpointer.latest_step()} in {checkpointer.directory}). {self.hint}")
+        if self.dead_steps and zero_run >= self.dead_steps and not self.warned:
+            self.warned = True
+            if jax.process_index() == 0:
+                print(f"[train] warning: gradient norm 0 for the last {zero_run} {self.unit}s: "
+                      "a dead model (nothing will change any more; was optim.lr too high?)",
+                      flush=True)
 
 
 def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
@@ -44,6 +90,7 @@ class LoopConfig:
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 100
+    dead_steps: int = 20               # warn after this many steps of gradient norm 0
     flops_per_token: float = 0.0       # for MFU; 0 = not reported
     peak_flops: float = 989e12         # per device
 
@@ -80,11 +127,13 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
     step = int(jax.device_get(state.step))
     pending: list[dict] = []
     tokens_since, interval_start, timed_steps = 0, None, 0
+    guard = DivergenceGuard("step", loop.dead_steps)
     while step < loop.total_steps:
         host_batch = next(loader)
         batch = to_global_batch(host_batch, mesh)
         state, metrics = step_fn(state, batch, frozen)
         step += 1
+        guard.observe(step, metrics)
         pending.append(metrics)
         if interval_start is None:
             # The first step compiles; time from its end so tokens/s measures steady state.
@@ -96,13 +145,9 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
                              int(np.prod(next(iter(host_batch.values())).shape[:2])))
         last = step == loop.total_steps
         if step % loop.log_every == 0 or last:
+            guard.check(checkpointer)
             values = mean_metrics(pending)
             pending = []
-            if not math.isfinite(values["loss"]):
-                raise NonFiniteLossError(
-                    f"non-finite loss ({values['loss']}) at step {step}; stopping. The last "
-                    f"complete checkpoint is step {checkpointer.latest_step()} in "
-                    f"{checkpointer.directory}. Lower optim.lr or check the data.")
             if timed_steps:
                 elapsed = time.perf_counter() - interval_start
                 tokens_per_s = tokens_since * jax.process_count() / elapsed
@@ -122,6 +167,7 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
             interval_start = time.perf_counter() if interval_start is not None else None
             tokens_since, timed_steps = 0, 0
         if step % loop.checkpoint_every == 0 or last:
+            guard.check(checkpointer)  # never a checkpoint of diverged weights
             checkpointer.save(step, state, loader.get_state(), model_config,
                               metrics=eval_metrics, force=last)
     checkpointer.wait()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import time
 from collections import defaultdict
 from pathlib import Path
@@ -112,14 +113,23 @@ class MetricsWriter:
 
     def resume(self, step: int) -> None:
         """Continue a killed run: drop lines logged after `step` (they will be logged again by
-        the resumed run) and reload the rest, so curves cover the whole history."""
+        the resumed run) and a line torn by the kill, and reload the rest, so curves cover the
+        whole history. The file is rewritten through a temporary sibling and a rename."""
         path = self.logdir / "metrics.jsonl" if self.enabled else None
         if path is None or not path.exists():
             return
         self._jsonl.close()
-        rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
-        rows = [row for row in rows if row["step"] <= step]
-        path.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        rows = []
+        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line torn by the kill (only the last one can be): logged again
+            if isinstance(row, dict) and isinstance(row.get("step"), int) and row["step"] <= step:
+                rows.append(row)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text("".join(json.dumps(row) + "\n" for row in rows), encoding="utf-8")
+        os.replace(tmp, path)
         self._jsonl = open(path, "a", encoding="utf-8")
         self.history.clear()
         for row in rows:

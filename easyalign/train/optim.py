@@ -3,8 +3,16 @@
     lr(s) = lr · s / warmup                                   for s < warmup
     lr(s) = cosine / linear decay from lr to min_lr_ratio·lr  afterwards (or constant)
 
-The update is `clip_by_global_norm(clip_norm)` followed by the optimizer; decoupled weight
-decay applies only to matrices (≥ 2-D weights), never to norm scales or biases — the usual
+The update is `clip_by_global_norm(clip_norm)` followed by the optimizer, then weight decay.
+Weight decay has one meaning in every optimizer: decoupled and scaled by the learning rate, as
+AdamW defines it (Loshchilov & Hutter 2019, "Decoupled Weight Decay Regularization", Alg. 2):
+
+    w ← w − η(s)·(u(g) + λ·w)
+
+with u(g) the optimizer's own update, so at η = 0 nothing moves and each step shrinks a weight
+by η·λ·w. (optax's adafactor applies `weight_decay_rate` unscaled — λ·w per step even at
+η = 0 — and decay added before SGD's momentum is L2 regularisation, not decoupled: neither is
+used.) It applies only to matrices (≥ 2-D weights), never to norm scales or biases — the usual
 practice, because decaying a norm's scale toward 0 changes what the layer computes.
 """
 
@@ -13,6 +21,7 @@ from __future__ import annotations
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import optax
 
 SCHEDULES = ("cosine", "linear", "constant")
@@ -50,22 +59,45 @@ def decay_mask(params: Any) -> Any:
     return jax.tree_util.tree_map_with_path(is_matrix, params)
 
 
+def decoupled_weight_decay(schedule: optax.Schedule, weight_decay: float, mask=decay_mask
+                           ) -> optax.GradientTransformation:
+    """`u ← u − η(s)·λ·w` for the weights `mask` selects; η(s) is the schedule at this step.
+
+    Chained after an optimizer whose update is already scaled by −η(s), it gives AdamW's
+    decoupled decay (Loshchilov & Hutter 2019) to any optimizer.
+    """
+    def init(params):
+        del params
+        return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
+
+    def update(updates, state, params=None):
+        if params is None:
+            raise ValueError("decoupled_weight_decay needs the params")
+        rate = schedule(state.count) * weight_decay
+        keep = mask(params) if callable(mask) else mask
+        updates = jax.tree.map(
+            lambda u, w, k: u - (rate * w).astype(u.dtype) if k else u, updates, params, keep)
+        return updates, optax.ScaleByScheduleState(
+            count=optax.safe_int32_increment(state.count))
+
+    return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """`(transformation, schedule)` for the `optim` config block."""
     schedule = make_schedule(optim, total_steps)
     if optim.name not in OPTIMIZERS:
         raise ValueError(f"optim.name {optim.name!r} not in {OPTIMIZERS}")
     if optim.name == "adamw":
-        core = optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps,
-                           weight_decay=optim.weight_decay, mask=decay_mask)
+        core = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
     elif optim.name == "lion":
-        core = optax.lion(schedule, b1=optim.b1, b2=optim.b2, weight_decay=optim.weight_decay,
-                          mask=decay_mask)
+        core = optax.lion(schedule, b1=optim.b1, b2=optim.b2, weight_decay=0.0)
     elif optim.name == "adafactor":
-        core = optax.adafactor(schedule, weight_decay_rate=optim.weight_decay or None,
-                               weight_decay_mask=decay_mask)
+        core = optax.adafactor(schedule)
     else:
-        core = optax.chain(optax.add_decayed_weights(optim.weight_decay, decay_mask),
-                           optax.sgd(schedule, momentum=optim.b1))
+        core = optax.sgd(schedule, momentum=optim.b1)
     parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
-    return optax.chain(*parts, core), schedule
+    parts.append(core)
+    if optim.weight_decay:
+        parts.append(decoupled_weight_decay(schedule, optim.weight_decay))
+    return optax.chain(*parts), schedule

@@ -1,0 +1,399 @@
+"""One validation pass over a resolved config, before anything is built, loaded or written.
+
+`validate(config, command)` runs every check a config can fail without training, and raises
+`ConfigError` (a ValueError) with one line naming the key, its value and what would do, or
+the file or directory that is missing or broken:
+
+* the config belongs to the command (`easyalign dpo --config=configs/sft.py` is refused);
+* numbers: `train.steps` > 0, `optim.lr` ≥ 0 (lr = 0 is allowed — a dry run that moves no
+  weight — and announced as a warning), `train.log_every` / `checkpoint_every` ≥ 1,
+  `train.eval_every` ≥ 0, `train.batch_size` ≥ 1, divisible by `train.grad_accum` and by the
+  data-parallel devices (mesh `data × fsdp`), and the mesh itself fits the devices
+  (`sharding.resolve_mesh_shape`, the rule the run uses);
+* names: every enum-like key (`model.init`, `optim.name`, `dpo.loss_type`, ...) is checked
+  against the registry the code looks it up in, naming the bad value and the choices;
+* paths: the model a run loads (`model.path`, `@stage`, PPO's and distillation's frozen
+  models) exists, is complete (`model_config.json`, an HF `config.json` that parses,
+  safetensors files whose headers and sizes agree, tokenizer files), the data file exists and
+  its format is known, and the workdir can be written.
+
+`suggest_key(name, known)` answers a key HF/TRL users type (`learning_rate`,
+`per_device_train_batch_size`, `num_train_epochs`, ...) with ours.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import os
+import struct
+from pathlib import Path
+from typing import Iterable
+
+TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "distill")
+# Commands whose config is a phase config, and the `phase` value it carries.
+COMMAND_PHASES = {"teacher-data": "teacher_data", "ablate": "ablate"}
+DTYPES = ("float32", "bfloat16", "float16")
+
+# Keys of HF `TrainingArguments` / TRL configs → ours (a "did you mean" for unknown keys).
+HF_KEYS = {
+    "learning_rate": "optim.lr", "lr": "optim.lr",
+    "per_device_train_batch_size": "train.batch_size (the global batch: per device × devices)",
+    "train_batch_size": "train.batch_size", "batch_size": "train.batch_size",
+    "per_device_eval_batch_size": "train.batch_size (evaluation uses the training batch)",
+    "num_train_epochs": "train.steps (easyalign counts optimizer steps, not epochs)",
+    "epochs": "train.steps (easyalign counts optimizer steps, not epochs)",
+    "max_steps": "train.steps", "steps": "train.steps",
+    "gradient_accumulation_steps": "train.grad_accum",
+    "warmup_steps": "optim.warmup_steps", "warmup_ratio": "optim.warmup_steps (steps, not a ratio)",
+    "weight_decay": "optim.weight_decay", "max_grad_norm": "optim.clip_norm",
+    "lr_scheduler_type": "optim.schedule", "optim": "optim.name", "optimizer": "optim.name",
+    "adam_beta1": "optim.b1", "adam_beta2": "optim.b2", "adam_epsilon": "optim.eps",
+    "logging_steps": "train.log_every", "save_steps": "train.checkpoint_every",
+    "eval_steps": "train.eval_every", "save_total_limit": "train.keep_checkpoints",
+    "output_dir": "workdir", "seed": "train.seed",
+    "max_length": "data.max_length", "max_seq_length": "data.max_length",
+    "max_prompt_length": "data.max_prompt_length", "packing": "data.pack",
+    "dataset_name": "data.source", "dataset": "data.source", "train_file": "data.source",
+    "model_name_or_path": "model.path", "model_name": "model.path",
+    "bf16": "model.dtype=bfloat16", "fp16": "model.dtype=bfloat16",
+    "gradient_checkpointing": "model.remat", "beta": "dpo.beta", "loss_type": "dpo.loss_type",
+    "rpo_alpha": "dpo.sft_weight", "kl_coef": "ppo.kl_coef", "cliprange": "ppo.clip_eps",
+    "cliprange_value": "ppo.value_clip_eps", "num_ppo_epochs": "ppo.epochs",
+    "response_length": "ppo.max_new_tokens", "max_new_tokens": "ppo.max_new_tokens",
+}
+
+
+class ConfigError(ValueError):
+    """A config file, key or value the user gave cannot be used; the message says which."""
+
+
+# ----------------------------------------------------------------------------- keys
+def flat_keys(config, prefix: str = "") -> list[str]:
+    """Every leaf key of a ConfigDict, dotted (`optim.lr`, `data.world.seed`, ...)."""
+    out = []
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        out += flat_keys(value, name + ".") if hasattr(value, "items") else [name]
+    return out
+
+
+def suggest_key(name: str, known: Iterable[str]) -> str:
+    """`did you mean ...` for an unknown dotted key, or "" when nothing is close."""
+    known = list(known)
+    leaf = name.rsplit(".", 1)[-1]
+    for candidate in (name, leaf):
+        if candidate in HF_KEYS:
+            target = HF_KEYS[candidate]
+            if target.split(" ")[0].split("=")[0].split(".")[0] in {k.split(".")[0] for k in known}:
+                return f"did you mean {target}?"
+    close = difflib.get_close_matches(name, known, n=3, cutoff=0.6)
+    if not close:
+        close = [k for k in known if k.rsplit(".", 1)[-1] == leaf][:3] or [
+            k for k in known
+            if difflib.get_close_matches(leaf, [k.rsplit(".", 1)[-1]], cutoff=0.75)][:3]
+    return f"did you mean {' or '.join(close)}?" if close else ""
+
+
+# ----------------------------------------------------------------------------- the pass
+def command_phase(command: str) -> str:
+    return COMMAND_PHASES.get(command, command.replace("-", "_"))
+
+
+def check_command(config, command: str) -> None:
+    """The config is one for `command` (a DPO run given an SFT config stops here)."""
+    phase = config.get("phase", "")
+    if command == "doctor" or not phase:
+        return
+    expected = command_phase(command)
+    if phase != expected:
+        file = "ablations" if expected == "ablate" else expected
+        raise ConfigError(f"--config is a config for `easyalign {phase.replace('_', '-')}` "
+                          f"(phase={phase!r}), not for `easyalign {command}`: use "
+                          f"--config=configs/{file}.py")
+
+
+def validate(config, command: str | None = None, *, devices: bool | int = False,
+             paths: bool = True) -> list[str]:
+    """Check `config` for `command` (None: the config's own phase); return warnings to print.
+
+    Raises ConfigError with one line at the first problem. `devices` checks the mesh and the
+    batch split against `jax.device_count()` (True; only after `jax.distributed.initialize`,
+    which must come before any backend is touched) or against a given count; `paths=False`
+    skips the file-system checks.
+    """
+    phase = config.get("phase", "")
+    if command is not None:
+        check_command(config, command)
+    warnings: list[str] = []
+    if phase in TRAINING_PHASES:
+        warnings += _check_training(config, devices)
+    _check_names(config)
+    if paths:
+        _check_paths(config)
+    return warnings
+
+
+def _need(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def _check_training(config, devices: bool | int) -> list[str]:
+    t, o = config.train, config.optim
+    unit = "iterations" if config.phase == "ppo" else "optimizer steps"
+    _need(t.steps > 0, f"train.steps={t.steps}: must be ≥ 1 ({unit})")
+    _need(o.lr >= 0, f"optim.lr={o.lr}: must be ≥ 0 (a negative rate would ascend the loss)")
+    for key in ("log_every", "checkpoint_every", "grad_accum", "keep_checkpoints"):
+        _need(t[key] >= 1, f"train.{key}={t[key]}: must be ≥ 1")
+    _need(t.eval_every >= 0, f"train.eval_every={t.eval_every}: must be ≥ 0 (0 = only at the end)")
+    _need(t.batch_size >= 1, f"train.batch_size={t.batch_size}: must be ≥ 1")
+    _need(o.warmup_steps >= 0, f"optim.warmup_steps={o.warmup_steps}: must be ≥ 0")
+    _need(o.weight_decay >= 0, f"optim.weight_decay={o.weight_decay}: must be ≥ 0")
+    _need(0 <= o.min_lr_ratio <= 1, f"optim.min_lr_ratio={o.min_lr_ratio}: must be in [0, 1]")
+    _need(o.clip_norm >= 0, f"optim.clip_norm={o.clip_norm}: must be ≥ 0 (0 = off)")
+    _need(t.batch_size % t.grad_accum == 0,
+          f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
+    warnings = ["optim.lr=0: the weights will not change (a dry run)"] if o.lr == 0 else []
+    if devices is False:
+        return warnings
+    if devices is True:
+        import jax
+
+        n_devices = jax.device_count()
+    else:
+        n_devices = int(devices)
+    from easyalign import sharding
+
+    m = config.mesh
+    try:
+        data, fsdp, _ = sharding.resolve_mesh_shape(m.data, m.fsdp, m.tensor, n_devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh.data/fsdp/tensor: {e}") from None
+    shards = data * fsdp
+    micro = t.batch_size // t.grad_accum
+    if config.phase == "ppo":
+        mb = config.ppo.minibatch_size
+        _need(mb >= 1 and t.batch_size % mb == 0, f"ppo.minibatch_size={mb} must divide "
+              f"train.batch_size={t.batch_size}")
+        micro = mb // t.grad_accum
+    _need(micro % shards == 0,
+          f"train.batch_size={t.batch_size}" + (f" / train.grad_accum={t.grad_accum}"
+                                                 if t.grad_accum > 1 else "")
+          + f" is not divisible by the {shards} data-parallel devices (mesh data×fsdp = "
+          f"{data}×{fsdp} of {n_devices} devices): use a multiple of {shards}")
+    return warnings
+
+
+def _choices(config, key: str, choices: Iterable[str]) -> None:
+    node, *rest = key.split(".")
+    value = config.get(node)
+    for part in rest:
+        if value is None or not hasattr(value, "get"):
+            return
+        value = value.get(part)
+    if value is None:
+        return
+    choices = tuple(choices)
+    if value not in choices:
+        raise ConfigError(f"{key}={value!r}: not one of {' | '.join(map(str, choices))}")
+
+
+def _check_names(config) -> None:
+    """Enum-like keys against the registries the code looks them up in."""
+    from easyalign.model.config import ATTENTION_IMPLS, REMAT_POLICIES
+
+    if "model" in config:
+        from easyalign.algorithms.common import HEAD_PARAMS, MODEL_INITS
+        from easyalign.model.presets import PRESETS
+
+        _choices(config, "model.init", MODEL_INITS)
+        _choices(config, "model.head", HEAD_PARAMS)
+        _choices(config, "model.dtype", DTYPES)
+        _choices(config, "model.param_dtype", DTYPES)
+        _choices(config, "model.attention_impl", ATTENTION_IMPLS)
+        _choices(config, "model.remat", REMAT_POLICIES)
+        if config.model.get("init") == "scratch":
+            _choices(config, "model.preset", PRESETS)
+    if "optim" in config:
+        from easyalign.train.optim import OPTIMIZERS, SCHEDULES
+
+        _choices(config, "optim.name", OPTIMIZERS)
+        _choices(config, "optim.schedule", SCHEDULES)
+    if "data" in config:
+        from easyalign.data.records import ON_EMPTY
+        from easyalign.data.sources import FORMATS
+
+        _choices(config, "data.on_empty", ON_EMPTY)
+        _choices(config, "data.on_overflow", ("truncate", "drop", "error"))
+        _choices(config, "data.format", ("",) + tuple(f for f in FORMATS if f != "hf"))
+    if "dpo" in config:
+        from easyalign.losses import DPO_LOSSES
+
+        _choices(config, "dpo.loss_type", DPO_LOSSES)
+        _choices(config, "dpo.reference", ("cached", "live"))
+    if "ppo" in config:
+        from easyalign.losses import KL_ESTIMATORS
+
+        _choices(config, "ppo.kl_estimator", KL_ESTIMATORS)
+        _choices(config, "ppo.kl_controller", ("fixed", "adaptive"))
+    from easyalign.sampler import SAMPLING_METHODS
+
+    if "distill" in config:
+        from easyalign.algorithms.distill_losses import DIVERGENCE_NAMES, MODES
+
+        _choices(config, "distill.mode", MODES)
+        _choices(config, "distill.divergence", DIVERGENCE_NAMES)
+        _choices(config, "distill.sampling", SAMPLING_METHODS)
+    for block in ("teacher_data", "generate"):
+        if block in config:
+            _choices(config, f"{block}.sampling", SAMPLING_METHODS)
+
+
+# ----------------------------------------------------------------------------- paths
+def _check_paths(config) -> None:
+    if "workdir" in config:
+        check_writable(Path(config.workdir), "workdir")
+    for key, value, kind in _model_sources(config):
+        check_model_source(config, key, value, kind)
+    if "data" in config and config.phase not in ("eval", "latency", "pipeline", "ablate"):
+        for key in ("source", "eval_source"):
+            check_data_source(config, f"data.{key}", config.data.get(key, ""))
+
+
+def check_writable(path: Path, key: str) -> None:
+    """`path` (a directory, maybe not there yet) can be created and written."""
+    probe = path.absolute()
+    while not probe.exists():
+        probe = probe.parent
+    if not probe.is_dir():
+        raise ConfigError(f"{key}={path}: {probe} is a file, not a directory")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigError(f"{key}={path}: {probe} is not writable")
+    import tempfile
+
+    try:  # permissions say yes (root always hears yes); a read-only file system says no
+        fd, name = tempfile.mkstemp(dir=probe, prefix=".easyalign-probe-")
+        os.close(fd)
+        os.unlink(name)
+    except OSError as e:
+        raise ConfigError(f"{key}={path}: {probe} is not writable ({e.strerror})") from None
+
+
+def _model_sources(config) -> list[tuple[str, str, str]]:
+    """`(key, value, kind)` of every model the run loads; kind "" = any model directory."""
+    out = []
+    m = config.get("model")
+    phase = config.get("phase")
+    if m is not None and phase in TRAINING_PHASES and m.get("init") in ("hf", "checkpoint",
+                                                                         "gguf", "derive"):
+        out.append(("model.path", m.path, m.init))
+    if phase == "ppo":
+        out += [(f"ppo.{k}", config.ppo[k], "") for k in ("reference", "reward_model",
+                                                          "value_model")]
+    if phase == "distill":
+        out.append(("distill.teacher", config.distill.teacher, ""))
+    if phase == "teacher_data":
+        out.append(("teacher_data.teacher", config.teacher_data.teacher, ""))
+    if phase == "generate":
+        out.append(("generate.model", config.generate.model, ""))
+    return [(k, v, kind) for k, v, kind in out if v]
+
+
+def _stage(config, value: str) -> Path:
+    return Path(config.workdir).absolute().parent / value[1:] / "model"
+
+
+def check_model_source(config, key: str, value: str, kind: str = "") -> None:
+    """The model `key=value` names exists and is complete: one line naming what is wrong."""
+    from easyalign.hf.gguf import INSTALLED
+
+    if kind == "gguf" or (kind in ("", "derive") and (value in INSTALLED
+                                                       or value.endswith(".gguf"))):
+        if value not in INSTALLED and not Path(value).is_file():
+            raise ConfigError(f"{key}={value}: no such GGUF file")
+        return
+    if value.startswith("@"):
+        path = _stage(config, value)
+        if not (path / "model_config.json").is_file():
+            raise ConfigError(f"{key}={value}: the {value[1:]} stage has not finished (no "
+                              f"{path}/model_config.json); run `easyalign {value[1:]}` with "
+                              f"--config.workdir={path.parent} first")
+        return
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key}={value}: no such file or directory")
+    if not path.is_dir():
+        raise ConfigError(f"{key}={value}: not a directory")
+    if kind == "hf" or (kind in ("", "derive") and (path / "config.json").is_file()
+                        and not (path / "model_config.json").is_file()
+                        and not (path / "model" / "model_config.json").is_file()):
+        check_hf_dir(path, key, tokenizer=not (config.get("data") and config.data.tokenizer))
+    elif not ((path / "model_config.json").is_file()
+              or (path / "model" / "model_config.json").is_file()):
+        what = ("a phase workdir whose final model/ is missing (did the run finish?)"
+                if (path / "config.json").is_file() else
+                "not an easyalign model checkpoint (model_config.json), a phase workdir "
+                "(model/) or an HF model directory (config.json + *.safetensors)")
+        raise ConfigError(f"{key}={value}: {what}")
+
+
+def check_hf_dir(path: Path, key: str, tokenizer: bool = True) -> None:
+    """An HF model directory: config.json parses, every safetensors file is whole, and (when
+    the run takes its tokenizer from it) tokenizer files are there."""
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ConfigError(f"{key}={path}: no config.json (not an HF model directory)")
+    try:
+        json.loads(config_file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        where = f":{e.lineno}" if isinstance(e, json.JSONDecodeError) else ""
+        raise ConfigError(f"{config_file}{where}: malformed JSON "
+                          f"({getattr(e, 'msg', e)})") from None
+    files = sorted(path.glob("*.safetensors"))
+    if not files:
+        raise ConfigError(f"{key}={path}: no *.safetensors weights (PyTorch pickles are never "
+                          "loaded)")
+    for file in files:
+        check_safetensors(file)
+    if tokenizer and not any((path / name).is_file() for name in (
+            "tokenizer.json", "tokenizer.model", "vocab.json")):
+        raise ConfigError(f"{key}={path}: no tokenizer files (tokenizer.json, tokenizer.model "
+                          "or vocab.json); copy them there or set data.tokenizer")
+
+
+def check_safetensors(file: Path) -> None:
+    """A safetensors file is whole: its header parses and the file holds every byte it lists
+    (format: 8-byte little-endian header length, JSON header, then the tensor data)."""
+    size = file.stat().st_size
+    try:
+        with open(file, "rb") as f:
+            (length,) = struct.unpack("<Q", f.read(8))
+            if 8 + length > size:
+                raise ValueError("header longer than the file")
+            header = json.loads(f.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"),
+                  default=0)
+    except (struct.error, ValueError, KeyError, TypeError) as e:
+        raise ConfigError(f"{file}: not a readable safetensors file ({e})") from None
+    if 8 + length + end > size:
+        raise ConfigError(f"{file}: truncated ({size:,} bytes, its header lists "
+                          f"{8 + length + end:,}); copy or export it again")
+
+
+def check_data_source(config, key: str, value: str) -> None:
+    """A data file exists and its format is known (from `data.format` or the suffix)."""
+    if not value or value in ("world", "auto") or value.startswith("hf:"):
+        return
+    path = Path(value)
+    if not path.exists():
+        raise ConfigError(f"{key}={value}: no such file")
+    if config.data.format:
+        return
+    from easyalign.data.sources import FORMATS, SUFFIXES
+
+    name = path.name.lower().removesuffix(".gz")
+    if not any(name.endswith(suffix) for suffix, _ in SUFFIXES):
+        raise ConfigError(f"{key}={value}: unknown file type; use a suffix "
+                          f"({' '.join(s for s, _ in SUFFIXES)}) or set data.format to one of "
+                          f"{' | '.join(f for f in FORMATS if f != 'hf')}")

@@ -1,0 +1,192 @@
+"""The run directory's guards: one run at a time, and a resume continues the same run.
+
+* **Lock** (`workdir/run.lock`): created with O_EXCL by process 0 and holding its pid, host and
+  start time. A second run on the same workdir refuses, naming the first. A lock whose pid is
+  dead on this host is stale (a killed run): it is taken over with a note. Released when the
+  phase ends (and at exit).
+* **Manifest** (`workdir/manifest.json`): the training-relevant config (every key except how
+  often to log/evaluate/checkpoint, the mesh and process layout, and other settings that do
+  not change the trajectory, `NOT_TRAINING`) plus a SHA-256 fingerprint of the content of
+  each data file. A run that finds checkpoints compares the manifest: any difference refuses,
+  printing the differences, unless `train.allow_config_change=True` — then the old config and
+  manifest are kept as `config.<n>.json` / `manifest.<n>.json` beside the new ones.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime
+import hashlib
+import json
+import os
+import socket
+from pathlib import Path
+
+from easyalign.config_check import ConfigError, flat_keys
+
+LOCK_FILE = "run.lock"
+MANIFEST_FILE = "manifest.json"
+# Keys (or prefixes ending in ".") that do not change what is trained.
+NOT_TRAINING = ("workdir", "train.progress_bar", "train.plot", "train.log_every",
+                "train.eval_every", "train.eval_batches", "train.checkpoint_every",
+                "train.keep_checkpoints", "train.async_checkpointing",
+                "train.allow_config_change", "train.dead_model_steps", "distributed.", "perf.",
+                "mesh.", "model.attention_impl", "model.remat", "model.logits_chunk",
+                "data.world.dir", "data.eval_source", "data.eval_split", "doctor.")
+
+_held: dict[Path, Path] = {}
+
+
+class RunDirError(ValueError):
+    """The run directory is in use, or a resume would continue a different run."""
+
+
+# ----------------------------------------------------------------------------- lock
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def acquire(workdir: Path) -> str | None:
+    """Take `workdir`'s lock; returns a note when a stale lock was taken over.
+
+    Raises RunDirError naming the holder when another live process holds it. Re-entrant
+    within one process (a pipeline or a test may run a phase twice on one workdir).
+    """
+    workdir = Path(workdir).absolute()
+    path = workdir / LOCK_FILE
+    me = {"pid": os.getpid(), "host": socket.gethostname(),
+          "started": datetime.datetime.now().isoformat(timespec="seconds")}
+    note = None
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            try:
+                holder = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                holder = {}
+            pid, host = holder.get("pid"), holder.get("host")
+            if pid == me["pid"] and host == me["host"]:
+                _held[workdir] = path
+                return None
+            if host == me["host"] and isinstance(pid, int) and not _alive(pid):
+                note = (f"[run] {workdir}: took over the stale lock of pid {pid} (no longer "
+                        f"running; started {holder.get('started', '?')})")
+                path.unlink(missing_ok=True)
+                continue
+            raise RunDirError(
+                f"{workdir} is in use by another run (pid {pid} on {host}, started "
+                f"{holder.get('started', '?')}); wait for it, stop it, or use another "
+                f"--config.workdir (lock: {path})")
+        with os.fdopen(fd, "w") as f:
+            json.dump(me, f)
+        _held[workdir] = path
+        return note
+    raise RunDirError(f"{path}: could not take the lock")
+
+
+def release(workdir: Path | None = None) -> None:
+    """Remove the lock of `workdir` (None: every lock this process holds)."""
+    for key in ([Path(workdir).absolute()] if workdir is not None else list(_held)):
+        path = _held.pop(key, None)
+        if path is None:
+            continue
+        try:
+            if json.loads(path.read_text()).get("pid") == os.getpid():
+                path.unlink()
+        except (OSError, json.JSONDecodeError):
+            pass
+
+
+atexit.register(release)
+
+
+# ----------------------------------------------------------------------------- manifest
+def file_fingerprint(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
+
+
+def _training_relevant(key: str) -> bool:
+    return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_TRAINING)
+
+
+def manifest(config, overrides: dict | None = None) -> dict:
+    """The training-relevant config, flattened, with each data file's content fingerprint.
+
+    `overrides` replaces values as the user gave them (`model.path="@sft"` rather than the
+    absolute path it resolves to, so that a copied pipeline directory still matches)."""
+    values = {}
+    for key in flat_keys(config):
+        if _training_relevant(key):
+            node = config
+            for part in key.split("."):
+                node = node[part]
+            values[key] = node if isinstance(node, (int, float, str, bool, type(None))) else (
+                json.loads(json.dumps(node, default=str)) if isinstance(node, (list, tuple))
+                else str(node))
+    values.update({k: v for k, v in (overrides or {}).items() if k in values})
+    data = config.get("data")
+    for key in ("source", "eval_source"):
+        value = data.get(key, "") if data is not None else ""
+        if value and Path(value).is_file():
+            values[f"data.{key} (content)"] = file_fingerprint(Path(value))
+    return values
+
+
+def _difference(old: dict, new: dict) -> list[str]:
+    out = []
+    for key in sorted(set(old) | set(new)):
+        if old.get(key, "<absent>") != new.get(key, "<absent>"):
+            out.append(f"{key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}")
+    return out
+
+
+def has_checkpoints(workdir: Path) -> bool:
+    directory = Path(workdir) / "checkpoints"
+    return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
+
+
+def check_resume(config, workdir: Path, overrides: dict | None = None) -> str | None:
+    """Compare the config with the manifest of the checkpoints it would resume; write the
+    manifest. Returns a note when a change was allowed; raises RunDirError otherwise."""
+    workdir = Path(workdir)
+    path = workdir / MANIFEST_FILE
+    new = manifest(config, overrides)
+    note = None
+    if path.is_file() and has_checkpoints(workdir):
+        try:
+            old = json.loads(path.read_text())
+        except json.JSONDecodeError:
+            old = None
+        changes = _difference(old, new) if old is not None else ["manifest.json unreadable"]
+        if changes:
+            allow = config.get("train", {}).get("allow_config_change", False)
+            if not allow:
+                raise RunDirError(
+                    f"{workdir}: its checkpoints were trained with another config, so a resume "
+                    f"would not continue the same run: {'; '.join(changes)} — use a new "
+                    "--config.workdir, or --config.train.allow_config_change=True to continue "
+                    "with the new config (both are kept)")
+            n = 1
+            while (workdir / f"manifest.{n}.json").exists():
+                n += 1
+            os.replace(path, workdir / f"manifest.{n}.json")
+            if (workdir / "config.json").exists():
+                os.replace(workdir / "config.json", workdir / f"config.{n}.json")
+            note = (f"[resume] {workdir}: continuing with a changed config "
+                    f"(train.allow_config_change): {'; '.join(changes)}; the previous config is "
+                    f"config.{n}.json")
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
+    os.replace(tmp, path)
+    return note

@@ -1,0 +1,368 @@
+"""Issue 16: every bad input is one clear line, and a run directory is never corrupted.
+
+* one table-driven test runs the CLI on a list of bad inputs — all in ONE subprocess (one jax
+  import; 4 fake CPU devices so that the batch/device rule can fail) that calls `cli.main`
+  per case with fd 2 captured — and asserts: exit status ≠ 0, exactly one line on stderr naming
+  the key, file or path, and nothing written to the workdir;
+* the run directory: the lock (a live holder refuses, a dead one is taken over), the manifest
+  (a changed lr or data content refuses with the diff unless allowed; both configs kept), the
+  final model written last (a crash mid-save leaves no complete-looking stage), a torn
+  `metrics.jsonl` line, divergence stopping before any checkpoint holds NaN, a dead model;
+* one real tiny SFT run: its last line names the model and metric, a rerun says it is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from easyalign import cli, config_check
+from easyalign.train import rundir
+
+REPO = Path(__file__).resolve().parents[1]
+SFT = ["sft", "--config=configs/sft.py:tiny"]
+
+
+# ----------------------------------------------------------------------------- fixtures
+def hf_dir(root: Path, *, config: str = '{"model_type": "llama"}', truncate: bool = False,
+           tokenizer: bool = True) -> Path:
+    """A directory shaped like an HF model: config.json, model.safetensors, tokenizer.json."""
+    from safetensors.numpy import save_file
+
+    root.mkdir(parents=True)
+    (root / "config.json").write_text(config)
+    save_file({"w": np.zeros((64, 64), np.float32)}, str(root / "model.safetensors"))
+    if truncate:
+        data = (root / "model.safetensors").read_bytes()
+        (root / "model.safetensors").write_bytes(data[: len(data) // 2])
+    if tokenizer:
+        (root / "tokenizer.json").write_text("{}")
+    return root
+
+
+def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
+    """(name, argv after `easyalign`, what the one line must name)."""
+    bad_data = tmp / "train.txt"
+    bad_data.write_text("{}\n")
+    return [
+        ("steps 0", SFT + ["--config.train.steps=0"], "train.steps=0"),
+        ("steps negative", SFT + ["--config.train.steps=-5"], "train.steps=-5"),
+        ("lr negative", SFT + ["--config.optim.lr=-0.01"], "optim.lr=-0.01"),
+        ("log_every 0", SFT + ["--config.train.log_every=0"], "train.log_every=0"),
+        ("checkpoint_every 0", SFT + ["--config.train.checkpoint_every=0"],
+         "train.checkpoint_every=0"),
+        ("batch 0", SFT + ["--config.train.batch_size=0"], "train.batch_size=0"),
+        ("batch 6 on 4 devices", SFT + ["--config.train.batch_size=6"], "4 data-parallel"),
+        ("mesh", SFT + ["--config.mesh.tensor=3"], "mesh"),
+        ("model.init typo", SFT + ["--config.model.init=hff"], "model.init='hff'"),
+        ("optimizer typo", SFT + ["--config.optim.name=adam"], "optim.name='adam'"),
+        ("loss typo", ["dpo", "--config=configs/dpo.py:tiny", "--config.dpo.loss_type=sigmod"],
+         "'sigmod'"),
+        ("stray positional", SFT + ["stray"], "'stray'"),
+        ("config of another phase", ["dpo", "--config=configs/sft.py:tiny"], "configs/dpo.py"),
+        ("HF key learning_rate", SFT + ["--config.learning_rate=1e-4"], "optim.lr"),
+        ("HF key per_device_train_batch_size",
+         SFT + ["--config.per_device_train_batch_size=4"], "train.batch_size"),
+        ("HF key num_train_epochs", SFT + ["--config.num_train_epochs=3"], "train.steps"),
+        ("preset typo", ["sft", "--config=configs/sft.py:tinyy"], "tinyy"),
+        ("missing config file", ["sft", "--config=configs/nope.py"], "configs/nope.py"),
+        ("missing model path", SFT + ["--config.model.init=hf",
+                                      f"--config.model.path={tmp / 'nowhere'}"], "nowhere"),
+        ("@sft never ran", ["dpo", "--config=configs/dpo.py:tiny"], "@sft"),
+        ("malformed config.json", SFT + ["--config.model.init=hf", "--config.model.path="
+                                         + str(hf_dir(tmp / "hf_json", config='{"a": '))],
+         "config.json"),
+        ("truncated safetensors", SFT + ["--config.model.init=hf", "--config.model.path="
+                                         + str(hf_dir(tmp / "hf_cut", truncate=True))],
+         "model.safetensors"),
+        ("HF dir without tokenizer", SFT + ["--config.model.init=hf", "--config.model.path="
+                                            + str(hf_dir(tmp / "hf_tok", tokenizer=False))],
+         "tokenizer"),
+        ("read-only workdir", SFT + ["--config.workdir=/proc/easyalign-test/run"], "/proc"),
+        ("unknown data suffix", SFT + [f"--config.data.source={bad_data}"], "data.format"),
+        ("missing data file", SFT + [f"--config.data.source={tmp / 'none.jsonl'}"],
+         "none.jsonl"),
+        ("workdir locked", SFT, "pid 1 "),
+        ("convert: missing checkpoint", ["convert", f"--to_hf={tmp / 'none'}",
+                                         f"--out={tmp / 'out'}"], "none"),
+    ]
+
+
+RUNNER = textwrap.dedent("""
+    import json, os, sys, tempfile
+    from easyalign import cli
+
+    results = []
+    for argv, workdir in json.loads(sys.argv[1]):
+        err = tempfile.TemporaryFile(mode="w+")
+        saved = os.dup(2)
+        os.dup2(err.fileno(), 2)
+        code = 0
+        try:
+            cli.main(["easyalign", *argv, f"--config.workdir={workdir}"]
+                     if argv[0] != "convert" and not any(a.startswith("--config.workdir")
+                                                         for a in argv) else ["easyalign", *argv])
+        except SystemExit as e:  # what the interpreter does with sys.exit(message)
+            code = e.code if isinstance(e.code, int) else 1
+            if not isinstance(e.code, int) and e.code is not None:
+                print(e.code, file=sys.stderr)
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        err.seek(0)
+        results.append({"code": code, "stderr": err.read()})
+    print(json.dumps(results))
+""")
+
+
+def test_each_bad_input_is_one_line_naming_it_and_writes_nothing(tmp_path):
+    table = cases(tmp_path)
+    runs = []
+    for i, (name, argv, _) in enumerate(table):
+        workdir = tmp_path / f"case{i}" / "runs" / "x" / "sft"
+        if name == "workdir locked":  # a live run (pid 1, this host) holds the workdir
+            import socket
+
+            workdir.mkdir(parents=True)
+            (workdir / rundir.LOCK_FILE).write_text(json.dumps(
+                {"pid": 1, "host": socket.gethostname(), "started": "then"}))
+        runs.append((argv, str(workdir)))
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
+               XLA_FLAGS="--xla_force_host_platform_device_count=4")
+    out = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(runs)], cwd=REPO, env=env,
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-3000:]
+    results = json.loads(out.stdout.strip().splitlines()[-1])
+    problems = []
+    for i, ((name, _, named), result) in enumerate(zip(table, results)):
+        lines = result["stderr"].strip().splitlines()
+        workdir = tmp_path / f"case{i}" / "runs" / "x" / "sft"
+        written = sorted(p.name for p in workdir.iterdir()) if workdir.exists() else []
+        if name == "workdir locked":
+            written = [w for w in written if w != rundir.LOCK_FILE]
+        if result["code"] == 0 or len(lines) != 1 or named not in lines[0] or written:
+            problems.append(f"{name}: code {result['code']}, written {written}, stderr "
+                            f"{result['stderr'][-600:]!r}")
+    assert not problems, "\n".join(problems)
+
+
+# ----------------------------------------------------------------------------- config check
+def test_lr_zero_is_a_warning_and_keys_get_a_did_you_mean():
+    from configs import sft
+
+    config = sft.get_config("tiny")
+    config.optim.lr = 0.0
+    assert any("optim.lr=0" in w for w in config_check.validate(config, "sft", paths=False))
+    known = config_check.flat_keys(config)
+    assert "optim.lr" in config_check.suggest_key("learning_rate", known)
+    assert "train.grad_accum" in config_check.suggest_key("gradient_accumulation_steps", known)
+    assert "train.steps" in config_check.suggest_key("train.stepz", known)
+
+
+def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):
+    cli.main(["easyalign", "dpo", "--help"])
+    text = capsys.readouterr().out
+    assert "--config=FILE[:preset]" in text and "--debug" in text
+    assert "dpo.beta = 0.1" in text and "β: strength of the implicit KL" in text
+    assert "optim.name = 'adamw'    # adamw | adafactor | sgd | lion" in text
+    cli.main(["easyalign", "convert", "--help"])
+    assert "--to_hf" in capsys.readouterr().out
+
+
+def test_the_boundary_names_a_full_disk_and_a_divergence_in_one_line():
+    from easyalign.train.loop import NonFiniteLossError
+
+    try:
+        try:
+            raise OSError(28, "No space left on device", "/runs/x/checkpoints/4/state")
+        except OSError as inner:
+            raise RuntimeError("orbax: commit failed\n  40 more lines") from inner
+    except RuntimeError as e:
+        line = cli.describe(e)
+    assert "no space left" in line and "/runs/x/checkpoints/4" in line and "\n" not in line
+    line = cli.describe(NonFiniteLossError("non-finite loss or gradient norm at step 3;\n x"))
+    assert line.startswith("non-finite") and "\n" not in line
+
+
+def test_orbax_tracked_metric_warning_is_silenced(tmp_path, caplog):
+    from absl import logging as absl_logging
+
+    from easyalign.train.checkpoint import Checkpointer
+
+    Checkpointer(tmp_path / "ckpt", best_metric="loss", async_save=False).close()
+    with caplog.at_level(logging.WARNING):
+        absl_logging.warning("Requested `tracked_metric`; did not provide metrics.")
+        absl_logging.warning("something else")
+    assert "tracked_metric" not in caplog.text and "something else" in caplog.text
+
+
+# ----------------------------------------------------------------------------- run directory
+def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
+    import socket
+
+    host = socket.gethostname()
+    lock = tmp_path / rundir.LOCK_FILE
+    lock.write_text(json.dumps({"pid": 1, "host": host, "started": "t"}))
+    with pytest.raises(rundir.RunDirError, match=f"pid 1 on {host}"):
+        rundir.acquire(tmp_path)
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    lock.write_text(json.dumps({"pid": dead.pid, "host": host, "started": "t"}))
+    note = rundir.acquire(tmp_path)
+    assert note and f"stale lock of pid {dead.pid}" in note
+    assert json.loads(lock.read_text())["pid"] == os.getpid()
+    assert rundir.acquire(tmp_path) is None  # re-entrant in one process
+    rundir.release(tmp_path)
+    assert not lock.exists()
+
+
+def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
+    from configs import sft
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n')
+    config = sft.get_config("tiny")
+    config.data.source = str(data)
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    assert rundir.check_resume(config, workdir) is None
+    (workdir / "config.json").write_text("{}")
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    config.train.log_every = 7  # not training-relevant: fine
+    assert rundir.check_resume(config, workdir) is None
+    config.optim.lr = 1e-3
+    data.write_text('{"prompt": "a", "response": "c"}\n')  # same size, other content
+    with pytest.raises(rundir.RunDirError) as error:
+        rundir.check_resume(config, workdir)
+    assert "optim.lr: 0.003 → 0.001" in str(error.value)
+    assert "data.source (content)" in str(error.value) and "\n" not in str(error.value)
+    config.train.allow_config_change = True
+    assert "continuing with a changed config" in rundir.check_resume(config, workdir)
+    assert (workdir / "config.1.json").exists() and (workdir / "manifest.1.json").exists()
+
+
+def test_torn_metrics_line_does_not_break_a_resume(tmp_path):
+    from easyalign.train.metrics import MetricsWriter
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n'
+                                        '{"step": 3, "lo')
+    writer = MetricsWriter(tmp_path, total_steps=4, progress_bar=False, enabled=True)
+    writer.resume(2)
+    writer.write(3, {"loss": 1.0})
+    writer.close()
+    rows = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def test_a_crash_while_saving_the_model_leaves_the_stage_incomplete(tmp_path):
+    from flax import nnx
+
+    from easyalign import sharding
+    from easyalign.algorithms import common
+    from easyalign.model import create_model, preset
+
+    class Tokenizer:
+        def save_pretrained(self, path):
+            raise OSError(28, "No space left on device", path)
+
+    mesh = sharding.single_device_mesh()
+    graphdef, params = nnx.split(create_model(preset("tiny", vocab_size=64), mesh, seed=0))
+    run = common.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer(),
+                     world_dir=None)
+    with pytest.raises(OSError):
+        common.save_model(run, params, graphdef)
+    assert not common.stage_done(tmp_path) and not (tmp_path / "model").exists()
+
+
+# ----------------------------------------------------------------------------- divergence
+class FakeCheckpointer:
+    directory = Path("/ckpt")
+
+    def __init__(self):
+        self.saved = []
+
+    def latest_step(self):
+        return self.saved[-1] if self.saved else None
+
+
+def test_divergence_guard_names_the_first_bad_step_and_warns_on_a_dead_model(capsys):
+    from easyalign.train.loop import DivergenceGuard, NonFiniteLossError
+
+    guard = DivergenceGuard(dead_steps=3)
+    checkpointer = FakeCheckpointer()
+    for step in (1, 2, 3):
+        guard.observe(step, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(0.0)})
+    guard.check(checkpointer)
+    assert "gradient norm 0 for the last 3 steps" in capsys.readouterr().out
+    guard.observe(4, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(jnp.inf)})
+    guard.observe(5, {"loss": jnp.float32(jnp.nan), "grad_norm": jnp.float32(1.0)})
+    with pytest.raises(NonFiniteLossError, match="at step 4; stopped without saving"):
+        guard.check(checkpointer)
+
+
+def test_no_checkpoint_holds_a_diverged_step(tmp_path):
+    """A step that goes NaN between log steps stops the run at the next checkpoint boundary,
+    before that checkpoint is written."""
+    from easyalign import sharding
+    from easyalign.train import loop as train_loop
+    from easyalign.train.checkpoint import Checkpointer
+    from easyalign.train.metrics import MetricsWriter
+    from easyalign.train.state import TrainState
+
+    def step_fn(state, batch, frozen):
+        step = state.step + 1
+        loss = jnp.where(step == 3, jnp.nan, 1.0)
+        params = {"w": state.params["w"] + loss}
+        return (TrainState(step=step, params=params, opt_state=(), rng=state.rng),
+                {"loss": loss, "grad_norm": jnp.float32(1.0)})
+
+    class Loader:
+        def __next__(self):
+            return {"x": np.zeros((1, 2), np.float32)}
+
+        def get_state(self):
+            return {}
+
+    state = TrainState(step=jnp.int32(0), params={"w": jnp.zeros(3)}, opt_state=(),
+                       rng=jax.random.PRNGKey(0))
+    checkpointer = Checkpointer(tmp_path / "ckpt", keep=5, async_save=False)
+    writer = MetricsWriter(tmp_path, total_steps=6, progress_bar=False)
+    with pytest.raises(train_loop.NonFiniteLossError, match="step 3"):
+        train_loop.run_loop(state=state, step_fn=step_fn, frozen=None, loader=Loader(),
+                            mesh=sharding.single_device_mesh(),
+                            loop=train_loop.LoopConfig(total_steps=6, log_every=100,
+                                                       checkpoint_every=1),
+                            checkpointer=checkpointer, writer=writer, model_config={})
+    assert checkpointer.manager.all_steps() == [1, 2]
+    checkpointer.close()
+    writer.close()
+
+
+# ----------------------------------------------------------------------------- a real run
+def test_a_run_ends_naming_its_model_and_a_rerun_says_it_is_complete(tmp_path, capsys):
+    from conftest import phase_config
+
+    from easyalign.algorithms import sft
+
+    config = phase_config("sft", tmp_path / "runs" / "t" / "sft", train__steps=2,
+                          train__batch_size=8, train__eval_every=0, train__plot=False,
+                          data__eval_source="", model__preset="world-student",
+                          data__world__dir=str(tmp_path / "world"))
+    sft.run(config)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out[-1].startswith(f"[sft] done: model in {tmp_path / 'runs' / 't' / 'sft' / 'model'}")
+    assert "loss" in out[-1]
+    assert not (tmp_path / "runs" / "t" / "sft" / rundir.LOCK_FILE).exists()
+    sft.run(config)
+    assert "[sft] already complete (2 of 2 steps)" in capsys.readouterr().out
