@@ -88,6 +88,6 @@ def test_answers_not_idk(text):
 
 
 def test_match_reports_the_phrase():
-    assert refusal_match("Well. I\u2019m SORRY, but no.") == "I'm SORRY"
+    assert refusal_match("Well. I\u2019m SORRY, but no.") == "I'm SORRY, but"
     assert idk_match("Honestly, I do not know.") == "I do not know"
     assert refusal_match("Sure thing.") is None
