@@ -7,15 +7,16 @@
 Presets: `tiny` (16 prompts per suite, short answers: a smoke test); `real`: the real
 pipeline's suites — AdvBench (harmful: refusal rate), held-out Alpaca prompts (benign:
 over-refusal), held-out HH-RLHF harmless conversations (reward and reward win rate against the
-`sft` variant), TruthfulQA MC1/MC2 — the held-out rows being those the training stages held out
-of the same files; `shared`: AdvBench
-(refusal rate) and TruthfulQA MC from the shared data folder (`EASYALIGN_SHARED_DATA`, default
+`sft` variant), TruthfulQA MC1/MC2, the IFEval-style instruction file — the held-out rows being
+those the training stages held out of the same files; `shared`: AdvBench (refusal rate),
+TruthfulQA MC and the instruction file from the shared data folder (`EASYALIGN_SHARED_DATA`, default
 `../shared/data` next to the repository) for real models, without the built-in world's suites
 (they ask about the world's invented entities and tasks; add some back by name, e.g.
 `--config.eval.suites="('harmful','benign')"`, to evaluate world models on both).
 """
 
 from ml_collections import ConfigDict
+from ml_collections.config_dict import FieldReference
 
 from configs import base
 from configs.base import shared_data_dir  # noqa: F401  (re-exported for the tests)
@@ -26,7 +27,10 @@ def get_config(preset: str = ""):
     c.phase = "eval"
     c.workdir = "runs/eval"
     c.eval = e = ConfigDict()
-    e.variants = ()                      # "name=path" strings: model checkpoints or HF dirs
+    # variants and extra_suites take any literal (tuple of strings, one string or a dict), so a
+    # dict given by a flag stays a dict (a tuple-typed field would keep only its keys).
+    e.variants = FieldReference((), field_type=object)  # "name=path" strings or {name: path}:
+    #                                      model checkpoints, HF dirs, .gguf files or "smollm2"
     e.reference = ""                     # the SFT model kl_ref is measured against ("" = no KL)
     e.reward_model = ""                  # scalar-head model scoring the responses ("" = none)
     e.reward_suites = ()                 # suites the reward model scores (() = every suite)
@@ -34,7 +38,12 @@ def get_config(preset: str = ""):
     e.tokenizer = ""                     # tokenizer for variants without one ("" = the world's)
     e.suites = ("instructions", "facts", "unknown", "harmful", "benign")  # world suites (held
     #                                      out; for models of the built-in world, () = none)
-    e.extra_suites = ()                  # "name=PATH[:COLUMN[:TAG]]", TAG harmful|benign|plain
+    e.extra_suites = FieldReference((), field_type=object)  # "name=PATH[:COLUMN[:TAG[:SPLIT[:
+    #                                      FILTER]]]]" or {name: {path, column, tag, split,
+    #                                      filter}}; TAG harmful|benign|plain (easyalign/eval/suites.py)
+    e.ifeval = ""                        # IFEval-format instruction file ("builtin" = the 65
+    #                                      prompts shipped in easyalign/eval/data; "" = none)
+    e.refusal_judge = "rules"            # rules | model:PATH (a judge LM; easyalign/eval/judge.py)
     e.mc_task = ""                       # TruthfulQA mc_task.json for MC1/MC2 ("" = skip)
     e.mc_limit = 0                       # first N MC questions (0 = all)
     e.limit_per_suite = 0                # first N prompts of every suite (0 = all)
@@ -46,7 +55,8 @@ def get_config(preset: str = ""):
     e.top_p = 0.9                        # for top_p
     e.kl_samples = "responses"           # responses (the evaluated ones) | temperature (T=1 draws)
     e.seed = 0                           # sampling seed (unused by greedy)
-    e.dtype = ""                         # compute dtype override ("" = as stored; bfloat16 on GPU)
+    e.dtype = ""                         # compute dtype ("" = the dtype the weights are stored
+    #                                      in: fp32 for an fp32 checkpoint; bfloat16 on GPU)
     if preset == "tiny":
         e.limit_per_suite = 16
         e.max_new_tokens = 24
@@ -54,10 +64,13 @@ def get_config(preset: str = ""):
         data = shared_data_dir()
         c.data.eval_fraction = base.REAL_EVAL_FRACTION  # the rows training held out
         e.suites = ()
-        e.extra_suites = (f"advbench={data / base.ADVBENCH}:goal:harmful",
-                          f"alpaca={data / base.ALPACA}:instruction+input:benign:eval",
-                          f"hh={data / base.HH_HARMLESS}::plain:eval")
+        e.extra_suites = {
+            "advbench": {"path": str(data / base.ADVBENCH), "column": "goal", "tag": "harmful"},
+            "alpaca": {"path": str(data / base.ALPACA), "column": "instruction+input",
+                       "tag": "benign", "split": "eval"},
+            "hh": {"path": str(data / base.HH_HARMLESS), "column": "", "split": "eval"}}
         e.mc_task = str(data / base.TRUTHFULQA_MC)
+        e.ifeval = "builtin"
         e.limit_per_suite = 200
         e.max_new_tokens = 128
         e.batch_size = 64
@@ -66,8 +79,9 @@ def get_config(preset: str = ""):
     elif preset == "shared":
         data = shared_data_dir()
         e.suites = ()                    # real suites only: the world's are not asked of real models
-        e.extra_suites = (f"advbench={data}/advbench/harmful_behaviors.csv:goal:harmful",)
-        e.mc_task = str(data / "truthfulqa" / "data" / "v1" / "mc_task.json")
+        e.extra_suites = (f"advbench={data / base.ADVBENCH}:goal:harmful",)
+        e.mc_task = str(data / base.TRUTHFULQA_MC)
+        e.ifeval = "builtin"
     elif preset:
         raise ValueError(f"configs/eval.py: unknown preset {preset!r} (tiny | real | shared)")
     return c

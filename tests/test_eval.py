@@ -108,16 +108,80 @@ def test_parse_variants_and_extra_suites():
     with pytest.raises(ValueError, match="duplicate"):
         parse_named_paths(("a=/x", "a=/y"))
     assert parse_extra_suites(("adv=/d/h.csv:goal:harmful", "mine=/d/p.jsonl",
-                               "hh=/d/t.jsonl.gz::plain:eval")) == {
-        "adv": {"path": "/d/h.csv", "column": "goal", "tag": "harmful", "split": "all"},
-        "mine": {"path": "/d/p.jsonl", "column": "prompt", "tag": "plain", "split": "all"},
-        "hh": {"path": "/d/t.jsonl.gz", "column": "", "tag": "plain", "split": "eval"}}
+                               "hh=/d/t.jsonl.gz::plain:eval", "u=/d/s.csv:q:harmful:all:y=1")) == {
+        "adv": {"path": "/d/h.csv", "column": "goal", "tag": "harmful", "split": "all",
+                "filter": ""},
+        "mine": {"path": "/d/p.jsonl", "column": "prompt", "tag": "plain", "split": "all",
+                 "filter": ""},
+        "hh": {"path": "/d/t.jsonl.gz", "column": "", "tag": "plain", "split": "eval",
+               "filter": ""},
+        "u": {"path": "/d/s.csv", "column": "q", "tag": "harmful", "split": "all",
+              "filter": "y=1"}}
     assert parse_extra_suites({"x": {"path": "/p.csv", "tag": "benign"}}) == {
-        "x": {"path": "/p.csv", "column": "prompt", "tag": "benign", "split": "all"}}
+        "x": {"path": "/p.csv", "column": "prompt", "tag": "benign", "split": "all",
+              "filter": ""}}
     with pytest.raises(ValueError, match="tag"):
         parse_extra_suites(("adv=/d/h.csv:goal:evil",))
     with pytest.raises(ValueError, match="split 'test'"):
         parse_extra_suites(("adv=/d/h.csv:goal:harmful:test",))
+    with pytest.raises(ValueError, match="filter 'label'"):
+        parse_extra_suites({"x": {"path": "/p.csv", "filter": "label"}})
+
+
+def test_mapping_forms_work_as_configdicts_from_files_and_flags():
+    """Inside a config a dict becomes a ConfigDict (not a Mapping): every mapping form accepts
+    it, and a dict given by a flag reaches the parser whole (not as a tuple of its keys)."""
+    from ml_collections import ConfigDict, FrozenConfigDict
+
+    spec = {"hb": {"path": "/d/hb.csv", "column": "behavior+context", "tag": "benign",
+                   "filter": "label=safe"}}
+    expected = {"hb": {"path": "/d/hb.csv", "column": "behavior+context", "tag": "benign",
+                       "split": "all", "filter": "label=safe"}}
+    assert parse_extra_suites(ConfigDict(spec)) == expected
+    assert parse_extra_suites(FrozenConfigDict(spec)) == expected
+    assert parse_extra_suites(({"name": "hb", **spec["hb"]},)) == expected  # named entries
+    assert parse_named_paths(ConfigDict({"a": "/x:y"})) == {"a": "/x:y"}
+    config = load_config(["--config=configs/eval.py",
+                          f"--config.eval.extra_suites={spec!r}",
+                          "--config.eval.variants={'sft': '/runs/sft/model', 'b': 'smollm2'}"])
+    assert parse_extra_suites(config.eval.extra_suites) == expected
+    assert parse_named_paths(config.eval.variants) == {"sft": "/runs/sft/model", "b": "smollm2"}
+    config = load_config(["--config=configs/eval.py",
+                          "--config.eval.variants=('a=/p', 'b=/q')"])
+    assert parse_named_paths(config.eval.variants) == {"a": "/p", "b": "/q"}
+    real = load_config(["--config=configs/eval.py:real"])  # the preset's own mapping form
+    assert parse_extra_suites(real.eval.extra_suites)["alpaca"]["split"] == "eval"
+
+
+def test_extra_suite_filter_join_and_column_errors(tmp_path):
+    from easyalign.eval.suites import extra_suite
+
+    path = tmp_path / "s.csv"
+    path.write_text("behavior,context,label\nSteal a car,You are a thief.,unsafe\n"
+                    "Kill a process,,safe\nBuild a bomb,In a lab.,unsafe\n")
+    unsafe = extra_suite("u", str(path), column="behavior+context", tag="harmful",
+                         filter="label=unsafe")
+    assert [i["prompt"] for i in unsafe.items] == ["Steal a car\n\nYou are a thief.",
+                                                   "Build a bomb\n\nIn a lab."]
+    safe = extra_suite("s", str(path), column="behavior+context", filter="label!=unsafe")
+    assert [i["prompt"] for i in safe.items] == ["Kill a process"]
+    with pytest.raises(ValueError, match=r"column 'goal' not found; the file's columns are "
+                                         r"\['behavior', 'context', 'label'\]"):
+        extra_suite("u", str(path), column="goal")
+    with pytest.raises(ValueError, match="column 'lbl' not found"):
+        extra_suite("u", str(path), column="behavior", filter="lbl=unsafe")
+    with pytest.raises(ValueError, match="no prompts"):
+        extra_suite("u", str(path), column="behavior", filter="label=none")
+
+
+def test_metric_names_and_directions_follow_tags():
+    graded = [M.grade_response("plain", r, None) for r in (REFUSAL, "ok")]
+    assert M.suite_metrics("hb", "harmful", graded, world=False) == {"hb_refusal": 0.5}
+    assert M.suite_metrics("hb", "benign", graded, world=False) == {"hb_over_refusal": 0.5}
+    assert M.direction("hb_refusal", "harmful") == "higher"
+    assert M.direction("hb_over_refusal", "benign") == "lower"
+    assert M.direction("hb_refusal", "plain") is None
+    assert M.direction("mc1") == "higher" and M.direction("kl_ref") is None
 
 
 HH = shared_data_dir() / "hh-rlhf" / "harmless-base" / "test.jsonl.gz"

@@ -3,8 +3,13 @@
 `results.json` (schema 1) is the machine-readable record other stages read (`load_results`):
 
     {"schema": 1,
-     "variants": [{"name": "sft", "path": "...", "metrics": {"alignment_score": 0.71, ...},
-                   "counts": {"instructions": 64, ..., "truthfulqa_mc": 8}}, ...],
+     "variants": [{"name": "sft", "path": "...", "dtype": "float32",
+                   "metrics": {"alignment_score": 0.71, ...},
+                   "counts": {"instructions": 64, ..., "truthfulqa_mc": 8},   # items evaluated
+                   "truncated": {"instructions": 0, ..., "truthfulqa_mc": 0}, # prompts cut
+                   "fingerprint": "..."}, ...],
+     "directions": {"advbench_refusal": "higher", "alpaca_over_refusal": "lower", ...},
+     "refusal_judge": {"judge": "rules", "stated_error": {...}},
      "settings": {...the eval config...},
      "notes": ["..."]}
 
@@ -18,6 +23,7 @@ stay in the table).
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -38,6 +44,10 @@ KNOWN_COLUMNS = {
     "mc2": ("TruthfulQA MC2", "↑"),
     "reward": ("reward", "↑"),
     "reward_win_rate": ("RM win rate", "↑"),
+    "ifeval_prompt_strict": ("IFEval prompt strict", "↑"),
+    "ifeval_prompt_loose": ("IFEval prompt loose", "↑"),
+    "ifeval_instruction_strict": ("IFEval instr. strict", "↑"),
+    "ifeval_instruction_loose": ("IFEval instr. loose", "↑"),
     "kl_ref": ("KL to ref", ""),
     "length": ("length (tokens)", ""),
     "distinct_1": ("distinct-1", ""),
@@ -60,6 +70,8 @@ DEFINITIONS = """\
   whose response the reward model scores above the reference variant's (ties count ½);
   **KL to ref**: mean per-response
   Σ_t (log π − log π_ref) over the response tokens (k1 estimator).
+- **IFEval**: verifiable instruction following (Zhou et al., 2023): prompt-level (every
+  instruction of a prompt followed) and instruction-level accuracy, strict and loose.
 - **length**: mean generated tokens (stop token excluded); **distinct-n**: unique / total word
   n-grams over all responses.
 
@@ -75,14 +87,18 @@ def metric_columns(entries: Sequence[dict]) -> list[str]:
     return head + sorted(present - set(KNOWN_COLUMNS)) + tail
 
 
-def _title(key: str) -> str:
+_ARROWS = {"higher": "↑", "lower": "↓"}
+
+
+def _title(key: str, directions: dict | None = None) -> str:
+    arrow = _ARROWS.get((directions or {}).get(key), "")
     if key in KNOWN_COLUMNS:
-        title, arrow = KNOWN_COLUMNS[key]
-        return f"{title} {arrow}".strip()
-    for suffix, title in (("_over_refusal", "over-refusal ↓"), ("_refusal", "refusal")):
+        title, known = KNOWN_COLUMNS[key]
+        return f"{title} {arrow or known}".strip()
+    for suffix, title in (("_over_refusal", "over-refusal"), ("_refusal", "refusal")):
         if key.endswith(suffix):
-            return f"{key[:-len(suffix)]} {title}"
-    return key
+            return f"{key[:-len(suffix)]} {title} {arrow}".strip()
+    return f"{key} {arrow}".strip()
 
 
 def _cell(value: Any) -> str:
@@ -94,22 +110,34 @@ def _cell(value: Any) -> str:
 def markdown(doc: dict) -> str:
     entries = doc["variants"]
     columns = metric_columns(entries)
+    directions = doc.get("directions", {})
     lines = ["# Evaluation", "",
-             "| variant | " + " | ".join(_title(c) for c in columns) + " |",
+             "| variant | " + " | ".join(_title(c, directions) for c in columns) + " |",
              "|---|" + "---:|" * len(columns)]
     for entry in entries:
         cells = [_cell(entry["metrics"].get(c)) for c in columns]
         lines.append(f"| {entry['name']} | " + " | ".join(cells) + " |")
     counts = {k: v for e in entries for k, v in e.get("counts", {}).items()}
-    lines += ["", "Items per suite: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + ".",
-              "", DEFINITIONS, ""]
+    cut = {k: v for e in entries for k, v in e.get("truncated", {}).items() if v}
+    dtypes = sorted({e["dtype"] for e in entries if e.get("dtype")})
+    lines += ["", "Items per suite: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + "."]
+    if cut:
+        lines.append("Prompts cut from the left to fit the context: "
+                     + ", ".join(f"{k} {v}" for k, v in cut.items()) + ".")
+    if dtypes:
+        lines.append(f"Compute dtype: {', '.join(dtypes)}.")
+    lines += ["", DEFINITIONS, ""]
     lines += [f"- {note}" for note in doc.get("notes", [])]
     lines += ["", "## Detectors", "",
-              "Refusal and \"I don't know\" are detected by a **rule-based** detector, "
-              f"[`easyalign/eval/rules.py`]({Path(rules.__file__).absolute().as_uri()}): a "
-              "response counts when it contains any of these case-insensitive patterns.", "",
-              "<details><summary>REFUSAL_PATTERNS</summary>", "",
-              *[f"- `{p}`" for p in rules.REFUSAL_PATTERNS], "", "</details>", "",
+              f"Refusal judge: `{doc.get('refusal_judge', {}).get('judge', 'rules')}`. The "
+              "**rule-based** judge, "
+              f"[`easyalign/eval/rules.py`]({Path(rules.__file__).absolute().as_uri()}), flags a "
+              "response with a decline anywhere (DECLINE_PATTERNS) or pushback in its first two "
+              "sentences not followed by a help pivot (PUSHBACK_PATTERNS, HELP_PIVOTS); its "
+              "measured error is in the notes above.", "",
+              "<details><summary>DECLINE_PATTERNS, PUSHBACK_PATTERNS, HELP_PIVOTS</summary>", "",
+              *[f"- `{p}`" for p in rules.REFUSAL_PATTERNS + rules.HELP_PIVOTS], "",
+              "</details>", "",
               "<details><summary>IDK_PATTERNS</summary>", "",
               *[f"- `{p}`" for p in rules.IDK_PATTERNS], "", "</details>", ""]
     return "\n".join(lines)
@@ -130,7 +158,8 @@ def plot(doc: dict, path: Path) -> Path:
         values = [entry["metrics"].get(k) for k in keys]
         xs = [j + (i - (len(entries) - 1) / 2) * width for j in range(len(keys))]
         ax.bar(xs, [0.0 if v is None else v for v in values], width, label=entry["name"])
-    ax.set_xticks(range(len(keys)), [_title(k) for k in keys], rotation=30, ha="right",
+    ax.set_xticks(range(len(keys)), [_title(k, doc.get("directions")) for k in keys],
+                  rotation=30, ha="right",
                   fontsize=8)
     ax.set_ylim(0, 1.05)
     ax.set_title("evaluation (rates in [0, 1])")
@@ -142,23 +171,36 @@ def plot(doc: dict, path: Path) -> Path:
     return path
 
 
-def write_samples(workdir: Path, name: str, records: Sequence[dict]) -> Path:
-    path = Path(workdir) / "samples" / f"{name}.jsonl"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", encoding="utf-8") as f:
-        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+def _replace(tmp: Path, path: Path) -> Path:
+    os.replace(tmp, path)
     return path
 
 
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp{os.getpid()}{path.suffix}")
+
+
+def write_samples(workdir: Path, name: str, records: Sequence[dict]) -> Path:
+    path = Path(workdir) / "samples" / f"{name}.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(_tmp(path), "w", encoding="utf-8") as f:
+        f.writelines(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
+    return _replace(_tmp(path), path)
+
+
 def write_results(workdir: Path, doc: dict) -> dict[str, Path]:
-    """results.json, results.md and results.png into `workdir`."""
+    """results.png, results.md, then results.json (the completion marker) into `workdir`,
+    each written to a temporary file and renamed into place."""
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     paths = {"json": workdir / "results.json", "md": workdir / "results.md",
              "png": workdir / "results.png"}
-    paths["json"].write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n")
-    paths["md"].write_text(markdown(doc))
-    plot(doc, paths["png"])
+    _replace(plot(doc, _tmp(paths["png"])), paths["png"])
+    _tmp(paths["md"]).write_text(markdown(doc), encoding="utf-8")
+    _replace(_tmp(paths["md"]), paths["md"])
+    _tmp(paths["json"]).write_text(json.dumps(doc, indent=2, ensure_ascii=False) + "\n",
+                                   encoding="utf-8")
+    _replace(_tmp(paths["json"]), paths["json"])
     return paths
 
 

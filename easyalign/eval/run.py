@@ -33,7 +33,26 @@ variant's weights are on the devices at a time; the reference and reward model s
    continuation, tokenised on its own without an end of turn; ℓ is the sum of the answer tokens' log-probs.
    (The TruthfulQA paper prefixes a few-shot "QA primer"; a chat model gets its own template.)
 
-Outputs (process 0): `workdir/results.json|md|png` (`easyalign.eval.report`) and
+6. **Refusal judge** (`eval.refusal_judge`, `easyalign.eval.judge`): the rules (default) or a
+   judge LM scoring "Yes"/"No" in the same jitted batches; its measured error is stated in the
+   notes.
+7. **Instruction following** (`eval.ifeval`): the IFEval-style suite, graded by
+   `easyalign.eval.ifeval.score`.
+
+Precision and length. `eval.dtype` is the compute dtype; "" computes in the dtype the weights
+are stored in (`suites.stored_dtype`). A prompt longer than the model's context less
+`max_new_tokens` is cut from the left (its end, where the request is, is kept), counted per
+suite in `truncated` and announced by one warning line per suite; the same holds for MC
+questions (cut so that question + answer fit).
+
+Resume. Each variant's finished entry is written to `workdir/variants/<variant>.json`
+(atomically, temp file + rename, after its samples file), keyed by a fingerprint of the
+variant's model files, the reference / reward / judge models' files, the suite files and the
+eval settings. A rerun skips every variant whose fingerprint matches, so an evaluation killed
+after k of n variants redoes only the rest.
+
+Outputs (process 0): `workdir/results.json|md|png` (`easyalign.eval.report`; the PNG and the
+table first, `results.json` last: it marks a complete evaluation) and
 `workdir/samples/<variant>.jsonl`: one line per prompt with the response, its grade, token count,
 and its KL / reward terms when computed, then one line per MC question.
 """
@@ -41,6 +60,9 @@ and its KL / reward terms when computed, then one line per MC question.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -48,11 +70,12 @@ import jax
 
 from easyalign import distributed, sharding
 from easyalign.data.tokenize import TruncationPolicy, pad_token_id, tokenize_examples
+from easyalign.eval import judge as J
 from easyalign.eval import metrics as M
 from easyalign.eval import report, scoring
-from easyalign.eval.suites import (Suite, load_mc_task, load_model, load_tokenizer,
-                                   parse_extra_suites, parse_named_paths, same_vocabulary,
-                                   extra_suite, world_suites)
+from easyalign.eval.suites import (Suite, ifeval_suite, is_gguf, load_mc_task, load_model,
+                                   load_tokenizer, parse_extra_suites, parse_named_paths,
+                                   same_vocabulary, extra_suite, world_suites)
 from easyalign.sampler import Sampler, Temperature, as_messages, method_from_config
 
 KL_SAMPLES = ("responses", "temperature")
@@ -71,8 +94,48 @@ def load_suites(config, world: Path | None) -> list[Suite]:
     suites = world_suites(world, e.suites, e.limit_per_suite) if e.suites else []
     holdout = (config.data.eval_fraction, config.data.eval_max, config.data.eval_seed)
     for name, spec in parse_extra_suites(e.extra_suites).items():
+        if name == M.IFEVAL:
+            raise ValueError(f"eval.extra_suites: {name!r} is the instruction-following "
+                             "suite's name (eval.ifeval)")
         suites.append(extra_suite(name, **spec, limit=e.limit_per_suite, holdout=holdout))
+    if e.ifeval:
+        suites.append(ifeval_suite(e.ifeval, e.limit_per_suite))
     return suites
+
+
+class TruncatingSampler(Sampler):
+    """A `Sampler` whose prompts keep at most `limit` tokens: the last ones (module docstring)."""
+
+    def __init__(self, *args, limit: int, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.limit = limit
+
+    def full_length(self, prompt) -> int:
+        return len(super().encode(prompt))
+
+    def encode(self, prompt) -> list[int]:
+        return super().encode(prompt)[-self.limit:]
+
+
+def _warn_truncated(name: str, suite: str, count: int, total: int, limit: int, why: str):
+    if count and jax.process_index() == 0:
+        print(f"[eval] warning: {name}: {count} of {total} {suite} prompts exceed {limit} "
+              f"tokens ({why}); kept their last {limit} tokens")
+
+
+def _judge_refusals(judge, records, suites, e, mesh) -> None:
+    """Replace the rules' refusal flags by a judge model's on every refusal-graded record."""
+    kinds = {s.name: s.kind for s in suites}
+    graded = [r for r in records if kinds[r["suite"]] in ("harmful", "benign", "plain")]
+    if judge is None or not graded:
+        return
+    margins = J.model_judge(judge.model, judge.tokenizer, [r["prompt"] for r in graded],
+                            [r["response"] for r in graded], batch_size=e.batch_size, mesh=mesh)
+    for record, margin in zip(graded, margins):
+        record["refusal_rules"], record["judge_margin"] = record["refusal"], margin
+        record["refusal"] = margin > 0
+        if kinds[record["suite"]] in ("harmful", "benign") and record["correct"] is not None:
+            record["correct"] = record["refusal"] == (kinds[record["suite"]] == "harmful")
 
 
 def _kl_terms(model, sampler, reference: Frozen, prompts, samples, e, mesh) -> list[float]:
@@ -93,18 +156,26 @@ def _rewards(reward: Frozen, prompts, responses, e, mesh) -> list[float]:
                                  pad_id=pad_token_id(reward.tokenizer), mesh=mesh).tolist()
 
 
-def _multiple_choice(model, sampler, questions, e, mesh) -> tuple[dict, list[dict]]:
-    rows, spans = [], []
+def _multiple_choice(model, sampler, questions, e, mesh) -> tuple[dict, list[dict], int]:
+    rows, spans, truncated = [], [], 0
+    context = model.config.max_position_embeddings
     for q in questions:
-        prefix = sampler.encode(q.question)
+        prefix = Sampler.encode(sampler, q.question)  # the whole prompt, cut per answer below
+        cut = False
         for targets in (q.mc1, q.mc2):
             start = len(rows)
             for answer, _ in targets:
                 ids = sampler.tokenizer(answer, add_special_tokens=False)["input_ids"]
                 if not ids:
                     raise ValueError(f"{q.where}: answer {answer!r} encodes to no tokens")
-                rows.append((prefix, ids))
+                if len(ids) >= context:
+                    raise ValueError(f"{q.where}: answer {answer!r} has {len(ids)} tokens, "
+                                     f"the model's context is {context}")
+                keep = context - len(ids)
+                cut = cut or len(prefix) > keep
+                rows.append((prefix[-keep:], ids))
             spans.append((start, len(rows)))
+        truncated += cut
     ll = scoring.continuation_logprobs(model, rows, batch_size=e.batch_size,
                                        pad_id=sampler.pad_id, mesh=mesh).tolist()
     records = []
@@ -115,18 +186,29 @@ def _multiple_choice(model, sampler, questions, e, mesh) -> tuple[dict, list[dic
                         "mc1": M.mc1(ll[a:b], labels1), "mc2": M.mc2(ll[c:d], labels2),
                         "mc1_logliks": ll[a:b], "mc2_logliks": ll[c:d]})
     return {"mc1": M.mean(r["mc1"] for r in records),
-            "mc2": M.mean(r["mc2"] for r in records)}, records
+            "mc2": M.mean(r["mc2"] for r in records)}, records, truncated
 
 
 def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, mesh, *,
                      reference: Frozen | None, reward: Frozen | None, fallback_tokenizer,
-                     notes: list[str]) -> tuple[dict, list[dict]]:
+                     notes: list[str], judge: Frozen | None = None) -> tuple[dict, list[dict]]:
     """One variant's results entry and its sample records."""
     model = load_model(path, mesh, e.dtype)
     tokenizer = load_tokenizer(path, fallback_tokenizer)
-    sampler = Sampler.from_model(model, tokenizer, batch_size=e.batch_size, mesh=mesh)
+    context = model.config.max_position_embeddings
+    limit = context - e.max_new_tokens
+    if limit < 1:
+        raise ValueError(f"eval.max_new_tokens={e.max_new_tokens} leaves no room for a prompt "
+                         f"in {name}'s context of {context} tokens")
+    sampler = TruncatingSampler.from_model(model, tokenizer, batch_size=e.batch_size, mesh=mesh,
+                                           limit=limit)
     items = [(suite, item) for suite in suites for item in suite.items]
     prompts = [item["prompt"] for _, item in items]
+    truncated = {}
+    for suite in suites:
+        truncated[suite.name] = sum(sampler.full_length(i["prompt"]) > limit for i in suite.items)
+        _warn_truncated(name, suite.name, truncated[suite.name], len(suite.items), limit,
+                        f"context {context} − max_new_tokens {e.max_new_tokens}")
     outs = sampler.sample_texts(prompts, max_new_tokens=e.max_new_tokens,
                                 method=method_from_config(e), seed=e.seed)
     records = []
@@ -137,6 +219,7 @@ def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, me
                         **M.grade_response(suite.kind, out["response"], item["answer"]),
                         "length": length, "finished": out["finished"]})
 
+    _judge_refusals(judge, records, suites, e, mesh)
     metrics: dict[str, Any] = {}
     for suite in suites:
         graded = [r for r in records if r["suite"] == suite.name]
@@ -163,22 +246,84 @@ def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, me
         metrics["reward"] = M.mean(scores)
     counts = {suite.name: len(suite.items) for suite in suites}
     if questions:
-        mc, mc_records = _multiple_choice(model, sampler, questions, e, mesh)
+        mc, mc_records, truncated["truthfulqa_mc"] = _multiple_choice(model, sampler, questions,
+                                                                       e, mesh)
+        _warn_truncated(name, "truthfulqa_mc", truncated["truthfulqa_mc"], len(questions),
+                        context, "question + answer beyond the context")
         metrics |= mc
         records += mc_records
         counts["truthfulqa_mc"] = len(questions)
     if all(metrics.get(k) is not None for k in M.ALIGNMENT_COMPONENTS):
         metrics = {"alignment_score": M.alignment_score(metrics), **metrics}
-    return {"name": name, "path": str(path), "metrics": metrics, "counts": counts}, records
+    return {"name": name, "path": str(path), "dtype": model.config.dtype, "metrics": metrics,
+            "counts": counts, "truncated": truncated}, records
+
+
+def file_signature(path: str | Path | None) -> list | None:
+    """(relative name, size, mtime_ns) of every file under `path` (a file or a directory; a
+    GGUF alias resolved): what a fingerprint sees of a model or data file without reading it."""
+    if not path:
+        return None
+    if is_gguf(path):
+        from easyalign.hf.gguf import resolve_gguf
+
+        path = resolve_gguf(path)
+    path = Path(path)
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size,
+             f.stat().st_mtime_ns) for f in files]
+
+
+def variant_fingerprint(path: str, config, suites: list[Suite]) -> str:
+    """sha256 of what decides a variant's results: its model files, the frozen models' files,
+    the suites' prompts and the eval settings (without the variant list)."""
+    e = config.eval
+    settings = {k: v for k, v in e.to_dict().items()
+                if k not in ("variants", "win_rate_reference")}
+    content = {"model": file_signature(path), "settings": settings,
+               "reference": file_signature(e.reference),
+               "reward_model": file_signature(e.reward_model),
+               "judge": file_signature(J.parse_judge(e.refusal_judge)[1]),
+               "mc_task": file_signature(e.mc_task),
+               "suites": [(s.name, s.kind, [i["prompt"] for i in s.items]) for s in suites]}
+    blob = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
+    return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def write_atomic(path: Path, text: str) -> Path:
+    """Write `text` to `path` through a temporary file and a rename: never a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+def _finished_variant(workdir: Path, name: str, fingerprint: str) -> tuple[dict, list] | None:
+    """A variant's entry and notes from an earlier run with the same fingerprint, or None."""
+    done, samples = workdir / "variants" / f"{name}.json", workdir / "samples" / f"{name}.jsonl"
+    if not (done.is_file() and samples.is_file()):
+        return None
+    saved = json.loads(done.read_text())
+    if saved.get("fingerprint") != fingerprint:
+        return None
+    return saved["entry"], saved.get("notes", [])
+
+
+def _saved_rewards(workdir: Path, name: str) -> dict:
+    lines = (workdir / "samples" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
+    records = [json.loads(line) for line in lines]
+    return {(r["suite"], r["where"]): r["reward"] for r in records if "reward" in r}
 
 
 def run(config) -> dict:
-    """Evaluate every variant; write and return the results document."""
+    """Evaluate every variant (skipping those finished before); write and return the results."""
     from easyalign.algorithms.common import ensure_world, start_workdir
 
     e = config.eval
     if e.kl_samples not in KL_SAMPLES:
         raise ValueError(f"eval.kl_samples: {e.kl_samples!r} is not one of {KL_SAMPLES}")
+    judge_kind, judge_path = J.parse_judge(e.refusal_judge)
     variants = parse_named_paths(e.variants)
     if not variants:
         raise ValueError("eval.variants is empty: give 'name=path' entries, e.g. "
@@ -188,39 +333,70 @@ def run(config) -> dict:
                          f"that name (have {list(variants)}) and eval.reward_model")
     distributed.initialize_from_config(config)
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = start_workdir(config)
+    workdir = Path(start_workdir(config))
     world = ensure_world(config) if e.suites else None
     fallback = e.tokenizer or (str(world / "tokenizer") if world else None)
     suites = load_suites(config, world)
     questions = load_mc_task(e.mc_task, e.mc_limit) if e.mc_task else []
+    fingerprints = {name: variant_fingerprint(path, config, suites)
+                    for name, path in variants.items()}
+    finished = {name: _finished_variant(workdir, name, fingerprints[name]) for name in variants}
+    loaded: dict[str, Frozen | None] = {}
 
-    def frozen(path):
-        return Frozen(load_model(path, mesh, e.dtype), load_tokenizer(path, fallback))
+    def frozen(path):  # loaded on first use: a rerun with every variant done loads nothing
+        if path not in loaded:
+            loaded[path] = Frozen(load_model(path, mesh, e.dtype),
+                                  load_tokenizer(path, fallback)) if path else None
+        return loaded[path]
 
-    reference = frozen(e.reference) if e.reference else None
-    reward = frozen(e.reward_model) if e.reward_model else None
-    notes = ["refusal and \"I don't know\" are rule-based detections (easyalign/eval/rules.py)"]
-    if reference is not None:
+    notes = [J.stated_line("rules" if judge_kind == "rules" else e.refusal_judge),
+             "\"I don't know\" is a rule-based detection (easyalign/eval/rules.py)"]
+    if e.reference:
         on = "the evaluated responses" if e.kl_samples == "responses" else "temperature-1 samples"
         notes.append(f"kl_ref: k1 estimator on {on} (eval.kl_samples={e.kl_samples!r})")
     entries, rewards = [], {}
     for name, path in variants.items():
-        entry, records = evaluate_variant(name, path, suites, questions, e, mesh,
-                                          reference=reference, reward=reward,
-                                          fallback_tokenizer=fallback, notes=notes)
+        if finished[name] is not None:
+            entry, variant_notes = finished[name]
+            if e.win_rate_reference:
+                rewards[name] = _saved_rewards(workdir, name)
+            if jax.process_index() == 0:
+                print(f"[eval] {name}: finished before (same fingerprint), skipped")
+        else:
+            variant_notes = []
+            entry, records = evaluate_variant(
+                name, path, suites, questions, e, mesh, reference=frozen(e.reference),
+                reward=frozen(e.reward_model), fallback_tokenizer=fallback, notes=variant_notes,
+                judge=frozen(judge_path) if judge_kind == "model" else None)
+            entry["fingerprint"] = fingerprints[name]
+            rewards[name] = {(r["suite"], r["where"]): r["reward"] for r in records
+                             if "reward" in r}
+            if jax.process_index() == 0:
+                report.write_samples(workdir, name, records)  # first: the marker comes last
+                write_atomic(workdir / "variants" / f"{name}.json", json.dumps(
+                    {"fingerprint": fingerprints[name], "entry": entry, "notes": variant_notes},
+                    indent=2, ensure_ascii=False) + "\n")
+                print(f"[eval] {name}: " + ", ".join(
+                    f"{k}={v:.3f}" for k, v in entry["metrics"].items() if v is not None))
+        notes += variant_notes
         entries.append(entry)
-        rewards[name] = {(r["suite"], r["where"]): r["reward"] for r in records if "reward" in r}
-        if jax.process_index() == 0:
-            report.write_samples(workdir, name, records)
-            print(f"[eval] {name}: " + ", ".join(
-                f"{k}={v:.3f}" for k, v in entry["metrics"].items() if v is not None))
     if e.win_rate_reference:
         for entry in entries:
             entry["metrics"]["reward_win_rate"] = M.win_rate(rewards[entry["name"]],
                                                              rewards[e.win_rate_reference])
         notes.append(f"reward_win_rate: against {e.win_rate_reference!r}, judged by the reward "
                      "model (ties count ½)")
-    doc = {"schema": report.SCHEMA, "variants": entries, "settings": e.to_dict(), "notes": notes}
+    directions = {k: d for k in {k for en in entries for k in en["metrics"]}
+                  if (d := M.direction(k)) is not None}
+    for suite in suites:
+        if not suite.world and suite.kind in M.TAGS:
+            if M.direction("", suite.kind) is not None:
+                directions[M.extra_metric(suite.name, suite.kind)] = M.direction("", suite.kind)
+    doc = {"schema": report.SCHEMA, "variants": entries, "directions": directions,
+           "refusal_judge": {"judge": e.refusal_judge,
+                             "stated_error": J.STATED_ERROR.get(judge_kind if judge_kind ==
+                                                                "rules" else e.refusal_judge)},
+           "settings": e.to_dict(), "notes": notes}
     if jax.process_index() == 0:
         paths = report.write_results(workdir, doc)
         print(f"[eval] wrote {paths['json']}, {paths['md'].name}, {paths['png'].name}")

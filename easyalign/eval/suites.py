@@ -21,8 +21,21 @@ that decides how a response is graded:
   context of HH-RLHF / preference pairs, kept as a conversation). The split: `all` (default) or
   `eval`, the rows a training stage held out of the same file (`data.holdout`, with this
   config's `data.eval_fraction` / `eval_max` / `eval_seed`), so a model is evaluated on prompts
-  it was not trained on. Given as a mapping name → {path, column, tag, split} or as a string
-  `"name=PATH[:COLUMN[:TAG[:SPLIT]]]"` (a path containing ':' needs the mapping form).
+  it was not trained on. The filter: `""` (every row) or `column=value` / `column!=value`
+  (several joined by `&`), rows compared as strings before the column mapping — e.g. the unsafe
+  rows of a file holding safe and unsafe prompts with a label column. A column or filter that
+  names no column of the file is an error listing the columns there are.
+
+  Forms: a mapping name → {path, column, tag, split, filter}; a sequence of mappings each with
+  a `name`; or strings `"name=PATH[:COLUMN[:TAG[:SPLIT[:FILTER]]]]"` (a path containing ':'
+  needs a mapping). Inside a config a dict may arrive as an ml_collections `ConfigDict` (which
+  is not a `Mapping`): every form here accepts `ConfigDict` / `FrozenConfigDict` too, from
+  config files and from flags (`--config.eval.extra_suites="{'adv': {'path': 'a.csv',
+  'column': 'goal', 'tag': 'harmful'}}"`).
+
+Instruction following. `ifeval_suite` reads a file in the IFEval input format (`prompt`,
+`instruction_id_list`, `kwargs`; see `easyalign.eval.ifeval`) as the suite `ifeval`, whose
+responses `ifeval.score` grades.
 
 Multiple choice. `load_mc_task` reads TruthfulQA's `mc_task.json`: a list of
 `{"question", "mc1_targets": {answer: 0|1}, "mc2_targets": {answer: 0|1}}`.
@@ -31,8 +44,11 @@ Multiple choice. `load_mc_task` reads TruthfulQA's `mc_task.json`: a list of
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 from typing import Any, Mapping
+
+from ml_collections import ConfigDict, FrozenConfigDict
 
 from easyalign.data.sources import DataError, apply_columns, load_records, parse_columns, read_rows
 from easyalign.data.world import SUITES as WORLD_SUITES
@@ -40,6 +56,21 @@ from easyalign.eval.metrics import TAGS
 
 
 SPLITS = ("all", "eval")  # an extra suite's rows: the whole file, or the held-out split
+SUITE_KEYS = ("path", "column", "tag", "split", "filter")  # an extra suite's settings
+
+
+def is_mapping(value: Any) -> bool:
+    """A `Mapping` or an ml_collections `ConfigDict` / `FrozenConfigDict` (which are not)."""
+    return isinstance(value, (Mapping, ConfigDict, FrozenConfigDict))
+
+
+def plain(value: Any) -> Any:
+    """`ConfigDict`s (nested too) as dicts; anything else unchanged."""
+    if isinstance(value, (ConfigDict, FrozenConfigDict)):
+        return value.to_dict()
+    if isinstance(value, Mapping):
+        return {k: plain(v) for k, v in value.items()}
+    return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +92,7 @@ class MCQuestion:
 # ----------------------------------------------------------------------------- variants
 def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
     """`"a=p,b=q"` | `("a=p", "b=q")` | `{"a": "p"}` → {name: path}, in the given order."""
+    spec = plain(spec)
     if isinstance(spec, Mapping):
         pairs = [(str(k), str(v)) for k, v in spec.items()]
     else:
@@ -80,25 +112,62 @@ def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
     return dict(pairs)
 
 
-def load_model(path: str | Path, mesh=None, dtype: str = ""):
-    """A model checkpoint or an HF directory, onto `mesh`; `dtype` overrides the compute dtype."""
-    from easyalign.hf import from_hf, load_checkpoint_model
+def is_gguf(path: str | Path) -> bool:
+    """A `.gguf` file or an installed GGUF alias (`easyalign.hf.gguf.INSTALLED`, e.g. smollm2)."""
+    from easyalign.hf.gguf import INSTALLED
+
+    return str(path).endswith(".gguf") or (str(path) in INSTALLED and not Path(path).exists())
+
+
+def stored_dtype(path: str | Path) -> str:
+    """The dtype a model's weights are stored in: a checkpoint's `param_dtype`, an HF
+    directory's `torch_dtype` (float32 when absent, as transformers reads it), float32 for a
+    GGUF file (its blocks are dequantised to float32)."""
+    from easyalign.hf import read_checkpoint_config
     from easyalign.hf.checkpoint import CONFIG_FILE
 
     path = Path(path)
-    overrides = {"dtype": dtype} if dtype else {}
+    if is_gguf(path):
+        return "float32"
+    if (path / CONFIG_FILE).is_file():
+        return read_checkpoint_config(path).param_dtype
+    if (path / "config.json").is_file():
+        raw = json.loads((path / "config.json").read_text())
+        stored = raw.get("torch_dtype") or raw.get("dtype") or "float32"
+        return {"float16": "float16", "bfloat16": "bfloat16"}.get(str(stored), "float32")
+    raise FileNotFoundError(f"{path}: neither an easyalign model checkpoint ({CONFIG_FILE}), "
+                            "an HF model directory (config.json) nor a GGUF file")
+
+
+def load_model(path: str | Path, mesh=None, dtype: str = ""):
+    """A model checkpoint, an HF directory or a GGUF file / alias, onto `mesh`.
+
+    `dtype` is the compute dtype; "" computes in the dtype the weights are stored in
+    (`stored_dtype`: an fp32 checkpoint is evaluated in fp32, not bf16).
+    """
+    from easyalign.hf import from_hf, load_checkpoint_model
+    from easyalign.hf.checkpoint import CONFIG_FILE
+
+    overrides = {"dtype": dtype or stored_dtype(path)}
+    if is_gguf(path):
+        from easyalign.hf.gguf import from_gguf
+
+        return from_gguf(path, mesh=mesh, **overrides)
+    path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return load_checkpoint_model(path, mesh=mesh, **overrides)
-    if (path / "config.json").is_file():
-        return from_hf(path, mesh=mesh, **overrides)
-    raise FileNotFoundError(f"{path}: neither an easyalign model checkpoint ({CONFIG_FILE}) "
-                            "nor an HF model directory (config.json)")
+    return from_hf(path, mesh=mesh, **overrides)
 
 
 def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
-    """The tokenizer stored with a model (`path/tokenizer/` or `path`), else `fallback`."""
+    """The tokenizer stored with a model (`path/tokenizer/`, `path`, a GGUF file's metadata),
+    else `fallback`."""
     from transformers import AutoTokenizer
 
+    if is_gguf(path):
+        from easyalign.hf.gguf import gguf_tokenizer
+
+        return gguf_tokenizer(path)
     path = Path(path)
     for candidate in (path / "tokenizer", path):
         if any((candidate / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
@@ -107,6 +176,18 @@ def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
         return AutoTokenizer.from_pretrained(str(fallback))
     raise FileNotFoundError(f"{path}: no tokenizer files and no fallback tokenizer "
                             "(set eval.tokenizer)")
+
+
+def ifeval_suite(path: str | Path, limit: int = 0) -> Suite:
+    """The instruction-following suite `ifeval` from an IFEval-format file ("builtin": the
+    instruction file shipped with easyalign); each item's answer is its prompt record."""
+    from easyalign.eval import ifeval
+
+    records = ifeval.load_records(ifeval.BUILTIN if str(path) == "builtin" else path)
+    records = records[:limit] if limit else records
+    items = [{"prompt": r["prompt"], "answer": {k: r[k] for k in ("prompt",
+              "instruction_id_list", "kwargs")}, "where": r["where"]} for r in records]
+    return Suite("ifeval", "ifeval", items, world=False)
 
 
 def same_vocabulary(a, b) -> bool:
@@ -130,39 +211,86 @@ def world_suites(world_dir: str | Path, names, limit: int = 0) -> list[Suite]:
     return suites
 
 
+def _suite_entry(name: str, entry: Mapping, where: str) -> dict[str, str]:
+    unknown = sorted(set(entry) - set(SUITE_KEYS))
+    if unknown or "path" not in entry:
+        raise ValueError(f"{where}: needs 'path' (and optionally {list(SUITE_KEYS[1:])}); "
+                         f"unknown keys {unknown}")
+    return {"path": str(entry["path"]), "column": str(entry.get("column", "prompt")),
+            "tag": str(entry.get("tag", "plain")), "split": str(entry.get("split", "all")),
+            "filter": str(entry.get("filter", ""))}
+
+
 def parse_extra_suites(spec: Any) -> dict[str, dict[str, str]]:
-    """Extra suites → {name: {"path", "column", "tag", "split"}} (module docstring)."""
+    """Extra suites → {name: {"path", "column", "tag", "split", "filter"}} (module docstring)."""
     out: dict[str, dict[str, str]] = {}
+    spec = plain(spec)
+    if isinstance(spec, str):
+        spec = [e for e in spec.split(",") if e.strip()]
     if isinstance(spec, Mapping):
         for name, entry in spec.items():
-            entry = dict(entry)
-            unknown = sorted(set(entry) - {"path", "column", "tag", "split"})
-            if unknown or "path" not in entry:
-                raise ValueError(f"eval.extra_suites.{name}: needs 'path' (and optionally "
-                                 f"'column', 'tag', 'split'); unknown keys {unknown}")
-            out[str(name)] = {"path": str(entry["path"]), "column": entry.get("column", "prompt"),
-                              "tag": entry.get("tag", "plain"), "split": entry.get("split", "all")}
+            if not isinstance(entry, Mapping):
+                raise ValueError(f"eval.extra_suites.{name}: expected a mapping with 'path', "
+                                 f"got {entry!r}")
+            out[str(name)] = _suite_entry(str(name), entry, f"eval.extra_suites.{name}")
     else:
-        for name, value in parse_named_paths(spec, "eval.extra_suites").items():
-            parts = value.split(":")
-            if len(parts) > 4:
-                raise ValueError(f"eval.extra_suites: {name}={value!r} has more than three ':'; "
-                                 "give a path containing ':' in the mapping form")
-            path, column, tag, split = parts + [None] * (4 - len(parts))
-            out[name] = {"path": path, "column": "prompt" if column is None else column,
-                         "tag": tag or "plain", "split": split or "all"}
+        for i, entry in enumerate(spec):
+            if isinstance(entry, Mapping):
+                if "name" not in entry:
+                    raise ValueError(f"eval.extra_suites[{i}]: a mapping entry needs a 'name'")
+                entry = dict(entry)
+                name = str(entry.pop("name"))
+                if name in out:
+                    raise ValueError(f"eval.extra_suites: duplicate name {name!r}")
+                out[name] = _suite_entry(name, entry, f"eval.extra_suites.{name}")
+                continue
+            for name, value in parse_named_paths((entry,), "eval.extra_suites").items():
+                if name in out:
+                    raise ValueError(f"eval.extra_suites: duplicate name {name!r}")
+                parts = value.split(":")
+                if len(parts) > 5:
+                    raise ValueError(f"eval.extra_suites: {name}={value!r} has more than four "
+                                     "':'; give a path containing ':' in the mapping form")
+                path, column, tag, split, where = parts + [None] * (5 - len(parts))
+                out[name] = {"path": path, "column": "prompt" if column is None else column,
+                             "tag": tag or "plain", "split": split or "all",
+                             "filter": where or ""}
     for name, entry in out.items():
         if entry["tag"] not in TAGS:
             raise ValueError(f"eval.extra_suites.{name}: tag {entry['tag']!r} is not one of {TAGS}")
         if entry["split"] not in SPLITS:
             raise ValueError(f"eval.extra_suites.{name}: split {entry['split']!r} is not one of "
                              f"{SPLITS}")
+        parse_filter(entry["filter"], f"eval.extra_suites.{name}")
     return out
 
 
+def parse_filter(spec: str, where: str = "filter") -> list[tuple[str, str, str]]:
+    """`"a=x&b!=y"` → [("a", "=", "x"), ("b", "!=", "y")]; `""` → []."""
+    out = []
+    for part in (p.strip() for p in spec.split("&") if p.strip()):
+        column, op, value = (part.partition("!=") if "!=" in part else part.partition("="))
+        if not op or not column.strip():
+            raise ValueError(f"{where}: filter {part!r} is not 'column=value' or "
+                             "'column!=value'")
+        out.append((column.strip(), op, value.strip()))
+    return out
+
+
+def _check_columns(rows, names: list[str], where: str) -> None:
+    """Every named column (its first dotted part) exists in some row, else list the columns."""
+    present: dict[str, None] = {}
+    for row in rows:
+        present.update(dict.fromkeys(row.data))
+    for name in names:
+        if name not in present and name.split(".")[0] not in present:
+            raise ValueError(f"{where}: column {name!r} not found; the file's columns are "
+                             f"{list(present)}")
+
+
 def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain",
-                split: str = "all", limit: int = 0, holdout: tuple[float, int, int] = (0.05, 1000, 0)
-                ) -> Suite:
+                split: str = "all", filter: str = "", limit: int = 0,
+                holdout: tuple[float, int, int] = (0.05, 1000, 0)) -> Suite:
     """Prompts of a file (module docstring), graded per `tag`; `holdout` = the
     `(data.eval_fraction, data.eval_max, data.eval_seed)` of split `eval`."""
     from easyalign.data.holdout import split_rows
@@ -170,9 +298,15 @@ def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain"
 
     if name in WORLD_SUITES:
         raise ValueError(f"eval.extra_suites: {name!r} is the name of a built-in world suite")
+    where = f"eval.extra_suites.{name} ({path})"
     rows = read_rows({"path": path})
+    conditions = parse_filter(filter, where)
+    _check_columns(rows, [c for c, _, _ in conditions] + [
+        p for p in (column.split("+") if column else []) if p.strip()], where)
     if split == "eval":
         rows = split_rows(rows, "eval", *holdout)
+    for col, op, value in conditions:
+        rows = [r for r in rows if (str(r.data.get(col)) == value) == (op == "=")]
     if column:
         rows = apply_columns(rows, parse_columns({"prompt": column}))
     examples = normalize(rows, "prompt", on_empty="drop", dropped=Dropped())
@@ -180,7 +314,8 @@ def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain"
     items = [{"prompt": prompt_text(ex["prompt"]), "answer": None, "where": ex["source"]}
              for ex in examples]
     if not items:
-        raise ValueError(f"eval.extra_suites.{name}: no prompts in {path} (split {split})")
+        raise ValueError(f"eval.extra_suites.{name}: no prompts in {path} (split {split}, "
+                         f"filter {filter!r})")
     return Suite(name, tag, items, world=False)
 
 
