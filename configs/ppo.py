@@ -76,7 +76,9 @@ def get_config(preset: str = ""):
         c.data.max_length = 48
     elif preset == "real":
         base.real(c, base.HH_HARMLESS, max_length=320)  # prompts keep their last 256 tokens
-        c.train.steps = 40
+        # lr 3e-6 × 40 iterations raised the held-out reward 0.13 → 0.48 at KL 1.3 but left
+        # AdvBench refusal where SFT had it (H200, 2026-11-29): a larger step, more iterations.
+        c.train.steps = 50
         c.train.batch_size = 64
         c.train.eval_every = 20
         c.train.eval_batches = 2
@@ -85,7 +87,7 @@ def get_config(preset: str = ""):
         c.ppo.epochs = 2
         c.ppo.minibatch_size = 32
         c.ppo.kl_coef = 0.05
-        c.optim.lr = 3e-6
+        c.optim.lr = 1e-5
     elif preset:
         raise ValueError(f"configs/ppo.py: unknown preset {preset!r} (tiny | real)")
     return c

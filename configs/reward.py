@@ -28,11 +28,14 @@ def get_config(preset: str = ""):
         c.train.log_every = 25
     elif preset == "real":
         base.real(c, base.HH_HARMLESS, max_length=512)
+        # Swept on one H200 (2026-11-30), held-out accuracy on 224 pairs: lr 1e-5 × 3 epochs
+        # 0.62, 3e-5 × 2 epochs 0.656, 3e-5 × 1 epoch 0.60, 5e-5 × 1 epoch 0.62.
         c.train.steps = 130              # two epochs of ~2,080 pairs
         c.train.batch_size = 32
         c.train.eval_every = 65
+        c.train.eval_batches = 7         # 224 of the 232 held-out pairs
         c.train.checkpoint_every = 130
-        c.optim.lr = 1e-5
+        c.optim.lr = 3e-5
         c.optim.warmup_steps = 10
     elif preset:
         raise ValueError(f"configs/reward.py: unknown preset {preset!r} (tiny | real)")
