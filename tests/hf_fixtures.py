@@ -38,6 +38,15 @@ CASES = {
     "qwen2": ("Qwen2Config", dict(tie_word_embeddings=True)),
     # q/k RMSNorm
     "qwen3": ("Qwen3Config", dict()),
+    # fused qkv_proj / gate_up_proj, half the head rotary (as Phi-4-mini's 0.75), a window
+    "phi3": ("Phi3Config", dict(partial_rotary_factor=0.5, sliding_window=6, pad_token_id=0,
+                                eos_token_id=2)),
+    # the 128K variants' LongRoPE, switched to the long factors within LENGTH (context 8)
+    "phi3_longrope": ("Phi3Config", dict(
+        pad_token_id=0, eos_token_id=2, original_max_position_embeddings=8,
+        rope_scaling=dict(type="su", short_factor=[1.0, 1.5, 2.0, 3.0, 1.2, 1.1, 4.0, 2.5],
+                          long_factor=[3.0, 5.0, 1.5, 9.0, 2.0, 7.0, 1.3, 6.0],
+                          original_max_position_embeddings=8))),
 }
 
 

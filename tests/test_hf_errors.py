@@ -43,7 +43,7 @@ def test_directory_without_config(tmp_path):
 def test_unsupported_model_type(hf_dir):
     edit_config(hf_dir, model_type="gpt2")
     with pytest.raises(HFConfigError, match=r"config.json: unsupported model_type 'gpt2'; "
-                                            r"supported: \['llama', 'mistral', 'qwen2', 'qwen3'\]"):
+                                            r"supported: \['llama', 'mistral', 'phi3', 'qwen2', 'qwen3'\]"):
         from_hf(hf_dir)
 
 
@@ -112,7 +112,7 @@ def test_index_naming_a_missing_shard(hf_dir):
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}},
      "unsupported rope_type 'yarn'"),
     ({"rope_parameters": {"rope_type": "dynamic", "rope_theta": 1e4, "factor": 4.0}},
-     "unsupported rope_type 'dynamic'; supported: 'default', 'linear', 'llama3'"),
+     "unsupported rope_type 'dynamic'; supported: 'default', 'linear', 'llama3', 'longrope'"),
     ({"hidden_act": "gelu"}, "hidden_act 'gelu'; only 'silu'"),
     ({"architectures": ["LlamaForSequenceClassification"], "id2label": {"0": "a", "1": "b"}},
      "with 2 labels; only one label"),

@@ -1,4 +1,4 @@
-"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2 and qwen3.
+"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2, qwen3 and phi3.
 
 Families differ in a few switches (see `FAMILIES`):
 
@@ -7,6 +7,13 @@ Families differ in a few switches (see `FAMILIES`):
     mistral     none                                no        no        `sliding_window` (or null)
     qwen2       q,k,v always, o never               no        no        must be off
     qwen3       attention_bias → q,k,v and o        no        yes       must be off
+    phi3        none                                no        no        `sliding_window` (or null)
+
+Phi-3 also carries `partial_rotary_factor` (Phi-4-mini: 0.75; top level in transformers 4, in
+`rope_parameters` in 5) and the 128K variants' `longrope` scaling (once spelled `su`) with
+`short_factor`, `long_factor` and `original_max_position_embeddings` (top level or in the RoPE
+dict); an unset `factor` is `max_position_embeddings / original_max_position_embeddings`, as in
+HF `_compute_longrope_parameters`.
 
 RoPE is read in both spellings: transformers ≥ 5 writes `rope_parameters = {rope_type,
 rope_theta, factor, ...}`, transformers 4 wrote `rope_theta` plus `rope_scaling = {rope_type
@@ -41,7 +48,9 @@ FAMILIES: dict[str, Family] = {
     "mistral": Family("Mistral", "none", False, False, True),
     "qwen2": Family("Qwen2", "qkv", False, False, False),
     "qwen3": Family("Qwen3", "attention_bias", False, True, False),
+    "phi3": Family("Phi3", "none", False, False, True),
 }
+PARTIAL_ROTARY = ("phi3",)  # families whose config carries partial_rotary_factor
 
 # Defaults of the HF config classes (transformers 5) for keys a config.json may omit.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -50,6 +59,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                     sliding_window=4096),
     "qwen2": dict(max_position_embeddings=32768),
     "qwen3": dict(max_position_embeddings=32768),
+    "phi3": dict(max_position_embeddings=4096, original_max_position_embeddings=4096,
+                 bos_token_id=1, eos_token_id=32000, pad_token_id=32000, sliding_window=None,
+                 rms_norm_eps=1e-5),
 }
 _COMMON_DEFAULTS = dict(rms_norm_eps=1e-6, initializer_range=0.02, tie_word_embeddings=False,
                         hidden_act="silu", bos_token_id=None, eos_token_id=None,
@@ -57,7 +69,8 @@ _COMMON_DEFAULTS = dict(rms_norm_eps=1e-6, initializer_range=0.02, tie_word_embe
 _REQUIRED = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
              "num_attention_heads")
 _ROPE_KEYS = {"rope_type", "type", "rope_theta", "factor", "low_freq_factor",
-              "high_freq_factor", "original_max_position_embeddings"}
+              "high_freq_factor", "original_max_position_embeddings", "short_factor",
+              "long_factor", "attention_factor", "partial_rotary_factor"}
 
 
 class HFConfigError(ValueError):
@@ -83,8 +96,17 @@ def _rope(raw: Mapping[str, Any], where: str) -> tuple[float, RopeScaling | None
             low_freq_factor=float(params["low_freq_factor"]),
             high_freq_factor=float(params["high_freq_factor"]),
             original_max_position_embeddings=int(params["original_max_position_embeddings"]))
+    if rope_type in ("longrope", "su"):  # "su": the name of the first Phi-3 128K configs
+        original = int(params.get("original_max_position_embeddings")
+                       or raw["original_max_position_embeddings"])
+        factor = params.get("factor") or raw["max_position_embeddings"] / original
+        attention = params.get("attention_factor")
+        return theta, RopeScaling(
+            rope_type="longrope", factor=float(factor), original_max_position_embeddings=original,
+            short_factor=tuple(params["short_factor"]), long_factor=tuple(params["long_factor"]),
+            attention_factor=None if attention is None else float(attention))
     raise HFConfigError(f"{where}: unsupported rope_type {rope_type!r}; supported: "
-                        "'default', 'linear', 'llama3'")
+                        "'default', 'linear', 'llama3', 'longrope'")
 
 
 def _head(raw: Mapping[str, Any], where: str) -> str:
@@ -117,8 +139,12 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
         raise HFConfigError(f"{where}: sliding-window attention (use_sliding_window / "
                             f"layer_types) is unsupported for {model_type}")
     bias = {"attention_bias": bool(c["attention_bias"]), "qkv": True, "none": False}[family.bias]
-    theta, scaling = _rope(raw, where)
+    theta, scaling = _rope(c, where)
     heads = c["num_attention_heads"]
+    partial = 1.0
+    if model_type in PARTIAL_ROTARY:
+        partial = float((c.get("rope_parameters") or {}).get(
+            "partial_rotary_factor", c.get("partial_rotary_factor", 1.0)))
     return ModelConfig(
         family=model_type, vocab_size=c["vocab_size"], hidden_size=c["hidden_size"],
         intermediate_size=c["intermediate_size"], num_layers=c["num_hidden_layers"],
@@ -129,6 +155,7 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
         tie_word_embeddings=bool(c["tie_word_embeddings"]),
         qkv_bias=bias, o_bias=bias and family.bias == "attention_bias",
         mlp_bias=bool(c["mlp_bias"]) and family.has_mlp_bias, qk_norm=family.qk_norm,
+        partial_rotary_factor=partial,
         sliding_window=raw.get("sliding_window", c.get("sliding_window"))
         if family.sliding_window else None,
         initializer_range=float(c["initializer_range"]), bos_token_id=c["bos_token_id"],
@@ -149,6 +176,10 @@ def _check_expressible(config: ModelConfig) -> None:
         problems.append(f"qk_norm={config.qk_norm}")
     if config.sliding_window is not None and not family.sliding_window:
         problems.append(f"sliding_window={config.sliding_window}")
+    if config.partial_rotary_factor != 1.0 and config.family not in PARTIAL_ROTARY:
+        problems.append(f"partial_rotary_factor={config.partial_rotary_factor}")
+    if config.hidden_act != "silu":
+        problems.append(f"hidden_act={config.hidden_act!r}")
     if problems:
         raise HFConfigError(f"ModelConfig of family {config.family!r} has no HF equivalent: "
                             + "; ".join(problems))
@@ -166,6 +197,11 @@ def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
         if s.rope_type == "llama3":
             rope.update(low_freq_factor=s.low_freq_factor, high_freq_factor=s.high_freq_factor,
                         original_max_position_embeddings=s.original_max_position_embeddings)
+        if s.rope_type == "longrope":
+            rope.update(short_factor=list(s.short_factor), long_factor=list(s.long_factor),
+                        original_max_position_embeddings=s.original_max_position_embeddings)
+            if s.attention_factor is not None:
+                rope["attention_factor"] = s.attention_factor
     eos = config.eos_token_id
     out: dict[str, Any] = {
         "architectures": [family.architecture
@@ -194,7 +230,13 @@ def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
         out["mlp_bias"] = config.mlp_bias
     if family.sliding_window:
         out["sliding_window"] = config.sliding_window
-    elif config.family.startswith("qwen"):
+    if config.family in PARTIAL_ROTARY:
+        out["partial_rotary_factor"] = config.partial_rotary_factor
+        out["rope_parameters"]["partial_rotary_factor"] = config.partial_rotary_factor
+        if config.rope_scaling is not None and config.rope_scaling.rope_type == "longrope":
+            out["original_max_position_embeddings"] = (
+                config.rope_scaling.original_max_position_embeddings)
+    if config.family.startswith("qwen"):
         out.update(use_sliding_window=False, sliding_window=None,
                    max_window_layers=config.num_layers)
     if scalar:  # num_labels = 1, spelled the way HF serialises it

@@ -49,13 +49,19 @@ def parse_size(size: int | str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def _entries(rows: list[Row], num_layers: int) -> list[tuple[str, Row, int | None]]:
-    """(HF name, row, layer) in HF's order: embeddings, layer 0, layer 1, ..., norm, heads."""
-    first = next(k for k, row in enumerate(rows) if row.stacked)
-    before = [(row.hf, row, None) for row in rows[:first] if not row.stacked]
-    after = [(row.hf, row, None) for row in rows[first:] if not row.stacked]
-    layers = [(row.hf.format(i=i), row, i) for i in range(num_layers)
-              for row in rows if row.stacked]
+def _entries(rows: list[Row], num_layers: int) -> list[tuple[str, list[Row], int | None]]:
+    """(HF name, its rows, layer) in HF's order: embeddings, layer 0, layer 1, ..., norm, heads.
+
+    A fused HF tensor has several rows (its pieces, in order); any other tensor has one."""
+    grouped: dict[str, list[Row]] = {}
+    for row in rows:
+        grouped.setdefault(row.hf, []).append(row)
+    groups = list(grouped.values())
+    first = next(k for k, group in enumerate(groups) if group[0].stacked)
+    before = [(g[0].hf, g, None) for g in groups[:first] if not g[0].stacked]
+    after = [(g[0].hf, g, None) for g in groups[first:] if not g[0].stacked]
+    layers = [(g[0].hf.format(i=i), g, i) for i in range(num_layers)
+              for g in groups if g[0].stacked]
     return before + layers + after
 
 
@@ -115,8 +121,8 @@ def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
     size = sizes(config)
     entries = _entries(rows, config.num_layers)
     itemsize = np.dtype(dtype).itemsize
-    nbytes = {name: int(np.prod(row.layout.hf_shape(size))) * itemsize
-              for name, row, _ in entries}
+    nbytes = {name: int(np.prod(group[0].hf_shape(size))) * itemsize
+              for name, group, _ in entries}
     shards = _plan(entries, nbytes, parse_size(max_shard_size))
     names = ([SINGLE_FILE] if len(shards) == 1 else
              [f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors" for k in range(len(shards))])
@@ -136,10 +142,12 @@ def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
     weight_map = {}
     for file, shard in zip(names, shards):
         tensors = {}
-        for name, row, layer in shard:
-            value = params[row.path] if layer is None else params[row.path][layer]
-            tensors[name] = np.ascontiguousarray(
-                row.layout.to_hf(_to_host(value), size).astype(dtype))
+        for name, group, layer in shard:
+            pieces = [row.layout.to_hf(_to_host(params[row.path] if layer is None
+                                                else params[row.path][layer]), size)
+                      for row in group]
+            whole = pieces[0] if len(pieces) == 1 else np.concatenate(pieces, axis=0)
+            tensors[name] = np.ascontiguousarray(whole.astype(dtype))
             weight_map[name] = file
         if writer:
             save_file(tensors, str(out_dir / file), metadata={"format": "pt"})

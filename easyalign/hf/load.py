@@ -115,7 +115,7 @@ class TensorSource:
     def check(self, rows: list[Row], config: ModelConfig) -> None:
         """Raise one error listing every missing, misshapen or unexpected tensor."""
         size = sizes(config)
-        expected = {name: row.layout.hf_shape(size)
+        expected = {name: row.hf_shape(size)
                     for row in rows for name in row.hf_names(config.num_layers)}
         problems = []
         for name, shape in expected.items():
@@ -192,6 +192,10 @@ def _sharded_param(reader: TensorSource, row: Row, config: ModelConfig,
 
     def block(name: str, index: tuple[slice, ...]) -> np.ndarray:
         hf_index, ranges = row.layout.hf_slices(index, size)
+        if row.pieces:  # a piece of a fused tensor: shift the read along HF dim 0
+            offset = row.hf_offset(size)
+            hf_index = (slice(hf_index[0].start + offset, hf_index[0].stop + offset),
+                        *hf_index[1:])
         ours = row.layout.to_ours(reader.read(name, hf_index), ranges, size)
         return ours.astype(abstract.dtype)
 

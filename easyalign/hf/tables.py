@@ -15,10 +15,13 @@ is the inverse. A row whose HF name contains `{i}` is a stacked parameter: our a
 leading `layers` axis of size L and row `i` of it is the HF tensor for layer `i`.
 
 Import and export (`load.py`, `export.py`) are generic readers of these tables; a family adds
-a table, never a code path. All four supported families use HF's Llama naming, so they share
+a table, never a code path. Llama, Mistral and the Qwens use HF's Llama naming, so they share
 `LLAMA_TABLE` and differ only by which conditional rows apply (biases, q/k norm, heads).
-A family that fuses tensors (e.g. one `qkv_proj`) would need a row kind the format does not
-have yet: one HF tensor feeding several params.
+
+A fused HF tensor (Phi-3's `qkv_proj` = [q; k; v] and `gate_up_proj` = [gate; up], stacked along
+HF dim 0) is written with `fused(hf, (path, layout), ...)`: one row per piece, each knowing all
+the pieces' layouts (`pieces`) and its index (`piece`). Import reads the piece's rows of the HF
+tensor (an offset along dim 0); export concatenates the pieces back, in order.
 """
 
 from __future__ import annotations
@@ -147,6 +150,19 @@ class Row:
     path: str
     layout: Layout
     when: Callable[[ModelConfig], bool] = _always
+    pieces: tuple[Layout, ...] = ()  # a fused HF tensor: every piece's layout, along HF dim 0
+    piece: int = 0                   # which piece this row is
+
+    def hf_shape(self, size: dict[str, int]) -> tuple[int, ...]:
+        """Shape of the whole HF tensor (all pieces of a fused one)."""
+        own = self.layout.hf_shape(size)
+        if not self.pieces:
+            return own
+        return (sum(p.hf_shape(size)[0] for p in self.pieces),) + own[1:]
+
+    def hf_offset(self, size: dict[str, int]) -> int:
+        """Where this row's piece starts along HF dim 0 (0 for an unfused tensor)."""
+        return sum(p.hf_shape(size)[0] for p in self.pieces[:self.piece])
 
     @property
     def stacked(self) -> bool:
@@ -158,6 +174,13 @@ class Row:
 
 def _row(hf: str, path: str, layout: str, when=_always) -> Row:
     return Row(hf, path, Layout.parse(layout), when)
+
+
+def fused(hf: str, *parts: tuple[str, str], when=_always) -> tuple[Row, ...]:
+    """Rows of one HF tensor made of `parts` = (path, layout) stacked along HF dim 0."""
+    layouts = tuple(Layout.parse(layout) for _, layout in parts)
+    return tuple(Row(hf, path, layout, when, layouts, k)
+                 for k, ((path, _), layout) in enumerate(zip(parts, layouts)))
 
 
 _LAYER = "model.layers.{i}."
@@ -189,8 +212,29 @@ LLAMA_TABLE: tuple[Row, ...] = (
     _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
 )
 
+# Phi-3/3.5/4-mini (HF `modeling_phi3.py`): Llama's layer with q, k, v in one `qkv_proj` and
+# gate, up in one `gate_up_proj` (`gate, up = gate_up.chunk(2)`); no biases.
+PHI3_TABLE: tuple[Row, ...] = (
+    _row("model.embed_tokens.weight", "embed_tokens.embedding", "V d -> V d"),
+    _row(_LAYER + "input_layernorm.weight", "layers.input_norm.scale", "d -> d"),
+    *fused(_LAYER + "self_attn.qkv_proj.weight",
+           ("layers.attn.q_proj.kernel", "(H hd) d -> d H hd"),
+           ("layers.attn.k_proj.kernel", "(KV hd) d -> d KV hd"),
+           ("layers.attn.v_proj.kernel", "(KV hd) d -> d KV hd")),
+    _row(_LAYER + "self_attn.o_proj.weight", "layers.attn.o_proj.kernel", "d (H hd) -> d H hd"),
+    _row(_LAYER + "post_attention_layernorm.weight", "layers.post_attn_norm.scale", "d -> d"),
+    *fused(_LAYER + "mlp.gate_up_proj.weight",
+           ("layers.mlp.gate_proj.kernel", "F d -> d F"),
+           ("layers.mlp.up_proj.kernel", "F d -> d F")),
+    _row(_LAYER + "mlp.down_proj.weight", "layers.mlp.down_proj.kernel", "d F -> d F"),
+    _row("model.norm.weight", "final_norm.scale", "d -> d"),
+    _row("lm_head.weight", "lm_head.kernel", "V d -> d V", untied_lm_head),
+    _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
+)
+
 TABLES: dict[str, tuple[Row, ...]] = {
-    "llama": LLAMA_TABLE, "mistral": LLAMA_TABLE, "qwen2": LLAMA_TABLE, "qwen3": LLAMA_TABLE}
+    "llama": LLAMA_TABLE, "mistral": LLAMA_TABLE, "qwen2": LLAMA_TABLE, "qwen3": LLAMA_TABLE,
+    "phi3": PHI3_TABLE}
 
 
 def rows_for(config: ModelConfig) -> list[Row]:

@@ -15,6 +15,14 @@ log-probs equal trainer log-probs:
   writes one slot per layer instead of copying the whole cache through the scan. Slots ≥ p_b may
   hold stale values (padding of a shorter prompt); they are never visible, and are overwritten
   before the row's position reaches them.
+
+LongRoPE (Phi-3 128K) chooses its frequencies by the length of the sequence, so when decoding
+crosses the original context every earlier key and value would change (their hidden states were
+computed with the short factors). The cache keeps them as computed: steps after the crossing use
+the long factors for the new token only, and differ from a full forward over the sequence.
+(HF's `Phi3ForCausalLM.prepare_inputs_for_generation` means to recompute the cache there; in
+transformers 5.17 it then decodes the last token alone. Re-prefilling at the crossing belongs
+in the sampler: not done yet.)
 """
 
 from __future__ import annotations
@@ -25,7 +33,7 @@ from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
 from easyalign.model.config import ModelConfig
-from easyalign.model.layers import Einsum, RMSNorm, apply_rope
+from easyalign.model.layers import Einsum, RMSNorm, apply_rope, rope_attention_scaling
 from easyalign.sharding import constrain
 
 
@@ -45,6 +53,7 @@ class Attention(nnx.Module):
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, h, kv, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.config = config
+        self.rope_scale = rope_attention_scaling(config.rope_scaling)
 
         def proj(heads, head_names, bias):
             return Einsum("btd,dhk->bthk", (d, heads, hd), ("embed", head_names, "head_dim"),
@@ -76,8 +85,8 @@ class Attention(nnx.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         rope_positions = (positions if positions is not None
                           else jnp.broadcast_to(jnp.arange(length), (batch, length)))
-        q = apply_rope(q, rope_positions, inv_freq)
-        k = apply_rope(k, rope_positions, inv_freq)
+        q = apply_rope(q, rope_positions, inv_freq, self.rope_scale)
+        k = apply_rope(k, rope_positions, inv_freq, self.rope_scale)
         q = constrain(q, ("batch", "length", "act_heads", None))
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
 

@@ -9,6 +9,7 @@ and Qwen3 (RMSNorm on queries and keys):
     mistral    no        no      no       4096 (v0.1)      no
     qwen2      yes       no      no       no               no
     qwen3      opt.      opt.    yes      no               no
+    phi3       no        no      no       opt. (2047)      longrope (128K); partial rotary (Phi-4-mini)
 
 Numerics (`dtype`, `param_dtype`), the attention kernel, rematerialisation and layer
 scanning live here too, because they change how the same parameters are computed, not what
@@ -24,26 +25,36 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
 HEADS = ("lm", "scalar")
 ATTENTION_IMPLS = ("xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "save_proj", "save_proj_attn")
-ROPE_TYPES = ("default", "linear", "llama3")
+ROPE_TYPES = ("default", "linear", "llama3", "longrope")
+HIDDEN_ACTS = ("silu", "gelu_pytorch_tanh")
 
 
 @dataclasses.dataclass(frozen=True)
 class RopeScaling:
-    """RoPE frequency scaling. `llama3` is the Llama 3.1+ scheme, `linear` divides all frequencies."""
+    """RoPE frequency scaling. `llama3` is the Llama 3.1+ scheme, `linear` divides all frequencies,
+    `longrope` (Phi-3 128K, once called `su`) divides frequency i by `short_factor[i]` up to
+    `original_max_position_embeddings` tokens and by `long_factor[i]` beyond, and scales cos/sin
+    by `attention_factor` (default √(1 + ln(factor) / ln(original context)); see
+    `layers.rope_attention_scaling`)."""
 
     rope_type: str = "default"
     factor: float = 1.0
     low_freq_factor: float = 1.0
     high_freq_factor: float = 4.0
     original_max_position_embeddings: int = 8192
+    short_factor: tuple[float, ...] = ()
+    long_factor: tuple[float, ...] = ()
+    attention_factor: float | None = None
 
     def __post_init__(self):
         if self.rope_type not in ROPE_TYPES:
             raise ValueError(f"unsupported rope_type {self.rope_type!r}; supported: {ROPE_TYPES}")
+        for name in ("short_factor", "long_factor"):  # JSON gives lists; keep the config hashable
+            object.__setattr__(self, name, tuple(float(v) for v in getattr(self, name)))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +79,8 @@ class ModelConfig:
     mlp_bias: bool = False
     qk_norm: bool = False
     sliding_window: int | None = None
+    partial_rotary_factor: float = 1.0  # RoPE on the first int(head_dim · factor) dims (Phi-3/4)
+    hidden_act: str = "silu"  # MLP gate: silu (SwiGLU) or gelu_pytorch_tanh (GeGLU, Gemma)
     initializer_range: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -91,6 +104,10 @@ class ModelConfig:
             (self.num_heads % self.num_kv_heads == 0,
              f"num_heads {self.num_heads} must be a multiple of num_kv_heads {self.num_kv_heads}"),
             (self.head_dim % 2 == 0, f"head_dim {self.head_dim} must be even for RoPE"),
+            (self.rotary_dim % 2 == 0 and 0 < self.rotary_dim <= self.head_dim,
+             f"partial_rotary_factor {self.partial_rotary_factor} gives an odd or empty "
+             f"rotary dimension {self.rotary_dim}"),
+            (self.hidden_act in HIDDEN_ACTS, f"hidden_act {self.hidden_act!r} not in {HIDDEN_ACTS}"),
         ]
         for ok, message in checks:
             if not ok:
@@ -99,6 +116,11 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+
+    @property
+    def rotary_dim(self) -> int:
+        """Dimensions of each head that RoPE rotates (HF: int(head_dim · partial_rotary_factor))."""
+        return int(self.head_dim * self.partial_rotary_factor)
 
     @property
     def compute_dtype(self) -> jnp.dtype:

@@ -124,18 +124,29 @@ class Embed(nnx.Module):
         return jnp.take(self.table(), tokens, axis=0)
 
 
-def rope_inverse_frequencies(head_dim: int, theta: float,
-                             scaling: RopeScaling | None) -> jax.Array:
-    """inv_freq_i = θ^(−2i/d), i < d/2, then the family's scaling.
+def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,
+                             seq_len: jax.Array | int | None = None) -> jax.Array:
+    """inv_freq_i = θ^(−2i/d), i < d/2 (d = the rotary dimension), then the family's scaling.
 
-    Llama 3.1+ (`llama3`): with wavelength λ_i = 2π / inv_freq_i, L = original context,
-    λ_low = L / low_freq_factor and λ_high = L / high_freq_factor:
+    Llama 3.1+ (`llama3`, HF `_compute_llama3_parameters`): with wavelength λ_i = 2π / inv_freq_i,
+    L = original context, λ_low = L / low_freq_factor and λ_high = L / high_freq_factor:
       λ_i > λ_low  → inv_freq_i / factor                    (long wavelengths slowed down)
       λ_i < λ_high → inv_freq_i                             (short wavelengths kept)
       otherwise    → (1 − s) · inv_freq_i / factor + s · inv_freq_i,
                      s = (L / λ_i − low_freq_factor) / (high_freq_factor − low_freq_factor).
+    LongRoPE (`longrope`, Phi-3 128K; HF `_compute_longrope_parameters` and
+    `longrope_frequency_update`, arXiv 2402.13753): inv_freq_i = 1 / (e_i · θ^(2i/d)) with
+    e = long_factor when `seq_len` (the largest position of the call + 1, traced) exceeds
+    `original_max_position_embeddings`, else short_factor.
     """
-    inv_freq = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    exponents = jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim
+    if scaling is not None and scaling.rope_type == "longrope":
+        short = 1.0 / (jnp.asarray(scaling.short_factor, jnp.float32) * theta ** exponents)
+        if seq_len is None:
+            return short
+        long = 1.0 / (jnp.asarray(scaling.long_factor, jnp.float32) * theta ** exponents)
+        return jnp.where(seq_len > scaling.original_max_position_embeddings, long, short)
+    inv_freq = 1.0 / (theta ** exponents)
     if scaling is None or scaling.rope_type == "default":
         return inv_freq
     if scaling.rope_type == "linear":
@@ -152,14 +163,39 @@ def rope_inverse_frequencies(head_dim: int, theta: float,
     return jnp.where(medium, smoothed, scaled)
 
 
-def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array) -> jax.Array:
+def rope_attention_scaling(scaling: RopeScaling | None) -> float:
+    """The factor cos and sin are multiplied by: 1, except LongRoPE's `attention_factor`, by
+    default √(1 + ln(factor) / ln(L)) for factor > 1 (L = original context; HF
+    `_compute_longrope_parameters`, where factor = max_position_embeddings / L when unset)."""
+    if scaling is None or scaling.rope_type != "longrope":
+        return 1.0
+    if scaling.attention_factor is not None:
+        return float(scaling.attention_factor)
+    if scaling.factor <= 1.0:
+        return 1.0
+    return math.sqrt(1 + math.log(scaling.factor)
+                     / math.log(scaling.original_max_position_embeddings))
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: jax.Array,
+               attention_scaling: float = 1.0) -> jax.Array:
     """Rotate `x [B, T, heads, head_dim]` by angles positions · inv_freq (HF "rotate_half" layout).
 
     x' = x · cos θ + rotate_half(x) · sin θ with rotate_half([x1, x2]) = [−x2, x1]; angles in
-    float32 so that long positions keep their precision.
+    float32 so that long positions keep their precision. Partial rotary (`inv_freq` of r/2 < hd/2
+    entries, Phi-3/4): the first r dims rotate, the rest pass through (HF `apply_rotary_pos_emb`
+    of Phi-3). cos and sin are scaled by `attention_scaling` (LongRoPE) before the cast.
     """
-    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, hd/2]
+    rotary = 2 * inv_freq.shape[-1]
+    passed = None
+    if rotary < x.shape[-1]:
+        x, passed = x[..., :rotary], x[..., rotary:]
+    angles = positions.astype(jnp.float32)[..., None] * inv_freq  # [B, T, r/2]
     angles = jnp.concatenate([angles, angles], axis=-1)[:, :, None, :]
-    cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
+    cos, sin = jnp.cos(angles), jnp.sin(angles)
+    if attention_scaling != 1.0:
+        cos, sin = cos * attention_scaling, sin * attention_scaling
+    cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
     x1, x2 = jnp.split(x, 2, axis=-1)
-    return x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+    out = x * cos + jnp.concatenate([-x2, x1], axis=-1) * sin
+    return out if passed is None else jnp.concatenate([out, passed], axis=-1)

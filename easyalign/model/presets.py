@@ -47,6 +47,12 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_layers=32, num_heads=32, num_kv_heads=8, head_dim=128, rms_norm_eps=1e-5,
         rope_theta=10000.0, max_position_embeddings=32768, sliding_window=4096,
         bos_token_id=1, eos_token_id=2),
+    # Phi-3-mini-4k-instruct: 3,821,079,552 parameters, window 2047, MHA with head_dim 96.
+    "phi-3-mini": dict(
+        family="phi3", vocab_size=32064, hidden_size=3072, intermediate_size=8192,
+        num_layers=32, num_heads=32, num_kv_heads=32, head_dim=96, rms_norm_eps=1e-5,
+        rope_theta=10000.0, max_position_embeddings=4096, sliding_window=2047,
+        bos_token_id=1, eos_token_id=32000, pad_token_id=32000),
     # The anchors' distillation student: Llama-3.2-1B widths with 8 layers of 1024.
     "llama-student-8x1024": dict(
         family="llama", vocab_size=128256, hidden_size=1024, intermediate_size=4096,

@@ -95,10 +95,20 @@ def _head_matmul_bwd(kernel_axes, residuals, cotangent):
 head_matmul.defvjp(_head_matmul_fwd, _head_matmul_bwd)
 
 
+# The MLP's gate: SwiGLU (Llama, arXiv 2002.05202) or GeGLU with the tanh approximation of GELU
+# (Gemma's `gelu_pytorch_tanh`: 0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))).
+ACTIVATIONS = {"silu": jax.nn.silu,
+               "gelu_pytorch_tanh": lambda x: jax.nn.gelu(x, approximate=True)}
+
+
 class MLP(nnx.Module):
+    """down(act(gate(x)) ⊙ up(x)), `[B, T, d] → [B, T, d]` (HF `LlamaMLP`, `Gemma2MLP`)."""
+
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, f = config.hidden_size, config.intermediate_size
         bias = config.mlp_bias
+        self.act = config.hidden_act
         self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), config=config,
                                 rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",))
         self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), config=config,
@@ -115,7 +125,7 @@ class MLP(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x), "mlp_gate")
         up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x), "mlp_up")
-        hidden = constrain(jax.nn.silu(gate) * up, ("batch", "length", "act_mlp"))
+        hidden = constrain(ACTIVATIONS[self.act](gate) * up, ("batch", "length", "act_mlp"))
         return jax.ad_checkpoint.checkpoint_name(self.down_proj(hidden), "mlp_out")
 
 
@@ -177,7 +187,10 @@ class Transformer(nnx.Module):
         mode = None if cache is None else ("prefill" if prefill else "decode")
         if cache is not None and positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
-        inv_freq = rope_inverse_frequencies(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+        # LongRoPE switches factors by the call's sequence length (HF: max(position_ids) + 1).
+        seq_len = tokens.shape[1] if positions is None else jnp.max(positions) + 1
+        inv_freq = rope_inverse_frequencies(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling,
+                                            seq_len)
         x = constrain(self.embed_tokens(tokens), ("batch", "length", "act_embed"))
 
         graphdef, layer_state = nnx.split(self.layers)
