@@ -12,7 +12,7 @@ import transformers
 from easyalign import from_hf, preset, to_hf
 from easyalign.hf import HFConfigError, hf_config_dict, to_model_config
 from easyalign.hf.export import parse_size
-from easyalign.model.config import RopeScaling
+from easyalign.model.config import ModelConfig, RopeScaling
 from hf_fixtures import CASES, assert_same_tensors, batch, hf_logits, make_hf_model
 
 
@@ -86,10 +86,16 @@ def test_scalar_head_export_loads_as_sequence_classification(tmp_path):
     ("mistral-7b", {}), ("tiny", {"qkv_bias": True, "o_bias": True, "mlp_bias": True}),
     ("tiny", {"family": "qwen3", "qk_norm": True, "head": "scalar", "eos_token_id": (1, 2)}),
     ("tiny", {"rope_scaling": RopeScaling(rope_type="linear", factor=2.0)}),
+    ("phi-3-mini", {}),
+    ("tiny", {"family": "phi3", "partial_rotary_factor": 0.75, "rope_scaling": RopeScaling(
+        rope_type="longrope", factor=32.0, original_max_position_embeddings=4096,
+        short_factor=(1.0, 1.1) * 3, long_factor=(2.0, 9.5) * 3)}),
 ])
 def test_model_config_round_trip(name, changes):
     config = preset(name, **changes)
     assert to_model_config(hf_config_dict(config, "float32")) == config
+    # and through the JSON of an easyalign checkpoint (lists back to the tuples of RopeScaling)
+    assert ModelConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
 
 
 def test_transformers4_config_spelling():
