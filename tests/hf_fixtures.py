@@ -47,7 +47,25 @@ CASES = {
         rope_scaling=dict(type="su", short_factor=[1.0, 1.5, 2.0, 3.0, 1.2, 1.1, 4.0, 2.5],
                           long_factor=[3.0, 5.0, 1.5, 9.0, 2.0, 7.0, 1.3, 6.0],
                           original_max_position_embeddings=8))),
+    # Gemma 2: soft-caps low enough to bite, window 5 on the even layers (3 layers: local,
+    # global, local), query_pre_attn_scalar ≠ head_dim, head_dim 16 ≠ 64 / 4, tied embeddings
+    "gemma2": ("Gemma2Config", dict(num_hidden_layers=3, sliding_window=5,
+                                    query_pre_attn_scalar=24, attn_logit_softcapping=2.0,
+                                    final_logit_softcapping=3.0, pad_token_id=0, eos_token_id=1,
+                                    bos_token_id=2)),
+    # Gemma 3 text: q/k norm, local θ 10⁴ vs global 10⁶ with linear scaling ×2, pattern 2:1
+    "gemma3": ("Gemma3TextConfig", dict(
+        num_hidden_layers=3, sliding_window=5, sliding_window_pattern=3, query_pre_attn_scalar=24,
+        pad_token_id=0, eos_token_id=1, bos_token_id=2, rope_parameters=dict(
+            sliding_attention=dict(rope_type="default", rope_theta=10000.0),
+            full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1000000.0)))),
 }
+
+
+def attn_kwargs(model_type: str) -> dict:
+    """Gemma 2 runs HF's eager attention: transformers 5.17's SDPA path silently drops the
+    attention-logit soft-cap (measured: logits 3.0 apart on the `gemma2` case)."""
+    return dict(attn_implementation="eager") if model_type == "gemma2" else {}
 
 
 def hf_config(case: str, **extra):
@@ -73,9 +91,12 @@ def make_hf_model(case: str, directory: Path, *, seed: int = 0, dtype=torch.floa
     torch.manual_seed(seed)
     if sequence_classification:
         config = hf_config(case, num_labels=1, pad_token_id=0, **extra)
-        model = transformers.AutoModelForSequenceClassification.from_config(config)
+        model = transformers.AutoModelForSequenceClassification.from_config(
+            config, **attn_kwargs(config.model_type))
     else:
-        model = transformers.AutoModelForCausalLM.from_config(hf_config(case, **extra))
+        config = hf_config(case, **extra)
+        model = transformers.AutoModelForCausalLM.from_config(
+            config, **attn_kwargs(config.model_type))
     _randomise(model, seed)
     model = model.to(dtype).eval()
     model.save_pretrained(directory)

@@ -43,7 +43,8 @@ def test_directory_without_config(tmp_path):
 def test_unsupported_model_type(hf_dir):
     edit_config(hf_dir, model_type="gpt2")
     with pytest.raises(HFConfigError, match=r"config.json: unsupported model_type 'gpt2'; "
-                                            r"supported: \['llama', 'mistral', 'phi3', 'qwen2', 'qwen3'\]"):
+                                            r"supported: \['gemma2', 'gemma3_text', 'llama', "
+                                            r"'mistral', 'phi3', 'qwen2', 'qwen3'\]"):
         from_hf(hf_dir)
 
 

@@ -13,12 +13,15 @@ from easyalign import from_hf, preset, to_hf
 from easyalign.hf import HFConfigError, hf_config_dict, to_model_config
 from easyalign.hf.export import parse_size
 from easyalign.model.config import ModelConfig, RopeScaling
-from hf_fixtures import CASES, assert_same_tensors, batch, hf_logits, make_hf_model
+from hf_fixtures import (CASES, assert_same_tensors, attn_kwargs, batch, hf_logits,
+                         make_hf_model)
 
 
 def load_strict(directory, auto=transformers.AutoModelForCausalLM):
     """transformers' model from `directory`, failing on any missing or unexpected key."""
-    model, info = auto.from_pretrained(directory, output_loading_info=True)
+    model_type = json.loads((directory / "config.json").read_text())["model_type"]
+    model, info = auto.from_pretrained(directory, output_loading_info=True,
+                                       **attn_kwargs(model_type))
     problems = {k: v for k, v in info.items() if v}
     assert not problems, problems
     return model.eval()
@@ -86,7 +89,8 @@ def test_scalar_head_export_loads_as_sequence_classification(tmp_path):
     ("mistral-7b", {}), ("tiny", {"qkv_bias": True, "o_bias": True, "mlp_bias": True}),
     ("tiny", {"family": "qwen3", "qk_norm": True, "head": "scalar", "eos_token_id": (1, 2)}),
     ("tiny", {"rope_scaling": RopeScaling(rope_type="linear", factor=2.0)}),
-    ("phi-3-mini", {}),
+    ("phi-3-mini", {}), ("gemma-2-2b", {}), ("gemma-3-1b", {}),
+    ("gemma-3-1b", {"rope_scaling": RopeScaling(rope_type="linear", factor=8.0)}),
     ("tiny", {"family": "phi3", "partial_rotary_factor": 0.75, "rope_scaling": RopeScaling(
         rope_type="longrope", factor=32.0, original_max_position_embeddings=4096,
         short_factor=(1.0, 1.1) * 3, long_factor=(2.0, 9.5) * 3)}),
@@ -113,6 +117,10 @@ def test_config_without_hf_equivalent_is_refused():
         hf_config_dict(preset("tiny", qkv_bias=True), "float32")
     with pytest.raises(HFConfigError, match="sliding_window=8"):
         hf_config_dict(preset("tiny", family="qwen2", qkv_bias=True, sliding_window=8), "float32")
+    with pytest.raises(HFConfigError, match="attn_logit_softcapping=50.0"):
+        hf_config_dict(preset("tiny", attn_logit_softcapping=50.0), "float32")
+    with pytest.raises(HFConfigError, match="sandwich_norms=False"):
+        hf_config_dict(preset("gemma-2-2b", sandwich_norms=False), "float32")
 
 
 def test_parse_size():

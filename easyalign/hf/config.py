@@ -1,4 +1,5 @@
-"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2, qwen3 and phi3.
+"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2, qwen3, phi3, gemma2
+and gemma3_text.
 
 Families differ in a few switches (see `FAMILIES`):
 
@@ -8,6 +9,15 @@ Families differ in a few switches (see `FAMILIES`):
     qwen2       q,k,v always, o never               no        no        must be off
     qwen3       attention_bias → q,k,v and o        no        yes       must be off
     phi3        none                                no        no        `sliding_window` (or null)
+    gemma2      attention_bias → q,k,v and o        no        no        `layer_types` + window
+    gemma3_text attention_bias → q,k,v and o        no        yes       `layer_types` + window
+
+Gemma (`GEMMA`) always has (1 + w) norms, sandwich norms, √d embeddings and GeGLU
+(`hidden_activation`); it reads `query_pre_attn_scalar`, `attn_logit_softcapping`,
+`final_logit_softcapping` and `layer_types` (absent: HF's rule, layer i slides iff
+(i + 1) % p ≠ 0 with p = 2 for Gemma 2, `sliding_window_pattern` (6) for Gemma 3). Gemma 3's
+RoPE is two dicts in transformers 5 (`rope_parameters = {sliding_attention: {...},
+full_attention: {...}}`) and `rope_theta` + `rope_local_base_freq` + `rope_scaling` in 4.
 
 Phi-3 also carries `partial_rotary_factor` (Phi-4-mini: 0.75; top level in transformers 4, in
 `rope_parameters` in 5) and the 128K variants' `longrope` scaling (once spelled `su`) with
@@ -49,8 +59,13 @@ FAMILIES: dict[str, Family] = {
     "qwen2": Family("Qwen2", "qkv", False, False, False),
     "qwen3": Family("Qwen3", "attention_bias", False, True, False),
     "phi3": Family("Phi3", "none", False, False, True),
+    "gemma2": Family("Gemma2", "attention_bias", False, False, True),
+    "gemma3_text": Family("Gemma3", "attention_bias", False, True, True),
 }
 PARTIAL_ROTARY = ("phi3",)  # families whose config carries partial_rotary_factor
+GEMMA = {"gemma2": 2, "gemma3_text": 6}  # family → default period of its local:global pattern
+_GEMMA_TRAITS = dict(rms_norm_one_plus=True, sandwich_norms=True, scale_embeddings=True,
+                     hidden_act="gelu_pytorch_tanh")
 
 # Defaults of the HF config classes (transformers 5) for keys a config.json may omit.
 _DEFAULTS: dict[str, dict[str, Any]] = {
@@ -62,6 +77,15 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
     "phi3": dict(max_position_embeddings=4096, original_max_position_embeddings=4096,
                  bos_token_id=1, eos_token_id=32000, pad_token_id=32000, sliding_window=None,
                  rms_norm_eps=1e-5),
+    "gemma2": dict(max_position_embeddings=8192, head_dim=256, bos_token_id=2, eos_token_id=1,
+                   pad_token_id=0, tie_word_embeddings=True, query_pre_attn_scalar=256,
+                   sliding_window=4096, final_logit_softcapping=30.0,
+                   attn_logit_softcapping=50.0, hidden_activation="gelu_pytorch_tanh"),
+    "gemma3_text": dict(max_position_embeddings=131072, head_dim=256, bos_token_id=2,
+                        eos_token_id=1, pad_token_id=0, tie_word_embeddings=True,
+                        query_pre_attn_scalar=256, sliding_window=4096, rope_theta=1e6,
+                        rope_local_base_freq=1e4, sliding_window_pattern=6,
+                        hidden_activation="gelu_pytorch_tanh"),
 }
 _COMMON_DEFAULTS = dict(rms_norm_eps=1e-6, initializer_range=0.02, tie_word_embeddings=False,
                         hidden_act="silu", bos_token_id=None, eos_token_id=None,
@@ -132,14 +156,32 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
         raise HFConfigError(f"{where}: missing required key(s) {missing}")
     c = {**_COMMON_DEFAULTS, **_DEFAULTS[model_type],
          **{k: v for k, v in raw.items() if v is not None or k.endswith("token_id")}}
-    if c["hidden_act"] not in ("silu", "swish"):  # two HF names of the same function
+    gemma = model_type in GEMMA
+    if gemma and c.get("hidden_activation", c["hidden_act"]) != "gelu_pytorch_tanh":
+        raise HFConfigError(f"{where}: hidden_activation {c.get('hidden_activation')!r}; only "
+                            "'gelu_pytorch_tanh' is supported for Gemma")
+    if not gemma and c["hidden_act"] not in ("silu", "swish"):  # two HF names of one function
         raise HFConfigError(f"{where}: hidden_act {c['hidden_act']!r}; only 'silu' is supported")
     if not family.sliding_window and (
             c.get("use_sliding_window") or "sliding_attention" in (c.get("layer_types") or [])):
         raise HFConfigError(f"{where}: sliding-window attention (use_sliding_window / "
                             f"layer_types) is unsupported for {model_type}")
     bias = {"attention_bias": bool(c["attention_bias"]), "qkv": True, "none": False}[family.bias]
-    theta, scaling = _rope(c, where)
+    if model_type == "gemma3_text":
+        theta, scaling, gemma_extra = _gemma3_rope(c, where)
+    else:
+        theta, scaling = _rope(c, where)
+        gemma_extra = {}
+    if gemma:
+        period = c.get("sliding_window_pattern", GEMMA[model_type])
+        layer_types = c.get("layer_types") or [
+            "sliding_attention" if (i + 1) % period else "full_attention"
+            for i in range(c["num_hidden_layers"])]
+        gemma_extra.update(
+            _GEMMA_TRAITS, layer_types=tuple(layer_types),
+            query_pre_attn_scalar=c["query_pre_attn_scalar"],
+            attn_logit_softcapping=_float_or_none(c.get("attn_logit_softcapping")),
+            final_logit_softcapping=_float_or_none(c.get("final_logit_softcapping")))
     heads = c["num_attention_heads"]
     partial = 1.0
     if model_type in PARTIAL_ROTARY:
@@ -159,7 +201,32 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
         sliding_window=raw.get("sliding_window", c.get("sliding_window"))
         if family.sliding_window else None,
         initializer_range=float(c["initializer_range"]), bos_token_id=c["bos_token_id"],
-        eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"], head=_head(raw, where))
+        eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"], head=_head(raw, where),
+        **gemma_extra)
+
+
+def _int_if_whole(value: float) -> int | float:
+    """HF's config classes type `query_pre_attn_scalar` as int (and refuse 256.0)."""
+    return int(value) if float(value).is_integer() else value
+
+
+def _float_or_none(value) -> float | None:
+    return None if value is None else float(value)
+
+
+def _gemma3_rope(c: Mapping[str, Any], where: str) -> tuple[float, RopeScaling | None, dict]:
+    """Global θ and scaling, and `rope_local_theta`, of a Gemma 3 config (either spelling)."""
+    params = c.get("rope_parameters")
+    if params and "full_attention" in params:  # transformers ≥ 5: one dict per layer type
+        theta, scaling = _rope({"rope_parameters": params["full_attention"]}, where)
+        local = params.get("sliding_attention") or {"rope_theta": 1e4}
+        local_theta, local_scaling = _rope({"rope_parameters": local}, where)
+    else:  # transformers 4: rope_theta / rope_scaling for global, rope_local_base_freq
+        theta, scaling = _rope(c, where)
+        local_theta, local_scaling = float(c["rope_local_base_freq"]), None
+    if local_scaling is not None:
+        raise HFConfigError(f"{where}: RoPE scaling of the sliding layers is unsupported")
+    return theta, scaling, {"rope_local_theta": local_theta}
 
 
 def _check_expressible(config: ModelConfig) -> None:
@@ -178,8 +245,19 @@ def _check_expressible(config: ModelConfig) -> None:
         problems.append(f"sliding_window={config.sliding_window}")
     if config.partial_rotary_factor != 1.0 and config.family not in PARTIAL_ROTARY:
         problems.append(f"partial_rotary_factor={config.partial_rotary_factor}")
-    if config.hidden_act != "silu":
-        problems.append(f"hidden_act={config.hidden_act!r}")
+    gemma = config.family in GEMMA
+    for name, value in _GEMMA_TRAITS.items():
+        if (getattr(config, name) == value) != gemma:
+            problems.append(f"{name}={getattr(config, name)!r}")
+    if not gemma:
+        for name in ("layer_types", "attn_logit_softcapping", "final_logit_softcapping",
+                     "query_pre_attn_scalar"):
+            if getattr(config, name) is not None:
+                problems.append(f"{name}={getattr(config, name)!r}")
+    if (config.rope_local_theta is not None) != (config.family == "gemma3_text"):
+        problems.append(f"rope_local_theta={config.rope_local_theta}")
+    if gemma and (config.layer_types is None or config.query_pre_attn_scalar is None):
+        problems.append("a Gemma needs layer_types and query_pre_attn_scalar")
     if problems:
         raise HFConfigError(f"ModelConfig of family {config.family!r} has no HF equivalent: "
                             + "; ".join(problems))
@@ -236,6 +314,17 @@ def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
         if config.rope_scaling is not None and config.rope_scaling.rope_type == "longrope":
             out["original_max_position_embeddings"] = (
                 config.rope_scaling.original_max_position_embeddings)
+    if config.family in GEMMA:
+        del out["hidden_act"]
+        out.update(hidden_activation=config.hidden_act, layer_types=list(config.layer_types),
+                   query_pre_attn_scalar=_int_if_whole(config.query_pre_attn_scalar),
+                   attn_logit_softcapping=config.attn_logit_softcapping,
+                   final_logit_softcapping=config.final_logit_softcapping)
+    if config.family == "gemma3_text":
+        local = {"rope_type": "default", "rope_theta": config.rope_local_theta}
+        out["rope_parameters"] = {"full_attention": out["rope_parameters"],
+                                  "sliding_attention": local}
+        out["rope_local_base_freq"] = config.rope_local_theta
     if config.family.startswith("qwen"):
         out.update(use_sliding_window=False, sliding_window=None,
                    max_window_layers=config.num_layers)

@@ -22,6 +22,8 @@ A fused HF tensor (Phi-3's `qkv_proj` = [q; k; v] and `gate_up_proj` = [gate; up
 HF dim 0) is written with `fused(hf, (path, layout), ...)`: one row per piece, each knowing all
 the pieces' layouts (`pieces`) and its index (`piece`). Import reads the piece's rows of the HF
 tensor (an offset along dim 0); export concatenates the pieces back, in order.
+
+Gemma 2 and 3 share `GEMMA_TABLE` (four norms per layer; Gemma 3 adds the q/k norm rows).
 """
 
 from __future__ import annotations
@@ -136,6 +138,10 @@ def qk_norm(config: ModelConfig) -> bool:
     return config.qk_norm
 
 
+def sandwich_norms(config: ModelConfig) -> bool:
+    return config.sandwich_norms
+
+
 def untied_lm_head(config: ModelConfig) -> bool:
     return config.head == "lm" and not config.tie_word_embeddings
 
@@ -232,9 +238,42 @@ PHI3_TABLE: tuple[Row, ...] = (
     _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
 )
 
+# Gemma 2 and Gemma 3 text (HF `modeling_gemma2.py`, `modeling_gemma3.py`): Llama's names plus
+# four norms per layer. HF `post_attention_layernorm` is the norm of the attention *output*
+# (ours `attn_out_norm`), `pre_feedforward_layernorm` the norm before the MLP (ours
+# `post_attn_norm`, Llama's `post_attention_layernorm`), `post_feedforward_layernorm` the norm of
+# the MLP output (`mlp_out_norm`). Norm weights are the w of (1 + w). Gemma 3 adds q/k norms.
+GEMMA_TABLE: tuple[Row, ...] = (
+    _row("model.embed_tokens.weight", "embed_tokens.embedding", "V d -> V d"),
+    _row(_LAYER + "input_layernorm.weight", "layers.input_norm.scale", "d -> d"),
+    _row(_LAYER + "self_attn.q_proj.weight", "layers.attn.q_proj.kernel", "(H hd) d -> d H hd"),
+    _row(_LAYER + "self_attn.q_proj.bias", "layers.attn.q_proj.bias", "(H hd) -> H hd", qkv_bias),
+    _row(_LAYER + "self_attn.k_proj.weight", "layers.attn.k_proj.kernel", "(KV hd) d -> d KV hd"),
+    _row(_LAYER + "self_attn.k_proj.bias", "layers.attn.k_proj.bias", "(KV hd) -> KV hd",
+         qkv_bias),
+    _row(_LAYER + "self_attn.v_proj.weight", "layers.attn.v_proj.kernel", "(KV hd) d -> d KV hd"),
+    _row(_LAYER + "self_attn.v_proj.bias", "layers.attn.v_proj.bias", "(KV hd) -> KV hd",
+         qkv_bias),
+    _row(_LAYER + "self_attn.o_proj.weight", "layers.attn.o_proj.kernel", "d (H hd) -> d H hd"),
+    _row(_LAYER + "self_attn.o_proj.bias", "layers.attn.o_proj.bias", "d -> d", o_bias),
+    _row(_LAYER + "self_attn.q_norm.weight", "layers.attn.q_norm.scale", "hd -> hd", qk_norm),
+    _row(_LAYER + "self_attn.k_norm.weight", "layers.attn.k_norm.scale", "hd -> hd", qk_norm),
+    _row(_LAYER + "post_attention_layernorm.weight", "layers.attn_out_norm.scale", "d -> d",
+         sandwich_norms),
+    _row(_LAYER + "pre_feedforward_layernorm.weight", "layers.post_attn_norm.scale", "d -> d"),
+    _row(_LAYER + "post_feedforward_layernorm.weight", "layers.mlp_out_norm.scale", "d -> d",
+         sandwich_norms),
+    _row(_LAYER + "mlp.gate_proj.weight", "layers.mlp.gate_proj.kernel", "F d -> d F"),
+    _row(_LAYER + "mlp.up_proj.weight", "layers.mlp.up_proj.kernel", "F d -> d F"),
+    _row(_LAYER + "mlp.down_proj.weight", "layers.mlp.down_proj.kernel", "d F -> d F"),
+    _row("model.norm.weight", "final_norm.scale", "d -> d"),
+    _row("lm_head.weight", "lm_head.kernel", "V d -> d V", untied_lm_head),
+    _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
+)
+
 TABLES: dict[str, tuple[Row, ...]] = {
     "llama": LLAMA_TABLE, "mistral": LLAMA_TABLE, "qwen2": LLAMA_TABLE, "qwen3": LLAMA_TABLE,
-    "phi3": PHI3_TABLE}
+    "phi3": PHI3_TABLE, "gemma2": GEMMA_TABLE, "gemma3_text": GEMMA_TABLE}
 
 
 def rows_for(config: ModelConfig) -> list[Row]:

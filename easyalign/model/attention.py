@@ -23,6 +23,14 @@ the long factors for the new token only, and differ from a full forward over the
 (HF's `Phi3ForCausalLM.prepare_inputs_for_generation` means to recompute the cache there; in
 transformers 5.17 it then decodes the last token alone. Re-prefilling at the crossing belongs
 in the sampler: not done yet.)
+
+Gemma 2/3 (HF `modeling_gemma2.py` `eager_attention_forward`, arXiv 2408.00118 §2): scores are
+s = (q·k) · query_pre_attn_scalar^(−1/2), soft-capped s → c·tanh(s / c) before the mask, and
+layers alternate between a sliding window and global attention. The layer's `local` flag is a
+traced scalar (scanned per-layer data): on the causal fast path `lax.cond` picks between two
+static-window kernel calls; mask paths and the cached decode path use the window
+W if local else ∞ as a traced number. A soft-cap has no fused kernel: those models always run
+`einsum_attention` (XLA), whatever `attention_impl` says.
 """
 
 from __future__ import annotations
@@ -49,7 +57,31 @@ def attention_mask(q_positions: jax.Array, kv_positions: jax.Array,
     return mask[:, None, :, :]
 
 
+NO_WINDOW = 2 ** 30  # a window no sequence reaches: the global layers' "window"
+
+
+def einsum_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+                     scale: float, softcap: float | None = None) -> jax.Array:
+    """softmax(cap(q·kᵀ · scale) masked) · v in plain XLA, for what fused kernels cannot do.
+
+    q `[B, T, H, hd]`, k/v `[B, S, KV, hd]`, mask `[B, 1, T, S]` (True = visible); cap(s) =
+    c·tanh(s / c) (Gemma 2, HF `eager_attention_forward`). Scores and softmax in float32.
+    Returns `[B, T, H, hd]`.
+    """
+    batch, length, heads, head_dim = q.shape
+    kv_heads = k.shape[2]
+    qg = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k, preferred_element_type=jnp.float32) * scale
+    if softcap is not None:
+        scores = jnp.tanh(scores / softcap) * softcap
+    scores = jnp.where(mask[:, :, None], scores, jnp.finfo(jnp.float32).min)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    return jnp.einsum("bkgts,bskd->btkgd", probs, v).reshape(batch, length, heads, head_dim)
+
+
 class Attention(nnx.Module):
+    """GQA self-attention `[B, T, d] → [B, T, d]` (HF `LlamaAttention`, `Gemma2Attention`)."""
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, h, kv, hd = config.hidden_size, config.num_heads, config.num_kv_heads, config.head_dim
         self.config = config
@@ -74,8 +106,12 @@ class Attention(nnx.Module):
 
     def __call__(self, x: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None,
                  inv_freq: jax.Array, cache: tuple[jax.Array, jax.Array] | None = None,
-                 mode: str | None = None):
-        """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` when a cache mode is set)."""
+                 mode: str | None = None, local: jax.Array | None = None):
+        """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` when a cache mode is set).
+
+        `inv_freq [r/2]` is this layer's RoPE; `local` (a traced bool, only when the config has
+        `layer_types`) says whether this layer attends within `sliding_window`.
+        """
         cfg = self.config
         batch, length = x.shape[:2]
         q = checkpoint_name(self.q_proj(x), "query_proj")
@@ -90,20 +126,40 @@ class Attention(nnx.Module):
         q = constrain(q, ("batch", "length", "act_heads", None))
         k = constrain(k, ("batch", "length", "act_kv_heads", None))
 
+        # The window as a number: static (one for every layer) or traced (per layer).
+        window = cfg.sliding_window
+        if cfg.layer_types is not None and window is not None:
+            window = jnp.where(local, window, NO_WINDOW)
+        scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar ** -0.5
+        softcap = cfg.attn_logit_softcapping
         if mode == "decode":
-            out = cached_attention(q, k, v, cache[0], cache[1], rope_positions,
-                                   cfg.sliding_window)
+            out = cached_attention(q, k, v, cache[0], cache[1], rope_positions, window,
+                                   scale, softcap)
+        elif softcap is not None:  # no fused kernel soft-caps: XLA, whatever attention_impl
+            causal = mode == "prefill" or (positions is None and segment_ids is None)
+            mask = attention_mask(rope_positions, rope_positions,
+                                  None if causal else segment_ids,
+                                  None if causal else segment_ids, window)
+            out = einsum_attention(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale,
+                                   softcap)
+        elif mode == "prefill" or (positions is None and segment_ids is None):
+            # positions are 0..T-1: index order is position order, the kernel's causal mask
+            def causal(local_window):
+                return jax.nn.dot_product_attention(
+                    q, k, v, is_causal=True, scale=scale, local_window_size=local_window,
+                    implementation=cfg.attention_impl)
+
+            if cfg.sliding_window is None:
+                out = causal(None)
+            elif cfg.layer_types is None:
+                out = causal((cfg.sliding_window - 1, 0))
+            else:  # per-layer: two static-window calls, one runs (a conditional in the scan)
+                out = jax.lax.cond(local, lambda: causal((cfg.sliding_window - 1, 0)),
+                                   lambda: causal(None))
         else:
-            mask, is_causal, window = None, False, None
-            if mode == "prefill" or (positions is None and segment_ids is None):
-                is_causal = True  # positions are 0..T-1: index order is position order
-                if cfg.sliding_window is not None:
-                    window = (cfg.sliding_window - 1, 0)
-            else:
-                mask = attention_mask(rope_positions, rope_positions, segment_ids, segment_ids,
-                                      cfg.sliding_window)
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                               local_window_size=window,
+            mask = attention_mask(rope_positions, rope_positions, segment_ids, segment_ids,
+                                  window)
+            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
                                                implementation=cfg.attention_impl)
         out = checkpoint_name(out, "attention")
         new_kv = None if mode is None else (k, v)
@@ -112,20 +168,26 @@ class Attention(nnx.Module):
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_cache: jax.Array,
                      v_cache: jax.Array, positions: jax.Array,
-                     sliding_window: int | None = None) -> jax.Array:
-    """softmax([q·K_cache, q·k] / √d) · [V_cache; v] over the visible cache slots and new keys.
+                     sliding_window: int | jax.Array | None = None, scale: float | None = None,
+                     softcap: float | None = None) -> jax.Array:
+    """softmax([q·K_cache, q·k] · scale) · [V_cache; v] over the visible cache slots and new keys.
 
     q `[B, T, H, hd]`, k/v `[B, T, KV, hd]` (this call), caches `[B, S, KV, hd]`, positions
-    `[B, T]` (consecutive per row). One softmax over both parts, in float32; the cache is read
-    once and never copied. Returns `[B, T, H, hd]`.
+    `[B, T]` (consecutive per row). scale = 1/√hd unless given (Gemma: query_pre_attn_scalar^−½);
+    `softcap` c caps each score to c·tanh(s / c) (Gemma 2); `sliding_window` may be traced (a
+    per-layer window). One softmax over both parts, in float32; the cache is read once and never
+    copied. Returns `[B, T, H, hd]`.
     """
     batch, length, heads, head_dim = q.shape
     kv_heads = k.shape[2]
     qg = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    qg = qg * jnp.asarray(head_dim ** -0.5, q.dtype)
+    qg = qg * jnp.asarray(head_dim ** -0.5 if scale is None else scale, q.dtype)
     scores_cache = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache.astype(q.dtype),
                               preferred_element_type=jnp.float32)
     scores_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k, preferred_element_type=jnp.float32)
+    if softcap is not None:
+        scores_cache = jnp.tanh(scores_cache / softcap) * softcap
+        scores_new = jnp.tanh(scores_new / softcap) * softcap
     slots = jnp.arange(k_cache.shape[1])
     visible_cache = slots[None, None, :] < positions[:, :1, None]              # [B, 1, S]
     visible_new = positions[:, None, :] <= positions[:, :, None]               # [B, T, T]

@@ -10,6 +10,26 @@ and Qwen3 (RMSNorm on queries and keys):
     qwen2      yes       no      no       no               no
     qwen3      opt.      opt.    yes      no               no
     phi3       no        no      no       opt. (2047)      longrope (128K); partial rotary (Phi-4-mini)
+    gemma2     opt.      opt.    no       local/global     no
+    gemma3_text opt.     opt.    yes      local/global     linear (global layers); local θ
+
+Gemma 2 (HF `modeling_gemma2.py`, arXiv 2408.00118) and Gemma 3 text (`modeling_gemma3.py`,
+Gemma 3 technical report, arXiv 2503.19786) switch on further traits, all off by default so the
+other families compute exactly what they did:
+
+* `layer_types`: per layer `"sliding_attention"` (window `sliding_window`) or `"full_attention"`;
+  None = every layer uses `sliding_window` (Mistral, Phi-3). The per-layer choice reaches the
+  layer scan as scanned data (a boolean per layer), not by unrolling the layers.
+* `attn_logit_softcapping` c: scores s → c·tanh(s / c) before the mask and softmax;
+  `final_logit_softcapping` likewise on the vocabulary logits. cuDNN's fused kernel cannot
+  soft-cap, so with a soft-cap attention always runs the XLA einsum path, whatever
+  `attention_impl` says.
+* `query_pre_attn_scalar` q: attention scale q^(−1/2) instead of head_dim^(−1/2).
+* `rms_norm_one_plus`: RMSNorm multiplies by (1 + w) in float32, weights initialised at 0.
+* `sandwich_norms`: RMSNorm on the attention output and on the MLP output too (four per layer).
+* `scale_embeddings`: embeddings × √d, the factor rounded to the compute dtype (as HF).
+* `rope_local_theta`: θ of the sliding layers (Gemma 3: 10,000, unscaled); the global layers keep
+  `rope_theta` and `rope_scaling`. Each layer's inverse frequencies are scanned data too.
 
 Numerics (`dtype`, `param_dtype`), the attention kernel, rematerialisation and layer
 scanning live here too, because they change how the same parameters are computed, not what
@@ -25,12 +45,13 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
 HEADS = ("lm", "scalar")
 ATTENTION_IMPLS = ("xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "save_proj", "save_proj_attn")
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 HIDDEN_ACTS = ("silu", "gelu_pytorch_tanh")
+LAYER_TYPES = ("sliding_attention", "full_attention")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +102,15 @@ class ModelConfig:
     sliding_window: int | None = None
     partial_rotary_factor: float = 1.0  # RoPE on the first int(head_dim · factor) dims (Phi-3/4)
     hidden_act: str = "silu"  # MLP gate: silu (SwiGLU) or gelu_pytorch_tanh (GeGLU, Gemma)
+    # Gemma 2 / 3 traits (see the module docstring); the defaults leave them off.
+    layer_types: tuple[str, ...] | None = None
+    attn_logit_softcapping: float | None = None
+    final_logit_softcapping: float | None = None
+    query_pre_attn_scalar: float | None = None
+    rms_norm_one_plus: bool = False
+    sandwich_norms: bool = False
+    scale_embeddings: bool = False
+    rope_local_theta: float | None = None
     initializer_range: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -108,6 +138,15 @@ class ModelConfig:
              f"partial_rotary_factor {self.partial_rotary_factor} gives an odd or empty "
              f"rotary dimension {self.rotary_dim}"),
             (self.hidden_act in HIDDEN_ACTS, f"hidden_act {self.hidden_act!r} not in {HIDDEN_ACTS}"),
+            (self.layer_types is None or (len(self.layer_types) == self.num_layers
+                                          and set(self.layer_types) <= set(LAYER_TYPES)),
+             f"layer_types must give one of {LAYER_TYPES} for each of the {self.num_layers} "
+             f"layers, got {self.layer_types}"),
+            (self.layer_types is None or "sliding_attention" not in self.layer_types
+             or self.sliding_window is not None,
+             "layer_types has sliding_attention layers but sliding_window is None"),
+            (self.rope_local_theta is None or self.layer_types is not None,
+             "rope_local_theta needs layer_types (it is the sliding layers' θ)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -116,6 +155,15 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if isinstance(self.eos_token_id, list):
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
+        if isinstance(self.layer_types, list):  # JSON gives lists; keep the config hashable
+            object.__setattr__(self, "layer_types", tuple(self.layer_types))
+
+    def layer_is_local(self) -> tuple[bool, ...]:
+        """Per layer: does it attend within `sliding_window`? (True for all when `layer_types`
+        is None and a window is set: Mistral, Phi-3.)"""
+        if self.layer_types is None:
+            return (self.sliding_window is not None,) * self.num_layers
+        return tuple(t == "sliding_attention" for t in self.layer_types)
 
     @property
     def rotary_dim(self) -> int:
@@ -172,7 +220,7 @@ class ModelConfig:
         attn += d if self.o_bias else 0
         attn += 2 * hd if self.qk_norm else 0
         mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
-        per_layer = attn + mlp + 2 * d
+        per_layer = attn + mlp + (4 if self.sandwich_norms else 2) * d
         embed = self.vocab_size * d
         head = 0 if self.head == "lm" and self.tie_word_embeddings else (
             self.vocab_size * d if self.head == "lm" else d)

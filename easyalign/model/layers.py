@@ -82,17 +82,25 @@ class Einsum(nnx.Module):
 
 
 class RMSNorm(nnx.Module):
-    """y = x / sqrt(mean(x²) + ε) · scale, statistics in float32 (as HF `LlamaRMSNorm`)."""
+    """y = x / sqrt(mean(x²) + ε) · scale, statistics in float32 (as HF `LlamaRMSNorm`).
+
+    With `config.rms_norm_one_plus` (Gemma; HF `Gemma2RMSNorm`): y = (x̂ · (1 + w)) computed in
+    float32 and cast once at the end, w initialised at 0. `[..., size] → [..., size]`.
+    """
 
     def __init__(self, size: int, *, config: ModelConfig, rngs: nnx.Rngs,
                  names: Sequence[str | None] = ("norm",)):
         self.eps = config.rms_norm_eps
-        self.scale = _param(rngs, nnx.initializers.ones, (size,), names, config.weight_dtype)
+        self.one_plus = config.rms_norm_one_plus
+        init = nnx.initializers.zeros if self.one_plus else nnx.initializers.ones
+        self.scale = _param(rngs, init, (size,), names, config.weight_dtype)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        if self.one_plus:  # Gemma multiplies in float32, then casts (HF PR 29402)
+            return (x32 * (1.0 + self.scale[...].astype(jnp.float32))).astype(dtype)
         # HF casts back to the input dtype before multiplying by the weight.
         return self.scale[...].astype(dtype) * x32.astype(dtype)
 
@@ -112,6 +120,9 @@ class Embed(nnx.Module):
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.dtype = config.compute_dtype
+        # Gemma: embeddings × √d, the factor rounded to the compute dtype as HF rounds it to the
+        # weights' dtype (`Gemma2TextScaledWordEmbedding`; √2304 = 48.0 in bf16).
+        self.scale = math.sqrt(config.hidden_size) if config.scale_embeddings else None
         init = nnx.initializers.normal(config.initializer_range)
         self.embedding = _param(rngs, init, (config.vocab_size, config.hidden_size), self.NAMES,
                                 config.weight_dtype)
@@ -121,7 +132,9 @@ class Embed(nnx.Module):
         return compute_copy(self.embedding[...], self.NAMES, self.dtype)
 
     def __call__(self, tokens: jax.Array) -> jax.Array:
-        return jnp.take(self.table(), tokens, axis=0)
+        """`[B, T]` ids → `[B, T, d]` rows of the table (× √d for Gemma)."""
+        x = jnp.take(self.table(), tokens, axis=0)
+        return x if self.scale is None else x * jnp.asarray(self.scale, self.dtype)
 
 
 def rope_inverse_frequencies(head_dim: int, theta: float, scaling: RopeScaling | None,

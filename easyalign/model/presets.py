@@ -53,6 +53,28 @@ PRESETS: dict[str, dict[str, Any]] = {
         num_layers=32, num_heads=32, num_kv_heads=32, head_dim=96, rms_norm_eps=1e-5,
         rope_theta=10000.0, max_position_embeddings=4096, sliding_window=2047,
         bos_token_id=1, eos_token_id=32000, pad_token_id=32000),
+    # Gemma-2-2B: 2,614,341,888 parameters; local (window 4096) and global layers alternate,
+    # soft-caps 50 (attention) and 30 (logits), head_dim 256 ≠ 2304 / 8.
+    "gemma-2-2b": dict(
+        family="gemma2", vocab_size=256000, hidden_size=2304, intermediate_size=9216,
+        num_layers=26, num_heads=8, num_kv_heads=4, head_dim=256, rms_norm_eps=1e-6,
+        rope_theta=10000.0, max_position_embeddings=8192, tie_word_embeddings=True,
+        sliding_window=4096, layer_types=("sliding_attention", "full_attention") * 13,
+        attn_logit_softcapping=50.0, final_logit_softcapping=30.0, query_pre_attn_scalar=256,
+        hidden_act="gelu_pytorch_tanh", rms_norm_one_plus=True, sandwich_norms=True,
+        scale_embeddings=True, bos_token_id=2, eos_token_id=1, pad_token_id=0),
+    # Gemma-3-1B (pt): 999,885,952 parameters; 5 local (window 512, θ 10⁴) : 1 global (θ 10⁶),
+    # q/k norm, MQA with head_dim 256.
+    "gemma-3-1b": dict(
+        family="gemma3_text", vocab_size=262144, hidden_size=1152, intermediate_size=6912,
+        num_layers=26, num_heads=4, num_kv_heads=1, head_dim=256, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, rope_local_theta=10000.0, max_position_embeddings=32768,
+        tie_word_embeddings=True, qk_norm=True, sliding_window=512,
+        layer_types=tuple("full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                          for i in range(26)),
+        query_pre_attn_scalar=256, hidden_act="gelu_pytorch_tanh", rms_norm_one_plus=True,
+        sandwich_norms=True, scale_embeddings=True, bos_token_id=2, eos_token_id=1,
+        pad_token_id=0),
     # The anchors' distillation student: Llama-3.2-1B widths with 8 layers of 1024.
     "llama-student-8x1024": dict(
         family="llama", vocab_size=128256, hidden_size=1024, intermediate_size=4096,

@@ -5,6 +5,16 @@
     h_{l+1} = h'_l + W_down(silu(W_gate RMSNorm(h'_l)) ⊙ W_up RMSNorm(h'_l))
     out = RMSNorm(h_L) → logits = out·W_head (W_head = embeddingᵀ when tied) | reward = out·w
 
+Gemma 2/3 (HF `modeling_gemma2.py` `Gemma2DecoderLayer`, arXiv 2408.00118) put a norm on each
+branch's output as well ("sandwich" norms, `sandwich_norms`), scale the embeddings by √d, use
+GeGLU, and soft-cap the logits: logits → c·tanh(logits / c) (`final_logit_softcapping`):
+
+    h'_l = h_l + RMSNorm_attn_out(Attn(RMSNorm(h_l)))
+    h_{l+1} = h'_l + RMSNorm_mlp_out(MLP(RMSNorm(h'_l)))
+
+Per-layer differences (sliding or global attention, the layer's RoPE frequencies) are arrays
+with a leading `layers` axis, scanned with the weights (`Transformer.layer_data`).
+
 Layers are stored stacked (a leading `layers` axis on every block weight, built with
 `nnx.vmap`) and run under `jax.lax.scan` (`scan_layers=True`: compile time independent of
 depth) or a Python loop over the same stacked weights (faster on GPU: XLA schedules and fuses
@@ -130,17 +140,27 @@ class MLP(nnx.Module):
 
 
 class Block(nnx.Module):
+    """One decoder layer `[B, T, d] → [B, T, d]`. `post_attn_norm` is the norm between attention
+    and MLP (HF `post_attention_layernorm` of Llama, `pre_feedforward_layernorm` of Gemma);
+    `attn_out_norm` / `mlp_out_norm` are Gemma's norms of the branch outputs (HF
+    `post_attention_layernorm` / `post_feedforward_layernorm`)."""
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.attn = Attention(config, rngs=rngs)
         self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.mlp = MLP(config, rngs=rngs)
+        self.sandwich = config.sandwich_norms
+        if self.sandwich:
+            self.attn_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
+            self.mlp_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
 
-    def __call__(self, x, positions, segment_ids, inv_freq, cache=None, mode=None):
+    def __call__(self, x, positions, segment_ids, inv_freq, cache=None, mode=None, local=None):
         attn_out, new_kv = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache,
-                                     mode)
-        x = x + attn_out
-        x = x + self.mlp(self.post_attn_norm(x))
+                                     mode, local)
+        x = x + (self.attn_out_norm(attn_out) if self.sandwich else attn_out)
+        mlp_out = self.mlp(self.post_attn_norm(x))
+        x = x + (self.mlp_out_norm(mlp_out) if self.sandwich else mlp_out)
         return constrain(x, ("batch", "length", "act_embed")), new_kv
 
 
@@ -189,16 +209,16 @@ class Transformer(nnx.Module):
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         # LongRoPE switches factors by the call's sequence length (HF: max(position_ids) + 1).
         seq_len = tokens.shape[1] if positions is None else jnp.max(positions) + 1
-        inv_freq = rope_inverse_frequencies(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling,
-                                            seq_len)
+        per_layer = self.layer_data(seq_len)
         x = constrain(self.embed_tokens(tokens), ("batch", "length", "act_embed"))
 
         graphdef, layer_state = nnx.split(self.layers)
 
-        def layer(x, params, layer_cache):
+        def layer(x, params_and_data, layer_cache):
+            params, data = params_and_data
             block = nnx.merge(graphdef, params)
-            return block(x, None if mode == "prefill" else positions, segment_ids, inv_freq,
-                         layer_cache, mode)
+            return block(x, None if mode == "prefill" else positions, segment_ids,
+                         data["inv_freq"], layer_cache, mode, data.get("local"))
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
@@ -213,7 +233,7 @@ class Transformer(nnx.Module):
                 x, kv = layer(x, params, None)
                 return x, (kv if mode == "prefill" else None)
 
-            x, stacked = jax.lax.scan(scanned, x, layer_state)
+            x, stacked = jax.lax.scan(scanned, x, (layer_state, per_layer))
             if mode is None:
                 return self.final_norm(x), None
             write = lambda buf, kv: buf.at[rows, positions].set(kv.astype(buf.dtype))  # noqa: E731
@@ -224,7 +244,8 @@ class Transformer(nnx.Module):
         # layer reads and updates its own cache buffer in place (see KVCache).
         new_k, new_v = [], []
         for i in range(cfg.num_layers):
-            params = jax.tree.map(functools.partial(lambda a, i: a[i], i=i), layer_state)
+            params = jax.tree.map(functools.partial(lambda a, i: a[i], i=i),
+                                  (layer_state, per_layer))
             layer_cache = None if mode != "decode" else (cache.k[i], cache.v[i])
             x, kv = layer(x, params, layer_cache)
             if cache is not None:
@@ -232,6 +253,23 @@ class Transformer(nnx.Module):
                 new_v.append(cache.v[i].at[rows, positions].set(kv[1].astype(cache.v[i].dtype)))
         hidden = self.final_norm(x)
         return hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v)))
+
+    def layer_data(self, seq_len: jax.Array | int) -> dict[str, jax.Array]:
+        """Per-layer inputs of the scan: `inv_freq [L, r/2]` (RoPE of each layer: Gemma 3's local
+        layers use `rope_local_theta`, unscaled; HF `Gemma3RotaryEmbedding`) and, with
+        `layer_types`, `local [L]` (bool: the layer attends within `sliding_window`)."""
+        cfg = self.config
+        global_freq = rope_inverse_frequencies(cfg.rotary_dim, cfg.rope_theta, cfg.rope_scaling,
+                                               seq_len)
+        inv_freq = jnp.broadcast_to(global_freq, (cfg.num_layers,) + global_freq.shape)
+        data = {"inv_freq": inv_freq}
+        if cfg.layer_types is not None:
+            local = jnp.asarray(cfg.layer_is_local())
+            data["local"] = local
+            if cfg.rope_local_theta is not None:
+                local_freq = rope_inverse_frequencies(cfg.rotary_dim, cfg.rope_local_theta, None)
+                data["inv_freq"] = jnp.where(local[:, None], local_freq, inv_freq)
+        return data
 
     # ----------------------------------------------------------------------------- heads
     def logits(self, hidden: jax.Array) -> jax.Array:
@@ -245,6 +283,9 @@ class Transformer(nnx.Module):
                                   self.config.compute_dtype)
             kernel_axes = "dv"
         logits = head_matmul(hidden.astype(kernel.dtype), kernel, kernel_axes)
+        cap = self.config.final_logit_softcapping
+        if cap is not None:  # Gemma 2: c·tanh(logits / c), in float32 (HF Gemma2ForCausalLM)
+            logits = jnp.tanh(logits / cap) * cap
         return constrain(logits, ("batch", "length", "act_vocab")) if logits.ndim == 3 else logits
 
     def scores(self, hidden: jax.Array) -> jax.Array:
