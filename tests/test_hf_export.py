@@ -112,6 +112,23 @@ def test_transformers4_config_spelling():
         500000.0, RopeScaling(rope_type="linear", factor=4.0), 4, 16)
 
 
+def test_gemma_transformers4_config_spelling_and_default_pattern():
+    """Gemma 3 configs of transformers 4 (rope_theta, rope_local_base_freq, rope_scaling, no
+    layer_types: HF's rule, layer i global iff (i + 1) % sliding_window_pattern == 0)."""
+    legacy = dict(model_type="gemma3_text", vocab_size=256, hidden_size=64, intermediate_size=128,
+                  num_hidden_layers=7, num_attention_heads=4, num_key_value_heads=1, head_dim=32,
+                  rope_theta=1e6, rope_local_base_freq=1e4, sliding_window_pattern=6,
+                  rope_scaling={"rope_type": "linear", "factor": 8.0})
+    config = to_model_config(legacy)
+    assert (config.rope_theta, config.rope_local_theta, config.rope_scaling) == (
+        1e6, 1e4, RopeScaling(rope_type="linear", factor=8.0))
+    assert config.layer_is_local() == (True,) * 5 + (False, True)
+    gemma2 = to_model_config({**legacy, "model_type": "gemma2", "rope_theta": 1e4,
+                              "rope_scaling": None})
+    assert gemma2.layer_is_local() == (True, False) * 3 + (True,)
+    assert (gemma2.attn_logit_softcapping, gemma2.final_logit_softcapping) == (50.0, 30.0)
+
+
 def test_config_without_hf_equivalent_is_refused():
     with pytest.raises(HFConfigError, match="qkv_bias=True, o_bias=False"):
         hf_config_dict(preset("tiny", qkv_bias=True), "float32")

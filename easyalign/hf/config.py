@@ -173,7 +173,9 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
         theta, scaling = _rope(c, where)
         gemma_extra = {}
     if gemma:
-        period = c.get("sliding_window_pattern", GEMMA[model_type])
+        period = GEMMA[model_type]  # Gemma 2's config class ignores sliding_window_pattern
+        if model_type == "gemma3_text":
+            period = c.get("sliding_window_pattern", period)
         layer_types = c.get("layer_types") or [
             "sliding_attention" if (i + 1) % period else "full_attention"
             for i in range(c["num_hidden_layers"])]
