@@ -34,7 +34,7 @@ def get_config() -> ConfigDict:
     m.head = "lm"                        # lm | scalar (reward/value models)
     m.dtype = "float32"                  # compute dtype (bfloat16 on GPU)
     m.param_dtype = "float32"            # master weights and optimizer state dtype
-    m.attention_impl = "xla"             # xla | cudnn (GPU)
+    m.attention_impl = "xla"             # xla | cudnn (GPU, bf16/fp16 compute; fp32 uses xla)
     m.remat = "none"                     # none | full | dots | save_proj | save_proj_attn
     m.scan_layers = True                 # lax.scan over layers: compile time O(1) in depth
     #                                      (False unrolls: faster steps on GPU, longer compiles)

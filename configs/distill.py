@@ -64,14 +64,16 @@ def get_config(preset: str = ""):
         # on-policy GKD on HH-RLHF harmless prompts, half the steps on the teacher's responses.
         base.real(c, base.HH_HARMLESS, max_length=352)  # prompt ≤ 256 + 96 new tokens
         c.model.init, c.model.path, c.model.layers = "derive", "@dpo", "spread:12"
+        # 300 steps at lr 5e-5 left the student looping ("I'm sorry, I'm not sure. I'm not
+        # sure. …": distinct-1 0.001 on an H200, 2026-11-30): 18 removed layers need more.
         d.lmbda = 0.5
         d.max_new_tokens = 96
-        c.train.steps = 300
+        c.train.steps = 900
         c.train.batch_size = 32
-        c.train.eval_every = 100
-        c.train.checkpoint_every = 100
-        c.optim.lr = 5e-5
-        c.optim.warmup_steps = 20
+        c.train.eval_every = 300
+        c.train.checkpoint_every = 300
+        c.optim.lr = 2e-4
+        c.optim.warmup_steps = 50
     elif preset == "tiny":
         d.lmbda = 0.5
     elif preset == "tiny_offline":

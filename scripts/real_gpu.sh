@@ -59,7 +59,7 @@ case "${1:?prepare | stage | run}" in
     # Stop inside the call's limit so the results still travel back; a rerun resumes.
     timeout "${RUN_SECONDS:-560}" python3 -m easyalign pipeline --config=configs/pipeline.py:real \
       --config.train.progress_bar=False \
-      --config.pipeline.overrides="('*:model.dtype=bfloat16', '*:model.attention_impl=cudnn')" \
+      --config.pipeline.overrides="('*:model.dtype=bfloat16', '*:model.attention_impl=cudnn', 'eval:eval.dtype=bfloat16', 'latency:latency.dtype=bfloat16')" \
       "$@" 2>&1 | tee -a "$out/pipeline.log" || status=$?
     # One archive: the device returns at most 8 files.
     (cd runs && tar czf "$out/real_run.tgz" --exclude='*/checkpoints' --exclude='*/model' \

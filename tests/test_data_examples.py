@@ -221,13 +221,13 @@ def test_shared_eval_preset_asks_no_world_suites_unless_told(tmp_path):
     shared(SHARED / "advbench/harmful_behaviors.csv")
     config = load_config(["--config=configs/eval.py:shared"])
     assert config.eval.suites == ()
-    assert [s.name for s in load_suites(config, None)] == ["advbench"]
+    assert [s.name for s in load_suites(config, None)] == ["advbench", "ifeval"]
     world = tmp_path / "world"
     build_world().write(world)
     asked = load_config(["--config=configs/eval.py:shared",
                          "--config.eval.suites=('harmful','benign')"])
     assert [(s.name, s.world) for s in load_suites(asked, world)] == [
-        ("harmful", True), ("benign", True), ("advbench", False)]
+        ("harmful", True), ("benign", True), ("advbench", False), ("ifeval", False)]
 
 
 def test_identical_pairs_are_reported_without_the_on_empty_key(tmp_path, capsys):

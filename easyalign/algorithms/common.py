@@ -150,6 +150,17 @@ def stage_path(config, value: str) -> str:
     return value
 
 
+def stage_reference(config, value: str) -> str:
+    """The inverse of `stage_path`: `<parent of workdir>/<stage>/model` → `@<stage>`, so that
+    a config resolved by an earlier run (its `model.path` made absolute in place) records the
+    same manifest as the `@stage` it came from. Other values pass through."""
+    path = Path(value)
+    root = Path(config.workdir).absolute().parent
+    if path.is_absolute() and path.name == MODEL_DIR and path.parent.parent == root:
+        return "@" + path.parent.name
+    return value
+
+
 def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
     """Create `config.workdir`, take its lock, check a resume against the manifest of its
     checkpoints (`train.rundir`), and write the resolved config into it (process 0)."""
@@ -181,7 +192,7 @@ def prepare(config) -> Run:
     distributed.initialize_from_config(config)
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = start_workdir(config, {"model.path": raw_path})
+    workdir = start_workdir(config, {"model.path": stage_reference(config, raw_path)})
     world = ensure_world(config) if uses_world(config) else None
     return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
                world_dir=world)

@@ -132,6 +132,7 @@ class Attention(nnx.Module):
             window = jnp.where(local, window, NO_WINDOW)
         scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar ** -0.5
         softcap = cfg.attn_logit_softcapping
+        impl = attention_implementation(cfg.attention_impl, q.dtype)
         if mode == "decode":
             out = cached_attention(q, k, v, cache[0], cache[1], rope_positions, window,
                                    scale, softcap)
@@ -147,7 +148,7 @@ class Attention(nnx.Module):
             def causal(local_window):
                 return jax.nn.dot_product_attention(
                     q, k, v, is_causal=True, scale=scale, local_window_size=local_window,
-                    implementation=cfg.attention_impl)
+                    implementation=impl)
 
             if cfg.sliding_window is None:
                 out = causal(None)
@@ -160,10 +161,23 @@ class Attention(nnx.Module):
             mask = attention_mask(rope_positions, rope_positions, segment_ids, segment_ids,
                                   window)
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
-                                               implementation=cfg.attention_impl)
+                                               implementation=impl)
         out = checkpoint_name(out, "attention")
         new_kv = None if mode is None else (k, v)
         return checkpoint_name(self.o_proj(out), "attention_out"), new_kv
+
+
+def attention_implementation(requested: str, dtype) -> str:
+    """The `jax.nn.dot_product_attention` implementation for `requested` at compute `dtype`.
+
+    cuDNN's fused kernel takes fp16/bf16 (and fp8) only: a model trained with
+    `attention_impl="cudnn"` and then run in float32 (eval and latency compute in the stored
+    dtype unless told otherwise) uses XLA's attention, which computes the same function.
+    """
+    if requested == "cudnn" and jnp.dtype(dtype) not in (jnp.dtype(jnp.bfloat16),
+                                                          jnp.dtype(jnp.float16)):
+        return "xla"
+    return requested
 
 
 def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_cache: jax.Array,
