@@ -539,56 +539,82 @@ def train(run: Run, *, model: Transformer, loss_fn_for: Callable, loader, frozen
     c = run.config
     steps = total_steps or c.train.steps
     graphdef, params = nnx.split(model)
-    tx, schedule = optim.make_optimizer(c.optim, steps)
+    config = model.config
+    evaluate = evaluate_for(graphdef) if evaluate_for else None
+    hooks = train_loop.StepHooks(evaluate=(lambda s: evaluate(s.params)) if evaluate else None,
+                                 tokens=tokens, after_log=after_log)
+    loop = loop_config(run, steps, flops_per_token=flops_per_token(config, c.data.max_length))
+    state, history = fit(run, params=params, loss_fn=loss_fn_for(graphdef), loader=loader,
+                         loop=loop, model_config=config, frozen=frozen,
+                         hooks=hooks, best_metric=best_metric)
+    if history is not None:
+        finish(run, save_model(run, state.params, graphdef), history, best_metric)
+    return state.params, graphdef
+
+
+def loop_config(run: Run, total_steps: int, **overrides) -> train_loop.LoopConfig:
+    """The generic loop's settings from the `train` and `perf` blocks."""
+    t = run.config.train
+    return train_loop.LoopConfig(
+        total_steps=total_steps, log_every=t.log_every, eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every, dead_steps=t.dead_model_steps,
+        peak_flops=run.config.perf.peak_tflops * 1e12, **overrides)
+
+
+def fit(run: Run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
+        model_config: ModelConfig, frozen: Any = None,
+        hooks: train_loop.StepHooks = train_loop.StepHooks(), best_metric: str | None = None,
+        optimizer_steps: int | None = None, update_for: Callable | None = None):
+    """Create (or restore) the train state and run the generic loop to `loop.total_steps`.
+
+    `optimizer_steps` (default: the loop's steps) sizes the learning-rate schedule; an
+    on-policy algorithm takes several per iteration, and builds its update from the jitted
+    step with `update_for(step_fn)`. Returns `(state, history)`; history is None when the run
+    had already completed (nothing trained, nothing to write).
+    """
+    c = run.config
+    unit = loop.unit
+    tx, schedule = optim.make_optimizer(c.optim, optimizer_steps or loop.total_steps)
     checkpointer = ckpt.Checkpointer(run.workdir / "checkpoints", keep=c.train.keep_checkpoints,
                                      best_metric=best_metric,
                                      async_save=c.train.async_checkpointing)
     state = train_state.create_train_state(params, tx, c.train.seed, run.mesh)
     del params
     latest = checkpointer.latest_step()
-    writer = train_metrics.MetricsWriter(run.workdir, total_steps=steps,
+    writer = train_metrics.MetricsWriter(run.workdir, total_steps=loop.total_steps,
                                          progress_bar=c.train.progress_bar)
     if latest is not None:
         state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
-        if latest >= steps and stage_done(run.workdir):
+        if latest >= loop.total_steps and stage_done(run.workdir):
             # A rerun of a finished run: nothing to train, nothing to rewrite.
             checkpointer.close()
             writer.close()
             if run.is_main:
-                print(f"[{c.phase}] already complete ({latest} of {steps} steps): the model is "
-                      f"in {run.workdir / MODEL_DIR} (train again in a new --config.workdir)",
-                      flush=True)
+                print(f"[{c.phase}] already complete ({latest} of {loop.total_steps} {unit}s): "
+                      f"the model is in {run.workdir / MODEL_DIR} (train again in a new "
+                      "--config.workdir)", flush=True)
             rundir.release(run.workdir)
-            return state.params, graphdef
+            return state, None
         if data_state.get("loader"):
             loader.set_state(data_state["loader"].encode())
+        if hooks.extra:
+            hooks.extra.set_state(data_state)
         writer.resume(latest)
         if run.is_main:
-            print(f"[resume] {run.workdir.name}: continuing from step {latest}")
+            print(f"[resume] {run.workdir.name}: continuing from {unit} {latest}")
     shardings = train_state.state_shardings(state)
-    loss_fn = loss_fn_for(graphdef)
     with sharding.use_mesh(run.mesh):
         step_fn = make_train_step(loss_fn, tx, schedule, shardings, grad_accum=c.train.grad_accum)
-        evaluate = evaluate_for(graphdef) if evaluate_for else None
-        hooks = train_loop.StepHooks(
-            evaluate=(lambda s: evaluate(s.params)) if evaluate else None, tokens=tokens,
-            after_log=after_log)
-        loop = train_loop.LoopConfig(
-            total_steps=steps, log_every=c.train.log_every, eval_every=c.train.eval_every,
-            checkpoint_every=c.train.checkpoint_every, dead_steps=c.train.dead_model_steps,
-            flops_per_token=flops_per_token(model.config, c.data.max_length),
-            peak_flops=c.perf.peak_tflops * 1e12)
         state = train_loop.run_loop(
-            state=state, step_fn=step_fn, frozen=frozen, loader=_LoaderState(loader),
-            mesh=run.mesh, loop=loop, checkpointer=checkpointer, writer=writer,
-            model_config=model.config.to_dict(), hooks=hooks)
+            state=state, step_fn=update_for(step_fn) if update_for else step_fn, frozen=frozen,
+            loader=_LoaderState(loader), mesh=run.mesh, loop=loop, checkpointer=checkpointer,
+            writer=writer, model_config=model_config.to_dict(), hooks=hooks,
+            start_step=latest or 0)
     checkpointer.close()
     if c.train.plot:
         writer.plot(run.workdir / "plots")
     writer.close()
-    out = save_model(run, state.params, graphdef)
-    finish(run, out, writer.history, best_metric)
-    return state.params, graphdef
+    return state, writer.history
 
 
 class _LoaderState:
