@@ -35,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from easyalign.sharding import batch_sharding
+from easyalign.sharding import to_global_batch
 from easyalign.train.checkpoint import Checkpointer
 from easyalign.train.metrics import MetricsWriter
 
@@ -81,17 +81,6 @@ class DivergenceGuard:
                 print(f"[train] warning: gradient norm 0 for the last {zero_run} {self.unit}s: "
                       "a dead model (nothing will change any more; was optim.lr too high?)",
                       flush=True)
-
-
-def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host (per-process) numpy batch → global arrays sharded over the batch axes."""
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        sharding = batch_sharding(mesh, value.ndim)
-        global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
-        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
-    return out
 
 
 @dataclasses.dataclass
