@@ -57,7 +57,7 @@ from easyalign import losses, sampler
 from easyalign.algorithms import common, rollout
 from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.train import loop as train_loop
-from easyalign.train.loop import to_global_batch
+from easyalign.sharding import to_global_batch
 
 KL_CONTROLLERS = ("fixed", "adaptive")
 
