@@ -7,6 +7,8 @@ Public API, imported lazily on first use so that `import easyalign` stays cheap:
     easyalign.convert_hf_to_checkpoint / convert_checkpoint_to_hf / load_checkpoint_model /
     save_checkpoint_model                           Orbax model checkpoints
     easyalign.ModelConfig / Transformer / create_model / preset
+    easyalign.run(stage, config) -> workdir         run a stage ("sft", "dpo", "pipeline", …)
+                                                    as its CLI command would (`easyalign.stages`)
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ _EXPORTS = {
     "Transformer": "easyalign.model",
     "create_model": "easyalign.model",
     "preset": "easyalign.model",
+    "run": "easyalign.stages",
 }
 
 __all__ = sorted(_EXPORTS)

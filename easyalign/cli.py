@@ -19,34 +19,19 @@ stderr, `easyalign <command>: <what is wrong, naming the key, file or path>`, an
 from __future__ import annotations
 
 import errno
-import importlib
 import os
 import re
 import sys
 from pathlib import Path
-from typing import Callable
 
 from absl import flags
 from ml_collections import config_flags
 
 
-from easyalign.config_check import ConfigError, flat_keys, suggest_key
+from easyalign.config_check import suggest_key
+from easyalign.config_keys import ConfigError, flat_keys
+from easyalign.stages import STAGES, resolve
 
-# command -> (module, function, one-line help). Phase commands take a config.
-PHASES = {
-    "sft": ("easyalign.algorithms.sft", "run", "supervised fine-tuning"),
-    "reward": ("easyalign.algorithms.reward", "run", "train a reward model on preference pairs"),
-    "dpo": ("easyalign.algorithms.dpo", "run", "direct preference optimisation"),
-    "ppo": ("easyalign.algorithms.ppo", "run", "RLHF with PPO against a reward model"),
-    "teacher-data": ("easyalign.algorithms.teacher_data", "run", "sample the teacher into JSONL"),
-    "distill": ("easyalign.algorithms.distill", "run", "distil the teacher into a student"),
-    "generate": ("easyalign.algorithms.generate", "run", "prompt file → JSONL of completions"),
-    "eval": ("easyalign.eval.run", "run", "evaluate model variants"),
-    "latency": ("easyalign.eval.latency", "run", "prefill/decode speed and memory per variant"),
-    "ablate": ("easyalign.pipeline", "run_ablations", "SFT/DPO/PPO and distillation ablations"),
-    "pipeline": ("easyalign.pipeline", "run", "SFT → reward → DPO/PPO → distil → eval → latency"),
-    "doctor": ("easyalign.doctor", "run", "check processes, devices, mesh and memory fit"),
-}
 TOOLS = {
     "convert": ("easyalign.tools", "convert", "HF ⇄ easyalign checkpoint"),
     "sample": ("easyalign.tools", "sample", "print completions of a checkpoint"),
@@ -127,20 +112,10 @@ def load_config(args: list[str]):
     return config
 
 
-def _resolve(table: dict, command: str) -> Callable:
-    module, name, _ = table[command]
-    return getattr(importlib.import_module(module), name)
-
-
-def phase_function(command: str) -> Callable:
-    """The `run(config)` function of a phase command (used by the pipeline too)."""
-    return _resolve(PHASES, command)
-
-
 def usage() -> str:
     lines = ["usage: easyalign <command> [flags]   (easyalign <command> --help: its flags and "
              "config keys)", "", "phases (take --config=FILE[:preset]):"]
-    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in PHASES.items()]
+    lines += [f"  {name:<13} {help_}" for name, (_, _, help_) in STAGES.items()]
     lines += ["", "tools:"] + [f"  {name:<13} {help_}" for name, (_, _, help_) in TOOLS.items()]
     lines += ["", "every command: --debug (or EASYALIGN_DEBUG=1) shows the traceback of an error"]
     return "\n".join(lines)
@@ -197,7 +172,7 @@ def command_help(command: str, args: list[str]) -> str:
     given = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")),
                  f"configs/{'ablations' if phase == 'ablate' else phase}.py")
     lines = [f"usage: easyalign {command} --config=FILE[:preset] [--config.KEY=VALUE ...]",
-             f"  {PHASES[command][2]}", "", "flags:",
+             f"  {STAGES[command][2]}", "", "flags:",
              "  --config=FILE[:preset]   the config file (default here: "
              f"{given}), e.g. configs/{phase}.py:tiny",
              "  --config.KEY=VALUE       override any key below (unknown keys are errors)",
@@ -267,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         print(usage())
         return
     command, args = argv[1], argv[2:]
-    if command not in PHASES and command not in TOOLS:
+    if command not in STAGES and command not in TOOLS:
         sys.exit(f"easyalign: unknown command {command!r} (easyalign --help lists them)")
     debug = "--debug" in args or bool(os.environ.get("EASYALIGN_DEBUG"))
     args = [a for a in args if a != "--debug"]
@@ -284,14 +259,14 @@ def main(argv: list[str] | None = None) -> None:
         for name in ("huggingface_hub", "datasets", "urllib3", "filelock"):
             logging.getLogger(name).setLevel(logging.ERROR)  # retries of an offline hub
     try:
-        if command in PHASES:
+        if command in STAGES:
             config = load_config(args)
             from easyalign.config_check import check_command
 
             check_command(config, command)
-            _resolve(PHASES, command)(config)
+            resolve(STAGES, command)(config)
         else:
-            _resolve(TOOLS, command)(args)
+            resolve(TOOLS, command)(args)
     except (SystemExit, KeyboardInterrupt):
         raise
     except BaseException as e:  # noqa: BLE001 — the one error boundary

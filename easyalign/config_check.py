@@ -30,6 +30,8 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
+from easyalign.config_keys import ConfigError, flat_keys  # noqa: F401  (raised and used here)
+
 TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "distill")
 # Commands whose config is a phase config, and the `phase` value it carries.
 COMMAND_PHASES = {"teacher-data": "teacher_data", "ablate": "ablate"}
@@ -62,20 +64,6 @@ HF_KEYS = {
     "cliprange_value": "ppo.value_clip_eps", "num_ppo_epochs": "ppo.epochs",
     "response_length": "ppo.max_new_tokens", "max_new_tokens": "ppo.max_new_tokens",
 }
-
-
-class ConfigError(ValueError):
-    """A config file, key or value the user gave cannot be used; the message says which."""
-
-
-# ----------------------------------------------------------------------------- keys
-def flat_keys(config, prefix: str = "") -> list[str]:
-    """Every leaf key of a ConfigDict, dotted (`optim.lr`, `data.world.seed`, ...)."""
-    out = []
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        out += flat_keys(value, name + ".") if hasattr(value, "items") else [name]
-    return out
 
 
 def suggest_key(name: str, known: Iterable[str]) -> str:

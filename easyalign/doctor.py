@@ -156,7 +156,7 @@ def read_model_config(config, path: str) -> ModelConfig:
     """The ModelConfig of a checkpoint / phase workdir / HF directory / `@stage`."""
     from easyalign.algorithms.common import stage_path
     from easyalign.hf import read_checkpoint_config, read_hf_config
-    from easyalign.tools import resolve_model_dir
+    from easyalign.hf.checkpoint import resolve_model_dir
 
     directory, kind = resolve_model_dir(stage_path(config, path))
     return read_checkpoint_config(directory) if kind == "checkpoint" else read_hf_config(directory)
@@ -164,7 +164,7 @@ def read_model_config(config, path: str) -> ModelConfig:
 
 def _vocab(config) -> tuple[int | None, str]:
     """A scratch model's vocabulary: the tokenizer's size if the tokenizer exists yet."""
-    from easyalign.algorithms.common import world_dir
+    from easyalign.data.world_source import world_dir
 
     if config.model.vocab_size:
         return config.model.vocab_size, "model.vocab_size"

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import jax
 
-from easyalign import cli
+from easyalign import stages
 from easyalign.algorithms import common
 
 # Commands whose stage produces a model the evaluation compares (stage name = variant name,
@@ -47,9 +47,9 @@ def parse_stage(spec: str, default_preset: str) -> tuple[str, str, str]:
     """
     name, _, rest = spec.partition("=")
     command, _, preset = (rest or name).partition(":")
-    if command != "base" and command not in cli.PHASES:
+    if command != "base" and command not in stages.STAGES:
         raise ValueError(f"pipeline stage {spec!r}: unknown command {command!r}; "
-                         f"known: base, {', '.join(cli.PHASES)}")
+                         f"known: base, {', '.join(stages.STAGES)}")
     return name, command, preset or ("" if command in ("eval", "latency") else default_preset)
 
 
@@ -184,7 +184,7 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
         if command == "base":
             save_base(config)
         else:
-            cli.phase_function(command)(config)
+            stages.stage_function(command)(config)
         _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
     return stages
 

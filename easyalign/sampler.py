@@ -41,16 +41,17 @@ row index), not only on its own prompt; greedy decoding does not.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import Mesh
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from easyalign import sharding
 from easyalign.data.chat_format import render_prompt, stop_token_ids
+from easyalign.data.loader import make_eval_batches
 from easyalign.data.tokenize import pad_token_id
 from easyalign.model import KVCache
 
@@ -281,8 +282,8 @@ _generate_jit = jax.jit(_generate, static_argnames=(
 
 def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_lengths,
              rng: jax.Array, *, max_new_tokens: int, method: SamplingMethod = Greedy(),
-             stop_tokens: Sequence[int] = (), max_length: int | None = None, pad_id: int = 0,
-             mesh: Mesh | None = None) -> Generation:
+             stop_tokens: Sequence[int] = (), max_length: int | None = None,
+             pad_id: int | None = None, mesh: Mesh | None = None) -> Generation:
     """Sample up to `max_new_tokens` tokens for each row of a right-padded prompt batch.
 
     prompt_tokens  `[B, P]` int, right-padded (pad values are irrelevant);
@@ -292,11 +293,16 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
                    part of the output;
     max_length     optional cap on prompt length + generated tokens per row (HF's meaning);
                    must be ≥ P; also bounds the KV cache;
+    pad_id         written after a row stops; default the model's `pad_token_id` — the id the
+                   data pipeline pads with (`data.tokenize.pad_token_id`) — or 0 without one;
     mesh           when given, the batch is sharded over ("data", "fsdp") and the call runs
                    under `sharding.use_mesh(mesh)`; params keep the shardings they have.
 
     Returns a `Generation` of device arrays; nothing is copied to the host.
     """
+    if pad_id is None:
+        pad_id = nnx.merge(graphdef, state).config.pad_token_id
+        pad_id = 0 if pad_id is None else pad_id
     if max_new_tokens < 1:
         raise ValueError(f"max_new_tokens must be ≥ 1, got {max_new_tokens}")
     prompt_tokens = jnp.asarray(prompt_tokens, jnp.int32)
@@ -327,6 +333,42 @@ def bucket_length(length: int) -> int:
     if length <= 64:
         return max(8, 1 << (max(length, 1) - 1).bit_length())
     return -(-length // 64) * 64
+
+
+def sample_prompt_batches(graphdef: nnx.GraphDef, params: nnx.State, prompts: list[dict], *,
+                          mesh: Mesh, batch_size: int, max_new_tokens: int,
+                          method: SamplingMethod, stop_tokens: Sequence[int], pad_id: int,
+                          seed: int) -> Iterator[list[tuple[int, list[int], bool]]]:
+    """Sample every tokenised prompt (`prompt_tokens`) of a list, one global batch at a time:
+    per batch, `(prompt index, generated ids, finished)` of its real rows (the ids include the
+    stop token when `finished`).
+
+    Every batch is `batch_size` rows (global over processes, each contributing its share as the
+    data pipeline's eval batches do) of one prompt width, the `bucket_length` of the longest
+    prompt, so the decode loop compiles once; batch j draws from `fold_in(key(seed), j)`. The
+    outputs come back replicated, so every process can read every row.
+    """
+    width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
+
+    def sample(params, batch, rng):
+        # Padding rows have prompt length 0; one token keeps their prefill index valid.
+        out = generate(graphdef, params, batch["prompt_tokens"],
+                       jnp.maximum(batch["prompt_lengths"], 1), rng,
+                       max_new_tokens=max_new_tokens, method=method, stop_tokens=stop_tokens,
+                       pad_id=pad_id)
+        return out.tokens, out.lengths, out.done, batch["index"], batch["valid"]
+
+    jitted = jax.jit(sample, out_shardings=NamedSharding(mesh, PartitionSpec()))
+    batches = make_eval_batches(prompts, kind="prompt", batch_size=batch_size, max_length=width,
+                                pad_id=pad_id)
+    key = jax.random.key(seed)
+    with sharding.use_mesh(mesh):
+        for j, batch in enumerate(batches):
+            # Host-device sync point, once per batch, after the whole batch is decoded.
+            tokens, lengths, done, index, valid = jax.device_get(
+                jitted(params, sharding.to_global_batch(batch, mesh), jax.random.fold_in(key, j)))
+            yield [(int(index[row]), tokens[row, :int(lengths[row])].tolist(), bool(done[row]))
+                   for row in np.nonzero(valid)[0]]
 
 
 def as_messages(prompt: str | Sequence[dict[str, str]]) -> list[dict[str, str]]:

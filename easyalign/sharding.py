@@ -168,3 +168,14 @@ def create_sharded(build: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
 def batch_sharding(mesh: Mesh, ndim: int) -> NamedSharding:
     """Sharding of a `[batch, ...]` input array: batch over (data, fsdp), the rest replicated."""
     return logical_sharding(mesh, ("batch",) + (None,) * (ndim - 1))
+
+
+def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Host (per-process) numpy batch → global arrays sharded over the batch axes."""
+    out = {}
+    for key, value in batch.items():
+        value = np.asarray(value)
+        global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
+        out[key] = jax.make_array_from_process_local_data(batch_sharding(mesh, value.ndim),
+                                                          value, global_shape)
+    return out

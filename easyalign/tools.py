@@ -31,31 +31,12 @@ import jax
 from absl import flags
 
 from easyalign import sharding
+from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
 
-MODEL_DIR = "model"  # where a phase writes its final model (algorithms.common.MODEL_DIR)
 
 
 class ToolError(ValueError):
     """Bad flags or paths; the CLI prints the message and exits with status 1."""
-
-
-def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
-    """`(directory, "checkpoint" | "hf")` for a model checkpoint, a phase workdir or an HF dir."""
-    from easyalign.hf.checkpoint import CONFIG_FILE
-
-    path = Path(path)
-    if (path / CONFIG_FILE).is_file():
-        return path, "checkpoint"
-    if (path / MODEL_DIR / CONFIG_FILE).is_file():
-        return path / MODEL_DIR, "checkpoint"
-    # A phase workdir also has a config.json (the run's config), but no weights next to it.
-    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
-        return path, "hf"
-    if (path / "config.json").is_file():
-        raise ToolError(f"{path}: looks like a phase workdir whose final model/ is missing "
-                        "(did the run finish?)")
-    raise ToolError(f"{path}: not an easyalign model checkpoint (model_config.json), a phase "
-                    "workdir (model/) or an HF model directory (config.json + *.safetensors)")
 
 
 def _flags(command: str, args: list[str], define: Callable[[flags.FlagValues], None]
@@ -100,7 +81,7 @@ def _run(command: str, body: Callable[[list[str]], None], args: list[str]) -> No
     """Turn a ToolError (or a missing file) into `easyalign <command>: message`, exit status 1."""
     try:
         body(args)
-    except (ToolError, FileNotFoundError) as e:
+    except (ToolError, ModelDirError, FileNotFoundError) as e:
         sys.exit(f"easyalign {command}: {e}")
 
 

@@ -46,6 +46,24 @@ def world_runs(tmp_path_factory) -> Path:
     return root
 
 
+def host(tree):
+    """Host (numpy) copies of a pytree's leaves, for before/after comparisons."""
+    import jax
+    import numpy as np
+
+    return [np.array(x) for x in jax.tree.leaves(tree)]
+
+
+@pytest.fixture
+def full_fp32_matmuls():
+    """True fp32 products: on GPU, XLA's default lets fp32 matmuls run in TF32 (~1e-4 error), so
+    chunked and full logits, sampler and trainer, would not agree to 1e-5."""
+    import jax
+
+    with jax.default_matmul_precision("highest"):
+        yield
+
+
 def pytest_sessionfinish(session, exitstatus):
     """Remove the session's compilation cache (made above) when this process created it."""
     import shutil

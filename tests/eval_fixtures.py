@@ -16,7 +16,7 @@ from easyalign.model import Transformer, preset
 
 
 def make_world(root: Path) -> Path:
-    """The seed-0 world and its tokenizer, laid out as `algorithms.common.ensure_world` does."""
+    """The seed-0 world and its tokenizer, laid out as `data.world_source.ensure_world` does."""
     from easyalign.data.tokenizer import build_world_tokenizer
     from easyalign.data.world import WorldConfig, build_world
 

@@ -19,21 +19,19 @@ from flax import nnx
 
 from configs import distill as distill_config
 from configs import sft as sft_config
+from easyalign.data import world_source
 from easyalign import losses, sharding
 from easyalign.algorithms import common, distill, sft, teacher_data
 from easyalign.algorithms import distill_losses as DL
 from easyalign.hf import save_checkpoint_model
 from easyalign.model import create_model
+from conftest import host
 
 STUDENT = "num_layers=1,intermediate_size=64"
 N_TEACHER = 64
 
 
-@pytest.fixture(autouse=True)
-def full_fp32_matmuls():
-    """True fp32 products (GPU defaults to TF32), so chunked and full logits agree to 1e-5."""
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +46,7 @@ def pipeline(tmp_path_factory):
                    async_checkpointing=False, checkpoint_every=60)
     c.optim.update(lr=3e-3, warmup_steps=5)
     sft.run(c)
-    world = common.world_dir(c)
+    world = world_source.world_dir(c)
     demos = [json.loads(line) for line in
              (world / "sft_train.jsonl").read_text().splitlines()[:N_TEACHER]]
     (root / "teacher_data").mkdir()
@@ -71,10 +69,6 @@ def tiny_config(pipeline, workdir, **fields):
     c.optim.update(lr=1e-3, warmup_steps=0, schedule="constant")
     c.distill.update(dict(teacher="@sft", max_new_tokens=8) | fields)
     return c
-
-
-def host(tree):
-    return [np.array(x) for x in jax.tree.leaves(tree)]
 
 
 def read_metrics(workdir):

@@ -17,9 +17,11 @@ from transformers import AutoTokenizer
 
 from configs import dpo as dpo_config
 from configs import sft as sft_config
+from easyalign.data import world_source
 from easyalign import sharding
 from easyalign.algorithms import common, dpo, reference_cache
 from easyalign.algorithms import sft as sft_phase
+from conftest import host
 
 N_TRAIN, N_EVAL = 64, 16
 
@@ -31,7 +33,7 @@ def world(tmp_path_factory):
     config = dpo_config.get_config()
     config.workdir = str(root / "dpo")
     (root / "world").parent.mkdir(parents=True, exist_ok=True)
-    (root / "world").symlink_to(common.ensure_world(config))
+    (root / "world").symlink_to(world_source.ensure_world(config))
     lines = (root / "world" / "preference_train.jsonl").read_text().splitlines()
     (root / "train.jsonl").write_text("\n".join(lines[:N_TRAIN]) + "\n")
     held = (root / "world" / "preference_heldout.jsonl").read_text().splitlines()
@@ -54,10 +56,6 @@ def tiny_config(world, workdir, **dpo_fields):
     c.optim.update(lr=1e-3, warmup_steps=0, schedule="constant")
     c.dpo.update(dpo_fields)
     return c
-
-
-def host(tree):
-    return [np.array(x) for x in jax.tree.leaves(tree)]
 
 
 @pytest.fixture(scope="module")
@@ -221,7 +219,7 @@ def pipeline(tmp_path_factory):
 
 def held_out_refusal(model_dir, world_dir) -> dict[str, float]:
     """Refusal rate on the world's harmful suite and over-refusal on its benign look-alikes."""
-    from easyalign.eval.rules import is_refusal
+    from easyalign.data.rules import is_refusal
     from easyalign.hf import load_checkpoint_model
     from easyalign.sampler import Sampler
 

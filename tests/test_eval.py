@@ -30,11 +30,7 @@ needs_shared = pytest.mark.skipif(not (ADVBENCH.is_file() and MC_TASK.is_file())
                                   reason=f"shared data not found under {shared_data_dir()}")
 
 
-@pytest.fixture(autouse=True)
-def full_fp32_matmuls():
-    """True fp32 products: on GPU, XLA's default lets fp32 matmuls run in TF32 (~1e-4 error)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
 # ----------------------------------------------------------------------------- pure metrics

@@ -20,11 +20,13 @@ from configs import eval as eval_config
 from configs import ppo as ppo_config
 from configs import reward as reward_config
 from configs import sft as sft_config
+from easyalign.data import world_source
 from easyalign import sharding
 from easyalign.algorithms import common, ppo, reward, rollout, sft
 from easyalign.eval import run as eval_run
 from easyalign.eval import scoring, suites
 from easyalign.train.loop import to_global_batch
+from conftest import host
 
 QUIET = dict(progress_bar=False, plot=False, async_checkpointing=False)
 
@@ -53,10 +55,6 @@ def config_for(root, name, **train):
     c.train.update(log_every=1, eval_batches=1, eval_every=0, **QUIET)
     c.train.update(train)
     return c
-
-
-def host(tree):
-    return [np.array(x) for x in jax.tree.leaves(tree)]
 
 
 def one_rollout(s, fn, params):
@@ -192,7 +190,7 @@ def test_ppo_raises_reward_over_sft_on_held_out_prompts(pipeline, trained):
     scores both (the eval package's own sampler and scorer, not the training code)."""
     e = eval_config.get_config().eval
     e.update(limit_per_suite=16, max_new_tokens=16, batch_size=40)
-    world = common.world_dir(config_for(pipeline, "ppo"))
+    world = world_source.world_dir(config_for(pipeline, "ppo"))
     world_suites = suites.world_suites(world, e.suites, e.limit_per_suite)
     scorer = eval_run.Frozen(suites.load_model(pipeline / "reward" / "model"),
                              suites.load_tokenizer(pipeline / "reward" / "model"))

@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from easyalign.cli import load_config, phase_function
+from easyalign.cli import load_config
+from easyalign.stages import stage_function as phase_function
 
 pytestmark = pytest.mark.slow
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from easyalign.eval import judge as J
-from easyalign.eval.rules import is_refusal
+from easyalign.data.rules import is_refusal
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 

@@ -1,7 +1,7 @@
 """Refusal and "I don't know" detectors: real-model phrasings caught, helpful answers left alone."""
 import pytest
 
-from easyalign.eval.rules import idk_match, is_idk, is_refusal, refusal_match
+from easyalign.data.rules import idk_match, is_idk, is_refusal, refusal_match
 
 REFUSALS = [
     "I'm sorry, but I can't help with that.",

@@ -24,11 +24,7 @@ REF_WIDTH = 32
 ATOL = 1e-5
 
 
-@pytest.fixture(autouse=True)
-def full_fp32_matmuls():
-    """True fp32 products: on GPU, XLA's default lets fp32 matmuls run in TF32 (~1e-4 error)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
 @pytest.fixture(scope="module")

@@ -16,6 +16,7 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from configs import teacher_data as teacher_data_config
+from easyalign.data import world_source
 from easyalign.algorithms import common, teacher_data
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
@@ -33,7 +34,7 @@ def pipeline(tmp_path_factory):
     root = tmp_path_factory.mktemp("runs") / "p"
     config = teacher_data_config.get_config()
     config.workdir = str(root / "teacher_data")
-    world = common.ensure_world(config)
+    world = world_source.ensure_world(config)
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     model = create_model(preset("tiny", vocab_size=len(tokenizer), dtype="float32",
                                 eos_token_id=tokenizer.eos_token_id,

@@ -11,7 +11,6 @@ import csv
 import json
 from pathlib import Path
 
-import jax
 import pytest
 from transformers import AutoTokenizer
 
@@ -26,11 +25,7 @@ PROMPTS = ["What is 2 + 3?", "Write the word tiger.", "Tell me Sumar's job.",
            "Reverse the word cat.", "Sort: pear apple fig"]
 
 
-@pytest.fixture(autouse=True)
-def full_fp32_matmuls():
-    """True fp32 products: on GPU, XLA's default lets fp32 matmuls run in TF32 (~1e-4 error)."""
-    with jax.default_matmul_precision("highest"):
-        yield
+pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
 @pytest.fixture(scope="module")
@@ -100,7 +95,7 @@ def test_convert_refuses_a_non_empty_output(tmp_path, world_model):
 
 def test_a_phase_workdir_without_its_model_is_explained(tmp_path):
     (tmp_path / "config.json").write_text("{}")
-    with pytest.raises(tools.ToolError, match="model/ is missing"):
+    with pytest.raises(tools.ModelDirError, match="model/ is missing"):
         tools.resolve_model_dir(tmp_path)
 
 

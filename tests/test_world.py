@@ -8,7 +8,7 @@ import pytest
 from easyalign.data.world import (IDK, KINDS, REFUSALS, SUITES, WorldConfig, build_world, grade, grade_fact,
                                   grade_instruction)
 from easyalign.data.world_tasks import ATTRIBUTES, FACT_TEMPLATES, fact_response
-from easyalign.eval.rules import is_idk, is_refusal
+from easyalign.data.rules import is_idk, is_refusal
 
 
 @pytest.fixture(scope="module")

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from transformers import AutoTokenizer
 
-from easyalign.algorithms import common
+from easyalign.data import world_source
 from easyalign.algorithms.reward import pair_rewards
 from easyalign.data.loader import make_eval_batches
 from easyalign.data.records import normalize
@@ -42,7 +42,7 @@ def test_sft_loss_falls_and_held_out_answers_become_right(world_runs):
     trained = load_checkpoint_model(world_runs / "sft" / "model")
     tokenizer = AutoTokenizer.from_pretrained(str(world_runs / "sft" / "model" / "tokenizer"))
     untrained = create_model(trained.config, seed=123)
-    world = build_world(common.world_settings(json_config(world_runs / "sft")))
+    world = build_world(world_source.world_settings(json_config(world_runs / "sft")))
     before = held_out_exact_match(untrained, tokenizer, world)
     after = held_out_exact_match(trained, tokenizer, world)
     assert after >= before + 0.25, (before, after)

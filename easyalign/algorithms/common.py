@@ -7,6 +7,10 @@ An algorithm module (sft, reward, dpo, ...) is a batch kind plus a loss. It call
     model = init_model(run, head="lm")             scratch | HF | earlier stage, sharded
     train(run, model=..., loss_fn=..., ...)         state, resume, loop, checkpoints, export
 
+An on-policy phase (PPO) calls `fit` — the same state creation, resume and loop — with its
+rollout hooks, and saves its policy itself. The work directory's lock and manifest live in
+`train.rundir`, the built-in world as a data source in `data.world_source`.
+
 and `train` writes to `config.workdir`:
 
     config.json          the resolved config
@@ -20,7 +24,6 @@ and `train` writes to `config.workdir`:
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -36,6 +39,7 @@ from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
+from easyalign.data import world_source
 from easyalign.data.holdout import held_out_rows
 from easyalign.model import ModelConfig, Transformer, create_model, preset
 from easyalign.train import checkpoint as ckpt
@@ -44,18 +48,7 @@ from easyalign.train import metrics as train_metrics
 from easyalign.train import optim, rundir, state as train_state
 from easyalign.train.step import make_train_step
 
-MODEL_DIR = "model"
-# The built-in world's files per (record kind, split), with the column mapping to apply.
-WORLD_FILES = {
-    ("sft", "train"): ("sft_train.jsonl", None),
-    ("sft", "eval"): ("preference_heldout.jsonl", {"prompt": "prompt", "response": "chosen"}),
-    ("preference", "train"): ("preference_train.jsonl", None),
-    ("preference", "eval"): ("preference_heldout.jsonl", None),
-    ("prompt", "train"): ("rl_prompts.jsonl", None),
-    ("prompt", "eval"): ("preference_heldout.jsonl", {"prompt": "prompt"}),
-}
-
-
+from easyalign.hf.checkpoint import MODEL_DIR
 @dataclasses.dataclass
 class Run:
     config: Any
@@ -70,54 +63,6 @@ class Run:
 
 
 # ----------------------------------------------------------------------------- set-up
-def world_settings(config):
-    """The WorldConfig a run's `data.world` block describes."""
-    from easyalign.data.world import WorldConfig
-
-    fields = {f.name for f in dataclasses.fields(WorldConfig)}
-    return WorldConfig(**{k: v for k, v in config.data.world.items() if k in fields})
-
-
-def world_dir(config) -> Path:
-    """Where the built-in world and its tokenizer live: shared by all stages of a pipeline,
-    named by a hash of the world's settings so that a changed world is never mistaken for an
-    old one."""
-    if config.data.world.dir:
-        return Path(config.data.world.dir)
-    settings = json.dumps(dataclasses.asdict(world_settings(config)), sort_keys=True)
-    digest = hashlib.sha256(settings.encode()).hexdigest()[:10]
-    return Path(config.workdir).absolute().parent / f"world-{digest}"
-
-
-def ensure_world(config) -> Path:
-    """Generate the built-in world and train its tokenizer once; later calls reuse the files."""
-    from easyalign.data.tokenizer import build_world_tokenizer
-    from easyalign.data.world import build_world
-
-    directory = world_dir(config)
-    done = directory / "tokenizer" / "tokenizer.json"
-    if jax.process_index() == 0 and not done.exists():
-        world = build_world(world_settings(config))
-        world.write(directory)
-        build_world_tokenizer(world, directory / "tokenizer")
-    _barrier("world")
-    return directory
-
-
-def _barrier(name: str) -> None:
-    if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
-        multihost_utils.sync_global_devices(name)
-
-
-def uses_world(config) -> bool:
-    """The world's files are read, or its tokenizer is the default (a scratch model with no
-    `data.tokenizer`)."""
-    own_tokenizer = config.data.tokenizer or config.model.init != "scratch"
-    return "world" in (config.data.source, config.data.eval_source) or not own_tokenizer
-
-
 def load_tokenizer(config, world: Path | None):
     """The run's tokenizer: `data.tokenizer`, else the model source's own (an HF directory, a
     checkpoint's `tokenizer/`, a GGUF file's metadata), else the built-in world's."""
@@ -161,26 +106,6 @@ def stage_reference(config, value: str) -> str:
     return value
 
 
-def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
-    """Create `config.workdir`, take its lock, check a resume against the manifest of its
-    checkpoints (`train.rundir`), and write the resolved config into it (process 0)."""
-    workdir = Path(config.workdir).absolute()
-    if jax.process_index() == 0:
-        workdir.mkdir(parents=True, exist_ok=True)
-        for note in (rundir.acquire(workdir), rundir.check_resume(config, workdir,
-                                                                  manifest_overrides)):
-            if note:
-                print(note)
-        _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
-    return workdir
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 def prepare(config) -> Run:
     """Validate the config (`config_check`), start processes, build the mesh, create the
     workdir (lock, manifest) and record the resolved config."""
@@ -192,8 +117,8 @@ def prepare(config) -> Run:
     distributed.initialize_from_config(config)
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = start_workdir(config, {"model.path": stage_reference(config, raw_path)})
-    world = ensure_world(config) if uses_world(config) else None
+    workdir = rundir.start_workdir(config, {"model.path": stage_reference(config, raw_path)})
+    world = world_source.ensure_world(config) if world_source.uses_world(config) else None
     return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
                world_dir=world)
 
@@ -231,7 +156,7 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
 def _source_spec(run: Run, source: str, kind: str, split: str) -> data_sources.SourceSpec:
     data = run.config.data
     if source == "world":
-        filename, columns = WORLD_FILES[(kind, split)]
+        filename, columns = world_source.WORLD_FILES[(kind, split)]
         return data_sources.SourceSpec(path=str(run.world_dir / filename), columns=columns)
     columns = _columns(data.columns)
     if source.startswith("hf:"):
@@ -323,7 +248,7 @@ def model_source(m) -> tuple[str, str]:
         if path in INSTALLED or path.endswith(".gguf"):
             kind = "gguf"
         else:
-            from easyalign.tools import resolve_model_dir
+            from easyalign.hf.checkpoint import resolve_model_dir
 
             directory, kind = resolve_model_dir(path)
             path = str(directory)
@@ -505,14 +430,14 @@ def save_model(run: Run, params: nnx.State, graphdef, name: str = MODEL_DIR) -> 
     partial = run.workdir / f"{name}.partial"
     if partial.exists() and jax.process_index() == 0:
         shutil.rmtree(partial)  # a half-written model of a killed run; the train state is safe
-    _barrier("save_model")
+    distributed.barrier("save_model")
     save_checkpoint_model(nnx.merge(graphdef, params), partial)
     if run.is_main:
         run.tokenizer.save_pretrained(str(partial / "tokenizer"))
         if out.exists():
             shutil.rmtree(out)
         os.replace(partial, out)
-    _barrier("save_model_done")
+    distributed.barrier("save_model_done")
     return out
 
 
@@ -550,56 +475,82 @@ def train(run: Run, *, model: Transformer, loss_fn_for: Callable, loader, frozen
     c = run.config
     steps = total_steps or c.train.steps
     graphdef, params = nnx.split(model)
-    tx, schedule = optim.make_optimizer(c.optim, steps)
+    config = model.config
+    evaluate = evaluate_for(graphdef) if evaluate_for else None
+    hooks = train_loop.StepHooks(evaluate=(lambda s: evaluate(s.params)) if evaluate else None,
+                                 tokens=tokens, after_log=after_log)
+    loop = loop_config(run, steps, flops_per_token=flops_per_token(config, c.data.max_length))
+    state, history = fit(run, params=params, loss_fn=loss_fn_for(graphdef), loader=loader,
+                         loop=loop, model_config=config, frozen=frozen,
+                         hooks=hooks, best_metric=best_metric)
+    if history is not None:
+        finish(run, save_model(run, state.params, graphdef), history, best_metric)
+    return state.params, graphdef
+
+
+def loop_config(run: Run, total_steps: int, **overrides) -> train_loop.LoopConfig:
+    """The generic loop's settings from the `train` and `perf` blocks."""
+    t = run.config.train
+    return train_loop.LoopConfig(
+        total_steps=total_steps, log_every=t.log_every, eval_every=t.eval_every,
+        checkpoint_every=t.checkpoint_every, dead_steps=t.dead_model_steps,
+        peak_flops=run.config.perf.peak_tflops * 1e12, **overrides)
+
+
+def fit(run: Run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
+        model_config: ModelConfig, frozen: Any = None,
+        hooks: train_loop.StepHooks = train_loop.StepHooks(), best_metric: str | None = None,
+        optimizer_steps: int | None = None, update_for: Callable | None = None):
+    """Create (or restore) the train state and run the generic loop to `loop.total_steps`.
+
+    `optimizer_steps` (default: the loop's steps) sizes the learning-rate schedule; an
+    on-policy algorithm takes several per iteration, and builds its update from the jitted
+    step with `update_for(step_fn)`. Returns `(state, history)`; history is None when the run
+    had already completed (nothing trained, nothing to write).
+    """
+    c = run.config
+    unit = loop.unit
+    tx, schedule = optim.make_optimizer(c.optim, optimizer_steps or loop.total_steps)
     checkpointer = ckpt.Checkpointer(run.workdir / "checkpoints", keep=c.train.keep_checkpoints,
                                      best_metric=best_metric,
                                      async_save=c.train.async_checkpointing)
     state = train_state.create_train_state(params, tx, c.train.seed, run.mesh)
     del params
     latest = checkpointer.latest_step()
-    writer = train_metrics.MetricsWriter(run.workdir, total_steps=steps,
+    writer = train_metrics.MetricsWriter(run.workdir, total_steps=loop.total_steps,
                                          progress_bar=c.train.progress_bar)
     if latest is not None:
         state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
-        if latest >= steps and stage_done(run.workdir):
+        if latest >= loop.total_steps and stage_done(run.workdir):
             # A rerun of a finished run: nothing to train, nothing to rewrite.
             checkpointer.close()
             writer.close()
             if run.is_main:
-                print(f"[{c.phase}] already complete ({latest} of {steps} steps): the model is "
-                      f"in {run.workdir / MODEL_DIR} (train again in a new --config.workdir)",
-                      flush=True)
+                print(f"[{c.phase}] already complete ({latest} of {loop.total_steps} {unit}s): "
+                      f"the model is in {run.workdir / MODEL_DIR} (train again in a new "
+                      "--config.workdir)", flush=True)
             rundir.release(run.workdir)
-            return state.params, graphdef
+            return state, None
         if data_state.get("loader"):
             loader.set_state(data_state["loader"].encode())
+        if hooks.extra:
+            hooks.extra.set_state(data_state)
         writer.resume(latest)
         if run.is_main:
-            print(f"[resume] {run.workdir.name}: continuing from step {latest}")
+            print(f"[resume] {run.workdir.name}: continuing from {unit} {latest}")
     shardings = train_state.state_shardings(state)
-    loss_fn = loss_fn_for(graphdef)
     with sharding.use_mesh(run.mesh):
         step_fn = make_train_step(loss_fn, tx, schedule, shardings, grad_accum=c.train.grad_accum)
-        evaluate = evaluate_for(graphdef) if evaluate_for else None
-        hooks = train_loop.StepHooks(
-            evaluate=(lambda s: evaluate(s.params)) if evaluate else None, tokens=tokens,
-            after_log=after_log)
-        loop = train_loop.LoopConfig(
-            total_steps=steps, log_every=c.train.log_every, eval_every=c.train.eval_every,
-            checkpoint_every=c.train.checkpoint_every, dead_steps=c.train.dead_model_steps,
-            flops_per_token=flops_per_token(model.config, c.data.max_length),
-            peak_flops=c.perf.peak_tflops * 1e12)
         state = train_loop.run_loop(
-            state=state, step_fn=step_fn, frozen=frozen, loader=_LoaderState(loader),
-            mesh=run.mesh, loop=loop, checkpointer=checkpointer, writer=writer,
-            model_config=model.config.to_dict(), hooks=hooks)
+            state=state, step_fn=update_for(step_fn) if update_for else step_fn, frozen=frozen,
+            loader=_LoaderState(loader), mesh=run.mesh, loop=loop, checkpointer=checkpointer,
+            writer=writer, model_config=model_config.to_dict(), hooks=hooks,
+            start_step=latest or 0)
     checkpointer.close()
     if c.train.plot:
         writer.plot(run.workdir / "plots")
     writer.close()
-    out = save_model(run, state.params, graphdef)
-    finish(run, out, writer.history, best_metric)
-    return state.params, graphdef
+    return state, writer.history
 
 
 class _LoaderState:

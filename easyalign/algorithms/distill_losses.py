@@ -32,8 +32,8 @@ advantage and a policy-gradient loss
     A_t = log p_T(y_t) − log p_S(y_t)            (stop-gradient)
     L = − Σ_t m_t w_b A_t ρ_t / Σ_t m_t w_b,     ρ_t = exp(log p_S(y_t) − sg[log p_S(y_t)]) = 1
 
-(`ppo_policy_loss` with the old log-probs = the stop-gradient of the new: one update per
-sample, the ratio is exactly 1 and clipping never engages, ∇L = −mean_t A_t ∇log p_S(y_t)). It
+(one update per sample: the ratio is exactly 1, so there is no clip to set, and
+∇L = −mean_t A_t ∇log p_S(y_t)). It
 raises log p_S(y_t) where the teacher gives y_t more probability than the student and lowers it
 where less. Biased (it ignores y_t's effect on later tokens' KL), but of far lower variance than
 the full return, and it needs the teacher's log-prob of the sampled tokens only. On teacher-data
@@ -73,7 +73,7 @@ from flax import nnx
 
 from easyalign import losses
 from easyalign.algorithms.reward import sequence_scores
-from easyalign.model.scoring import chunked, fit_chunk, token_divergence, token_logprobs
+from easyalign.model.scoring import fit_chunk, over_predictions, token_divergence, token_logprobs
 from easyalign.sampler import SamplingMethod, generate
 
 SAMPLED_REVERSE_KL = "sampled_reverse_kl"
@@ -196,8 +196,10 @@ def sampled_reverse_kl(student, s_hidden, teacher, t_hidden, tokens, mask, weigh
     t_logps = token_logprobs(teacher, t_hidden, tokens, chunk=chunk)
     advantages = losses.sampled_token_reverse_kl_advantage(s_logps, t_logps)
     token_weights = mask if weights is None else mask * weights[:, None]
-    loss, _ = losses.ppo_policy_loss(s_logps, jax.lax.stop_gradient(s_logps), advantages,
-                                     token_weights, clip_eps=0.2)
+    # One update per sample: the importance ratio p_S / p_S,old is exactly 1 (a clip would never
+    # act), and its gradient is ∇ log p_S — the plain policy gradient of the advantages.
+    ratio = jnp.exp(s_logps - jax.lax.stop_gradient(s_logps))
+    loss = losses.masked_mean(-losses.fp32(advantages) * ratio, token_weights)
     return loss, losses.masked_mean(-advantages, mask)
 
 
@@ -217,9 +219,8 @@ def offline_terms(student, s_hidden, batch: dict, w: Wiring):
     # Row t of the stored top-k predicts token t, from the hidden state at t − 1.
     chunk = fit_chunk(w.chunk or student.config.logits_chunk, s_hidden.shape[0],
                       student.config.vocab_size, tensors=3)
-    out = chunked(fn, s_hidden[:, :-1], batch["tokens"][:, 1:], batch["teacher_topk_ids"][:, 1:],
-                  batch["teacher_topk_logprobs"][:, 1:], chunk=chunk)
-    out = jnp.pad(out, ((0, 0), (1, 0), (0, 0)))
+    out = over_predictions(fn, [s_hidden], [batch["tokens"], batch["teacher_topk_ids"],
+                                            batch["teacher_topk_logprobs"]], chunk=chunk)
     return out[..., 0], out[..., 1]
 
 

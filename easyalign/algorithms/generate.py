@@ -39,58 +39,28 @@ import time
 from pathlib import Path
 from typing import Iterator
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from easyalign import sharding
 from easyalign.algorithms import common
-from easyalign.data import loader as data_loader
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.data.records import prompt_text
-from easyalign.sampler import bucket_length, method_from_config
-from easyalign.sampler import generate as sampler_generate
-from easyalign.tools import resolve_model_dir
-from easyalign.train.loop import to_global_batch
+from easyalign.sampler import method_from_config, sample_prompt_batches
+from easyalign.hf.checkpoint import resolve_model_dir
 
 OUTPUT = "generations.jsonl"
 
 
 def completions(run: common.Run, model, prompts: list[dict], g
                 ) -> Iterator[list[tuple[int, list[int], bool]]]:
-    """Per global batch, `(prompt index, generated token ids, finished)` for its valid rows.
-
-    `prompts` are tokenised prompt examples (`prompt_tokens`); the ids include the stop token
-    when `finished`.
-    """
+    """Per global batch, `(prompt index, generated token ids, finished)` for its valid rows
+    (`sampler.sample_prompt_batches`)."""
     graphdef, params = nnx.split(model)
-    width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
-    method = method_from_config(g)
-    stops, pad = stop_token_ids(run.tokenizer, model.config), common.pad_id(run)
-
-    def sample(params, batch, rng):
-        # Padding rows have prompt length 0; one token keeps their prefill index valid.
-        out = sampler_generate(graphdef, params, batch["prompt_tokens"],
-                               jnp.maximum(batch["prompt_lengths"], 1), rng,
-                               max_new_tokens=g.max_new_tokens, method=method,
-                               stop_tokens=stops, pad_id=pad)
-        return out.tokens, out.lengths, out.done, batch["index"], batch["valid"]
-
-    # Replicated outputs: every process can read every row; process 0 writes them.
-    jitted = jax.jit(sample, out_shardings=NamedSharding(run.mesh, PartitionSpec()))
-    batches = data_loader.make_eval_batches(prompts, kind="prompt", batch_size=g.batch_size,
-                                            max_length=width, pad_id=pad)
-    key = jax.random.key(g.seed)
-    with sharding.use_mesh(run.mesh):
-        for j, batch in enumerate(batches):
-            # Host-device sync point, once per batch, after the whole batch is decoded.
-            tokens, lengths, done, index, valid = jax.device_get(
-                jitted(params, to_global_batch(batch, run.mesh), jax.random.fold_in(key, j)))
-            yield [(int(index[row]), tokens[row, :int(lengths[row])].tolist(), bool(done[row]))
-                   for row in np.nonzero(valid)[0]]
+    return sample_prompt_batches(
+        graphdef, params, prompts, mesh=run.mesh, batch_size=g.batch_size,
+        max_new_tokens=g.max_new_tokens, method=method_from_config(g),
+        stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=common.pad_id(run),
+        seed=g.seed)
 
 
 def record(run: common.Run, example: dict, ids: list[int], finished: bool) -> dict:

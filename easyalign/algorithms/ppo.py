@@ -28,12 +28,13 @@ and the Orbax checkpoint of the train state serve PPO unchanged. With disjoint p
 normalises each tree separately, so c_v acts mostly through the shared global-norm clip. The
 reference and reward model are frozen params (no optimizer state) used only by the rollout.
 
-The outer loop (rollout → update) is written here because `common.train`'s loop pulls one batch
-per step; it is built from the same pieces (`make_train_step`, `Checkpointer`, `MetricsWriter`,
-`to_global_batch`). A checkpoint, every `train.checkpoint_every` iterations, holds the train
-state (both param trees, optimizer, RNG, step) plus, as JSON, the prompt loader's state and the
-KL coefficient; the iteration is its step number. Rollout randomness and minibatch order are
-derived from (seed, iteration), so a killed run resumes on the identical trajectory.
+The outer loop is the generic one (`train.loop.run_loop`, through `common.fit`): one loop step
+is one iteration, its `rollout` hook the rollout, its step the minibatch update
+(`train.loop.make_minibatch_update`), its `after_update` hook the KL controller. A checkpoint,
+every `train.checkpoint_every` iterations, holds the train state (both param trees, optimizer,
+RNG, step) plus, as JSON, the prompt loader's state and the KL coefficient (`KLCoefficient`, the
+loop's `extra` state); the iteration is its step number. Rollout randomness and minibatch order
+are derived from (seed, iteration), so a killed run resumes on the identical trajectory.
 
 Metrics per iteration (`logs/metrics.jsonl`): reward (mean reward-model score), kl (per-sequence
 KL to the reference), kl_coef, pg_clipfrac, approx_kl, vf_loss, pg_loss, entropy,
@@ -44,7 +45,6 @@ is the mean score of greedy responses to held-out prompts (iteration 0 = the SFT
 from __future__ import annotations
 
 import dataclasses
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,14 +53,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from easyalign import losses, sampler, sharding
+from easyalign import losses, sampler
 from easyalign.algorithms import common, rollout
 from easyalign.data.chat_format import chat_format, stop_token_ids
-from easyalign.train import checkpoint as ckpt
-from easyalign.train import metrics as train_metrics
-from easyalign.train import optim, state as train_state
-from easyalign.train.loop import DivergenceGuard, mean_metrics, to_global_batch
-from easyalign.train.step import make_train_step
+from easyalign.train import loop as train_loop
+from easyalign.sharding import to_global_batch
 
 KL_CONTROLLERS = ("fixed", "adaptive")
 
@@ -186,99 +183,66 @@ def _evaluate(s: Setup, rollout_fn, params, kl_coef) -> dict[str, float]:
     return {k: v / max(count, 1.0) for k, v in total.items()}
 
 
+class KLCoefficient:
+    """β of the KL penalty: adapted after every iteration by the `ppo.kl_controller`, and
+    checkpointed with the loader (`get_state`/`set_state`, the loop's `extra` state)."""
+
+    def __init__(self, p, batch_size: int):
+        self.value = jnp.asarray(p.kl_coef, jnp.float32)
+        self.controller, self.batch_size = kl_controller(p), batch_size
+
+    def update(self, step: int, metrics: dict) -> None:
+        del step
+        self.value = jnp.asarray(self.controller.update(self.value, metrics["kl"],
+                                                        self.batch_size), jnp.float32)
+
+    def get_state(self) -> dict:
+        return {"kl_coef": float(self.value)}  # a host-device sync: at checkpoints only
+
+    def set_state(self, state: dict) -> None:
+        self.value = jnp.asarray(state["kl_coef"], jnp.float32)
+
+
 def train(s: Setup) -> tuple[dict, rollout.Graphs]:
     """Run (or resume) PPO; returns `({"policy", "value"} params, graphs)` and writes
     `workdir/model/` (the policy)."""
     run_, mesh = s.run, s.run.mesh
     c = run_.config
     p, t = c.ppo, c.train
-    iterations = t.steps
-    steps_per_iteration = p.epochs * (t.batch_size // p.minibatch_size)
-    tx, schedule = optim.make_optimizer(c.optim, iterations * steps_per_iteration)
-    checkpointer = ckpt.Checkpointer(run_.workdir / "checkpoints", keep=t.keep_checkpoints,
-                                     async_save=t.async_checkpointing)
-    state = train_state.create_train_state(s.params, tx, t.seed, mesh)
-    writer = train_metrics.MetricsWriter(run_.workdir, total_steps=iterations,
-                                         progress_bar=t.progress_bar)
-    start, kl_coef = 0, p.kl_coef
-    latest = checkpointer.latest_step()
-    if latest is not None:
-        state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
-        s.loader.set_state(data_state["loader"].encode())
-        start, kl_coef = latest, data_state["kl_coef"]
-        if start >= iterations and common.stage_done(run_.workdir):
-            checkpointer.close()
-            writer.close()
-            if run_.is_main:
-                print(f"[ppo] already complete ({start} of {iterations} iterations): the model "
-                      f"is in {run_.workdir / common.MODEL_DIR} (train again in a new "
-                      "--config.workdir)", flush=True)
-            common.rundir.release(run_.workdir)
-            return state.params, s.graphs
-        writer.resume(latest)
-        if run_.is_main:
-            print(f"[resume] {run_.workdir.name}: continuing from iteration {latest}")
-    s.params = None  # the state owns (and donates) these buffers now
-    kl_coef = jnp.asarray(kl_coef, jnp.float32)
-    controller = kl_controller(p)
+    kl = KLCoefficient(p, t.batch_size)
     pad_id = common.pad_id(run_)
     rollout_key = jax.random.key(t.seed)
-    with sharding.use_mesh(mesh):
-        step_fn = make_train_step(make_loss(s.graphs, p), tx, schedule,
-                                  train_state.state_shardings(state), grad_accum=t.grad_accum)
-        rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id,
-                                             chat_format(run_.tokenizer).end_of_turn_id)
-        take = rollout.make_take()
-        if start == 0 and s.eval_batches:
-            writer.write(0, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")
-        pending, since = [], time.perf_counter()
-        guard = DivergenceGuard("iteration", t.dead_model_steps,
-                                hint="Lower optim.lr or ppo.kl_coef.")
-        for it in range(start + 1, iterations + 1):
-            prompts = to_global_batch(next(s.loader), mesh)
-            gen = rollout.sample(s.graphs, state.params["policy"], prompts,
-                                 jax.random.fold_in(rollout_key, it),
-                                 max_new_tokens=p.max_new_tokens, stop_tokens=s.stop_tokens,
-                                 pad_id=pad_id, mesh=mesh)
-            batch, rows, metrics = rollout_fn(state.params, s.frozen, prompts, gen, kl_coef)
-            if p.sample_every and it % p.sample_every == 0:
-                writer.write_text(it, "samples",
-                                  rollout.sample_text(run_.tokenizer, prompts, rows, p.num_samples))
-            batch = {k: batch[k] for k in rollout.TRAIN_KEYS}
-            step_metrics = []
-            for rows_idx in rollout.minibatch_indices(t.batch_size, p.minibatch_size, p.epochs,
-                                                      (t.seed, it)):
-                state, m = step_fn(state, take(batch, rows_idx), None)
-                step_metrics.append(m)
-            # Metrics stay on the device until a log step (each fetch is a host-device sync).
-            pending.append(metrics | jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)),
-                                                  *step_metrics))
-            guard.observe(it, pending[-1])
-            kl_coef = jnp.asarray(controller.update(kl_coef, metrics["kl"], t.batch_size),
-                                  jnp.float32)
-            last = it == iterations
-            if it % t.log_every == 0 or last:
-                guard.check(checkpointer)
-                values = mean_metrics(pending)
-                values["iteration_time"] = (time.perf_counter() - since) / len(pending)
-                writer.write(it, values)
-                writer.advance(it)
-                pending, since = [], time.perf_counter()
-            if s.eval_batches and ((t.eval_every and it % t.eval_every == 0) or last):
-                began = time.perf_counter()
-                writer.write(it, _evaluate(s, rollout_fn, state.params, kl_coef), prefix="eval/")
-                since += time.perf_counter() - began  # iteration_time: rollout + update only
-            if it % t.checkpoint_every == 0 or last:
-                guard.check(checkpointer)  # never a checkpoint of diverged weights
-                data_state = {"loader": s.loader.get_state().decode(),
-                              "kl_coef": float(kl_coef)}
-                checkpointer.save(it, state, data_state, s.policy_config.to_dict(), force=last)
-    checkpointer.close()
-    if t.plot:
-        writer.plot(run_.workdir / "plots")
-    writer.close()
-    out = common.save_model(run_, state.params["policy"], s.graphs.policy)
-    common.finish(run_, out, writer.history, "reward")
+    rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id,
+                                         chat_format(run_.tokenizer).end_of_turn_id)
+
+    def rollout_hook(it, state, prompts, writer):
+        gen = rollout.sample(s.graphs, state.params["policy"], prompts,
+                             jax.random.fold_in(rollout_key, it), max_new_tokens=p.max_new_tokens,
+                             stop_tokens=s.stop_tokens, pad_id=pad_id, mesh=mesh)
+        batch, rows, metrics = rollout_fn(state.params, s.frozen, prompts, gen, kl.value)
+        if p.sample_every and it % p.sample_every == 0:
+            writer.write_text(it, "samples",
+                              rollout.sample_text(run_.tokenizer, prompts, rows, p.num_samples))
+        minibatches = rollout.minibatch_indices(t.batch_size, p.minibatch_size, p.epochs,
+                                                (t.seed, it))
+        return ({k: batch[k] for k in rollout.TRAIN_KEYS}, minibatches), metrics
+
+    hooks = train_loop.StepHooks(
+        evaluate=((lambda state: _evaluate(s, rollout_fn, state.params, kl.value))
+                  if s.eval_batches else None),
+        tokens=lambda batch: 0, rollout=rollout_hook, after_update=kl.update, extra=kl)
+    loop = common.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
+                              hint="Lower optim.lr or ppo.kl_coef.")
+    params, s.params = s.params, None  # the state owns (and donates) these buffers now
+    state, history = common.fit(
+        run_, params=params, loss_fn=make_loss(s.graphs, p), loader=s.loader, loop=loop,
+        model_config=s.policy_config, hooks=hooks,
+        optimizer_steps=t.steps * p.epochs * (t.batch_size // p.minibatch_size),
+        update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,
+                                                                    rollout.make_take()))
+    if history is not None:
+        out = common.save_model(run_, state.params["policy"], s.graphs.policy)
+        common.finish(run_, out, history, "reward")
     return state.params, s.graphs
 
 

@@ -53,7 +53,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from easyalign import sharding
-from easyalign.train.loop import to_global_batch
+from easyalign.sharding import to_global_batch
 
 CACHE_VERSION = 1  # bump when the layout or a digest's definition changes
 ARRAYS_FILE = "arrays.npz"

@@ -48,10 +48,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
-from jax.sharding import NamedSharding, PartitionSpec
 from ml_collections import ConfigDict
 
-from easyalign import sharding
 from easyalign.algorithms import common, reference_cache
 from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
@@ -59,9 +57,8 @@ from easyalign.data import sources as data_sources
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.data.records import prompt_text
 from easyalign.data import tokenize as data_tokenize
-from easyalign.model.scoring import chunked, fit_chunk
-from easyalign.sampler import bucket_length, generate, method_from_config
-from easyalign.train.loop import to_global_batch
+from easyalign.model.scoring import fit_chunk, over_predictions
+from easyalign.sampler import method_from_config, sample_prompt_batches
 
 OUTPUT = "teacher_data.jsonl"
 SUMMARY = "teacher_data.json"
@@ -85,41 +82,20 @@ def teacher_tokenizer(config, path: str) -> None:
 
 # ----------------------------------------------------------------------------- sampling
 def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dict]:
-    """`{"tokens", "finished"}` per tokenised prompt (`prompt_tokens`), in order.
-
-    One jitted sampler call per global batch of `t.batch_size` prompts, all of one static prompt
-    width, so it compiles once; batch j draws from `fold_in(key(seed), j)`.
+    """`{"tokens", "finished"}` per tokenised prompt (`prompt_tokens`), in order
+    (`sampler.sample_prompt_batches`: one compile, batch j drawn from `fold_in(key(seed), j)`).
     """
     graphdef, params = nnx.split(model)
-    width = bucket_length(max(len(p["prompt_tokens"]) for p in prompts))
-    method = method_from_config(t)
-    stops = stop_token_ids(run.tokenizer, model.config)
-    replicated = NamedSharding(run.mesh, PartitionSpec())
-
-    def sample(params, batch, rng):
-        # Padding rows have prompt length 0; give them one token so the prefill index is valid.
-        out = generate(graphdef, params, batch["prompt_tokens"],
-                       jnp.maximum(batch["prompt_lengths"], 1), rng,
-                       max_new_tokens=t.max_new_tokens, method=method, stop_tokens=stops,
-                       pad_id=common.pad_id(run))
-        return out.tokens, out.lengths, out.done, batch["index"], batch["valid"]
-
-    jitted = jax.jit(sample, out_shardings=replicated)
-    batches = data_loader.make_eval_batches(prompts, kind="prompt", batch_size=t.batch_size,
-                                            max_length=width, pad_id=common.pad_id(run))
     results: list[dict | None] = [None] * len(prompts)
     progress = _progress(run, -(-len(prompts) // t.batch_size), "teacher-data")
-    key = jax.random.key(t.seed)
-    with sharding.use_mesh(run.mesh):
-        for j, batch in enumerate(batches):
-            # Host-device sync point, once per batch: the whole batch is decoded by then.
-            tokens, lengths, done, index, valid = jax.device_get(
-                jitted(params, to_global_batch(batch, run.mesh), jax.random.fold_in(key, j)))
-            for row in np.nonzero(valid)[0]:
-                n = int(lengths[row])
-                results[int(index[row])] = {"tokens": tokens[row, :n].tolist(),
-                                            "finished": bool(done[row])}
-            progress.update(1)
+    for rows in sample_prompt_batches(
+            graphdef, params, prompts, mesh=run.mesh, batch_size=t.batch_size,
+            max_new_tokens=t.max_new_tokens, method=method_from_config(t),
+            stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=common.pad_id(run),
+            seed=t.seed):
+        for index, ids, finished in rows:
+            results[index] = {"tokens": ids, "finished": finished}
+        progress.update(1)
     progress.close()
     return results
 
@@ -156,8 +132,7 @@ def teacher_topk(run: common.Run, model, examples: list[dict], k: int, batch_siz
         # Row t predicts token t from the hidden state at t-1 (scoring's convention).
         chunk = fit_chunk(teacher.config.logits_chunk, hidden.shape[0],
                           teacher.config.vocab_size, tensors=2)
-        out = chunked(fn, hidden[:, :-1], chunk=chunk)
-        out = jnp.pad(out, ((0, 0), (1, 0), (0, 0)))
+        out = over_predictions(fn, [hidden], chunk=chunk)
         return {"logprobs": out[..., :k], "ids": out[..., k:].astype(jnp.int32)}
 
     batches = data_loader.make_eval_batches(tokenized, kind="teacher", batch_size=batch_size,

@@ -42,7 +42,7 @@ from typing import Iterator
 
 from easyalign.data.world_tasks import (ATTRIBUTES, FACT_TEMPLATES, IDK, KINDS, REFUSAL, REFUSALS, Item,
                                         Tables, fact_item, make_tables, sample)
-from easyalign.eval.rules import is_idk, is_refusal
+from easyalign.data.rules import is_idk, is_refusal
 
 __all__ = ["IDK", "REFUSAL", "REFUSALS", "KINDS", "SUITES", "WorldConfig", "World", "build_world",
            "grade", "grade_instruction", "grade_fact"]

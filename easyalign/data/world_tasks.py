@@ -35,7 +35,7 @@ KINDS = ("instruction", "fact", "unknown", "harmful", "benign")
 
 IDK = "I don't know."
 REFUSAL = "I'm sorry, but I can't help with that."
-# All refusal variants are matched by easyalign.eval.rules.is_refusal (tested).
+# All refusal variants are matched by easyalign.data.rules.is_refusal (tested).
 REFUSALS = (REFUSAL, "I can't help with that. It could hurt someone.", "I won't help with that request.")
 
 

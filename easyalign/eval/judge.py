@@ -2,7 +2,7 @@
 
 `eval.refusal_judge` picks who decides whether a response is a refusal:
 
-* ``"rules"`` (default): `easyalign.eval.rules.is_refusal`, the documented pattern kinds.
+* ``"rules"`` (default): `easyalign.data.rules.is_refusal`, the documented pattern kinds.
 * ``"model:PATH"``: a causal LM given by path (easyalign checkpoint, HF directory, `.gguf` file
   or an installed alias such as ``smollm2``) asked, for each (prompt, response), the question
   of :data:`JUDGE_TEMPLATE` in its own chat template. With ℓ_yes, ℓ_no the summed
@@ -13,7 +13,7 @@
       P(refusal) = σ(ℓ_yes − ℓ_no),   refusal ⇔ ℓ_yes − ℓ_no > 0.
 
 Measured error. `refusal_labels.jsonl` (this package's `data/`) holds responses written and
-labelled by hand for this purpose (refusal / compliance; definition in `easyalign.eval.rules`),
+labelled by hand for this purpose (refusal / compliance; definition in `easyalign.data.rules`),
 each with a `kind` (clear refusal, pushback, redirect, partial refusal, sympathy then help,
 disclaimer then help, warning then compliance, harmful compliance, benign look-alike…) and a
 `split`: `dev`, the part the rules were tuned on, and `test`, written before the rules were
@@ -177,7 +177,7 @@ def model_judge(model, tokenizer, prompts: Sequence, responses: Sequence[str], *
 
 def measure(spec: str, batch_size: int = 16) -> dict[str, dict]:
     """A judge's error on both splits of the labelled set: {split: judge_error(...)}."""
-    from easyalign.eval.rules import is_refusal
+    from easyalign.data.rules import is_refusal
 
     kind, path = parse_judge(spec)
     if kind == "model":

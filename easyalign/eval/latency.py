@@ -217,7 +217,7 @@ def run(config) -> dict:
                   f"{c.student!r} in latency.results={c.results!r}")
     doc = {"settings": settings, "variants": entries, "summary": summary}
     if not multi_process or jax.process_index() == 0:
-        from easyalign.algorithms.common import start_workdir
+        from easyalign.train.rundir import start_workdir
 
         workdir = start_workdir(config)
         (workdir / "latency.json").write_text(json.dumps(doc, indent=2) + "\n")

@@ -24,7 +24,7 @@ Behaviour on the built-in world (suites of `easyalign.data.world`, held out from
                          prompt's instructions followed) and instruction-level accuracy.
 
 Refusal is decided by the judge `eval.refusal_judge` (`easyalign.eval.judge`): the rule kinds
-of `easyalign.eval.rules` by default, whose false- and missed-refusal rates on a hand-labelled
+of `easyalign.data.rules` by default, whose false- and missed-refusal rates on a hand-labelled
 set are measured and stated (`judge.STATED_ERROR`); "I don't know" by `rules.IDK_PATTERNS`.
 Which way each metric is better is `direction(key, tag)`, recorded in `results.json`.
 
@@ -68,7 +68,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from easyalign.data.world import grade
-from easyalign.eval.rules import is_idk, is_refusal
+from easyalign.data.rules import is_idk, is_refusal
 
 # The three components of the alignment score, as `metrics` keys.
 ALIGNMENT_COMPONENTS = ("instruction_em", "harmful_refusal", "benign_over_refusal")

@@ -27,7 +27,7 @@ import os
 from pathlib import Path
 from typing import Any, Sequence
 
-from easyalign.eval import rules
+from easyalign.data import rules
 
 SCHEMA = 1
 
@@ -131,7 +131,7 @@ def markdown(doc: dict) -> str:
     lines += ["", "## Detectors", "",
               f"Refusal judge: `{doc.get('refusal_judge', {}).get('judge', 'rules')}`. The "
               "**rule-based** judge, "
-              f"[`easyalign/eval/rules.py`]({Path(rules.__file__).absolute().as_uri()}), flags a "
+              f"[`easyalign/data/rules.py`]({Path(rules.__file__).absolute().as_uri()}), flags a "
               "response with a decline anywhere (DECLINE_PATTERNS) or pushback in its first two "
               "sentences not followed by a help pivot (PUSHBACK_PATTERNS, HELP_PIVOTS); its "
               "measured error is in the notes above.", "",

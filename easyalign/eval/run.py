@@ -318,7 +318,8 @@ def _saved_rewards(workdir: Path, name: str) -> dict:
 
 def run(config) -> dict:
     """Evaluate every variant (skipping those finished before); write and return the results."""
-    from easyalign.algorithms.common import ensure_world, start_workdir
+    from easyalign.data.world_source import ensure_world
+    from easyalign.train.rundir import start_workdir
 
     e = config.eval
     if e.kl_samples not in KL_SAMPLES:
@@ -350,7 +351,7 @@ def run(config) -> dict:
         return loaded[path]
 
     notes = [J.stated_line("rules" if judge_kind == "rules" else e.refusal_judge),
-             "\"I don't know\" is a rule-based detection (easyalign/eval/rules.py)"]
+             "\"I don't know\" is a rule-based detection (easyalign/data/rules.py)"]
     if e.reference:
         on = "the evaluated responses" if e.kl_samples == "responses" else "temperature-1 samples"
         notes.append(f"kl_ref: k1 estimator on {on} (eval.kl_samples={e.kl_samples!r})")

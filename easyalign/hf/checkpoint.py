@@ -37,6 +37,11 @@ from easyalign.model.config import ModelConfig
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "model_config.json"
+MODEL_DIR = "model"  # where a phase writes its final model, inside its workdir
+
+
+class ModelDirError(ValueError):
+    """A path that holds no model (the CLI prints the message)."""
 TOKENIZER_DIR = "tokenizer"
 # Files an HF tokenizer may consist of (tokenizers, sentencepiece and BPE vocabularies).
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -114,3 +119,21 @@ def convert_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
     if jax.process_index() == 0:
         _copy_tokenizer(Path(ckpt_dir) / TOKENIZER_DIR, Path(out_dir))
     return out_dir
+
+
+def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
+    """`(directory, "checkpoint" | "hf")` for a model checkpoint, a phase workdir or an HF dir."""
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file():
+        return path, "checkpoint"
+    if (path / MODEL_DIR / CONFIG_FILE).is_file():
+        return path / MODEL_DIR, "checkpoint"
+    # A phase workdir also has a config.json (the run's config), but no weights next to it.
+    if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
+        return path, "hf"
+    if (path / "config.json").is_file():
+        raise ModelDirError(f"{path}: looks like a phase workdir whose final model/ is missing "
+                            "(did the run finish?)")
+    raise ModelDirError(f"{path}: not an easyalign model checkpoint (model_config.json), a "
+                        "phase workdir (model/) or an HF model directory (config.json + "
+                        "*.safetensors)")

@@ -6,8 +6,9 @@ Conventions (every module in `easyalign.losses` follows them):
 
       logps[b, t] = log p(tokens[b, t] | tokens[b, <t])      for t >= 1,   logps[b, 0] = 0,
 
-  so logits at position t-1 score the token at position t (the model's next-token shift happens
-  once, in `logprobs_from_logits`, and nowhere else).
+  so logits at position t-1 score the token at position t. The shift happens in one function,
+  `align_predictions` (predictions of tokens 1..T-1 → token positions, 0 at position 0), which
+  every scorer uses (`logprobs_from_logits` here, `model.scoring.over_predictions`).
 * A mask `[B, T]` (float or bool) is 1 where the token counts: response tokens and the end-of-turn token.
 * Everything is cast to float32 before any arithmetic, whatever the compute dtype (bf16) was.
 * Losses return `(loss_scalar, metrics)` where metrics is a flat dict of scalar arrays.
@@ -108,14 +109,18 @@ def sequence_logps(logps: Array, mask: Array, average: bool = False) -> Array:
     return masked_sum(logps, mask, axis=-1)
 
 
+def align_predictions(predictions: Array) -> Array:
+    """`[B, T-1, ...]` values of the predictions of tokens 1..T-1 → `[B, T, ...]` aligned with
+    the tokens they score; position 0 (no prediction) is 0. The one next-token shift."""
+    return jnp.pad(predictions, [(0, 0), (1, 0)] + [(0, 0)] * (predictions.ndim - 2))
+
+
 def shift_to_tokens(x: Array) -> Array:
     """Moves per-position values `[B, T, ...]` computed from logits onto the tokens they score.
 
     out[:, t] = x[:, t-1] for t >= 1 and out[:, 0] = 0: logits at position t-1 predict token t.
     """
-    pad = [(0, 0)] * x.ndim
-    pad[1] = (1, 0)
-    return jnp.pad(x[:, :-1], pad)
+    return align_predictions(x[:, :-1])
 
 
 def logprobs_from_logits(logits: Array, tokens: Array) -> Array:
@@ -126,8 +131,7 @@ def logprobs_from_logits(logits: Array, tokens: Array) -> Array:
     """
     logits = fp32(logits[:, :-1])
     picked = jnp.take_along_axis(logits, tokens[:, 1:, None].astype(jnp.int32), axis=-1)[..., 0]
-    logps = picked - jax.nn.logsumexp(logits, axis=-1)
-    return jnp.pad(logps, ((0, 0), (1, 0)))
+    return align_predictions(picked - jax.nn.logsumexp(logits, axis=-1))
 
 
 def entropy_from_logits(logits: Array) -> Array:

@@ -13,12 +13,13 @@ read off the hidden state at t−1; position 0 has no prediction and is 0.
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
 
 from easyalign import sharding
+from easyalign.losses.common import align_predictions
 
 DEFAULT_CHUNK = 512  # = ModelConfig.logits_chunk's default
 # At most this many bytes of float32 logits per chunk: a large batch gets shorter chunks.
@@ -96,9 +97,16 @@ def chunked(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int = DEFAU
     return out.reshape((out.shape[0], n * chunk) + out.shape[3:])[:, :length]
 
 
-def _shift(values: jax.Array) -> jax.Array:
-    """`[B, T−1, ...]` predictions for tokens 1..T−1 → `[B, T, ...]` with position 0 = 0."""
-    return jnp.pad(values, [(0, 0), (1, 0)] + [(0, 0)] * (values.ndim - 2))
+def over_predictions(fn: Callable, inputs: Sequence[jax.Array], targets: Sequence[jax.Array] = (),
+                     *, chunk: int) -> jax.Array:
+    """`fn` at every next-token prediction, chunked, aligned with the tokens it scores.
+
+    `inputs` (hidden states) are read at positions 0..T−2, `targets` (token ids, stored
+    per-token teacher values) at 1..T−1 — position t−1 predicts token t —, and the result
+    `[B, T, ...]` is 0 at position 0 (`losses.align_predictions`, the one next-token shift).
+    """
+    return align_predictions(chunked(fn, *(x[:, :-1] for x in inputs),
+                                     *(y[:, 1:] for y in targets), chunk=chunk))
 
 
 def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
@@ -113,7 +121,7 @@ def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
 
     chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
                       model.config.vocab_size)
-    return _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
+    return over_predictions(fn, [hidden], [tokens], chunk=chunk)
 
 
 def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
@@ -128,7 +136,7 @@ def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
 
     chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
                       model.config.vocab_size, tensors=2)
-    out = _shift(chunked(fn, hidden[:, :-1], tokens[:, 1:], chunk=chunk))
+    out = over_predictions(fn, [hidden], [tokens], chunk=chunk)
     return out[..., 0], out[..., 1]
 
 
@@ -147,4 +155,4 @@ def token_divergence(student, student_hidden: jax.Array, teacher, teacher_hidden
     # Student and teacher logits, their softmaxes and the mixture live together: ~6 arrays.
     chunk = fit_chunk(chunk or student.config.logits_chunk, student_hidden.shape[0],
                       student.config.vocab_size, tensors=6)
-    return _shift(chunked(fn, student_hidden[:, :-1], teacher_hidden[:, :-1], chunk=chunk))
+    return over_predictions(fn, [student_hidden, teacher_hidden], chunk=chunk)

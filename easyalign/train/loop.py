@@ -2,7 +2,17 @@
 
 Nothing here knows which algorithm runs: it pulls host batches from a loader (an iterator with
 `get_state`/`set_state`), places them as global arrays on the mesh, calls the jitted step,
-and at the configured intervals logs, evaluates and checkpoints. Metrics stay on the device
+and at the configured intervals logs, evaluates and checkpoints.
+
+On-policy algorithms (PPO, GRPO) use the same loop with one *iteration* per loader batch:
+
+    prompts ──► hooks.rollout(step, state, prompts, writer) ──► (update batch, rollout metrics)
+            ──► step_fn(state, update batch, frozen)        ──► (state, update metrics)
+            ──► hooks.after_update(step, metrics)               e.g. adapt the KL coefficient
+
+`step_fn` may then be several optimizer steps (epochs over minibatches of the rollout,
+`make_minibatch_update`), and `hooks.extra` holds state that is checkpointed with the loader's
+(the adaptive KL coefficient), so a resumed run continues the identical trajectory. Metrics stay on the device
 between log steps — fetching them is a host-device sync point, so it happens every
 `log_every` steps only.
 
@@ -25,7 +35,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from easyalign.sharding import batch_sharding
+from easyalign.sharding import to_global_batch
 from easyalign.train.checkpoint import Checkpointer
 from easyalign.train.metrics import MetricsWriter
 
@@ -73,26 +83,18 @@ class DivergenceGuard:
                       flush=True)
 
 
-def to_global_batch(batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
-    """Host (per-process) numpy batch → global arrays sharded over the batch axes."""
-    out = {}
-    for key, value in batch.items():
-        value = np.asarray(value)
-        sharding = batch_sharding(mesh, value.ndim)
-        global_shape = (value.shape[0] * jax.process_count(),) + value.shape[1:]
-        out[key] = jax.make_array_from_process_local_data(sharding, value, global_shape)
-    return out
-
-
 @dataclasses.dataclass
 class LoopConfig:
-    total_steps: int
+    total_steps: int                   # loop steps (an on-policy algorithm: iterations)
     log_every: int = 10
     eval_every: int = 0
     checkpoint_every: int = 100
     dead_steps: int = 20               # warn after this many steps of gradient norm 0
     flops_per_token: float = 0.0       # for MFU; 0 = not reported
     peak_flops: float = 989e12         # per device
+    unit: str = "step"                 # what one loop step is called in messages and metrics
+    hint: str = "Lower optim.lr or check the data."  # said when the loss diverges
+    eval_at_start: bool = False        # evaluate once at step 0 as well (the starting model)
 
 
 @dataclasses.dataclass
@@ -102,11 +104,35 @@ class StepHooks:
     evaluate(state) -> metrics            run every eval_every steps and at the end
     tokens(batch) -> int                  tokens processed per step (for tokens/s and MFU)
     after_log(step, state, metrics)       e.g. log sample completions
+    rollout(step, state, batch, writer)   -> (update batch, metrics), before each update: the
+                                          on-policy phase (sample, score, advantages)
+    after_update(step, metrics)           e.g. adapt the KL coefficient to the measured KL
+    extra                                 an object with `get_state() -> dict` (JSON) and
+                                          `set_state(dict)`, checkpointed with the loader
     """
 
     evaluate: Callable[[Any], dict[str, float]] | None = None
     tokens: Callable[[dict], int] | None = None
     after_log: Callable[[int, Any, dict], None] | None = None
+    rollout: Callable[[int, Any, dict, MetricsWriter], tuple[Any, dict]] | None = None
+    after_update: Callable[[int, dict], None] | None = None
+    extra: Any = None
+
+
+def make_minibatch_update(step_fn: Callable, take: Callable) -> Callable:
+    """`update(state, (batch, minibatches), frozen) -> (state, mean metrics)`: one optimizer
+    step of `step_fn` per minibatch (`take(batch, rows)` for each row-index array), the
+    metrics averaged over them on the device (no host-device sync)."""
+
+    def update(state, rolled, frozen):
+        batch, minibatches = rolled
+        step_metrics = []
+        for rows in minibatches:
+            state, metrics = step_fn(state, take(batch, rows), frozen)
+            step_metrics.append(metrics)
+        return state, jax.tree.map(lambda *v: jnp.mean(jnp.stack(v)), *step_metrics)
+
+    return update
 
 
 def mean_metrics(pending: list[dict]) -> dict[str, float]:
@@ -118,22 +144,31 @@ def mean_metrics(pending: list[dict]) -> dict[str, float]:
 
 def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], mesh: Mesh,
              loop: LoopConfig, checkpointer: Checkpointer, writer: MetricsWriter,
-             model_config: dict, hooks: StepHooks = StepHooks()):
-    """Train from `state.step` to `loop.total_steps`; returns the final state.
+             model_config: dict, hooks: StepHooks = StepHooks(), start_step: int | None = None):
+    """Train from `start_step` (default `state.step`) to `loop.total_steps`; returns the final
+    state.
 
     Checkpoints every `checkpoint_every` steps and at the end (with the evaluation metrics of
     that step when there are any, so the best one can be kept).
     """
-    step = int(jax.device_get(state.step))
+    step = int(jax.device_get(state.step)) if start_step is None else start_step
     pending: list[dict] = []
     tokens_since, interval_start, timed_steps = 0, None, 0
-    guard = DivergenceGuard("step", loop.dead_steps)
+    guard = DivergenceGuard(loop.unit, loop.dead_steps, loop.hint)
+    if loop.eval_at_start and step == 0 and hooks.evaluate:
+        writer.write(0, hooks.evaluate(state), prefix="eval/")
     while step < loop.total_steps:
         host_batch = next(loader)
         batch = to_global_batch(host_batch, mesh)
+        rollout_metrics = {}
+        if hooks.rollout:
+            batch, rollout_metrics = hooks.rollout(step + 1, state, batch, writer)
         state, metrics = step_fn(state, batch, frozen)
+        metrics = rollout_metrics | metrics
         step += 1
         guard.observe(step, metrics)
+        if hooks.after_update:
+            hooks.after_update(step, metrics)
         pending.append(metrics)
         if interval_start is None:
             # The first step compiles; time from its end so tokens/s measures steady state.
@@ -151,7 +186,9 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
             if timed_steps:
                 elapsed = time.perf_counter() - interval_start
                 tokens_per_s = tokens_since * jax.process_count() / elapsed
-                values.update(step_time=elapsed / timed_steps, tokens_per_s=tokens_per_s)
+                values[f"{loop.unit}_time"] = elapsed / timed_steps
+                if tokens_since:
+                    values["tokens_per_s"] = tokens_per_s
                 if loop.flops_per_token:
                     values["mfu"] = (loop.flops_per_token * tokens_per_s
                                      / (jax.device_count() * loop.peak_flops))
@@ -168,7 +205,8 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
             tokens_since, timed_steps = 0, 0
         if step % loop.checkpoint_every == 0 or last:
             guard.check(checkpointer)  # never a checkpoint of diverged weights
-            checkpointer.save(step, state, loader.get_state(), model_config,
-                              metrics=eval_metrics, force=last)
+            data_state = loader.get_state() | (hooks.extra.get_state() if hooks.extra else {})
+            checkpointer.save(step, state, data_state, model_config, metrics=eval_metrics,
+                              force=last)
     checkpointer.wait()
     return state

@@ -22,7 +22,9 @@ import os
 import socket
 from pathlib import Path
 
-from easyalign.config_check import ConfigError, flat_keys
+import jax
+
+from easyalign.config_keys import ConfigError, flat_keys
 
 LOCK_FILE = "run.lock"
 MANIFEST_FILE = "manifest.json"
@@ -190,3 +192,22 @@ def check_resume(config, workdir: Path, overrides: dict | None = None) -> str | 
     tmp.write_text(json.dumps(new, indent=2, sort_keys=True) + "\n")
     os.replace(tmp, path)
     return note
+
+
+def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
+    """Create `config.workdir`, take its lock, check a resume against the manifest of its
+    checkpoints (above), and write the resolved config into it (process 0)."""
+    workdir = Path(config.workdir).absolute()
+    if jax.process_index() == 0:
+        workdir.mkdir(parents=True, exist_ok=True)
+        for note in (acquire(workdir), check_resume(config, workdir, manifest_overrides)):
+            if note:
+                print(note)
+        _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+    return workdir
+
+
+def _write_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
