@@ -49,10 +49,11 @@ import itertools
 import json
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 __all__ = ["DataError", "FORMATS", "Record", "SourceSpec", "apply_columns", "as_spec",
-           "load_records", "parse_columns", "read_rows"]
+           "load_records", "parse_columns", "read_jsonl_objects", "read_rows"]
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 # File suffixes (after an optional ".gz") and the format each one means.
@@ -228,10 +229,20 @@ def _duplicate(where: str, key: str) -> DataError:
 
 
 def _read_jsonl(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
-    for line_no, line in _text_lines(spec.path, spec.encoding):
+    return read_jsonl_objects(spec.path, spec.encoding)
+
+
+def read_jsonl_objects(path: "str | Path", encoding: str = "utf-8"
+                       ) -> Iterator[tuple[dict, str]]:
+    """`(object, "path:line")` for every non-blank line of a JSONL file (plain or `.gz`).
+
+    Raises `DataError` naming the file and line for a line that is not JSON, not an object, or
+    repeats a key; and for bytes that are not `encoding` or a truncated gzip stream."""
+    path = str(path)
+    for line_no, line in _text_lines(path, encoding):
         if not line.strip():
             continue
-        where = f"{spec.path}:{line_no}"
+        where = f"{path}:{line_no}"
         try:
             data = _DECODER.decode(line)
         except json.JSONDecodeError as e:

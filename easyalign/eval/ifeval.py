@@ -37,6 +37,8 @@ import re
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
+from easyalign.data.sources import read_jsonl_objects
+
 RELATIONS = ("less than", "at least")
 BUILTIN = Path(__file__).parent / "data" / "ifeval_prompts.jsonl"  # 65 prompts written for easyalign
 UNSUPPORTED = ("language:response_language",)
@@ -291,19 +293,8 @@ def check_record(record: Mapping[str, Any], where: str = "record") -> dict[str, 
 
 def load_records(path: str | Path) -> list[dict]:
     """The prompt records of an IFEval-format JSONL file (validated, see `check_record`)."""
-    records = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                data = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e.msg})") from None
-            if not isinstance(data, dict):
-                raise ValueError(f"{where}: expected a JSON object")
-            records.append({**check_record(data, where), "where": where})
+    records = [{**check_record(data, where), "where": where}
+               for data, where in read_jsonl_objects(path)]
     if not records:
         raise ValueError(f"{path}: no prompt records")
     return records

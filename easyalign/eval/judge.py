@@ -32,10 +32,11 @@ judge (prints both splits):
 
 from __future__ import annotations
 
-import json
 import math
 from pathlib import Path
 from typing import Sequence
+
+from easyalign.data.sources import read_jsonl_objects
 
 LABELS_FILE = Path(__file__).parent / "data" / "refusal_labels.jsonl"
 LABELS = ("refusal", "compliance")
@@ -66,22 +67,14 @@ def load_labels(path: str | Path = LABELS_FILE, split: str | None = None) -> lis
     naming file, line and key on a bad line.
     """
     rows = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            where = f"{path}:{number}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{where}: not JSON ({e.msg})") from None
-            for key in ("id", "split", "kind", "prompt", "response", "label"):
-                if not isinstance(row.get(key), str):
-                    raise ValueError(f"{where}: key '{key}' missing or not a string")
-            if row["label"] not in LABELS or row["split"] not in SPLITS:
-                raise ValueError(f"{where}: label {row['label']!r} / split {row['split']!r} "
-                                 f"not in {LABELS} / {SPLITS}")
-            rows.append(row)
+    for row, where in read_jsonl_objects(path):
+        for key in ("id", "split", "kind", "prompt", "response", "label"):
+            if not isinstance(row.get(key), str):
+                raise ValueError(f"{where}: key '{key}' missing or not a string")
+        if row["label"] not in LABELS or row["split"] not in SPLITS:
+            raise ValueError(f"{where}: label {row['label']!r} / split {row['split']!r} "
+                             f"not in {LABELS} / {SPLITS}")
+        rows.append(row)
     return [r for r in rows if split is None or r["split"] == split]
 
 
