@@ -62,7 +62,8 @@ class MoE(nnx.Module):
         self.down_proj = draw(input_major_init(normal, "nf,efd->nd"), (e, f, d), _DOWN)
 
     def route(self, x: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-        """`x [N, d]` → (probabilities `[N, E]`, weights `[N, k]`, expert ids `[N, k]`), float32."""
+        """`x [N, d]` → (probabilities `[N, E]`, weights `[N, k]`, expert ids `[N, k]`), all
+        float32 (HF `Qwen3MoeTopKRouter`)."""
         logits = jnp.einsum("nd,de->ne", x.astype(jnp.float32),
                             self.router[...].astype(jnp.float32),
                             precision=jax.lax.Precision.HIGHEST)
