@@ -28,6 +28,9 @@ seqs = 2 for pairwise phases (reward, DPO); T = data.max_length):
                     proj = (H + 2K)·hd/t + 2F/t + 2d            q, k, v, gate, up, o/down outputs
                     attn = H·hd/t                               attention output
                     rest = 3d + (H + K)·hd/t + 2F/t             norms, roped q/k, silu, residual
+                  a mixture of experts (E experts, k per token, width Fe) replaces F by k·Fe
+                  and adds the k·d sorted token copies to proj and to rest (params above count
+                  every expert: each fsdp shard stores E/fsdp whole experts)
                   saved = x (full) | x + proj (dots, save_proj) | x + proj + attn (save_proj_attn)
                           | x + proj + attn + rest (none), and with remat "none" and the xla
                           attention the fp32 scores and probabilities, H/t · T² · 8 bytes per
@@ -297,8 +300,12 @@ def layer_elements(model: ModelConfig, t: int) -> dict:
     """Per-token element counts of one layer's activations (module docstring)."""
     d, f, h, k, hd = (model.hidden_size, model.intermediate_size, model.num_heads,
                       model.num_kv_heads, model.head_dim)
-    return {"x": d, "proj": (h + 2 * k) * hd / t + 2 * f / t + 2 * d, "attn": h * hd / t,
-            "rest": 3 * d + (h + k) * hd / t + 2 * f / t}
+    routed = 0
+    if model.num_experts:  # k·Fe wide per token, plus its k sorted copies (module docstring)
+        f, routed = model.num_experts_per_tok * model.moe_intermediate_size, \
+            model.num_experts_per_tok * d
+    return {"x": d, "proj": (h + 2 * k) * hd / t + 2 * f / t + 2 * d + routed,
+            "attn": h * hd / t, "rest": 3 * d + (h + k) * hd / t + 2 * f / t + routed}
 
 
 SAVED = {"full": ("x",), "dots": ("x", "proj"), "save_proj": ("x", "proj"),

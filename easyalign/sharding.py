@@ -9,7 +9,16 @@ Every parameter and activation names its dimensions logically (`embed`, `mlp`, `
              (ZeRO-3 style; XLA all-gathers weights per layer and reduce-scatters gradients),
              the embedding table along its vocabulary rows. Every kernel stores the axis FSDP
              splits first, so gradient shards arrive contiguous and AdamW never transposes;
-* `tensor` — Megatron-style tensor parallelism over heads, MLP width and vocabulary.
+* `tensor` — Megatron-style tensor parallelism over heads, MLP width and vocabulary;
+* experts  — a mixture of experts' stacked `[E, d, f]` kernels split by whole experts over
+             `fsdp` (logical `expert`): expert parallelism inside the data-parallel group, as
+             GShard / DeepSpeed-MoE place it (EP ⊆ DP). No fourth mesh axis: the fsdp ranks
+             already hold different tokens, each stores E/n experts (weights and AdamW state)
+             instead of 1/n of every expert's rows, and every mesh config, `doctor` and the
+             config check stay as they are. (`expert_embed` cannot also take `fsdp` — one mesh
+             axis per array dimension — so it is replicated; `expert_mlp` follows `mlp`.) The
+             token dispatch is left to XLA's SPMD partitioner (sorted tokens + `ragged_dot`);
+             a shard_map all-to-all dispatch is the known next step for large expert counts.
 
 Changing a parallelism strategy is a change of this table or of the mesh shape, never of
 model code. Models are created straight into their shardings: shapes come from
@@ -43,6 +52,9 @@ LOGICAL_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
     ("head_dim", None),
     ("mlp", "tensor"),
     ("layers", None),
+    ("expert", "fsdp"),                      # MoE experts (see the module docstring)
+    ("expert_embed", None),
+    ("expert_mlp", "tensor"),
     ("norm", None),
     ("batch", ("data", "fsdp")),
     ("length", None),

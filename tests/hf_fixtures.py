@@ -59,6 +59,9 @@ CASES = {
         pad_token_id=0, eos_token_id=1, bos_token_id=2, rope_parameters=dict(
             sliding_attention=dict(rope_type="default", rope_theta=10000.0),
             full_attention=dict(rope_type="linear", factor=2.0, rope_theta=1000000.0)))),
+    # Qwen3-MoE: 8 experts, top-2 renormalised, head_dim 24 ≠ 64 / 4, GQA 4:2
+    "qwen3_moe": ("Qwen3MoeConfig", dict(head_dim=24, num_experts=8, num_experts_per_tok=2,
+                                         moe_intermediate_size=32, norm_topk_prob=True)),
 }
 
 

@@ -44,7 +44,7 @@ def test_unsupported_model_type(hf_dir):
     edit_config(hf_dir, model_type="gpt2")
     with pytest.raises(HFConfigError, match=r"config.json: unsupported model_type 'gpt2'; "
                                             r"supported: \['gemma2', 'gemma3_text', 'llama', "
-                                            r"'mistral', 'phi3', 'qwen2', 'qwen3'\]"):
+                                            r"'mistral', 'phi3', 'qwen2', 'qwen3', 'qwen3_moe'\]"):
         from_hf(hf_dir)
 
 

@@ -89,7 +89,7 @@ def test_scalar_head_export_loads_as_sequence_classification(tmp_path):
     ("mistral-7b", {}), ("tiny", {"qkv_bias": True, "o_bias": True, "mlp_bias": True}),
     ("tiny", {"family": "qwen3", "qk_norm": True, "head": "scalar", "eos_token_id": (1, 2)}),
     ("tiny", {"rope_scaling": RopeScaling(rope_type="linear", factor=2.0)}),
-    ("phi-3-mini", {}), ("gemma-2-2b", {}), ("gemma-3-1b", {}),
+    ("phi-3-mini", {}), ("gemma-2-2b", {}), ("gemma-3-1b", {}), ("qwen3-30b-a3b", {}),
     ("gemma-3-1b", {"rope_scaling": RopeScaling(rope_type="linear", factor=8.0)}),
     ("tiny", {"family": "phi3", "partial_rotary_factor": 0.75, "rope_scaling": RopeScaling(
         rope_type="longrope", factor=32.0, original_max_position_embeddings=4096,

@@ -20,10 +20,14 @@ from easyalign.model.scoring import token_logprobs
 def make_loss(graphdef, packed: bool):
     def loss_fn(params, batch, rng, frozen):
         model = nnx.merge(graphdef, params)
-        hidden, _ = model.trunk(batch["tokens"], **common.attention_inputs(batch, packed))
+        # MoE hook: `router_loss` = router_aux_loss_coef · load-balancing loss (0 if dense).
+        hidden, _, router_loss = model.trunk_with_router_loss(
+            batch["tokens"], **common.attention_inputs(batch, packed))
         logps = token_logprobs(model, hidden, batch["tokens"])
         loss, metrics = losses.sft_loss(logps, batch["loss_mask"])
-        return loss, {"nll": metrics["nll"], "loss_weight": metrics["tokens"]}
+        extra = {"router_loss": router_loss} if model.config.num_experts else {}
+        return loss + router_loss, {"nll": metrics["nll"], "loss_weight": metrics["tokens"],
+                                    **extra}
 
     return loss_fn
 

@@ -1,5 +1,5 @@
-"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2, qwen3, phi3, gemma2
-and gemma3_text.
+"""HF `config.json` ⇄ `ModelConfig`, for model_type llama, mistral, qwen2, qwen3, phi3, gemma2,
+gemma3_text and qwen3_moe.
 
 Families differ in a few switches (see `FAMILIES`):
 
@@ -11,6 +11,12 @@ Families differ in a few switches (see `FAMILIES`):
     phi3        none                                no        no        `sliding_window` (or null)
     gemma2      attention_bias → q,k,v and o        no        no        `layer_types` + window
     gemma3_text attention_bias → q,k,v and o        no        yes       `layer_types` + window
+    qwen3_moe   attention_bias → q,k,v and o        no        yes       must be off
+
+Qwen3-MoE adds `num_experts`, `num_experts_per_tok`, `moe_intermediate_size`, `norm_topk_prob`
+and `router_aux_loss_coef` (HF `Qwen3MoeConfig`). Every layer must be sparse: a config with
+`mlp_only_layers` or `decoder_sparse_step` ≠ 1 (dense MLP layers between the MoE layers; no
+published Qwen3-MoE has them) is refused, since the scanned layer stack is homogeneous.
 
 Gemma (`GEMMA`) always has (1 + w) norms, sandwich norms, √d embeddings and GeGLU
 (`hidden_activation`); it reads `query_pre_attn_scalar`, `attn_logit_softcapping`,
@@ -61,7 +67,11 @@ FAMILIES: dict[str, Family] = {
     "phi3": Family("Phi3", "none", False, False, True),
     "gemma2": Family("Gemma2", "attention_bias", False, False, True),
     "gemma3_text": Family("Gemma3", "attention_bias", False, True, True),
+    "qwen3_moe": Family("Qwen3Moe", "attention_bias", False, True, False),
 }
+MOE = ("qwen3_moe",)
+_MOE_KEYS = ("num_experts", "num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+             "router_aux_loss_coef")
 PARTIAL_ROTARY = ("phi3",)  # families whose config carries partial_rotary_factor
 GEMMA = {"gemma2": 2, "gemma3_text": 6}  # family → default period of its local:global pattern
 _GEMMA_TRAITS = dict(rms_norm_one_plus=True, sandwich_norms=True, scale_embeddings=True,
@@ -86,6 +96,9 @@ _DEFAULTS: dict[str, dict[str, Any]] = {
                         query_pre_attn_scalar=256, sliding_window=4096, rope_theta=1e6,
                         rope_local_base_freq=1e4, sliding_window_pattern=6,
                         hidden_activation="gelu_pytorch_tanh"),
+    "qwen3_moe": dict(max_position_embeddings=32768, num_experts=128, num_experts_per_tok=8,
+                      moe_intermediate_size=768, norm_topk_prob=False,
+                      router_aux_loss_coef=0.001, decoder_sparse_step=1),
 }
 _COMMON_DEFAULTS = dict(rms_norm_eps=1e-6, initializer_range=0.02, tie_word_embeddings=False,
                         hidden_act="silu", bos_token_id=None, eos_token_id=None,
@@ -184,6 +197,15 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
             query_pre_attn_scalar=c["query_pre_attn_scalar"],
             attn_logit_softcapping=_float_or_none(c.get("attn_logit_softcapping")),
             final_logit_softcapping=_float_or_none(c.get("final_logit_softcapping")))
+    moe = {}
+    if model_type in MOE:
+        if c.get("mlp_only_layers") or c["decoder_sparse_step"] != 1:
+            raise HFConfigError(f"{where}: dense MLP layers among the experts (mlp_only_layers="
+                                f"{c.get('mlp_only_layers')}, decoder_sparse_step="
+                                f"{c['decoder_sparse_step']}) are unsupported")
+        if "num_local_experts" in c:  # transformers 5 saves `num_experts` under this name
+            c["num_experts"] = c["num_local_experts"]
+        moe = {k: type(_DEFAULTS[model_type][k])(c[k]) for k in _MOE_KEYS}
     heads = c["num_attention_heads"]
     partial = 1.0
     if model_type in PARTIAL_ROTARY:
@@ -204,7 +226,7 @@ def to_model_config(raw: Mapping[str, Any], where: str = "config.json") -> Model
         if family.sliding_window else None,
         initializer_range=float(c["initializer_range"]), bos_token_id=c["bos_token_id"],
         eos_token_id=c["eos_token_id"], pad_token_id=c["pad_token_id"], head=_head(raw, where),
-        **gemma_extra)
+        **gemma_extra, **moe)
 
 
 def _int_if_whole(value: float) -> int | float:
@@ -260,6 +282,8 @@ def _check_expressible(config: ModelConfig) -> None:
         problems.append(f"rope_local_theta={config.rope_local_theta}")
     if gemma and (config.layer_types is None or config.query_pre_attn_scalar is None):
         problems.append("a Gemma needs layer_types and query_pre_attn_scalar")
+    if (config.num_experts > 0) != (config.family in MOE):
+        problems.append(f"num_experts={config.num_experts}")
     if problems:
         raise HFConfigError(f"ModelConfig of family {config.family!r} has no HF equivalent: "
                             + "; ".join(problems))
@@ -327,6 +351,11 @@ def hf_config_dict(config: ModelConfig, dtype: str) -> dict[str, Any]:
         out["rope_parameters"] = {"full_attention": out["rope_parameters"],
                                   "sliding_attention": local}
         out["rope_local_base_freq"] = config.rope_local_theta
+    if config.family in MOE:
+        # `num_experts` (transformers 4) and `num_local_experts` (5, via attribute_map)
+        out.update({k: getattr(config, k) for k in _MOE_KEYS}, decoder_sparse_step=1,
+                   num_local_experts=config.num_experts,
+                   mlp_only_layers=[], output_router_logits=False)
     if config.family.startswith("qwen"):
         out.update(use_sliding_window=False, sliding_window=None,
                    max_window_layers=config.num_layers)

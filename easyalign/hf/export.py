@@ -49,8 +49,10 @@ def parse_size(size: int | str) -> int:
     return int(float(match.group(1)) * _UNITS[match.group(2)])
 
 
-def _entries(rows: list[Row], num_layers: int) -> list[tuple[str, list[Row], int | None]]:
-    """(HF name, its rows, layer) in HF's order: embeddings, layer 0, layer 1, ..., norm, heads.
+def _entries(rows: list[Row], num_layers: int, num_experts: int = 0
+             ) -> list[tuple[str, list[Row], tuple[int, ...] | None]]:
+    """(HF name, its rows, stacked index) in HF's order: embeddings, layer 0, layer 1, ...,
+    norm, heads. The index is `(layer,)`, or `(layer, expert)` for a per-expert tensor.
 
     A fused HF tensor has several rows (its pieces, in order); any other tensor has one."""
     grouped: dict[str, list[Row]] = {}
@@ -60,8 +62,9 @@ def _entries(rows: list[Row], num_layers: int) -> list[tuple[str, list[Row], int
     first = next(k for k, group in enumerate(groups) if group[0].stacked)
     before = [(g[0].hf, g, None) for g in groups[:first] if not g[0].stacked]
     after = [(g[0].hf, g, None) for g in groups[first:] if not g[0].stacked]
-    layers = [(g[0].hf.format(i=i), g, i) for i in range(num_layers)
-              for g in groups if g[0].stacked]
+    layers = [(g[0].hf_name(index), g, index) for i in range(num_layers) for g in groups
+              if g[0].stacked
+              for index in ([(i, e) for e in range(num_experts)] if g[0].per_expert else [(i,)])]
     return before + layers + after
 
 
@@ -119,7 +122,7 @@ def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
     hf_config = hf_config_dict(config, dtype)
     rows = rows_for(config)
     size = sizes(config)
-    entries = _entries(rows, config.num_layers)
+    entries = _entries(rows, config.num_layers, config.num_experts)
     itemsize = np.dtype(dtype).itemsize
     nbytes = {name: int(np.prod(group[0].hf_shape(size))) * itemsize
               for name, group, _ in entries}

@@ -116,7 +116,8 @@ class TensorSource:
         """Raise one error listing every missing, misshapen or unexpected tensor."""
         size = sizes(config)
         expected = {name: row.hf_shape(size)
-                    for row in rows for name in row.hf_names(config.num_layers)}
+                    for row in rows
+                    for name in row.hf_names(config.num_layers, config.num_experts)}
         problems = []
         for name, shape in expected.items():
             if name not in self.tensors:
@@ -188,7 +189,8 @@ class SafetensorsDir(TensorSource):
 def _sharded_param(reader: TensorSource, row: Row, config: ModelConfig,
                    abstract: jax.ShapeDtypeStruct, target: jax.sharding.Sharding) -> jax.Array:
     """One parameter, each device's block read from disk by the callback (no full copy)."""
-    size, names = sizes(config), row.hf_names(config.num_layers)
+    size = sizes(config)
+    stack = row.stack_shape(config)  # (), (L,) or (L, E): one HF tensor per position
 
     def block(name: str, index: tuple[slice, ...]) -> np.ndarray:
         hf_index, ranges = row.layout.hf_slices(index, size)
@@ -200,16 +202,17 @@ def _sharded_param(reader: TensorSource, row: Row, config: ModelConfig,
         return ours.astype(abstract.dtype)
 
     def callback(index: tuple[slice, ...]) -> np.ndarray:
-        if not row.stacked:
-            return block(names[0], index)
-        # Fill a preallocated block layer by layer: np.stack would hold every layer twice.
-        layers = range(*index[0].indices(config.num_layers))
+        if not stack:
+            return block(row.hf, index)
+        # Fill a preallocated block tensor by tensor: np.stack would hold every one twice.
+        ranges = [range(*s.indices(n)) for s, n in zip(index, stack)]
         out = None
-        for k, i in enumerate(layers):
-            layer = block(names[i], index[1:])
+        for position in np.ndindex(*map(len, ranges)):
+            source = tuple(r[p] for r, p in zip(ranges, position))
+            tensor = block(row.hf_name(source), index[len(stack):])
             if out is None:
-                out = np.empty((len(layers),) + layer.shape, layer.dtype)
-            out[k] = layer
+                out = np.empty(tuple(map(len, ranges)) + tensor.shape, tensor.dtype)
+            out[position] = tensor
         return out
 
     return jax.make_array_from_callback(abstract.shape, target, callback)
@@ -225,7 +228,7 @@ def _check_table_covers(rows: list[Row], flat_abstract: dict[str, jax.ShapeDtype
                            f"{sorted(table - set(flat_abstract))}")
     size = sizes(config)
     for row in rows:
-        shape = ((config.num_layers,) if row.stacked else ()) + row.layout.our_shape(size)
+        shape = row.stack_shape(config) + row.layout.our_shape(size)
         if shape != tuple(flat_abstract[row.path].shape):
             raise RuntimeError(f"{config.family} table row {row.hf}: layout gives {shape}, the "
                                f"model has {flat_abstract[row.path].shape} at {row.path}")

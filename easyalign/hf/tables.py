@@ -24,6 +24,10 @@ the pieces' layouts (`pieces`) and its index (`piece`). Import reads the piece's
 tensor (an offset along dim 0); export concatenates the pieces back, in order.
 
 Gemma 2 and 3 share `GEMMA_TABLE` (four norms per layer; Gemma 3 adds the q/k norm rows).
+
+A mixture of experts stores one HF tensor per layer *and expert* (`...mlp.experts.{e}.gate_proj
+.weight`, Qwen3-MoE); a row whose name holds `{e}` as well is stacked twice: our array is
+`[L, E, ...]` and `[i, e]` of it is expert e of layer i (import stacks, export unstacks).
 """
 
 from __future__ import annotations
@@ -44,7 +48,8 @@ IGNORED_TENSORS = (re.compile(r"(^|\.)rotary_emb\.inv_freq$"),)
 def sizes(config: ModelConfig) -> dict[str, int]:
     """Values of the layout symbols for one config."""
     return {"V": config.vocab_size, "d": config.hidden_size, "F": config.intermediate_size,
-            "H": config.num_heads, "KV": config.num_kv_heads, "hd": config.head_dim, "1": 1}
+            "H": config.num_heads, "KV": config.num_kv_heads, "hd": config.head_dim, "1": 1,
+            "E": config.num_experts, "Fe": config.moe_intermediate_size}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -174,8 +179,27 @@ class Row:
     def stacked(self) -> bool:
         return "{i}" in self.hf
 
-    def hf_names(self, num_layers: int) -> list[str]:
-        return [self.hf.format(i=i) for i in range(num_layers)] if self.stacked else [self.hf]
+    @property
+    def per_expert(self) -> bool:
+        """One HF tensor per expert too: our array is `[L, E, ...]`."""
+        return "{e}" in self.hf
+
+    def stack_shape(self, config: ModelConfig) -> tuple[int, ...]:
+        """Our leading stacked axes: `()`, `(L,)` or `(L, E)`."""
+        return (((config.num_layers,) if self.stacked else ())
+                + ((config.num_experts,) if self.per_expert else ()))
+
+    def hf_name(self, index: tuple[int, ...]) -> str:
+        """The HF name of stacked position `index` (layer, then expert)."""
+        return self.hf.format(**dict(zip("ie", index)))
+
+    def hf_names(self, num_layers: int, num_experts: int = 0) -> list[str]:
+        if not self.stacked:
+            return [self.hf]
+        if self.per_expert:
+            return [self.hf.format(i=i, e=e) for i in range(num_layers)
+                    for e in range(num_experts)]
+        return [self.hf.format(i=i) for i in range(num_layers)]
 
 
 def _row(hf: str, path: str, layout: str, when=_always) -> Row:
@@ -271,9 +295,22 @@ GEMMA_TABLE: tuple[Row, ...] = (
     _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
 )
 
+# Qwen3-MoE (HF `modeling_qwen3_moe.py`): Qwen3's attention (q/k norm); the MLP is a router
+# `mlp.gate` [E, d] and per-expert SwiGLU projections (the checkpoint format; transformers 5
+# fuses them in memory and splits them again on save).
+_EXPERT = _LAYER + "mlp.experts.{e}."
+QWEN3_MOE_TABLE: tuple[Row, ...] = tuple(
+    row for row in LLAMA_TABLE if ".mlp." not in row.hf) + (
+    _row(_LAYER + "mlp.gate.weight", "layers.mlp.router", "E d -> d E"),
+    _row(_EXPERT + "gate_proj.weight", "layers.mlp.gate_proj", "Fe d -> d Fe"),
+    _row(_EXPERT + "up_proj.weight", "layers.mlp.up_proj", "Fe d -> d Fe"),
+    _row(_EXPERT + "down_proj.weight", "layers.mlp.down_proj", "d Fe -> Fe d"),
+)
+
 TABLES: dict[str, tuple[Row, ...]] = {
     "llama": LLAMA_TABLE, "mistral": LLAMA_TABLE, "qwen2": LLAMA_TABLE, "qwen3": LLAMA_TABLE,
-    "phi3": PHI3_TABLE, "gemma2": GEMMA_TABLE, "gemma3_text": GEMMA_TABLE}
+    "phi3": PHI3_TABLE, "gemma2": GEMMA_TABLE, "gemma3_text": GEMMA_TABLE,
+    "qwen3_moe": QWEN3_MOE_TABLE}
 
 
 def rows_for(config: ModelConfig) -> list[Row]:

@@ -12,6 +12,14 @@ and Qwen3 (RMSNorm on queries and keys):
     phi3       no        no      no       opt. (2047)      longrope (128K); partial rotary (Phi-4-mini)
     gemma2     opt.      opt.    no       local/global     no
     gemma3_text opt.     opt.    yes      local/global     linear (global layers); local θ
+    qwen3_moe  opt.      opt.    yes      no               no;  MLP → mixture of experts
+
+Qwen3-MoE (HF `modeling_qwen3_moe.py`) replaces every layer's MLP by `num_experts` SwiGLU
+experts of width `moe_intermediate_size`, `num_experts_per_tok` (k) of which a linear router
+picks per token: p = softmax(x W_r), the top-k of p, renormalised to sum 1 when
+`norm_topk_prob` (see `model/moe.py`). `router_aux_loss_coef` weighs the Switch Transformer
+load-balancing loss in training (read from config.json, as HF stores it; 0 turns it off).
+`num_experts = 0` (the default) is a dense model.
 
 Gemma 2 (HF `modeling_gemma2.py`, arXiv 2408.00118) and Gemma 3 text (`modeling_gemma3.py`,
 Gemma 3 technical report, arXiv 2503.19786) switch on further traits, all off by default so the
@@ -45,7 +53,7 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
-FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text")
+FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "qwen3_moe")
 HEADS = ("lm", "scalar")
 ATTENTION_IMPLS = ("xla", "cudnn")
 REMAT_POLICIES = ("none", "full", "dots", "save_proj", "save_proj_attn")
@@ -111,6 +119,12 @@ class ModelConfig:
     sandwich_norms: bool = False
     scale_embeddings: bool = False
     rope_local_theta: float | None = None
+    # Mixture of experts (Qwen3-MoE; see the module docstring); num_experts = 0: dense MLP.
+    num_experts: int = 0
+    num_experts_per_tok: int = 1
+    moe_intermediate_size: int = 0
+    norm_topk_prob: bool = False
+    router_aux_loss_coef: float = 0.0
     initializer_range: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -147,6 +161,10 @@ class ModelConfig:
              "layer_types has sliding_attention layers but sliding_window is None"),
             (self.rope_local_theta is None or self.layer_types is not None,
              "rope_local_theta needs layer_types (it is the sliding layers' θ)"),
+            (self.num_experts == 0 or (0 < self.num_experts_per_tok <= self.num_experts
+                                       and self.moe_intermediate_size > 0),
+             f"a mixture of {self.num_experts} experts needs 0 < num_experts_per_tok "
+             f"({self.num_experts_per_tok}) ≤ num_experts and moe_intermediate_size > 0"),
         ]
         for ok, message in checks:
             if not ok:
@@ -211,6 +229,12 @@ class ModelConfig:
             raise ValueError(f"model overrides: unknown field(s) {unknown}")
         return out
 
+    def active_param_count(self) -> int:
+        """Parameters one token uses: all but the experts it is not routed to."""
+        idle = self.num_experts - self.num_experts_per_tok if self.num_experts else 0
+        return self.param_count() - self.num_layers * idle * 3 * self.hidden_size * \
+            self.moe_intermediate_size
+
     def param_count(self) -> int:
         """Parameters by formula (the tests also count them through `jax.eval_shape`)."""
         d, f, h, kv, hd = (self.hidden_size, self.intermediate_size, self.num_heads,
@@ -220,6 +244,8 @@ class ModelConfig:
         attn += d if self.o_bias else 0
         attn += 2 * hd if self.qk_norm else 0
         mlp = 3 * d * f + ((2 * f + d) if self.mlp_bias else 0)
+        if self.num_experts:  # router [d, E] + E SwiGLU experts of width moe_intermediate_size
+            mlp = d * self.num_experts + self.num_experts * 3 * d * self.moe_intermediate_size
         per_layer = attn + mlp + (4 if self.sandwich_norms else 2) * d
         embed = self.vocab_size * d
         head = 0 if self.head == "lm" and self.tie_word_embeddings else (

@@ -75,6 +75,14 @@ PRESETS: dict[str, dict[str, Any]] = {
         query_pre_attn_scalar=256, hidden_act="gelu_pytorch_tanh", rms_norm_one_plus=True,
         sandwich_norms=True, scale_embeddings=True, bos_token_id=2, eos_token_id=1,
         pad_token_id=0),
+    # Qwen3-30B-A3B: 30,532,122,624 parameters ("30.5B total, 3.3B activated": 3,353,032,704),
+    # 48 layers of 128 experts (width 768), 8 routed per token and renormalised, q/k norm.
+    "qwen3-30b-a3b": dict(
+        family="qwen3_moe", vocab_size=151936, hidden_size=2048, intermediate_size=6144,
+        num_layers=48, num_heads=32, num_kv_heads=4, head_dim=128, rms_norm_eps=1e-6,
+        rope_theta=1000000.0, max_position_embeddings=40960, qk_norm=True, num_experts=128,
+        num_experts_per_tok=8, moe_intermediate_size=768, norm_topk_prob=True,
+        router_aux_loss_coef=0.001, bos_token_id=151643, eos_token_id=151645),
     # The anchors' distillation student: Llama-3.2-1B widths with 8 layers of 1024.
     "llama-student-8x1024": dict(
         family="llama", vocab_size=128256, hidden_size=1024, intermediate_size=4096,

@@ -35,6 +35,7 @@ from flax import nnx
 from easyalign.model.attention import Attention
 from easyalign.model.config import ModelConfig
 from easyalign.model.layers import Einsum, Embed, RMSNorm, compute_copy, rope_inverse_frequencies
+from easyalign.model.moe import MoE, RouterStats, load_balancing_loss
 from easyalign.sharding import constrain
 
 _SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "attention_out",
@@ -143,13 +144,14 @@ class Block(nnx.Module):
     """One decoder layer `[B, T, d] → [B, T, d]`. `post_attn_norm` is the norm between attention
     and MLP (HF `post_attention_layernorm` of Llama, `pre_feedforward_layernorm` of Gemma);
     `attn_out_norm` / `mlp_out_norm` are Gemma's norms of the branch outputs (HF
-    `post_attention_layernorm` / `post_feedforward_layernorm`)."""
+    `post_attention_layernorm` / `post_feedforward_layernorm`). With `num_experts` the MLP is a
+    mixture of experts (`moe.MoE`), whose router statistics the layer returns as well."""
 
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         self.input_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         self.attn = Attention(config, rngs=rngs)
         self.post_attn_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
-        self.mlp = MLP(config, rngs=rngs)
+        self.mlp = MoE(config, rngs=rngs) if config.num_experts else MLP(config, rngs=rngs)
         self.sandwich = config.sandwich_norms
         if self.sandwich:
             self.attn_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
@@ -159,9 +161,14 @@ class Block(nnx.Module):
         attn_out, new_kv = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache,
                                      mode, local)
         x = x + (self.attn_out_norm(attn_out) if self.sandwich else attn_out)
-        mlp_out = self.mlp(self.post_attn_norm(x))
+        stats: RouterStats = {}
+        if isinstance(self.mlp, MoE):  # padding (segment 0) is routed but not counted
+            mlp_out, stats = self.mlp(self.post_attn_norm(x),
+                                      None if segment_ids is None else segment_ids != 0)
+        else:
+            mlp_out = self.mlp(self.post_attn_norm(x))
         x = x + (self.mlp_out_norm(mlp_out) if self.sandwich else mlp_out)
-        return constrain(x, ("batch", "length", "act_embed")), new_kv
+        return constrain(x, ("batch", "length", "act_embed")), new_kv, stats
 
 
 class Transformer(nnx.Module):
@@ -186,11 +193,20 @@ class Transformer(nnx.Module):
                                   ("embed", "vocab"), config=config, rngs=rngs)
 
     # ----------------------------------------------------------------------------- trunk
-    def trunk(self, tokens: jax.Array, *, positions: jax.Array | None = None,
-              segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
-              cache: KVCache | None = None, prefill: bool = False
-              ) -> tuple[jax.Array, KVCache | None]:
-        """Final-norm hidden states `[B, T, d]` (and the updated cache when one is given).
+    def trunk(self, tokens: jax.Array, **kwargs) -> tuple[jax.Array, KVCache | None]:
+        """Final-norm hidden states `[B, T, d]` (and the updated cache when one is given);
+        arguments as `trunk_with_router_loss`."""
+        hidden, cache, _ = self.trunk_with_router_loss(tokens, **kwargs)
+        return hidden, cache
+
+    def trunk_with_router_loss(
+            self, tokens: jax.Array, *, positions: jax.Array | None = None,
+            segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
+            cache: KVCache | None = None, prefill: bool = False
+    ) -> tuple[jax.Array, KVCache | None, jax.Array]:
+        """`trunk`'s hidden states and cache, and the router loss the train loss adds:
+        `router_aux_loss_coef · L_aux` (`moe.load_balancing_loss` over every layer's real
+        tokens; a float32 0 for a dense model or a coefficient of 0).
 
         `attention_mask [B, T]` (1 = token, 0 = padding) is HF's convention; it is turned into
         segment ids so padding never mixes with tokens. With a cache, `positions` are the
@@ -230,29 +246,41 @@ class Transformer(nnx.Module):
             # depth. A prefill returns every layer's keys and values stacked, then writes them
             # into the per-layer buffers once, after the scan.
             def scanned(x, params):
-                x, kv = layer(x, params, None)
-                return x, (kv if mode == "prefill" else None)
+                x, kv, stats = layer(x, params, None)
+                return x, (kv if mode == "prefill" else None, stats)
 
-            x, stacked = jax.lax.scan(scanned, x, (layer_state, per_layer))
+            x, (stacked, stats) = jax.lax.scan(scanned, x, (layer_state, per_layer))
+            router_loss = self._router_loss(stats)
             if mode is None:
-                return self.final_norm(x), None
+                return self.final_norm(x), None, router_loss
             write = lambda buf, kv: buf.at[rows, positions].set(kv.astype(buf.dtype))  # noqa: E731
             return self.final_norm(x), KVCache(
                 tuple(write(cache.k[i], stacked[0][i]) for i in range(cfg.num_layers)),
-                tuple(write(cache.v[i], stacked[1][i]) for i in range(cfg.num_layers)))
+                tuple(write(cache.v[i], stacked[1][i]) for i in range(cfg.num_layers))), \
+                router_loss
         # Decoding (or scan_layers off): a Python loop over the stacked weights, so that each
         # layer reads and updates its own cache buffer in place (see KVCache).
-        new_k, new_v = [], []
+        new_k, new_v, all_stats = [], [], []
         for i in range(cfg.num_layers):
             params = jax.tree.map(functools.partial(lambda a, i: a[i], i=i),
                                   (layer_state, per_layer))
             layer_cache = None if mode != "decode" else (cache.k[i], cache.v[i])
-            x, kv = layer(x, params, layer_cache)
+            x, kv, stats = layer(x, params, layer_cache)
+            all_stats.append(stats)
             if cache is not None:
                 new_k.append(cache.k[i].at[rows, positions].set(kv[0].astype(cache.k[i].dtype)))
                 new_v.append(cache.v[i].at[rows, positions].set(kv[1].astype(cache.v[i].dtype)))
         hidden = self.final_norm(x)
-        return hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v)))
+        router_loss = self._router_loss(jax.tree.map(lambda *a: jnp.stack(a), *all_stats))
+        return (hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v))),
+                router_loss)
+
+    def _router_loss(self, stats: RouterStats) -> jax.Array:
+        """`router_aux_loss_coef · L_aux` from the layers' stacked router statistics."""
+        cfg = self.config
+        if not cfg.num_experts or not cfg.router_aux_loss_coef:
+            return jnp.zeros((), jnp.float32)
+        return cfg.router_aux_loss_coef * load_balancing_loss(stats, cfg.num_experts)
 
     def layer_data(self, seq_len: jax.Array | int) -> dict[str, jax.Array]:
         """Per-layer inputs of the scan: `inv_freq [L, r/2]` (RoPE of each layer: Gemma 3's local
