@@ -2,9 +2,9 @@
 world) that PPO raises the reward-model score of the SFT policy on held-out prompts.
 
 GAE and the PPO losses themselves are checked against hand-computed values in
-`test_losses_ppo.py`. Here a module fixture trains the cheapest pipeline that still shows the
+`test_losses_ppo.py`. Every test starts PPO from the cheapest pipeline that still shows the
 effect honestly — a `world-student`-sized SFT model (150 steps) and reward model (100 steps)
-in the pipeline layout `runs/w/{sft,reward}` — and every test starts PPO from those models.
+in the pipeline layout `runs/s/{sft,reward}`, trained once per session (`student_runs`).
 """
 
 import json
@@ -18,11 +18,9 @@ from flax import nnx
 
 from configs import eval as eval_config
 from configs import ppo as ppo_config
-from configs import reward as reward_config
-from configs import sft as sft_config
 from easyalign.data import world_source
 from easyalign import sharding
-from easyalign.algorithms import common, ppo, reward, rollout, sft
+from easyalign.algorithms import common, ppo, rollout
 from easyalign.eval import run as eval_run
 from easyalign.eval import scoring, suites
 from easyalign.train.loop import to_global_batch
@@ -32,21 +30,9 @@ QUIET = dict(progress_bar=False, plot=False, async_checkpointing=False)
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """`runs/w/sft/model` and `runs/w/reward/model`, small and quickly trained."""
-    root = tmp_path_factory.mktemp("runs") / "w"
-    c = sft_config.get_config("tiny")
-    c.workdir = str(root / "sft")
-    c.model.preset = "world-student"
-    c.data.eval_source = ""
-    c.train.update(steps=150, checkpoint_every=1000, log_every=50, **QUIET)
-    sft.run(c)
-    r = reward_config.get_config("tiny")
-    r.workdir = str(root / "reward")
-    r.data.eval_source = ""
-    r.train.update(steps=100, checkpoint_every=1000, log_every=50, **QUIET)
-    reward.run(r)
-    return root
+def pipeline(student_runs):
+    """`runs/s/sft/model` and `runs/s/reward/model`: the session's small, quickly trained pair."""
+    return student_runs
 
 
 def config_for(root, name, **train):
