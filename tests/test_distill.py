@@ -21,7 +21,8 @@ from flax import nnx
 from configs import distill as distill_config
 from easyalign.data import world_source
 from easyalign import losses, sharding
-from easyalign.algorithms import common, distill, teacher_data
+from easyalign.algorithms import distill, teacher_data
+from easyalign.train import driver
 from easyalign.algorithms import distill_losses as DL
 from easyalign.hf import save_checkpoint_model
 from easyalign.model import create_model
@@ -265,7 +266,7 @@ def test_student_gets_closer_teacher_stays(pipeline):
     s = distill.setup(config)
     graphdef, params = nnx.split(s.model)
     student_before, teacher_before = host(params), host(s.frozen["teacher"])
-    evaluate = common.make_evaluator(
+    evaluate = driver.make_evaluator(
         s.run, s.eval_batches,
         DL.make_eval_metrics(graphdef, s.eval_wiring, jax.random.key(config.train.seed)),
         s.eval_frozen)

@@ -19,7 +19,10 @@ from transformers import AutoTokenizer
 from configs import dpo as dpo_config
 from easyalign.data import world_source
 from easyalign import sharding
-from easyalign.algorithms import common, dpo, reference_cache
+from easyalign.algorithms import dpo, reference_cache
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 from conftest import host
 
 N_TRAIN, N_EVAL = 64, 16
@@ -178,7 +181,7 @@ def test_bad_loss_type_is_a_clear_error(world, tmp_path):
 def test_default_model_path_is_the_pipeline_sft_stage(tmp_path):
     config = dpo_config.get_config("tiny")
     config.workdir = str(tmp_path / "runs" / "demo" / "dpo")
-    assert common.stage_path(config, config.model.path) == str(
+    assert runsetup.stage_path(config, config.model.path) == str(
         tmp_path / "runs" / "demo" / "sft" / "model")
 
 
@@ -190,7 +193,7 @@ def test_resume_after_kill_continues_the_same_trajectory(world, live_run, tmp_pa
     shutil.rmtree(workdir / "checkpoints" / "4")
     shutil.rmtree(workdir / "model")
     params, _ = dpo.run(tiny_config(world, workdir, reference="live"))
-    assert common.stage_done(workdir)
+    assert models.stage_done(workdir)
     for a, b in zip(host(live_run["params"]), host(params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
@@ -233,7 +236,7 @@ def test_dpo_improves_held_out_preferences_and_safety(pipeline):
     preference = {}
     for stage, model in (("sft", s.model), ("dpo", load_checkpoint_model(root / "dpo" / "model"))):
         graphdef, params = nnx.split(model)
-        evaluate = common.make_evaluator(s.run, s.eval_batches,
+        evaluate = driver.make_evaluator(s.run, s.eval_batches,
                                          dpo.make_eval_metrics(graphdef, config.dpo))
         preference[stage] = evaluate(params)
     refusal = {stage: held_out_refusal(root / stage / "model", s.run.world_dir)
