@@ -221,10 +221,10 @@ def _check_names(config) -> None:
         _choices(config, "dpo.loss_type", DPO_LOSSES)
         _choices(config, "dpo.reference", ("cached", "live"))
     if "ppo" in config:
-        from easyalign.losses import KL_ESTIMATORS
+        from easyalign.losses import KL_CONTROLLERS, KL_ESTIMATORS
 
         _choices(config, "ppo.kl_estimator", KL_ESTIMATORS)
-        _choices(config, "ppo.kl_controller", ("fixed", "adaptive"))
+        _choices(config, "ppo.kl_controller", KL_CONTROLLERS)
     from easyalign.sampler import SAMPLING_METHODS
 
     if "distill" in config:

@@ -62,16 +62,13 @@ from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.train import loop as train_loop
 from easyalign.sharding import to_global_batch
 
-KL_CONTROLLERS = ("fixed", "adaptive")
-
-
 def check_config(config) -> None:
     """Fail before any work when the `ppo` block is inconsistent."""
     p, t = config.ppo, config.train
     losses.get(losses.KL_ESTIMATORS, p.kl_estimator, "ppo.kl_estimator")
-    if p.kl_controller not in KL_CONTROLLERS:
+    if p.kl_controller not in losses.KL_CONTROLLERS:
         raise ValueError(f"unknown ppo.kl_controller {p.kl_controller!r}; valid: "
-                         f"{', '.join(KL_CONTROLLERS)}")
+                         f"{', '.join(losses.KL_CONTROLLERS)}")
     if t.batch_size % p.minibatch_size:
         raise ValueError(f"ppo.minibatch_size {p.minibatch_size} must divide train.batch_size "
                          f"{t.batch_size}")
@@ -84,9 +81,7 @@ def check_config(config) -> None:
 
 
 def kl_controller(p):
-    if p.kl_controller == "adaptive":
-        return losses.AdaptiveKLController(target=p.kl_target, horizon=p.kl_horizon)
-    return losses.FixedKLController()
+    return losses.get(losses.KL_CONTROLLERS, p.kl_controller, "ppo.kl_controller")(p)
 
 
 def model_block(config, path: str):
