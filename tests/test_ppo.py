@@ -4,7 +4,8 @@ world) that PPO raises the reward-model score of the SFT policy on held-out prom
 GAE and the PPO losses themselves are checked against hand-computed values in
 `test_losses_ppo.py`. Every test starts PPO from the cheapest pipeline that still shows the
 effect honestly — a `world-student`-sized SFT model (150 steps) and reward model (100 steps)
-in the pipeline layout `runs/s/{sft,reward}`, trained once per session (`student_runs`).
+in the pipeline layout `runs/s/{sft,reward}`, trained once per session
+(`student_reward_runs`).
 """
 
 import json
@@ -32,9 +33,9 @@ QUIET = dict(progress_bar=False, plot=False, async_checkpointing=False)
 
 
 @pytest.fixture(scope="module")
-def pipeline(student_runs):
+def pipeline(student_reward_runs):
     """`runs/s/sft/model` and `runs/s/reward/model`: the session's small, quickly trained pair."""
-    return student_runs
+    return student_reward_runs
 
 
 def config_for(root, name, **train):
