@@ -2,7 +2,7 @@
 
 Pipeline layout: stages of one run live side by side, `runs/<name>/{sft,reward,dpo,...}`. The
 default `model.path="@sft"` names the SFT stage of the same run, `<parent of workdir>/sft/model`
-(resolved by `common.prepare`), for the policy and the reference alike, so
+(resolved by `algorithms.runsetup.prepare`), for the policy and the reference alike, so
 
     easyalign sft --config=configs/sft.py:tiny --config.workdir=runs/demo/sft
     easyalign dpo --config=configs/dpo.py:tiny --config.workdir=runs/demo/dpo

@@ -192,7 +192,7 @@ def _check_names(config) -> None:
     from easyalign.model.config import ATTENTION_IMPLS, REMAT_POLICIES
 
     if "model" in config:
-        from easyalign.algorithms.common import HEAD_PARAMS, MODEL_INITS
+        from easyalign.hf.models import HEAD_PARAMS, MODEL_INITS
         from easyalign.model.presets import PRESETS
 
         _choices(config, "model.init", MODEL_INITS)
@@ -221,16 +221,16 @@ def _check_names(config) -> None:
         _choices(config, "dpo.loss_type", DPO_LOSSES)
         _choices(config, "dpo.reference", ("cached", "live"))
     if "ppo" in config:
-        from easyalign.losses import KL_ESTIMATORS
+        from easyalign.losses import KL_CONTROLLERS, KL_ESTIMATORS
 
         _choices(config, "ppo.kl_estimator", KL_ESTIMATORS)
-        _choices(config, "ppo.kl_controller", ("fixed", "adaptive"))
+        _choices(config, "ppo.kl_controller", KL_CONTROLLERS)
     from easyalign.sampler import SAMPLING_METHODS
 
     if "distill" in config:
-        from easyalign.algorithms.distill_losses import DIVERGENCE_NAMES, MODES
+        from easyalign.losses.distill import DISTILL_MODES, DIVERGENCE_NAMES
 
-        _choices(config, "distill.mode", MODES)
+        _choices(config, "distill.mode", DISTILL_MODES)
         _choices(config, "distill.divergence", DIVERGENCE_NAMES)
         _choices(config, "distill.sampling", SAMPLING_METHODS)
     for block in ("teacher_data", "generate"):

@@ -157,7 +157,7 @@ def resolve_mesh(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[dic
 # ----------------------------------------------------------------------------- models
 def read_model_config(config, path: str) -> ModelConfig:
     """The ModelConfig of a checkpoint / phase workdir / HF directory / `@stage`."""
-    from easyalign.algorithms.common import stage_path
+    from easyalign.algorithms.runsetup import stage_path
     from easyalign.hf import read_checkpoint_config, read_hf_config
     from easyalign.hf.checkpoint import resolve_model_dir
 
@@ -189,7 +189,8 @@ def main_model(config) -> tuple[ModelConfig, str]:
         model = read_model_config(config, path)
         dtype = config[block].get("dtype")
         return (model.replace(dtype=dtype) if dtype else model), f"{path}"
-    from easyalign.algorithms.common import model_numerics, source_model_config, stage_path
+    from easyalign.algorithms.runsetup import stage_path
+    from easyalign.hf.models import model_numerics, source_model_config
 
     m = config.model
     numerics = dict(model_numerics(m, head="scalar" if config.phase == "reward" else "lm"),

@@ -12,7 +12,7 @@ file with `pipeline.preset` (or its own preset), workdir `runs/<name>/<stage>`, 
 world / mesh / process settings, and any `pipeline.overrides` entry `stage:key=value`
 (`*:key=value` sets the key in every stage whose config has it, e.g. the GPU numerics
 `*:model.dtype=bfloat16`; a stage's own entry wins). Stages
-refer to each other as `@<stage>` (`algorithms.common.stage_path`). A stage whose outputs are
+refer to each other as `@<stage>` (`algorithms.runsetup.stage_path`). A stage whose outputs are
 complete is skipped, so re-running the command resumes a killed pipeline (and the stage that
 was running resumes from its own last checkpoint).
 
@@ -31,7 +31,8 @@ from pathlib import Path
 import jax
 
 from easyalign import stages
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
 
 # Commands whose stage produces a model the evaluation compares (stage name = variant name,
 # except that the main distillation stage is reported as the `student`).
@@ -119,15 +120,15 @@ def stage_done(command: str, config) -> bool:
         return path.exists() and set(load_results(path)) == wanted
     if command == "latency":
         return (workdir / "latency.json").exists()
-    return common.stage_done(workdir)
+    return models.stage_done(workdir)
 
 
 def save_base(config) -> None:
     """The untrained model of the SFT shape, saved like a stage's final model."""
-    run = common.prepare(config)
-    model = common.init_model(run, head="lm")
-    graphdef, params = common.frozen_params(model)
-    common.save_model(run, params, graphdef)
+    run = runsetup.prepare(config)
+    model = models.init_model(run, head="lm")
+    graphdef, params = models.frozen_params(model)
+    models.save_model(run, params, graphdef)
 
 
 def _variants(stages) -> list[tuple[str, str]]:
@@ -138,19 +139,19 @@ def _variants(stages) -> list[tuple[str, str]]:
 
 def _configure_eval(config, pipe, stages) -> None:
     stage_names = {name for name, _, _ in stages}
-    config.eval.variants = tuple(f"{variant}={common.stage_path(config, '@' + stage)}"
+    config.eval.variants = tuple(f"{variant}={runsetup.stage_path(config, '@' + stage)}"
                                  for variant, stage in _variants(stages))
     if "sft" in stage_names:
-        config.eval.reference = common.stage_path(config, "@sft")
+        config.eval.reference = runsetup.stage_path(config, "@sft")
     if "reward" in stage_names:
-        config.eval.reward_model = common.stage_path(config, "@reward")
+        config.eval.reward_model = runsetup.stage_path(config, "@reward")
 
 
 def _configure_latency(config, pipe, stages) -> None:
     # Variant names as in the evaluation, so the summary finds their alignment scores.
     teacher = pipe.pipeline.teacher
-    config.latency.variants = (f"{teacher}={common.stage_path(config, '@' + teacher)}",
-                               f"student={common.stage_path(config, '@distill')}")
+    config.latency.variants = (f"{teacher}={runsetup.stage_path(config, '@' + teacher)}",
+                               f"student={runsetup.stage_path(config, '@distill')}")
     config.latency.teacher, config.latency.student = teacher, "student"
     config.latency.results = str(Path(pipe.workdir).absolute() / "eval" / "results.json")
 

@@ -181,7 +181,7 @@ def _define_sample(fv: flags.FlagValues) -> None:
 
 
 def _sample(args: list[str]) -> None:
-    from easyalign.eval.suites import load_model, load_tokenizer
+    from easyalign.hf.autoload import load_model, load_tokenizer
     from easyalign.sampler import Sampler, sampling_method
 
     fv = _flags("sample", args, _define_sample)

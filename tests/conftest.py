@@ -46,6 +46,37 @@ def world_runs(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def student_runs(tmp_path_factory) -> Path:
+    """`<tmp>/runs/s` holding `sft/` (and, with `student_reward_runs`, `reward/`) of the world's
+    small student shape, briefly trained (SFT 150 steps, reward 100): the policy DPO and PPO start from, and the teacher the
+    distillation tests distil. Tests add their own sibling stages (`dpo/`, `ppo*/`).
+
+    Weak on purpose and not a free choice: `test_dpo` asserts that DPO raises the refusal rate
+    of this SFT model (which refuses ~89% of held-out harmful prompts, leaving room), and
+    `test_ppo` that PPO raises this reward model's score. Change this training only together
+    with those two tests.
+    """
+    from easyalign.algorithms import sft
+
+    root = tmp_path_factory.mktemp("pipeline") / "runs" / "s"
+    sft.run(phase_config("sft", root / "sft", model__preset="world-student", train__steps=150,
+                         train__eval_every=0, train__checkpoint_every=1000, train__plot=False))
+    return root
+
+
+@pytest.fixture(scope="session")
+def student_reward_runs(student_runs) -> Path:
+    """`student_runs` with its `reward/` trained too (a separate fixture: DPO and distillation
+    need only the SFT model)."""
+    from easyalign.algorithms import reward
+
+    reward.run(phase_config("reward", student_runs / "reward", data__eval_source="",
+                            train__steps=100, train__checkpoint_every=1000, train__log_every=50,
+                            train__plot=False))
+    return student_runs
+
+
 def host(tree):
     """Host (numpy) copies of a pytree's leaves, for before/after comparisons."""
     import jax

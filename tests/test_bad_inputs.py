@@ -269,7 +269,8 @@ def test_a_crash_while_saving_the_model_leaves_the_stage_incomplete(tmp_path):
     from flax import nnx
 
     from easyalign import sharding
-    from easyalign.algorithms import common
+    from easyalign.algorithms import runsetup
+    from easyalign.hf import models
     from easyalign.model import create_model, preset
 
     class Tokenizer:
@@ -278,11 +279,11 @@ def test_a_crash_while_saving_the_model_leaves_the_stage_incomplete(tmp_path):
 
     mesh = sharding.single_device_mesh()
     graphdef, params = nnx.split(create_model(preset("tiny", vocab_size=64), mesh, seed=0))
-    run = common.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer(),
+    run = runsetup.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer(),
                      world_dir=None)
     with pytest.raises(OSError):
-        common.save_model(run, params, graphdef)
-    assert not common.stage_done(tmp_path) and not (tmp_path / "model").exists()
+        models.save_model(run, params, graphdef)
+    assert not models.stage_done(tmp_path) and not (tmp_path / "model").exists()
 
 
 # ----------------------------------------------------------------------------- divergence

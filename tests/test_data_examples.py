@@ -1,4 +1,4 @@
-"""Data as every phase loads it (`common.load_examples`): the `data` config block from the
+"""Data as every phase loads it (`runsetup.load_examples`): the `data` config block from the
 command line and pipeline overrides, `data.on_empty`, and the held-out evaluation split of a
 real source (`data.eval_source="auto"`). Real files come from ``../shared/data`` and the tests
 that need them skip where it is absent."""
@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from easyalign import pipeline
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
 from easyalign.cli import load_config
 from easyalign.data.holdout import held_out_rows
 from easyalign.data.sources import DataError
@@ -27,9 +27,9 @@ def shared(path: Path) -> Path:
     return path
 
 
-def run_for(*flags: str, config: str = "configs/sft.py:tiny", world_dir=None) -> common.Run:
+def run_for(*flags: str, config: str = "configs/sft.py:tiny", world_dir=None) -> runsetup.Run:
     """A Run holding a config parsed like the command line's; data loading needs nothing else."""
-    return common.Run(config=load_config([f"--config={config}", *flags]), mesh=None,
+    return runsetup.Run(config=load_config([f"--config={config}", *flags]), mesh=None,
                       workdir=Path("."), tokenizer=None, world_dir=world_dir)
 
 
@@ -56,7 +56,7 @@ EXPECTED_PROMPTS = [r["question"] + ("\n\nBe exact." if r["context"] else "") fo
 def test_column_mapping_from_the_command_line(tmp_path, flags):
     path = write_jsonl(tmp_path / "qa.jsonl", ROWS)
     run = run_for(f"--config.data.source={path}", "--config.data.eval_source=", *flags)
-    examples = common.load_examples(run, "sft", "train")
+    examples = runsetup.load_examples(run, "sft", "train")
     assert [ex["messages"][0]["content"] for ex in examples] == EXPECTED_PROMPTS
     assert [ex["messages"][1]["content"] for ex in examples] == [r["answer"] for r in ROWS]
     assert all(set(ex) == {"messages", "source"} for ex in examples)  # mapped fields only
@@ -74,8 +74,8 @@ def test_column_mapping_in_pipeline_overrides(tmp_path):
                         "'rejected': 'context'}\")"])
     overrides = pipeline.parse_overrides(pipe.pipeline.overrides)
     sft = pipeline.stage_config(pipe, "sft", "sft", "tiny", overrides)
-    run = common.Run(config=sft, mesh=None, workdir=tmp_path, tokenizer=None, world_dir=None)
-    examples = common.load_examples(run, "sft", "train")
+    run = runsetup.Run(config=sft, mesh=None, workdir=tmp_path, tokenizer=None, world_dir=None)
+    examples = runsetup.load_examples(run, "sft", "train")
     assert [ex["messages"][0]["content"] for ex in examples] == EXPECTED_PROMPTS
     dpo = pipeline.stage_config(pipe, "dpo", "dpo", "tiny", overrides)
     assert dict(dpo.data.columns) == {"prompt": "question", "chosen": "answer",
@@ -87,16 +87,16 @@ def test_unknown_column_field_is_named(tmp_path):
     run = run_for(f"--config.data.source={path}",
                   "--config.data.columns={'promt': 'question'}")
     with pytest.raises(ValueError, match=r"data.columns: unknown field\(s\) \['promt'\]"):
-        common.load_examples(run, "sft", "train")
+        runsetup.load_examples(run, "sft", "train")
 
 
 def test_data_format_names_a_file_without_a_known_suffix(tmp_path):
     path = write_jsonl(tmp_path / "train.data", [{"prompt": "p", "response": "r"}] * 3)
     run = run_for(f"--config.data.source={path}", "--config.data.format=jsonl",
                   "--config.data.eval_source=")
-    assert len(common.load_examples(run, "sft", "train")) == 3
+    assert len(runsetup.load_examples(run, "sft", "train")) == 3
     with pytest.raises(ValueError, match="data.format"):
-        common.load_examples(run_for(f"--config.data.source={path}"), "sft", "train")
+        runsetup.load_examples(run_for(f"--config.data.source={path}"), "sft", "train")
 
 
 # ----------------------------------------------------------------------------- held-out split
@@ -105,26 +105,26 @@ def test_held_out_split_of_a_real_source(tmp_path, capsys):
                                                for i in range(100)])
     run = run_for(f"--config.data.source={path}")
     assert run.config.data.eval_source == "auto"
-    train = common.load_examples(run, "sft", "train")
+    train = runsetup.load_examples(run, "sft", "train")
     line = capsys.readouterr().out.strip()
     assert line == (f"[data] held out 5 of 100 records of {path} for evaluation "
                     "(data.eval_fraction=0.05, data.eval_max=1000, data.eval_seed=0; "
                     "data.eval_source=auto)")
-    held = common.load_examples(run, "sft", "eval")
+    held = runsetup.load_examples(run, "sft", "eval")
     assert len(held) == 5 and len(train) == 95
     assert set(sources(train)).isdisjoint(sources(held))
     assert sorted(sources(train) + sources(held), key=lambda w: int(w.rsplit(":", 1)[1])) == [
         f"{path}:{i}" for i in range(1, 101)]
     # Deterministic; the same rows whatever the record kind (a prompt set from the same file).
-    assert sources(common.load_examples(run, "sft", "eval")) == sources(held)
-    assert sources(common.load_examples(run, "prompt", "eval")) == sources(held)
+    assert sources(runsetup.load_examples(run, "sft", "eval")) == sources(held)
+    assert sources(runsetup.load_examples(run, "prompt", "eval")) == sources(held)
     # Another seed holds out other rows; a cap and a fraction bound the count.
     other = run_for(f"--config.data.source={path}", "--config.data.eval_seed=1")
-    assert sources(common.load_examples(other, "sft", "eval")) != sources(held)
+    assert sources(runsetup.load_examples(other, "sft", "eval")) != sources(held)
     capped = run_for(f"--config.data.source={path}", "--config.data.eval_fraction=0.5",
                      "--config.data.eval_max=7")
-    assert len(common.load_examples(capped, "sft", "eval")) == 7
-    assert len(common.load_examples(capped, "sft", "train")) == 93
+    assert len(runsetup.load_examples(capped, "sft", "eval")) == 7
+    assert len(runsetup.load_examples(capped, "sft", "train")) == 93
 
 
 def test_held_out_split_keeps_duplicates_together_and_refuses_to_hold_out_everything():
@@ -144,18 +144,18 @@ def test_explicit_eval_sources_and_the_world(tmp_path):
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "q", "response": "a"}] * 4)
     evaluation = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "e", "response": "b"}] * 3)
     run = run_for(f"--config.data.source={train}", f"--config.data.eval_source={evaluation}")
-    assert len(common.load_examples(run, "sft", "train")) == 4  # nothing held out
-    assert sources(common.load_examples(run, "sft", "eval")) == [f"{evaluation}:{i}"
+    assert len(runsetup.load_examples(run, "sft", "train")) == 4  # nothing held out
+    assert sources(runsetup.load_examples(run, "sft", "eval")) == [f"{evaluation}:{i}"
                                                                 for i in (1, 2, 3)]
-    assert common.load_examples(run_for(f"--config.data.source={train}",
+    assert runsetup.load_examples(run_for(f"--config.data.source={train}",
                                         "--config.data.eval_source="), "sft", "eval") == []
     # On the world (the default source), eval stays the world's own held-out file.
     world = tmp_path / "world"
     build_world().write(world)
     run = run_for(world_dir=world)
-    assert sources(common.load_examples(run, "sft", "eval"))[0] == (
+    assert sources(runsetup.load_examples(run, "sft", "eval"))[0] == (
         f"{world}/preference_heldout.jsonl:1")
-    assert len(common.load_examples(run, "sft", "train")) == 3000
+    assert len(runsetup.load_examples(run, "sft", "train")) == 3000
 
 
 # ----------------------------------------------------------------------------- real files
@@ -163,7 +163,7 @@ def test_hh_rlhf_through_load_examples(capsys):
     path = shared(HH)
     run = run_for(f"--config.data.source={path}", "--config.data.eval_source=",
                   config="configs/dpo.py:tiny")
-    pairs = common.load_examples(run, "preference", "train")
+    pairs = runsetup.load_examples(run, "preference", "train")
     assert len(pairs) == 2308
     assert capsys.readouterr().out.strip() == (
         f"[data] preference train: dropped 4 of 2312 records of {path}: empty final Assistant "
@@ -174,13 +174,13 @@ def test_hh_rlhf_through_load_examples(capsys):
     with pytest.raises(DataError, match=re.escape(f"{path}:87: field 'chosen': empty final "
                                                   "Assistant turn (data.on_empty=error); set "
                                                   "data.on_empty=drop")):
-        common.load_examples(error, "preference", "train")
+        runsetup.load_examples(error, "preference", "train")
     keep = run_for(f"--config.data.source={path}", "--config.data.on_empty=keep",
                    "--config.data.eval_source=", config="configs/dpo.py:tiny")
-    kept = common.load_examples(keep, "preference", "train")
+    kept = runsetup.load_examples(keep, "preference", "train")
     assert len(kept) == 2312 and kept[86]["chosen"] == ""
     # PPO reads the same file as prompts: every pair gives one, none is dropped.
-    prompts = common.load_examples(run_for(f"--config.data.source={path}",
+    prompts = runsetup.load_examples(run_for(f"--config.data.source={path}",
                                            config="configs/ppo.py:tiny"), "prompt", "train")
     assert len(prompts) == 2312 - 116 and prompts[0]["prompt"][-1]["role"] == "user"
 
@@ -188,8 +188,8 @@ def test_hh_rlhf_through_load_examples(capsys):
 def test_hh_rlhf_held_out_pairs_are_the_held_out_prompts():
     path = shared(HH)
     run = run_for(f"--config.data.source={path}", config="configs/dpo.py:tiny")
-    pairs = common.load_examples(run, "preference", "eval")
-    prompts = common.load_examples(run, "prompt", "eval")
+    pairs = runsetup.load_examples(run, "preference", "eval")
+    prompts = runsetup.load_examples(run, "prompt", "eval")
     assert len(prompts) == 116  # ⌈0.05 · 2312⌉
     # Reward, DPO and PPO on one file hold out the same rows (minus dropped empty pairs).
     assert set(sources(pairs)) <= set(sources(prompts))
@@ -201,14 +201,14 @@ def test_alpaca_through_load_examples(capsys):
     rows = json.loads(path.read_text(encoding="utf-8"))
     empty = [i for i, row in enumerate(rows) if not row["output"].strip()]
     run = run_for(f"--config.data.source={path}", "--config.data.eval_source=")
-    examples = common.load_examples(run, "sft", "train")
+    examples = runsetup.load_examples(run, "sft", "train")
     assert len(examples) == len(rows) - len(empty)
     shown = ", ".join(f"alpaca_5000.json[{i}]" for i in empty[:3])
     assert f"dropped {len(empty)} of {len(rows)} records of {path}: empty response ×" \
            f"{len(empty)} ({shown}" in capsys.readouterr().out
     held = run_for(f"--config.data.source={path}")
-    train = common.load_examples(held, "sft", "train")
-    evaluation = common.load_examples(held, "sft", "eval")
+    train = runsetup.load_examples(held, "sft", "train")
+    evaluation = runsetup.load_examples(held, "sft", "eval")
     assert len(train) + len(evaluation) == len(rows) - len(empty)
     assert 245 <= len(evaluation) <= 250  # ⌈0.05 · 5000⌉ held out, less any empty output
 
@@ -236,7 +236,7 @@ def test_identical_pairs_are_reported_without_the_on_empty_key(tmp_path, capsys)
     path = write_jsonl(tmp_path / "pairs.jsonl", rows)
     run = run_for(f"--config.data.source={path}", "--config.data.eval_source=",
                   config="configs/dpo.py:tiny")
-    assert len(common.load_examples(run, "preference", "train")) == 4
+    assert len(runsetup.load_examples(run, "preference", "train")) == 4
     assert capsys.readouterr().out.strip() == (
         f"[data] preference train: dropped 2 of 6 records of {path}: chosen == rejected ×2 "
         "(pairs.jsonl:1, pairs.jsonl:2)")

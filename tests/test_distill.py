@@ -2,13 +2,14 @@
 teacher, λ = 0 never samples, reward weighting, the sampled-token estimator's gradient, and a
 reduced built-in-world run in which the student gets closer to the teacher.
 
-The teacher is the `tiny` preset briefly SFT-trained on the world (so it has something to
-teach); the student is a smaller `tiny` (one layer, narrower MLP). Teacher data is a slice of
+The teacher is the session's briefly SFT-trained `world-student` model (`student_runs` in
+conftest: it has something to teach); the student is a smaller `tiny` (one layer, narrower MLP). Teacher data is a slice of
 the world's SFT demonstrations written as `{prompt, teacher_response}` records.
 """
 
 import dataclasses
 import json
+import shutil
 import types
 
 import jax
@@ -18,14 +19,14 @@ import pytest
 from flax import nnx
 
 from configs import distill as distill_config
-from configs import sft as sft_config
 from easyalign.data import world_source
 from easyalign import losses, sharding
-from easyalign.algorithms import common, distill, sft, teacher_data
+from easyalign.algorithms import distill, teacher_data
+from easyalign.train import driver
 from easyalign.algorithms import distill_losses as DL
 from easyalign.hf import save_checkpoint_model
 from easyalign.model import create_model
-from conftest import host
+from conftest import host, phase_config
 
 STUDENT = "num_layers=1,intermediate_size=64"
 N_TEACHER = 64
@@ -35,18 +36,12 @@ pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """`runs/p/`: world, `sft/model` (the teacher), `teacher_data/teacher_data.jsonl`."""
+def pipeline(tmp_path_factory, student_runs):
+    """`runs/p/`: `sft/model` (the teacher: the session's SFT model, copied so that this
+    module's stages stay apart) and `teacher_data/teacher_data.jsonl`; the session's world."""
     root = tmp_path_factory.mktemp("runs") / "p"
-    c = sft_config.get_config()
-    c.workdir = str(root / "sft")
-    c.model.preset = "tiny"
-    c.data.max_length, c.data.eval_source = 48, ""
-    c.train.update(steps=60, batch_size=16, log_every=30, plot=False, progress_bar=False,
-                   async_checkpointing=False, checkpoint_every=60)
-    c.optim.update(lr=3e-3, warmup_steps=5)
-    sft.run(c)
-    world = world_source.world_dir(c)
+    shutil.copytree(student_runs / "sft" / "model", root / "sft" / "model")
+    world = world_source.world_dir(phase_config("sft", student_runs / "sft"))
     demos = [json.loads(line) for line in
              (world / "sft_train.jsonl").read_text().splitlines()[:N_TEACHER]]
     (root / "teacher_data").mkdir()
@@ -271,7 +266,7 @@ def test_student_gets_closer_teacher_stays(pipeline):
     s = distill.setup(config)
     graphdef, params = nnx.split(s.model)
     student_before, teacher_before = host(params), host(s.frozen["teacher"])
-    evaluate = common.make_evaluator(
+    evaluate = driver.make_evaluator(
         s.run, s.eval_batches,
         DL.make_eval_metrics(graphdef, s.eval_wiring, jax.random.key(config.train.seed)),
         s.eval_frozen)

@@ -2,7 +2,8 @@
 resume, and (on the built-in world) that DPO moves held-out behaviour the right way.
 
 Most tests run a tiny random model on a 64-pair slice of the world's preference data, so each
-compiles and trains in seconds; the world test trains a short SFT model and DPO on top of it.
+compiles and trains in seconds; the world test trains DPO on the session's short SFT model
+(`student_runs` in conftest).
 """
 
 import json
@@ -16,11 +17,12 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from configs import dpo as dpo_config
-from configs import sft as sft_config
 from easyalign.data import world_source
 from easyalign import sharding
-from easyalign.algorithms import common, dpo, reference_cache
-from easyalign.algorithms import sft as sft_phase
+from easyalign.algorithms import dpo, reference_cache
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 from conftest import host
 
 N_TRAIN, N_EVAL = 64, 16
@@ -179,7 +181,7 @@ def test_bad_loss_type_is_a_clear_error(world, tmp_path):
 def test_default_model_path_is_the_pipeline_sft_stage(tmp_path):
     config = dpo_config.get_config("tiny")
     config.workdir = str(tmp_path / "runs" / "demo" / "dpo")
-    assert common.stage_path(config, config.model.path) == str(
+    assert runsetup.stage_path(config, config.model.path) == str(
         tmp_path / "runs" / "demo" / "sft" / "model")
 
 
@@ -191,30 +193,21 @@ def test_resume_after_kill_continues_the_same_trajectory(world, live_run, tmp_pa
     shutil.rmtree(workdir / "checkpoints" / "4")
     shutil.rmtree(workdir / "model")
     params, _ = dpo.run(tiny_config(world, workdir, reference="live"))
-    assert common.stage_done(workdir)
+    assert models.stage_done(workdir)
     for a, b in zip(host(live_run["params"]), host(params)):
         np.testing.assert_allclose(a, b, atol=1e-6)
 
 
 # ----------------------------------------------------------------------------- the built-in world
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """`runs/w/{sft,dpo}`: a short SFT of the world's small student shape (≈15 s here; weak
+def pipeline(student_runs):
+    """`runs/s/{sft,dpo}`: the session's short SFT of the world's small student shape (weak
     enough to leave room: it refuses ~89% of held-out harmful prompts), then `dpo.py:tiny`."""
-    root = tmp_path_factory.mktemp("pipeline") / "w"
-    sft = sft_config.get_config("tiny")
-    sft.workdir = str(root / "sft")
-    sft.model.preset = "world-student"
-    sft.data.max_length = 48
-    sft.train.update(steps=150, batch_size=32, eval_every=0, checkpoint_every=1000, plot=False,
-                     progress_bar=False)
-    sft.optim.update(lr=3e-3, warmup_steps=20)
-    sft_phase.run(sft)
     config = dpo_config.get_config("tiny")
-    config.workdir = str(root / "dpo")  # model.path "@sft": runs/w/sft/model
+    config.workdir = str(student_runs / "dpo")  # model.path "@sft": runs/s/sft/model
     config.train.update(plot=False, progress_bar=False)
     dpo.run(config)
-    return root, config
+    return student_runs, config
 
 
 def held_out_refusal(model_dir, world_dir) -> dict[str, float]:
@@ -243,7 +236,7 @@ def test_dpo_improves_held_out_preferences_and_safety(pipeline):
     preference = {}
     for stage, model in (("sft", s.model), ("dpo", load_checkpoint_model(root / "dpo" / "model"))):
         graphdef, params = nnx.split(model)
-        evaluate = common.make_evaluator(s.run, s.eval_batches,
+        evaluate = driver.make_evaluator(s.run, s.eval_batches,
                                          dpo.make_eval_metrics(graphdef, config.dpo))
         preference[stage] = evaluate(params)
     refusal = {stage: held_out_refusal(root / stage / "model", s.run.world_dir)

@@ -9,7 +9,7 @@ from transformers import AutoTokenizer
 from easyalign.cli import load_config
 from easyalign.eval import ifeval
 from easyalign.eval import run as eval_run
-from easyalign.eval.suites import stored_dtype
+from easyalign.hf.autoload import stored_dtype
 from eval_fixtures import make_world, save_model
 
 

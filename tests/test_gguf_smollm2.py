@@ -23,7 +23,8 @@ from transformers import AutoTokenizer
 
 from configs import base
 from easyalign import sharding, tools
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
 from easyalign.hf.gguf import from_gguf, gguf_tokenizer, installed_gguf
 
 TOL = 2.5e-4
@@ -160,13 +161,13 @@ def test_a_phase_starts_from_the_installed_gguf(model, tmp_path):
     from it: `model.init=derive model.path=smollm2 model.layers=spread:4`."""
     config = base.get_config()
     config.model.update(init="gguf", path="smollm2", dtype="float32")
-    tokenizer = common.load_tokenizer(config, world=None)
+    tokenizer = runsetup.load_tokenizer(config, world=None)
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
-    run = common.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
+    run = runsetup.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
                      tokenizer=tokenizer, world_dir=None)
-    assert common.model_config(run) == model.config
+    assert models.model_config(run) == model.config
     config.model.update(init="derive", layers="spread:4")
-    student = common.init_model(run)
+    student = models.init_model(run)
     assert student.config == model.config.replace(num_layers=4)
     keep = np.array([0, 10, 19, 29])
     np.testing.assert_array_equal(np.asarray(student.layers.mlp.down_proj.kernel[...]),

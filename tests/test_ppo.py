@@ -2,9 +2,10 @@
 world) that PPO raises the reward-model score of the SFT policy on held-out prompts.
 
 GAE and the PPO losses themselves are checked against hand-computed values in
-`test_losses_ppo.py`. Here a module fixture trains the cheapest pipeline that still shows the
+`test_losses_ppo.py`. Every test starts PPO from the cheapest pipeline that still shows the
 effect honestly — a `world-student`-sized SFT model (150 steps) and reward model (100 steps)
-in the pipeline layout `runs/w/{sft,reward}` — and every test starts PPO from those models.
+in the pipeline layout `runs/s/{sft,reward}`, trained once per session
+(`student_reward_runs`).
 """
 
 import json
@@ -18,13 +19,13 @@ from flax import nnx
 
 from configs import eval as eval_config
 from configs import ppo as ppo_config
-from configs import reward as reward_config
-from configs import sft as sft_config
 from easyalign.data import world_source
 from easyalign import sharding
-from easyalign.algorithms import common, ppo, reward, rollout, sft
+from easyalign.algorithms import ppo, rollout
+from easyalign.algorithms import runsetup
 from easyalign.eval import run as eval_run
 from easyalign.eval import scoring, suites
+from easyalign.hf import autoload
 from easyalign.train.loop import to_global_batch
 from conftest import host
 
@@ -32,21 +33,9 @@ QUIET = dict(progress_bar=False, plot=False, async_checkpointing=False)
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """`runs/w/sft/model` and `runs/w/reward/model`, small and quickly trained."""
-    root = tmp_path_factory.mktemp("runs") / "w"
-    c = sft_config.get_config("tiny")
-    c.workdir = str(root / "sft")
-    c.model.preset = "world-student"
-    c.data.eval_source = ""
-    c.train.update(steps=150, checkpoint_every=1000, log_every=50, **QUIET)
-    sft.run(c)
-    r = reward_config.get_config("tiny")
-    r.workdir = str(root / "reward")
-    r.data.eval_source = ""
-    r.train.update(steps=100, checkpoint_every=1000, log_every=50, **QUIET)
-    reward.run(r)
-    return root
+def pipeline(student_reward_runs):
+    """`runs/s/sft/model` and `runs/s/reward/model`: the session's small, quickly trained pair."""
+    return student_reward_runs
 
 
 def config_for(root, name, **train):
@@ -64,7 +53,7 @@ def one_rollout(s, fn, params):
         prompts = to_global_batch(next(s.loader), mesh)
         gen = rollout.sample(s.graphs, params["policy"], prompts, jax.random.key(3),
                              max_new_tokens=p.max_new_tokens, stop_tokens=s.stop_tokens,
-                             pad_id=common.pad_id(s.run), mesh=mesh)
+                             pad_id=runsetup.pad_id(s.run), mesh=mesh)
         batch, rows, metrics = fn(params, s.frozen, prompts, gen, jnp.float32(1.0))
     return jax.device_get((prompts, gen, batch, rows, metrics))
 
@@ -76,7 +65,7 @@ def first(pipeline):
     c = config_for(pipeline, "ppo-rollout")
     c.ppo.max_new_tokens = 8
     s = ppo.setup(c)
-    fn = rollout.make_rollout_fn(s.graphs, c.ppo, common.pad_id(s.run),
+    fn = rollout.make_rollout_fn(s.graphs, c.ppo, runsetup.pad_id(s.run),
                                  s.run.tokenizer.eos_token_id)
     return s, fn, one_rollout(s, fn, s.params)
 
@@ -93,7 +82,7 @@ def test_scoring_logps_equal_sampler_logps(first):
 
 def test_mask_covers_generated_tokens_and_eos(first):
     s, _, (prompts, gen, batch, _, _) = first
-    eos, pad = s.run.tokenizer.eos_token_id, common.pad_id(s.run)
+    eos, pad = s.run.tokenizer.eos_token_id, runsetup.pad_id(s.run)
     assert gen.done.any() and not gen.done.all()  # both endings occur in this batch
     for b in range(len(gen.lengths)):
         start, n = prompts["prompt_lengths"][b], gen.lengths[b]
@@ -119,7 +108,7 @@ def test_reward_read_at_last_real_token(first):
         sequences.append(ids if gen.done[b] else ids + [eos])
     model = nnx.merge(s.graphs.reward, s.frozen["reward"])
     expected = scoring.reward_scores(model, sequences, batch_size=len(sequences),
-                                     pad_id=common.pad_id(s.run))
+                                     pad_id=runsetup.pad_id(s.run))
     np.testing.assert_allclose(rows["scores"], expected, atol=1e-4, rtol=1e-4)
 
 
@@ -192,8 +181,8 @@ def test_ppo_raises_reward_over_sft_on_held_out_prompts(pipeline, trained):
     e.update(limit_per_suite=16, max_new_tokens=16, batch_size=40)
     world = world_source.world_dir(config_for(pipeline, "ppo"))
     world_suites = suites.world_suites(world, e.suites, e.limit_per_suite)
-    scorer = eval_run.Frozen(suites.load_model(pipeline / "reward" / "model"),
-                             suites.load_tokenizer(pipeline / "reward" / "model"))
+    scorer = eval_run.Frozen(autoload.load_model(pipeline / "reward" / "model"),
+                             autoload.load_tokenizer(pipeline / "reward" / "model"))
     results = {}
     for name in ("sft", "ppo"):
         entry, _ = eval_run.evaluate_variant(

@@ -116,7 +116,7 @@ def test_model_judge_is_the_yes_no_loglik_margin():
 def test_smollm2_as_judge_reports_its_error():
     """SmolLM2-135M-Instruct as a yes/no judge on the test split: measured, printed, bounded."""
     pytest.importorskip("gguf")
-    from easyalign.eval.suites import load_model, load_tokenizer
+    from easyalign.hf.autoload import load_model, load_tokenizer
     from easyalign.hf.gguf import GGUFError
 
     try:

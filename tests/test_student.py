@@ -1,6 +1,6 @@
 """Students derived from a teacher's layers, and the regraft that no longer leaves blocks random.
 
-Through `common.init_model` as a phase calls it (`model.init=derive`, `model.layers`,
+Through `models.init_model` as a phase calls it (`model.init=derive`, `model.layers`,
 `model.intermediate_size`), from each teacher source: an easyalign checkpoint, an HF directory
 and a GGUF file. Parameters are compared exactly; a student keeping every layer is the teacher.
 """
@@ -15,7 +15,8 @@ from flax import nnx, traverse_util
 
 from configs import base
 from easyalign import sharding
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
 from easyalign.hf import from_hf, save_checkpoint_model
 from easyalign.model import create_model, preset
 from easyalign.model.student import parse_layers
@@ -29,7 +30,7 @@ def run_for(tmp_path, **model):
     for key, value in model.items():
         config.model[key] = value
     config.model.dtype = "float32"
-    return common.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
+    return runsetup.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
                       tokenizer=None, world_dir=None)
 
 
@@ -72,8 +73,8 @@ def test_bad_layer_selections_name_the_spec(spec, message):
 
 
 def test_student_layers_are_teacher_layers(teacher_dir, tmp_path):
-    teacher = common.init_model(run_for(tmp_path, init="checkpoint", path=str(teacher_dir)))
-    student = common.init_model(run_for(tmp_path, init="derive", path=str(teacher_dir),
+    teacher = models.init_model(run_for(tmp_path, init="checkpoint", path=str(teacher_dir)))
+    student = models.init_model(run_for(tmp_path, init="derive", path=str(teacher_dir),
                                         layers="spread:3"))
     assert student.config == teacher.config.replace(num_layers=3)
     ours, theirs = params(student), params(teacher)
@@ -87,16 +88,16 @@ def test_student_layers_are_teacher_layers(teacher_dir, tmp_path):
 
 
 def test_student_keeping_every_layer_is_the_teacher(teacher_dir, tmp_path):
-    teacher = common.init_model(run_for(tmp_path, init="checkpoint", path=str(teacher_dir)))
-    student = common.init_model(run_for(tmp_path, init="derive", path=str(teacher_dir),
+    teacher = models.init_model(run_for(tmp_path, init="checkpoint", path=str(teacher_dir)))
+    student = models.init_model(run_for(tmp_path, init="derive", path=str(teacher_dir),
                                         intermediate_size=teacher.config.intermediate_size))
     np.testing.assert_array_equal(logits(student, IDS), logits(teacher, IDS))
 
 
 def test_narrower_mlp_keeps_the_channels_of_largest_norm(teacher_dir, tmp_path):
-    teacher = params(common.init_model(run_for(tmp_path, init="checkpoint",
+    teacher = params(models.init_model(run_for(tmp_path, init="checkpoint",
                                                path=str(teacher_dir))))
-    student = common.init_model(run_for(tmp_path, init="derive", path=str(teacher_dir),
+    student = models.init_model(run_for(tmp_path, init="derive", path=str(teacher_dir),
                                         layers="4,5", intermediate_size=100))
     assert (student.config.num_layers, student.config.intermediate_size) == (2, 100)
     ours = params(student)
@@ -118,8 +119,8 @@ def test_student_from_hf_and_gguf_teachers(tmp_path):
     teacher = params(from_hf(tmp_path / "hf", dtype="float32"))
     for path in (tmp_path / "hf", tmp_path / "teacher.gguf"):
         run = run_for(tmp_path, init="derive", path=str(path), layers="every_other")
-        student = params(common.init_model(run))
-        assert common.model_config(run).num_layers == 2
+        student = params(models.init_model(run))
+        assert models.model_config(run).num_layers == 2
         for name, value in student.items():
             expected = teacher[name][np.array([0, 2])] if name.startswith("layers.") else \
                 teacher[name]
@@ -135,20 +136,20 @@ def test_num_layers_override_names_what_it_cannot_copy(tmp_path):
             r"model\.path=.*hf: cannot initialise 9 parameter\(s\) of the 2-layer llama model "
             r"from the 4-layer source: layers\.attn\.k_proj\.kernel \[2, 64, 2, 16\] \(source: "
             r"\[4, 64, 2, 16\]\);.*model\.init=derive with model\.layers")):
-        common.init_model(run)
+        models.init_model(run)
 
 
 def test_student_keys_need_init_derive(teacher_dir, tmp_path):
     run = run_for(tmp_path, init="checkpoint", path=str(teacher_dir), layers="first:2")
     with pytest.raises(ValueError, match=r"model\.layers='first:2'.*set model\.init=derive"):
-        common.model_config(run)
+        models.model_config(run)
 
 
 def test_scalar_head_grows_on_an_lm_trunk(teacher_dir, tmp_path):
     """The reward/value case: the trunk copied, only the new `score` head initialised."""
     run = run_for(tmp_path, init="checkpoint", path=str(teacher_dir))
-    lm = params(common.init_model(run))
-    reward = params(common.init_model(run, head="scalar"))
+    lm = params(models.init_model(run))
+    reward = params(models.init_model(run, head="scalar"))
     assert set(reward) == set(lm) - {"lm_head.kernel"} | {"score.kernel"}
     for path, value in reward.items():
         if path != "score.kernel":

@@ -17,7 +17,8 @@ from transformers import AutoTokenizer
 
 from configs import teacher_data as teacher_data_config
 from easyalign.data import world_source
-from easyalign.algorithms import common, teacher_data
+from easyalign.algorithms import teacher_data
+from easyalign.algorithms import runsetup
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
@@ -108,7 +109,7 @@ def test_complete_run_skipped_other_settings_rewritten(pipeline, capsys):
 def test_unfinished_and_empty_responses(pipeline):
     """Responses cut by the budget are dropped unless kept; empty ones always are."""
     tokenizer = AutoTokenizer.from_pretrained(str(pipeline[1] / "tokenizer"))
-    run = common.Run(config=None, mesh=None, workdir=None, tokenizer=tokenizer, world_dir=None)
+    run = runsetup.Run(config=None, mesh=None, workdir=None, tokenizer=tokenizer, world_dir=None)
     eos = tokenizer.eos_token_id
     words = tokenizer("I don't know.", add_special_tokens=False)["input_ids"]
     prompts = [{"prompt": [{"role": "user", "content": f"q{i}"}], "kind": "fact",
@@ -147,7 +148,7 @@ def test_frozen_model_keeps_checkpoint_shape(pipeline):
     config = tiny_config(pipeline, "shape")
     config.model.overrides = "num_layers=1"  # a student's override must not reach the teacher
     teacher_data.teacher_tokenizer(config, config.teacher_data.teacher)
-    run = common.prepare(config)
+    run = runsetup.prepare(config)
     model = teacher_data.frozen_model(run, "@dpo")
     assert model.config.num_layers == 2
     stored = load_checkpoint_model(pipeline[0] / "dpo" / "model")

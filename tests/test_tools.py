@@ -16,7 +16,7 @@ from transformers import AutoTokenizer
 
 from easyalign import tools
 from easyalign.cli import load_config
-from easyalign.eval.suites import load_model
+from easyalign.hf.autoload import load_model
 from easyalign.sampler import Greedy, Sampler
 from eval_fixtures import make_world, save_model
 from hf_fixtures import assert_same_tensors, make_hf_model, safetensors_dir

@@ -52,22 +52,26 @@ import jax
 import numpy as np
 from flax import nnx
 
-from easyalign.algorithms import common, distill_losses as DL, teacher_data
+from easyalign.algorithms import distill_losses as DL, teacher_data
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 from easyalign.data import records as data_records
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.data import sources as data_sources
 from easyalign.data.collate import TOPK_KEYS
+from easyalign.losses.distill import DISTILL_MODES, DIVERGENCE_NAMES
 from easyalign.sampler import method_from_config
 
 
 def check_config(config) -> None:
     """Fail before any work when the `distill` block asks for something that does not exist."""
     d = config.distill
-    if d.mode not in DL.MODES:
-        raise ValueError(f"distill.mode {d.mode!r} is not one of {DL.MODES}")
-    if d.divergence not in DL.DIVERGENCE_NAMES:
+    if d.mode not in DISTILL_MODES:
+        raise ValueError(f"distill.mode {d.mode!r} is not one of {DISTILL_MODES}")
+    if d.divergence not in DIVERGENCE_NAMES:
         raise ValueError(f"distill.divergence {d.divergence!r} is not one of "
-                         f"{DL.DIVERGENCE_NAMES}")
+                         f"{DIVERGENCE_NAMES}")
     for name, low, high in (("lmbda", 0.0, 1.0), ("beta", 0.0, 1.0)):
         if not low <= d[name] <= high:
             raise ValueError(f"distill.{name} must lie in [{low}, {high}], got {d[name]}")
@@ -93,13 +97,13 @@ def teacher_data_path(config) -> Path:
     return Path(value)
 
 
-def load_teacher_examples(run: common.Run, topk: bool) -> list[dict]:
+def load_teacher_examples(run: runsetup.Run, topk: bool) -> list[dict]:
     path = teacher_data_path(run.config)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no teacher data; run `easyalign teacher-data` first "
                                 "(or set distill.teacher_data)")
     examples = data_records.normalize(data_sources.load_records({"path": str(path)}), "teacher")
-    tokenized = common.tokenize(run, examples, "teacher")
+    tokenized = runsetup.tokenize(run, examples, "teacher")
     if topk and not all(k in ex for ex in tokenized for k in TOPK_KEYS):
         raise ValueError(f"distill.topk_weight > 0 but {path} has no teacher_topk; run "
                          "teacher-data with teacher_data.topk = k > 0")
@@ -150,7 +154,7 @@ class MixedLoader:
 class Setup:
     """Everything `train` needs (tests inspect it before and after training)."""
 
-    run: common.Run
+    run: runsetup.Run
     model: Any                    # the student
     loader: Any
     wiring: DL.Wiring             # graphdefs of the frozen models + static loss settings
@@ -160,12 +164,12 @@ class Setup:
     eval_batches: list[dict]
 
 
-def _prompts(run: common.Run, max_new_tokens: int) -> tuple[list[dict], list[dict], int]:
+def _prompts(run: runsetup.Run, max_new_tokens: int) -> tuple[list[dict], list[dict], int]:
     """Tokenised train and held-out prompts, cut to leave room for the response, and the
     prompt-block width that fits all of them."""
     budget = run.config.data.max_length - max_new_tokens
-    train = common.tokenize(run, common.load_examples(run, "prompt", "train"), "prompt", budget)
-    held = common.tokenize(run, common.load_examples(run, "prompt", "eval"), "prompt", budget)
+    train = runsetup.tokenize(run, runsetup.load_examples(run, "prompt", "train"), "prompt", budget)
+    held = runsetup.tokenize(run, runsetup.load_examples(run, "prompt", "eval"), "prompt", budget)
     if not train + held:
         raise ValueError("distill: no prompts (data.source / data.eval_source)")
     width = max(len(ex["prompt_tokens"]) for ex in train + held)
@@ -176,8 +180,8 @@ def setup(config) -> Setup:
     check_config(config)
     d, c = config.distill, config.train
     teacher_data.teacher_tokenizer(config, d.teacher)
-    run_ = common.prepare(config)
-    student = common.init_model(run_, head="lm")
+    run_ = runsetup.prepare(config)
+    student = models.init_model(run_, head="lm")
     teacher = teacher_data.frozen_model(run_, d.teacher)
     if teacher.config.vocab_size != student.config.vocab_size:
         raise ValueError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the "
@@ -194,22 +198,22 @@ def setup(config) -> Setup:
         mode=d.mode, divergence=d.divergence, beta=d.beta, temperature=d.temperature,
         sampling=method_from_config(d), max_new_tokens=d.max_new_tokens,
         stop_tokens=stop_token_ids(run_.tokenizer, student.config),
-        pad_id=common.pad_id(run_), packed=config.data.pack, topk_weight=d.topk_weight,
+        pad_id=runsetup.pad_id(run_), packed=config.data.pack, topk_weight=d.topk_weight,
         reward_temperature=d.reward_temperature,
         # Offline training never runs the teacher: keep it out of the step.
         teacher=teacher_graphdef if on_policy else None, reward=reward_graphdef)
     teacher_loader = None
     if d.mode == "offline" or d.lmbda < 1.0:
-        teacher_loader = common.train_loader(
+        teacher_loader = runsetup.train_loader(
             run_, load_teacher_examples(run_, d.topk_weight > 0), "teacher")
     if on_policy:
-        prompt_loader = (common.train_loader(run_, train_prompts, "prompt", max_length=width)
+        prompt_loader = (runsetup.train_loader(run_, train_prompts, "prompt", max_length=width)
                          if d.lmbda > 0 else None)
         loader = MixedLoader(prompt_loader, teacher_loader, d.lmbda, c.seed)
     else:
         loader = teacher_loader
     held_prompts = held_prompts[:c.eval_batches * c.batch_size] if c.eval_batches else held_prompts
-    eval_batches = list(common.eval_batches(run_, held_prompts, "prompt", max_length=width))
+    eval_batches = list(runsetup.eval_batches(run_, held_prompts, "prompt", max_length=width))
     return Setup(run_, student, loader, wiring,
                  frozen={"teacher": teacher_params if on_policy else None,
                          "reward": reward_params},
@@ -223,7 +227,7 @@ def train(s: Setup):
     eval_key = jax.random.key(c.train.seed)
 
     def evaluate_for(graphdef):
-        return common.make_evaluator(s.run, s.eval_batches,
+        return driver.make_evaluator(s.run, s.eval_batches,
                                      DL.make_eval_metrics(graphdef, s.eval_wiring, eval_key),
                                      s.eval_frozen)
 
@@ -235,7 +239,7 @@ def train(s: Setup):
                                                            + response))
         return int(batch["tokens"].size)
 
-    return common.train(
+    return driver.train(
         s.run, model=s.model, loss_fn_for=lambda g: DL.make_loss(g, s.wiring), loader=s.loader,
         frozen=s.frozen, evaluate_for=evaluate_for if s.eval_batches else None,
         best_metric="divergence", tokens=tokens)

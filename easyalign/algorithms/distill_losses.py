@@ -72,13 +72,11 @@ import jax.numpy as jnp
 from flax import nnx
 
 from easyalign import losses
+from easyalign.losses.distill import SAMPLED_REVERSE_KL
 from easyalign.algorithms.reward import sequence_scores
 from easyalign.model.scoring import fit_chunk, over_predictions, token_divergence, token_logprobs
 from easyalign.sampler import SamplingMethod, generate
 
-SAMPLED_REVERSE_KL = "sampled_reverse_kl"
-DIVERGENCE_NAMES = (*losses.DIVERGENCES, SAMPLED_REVERSE_KL)
-MODES = ("on_policy", "offline")
 # Off-mask weight logit: finite, so that a batch without any response gives weights 0, not NaN.
 _NO_ROW = -1e30
 # Equal scores have std 0; the floor makes their z exactly 0 (weights exactly 1).

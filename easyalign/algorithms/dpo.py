@@ -51,7 +51,7 @@ The reference (`dpo.reference`):
     Batches then carry `ref_chosen_logps` / `ref_rejected_logps`, looked up by the batch's
     example `index`, and no reference model is held during training.
 
-Resume: `common.train` restores the train state and loader position; the reference is either
+Resume: `driver.train` restores the train state and loader position; the reference is either
 the same SFT checkpoint again (live) or the same cache entry (cached), so a killed run continues
 the identical trajectory.
 """
@@ -69,7 +69,10 @@ import numpy as np
 from flax import nnx
 
 from easyalign import losses
-from easyalign.algorithms import common, reference_cache
+from easyalign.algorithms import reference_cache
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 from easyalign.model.scoring import token_logprobs
 
 REFERENCES = ("live", "cached")
@@ -180,7 +183,7 @@ def _score(graphdef, average, params, batch):
     return {"ref_chosen_logps": ref_w, "ref_rejected_logps": ref_l}
 
 
-def reference_tables(run: common.Run, graphdef, params, datasets: dict[str, list[dict]]
+def reference_tables(run: runsetup.Run, graphdef, params, datasets: dict[str, list[dict]]
                      ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, bool]]:
     """`{name: {ref_chosen_logps [N], ref_rejected_logps [N]}}` for each tokenised data set, from
     the disk cache or one jitted pass of the reference; and `{name: cache hit}`."""
@@ -198,7 +201,7 @@ def reference_tables(run: common.Run, graphdef, params, datasets: dict[str, list
                  "data": reference_cache.examples_digest(examples, PAIR_KEYS), **model}
 
         def compute(examples=examples):
-            batches = common.eval_batches(run, examples, "preference")
+            batches = runsetup.eval_batches(run, examples, "preference")
             return reference_cache.compute_per_example(score, params, batches, len(examples),
                                                        run.mesh)
 
@@ -241,7 +244,7 @@ class ReferenceLoader:
 class Setup:
     """Everything `train` needs, built by `setup` (tests inspect it before and after training)."""
 
-    run: common.Run
+    run: runsetup.Run
     model: Any                    # the policy, initialised from the SFT model
     loader: Any
     eval_batches: list[dict]
@@ -252,17 +255,17 @@ class Setup:
 
 def setup(config) -> Setup:
     check_config(config)
-    run_ = common.prepare(config)
+    run_ = runsetup.prepare(config)
     c = config.train
-    train_examples = common.tokenize(run_, common.load_examples(run_, "preference", "train"),
+    train_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "preference", "train"),
                                      "preference")
-    eval_examples = common.tokenize(run_, common.load_examples(run_, "preference", "eval"),
+    eval_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "preference", "eval"),
                                     "preference")
     if c.eval_batches:
         eval_examples = eval_examples[:c.eval_batches * c.batch_size]
-    model = common.init_model(run_, head="lm")
-    loader = common.train_loader(run_, train_examples, "preference")
-    eval_batches = list(common.eval_batches(run_, eval_examples, "preference")) \
+    model = models.init_model(run_, head="lm")
+    loader = runsetup.train_loader(run_, train_examples, "preference")
+    eval_batches = list(runsetup.eval_batches(run_, eval_examples, "preference")) \
         if eval_examples else []
     graphdef, params = nnx.split(model)
     if config.dpo.reference == "live":
@@ -282,10 +285,10 @@ def train(s: Setup):
     d = s.run.config.dpo
 
     def evaluate_for(graphdef):
-        return common.make_evaluator(s.run, s.eval_batches,
+        return driver.make_evaluator(s.run, s.eval_batches,
                                      make_eval_metrics(graphdef, d, s.ref_graphdef), s.frozen)
 
-    return common.train(
+    return driver.train(
         s.run, model=s.model, loss_fn_for=lambda g: make_loss(g, d, s.ref_graphdef),
         loader=s.loader, frozen=s.frozen,
         evaluate_for=evaluate_for if s.eval_batches else None, best_metric="loss",

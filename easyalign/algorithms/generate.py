@@ -3,12 +3,12 @@
     easyalign generate --config=configs/generate.py \
         --config.generate.model=runs/demo/dpo --config.data.source=prompts.jsonl
 
-Input. `data.source` is read like every phase's data (`common.load_examples(run, "prompt",
+Input. `data.source` is read like every phase's data (`runsetup.load_examples(run, "prompt",
 "train")`: JSONL, JSON, CSV or `hf:NAME`, or the built-in world's prompts); the prompt is the
 column `generate.column` (a plain string becomes one user turn, a message list is kept as the
 conversation so far). The chat template of the model's tokenizer renders it with the assistant
 generation prompt; prompts longer than `data.max_length` tokens lose their beginning (counted
-and reported by `common.tokenize`).
+and reported by `runsetup.tokenize`).
 
 Output. One line per prompt, in input order, to `generate.output` (default
 `workdir/generations.jsonl`):
@@ -42,7 +42,7 @@ from typing import Iterator
 from flax import nnx
 from ml_collections import ConfigDict
 
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.data.records import prompt_text
 from easyalign.sampler import method_from_config, sample_prompt_batches
@@ -51,7 +51,7 @@ from easyalign.hf.checkpoint import resolve_model_dir
 OUTPUT = "generations.jsonl"
 
 
-def completions(run: common.Run, model, prompts: list[dict], g
+def completions(run: runsetup.Run, model, prompts: list[dict], g
                 ) -> Iterator[list[tuple[int, list[int], bool]]]:
     """Per global batch, `(prompt index, generated token ids, finished)` for its valid rows
     (`sampler.sample_prompt_batches`)."""
@@ -59,11 +59,11 @@ def completions(run: common.Run, model, prompts: list[dict], g
     return sample_prompt_batches(
         graphdef, params, prompts, mesh=run.mesh, batch_size=g.batch_size,
         max_new_tokens=g.max_new_tokens, method=method_from_config(g),
-        stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=common.pad_id(run),
+        stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=runsetup.pad_id(run),
         seed=g.seed)
 
 
-def record(run: common.Run, example: dict, ids: list[int], finished: bool) -> dict:
+def record(run: runsetup.Run, example: dict, ids: list[int], finished: bool) -> dict:
     """The output line of one prompt (module docstring)."""
     content = ids[:-1] if finished else ids  # the stop token is not part of the response
     prompt = prompt_text(example["prompt"])
@@ -83,22 +83,22 @@ def _use_model_tokenizer(config, model_dir: Path, kind: str) -> None:
 
 def run(config) -> Path:
     """Write the completions of every prompt; returns the JSONL path."""
-    from easyalign.eval.suites import load_model
+    from easyalign.hf.autoload import load_model
     from tqdm.auto import tqdm
 
     g = config.generate
     if g.max_new_tokens < 1 or g.batch_size < 1 or g.limit < 0:
         raise ValueError("generate: need max_new_tokens ≥ 1, batch_size ≥ 1, limit ≥ 0")
-    model_dir, kind = resolve_model_dir(common.stage_path(config, g.model))
+    model_dir, kind = resolve_model_dir(runsetup.stage_path(config, g.model))
     _use_model_tokenizer(config, model_dir, kind)
     if g.column != "prompt":
         config.data.columns = ConfigDict({"prompt": g.column})
-    run_ = common.prepare(config)
-    examples = common.load_examples(run_, "prompt", "train")
+    run_ = runsetup.prepare(config)
+    examples = runsetup.load_examples(run_, "prompt", "train")
     examples = examples[:g.limit] if g.limit else examples
     if not examples:
         raise ValueError(f"generate: no prompts in data.source={config.data.source!r}")
-    tokenized = common.tokenize(run_, examples, "prompt")
+    tokenized = runsetup.tokenize(run_, examples, "prompt")
     if len(tokenized) != len(examples):
         raise ValueError("generate: prompts were dropped by data.on_overflow='drop'; raise "
                          "data.max_length or let long prompts be truncated")

@@ -28,7 +28,7 @@ and the Orbax checkpoint of the train state serve PPO unchanged. With disjoint p
 normalises each tree separately, so c_v acts mostly through the shared global-norm clip. The
 reference and reward model are frozen params (no optimizer state) used only by the rollout.
 
-The outer loop is the generic one (`train.loop.run_loop`, through `common.fit`): one loop step
+The outer loop is the generic one (`train.loop.run_loop`, through `driver.fit`): one loop step
 is one iteration, its `rollout` hook the rollout, its step the minibatch update
 (`train.loop.make_minibatch_update`), its `after_update` hook the KL controller. A checkpoint,
 every `train.checkpoint_every` iterations, holds the train state (both param trees, optimizer,
@@ -54,21 +54,21 @@ import numpy as np
 from flax import nnx
 
 from easyalign import losses, sampler
-from easyalign.algorithms import common, rollout
+from easyalign.algorithms import rollout
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.train import loop as train_loop
 from easyalign.sharding import to_global_batch
-
-KL_CONTROLLERS = ("fixed", "adaptive")
-
 
 def check_config(config) -> None:
     """Fail before any work when the `ppo` block is inconsistent."""
     p, t = config.ppo, config.train
     losses.get(losses.KL_ESTIMATORS, p.kl_estimator, "ppo.kl_estimator")
-    if p.kl_controller not in KL_CONTROLLERS:
+    if p.kl_controller not in losses.KL_CONTROLLERS:
         raise ValueError(f"unknown ppo.kl_controller {p.kl_controller!r}; valid: "
-                         f"{', '.join(KL_CONTROLLERS)}")
+                         f"{', '.join(losses.KL_CONTROLLERS)}")
     if t.batch_size % p.minibatch_size:
         raise ValueError(f"ppo.minibatch_size {p.minibatch_size} must divide train.batch_size "
                          f"{t.batch_size}")
@@ -81,15 +81,13 @@ def check_config(config) -> None:
 
 
 def kl_controller(p):
-    if p.kl_controller == "adaptive":
-        return losses.AdaptiveKLController(target=p.kl_target, horizon=p.kl_horizon)
-    return losses.FixedKLController()
+    return losses.get(losses.KL_CONTROLLERS, p.kl_controller, "ppo.kl_controller")(p)
 
 
 def model_block(config, path: str):
     """The `model` block with another source: an easyalign checkpoint, or an HF directory."""
     block = config.model.copy_and_resolve_references()
-    block.path = common.stage_path(config, path)
+    block.path = runsetup.stage_path(config, path)
     block.init = "hf" if (Path(block.path) / "config.json").exists() else "checkpoint"
     return block
 
@@ -99,7 +97,7 @@ def model_block(config, path: str):
 class Setup:
     """Everything `train` needs (tests inspect it before and after training)."""
 
-    run: common.Run
+    run: runsetup.Run
     graphs: rollout.Graphs
     params: dict                  # trained: {"policy", "value"}
     frozen: dict                  # read only: {"reference", "reward"}
@@ -114,29 +112,29 @@ def setup(config) -> Setup:
     p = config.ppo
     blocks = {name: model_block(config, getattr(p, name))
               for name in ("value_model", "reference", "reward_model")}
-    run_ = common.prepare(config)
+    run_ = runsetup.prepare(config)
     width = config.data.max_length - p.max_new_tokens  # the prompt block
-    prompts = common.tokenize(run_, common.load_examples(run_, "prompt", "train"), "prompt",
-                              max_length=width)
-    held_out = common.tokenize(run_, common.load_examples(run_, "prompt", "eval"), "prompt",
-                               max_length=width)
+    prompts = runsetup.tokenize(run_, runsetup.load_examples(run_, "prompt", "train"), "prompt",
+                                max_length=width)
+    held_out = runsetup.tokenize(run_, runsetup.load_examples(run_, "prompt", "eval"), "prompt",
+                                 max_length=width)
     eval_batches = [b | {"prompt_lengths": np.maximum(b["prompt_lengths"], 1)}  # padding rows
-                    for b in common.eval_batches(run_, held_out, "prompt", max_length=width,
-                                                 limit=config.train.eval_batches)]
-    models = {"policy": common.init_model(run_, head="lm"),
-              "value": common.init_model(run_, blocks["value_model"], head="scalar"),
-              "reference": common.init_model(run_, blocks["reference"], head="lm"),
-              "reward": common.init_model(run_, blocks["reward_model"], head="scalar")}
-    vocab = {name: m.config.vocab_size for name, m in models.items()}
+                    for b in runsetup.eval_batches(run_, held_out, "prompt", max_length=width,
+                                                   limit=config.train.eval_batches)]
+    built = {"policy": models.init_model(run_, head="lm"),
+             "value": models.init_model(run_, blocks["value_model"], head="scalar"),
+             "reference": models.init_model(run_, blocks["reference"], head="lm"),
+             "reward": models.init_model(run_, blocks["reward_model"], head="scalar")}
+    vocab = {name: m.config.vocab_size for name, m in built.items()}
     if len(set(vocab.values())) > 1:
         raise ValueError(f"the four PPO models must share one tokenizer; vocabulary sizes: {vocab}")
-    split = {name: nnx.split(m) for name, m in models.items()}
-    policy_config = models["policy"].config
+    split = {name: nnx.split(m) for name, m in built.items()}
+    policy_config = built["policy"].config
     return Setup(
         run=run_, graphs=rollout.Graphs(**{k: g for k, (g, _) in split.items()}),
         params={k: split[k][1] for k in ("policy", "value")},
         frozen={k: split[k][1] for k in ("reference", "reward")},
-        loader=common.train_loader(run_, prompts, "prompt", max_length=width),
+        loader=runsetup.train_loader(run_, prompts, "prompt", max_length=width),
         eval_batches=eval_batches, policy_config=policy_config,
         stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
 
@@ -174,7 +172,7 @@ def _evaluate(s: Setup, rollout_fn, params, kl_coef) -> dict[str, float]:
         prompts = to_global_batch(host_batch, mesh)
         gen = rollout.sample(s.graphs, params["policy"], prompts, jax.random.key(0),
                              max_new_tokens=p.max_new_tokens, stop_tokens=s.stop_tokens,
-                             pad_id=common.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
+                             pad_id=runsetup.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
         _, rows, _ = rollout_fn(params, s.frozen, prompts, gen, kl_coef)
         valid = prompts["valid"].astype(jnp.float32)
         total["reward"] += float(jnp.sum(rows["scores"] * valid))
@@ -210,7 +208,7 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
     c = run_.config
     p, t = c.ppo, c.train
     kl = KLCoefficient(p, t.batch_size)
-    pad_id = common.pad_id(run_)
+    pad_id = runsetup.pad_id(run_)
     rollout_key = jax.random.key(t.seed)
     rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id,
                                          chat_format(run_.tokenizer).end_of_turn_id)
@@ -231,18 +229,18 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
         evaluate=((lambda state: _evaluate(s, rollout_fn, state.params, kl.value))
                   if s.eval_batches else None),
         tokens=lambda batch: 0, rollout=rollout_hook, after_update=kl.update, extra=kl)
-    loop = common.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
+    loop = driver.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
                               hint="Lower optim.lr or ppo.kl_coef.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now
-    state, history = common.fit(
+    state, history = driver.fit(
         run_, params=params, loss_fn=make_loss(s.graphs, p), loader=s.loader, loop=loop,
         model_config=s.policy_config, hooks=hooks,
         optimizer_steps=t.steps * p.epochs * (t.batch_size // p.minibatch_size),
         update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,
                                                                     rollout.make_take()))
     if history is not None:
-        out = common.save_model(run_, state.params["policy"], s.graphs.policy)
-        common.finish(run_, out, history, "reward")
+        out = models.save_model(run_, state.params["policy"], s.graphs.policy)
+        driver.finish(run_, out, history, "reward")
     return state.params, s.graphs
 
 

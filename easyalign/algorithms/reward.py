@@ -25,7 +25,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from easyalign import losses
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 
 
 def read_index(tokens, segment_ids, pad_id: int | None) -> jnp.ndarray:
@@ -79,20 +81,20 @@ def make_eval_metrics(graphdef):
 
 
 def run(config):
-    run_ = common.prepare(config)
-    train_examples = common.tokenize(run_, common.load_examples(run_, "preference", "train"),
+    run_ = runsetup.prepare(config)
+    train_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "preference", "train"),
                                      "preference")
-    eval_examples = common.tokenize(run_, common.load_examples(run_, "preference", "eval"),
+    eval_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "preference", "eval"),
                                     "preference")
-    model = common.init_model(run_, head="scalar")
-    eval_batches = list(common.eval_batches(run_, eval_examples, "preference",
+    model = models.init_model(run_, head="scalar")
+    eval_batches = list(runsetup.eval_batches(run_, eval_examples, "preference",
                                             limit=config.train.eval_batches))
 
     def evaluate_for(graphdef):
-        return common.make_evaluator(run_, eval_batches, make_eval_metrics(graphdef))
+        return driver.make_evaluator(run_, eval_batches, make_eval_metrics(graphdef))
 
-    return common.train(
+    return driver.train(
         run_, model=model, loss_fn_for=make_loss,
-        loader=common.train_loader(run_, train_examples, "preference"),
+        loader=runsetup.train_loader(run_, train_examples, "preference"),
         evaluate_for=evaluate_for if eval_batches else None, best_metric="loss",
         tokens=lambda b: int(b["chosen_tokens"].size + b["rejected_tokens"].size))

@@ -13,7 +13,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from easyalign import losses
-from easyalign.algorithms import common
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
+from easyalign.train import driver
 from easyalign.model.scoring import token_logprobs
 
 
@@ -22,7 +24,7 @@ def make_loss(graphdef, packed: bool):
         model = nnx.merge(graphdef, params)
         # MoE hook: `router_loss` = router_aux_loss_coef · load-balancing loss (0 if dense).
         hidden, _, router_loss = model.trunk_with_router_loss(
-            batch["tokens"], **common.attention_inputs(batch, packed))
+            batch["tokens"], **runsetup.attention_inputs(batch, packed))
         logps = token_logprobs(model, hidden, batch["tokens"])
         loss, metrics = losses.sft_loss(logps, batch["loss_mask"])
         extra = {"router_loss": router_loss} if model.config.num_experts else {}
@@ -35,7 +37,7 @@ def make_loss(graphdef, packed: bool):
 def make_eval_metrics(graphdef, packed: bool):
     def metric_fn(params, batch, frozen):
         model = nnx.merge(graphdef, params)
-        hidden, _ = model.trunk(batch["tokens"], **common.attention_inputs(batch, packed))
+        hidden, _ = model.trunk(batch["tokens"], **runsetup.attention_inputs(batch, packed))
         logps = token_logprobs(model, hidden, batch["tokens"])
         mask = batch["loss_mask"] * batch["valid"][:, None]
         return {"loss_sum": -jnp.sum(logps * mask), "loss_count": jnp.sum(mask)}
@@ -44,19 +46,19 @@ def make_eval_metrics(graphdef, packed: bool):
 
 
 def run(config):
-    run_ = common.prepare(config)
-    train_examples = common.tokenize(run_, common.load_examples(run_, "sft", "train"), "sft")
-    eval_examples = common.tokenize(run_, common.load_examples(run_, "sft", "eval"), "sft")
-    model = common.init_model(run_, head="lm")
+    run_ = runsetup.prepare(config)
+    train_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "sft", "train"), "sft")
+    eval_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "sft", "eval"), "sft")
+    model = models.init_model(run_, head="lm")
     packed = config.data.pack
-    eval_batches = list(common.eval_batches(run_, eval_examples, "sft",
+    eval_batches = list(runsetup.eval_batches(run_, eval_examples, "sft",
                                             limit=config.train.eval_batches))
 
     def evaluate_for(graphdef):
-        return common.make_evaluator(run_, eval_batches, make_eval_metrics(graphdef, False))
+        return driver.make_evaluator(run_, eval_batches, make_eval_metrics(graphdef, False))
 
-    return common.train(
+    return driver.train(
         run_, model=model, loss_fn_for=lambda g: make_loss(g, packed),
-        loader=common.train_loader(run_, train_examples, "sft"),
+        loader=runsetup.train_loader(run_, train_examples, "sft"),
         evaluate_for=evaluate_for if eval_batches else None, best_metric="loss",
         tokens=lambda b: int(b["tokens"].size))

@@ -50,7 +50,9 @@ import numpy as np
 from flax import nnx
 from ml_collections import ConfigDict
 
-from easyalign.algorithms import common, reference_cache
+from easyalign.algorithms import reference_cache
+from easyalign.algorithms import runsetup
+from easyalign.hf import models
 from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
@@ -65,23 +67,23 @@ SUMMARY = "teacher_data.json"
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def frozen_model(run: common.Run, path: str, head: str = "lm"):
+def frozen_model(run: runsetup.Run, path: str, head: str = "lm"):
     """A read-only model (teacher, reward model) from an easyalign checkpoint, on the run's mesh,
     with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides."""
     block = ConfigDict(run.config.model.to_dict())
-    block.init, block.path, block.overrides = "checkpoint", common.stage_path(run.config, path), ""
-    return common.init_model(run, block, head=head)
+    block.init, block.path, block.overrides = "checkpoint", runsetup.stage_path(run.config, path), ""
+    return models.init_model(run, block, head=head)
 
 
 def teacher_tokenizer(config, path: str) -> None:
     """Use the teacher's own tokenizer when the config names none (students share it)."""
-    candidate = Path(common.stage_path(config, path)) / "tokenizer"
+    candidate = Path(runsetup.stage_path(config, path)) / "tokenizer"
     if not config.data.tokenizer and candidate.is_dir():
         config.data.tokenizer = str(candidate)
 
 
 # ----------------------------------------------------------------------------- sampling
-def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dict]:
+def sample_responses(run: runsetup.Run, model, prompts: list[dict], t) -> list[dict]:
     """`{"tokens", "finished"}` per tokenised prompt (`prompt_tokens`), in order
     (`sampler.sample_prompt_batches`: one compile, batch j drawn from `fold_in(key(seed), j)`).
     """
@@ -91,7 +93,7 @@ def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dic
     for rows in sample_prompt_batches(
             graphdef, params, prompts, mesh=run.mesh, batch_size=t.batch_size,
             max_new_tokens=t.max_new_tokens, method=method_from_config(t),
-            stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=common.pad_id(run),
+            stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=runsetup.pad_id(run),
             seed=t.seed):
         for index, ids, finished in rows:
             results[index] = {"tokens": ids, "finished": finished}
@@ -100,7 +102,7 @@ def sample_responses(run: common.Run, model, prompts: list[dict], t) -> list[dic
     return results
 
 
-def _progress(run: common.Run, total: int, desc: str):
+def _progress(run: runsetup.Run, total: int, desc: str):
     from tqdm.auto import tqdm
 
     return tqdm(total=total, desc=desc, dynamic_ncols=True,
@@ -108,7 +110,7 @@ def _progress(run: common.Run, total: int, desc: str):
 
 
 # ----------------------------------------------------------------------------- top-k
-def teacher_topk(run: common.Run, model, examples: list[dict], k: int, batch_size: int
+def teacher_topk(run: runsetup.Run, model, examples: list[dict], k: int, batch_size: int
                  ) -> list[dict]:
     """`{"ids", "logprobs"}` `[n_i, k]` lists per teacher example (`normalize_teacher` layout):
     the teacher's top-k at each of the example's response tokens, from one forward pass."""
@@ -136,7 +138,7 @@ def teacher_topk(run: common.Run, model, examples: list[dict], k: int, batch_siz
         return {"logprobs": out[..., :k], "ids": out[..., k:].astype(jnp.int32)}
 
     batches = data_loader.make_eval_batches(tokenized, kind="teacher", batch_size=batch_size,
-                                            max_length=width, pad_id=common.pad_id(run))
+                                            max_length=width, pad_id=runsetup.pad_id(run))
     arrays = reference_cache.compute_per_example(score, params, batches, len(tokenized),
                                                  run.mesh)
     out = []
@@ -149,11 +151,11 @@ def teacher_topk(run: common.Run, model, examples: list[dict], k: int, batch_siz
 
 
 # ----------------------------------------------------------------------------- the phase
-def settings(run: common.Run, model, prompts: list[dict], t) -> dict:
+def settings(run: runsetup.Run, model, prompts: list[dict], t) -> dict:
     """Everything the output depends on; a finished run with equal settings is not redone."""
     texts = json.dumps([p["prompt"] for p in prompts], sort_keys=True)
     _, params = nnx.split(model)
-    return {"teacher": common.stage_path(run.config, t.teacher),
+    return {"teacher": runsetup.stage_path(run.config, t.teacher),
             "model": reference_cache.model_digest(model.config.to_dict(), params),
             "template": reference_cache.template_digest(run.tokenizer),
             "prompts": hashlib.sha256(texts.encode()).hexdigest(),
@@ -169,7 +171,7 @@ def is_complete(workdir: Path, expected: dict) -> bool:
     return json.loads(summary.read_text()).get("settings") == expected
 
 
-def build_records(run: common.Run, prompts: list[dict], samples: list[dict], keep_unfinished: bool
+def build_records(run: runsetup.Run, prompts: list[dict], samples: list[dict], keep_unfinished: bool
                   ) -> tuple[list[dict], dict[str, int]]:
     """Teacher records `{prompt, teacher_response, ...}` and the counts of what was dropped."""
     records, counts = [], {"prompts": len(prompts), "unfinished": 0, "empty": 0}
@@ -206,8 +208,8 @@ def run(config) -> Path:
     if t.topk < 0 or t.max_new_tokens < 1 or t.batch_size < 1:
         raise ValueError("teacher_data: need topk >= 0, max_new_tokens >= 1, batch_size >= 1")
     teacher_tokenizer(config, t.teacher)
-    run_ = common.prepare(config)
-    examples = common.load_examples(run_, "prompt", "train")
+    run_ = runsetup.prepare(config)
+    examples = runsetup.load_examples(run_, "prompt", "train")
     if t.limit:
         examples = examples[:t.limit]
     if not examples:
@@ -219,7 +221,7 @@ def run(config) -> Path:
         if run_.is_main:
             print(f"[teacher-data] {output} is complete for these settings; skipping")
         return output
-    tokenized = common.tokenize(run_, examples, "prompt")
+    tokenized = runsetup.tokenize(run_, examples, "prompt")
     if len(tokenized) != len(examples):
         raise ValueError("teacher_data: prompts were dropped by data.on_overflow='drop'; "
                          "raise data.max_length or truncate instead")
@@ -237,7 +239,7 @@ def run(config) -> Path:
     if run_.is_main:  # from here until the new summary exists, the output counts as incomplete
         (run_.workdir / SUMMARY).unlink(missing_ok=True)
     write_jsonl(output, records)
-    common.write_json(run_.workdir / SUMMARY, {"settings": expected, "counts": counts})
+    runsetup.write_json(run_.workdir / SUMMARY, {"settings": expected, "counts": counts})
     if jax.process_count() > 1:  # no process moves on (to distillation) before the file exists
         from jax.experimental import multihost_utils
 

@@ -174,7 +174,7 @@ def measure(spec: str, batch_size: int = 16) -> dict[str, dict]:
 
     kind, path = parse_judge(spec)
     if kind == "model":
-        from easyalign.eval.suites import load_model, load_tokenizer
+        from easyalign.hf.autoload import load_model, load_tokenizer
 
         model, tokenizer = load_model(path), load_tokenizer(path)
     out = {}

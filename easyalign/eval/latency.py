@@ -55,7 +55,8 @@ from flax import nnx
 
 from easyalign import distributed, sharding
 from easyalign.eval.report import load_results
-from easyalign.eval.suites import load_model, parse_named_paths
+from easyalign.eval.suites import parse_named_paths
+from easyalign.hf.autoload import load_model
 from easyalign.sampler import Greedy, generate
 
 _RESULT_MARK = "EASYALIGN_LATENCY_RESULT "

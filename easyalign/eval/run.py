@@ -40,7 +40,7 @@ variant's weights are on the devices at a time; the reference and reward model s
    `easyalign.eval.ifeval.score`.
 
 Precision and length. `eval.dtype` is the compute dtype; "" computes in the dtype the weights
-are stored in (`suites.stored_dtype`). A prompt longer than the model's context less
+are stored in (`hf.autoload.stored_dtype`). A prompt longer than the model's context less
 `max_new_tokens` is cut from the left (its end, where the request is, is kept), counted per
 suite in `truncated` and announced by one warning line per suite; the same holds for MC
 questions (cut so that question + answer fit).
@@ -73,9 +73,9 @@ from easyalign.data.tokenize import TruncationPolicy, pad_token_id, tokenize_exa
 from easyalign.eval import judge as J
 from easyalign.eval import metrics as M
 from easyalign.eval import report, scoring
-from easyalign.eval.suites import (Suite, ifeval_suite, is_gguf, load_mc_task, load_model,
-                                   load_tokenizer, parse_extra_suites, parse_named_paths,
-                                   same_vocabulary, extra_suite, world_suites)
+from easyalign.eval.suites import (Suite, ifeval_suite, load_mc_task, parse_extra_suites,
+                                   parse_named_paths, same_vocabulary, extra_suite, world_suites)
+from easyalign.hf.autoload import is_gguf, load_model, load_tokenizer
 from easyalign.sampler import Sampler, Temperature, as_messages, method_from_config
 
 KL_SAMPLES = ("responses", "temperature")

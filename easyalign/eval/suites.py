@@ -44,7 +44,6 @@ Multiple choice. `load_mc_task` reads TruthfulQA's `mc_task.json`: a list of
 from __future__ import annotations
 
 import dataclasses
-import json
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -110,72 +109,6 @@ def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
     if duplicates:
         raise ValueError(f"{what}: duplicate name(s) {duplicates}")
     return dict(pairs)
-
-
-def is_gguf(path: str | Path) -> bool:
-    """A `.gguf` file or an installed GGUF alias (`easyalign.hf.gguf.INSTALLED`, e.g. smollm2)."""
-    from easyalign.hf.gguf import INSTALLED
-
-    return str(path).endswith(".gguf") or (str(path) in INSTALLED and not Path(path).exists())
-
-
-def stored_dtype(path: str | Path) -> str:
-    """The dtype a model's weights are stored in: a checkpoint's `param_dtype`, an HF
-    directory's `torch_dtype` (float32 when absent, as transformers reads it), float32 for a
-    GGUF file (its blocks are dequantised to float32)."""
-    from easyalign.hf import read_checkpoint_config
-    from easyalign.hf.checkpoint import CONFIG_FILE
-
-    path = Path(path)
-    if is_gguf(path):
-        return "float32"
-    if (path / CONFIG_FILE).is_file():
-        return read_checkpoint_config(path).param_dtype
-    if (path / "config.json").is_file():
-        raw = json.loads((path / "config.json").read_text())
-        stored = raw.get("torch_dtype") or raw.get("dtype") or "float32"
-        return {"float16": "float16", "bfloat16": "bfloat16"}.get(str(stored), "float32")
-    raise FileNotFoundError(f"{path}: neither an easyalign model checkpoint ({CONFIG_FILE}), "
-                            "an HF model directory (config.json) nor a GGUF file")
-
-
-def load_model(path: str | Path, mesh=None, dtype: str = ""):
-    """A model checkpoint, an HF directory or a GGUF file / alias, onto `mesh`.
-
-    `dtype` is the compute dtype; "" computes in the dtype the weights are stored in
-    (`stored_dtype`: an fp32 checkpoint is evaluated in fp32, not bf16).
-    """
-    from easyalign.hf import from_hf, load_checkpoint_model
-    from easyalign.hf.checkpoint import CONFIG_FILE
-
-    overrides = {"dtype": dtype or stored_dtype(path)}
-    if is_gguf(path):
-        from easyalign.hf.gguf import from_gguf
-
-        return from_gguf(path, mesh=mesh, **overrides)
-    path = Path(path)
-    if (path / CONFIG_FILE).is_file():
-        return load_checkpoint_model(path, mesh=mesh, **overrides)
-    return from_hf(path, mesh=mesh, **overrides)
-
-
-def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
-    """The tokenizer stored with a model (`path/tokenizer/`, `path`, a GGUF file's metadata),
-    else `fallback`."""
-    from transformers import AutoTokenizer
-
-    if is_gguf(path):
-        from easyalign.hf.gguf import gguf_tokenizer
-
-        return gguf_tokenizer(path)
-    path = Path(path)
-    for candidate in (path / "tokenizer", path):
-        if any((candidate / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
-            return AutoTokenizer.from_pretrained(str(candidate))
-    if fallback:
-        return AutoTokenizer.from_pretrained(str(fallback))
-    raise FileNotFoundError(f"{path}: no tokenizer files and no fallback tokenizer "
-                            "(set eval.tokenizer)")
 
 
 def ifeval_suite(path: str | Path, limit: int = 0) -> Suite:

@@ -5,7 +5,8 @@ Conventions (details and formulas in each module's docstring):
   * masks `[B, T]`, 1 on response tokens and the end of turn;
   * every loss computes in float32 and returns `(loss_scalar, metrics_dict_of_scalars)`;
   * variants are registries (plain dicts) looked up with `get(registry, name, what)`, which raises
-    `ValueError` listing the valid names: DPO_LOSSES, KL_ESTIMATORS, DIVERGENCES.
+    `ValueError` listing the valid names: DPO_LOSSES, KL_ESTIMATORS, KL_CONTROLLERS,
+    DIVERGENCES.
 """
 
 from easyalign.losses.common import (
@@ -38,6 +39,7 @@ from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, dpo_hi
 from easyalign.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
+    KL_CONTROLLERS,
     entropy_bonus,
     gae,
     kl_penalty_rewards,
@@ -53,6 +55,7 @@ __all__ = [
     "DPO_LOSSES",
     "LENGTH_AVERAGED_DPO_LOSSES",
     "FixedKLController",
+    "KL_CONTROLLERS",
     "KL_ESTIMATORS",
     "distill_loss",
     "dpo_hinge",

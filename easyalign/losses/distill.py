@@ -167,3 +167,7 @@ DIVERGENCES: dict[str, Divergence] = {
     "reverse_kl": lambda s, t, *, beta, temperature: reverse_kl(s, t, temperature=temperature),
     "jsd": generalized_jsd,
 }
+# The sampled-token estimator of reverse KL (on-policy only: it needs the student's own samples).
+SAMPLED_REVERSE_KL = "sampled_reverse_kl"
+DIVERGENCE_NAMES = (*DIVERGENCES, SAMPLED_REVERSE_KL)  # every `distill.divergence` value
+DISTILL_MODES = ("on_policy", "offline")  # student samples (λ-mixed) | teacher data only

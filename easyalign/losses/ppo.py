@@ -201,3 +201,10 @@ class AdaptiveKLController:
         """coef * (1 + clip(kl / target - 1, -0.2, 0.2) * n_steps / horizon)."""
         error = jnp.clip(fp32(kl) / self.target - 1.0, -0.2, 0.2)
         return fp32(coef) * (1.0 + error * n_steps / self.horizon)
+
+
+# `ppo.kl_controller` name -> `(ppo config block) -> controller`.
+KL_CONTROLLERS = {
+    "fixed": lambda p: FixedKLController(),
+    "adaptive": lambda p: AdaptiveKLController(target=p.kl_target, horizon=p.kl_horizon),
+}

@@ -24,22 +24,29 @@ import jax
 import jax.numpy as jnp
 import optax
 
-SCHEDULES = ("cosine", "linear", "constant")
-OPTIMIZERS = ("adamw", "adafactor", "sgd", "lion")
+# name -> `(optim, decay steps) -> optax schedule` after the warm-up (from optim.lr down).
+SCHEDULES = {
+    "cosine": lambda optim, decay_steps: optax.cosine_decay_schedule(
+        optim.lr, decay_steps, alpha=optim.min_lr_ratio),
+    "linear": lambda optim, decay_steps: optax.linear_schedule(
+        optim.lr, optim.lr * optim.min_lr_ratio, decay_steps),
+    "constant": lambda optim, decay_steps: optax.constant_schedule(optim.lr),
+}
+# name -> `(optim, schedule) -> optax transformation` (without clipping and weight decay).
+OPTIMIZERS = {
+    "adamw": lambda optim, schedule: optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps),
+    "adafactor": lambda optim, schedule: optax.adafactor(schedule),
+    "sgd": lambda optim, schedule: optax.sgd(schedule, momentum=optim.b1),
+    "lion": lambda optim, schedule: optax.lion(schedule, b1=optim.b1, b2=optim.b2,
+                                               weight_decay=0.0),
+}
 
 
 def make_schedule(optim, total_steps: int) -> optax.Schedule:
     if optim.schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule {optim.schedule!r} not in {SCHEDULES}")
+        raise ValueError(f"optim.schedule {optim.schedule!r} not in {tuple(SCHEDULES)}")
     warmup = max(0, min(optim.warmup_steps, total_steps))
-    decay_steps = max(1, total_steps - warmup)
-    end = optim.lr * optim.min_lr_ratio
-    if optim.schedule == "cosine":
-        after = optax.cosine_decay_schedule(optim.lr, decay_steps, alpha=optim.min_lr_ratio)
-    elif optim.schedule == "linear":
-        after = optax.linear_schedule(optim.lr, end, decay_steps)
-    else:
-        after = optax.constant_schedule(optim.lr)
+    after = SCHEDULES[optim.schedule](optim, max(1, total_steps - warmup))
     if warmup == 0:
         return after
     return optax.join_schedules([optax.linear_schedule(0.0, optim.lr, warmup), after], [warmup])
@@ -87,15 +94,8 @@ def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformatio
     """`(transformation, schedule)` for the `optim` config block."""
     schedule = make_schedule(optim, total_steps)
     if optim.name not in OPTIMIZERS:
-        raise ValueError(f"optim.name {optim.name!r} not in {OPTIMIZERS}")
-    if optim.name == "adamw":
-        core = optax.adam(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps)
-    elif optim.name == "lion":
-        core = optax.lion(schedule, b1=optim.b1, b2=optim.b2, weight_decay=0.0)
-    elif optim.name == "adafactor":
-        core = optax.adafactor(schedule)
-    else:
-        core = optax.sgd(schedule, momentum=optim.b1)
+        raise ValueError(f"optim.name {optim.name!r} not in {tuple(OPTIMIZERS)}")
+    core = OPTIMIZERS[optim.name](optim, schedule)
     parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
     parts.append(core)
     if optim.weight_decay:

@@ -1,0 +1,232 @@
+"""A stage's set-up and data: the `Run` every phase starts from, `@stage` paths, and the
+examples, tokenisation and loaders of its `data` block.
+
+An algorithm module (sft, reward, dpo, ...) is a batch kind plus a loss. It calls
+
+    run = prepare(config)                          config check, processes, mesh, workdir,
+                                                   world, tokenizer
+    examples = load_examples(run, kind, split)     records → normalised examples
+    model = hf.models.init_model(run, head="lm")   scratch | HF | earlier stage, sharded
+    train.driver.train(run, model=..., ...)        state, resume, loop, checkpoints, export
+
+The work directory's lock and manifest live in `train.rundir`, the built-in world as a data
+source in `data.world_source`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import jax
+from jax.sharding import Mesh
+
+from easyalign import config_check, distributed, sharding
+from easyalign.data import loader as data_loader
+from easyalign.data import records as data_records
+from easyalign.data import sources as data_sources
+from easyalign.data import tokenize as data_tokenize
+from easyalign.data import world_source
+from easyalign.data.holdout import held_out_rows
+from easyalign.hf.checkpoint import MODEL_DIR
+from easyalign.hf.models import SOURCE_INITS, model_source
+from easyalign.train import rundir
+
+
+@dataclasses.dataclass
+class Run:
+    config: Any
+    mesh: Mesh
+    workdir: Path
+    tokenizer: Any
+    world_dir: Path | None
+
+    @property
+    def is_main(self) -> bool:
+        return jax.process_index() == 0
+
+
+# ----------------------------------------------------------------------------- set-up
+def load_tokenizer(config, world: Path | None):
+    """The run's tokenizer: `data.tokenizer`, else the model source's own (an HF directory, a
+    checkpoint's `tokenizer/`, a GGUF file's metadata), else the built-in world's."""
+    from transformers import AutoTokenizer
+
+    path = config.data.tokenizer
+    if not path and config.model.init in SOURCE_INITS + ("derive",) and config.model.path:
+        kind, source = model_source(config.model)
+        if kind == "gguf":
+            from easyalign.hf.gguf import gguf_tokenizer
+
+            return gguf_tokenizer(source)
+        candidate = Path(source)
+        path = str(candidate / "tokenizer" if (candidate / "tokenizer").exists() else candidate)
+    if not path and world is not None:
+        path = str(world / "tokenizer")
+    if not path:
+        raise ValueError("no tokenizer: set data.tokenizer, or model.path to a directory with one")
+    return AutoTokenizer.from_pretrained(path)
+
+
+def stage_path(config, value: str) -> str:
+    """`@<stage>` names the final model of a sibling stage: `<parent of workdir>/<stage>/model`.
+
+    Pipeline stages live side by side (`runs/<name>/{sft,reward,dpo,...}`), so a stage refers
+    to an earlier one without repeating the run directory. Other values pass through.
+    """
+    if value.startswith("@"):
+        return str(Path(config.workdir).absolute().parent / value[1:] / MODEL_DIR)
+    return value
+
+
+def stage_reference(config, value: str) -> str:
+    """The inverse of `stage_path`: `<parent of workdir>/<stage>/model` → `@<stage>`, so that
+    a config resolved by an earlier run (its `model.path` made absolute in place) records the
+    same manifest as the `@stage` it came from. Other values pass through."""
+    path = Path(value)
+    root = Path(config.workdir).absolute().parent
+    if path.is_absolute() and path.name == MODEL_DIR and path.parent.parent == root:
+        return "@" + path.parent.name
+    return value
+
+
+def prepare(config) -> Run:
+    """Validate the config (`config_check`), start processes, build the mesh, create the
+    workdir (lock, manifest) and record the resolved config."""
+    raw_path = config.model.path
+    for warning in config_check.validate(config):
+        if jax.process_index() == 0:
+            print(f"[config] warning: {warning}")
+    config.model.path = stage_path(config, config.model.path)
+    distributed.initialize_from_config(config)
+    config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
+    mesh = sharding.mesh_from_config(config.mesh)
+    workdir = rundir.start_workdir(config, {"model.path": stage_reference(config, raw_path)})
+    world = world_source.ensure_world(config) if world_source.uses_world(config) else None
+    return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
+               world_dir=world)
+
+
+# ----------------------------------------------------------------------------- data
+def load_examples(run: Run, kind: str, split: str) -> list[dict]:
+    """Normalised examples of `kind` ("sft" | "preference" | "prompt" | "teacher") for `split`
+    ("train" | "eval"), as the `data` config block describes them.
+
+    `data.source` feeds "train" and `data.eval_source` "eval" ("world" = the built-in world's
+    file for the kind and split, "" = none). The default `data.eval_source="auto"` evaluates on
+    the world's held-out files when the source is the world, and otherwise on a held-out split
+    of `data.source` (`held_out_rows`) that training does not see. Records with empty text
+    follow `data.on_empty`; whatever is skipped is printed as one `[data]` line.
+    """
+    data = run.config.data
+    auto = data.eval_source == "auto"
+    source = data.eval_source if split == "eval" and not auto else data.source
+    if not source:
+        return []
+    spec = _source_spec(run, source, kind, split)
+    rows = data_sources.read_rows(spec)
+    if auto and source != "world":
+        rows = _split_rows(run, rows, source, split)
+    records = data_sources.apply_columns(rows, spec.columns)
+    dropped = data_records.Dropped()
+    examples = data_records.normalize(records, kind, on_empty=data.on_empty, dropped=dropped)
+    if dropped and run.is_main:
+        setting = f" [data.on_empty={data.on_empty}]" if dropped.empty else ""
+        print(f"[data] {kind} {split}: dropped {len(dropped)} of {len(records)} records of "
+              f"{source}: {dropped.summary()}{setting}")
+    return examples
+
+
+def _source_spec(run: Run, source: str, kind: str, split: str) -> data_sources.SourceSpec:
+    data = run.config.data
+    if source == "world":
+        filename, columns = world_source.WORLD_FILES[(kind, split)]
+        return data_sources.SourceSpec(path=str(run.world_dir / filename), columns=columns)
+    columns = _columns(data.columns)
+    if source.startswith("hf:"):
+        # An explicit hf eval source reads `eval_split`; the auto split holds out of `split`.
+        hf_split = data.eval_split if split == "eval" and data.eval_source != "auto" else data.split
+        return data_sources.SourceSpec(hf_name=source[3:], split=hf_split, columns=columns)
+    return data_sources.SourceSpec(path=source, format=data.format or None, columns=columns,
+                                   encoding=data.encoding)
+
+
+def _columns(columns) -> dict:
+    """`data.columns` (pre-declared fields, "" = not mapped; or a whole dict) as a mapping."""
+    mapping = {field: tuple(c) if isinstance(c, (list, tuple)) else c
+               for field, c in dict(columns).items()}
+    unknown = sorted(set(mapping) - set(data_records.COLUMN_FIELDS))
+    if unknown:
+        raise ValueError(f"data.columns: unknown field(s) {unknown}; a column mapping fills "
+                         f"{', '.join(data_records.COLUMN_FIELDS)}")
+    return data_sources.parse_columns(mapping)
+
+
+def _split_rows(run: Run, rows: list, source: str, split: str) -> list:
+    """The train or eval side of the held-out split of `source` (the train call reports it)."""
+    data = run.config.data
+    held = held_out_rows(rows, data.eval_fraction, data.eval_max, data.eval_seed)
+    if len(held) >= len(rows):
+        raise ValueError(f"data.eval_fraction={data.eval_fraction} holds out all {len(rows)} "
+                         f"records of {source}; lower it or set data.eval_source")
+    if split == "train" and run.is_main:
+        print(f"[data] held out {len(held)} of {len(rows)} records of {source} for evaluation "
+              f"(data.eval_fraction={data.eval_fraction}, data.eval_max={data.eval_max}, "
+              f"data.eval_seed={data.eval_seed}; data.eval_source=auto)")
+    return [row for i, row in enumerate(rows) if (i in held) == (split == "eval")]
+
+
+def tokenize(run: Run, examples: list[dict], kind: str, max_length: int | None = None):
+    data = run.config.data
+    policy = data_tokenize.TruncationPolicy(
+        max_length=max_length or data.max_length, max_prompt_length=data.max_prompt_length or None,
+        on_overflow=data.on_overflow)
+    tokens, stats = data_tokenize.tokenize_examples(examples, kind, run.tokenizer, policy)
+    if run.is_main and stats.truncated + stats.dropped:
+        print(f"[data] {kind}: {stats}")
+    return tokens
+
+
+def pad_id(run: Run) -> int:
+    return data_tokenize.pad_token_id(run.tokenizer)
+
+
+def train_loader(run: Run, examples: list[dict], kind: str, max_length: int | None = None):
+    c = run.config
+    return data_loader.make_train_loader(
+        examples, kind=kind, global_batch=c.train.batch_size,
+        max_length=max_length or c.data.max_length, pad_id=pad_id(run), seed=c.train.seed,
+        pack=c.data.pack and kind in ("sft", "teacher"))
+
+
+def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = None,
+                 max_length: int | None = None):
+    c = run.config
+    if not examples:
+        return
+    batches = data_loader.make_eval_batches(
+        examples, kind=kind, batch_size=c.train.batch_size,
+        max_length=max_length or c.data.max_length, pad_id=pad_id(run))
+    for i, batch in enumerate(batches):
+        if limit and i >= limit:
+            return
+        yield batch
+
+
+def write_json(path: Path, value: Any) -> None:
+    if jax.process_index() == 0:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(value, indent=2) + "\n")
+        os.replace(tmp, path)
+
+
+def attention_inputs(batch: dict, packed: bool, prefix: str = "") -> dict:
+    """Positions and segment ids for packed rows; right-padded rows need only the causal mask
+    (padding comes after every real token), which keeps the fused attention kernel's fast path."""
+    if not packed:
+        return {}
+    return {"positions": batch[f"{prefix}positions"], "segment_ids": batch[f"{prefix}segment_ids"]}
