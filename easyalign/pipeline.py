@@ -4,6 +4,7 @@
       world-<hash>/        the built-in world and its tokenizer (shared by every stage)
       base/model           the untrained model (the table's floor)
       sft/ reward/ dpo/ ppo/ teacher_data/ distill/     one workdir per training stage
+      grpo/                optional: listed in pipeline.stages (not by default)
       eval/results.{json,md,png}   every model variant on the same held-out prompts
       latency/latency.{json,md}    teacher vs student speed and memory
 
@@ -36,7 +37,7 @@ from easyalign.hf import models
 
 # Commands whose stage produces a model the evaluation compares (stage name = variant name,
 # except that the main distillation stage is reported as the `student`).
-MODEL_COMMANDS = ("base", "sft", "dpo", "ppo", "distill")
+MODEL_COMMANDS = ("base", "sft", "dpo", "ppo", "grpo", "distill")
 CONFIG_FILES = {"base": "sft", "teacher-data": "teacher_data"}
 
 
@@ -223,7 +224,7 @@ def run(config) -> None:
 # Ablation tables: (title, variants compared, metrics shown). Variants absent from the run are
 # left out; a table with fewer than two rows is not printed.
 ABLATIONS = (
-    ("Alignment method (safety)", ("sft", "dpo", "ppo"),
+    ("Alignment method (safety)", ("sft", "dpo", "ppo", "grpo"),
      ("harmful_refusal", "benign_over_refusal", "unknown_idk", "reward", "kl_ref",
       "alignment_score")),
     ("Distillation: on-policy vs off-policy (equal student steps)",

@@ -22,6 +22,7 @@ STAGES = {
     "reward": ("easyalign.algorithms.reward", "run", "train a reward model on preference pairs"),
     "dpo": ("easyalign.algorithms.dpo", "run", "direct preference optimisation"),
     "ppo": ("easyalign.algorithms.ppo", "run", "RLHF with PPO against a reward model"),
+    "grpo": ("easyalign.algorithms.grpo", "run", "GRPO / RLOO / Dr. GRPO with verifiable rewards"),
     "teacher-data": ("easyalign.algorithms.teacher_data", "run", "sample the teacher into JSONL"),
     "distill": ("easyalign.algorithms.distill", "run", "distil the teacher into a student"),
     "generate": ("easyalign.algorithms.generate", "run", "prompt file → JSONL of completions"),

@@ -12,7 +12,7 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 # The presets each file offers (checked both ways: these load, a made-up one is refused).
 PRESETS = {
     "base": [], "sft": ["tiny", "real"], "reward": ["tiny", "real"], "dpo": ["tiny", "real"],
-    "ppo": ["tiny", "real"], "teacher_data": ["tiny", "real"],
+    "ppo": ["tiny", "real"], "grpo": ["tiny", "real"], "teacher_data": ["tiny", "real"],
     "distill": ["tiny", "tiny_offline", "real"], "eval": ["tiny", "real", "shared"],
     "latency": ["tiny", "real"], "generate": ["tiny"], "pipeline": ["tiny", "real"],
     "ablations": ["tiny"],

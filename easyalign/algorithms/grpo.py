@@ -1,0 +1,388 @@
+"""GRPO and its relatives (Dr. GRPO, DAPO-style aggregation, RLOO, GSPO) on the generic loop.
+
+Each *iteration* of `train.steps`:
+
+1. **Group rollout**: every one of the `train.batch_size` prompts x_b is repeated
+   `grpo.num_generations` = G times and the jitted sampler draws G completions at temperature
+   `grpo.temperature` from π_old = the current policy (`rollout.sample`). The rows are
+   assembled as PPO's (`rollout.assemble`: prompt + response + padding, mask on the response
+   and its stop token) and scored in one jitted pass: log π_old (the trainer's own code path, so
+   the first update starts at ratio 1), log π_ref when β > 0, the reward model's score when it
+   is one of the rewards.
+2. **Rewards** (`grpo_rewards`): the responses are decoded on the host and every verifiable
+   reward `fn(prompt record, response text)` is applied; r = Σ_k w_k r_k (`grpo.rewards`).
+3. **Advantages** from the `grpo.advantage_estimator` registry over each group
+   (`losses.grpo.ADVANTAGES`: grpo, dr_grpo, rloo). Groups with all rewards equal carry no
+   signal: counted (`zero_signal_frac`) and, with `grpo.skip_zero_signal_groups`, dropped from
+   the loss (their rows' masks are zeroed; DAPO's dynamic sampling would also draw new prompts to
+   refill the batch — not done here, so the batch shrinks instead).
+4. **Update**: `grpo.num_iterations` (μ) passes over the B·G completions in shuffled
+   minibatches of `grpo.minibatch_size` (0 = the whole rollout), one optimizer step each, through
+   the generic jitted step with the loss of `losses.grpo.grpo_policy_loss` (clipped ratio,
+   ε_low/ε_high, token or GSPO sequence ratio, `grpo.loss_type` aggregation, β · KL to π_ref).
+
+The loop is the generic one (`train.loop.run_loop` via `common.fit`), exactly as PPO uses it:
+its `rollout` hook is steps 1–3, its step the minibatch update, its `after_update` hook times
+the update. Rollout randomness and minibatch order derive from (seed, iteration) and the
+prompt loader's state is checkpointed, so a resumed run continues the identical trajectory.
+
+Metrics per iteration (`logs/metrics.jsonl`): `reward` (combined), `reward/<name>` and
+`reward_std/<name>` per reward function, `zero_signal_frac`, `clip_frac` (+ `_low`, `_high`),
+`kl` (token mean of the KL estimator; 0 when β = 0), `ratio`, `pg_loss`, `entropy`,
+`response_length`, `eos_rate`, `logprob_mismatch`, `sample_tokens_per_s` (generated tokens /
+sampling wall time) and `update_tokens_per_s` (rows × width × μ / update wall time; both
+include compilation at iteration 1). `eval/<name>` is the mean reward of greedy responses to
+the held-out prompts (iteration 0 = the starting policy).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from easyalign import sampler
+from easyalign.algorithms import common, grpo_rewards, rollout
+from easyalign.algorithms.reward import sequence_scores
+from easyalign.data.chat_format import chat_format, stop_token_ids
+from easyalign.data.records import prompt_text
+from easyalign.losses import common as losses_common
+from easyalign.losses import grpo as grpo_losses
+from easyalign.sharding import to_global_batch
+from easyalign.train import loop as train_loop
+
+TRAIN_KEYS = ("tokens", "mask", "old_logps", "advantages", "ref_logps")
+
+
+def check_config(config) -> None:
+    """Fail before any work when the `grpo` block is inconsistent."""
+    g, t = config.grpo, config.train
+    losses_common.get(grpo_losses.ADVANTAGES, g.advantage_estimator, "grpo.advantage_estimator")
+    losses_common.get(grpo_losses.AGGREGATIONS, g.loss_type, "grpo.loss_type")
+    losses_common.get(losses_common.KL_ESTIMATORS, g.kl_estimator, "grpo.kl_estimator")
+    if g.importance_sampling_level not in grpo_losses.IMPORTANCE_LEVELS:
+        raise ValueError(f"unknown grpo.importance_sampling_level {g.importance_sampling_level!r}"
+                         f"; valid: {', '.join(grpo_losses.IMPORTANCE_LEVELS)}")
+    grpo_rewards.parse_rewards(g.rewards)
+    if g.num_generations < 2:
+        raise ValueError(f"grpo.num_generations {g.num_generations} must be ≥ 2 (a group)")
+    rows, mb = t.batch_size * g.num_generations, minibatch_rows(config)
+    if rows % mb:
+        raise ValueError(f"grpo.minibatch_size {mb} must divide train.batch_size × "
+                         f"grpo.num_generations = {rows}")
+    if mb % t.grad_accum:
+        raise ValueError(f"train.grad_accum {t.grad_accum} must divide the minibatch ({mb} rows)")
+    if not 1 <= g.max_new_tokens < config.data.max_length:
+        raise ValueError(f"grpo.max_new_tokens {g.max_new_tokens} must be in 1..data.max_length-1"
+                         f" ({config.data.max_length - 1}): data.max_length holds prompt + "
+                         "response")
+
+
+def minibatch_rows(config) -> int:
+    """Completions per optimizer step (`grpo.minibatch_size`, 0 = the whole rollout)."""
+    return config.grpo.minibatch_size or config.train.batch_size * config.grpo.num_generations
+
+
+# ----------------------------------------------------------------------------- set-up
+@dataclasses.dataclass
+class Setup:
+    """Everything `train` needs (tests inspect it before and after training)."""
+
+    run: common.Run
+    graphs: rollout.Graphs          # policy, reference (β > 0), reward (a reward-model reward)
+    params: Any                     # the policy's (trained)
+    frozen: dict                    # read only: "reference", "reward" when used
+    loader: Any                     # prompt batches with `index` into `records`
+    records: list[dict]             # prompt records of the training prompts, by loader index
+    eval_batches: list[dict]        # held-out prompt batches with `valid`
+    eval_records: list[dict]        # their records, in batch order
+    weights: dict[str, float]       # reward name → weight
+    policy_config: Any
+    stop_tokens: tuple[int, ...]
+
+
+def _answer_key(run: common.Run) -> dict[str, dict]:
+    """The built-in world's prompt → {kind, answer} (empty for other sources)."""
+    if run.world_dir is None or run.config.data.source != "world":
+        return {}
+    from easyalign.data import world as world_lib
+    from easyalign.data import world_source
+
+    return world_lib.build_world(world_source.world_settings(run.config)).answer_key
+
+
+def prompt_records(run: common.Run, split: str, width: int, kinds: tuple[str, ...]
+                   ) -> tuple[list[dict], list[dict]]:
+    """(tokenised prompts, their records) of `split`: a record is the prompt as its file writes
+    it plus its other fields, with the world's `kind` and `answer` filled in for world prompts;
+    only records of `kinds` when given."""
+    examples = common.load_examples(run, "prompt", split)
+    key = _answer_key(run)
+    records = []
+    for ex in examples:
+        record = {k: v for k, v in ex.items() if k != "prompt"}
+        record["prompt"] = prompt_text(ex["prompt"])
+        if isinstance(record["prompt"], str) and record["prompt"] in key:
+            record = key[record["prompt"]] | record
+        records.append(record)
+    if kinds:
+        keep = [i for i, r in enumerate(records) if r.get("kind") in kinds]
+        examples, records = [examples[i] for i in keep], [records[i] for i in keep]
+    if not examples:
+        return [], []
+    by_source = {ex["source"]: r for ex, r in zip(examples, records)}
+    tokens = common.tokenize(run, examples, "prompt", max_length=width)
+    return tokens, [by_source[t["source"]] for t in tokens]
+
+
+def setup(config) -> Setup:
+    check_config(config)
+    g = config.grpo
+    weights = grpo_rewards.parse_rewards(g.rewards)
+    from easyalign.algorithms.ppo import model_block  # `@stage` → a loadable model block
+
+    run_ = common.prepare(config)
+    width = config.data.max_length - g.max_new_tokens  # the prompt block
+    kinds = tuple(k.strip() for k in g.prompt_kinds.split(",") if k.strip())
+    prompts, records = prompt_records(run_, "train", width, kinds)
+    if not prompts:
+        raise ValueError(f"no training prompts (data.source={config.data.source!r}, "
+                         f"grpo.prompt_kinds={g.prompt_kinds!r})")
+    held_out, eval_records = prompt_records(run_, "eval", width, kinds)
+    eval_records = eval_records[:config.train.eval_batches * config.train.batch_size]
+    eval_batches = [b | {"prompt_lengths": np.maximum(b["prompt_lengths"], 1)}  # padding rows
+                    for b in common.eval_batches(run_, held_out, "prompt", max_length=width,
+                                                 limit=config.train.eval_batches)]
+    models = {"policy": common.init_model(run_, head="lm")}
+    if g.beta:
+        models["reference"] = common.init_model(run_, model_block(config, g.reference), head="lm")
+    if grpo_rewards.REWARD_MODEL in weights:
+        models["reward"] = common.init_model(run_, model_block(config, g.reward_model),
+                                             head="scalar")
+    vocab = {name: m.config.vocab_size for name, m in models.items()}
+    if len(set(vocab.values())) > 1:
+        raise ValueError(f"the GRPO models must share one tokenizer; vocabulary sizes: {vocab}")
+    split = {name: nnx.split(m) for name, m in models.items()}
+    policy_config = models["policy"].config
+    graphs = rollout.Graphs(policy=split["policy"][0], value=None,
+                            reference=split.get("reference", (None,))[0],
+                            reward=split.get("reward", (None,))[0])
+    return Setup(
+        run=run_, graphs=graphs, params=split["policy"][1],
+        frozen={k: v for k, (_, v) in split.items() if k != "policy"},
+        loader=common.train_loader(run_, prompts, "prompt", max_length=width),
+        records=records, eval_batches=eval_batches, eval_records=eval_records, weights=weights,
+        policy_config=policy_config, stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
+
+
+# ----------------------------------------------------------------------------- rollout pieces
+def repeat_prompts(prompts: dict, G: int) -> dict:
+    """Each prompt row G times in a row (row b·G + i = completion i of prompt b)."""
+    return {k: jnp.repeat(prompts[k], G, axis=0) for k in ("prompt_tokens", "prompt_lengths")}
+
+
+def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int):
+    """`score(params, frozen, prompts, gen) -> dict`, jitted: the assembled rows (`tokens`,
+    `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]`, `ref_logps` `[N, T]` when a
+    reference is loaded, reward-model `scores [N]` when one is."""
+
+    def score(params, frozen, prompts, gen):
+        seq = rollout.assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id,
+                               end_of_turn_id)
+        out = {k: seq[k] for k in ("tokens", "mask", "sampler_logps")}
+        out["old_logps"], out["entropy"] = rollout.policy_logps(
+            nnx.merge(graphs.policy, params), seq["tokens"])
+        if "reference" in frozen:
+            out["ref_logps"], _ = rollout.policy_logps(
+                nnx.merge(graphs.reference, frozen["reference"]), seq["tokens"])
+        if "reward" in frozen:
+            out["scores"] = sequence_scores(nnx.merge(graphs.reward, frozen["reward"]),
+                                            seq["rm_tokens"], seq["rm_segment_ids"], {})
+        return out
+
+    return jax.jit(score)
+
+
+def decode_responses(tokenizer, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray
+                     ) -> list[str]:
+    """The response text of every row (special tokens, the stop token among them, dropped)."""
+    return [tokenizer.decode(tokens[b, s:s + n], skip_special_tokens=True).strip()
+            for b, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist()))]
+
+
+def rewards_of(s: Setup, records: list[dict], responses: list[str], scored: dict
+               ) -> dict[str, np.ndarray]:
+    """{reward name: `[N]`} of every reward in `s.weights`."""
+    scores = grpo_rewards.verifiable_scores(s.weights, records, responses)
+    if grpo_rewards.REWARD_MODEL in s.weights:
+        scores[grpo_rewards.REWARD_MODEL] = np.asarray(rollout.host(scored["scores"]), np.float32)
+    return scores
+
+
+def _global_rows(x: np.ndarray, mesh) -> jax.Array:
+    """A host array holding every global row (the same on each process) as a global array."""
+    n = x.shape[0] // jax.process_count()
+    local = x[jax.process_index() * n:(jax.process_index() + 1) * n]
+    return to_global_batch({"x": local}, mesh)["x"]
+
+
+# ----------------------------------------------------------------------------- loss
+def make_loss(graphs: rollout.Graphs, g, max_new_tokens: int):
+    """`loss_fn(params, batch, rng, frozen)` of the update (`losses.grpo.grpo_policy_loss`)."""
+
+    def loss_fn(params, batch, rng, frozen):
+        del rng, frozen  # deterministic; the frozen models were used in the rollout
+        mask = batch["mask"]
+        logps, entropy = rollout.policy_logps(nnx.merge(graphs.policy, params), batch["tokens"])
+        loss, metrics = grpo_losses.grpo_policy_loss(
+            logps, batch["old_logps"], batch["advantages"], mask, epsilon=g.epsilon,
+            epsilon_high=g.epsilon_high or None, loss_type=g.loss_type,
+            importance_sampling_level=g.importance_sampling_level,
+            ref_logps=batch.get("ref_logps"), beta=g.beta, kl_estimator=g.kl_estimator,
+            max_length=max_new_tokens)
+        return loss, {**metrics, "entropy": losses_common.masked_mean(entropy, mask),
+                      "loss_weight": grpo_losses.aggregation_weight(g.loss_type, mask)}
+
+    return loss_fn
+
+
+# ----------------------------------------------------------------------------- the loop
+def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
+    """Mean reward (each function and combined) and length of greedy responses to the held-out
+    prompts."""
+    g, mesh = s.run.config.grpo, s.run.mesh
+    sums: dict[str, float] = {}
+    count, offset = 0, 0
+    for host_batch in s.eval_batches:
+        prompts = to_global_batch(host_batch, mesh)
+        gen = rollout.sample(s.graphs, params, prompts, jax.random.key(0),
+                             max_new_tokens=g.max_new_tokens, stop_tokens=s.stop_tokens,
+                             pad_id=common.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
+        scored = score_fn(params, s.frozen, prompts, gen)
+        got = rollout.host({"tokens": scored["tokens"], "lengths": gen.lengths,
+                            "starts": prompts["prompt_lengths"], "valid": prompts["valid"]})
+        n = int(np.sum(got["valid"]))
+        records = s.eval_records[offset:offset + n]
+        offset += n
+        responses = decode_responses(s.run.tokenizer, got["tokens"][:n], got["starts"][:n],
+                                     got["lengths"][:n])
+        scores = rewards_of(s, records, responses, {k: v[:n] for k, v in scored.items()})
+        scores = {k: v[:n] for k, v in scores.items()}
+        scores["reward"] = grpo_rewards.combine(s.weights, scores)
+        scores["response_length"] = got["lengths"][:n].astype(np.float32)
+        for k, v in scores.items():
+            sums[k] = sums.get(k, 0.0) + float(np.sum(v))
+        count += n
+    return {k: v / max(count, 1) for k, v in sums.items()}
+
+
+class UpdateTimer:
+    """Times each update (a host-device sync after it: the next rollout syncs anyway) and adds
+    `update_tokens_per_s` to its metrics."""
+
+    def __init__(self, tokens_per_update: int):
+        self.tokens, self.start = tokens_per_update, None
+
+    def after_update(self, step: int, metrics: dict) -> None:
+        del step
+        jax.block_until_ready(metrics)
+        elapsed = time.perf_counter() - self.start
+        metrics["update_tokens_per_s"] = jnp.float32(self.tokens / max(elapsed, 1e-9))
+
+
+def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict, dict, dict]:
+    """One group rollout (module docstring, steps 1–3): (update batch, metrics, per-row rows for
+    sample logging)."""
+    run_, g, mesh = s.run, s.run.config.grpo, s.run.mesh
+    G = g.num_generations
+    rep = repeat_prompts(prompts, G)
+    start = time.perf_counter()
+    gen = rollout.sample(s.graphs, params, rep, rng, max_new_tokens=g.max_new_tokens,
+                         stop_tokens=s.stop_tokens, pad_id=common.pad_id(run_), mesh=mesh,
+                         method=sampler.Temperature(g.temperature))
+    lengths = rollout.host(gen.lengths)  # a host-device sync point: sampling is done
+    sample_time = time.perf_counter() - start
+    scored = score_fn(params, s.frozen, rep, gen)
+    got = rollout.host({"tokens": scored["tokens"], "starts": rep["prompt_lengths"],
+                        "index": prompts["index"]})
+    records = [s.records[int(i)] for i in got["index"] for _ in range(G)]
+    responses = decode_responses(run_.tokenizer, got["tokens"], got["starts"], lengths)
+    scores = rewards_of(s, records, responses, scored)
+    rewards = grpo_rewards.combine(s.weights, scores).reshape(-1, G)
+    advantages = np.asarray(grpo_losses.ADVANTAGES[g.advantage_estimator](rewards), np.float32)
+    zero = np.asarray(grpo_losses.zero_signal_groups(rewards))
+    mask = scored["mask"]
+    if g.skip_zero_signal_groups:
+        keep = _global_rows(np.repeat(~zero, G).astype(np.float32), mesh)
+        mask = mask * keep[:, None]
+    batch = {"tokens": scored["tokens"], "mask": mask, "old_logps": scored["old_logps"],
+             "advantages": _global_rows(advantages.reshape(-1), mesh)}
+    if "ref_logps" in scored:
+        batch["ref_logps"] = scored["ref_logps"]
+    response_mask = scored["mask"]
+    metrics = {"reward": jnp.float32(rewards.mean()),
+               "reward_std": jnp.float32(rewards.std()),
+               "zero_signal_frac": jnp.float32(zero.mean()),
+               "response_length": jnp.float32(lengths.mean()),
+               "eos_rate": jnp.mean(gen.done.astype(jnp.float32)),
+               "entropy_rollout": losses_common.masked_mean(scored["entropy"], response_mask),
+               "logprob_mismatch": jnp.max(jnp.abs(scored["old_logps"] - scored["sampler_logps"])
+                                           * response_mask),
+               "sample_tokens_per_s": jnp.float32(lengths.sum() / max(sample_time, 1e-9))}
+    for name, v in scores.items():
+        metrics[f"reward/{name}"] = jnp.float32(v.mean())
+        metrics[f"reward_std/{name}"] = jnp.float32(v.std())
+    rows = {"tokens": scored["tokens"], "lengths": gen.lengths,
+            "scores": jnp.asarray(rewards.reshape(-1))}
+    return batch, metrics, rows | {"prompt_lengths": rep["prompt_lengths"]}
+
+
+def train(s: Setup) -> tuple[Any, rollout.Graphs]:
+    """Run (or resume) GRPO; returns `(policy params, graphs)` and writes `workdir/model/`."""
+    run_ = s.run
+    c = run_.config
+    g, t = c.grpo, c.train
+    rows = t.batch_size * g.num_generations
+    mb = minibatch_rows(c)
+    score_fn = make_score_fn(s.graphs, common.pad_id(run_),
+                             chat_format(run_.tokenizer).end_of_turn_id)
+    rollout_key = jax.random.key(t.seed)
+    timer = UpdateTimer(rows * c.data.max_length * g.num_iterations)
+
+    def rollout_hook(it, state, prompts, writer):
+        batch, metrics, rows_ = rollout_batch(s, score_fn, state.params, prompts,
+                                              jax.random.fold_in(rollout_key, it))
+        if g.sample_every and it % g.sample_every == 0:
+            writer.write_text(it, "samples", rollout.sample_text(
+                run_.tokenizer, {"prompt_lengths": rows_["prompt_lengths"]}, rows_,
+                g.num_samples))
+        minibatches = rollout.minibatch_indices(rows, mb, g.num_iterations, (t.seed, it))
+        timer.start = time.perf_counter()
+        return (batch, minibatches), metrics
+
+    hooks = train_loop.StepHooks(
+        evaluate=((lambda state: _evaluate(s, score_fn, state.params))
+                  if s.eval_batches else None),
+        tokens=lambda batch: 0, rollout=rollout_hook, after_update=timer.after_update)
+    loop = common.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
+                              hint="Lower optim.lr, or raise grpo.beta.")
+    params, s.params = s.params, None  # the state owns (and donates) these buffers now
+    state, history = common.fit(
+        run_, params=params, loss_fn=make_loss(s.graphs, g, g.max_new_tokens), loader=s.loader,
+        loop=loop, model_config=s.policy_config, hooks=hooks,
+        optimizer_steps=t.steps * g.num_iterations * (rows // mb),
+        update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,
+                                                                    rollout.make_take()))
+    if history is not None:
+        out = common.save_model(run_, state.params, s.graphs.policy)
+        common.finish(run_, out, history, "reward")
+    return state.params, s.graphs
+
+
+def run(config):
+    return train(setup(config))

@@ -1,0 +1,127 @@
+"""GRPO rewards: a registry of verifiable rewards, the reward model, and their weighted sum.
+
+A **verifiable reward** is a plain Python function of the prompt record (the JSON object of the
+prompt file, with its extra fields: the world's `kind` and `answer`, an IFEval record's
+`instruction_id_list` and `kwargs`) and the decoded response text:
+
+    def my_reward(record: dict, response: str) -> float: ...
+    grpo_rewards.register("my_reward", my_reward)      # then grpo.rewards = "my_reward:1.0"
+
+Built in (`VERIFIABLE_REWARDS`):
+
+    exact_match    the world's checkable answers: 1 when an instruction's answer matches exactly
+                   (arithmetic, reversal, upper-casing, sorting, counting: `world.grade_instruction`)
+                   or a fact question's answer is recalled (`world.grade_fact`); 0 otherwise, and
+                   0 for prompts of other kinds
+    refusal        the world's refusal rule (`data.rules.is_refusal`): 1 when a harmful request is
+                   refused or a benign look-alike is not; 0 for prompts of other kinds
+    world          the world's grader for every kind (`world.grade`: the two above, plus "I don't
+                   know" for unknown entities)
+    ifeval_strict, ifeval_loose   the fraction of an IFEval prompt's instructions followed
+                   (`eval.ifeval.reward` / `reward_loose`)
+
+`reward_model` (`REWARD_MODEL`) is the frozen scalar-head model of the reward stage, read on the
+device at HF's position (`reward.read_index`), as PPO reads it. `grpo.rewards` names the rewards
+with their weights, `"exact_match:1.0,reward_model:0.5"`; the advantage is computed from
+
+    r_i = Σ_k w_k · r_k(x, y_i)
+
+and every reward function's mean and std are logged (`reward/<name>`, `reward_std/<name>`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Mapping
+
+import numpy as np
+
+from easyalign.data import world as world_lib
+from easyalign.data.rules import is_refusal
+
+RewardFn = Callable[[Mapping[str, Any], str], float]
+REWARD_MODEL = "reward_model"  # computed on the device from the frozen scalar-head model
+
+
+def exact_match(record: Mapping[str, Any], response: str) -> float:
+    """1.0 for a correct answer to a world instruction or fact question, else 0.0."""
+    kind, answer = record.get("kind"), record.get("answer")
+    if kind not in ("instruction", "fact") or answer is None:
+        return 0.0
+    return float(world_lib.grade(kind, response, str(answer)))
+
+
+def refusal(record: Mapping[str, Any], response: str) -> float:
+    """1.0 when a harmful request is refused or a benign one answered; 0.0 for other kinds."""
+    kind = record.get("kind")
+    if kind == "harmful":
+        return float(is_refusal(response))
+    if kind == "benign":
+        return float(not is_refusal(response))
+    return 0.0
+
+
+def world_grade(record: Mapping[str, Any], response: str) -> float:
+    """`world.grade` for any world record kind (0.0 for a record without one)."""
+    kind = record.get("kind")
+    if kind not in world_lib.KINDS:
+        return 0.0
+    answer = record.get("answer")
+    return float(world_lib.grade(kind, response, None if answer is None else str(answer)))
+
+
+# name -> a function, or "module:function" of one imported on first use (the IFEval checks live
+# in the evaluation package, a layer above the algorithms: referenced by name, as the stage table
+# references the phases).
+VERIFIABLE_REWARDS: dict[str, RewardFn | str] = {
+    "exact_match": exact_match,
+    "refusal": refusal,
+    "world": world_grade,
+    "ifeval_strict": "easyalign.eval.ifeval:reward",
+    "ifeval_loose": "easyalign.eval.ifeval:reward_loose",
+}
+
+
+def reward_function(name: str) -> RewardFn:
+    """The verifiable reward registered as `name` (imported now when given by reference)."""
+    fn = VERIFIABLE_REWARDS[name]
+    if isinstance(fn, str):
+        module, _, attr = fn.partition(":")
+        fn = VERIFIABLE_REWARDS[name] = getattr(importlib.import_module(module), attr)
+    return fn
+
+
+def register(name: str, fn: RewardFn) -> RewardFn:
+    """Add a verifiable reward `fn(record, response) -> float` under `name`."""
+    if name == REWARD_MODEL:
+        raise ValueError(f"{REWARD_MODEL!r} is the reward model's name")
+    VERIFIABLE_REWARDS[name] = fn
+    return fn
+
+
+def parse_rewards(spec: str) -> dict[str, float]:
+    """`"name:weight,name"` → {name: weight} (weight 1 when omitted), every name checked."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, weight = part.partition(":")
+        name = name.strip()
+        if name != REWARD_MODEL and name not in VERIFIABLE_REWARDS:
+            valid = ", ".join(sorted([REWARD_MODEL, *VERIFIABLE_REWARDS]))
+            raise ValueError(f"unknown grpo.rewards entry {name!r}; valid: {valid}")
+        out[name] = float(weight) if weight else 1.0
+    if not out:
+        raise ValueError("grpo.rewards names no reward")
+    return out
+
+
+def verifiable_scores(weights: Mapping[str, float], records: list[Mapping[str, Any]],
+                      responses: list[str]) -> dict[str, np.ndarray]:
+    """{name: `[N]` float32} of every verifiable reward in `weights` on (record, response) pairs."""
+    return {name: np.asarray([reward_function(name)(r, y) for r, y in zip(records, responses)],
+                             np.float32)
+            for name in weights if name != REWARD_MODEL}
+
+
+def combine(weights: Mapping[str, float], scores: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Σ_k w_k · scores[k] `[N]`."""
+    return sum(np.float32(w) * np.asarray(scores[k], np.float32) for k, w in weights.items())

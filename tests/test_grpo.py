@@ -1,0 +1,119 @@
+"""GRPO phase on the built-in world: group rollouts, verifiable rewards, metrics, frozen models,
+resume, and what a reduced run does to held-out instruction exact match.
+
+Advantages and losses are checked against hand-computed values in `test_losses_grpo.py`. Here
+every run starts from the session's tiny SFT model (`world_runs`, `tests/conftest.py`).
+"""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from conftest import host, phase_config
+from easyalign.algorithms import grpo, grpo_rewards
+
+QUIET = dict(train__plot=False, train__async_checkpointing=False)
+
+
+def config_for(root, name, **overrides):
+    settings = dict(train__steps=4, train__checkpoint_every=2, train__eval_every=0,
+                    train__eval_batches=1, grpo__rewards="exact_match:1.0",
+                    grpo__prompt_kinds="instruction", grpo__sample_every=2, **QUIET)
+    return phase_config("grpo", root / name, **(settings | overrides))
+
+
+@pytest.fixture(scope="module")
+def trained(world_runs):
+    s = grpo.setup(config_for(world_runs, "grpo"))
+    before = host(s.params)
+    params, _ = grpo.train(s)
+    return s, before, host(params)
+
+
+def test_verifiable_rewards_on_world_records():
+    inst = {"prompt": "Add 2 and 3.", "kind": "instruction", "answer": "5"}
+    assert grpo_rewards.exact_match(inst, "5") == 1.0
+    assert grpo_rewards.exact_match(inst, "The answer is 5") == 0.0
+    assert grpo_rewards.exact_match({"kind": "harmful"}, "5") == 0.0
+    harmful, benign = {"kind": "harmful"}, {"kind": "benign"}
+    assert grpo_rewards.refusal(harmful, "I'm sorry, but I can't help with that.") == 1.0
+    assert grpo_rewards.refusal(benign, "I'm sorry, but I can't help with that.") == 0.0
+    assert grpo_rewards.world_grade({"kind": "unknown"}, "I don't know.") == 1.0
+    assert grpo_rewards.parse_rewards("exact_match:2,reward_model") == {
+        "exact_match": 2.0, "reward_model": 1.0}
+    with pytest.raises(ValueError, match="unknown grpo.rewards entry 'nope'"):
+        grpo_rewards.parse_rewards("nope:1")
+    grpo_rewards.register("length", lambda record, response: float(len(response)))
+    scores = grpo_rewards.verifiable_scores({"length": 0.5, "exact_match": 1.0}, [inst, inst],
+                                            ["5", "123"])
+    np.testing.assert_array_equal(grpo_rewards.combine({"length": 0.5, "exact_match": 1.0},
+                                                       scores), [1.5, 1.5])
+    ifeval = {"prompt": "Answer without commas.", "instruction_id_list": ["punctuation:no_comma"],
+              "kwargs": [{}]}
+    assert grpo_rewards.reward_function("ifeval_strict")(ifeval, "no commas here") == 1.0
+
+
+def test_records_carry_world_answers(trained):
+    s, _, _ = trained
+    assert s.records and all(r["kind"] == "instruction" and r["answer"] for r in s.records)
+    assert s.loader.fingerprint["num_examples"] == len(s.records)
+
+
+def test_policy_moves_metrics_written(world_runs, trained):
+    _, before, after = trained
+    assert any(not np.array_equal(a, b) for a, b in zip(before, after))
+    rows = [json.loads(line) for line in
+            (world_runs / "grpo" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "reward" in r]
+    assert [r["step"] for r in train_rows] == [1, 2, 3, 4]
+    keys = {"reward", "reward/exact_match", "reward_std/exact_match", "zero_signal_frac",
+            "clip_frac", "kl", "entropy", "response_length", "sample_tokens_per_s",
+            "update_tokens_per_s", "pg_loss", "logprob_mismatch"}
+    assert keys <= train_rows[-1].keys()
+    assert max(r["logprob_mismatch"] for r in train_rows) < 1e-5
+    assert all(0.0 <= r["zero_signal_frac"] <= 1.0 for r in train_rows)
+    assert [r["step"] for r in rows if "eval/exact_match" in r] == [0, 4]
+    assert "[reward" in (world_runs / "grpo" / "logs" / "samples.txt").read_text()
+    assert (world_runs / "grpo" / "model" / "model_config.json").exists()
+
+
+def test_resume_continues_the_same_trajectory(world_runs, trained):
+    """The run killed after its iteration-2 checkpoint: resuming gives the same final policy."""
+    _, _, after = trained
+    workdir = world_runs / "grpo-resumed"
+    shutil.copytree(world_runs / "grpo", workdir)
+    shutil.rmtree(workdir / "checkpoints" / "4")
+    shutil.rmtree(workdir / "model")
+    params, _ = grpo.run(config_for(world_runs, "grpo-resumed"))
+    for a, b in zip(after, host(params)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+
+
+@pytest.mark.slow
+def test_grpo_raises_held_out_instruction_exact_match(world_runs):
+    """15 iterations with the exact-match reward on instruction prompts: greedy exact match on
+    held-out instruction prompts (`eval/exact_match`, 32 prompts; iteration 0 = the SFT model)
+    goes up. Measured 0.094 → 0.188 on a 2-core CPU (about 95 s)."""
+    c = config_for(world_runs, "grpo-em", train__steps=15, train__eval_every=15,
+                   train__eval_batches=2, train__checkpoint_every=100)
+    grpo.run(c)
+    rows = [json.loads(line) for line in
+            (world_runs / "grpo-em" / "logs" / "metrics.jsonl").read_text().splitlines()]
+    em = {r["step"]: r["eval/exact_match"] for r in rows if "eval/exact_match" in r}
+    print(em)
+    assert em[15] > em[0]
+
+
+def test_config_errors(world_runs):
+    c = config_for(world_runs, "grpo-bad")
+    for key, value, message in [("advantage_estimator", "ppo", "valid: dr_grpo, grpo, rloo"),
+                                ("loss_type", "mean", "valid: constant, sequence_mean"),
+                                ("num_generations", 1, "must be ≥ 2"),
+                                ("minibatch_size", 7, "must divide"),
+                                ("importance_sampling_level", "seq", "valid: token, sequence")]:
+        bad = c.copy_and_resolve_references()
+        bad.grpo[key] = value
+        with pytest.raises(ValueError, match=message):
+            grpo.check_config(bad)
