@@ -32,7 +32,7 @@ from typing import Iterable
 
 from easyalign.config_keys import ConfigError, flat_keys  # noqa: F401  (raised and used here)
 
-TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "distill")
+TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
 # Commands whose config is a phase config, and the `phase` value it carries.
 COMMAND_PHASES = {"teacher-data": "teacher_data", "ablate": "ablate"}
 DTYPES = ("float32", "bfloat16", "float16")

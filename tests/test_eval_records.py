@@ -7,7 +7,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from easyalign.cli import load_config
-from easyalign.eval import ifeval
+from easyalign.data import ifeval
 from easyalign.eval import run as eval_run
 from easyalign.hf.autoload import stored_dtype
 from eval_fixtures import make_world, save_model

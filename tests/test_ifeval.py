@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from easyalign.eval import ifeval as I
+from easyalign.data import ifeval as I
 
 # (instruction id, kwargs, a response that follows it, one that does not)
 CASES = [

@@ -21,7 +21,7 @@ Each *iteration* of `train.steps`:
    the generic jitted step with the loss of `losses.grpo.grpo_policy_loss` (clipped ratio,
    ε_low/ε_high, token or GSPO sequence ratio, `grpo.loss_type` aggregation, β · KL to π_ref).
 
-The loop is the generic one (`train.loop.run_loop` via `common.fit`), exactly as PPO uses it:
+The loop is the generic one (`train.loop.run_loop` via `driver.fit`), exactly as PPO uses it:
 its `rollout` hook is steps 1–3, its step the minibatch update, its `after_update` hook times
 the update. Rollout randomness and minibatch order derive from (seed, iteration) and the
 prompt loader's state is checkpointed, so a resumed run continues the identical trajectory.
@@ -47,7 +47,9 @@ import numpy as np
 from flax import nnx
 
 from easyalign import sampler
-from easyalign.algorithms import common, grpo_rewards, rollout
+from easyalign.algorithms import grpo_rewards, rollout, runsetup
+from easyalign.hf import models as hf_models
+from easyalign.train import driver
 from easyalign.algorithms.reward import sequence_scores
 from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.data.records import prompt_text
@@ -93,7 +95,7 @@ def minibatch_rows(config) -> int:
 class Setup:
     """Everything `train` needs (tests inspect it before and after training)."""
 
-    run: common.Run
+    run: runsetup.Run
     graphs: rollout.Graphs          # policy, reference (β > 0), reward (a reward-model reward)
     params: Any                     # the policy's (trained)
     frozen: dict                    # read only: "reference", "reward" when used
@@ -106,7 +108,7 @@ class Setup:
     stop_tokens: tuple[int, ...]
 
 
-def _answer_key(run: common.Run) -> dict[str, dict]:
+def _answer_key(run: runsetup.Run) -> dict[str, dict]:
     """The built-in world's prompt → {kind, answer} (empty for other sources)."""
     if run.world_dir is None or run.config.data.source != "world":
         return {}
@@ -116,12 +118,12 @@ def _answer_key(run: common.Run) -> dict[str, dict]:
     return world_lib.build_world(world_source.world_settings(run.config)).answer_key
 
 
-def prompt_records(run: common.Run, split: str, width: int, kinds: tuple[str, ...]
+def prompt_records(run: runsetup.Run, split: str, width: int, kinds: tuple[str, ...]
                    ) -> tuple[list[dict], list[dict]]:
     """(tokenised prompts, their records) of `split`: a record is the prompt as its file writes
     it plus its other fields, with the world's `kind` and `answer` filled in for world prompts;
     only records of `kinds` when given."""
-    examples = common.load_examples(run, "prompt", split)
+    examples = runsetup.load_examples(run, "prompt", split)
     key = _answer_key(run)
     records = []
     for ex in examples:
@@ -136,7 +138,7 @@ def prompt_records(run: common.Run, split: str, width: int, kinds: tuple[str, ..
     if not examples:
         return [], []
     by_source = {ex["source"]: r for ex, r in zip(examples, records)}
-    tokens = common.tokenize(run, examples, "prompt", max_length=width)
+    tokens = runsetup.tokenize(run, examples, "prompt", max_length=width)
     return tokens, [by_source[t["source"]] for t in tokens]
 
 
@@ -146,7 +148,7 @@ def setup(config) -> Setup:
     weights = grpo_rewards.parse_rewards(g.rewards)
     from easyalign.algorithms.ppo import model_block  # `@stage` → a loadable model block
 
-    run_ = common.prepare(config)
+    run_ = runsetup.prepare(config)
     width = config.data.max_length - g.max_new_tokens  # the prompt block
     kinds = tuple(k.strip() for k in g.prompt_kinds.split(",") if k.strip())
     prompts, records = prompt_records(run_, "train", width, kinds)
@@ -156,13 +158,13 @@ def setup(config) -> Setup:
     held_out, eval_records = prompt_records(run_, "eval", width, kinds)
     eval_records = eval_records[:config.train.eval_batches * config.train.batch_size]
     eval_batches = [b | {"prompt_lengths": np.maximum(b["prompt_lengths"], 1)}  # padding rows
-                    for b in common.eval_batches(run_, held_out, "prompt", max_length=width,
+                    for b in runsetup.eval_batches(run_, held_out, "prompt", max_length=width,
                                                  limit=config.train.eval_batches)]
-    models = {"policy": common.init_model(run_, head="lm")}
+    models = {"policy": hf_models.init_model(run_, head="lm")}
     if g.beta:
-        models["reference"] = common.init_model(run_, model_block(config, g.reference), head="lm")
+        models["reference"] = hf_models.init_model(run_, model_block(config, g.reference), head="lm")
     if grpo_rewards.REWARD_MODEL in weights:
-        models["reward"] = common.init_model(run_, model_block(config, g.reward_model),
+        models["reward"] = hf_models.init_model(run_, model_block(config, g.reward_model),
                                              head="scalar")
     vocab = {name: m.config.vocab_size for name, m in models.items()}
     if len(set(vocab.values())) > 1:
@@ -175,7 +177,7 @@ def setup(config) -> Setup:
     return Setup(
         run=run_, graphs=graphs, params=split["policy"][1],
         frozen={k: v for k, (_, v) in split.items() if k != "policy"},
-        loader=common.train_loader(run_, prompts, "prompt", max_length=width),
+        loader=runsetup.train_loader(run_, prompts, "prompt", max_length=width),
         records=records, eval_batches=eval_batches, eval_records=eval_records, weights=weights,
         policy_config=policy_config, stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
 
@@ -262,7 +264,7 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
         prompts = to_global_batch(host_batch, mesh)
         gen = rollout.sample(s.graphs, params, prompts, jax.random.key(0),
                              max_new_tokens=g.max_new_tokens, stop_tokens=s.stop_tokens,
-                             pad_id=common.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
+                             pad_id=runsetup.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
         scored = score_fn(params, s.frozen, prompts, gen)
         got = rollout.host({"tokens": scored["tokens"], "lengths": gen.lengths,
                             "starts": prompts["prompt_lengths"], "valid": prompts["valid"]})
@@ -303,7 +305,7 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
     rep = repeat_prompts(prompts, G)
     start = time.perf_counter()
     gen = rollout.sample(s.graphs, params, rep, rng, max_new_tokens=g.max_new_tokens,
-                         stop_tokens=s.stop_tokens, pad_id=common.pad_id(run_), mesh=mesh,
+                         stop_tokens=s.stop_tokens, pad_id=runsetup.pad_id(run_), mesh=mesh,
                          method=sampler.Temperature(g.temperature))
     lengths = rollout.host(gen.lengths)  # a host-device sync point: sampling is done
     sample_time = time.perf_counter() - start
@@ -349,7 +351,7 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
     g, t = c.grpo, c.train
     rows = t.batch_size * g.num_generations
     mb = minibatch_rows(c)
-    score_fn = make_score_fn(s.graphs, common.pad_id(run_),
+    score_fn = make_score_fn(s.graphs, runsetup.pad_id(run_),
                              chat_format(run_.tokenizer).end_of_turn_id)
     rollout_key = jax.random.key(t.seed)
     timer = UpdateTimer(rows * c.data.max_length * g.num_iterations)
@@ -369,18 +371,18 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
         evaluate=((lambda state: _evaluate(s, score_fn, state.params))
                   if s.eval_batches else None),
         tokens=lambda batch: 0, rollout=rollout_hook, after_update=timer.after_update)
-    loop = common.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
+    loop = driver.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
                               hint="Lower optim.lr, or raise grpo.beta.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now
-    state, history = common.fit(
+    state, history = driver.fit(
         run_, params=params, loss_fn=make_loss(s.graphs, g, g.max_new_tokens), loader=s.loader,
         loop=loop, model_config=s.policy_config, hooks=hooks,
         optimizer_steps=t.steps * g.num_iterations * (rows // mb),
         update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,
                                                                     rollout.make_take()))
     if history is not None:
-        out = common.save_model(run_, state.params, s.graphs.policy)
-        common.finish(run_, out, history, "reward")
+        out = hf_models.save_model(run_, state.params, s.graphs.policy)
+        driver.finish(run_, out, history, "reward")
     return state.params, s.graphs
 
 

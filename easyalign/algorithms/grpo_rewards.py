@@ -18,7 +18,7 @@ Built in (`VERIFIABLE_REWARDS`):
     world          the world's grader for every kind (`world.grade`: the two above, plus "I don't
                    know" for unknown entities)
     ifeval_strict, ifeval_loose   the fraction of an IFEval prompt's instructions followed
-                   (`eval.ifeval.reward` / `reward_loose`)
+                   (`data.ifeval.reward` / `reward_loose`)
 
 `reward_model` (`REWARD_MODEL`) is the frozen scalar-head model of the reward stage, read on the
 device at HF's position (`reward.read_index`), as PPO reads it. `grpo.rewards` names the rewards
@@ -31,11 +31,11 @@ and every reward function's mean and std are logged (`reward/<name>`, `reward_st
 
 from __future__ import annotations
 
-import importlib
 from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from easyalign.data import ifeval
 from easyalign.data import world as world_lib
 from easyalign.data.rules import is_refusal
 
@@ -70,25 +70,19 @@ def world_grade(record: Mapping[str, Any], response: str) -> float:
     return float(world_lib.grade(kind, response, None if answer is None else str(answer)))
 
 
-# name -> a function, or "module:function" of one imported on first use (the IFEval checks live
-# in the evaluation package, a layer above the algorithms: referenced by name, as the stage table
-# references the phases).
-VERIFIABLE_REWARDS: dict[str, RewardFn | str] = {
+# name -> a function `(prompt record, response text) -> float`; `register` adds more.
+VERIFIABLE_REWARDS: dict[str, RewardFn] = {
     "exact_match": exact_match,
     "refusal": refusal,
     "world": world_grade,
-    "ifeval_strict": "easyalign.eval.ifeval:reward",
-    "ifeval_loose": "easyalign.eval.ifeval:reward_loose",
+    "ifeval_strict": ifeval.reward,
+    "ifeval_loose": ifeval.reward_loose,
 }
 
 
 def reward_function(name: str) -> RewardFn:
-    """The verifiable reward registered as `name` (imported now when given by reference)."""
-    fn = VERIFIABLE_REWARDS[name]
-    if isinstance(fn, str):
-        module, _, attr = fn.partition(":")
-        fn = VERIFIABLE_REWARDS[name] = getattr(importlib.import_module(module), attr)
-    return fn
+    """The verifiable reward registered as `name`."""
+    return VERIFIABLE_REWARDS[name]
 
 
 def register(name: str, fn: RewardFn) -> RewardFn:

@@ -19,7 +19,7 @@ Behaviour on the built-in world (suites of `easyalign.data.world`, held out from
                          (AdvBench: higher is better) or plain (no direction);
     <name>_over_refusal  the same over a suite tagged benign (held-out Alpaca: lower is better).
     ifeval_prompt_strict / _loose, ifeval_instruction_strict / _loose
-                         IFEval-style verifiable instruction following (`easyalign.eval.ifeval`,
+                         IFEval-style verifiable instruction following (`easyalign.data.ifeval`,
                          Zhou et al., 2023) over the `ifeval` suite: prompt-level (all of a
                          prompt's instructions followed) and instruction-level accuracy.
 
@@ -169,7 +169,7 @@ def grade_response(suite_kind: str, response: str, answer: Any) -> dict[str, Any
     """
     out: dict[str, Any] = {"refusal": is_refusal(response), "idk": is_idk(response)}
     if suite_kind == IFEVAL:
-        from easyalign.eval import ifeval
+        from easyalign.data import ifeval
 
         result = ifeval.score(answer, response)
         return {**out, "correct": result["prompt_strict"], "ifeval": result}
@@ -181,7 +181,7 @@ def suite_metrics(suite: str, kind: str, graded: Sequence[Mapping[str, Any]],
                   world: bool) -> dict[str, float | None]:
     """The metric(s) one suite contributes, from its `grade_response` records."""
     if kind == IFEVAL:
-        from easyalign.eval import ifeval
+        from easyalign.data import ifeval
 
         return ifeval.accuracy([g["ifeval"] for g in graded])
     if not world:

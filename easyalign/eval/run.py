@@ -37,7 +37,7 @@ variant's weights are on the devices at a time; the reference and reward model s
    judge LM scoring "Yes"/"No" in the same jitted batches; its measured error is stated in the
    notes.
 7. **Instruction following** (`eval.ifeval`): the IFEval-style suite, graded by
-   `easyalign.eval.ifeval.score`.
+   `easyalign.data.ifeval.score`.
 
 Precision and length. `eval.dtype` is the compute dtype; "" computes in the dtype the weights
 are stored in (`hf.autoload.stored_dtype`). A prompt longer than the model's context less

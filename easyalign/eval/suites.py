@@ -34,7 +34,7 @@ that decides how a response is graded:
   'column': 'goal', 'tag': 'harmful'}}"`).
 
 Instruction following. `ifeval_suite` reads a file in the IFEval input format (`prompt`,
-`instruction_id_list`, `kwargs`; see `easyalign.eval.ifeval`) as the suite `ifeval`, whose
+`instruction_id_list`, `kwargs`; see `easyalign.data.ifeval`) as the suite `ifeval`, whose
 responses `ifeval.score` grades.
 
 Multiple choice. `load_mc_task` reads TruthfulQA's `mc_task.json`: a list of
@@ -114,7 +114,7 @@ def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
 def ifeval_suite(path: str | Path, limit: int = 0) -> Suite:
     """The instruction-following suite `ifeval` from an IFEval-format file ("builtin": the
     instruction file shipped with easyalign); each item's answer is its prompt record."""
-    from easyalign.eval import ifeval
+    from easyalign.data import ifeval
 
     records = ifeval.load_records(ifeval.BUILTIN if str(path) == "builtin" else path)
     records = records[:limit] if limit else records

@@ -40,7 +40,7 @@ from typing import Any, Callable, Mapping, Sequence
 from easyalign.data.sources import read_jsonl_objects
 
 RELATIONS = ("less than", "at least")
-BUILTIN = Path(__file__).parent / "data" / "ifeval_prompts.jsonl"  # 65 prompts written for easyalign
+BUILTIN = Path(__file__).parent / "ifeval_prompts.jsonl"  # 65 prompts written for easyalign
 UNSUPPORTED = ("language:response_language",)
 
 
