@@ -31,7 +31,7 @@ from pathlib import Path
 
 import jax
 
-from easyalign import stages
+from easyalign import stages as stage_table
 from easyalign.algorithms import runsetup
 from easyalign.hf import models
 
@@ -49,9 +49,9 @@ def parse_stage(spec: str, default_preset: str) -> tuple[str, str, str]:
     """
     name, _, rest = spec.partition("=")
     command, _, preset = (rest or name).partition(":")
-    if command != "base" and command not in stages.STAGES:
+    if command != "base" and command not in stage_table.STAGES:
         raise ValueError(f"pipeline stage {spec!r}: unknown command {command!r}; "
-                         f"known: base, {', '.join(stages.STAGES)}")
+                         f"known: base, {', '.join(stage_table.STAGES)}")
     return name, command, preset or ("" if command in ("eval", "latency") else default_preset)
 
 
@@ -186,7 +186,7 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
         if command == "base":
             save_base(config)
         else:
-            stages.stage_function(command)(config)
+            stage_table.stage_function(command)(config)
         _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
     return stages
 

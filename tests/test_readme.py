@@ -13,10 +13,17 @@ from tokenizer_styles import make_tokenizer
 README = Path(__file__).resolve().parents[1] / "README.md"
 
 
-def readme_python() -> str:
+def readme_python(marker: str) -> str:
+    """The README's one Python snippet that contains `marker`."""
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 1, "the README has one Python snippet"
-    return blocks[0]
+    found = [b for b in blocks if marker in b]
+    assert len(found) == 1, f"the README has one Python snippet with {marker!r}"
+    return found[0]
+
+
+def test_every_readme_python_snippet_is_tested():
+    blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
+    assert len(blocks) == 2, "a new Python snippet in the README needs a test here"
 
 
 def test_readme_python_snippet_runs(tmp_path):
@@ -25,7 +32,7 @@ def test_readme_python_snippet_runs(tmp_path):
     model_dir, out = tmp_path / "model", tmp_path / "out"
     make_hf_model("llama", model_dir, vocab_size=512)
     make_tokenizer("llama3", vocab_size=400).save_pretrained(model_dir)
-    code = readme_python().replace("/path/to/Llama-3.2-1B", str(model_dir))
+    code = readme_python("/path/to/Llama-3.2-1B").replace("/path/to/Llama-3.2-1B", str(model_dir))
     code = code.replace('"out/"', repr(str(out)))
     namespace: dict = {}
     exec(compile(code, str(README), "exec"), namespace)
@@ -39,3 +46,16 @@ def test_run_names_the_stages():
 
     with pytest.raises(ValueError, match="unknown stage 'rlhf'; known: sft, reward, dpo, ppo"):
         easyalign.run("rlhf", None)
+
+
+def test_readme_reward_snippet_registers_a_verifiable_reward():
+    from easyalign.algorithms import grpo_rewards
+
+    namespace: dict = {}
+    try:
+        exec(compile(readme_python("grpo_rewards.register"), str(README), "exec"), namespace)
+        assert grpo_rewards.parse_rewards("has_citation:1.0") == {"has_citation": 1.0}
+        reward = grpo_rewards.reward_function("has_citation")
+        assert reward({}, "as shown in [1].") == 1.0 and reward({}, "no source") == 0.0
+    finally:
+        grpo_rewards.VERIFIABLE_REWARDS.pop("has_citation", None)

@@ -266,33 +266,15 @@ PHI3_TABLE: tuple[Row, ...] = (
 # four norms per layer. HF `post_attention_layernorm` is the norm of the attention *output*
 # (ours `attn_out_norm`), `pre_feedforward_layernorm` the norm before the MLP (ours
 # `post_attn_norm`, Llama's `post_attention_layernorm`), `post_feedforward_layernorm` the norm of
-# the MLP output (`mlp_out_norm`). Norm weights are the w of (1 + w). Gemma 3 adds q/k norms.
-GEMMA_TABLE: tuple[Row, ...] = (
-    _row("model.embed_tokens.weight", "embed_tokens.embedding", "V d -> V d"),
-    _row(_LAYER + "input_layernorm.weight", "layers.input_norm.scale", "d -> d"),
-    _row(_LAYER + "self_attn.q_proj.weight", "layers.attn.q_proj.kernel", "(H hd) d -> d H hd"),
-    _row(_LAYER + "self_attn.q_proj.bias", "layers.attn.q_proj.bias", "(H hd) -> H hd", qkv_bias),
-    _row(_LAYER + "self_attn.k_proj.weight", "layers.attn.k_proj.kernel", "(KV hd) d -> d KV hd"),
-    _row(_LAYER + "self_attn.k_proj.bias", "layers.attn.k_proj.bias", "(KV hd) -> KV hd",
-         qkv_bias),
-    _row(_LAYER + "self_attn.v_proj.weight", "layers.attn.v_proj.kernel", "(KV hd) d -> d KV hd"),
-    _row(_LAYER + "self_attn.v_proj.bias", "layers.attn.v_proj.bias", "(KV hd) -> KV hd",
-         qkv_bias),
-    _row(_LAYER + "self_attn.o_proj.weight", "layers.attn.o_proj.kernel", "d (H hd) -> d H hd"),
-    _row(_LAYER + "self_attn.o_proj.bias", "layers.attn.o_proj.bias", "d -> d", o_bias),
-    _row(_LAYER + "self_attn.q_norm.weight", "layers.attn.q_norm.scale", "hd -> hd", qk_norm),
-    _row(_LAYER + "self_attn.k_norm.weight", "layers.attn.k_norm.scale", "hd -> hd", qk_norm),
+# the MLP output (`mlp_out_norm`). Norm weights are the w of (1 + w). Gemma 3 adds q/k norms;
+# the rows that apply follow the config, as for Llama (no biases in Gemma).
+GEMMA_TABLE: tuple[Row, ...] = tuple(
+    row for row in LLAMA_TABLE if row.hf != _LAYER + "post_attention_layernorm.weight") + (
     _row(_LAYER + "post_attention_layernorm.weight", "layers.attn_out_norm.scale", "d -> d",
          sandwich_norms),
     _row(_LAYER + "pre_feedforward_layernorm.weight", "layers.post_attn_norm.scale", "d -> d"),
     _row(_LAYER + "post_feedforward_layernorm.weight", "layers.mlp_out_norm.scale", "d -> d",
          sandwich_norms),
-    _row(_LAYER + "mlp.gate_proj.weight", "layers.mlp.gate_proj.kernel", "F d -> d F"),
-    _row(_LAYER + "mlp.up_proj.weight", "layers.mlp.up_proj.kernel", "F d -> d F"),
-    _row(_LAYER + "mlp.down_proj.weight", "layers.mlp.down_proj.kernel", "d F -> d F"),
-    _row("model.norm.weight", "final_norm.scale", "d -> d"),
-    _row("lm_head.weight", "lm_head.kernel", "V d -> d V", untied_lm_head),
-    _row("score.weight", "score.kernel", "1 d -> d 1", scalar_head),
 )
 
 # Qwen3-MoE (HF `modeling_qwen3_moe.py`): Qwen3's attention (q/k norm); the MLP is a router
