@@ -32,9 +32,13 @@ def test_logits_match_transformers(case, tmp_path):
 
 
 @pytest.mark.parametrize("case, plain", [("llama3_rope", {"rope_scaling": None}),
-                                         ("mistral", {"sliding_window": None})])
-def test_rope_scaling_and_window_matter(case, plain, tmp_path):
-    """The parity above would be vacuous if the test length never reached them."""
+                                         ("mistral", {"sliding_window": None}),
+                                         ("qwen3_moe", {"norm_topk_prob": False}),
+                                         ("qwen3_moe", {"num_experts_per_tok": 1}),
+                                         ("qwen3_moe", {"num_experts_per_tok": 3})])
+def test_family_traits_matter(case, plain, tmp_path):
+    """Negative controls: RoPE scaling, the window, MoE top-k renormalisation and k each act on
+    the test batch — the parity above would be vacuous if the test never reached them."""
     make_hf_model(case, tmp_path)
     ids, mask = batch()
     keep = mask.astype(bool)
