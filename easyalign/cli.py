@@ -29,7 +29,7 @@ from ml_collections import config_flags
 
 
 from easyalign.config_check import suggest_key
-from easyalign.config_keys import ConfigError, flat_keys
+from easyalign.config_keys import ConfigError, did_you_mean, flat_keys
 from easyalign.stages import STAGES, resolve
 
 TOOLS = {
@@ -243,7 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         return
     command, args = argv[1], argv[2:]
     if command not in STAGES and command not in TOOLS:
-        sys.exit(f"easyalign: unknown command {command!r} (easyalign --help lists them)")
+        hint = did_you_mean(command, [*STAGES, *TOOLS])
+        sys.exit(f"easyalign: unknown command {command!r}" + (f"; {hint}" if hint else "")
+                 + " (easyalign --help lists them)")
     debug = "--debug" in args or bool(os.environ.get("EASYALIGN_DEBUG"))
     args = [a for a in args if a != "--debug"]
     _quiet()

@@ -30,7 +30,7 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-from easyalign.config_keys import ConfigError, flat_keys  # noqa: F401  (raised and used here)
+from easyalign.config_keys import ConfigError, did_you_mean, flat_keys  # noqa: F401  (used here)
 
 TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
 # Commands whose config is a phase config, and the `phase` value it carries.
@@ -184,7 +184,9 @@ def _choices(config, key: str, choices: Iterable[str]) -> None:
         return
     choices = tuple(choices)
     if value not in choices:
-        raise ConfigError(f"{key}={value!r}: not one of {' | '.join(map(str, choices))}")
+        hint = did_you_mean(value, choices)
+        raise ConfigError(f"{key}={value!r}: not one of {' | '.join(map(str, choices))}"
+                          + (f"; {hint}" if hint else ""))
 
 
 def _check_names(config) -> None:
@@ -299,7 +301,7 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
     if kind == "gguf" or (kind in ("", "derive") and (value in INSTALLED
                                                        or value.endswith(".gguf"))):
         if value not in INSTALLED and not Path(value).is_file():
-            raise ConfigError(f"{key}={value}: no such GGUF file")
+            raise ConfigError(f"{key}={value}: no such GGUF file{_alias_hint(value)}")
         return
     if value.startswith("@"):
         path = _stage(config, value)
@@ -310,7 +312,7 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
         return
     path = Path(value)
     if not path.exists():
-        raise ConfigError(f"{key}={value}: no such file or directory")
+        raise ConfigError(f"{key}={value}: no such file or directory{_alias_hint(value)}")
     if not path.is_dir():
         raise ConfigError(f"{key}={value}: not a directory")
     if kind == "hf" or (kind in ("", "derive") and (path / "config.json").is_file()
@@ -324,6 +326,14 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
                 "not an easyalign model checkpoint (model_config.json), a phase workdir "
                 "(model/) or an HF model directory (config.json + *.safetensors)")
         raise ConfigError(f"{key}={value}: {what}")
+
+
+def _alias_hint(value: str) -> str:
+    """" (nor an installed model: did you mean 'smollm2'?)" for a path that is a typo of an
+    installed model's alias, else ""."""
+    from easyalign.hf.gguf import alias_hint
+
+    return alias_hint(value)
 
 
 def check_hf_dir(path: Path, key: str, tokenizer: bool = True) -> None:

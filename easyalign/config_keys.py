@@ -1,10 +1,14 @@
-"""The config error every layer raises, and the dotted keys of a config (`optim.lr`, …).
+"""The config error every layer raises, the dotted keys of a config (`optim.lr`, …), and the
+"did you mean" of an unknown name.
 
 Low in the layering: the run directory's manifest check (`train.rundir`) and the CLI use them
 as well as the config checks (`config_check`).
 """
 
 from __future__ import annotations
+
+import difflib
+from typing import Iterable
 
 
 class ConfigError(ValueError):
@@ -18,3 +22,13 @@ def flat_keys(config, prefix: str = "") -> list[str]:
         name = f"{prefix}{key}"
         out += flat_keys(value, name + ".") if hasattr(value, "items") else [name]
     return out
+
+
+def did_you_mean(name: str, known: Iterable[str], n: int = 3) -> str:
+    """`"did you mean 'smollm2'?"` when `name` is close to known names (difflib), else "".
+
+    The one "did you mean" of every lookup by name (model aliases, registries, data columns),
+    so that each unknown-name error suggests the same way.
+    """
+    close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=0.6)
+    return f"did you mean {' or '.join(map(repr, close))}?" if close else ""

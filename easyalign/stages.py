@@ -16,6 +16,8 @@ import importlib
 from pathlib import Path
 from typing import Callable
 
+from easyalign.config_keys import did_you_mean
+
 # stage -> (module, function, one-line help). Every stage function takes a config.
 STAGES = {
     "sft": ("easyalign.algorithms.sft", "run", "supervised fine-tuning"),
@@ -43,7 +45,9 @@ def resolve(table: dict, name: str) -> Callable:
 def stage_function(stage: str) -> Callable:
     """The function that runs `stage` (its `run(config)`)."""
     if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}")
+        hint = did_you_mean(stage, STAGES)
+        raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}"
+                         + (f"; {hint}" if hint else ""))
     return resolve(STAGES, stage)
 
 

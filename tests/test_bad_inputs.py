@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -76,6 +77,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("HF key num_train_epochs", SFT + ["--config.num_train_epochs=3"], "train.steps"),
         ("preset typo", ["sft", "--config=configs/sft.py:tinyy"], "tinyy"),
         ("missing config file", ["sft", "--config=configs/nope.py"], "configs/nope.py"),
+        ("model alias typo", SFT + ["--config.model.init=gguf", "--config.model.path=smolm2"],
+         "did you mean 'smollm2'?"),
         ("missing model path", SFT + ["--config.model.init=hf",
                                       f"--config.model.path={tmp / 'nowhere'}"], "nowhere"),
         ("@sft never ran", ["dpo", "--config=configs/dpo.py:tiny"], "@sft"),
@@ -203,6 +206,50 @@ def test_orbax_tracked_metric_warning_is_silenced(tmp_path, caplog):
         absl_logging.warning("Requested `tracked_metric`; did not provide metrics.")
         absl_logging.warning("something else")
     assert "tracked_metric" not in caplog.text and "something else" in caplog.text
+
+
+# ----------------------------------------------------------------------------- names, columns
+def test_unknown_names_get_the_closest_known_ones(tmp_path):
+    from configs import sft
+    from easyalign import stages
+    from easyalign.config_keys import ConfigError, did_you_mean
+    from easyalign.hf.gguf import GGUFError, installed_gguf, resolve_gguf
+
+    assert did_you_mean("smolm2", ["smollm2"]) == "did you mean 'smollm2'?"
+    assert did_you_mean("zzz", ["smollm2"]) == ""
+    # A model alias typo, wherever the alias is resolved.
+    with pytest.raises(GGUFError, match=re.escape(
+            "smolm2: no such GGUF file (nor an installed model: did you mean 'smollm2'?)")):
+        resolve_gguf("smolm2")
+    with pytest.raises(GGUFError, match=re.escape(
+            "unknown installed model 'smolm2'; did you mean 'smollm2'?")):
+        installed_gguf("smolm2")
+    with pytest.raises(GGUFError, match=re.escape("(nor an installed model alias: ['smollm2'])")):
+        resolve_gguf(str(tmp_path / "other.gguf"))  # a path: no alias is guessed
+    config = sft.get_config("tiny")
+    config.workdir = str(tmp_path / "run")
+    for init, what in (("gguf", "no such GGUF file"), ("derive", "no such file or directory")):
+        config.model.init, config.model.path = init, "smolm2"
+        with pytest.raises(ConfigError, match=re.escape(
+                f"model.path=smolm2: {what} (nor an installed model: did you mean "
+                "'smollm2'?)")):
+            config_check.validate(config, "sft")
+    # Every registry a config value is checked against (config_check._choices).
+    config = sft.get_config("tiny")
+    config.optim.name = "adamww"
+    with pytest.raises(ConfigError, match=re.escape("optim.name='adamww': not one of adamw | "
+                                                    "adafactor | sgd | lion; did you mean "
+                                                    "'adamw'?")):
+        config_check.validate(config, "sft", paths=False)
+    config = sft.get_config("tiny")
+    config.model.preset = "world-teachr"
+    with pytest.raises(ConfigError, match=re.escape("did you mean 'world-teacher' or")):
+        config_check.validate(config, "sft", paths=False)
+    with pytest.raises(ValueError, match=re.escape("did you mean 'sft'?")):
+        stages.stage_function("sfft")
+    with pytest.raises(SystemExit, match=re.escape("unknown command 'grop'; did you mean "
+                                                   "'grpo'?")):
+        cli.main(["easyalign", "grop"])
 
 
 # ----------------------------------------------------------------------------- run directory

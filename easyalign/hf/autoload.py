@@ -33,8 +33,11 @@ def stored_dtype(path: str | Path) -> str:
         raw = json.loads((path / "config.json").read_text())
         stored = raw.get("torch_dtype") or raw.get("dtype") or "float32"
         return {"float16": "float16", "bfloat16": "bfloat16"}.get(str(stored), "float32")
+    from easyalign.hf.gguf import alias_hint
+
     raise FileNotFoundError(f"{path}: neither an easyalign model checkpoint ({CONFIG_FILE}), "
-                            "an HF model directory (config.json) nor a GGUF file")
+                            "an HF model directory (config.json) nor a GGUF file"
+                            + ("" if path.exists() else alias_hint(str(path))))
 
 
 def load_model(path: str | Path, mesh=None, dtype: str = ""):

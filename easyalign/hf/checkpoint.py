@@ -134,6 +134,8 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
     if (path / "config.json").is_file():
         raise ModelDirError(f"{path}: looks like a phase workdir whose final model/ is missing "
                             "(did the run finish?)")
+    from easyalign.hf.gguf import alias_hint
+
     raise ModelDirError(f"{path}: not an easyalign model checkpoint (model_config.json), a "
                         "phase workdir (model/) or an HF model directory (config.json + "
-                        "*.safetensors)")
+                        "*.safetensors)" + ("" if path.exists() else alias_hint(str(path))))

