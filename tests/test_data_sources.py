@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from easyalign.data.sources import DataError, Record, SourceSpec, load_records
+from easyalign.data.sources import (DataError, Record, SourceSpec, apply_columns,
+                                    load_records, read_rows)
 
 SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
                              Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -76,9 +77,44 @@ def test_column_mapping_paths_joins_and_missing_columns(tmp_path):
     # Mapped fields only; an empty input adds no blank paragraph.
     assert [r.data for r in records] == [{"prompt": "Add.\n\n2 2", "response": "4"},
                                          {"prompt": "Add.", "response": "5"}]
-    message = f"{path}:1: field 'response': source column 'outputs'"
-    with pytest.raises(DataError, match=re.escape(message)):
+    message = f"{path}:1: column 'outputs' (data.columns.response='outputs') is in no record"
+    with pytest.raises(DataError, match=re.escape(message)) as error:
         load_records(SourceSpec(path=path, columns={"response": "outputs"}))
+    assert error.value.field == "response"
+
+
+def test_a_missing_column_names_file_key_columns_and_the_closest_one(tmp_path):
+    rows = [{"prompt": "Add 2 and 2.", "response": "4", "id": 1},
+            {"prompt": "Greet.", "response": "Hi", "id": 2}]
+    path = write_jsonl(tmp_path / "mine.jsonl", rows)
+    # A preset's Alpaca mapping carried over to a prompt/response file: the line says which
+    # setting asked for what, and that the file's own 'prompt' column is the likely fix.
+    with pytest.raises(DataError) as error:
+        load_records({"path": path, "columns": {"prompt": "instruction+input",
+                                                "response": "output"}})
+    assert str(error.value) == (
+        f"{path}:1: column 'instruction' (data.columns.prompt='instruction+input') is in no "
+        "record of the file; the file's columns are ['prompt', 'response', 'id']; did you mean "
+        "'prompt'?")
+    # A typo: difflib's closest column.
+    with pytest.raises(DataError, match=re.escape(
+            "(data.columns.response='respnse') is in no record of the file; the file's columns "
+            "are ['prompt', 'response', 'id']; did you mean 'response'?")):
+        load_records({"path": path, "columns": {"prompt": "prompt", "response": "respnse"}})
+    # Nothing close: the columns are listed, no guess is made.
+    with pytest.raises(DataError) as error:
+        load_records({"path": path, "columns": {"chosen": "zzz"}})
+    assert str(error.value).endswith("the file's columns are ['prompt', 'response', 'id']")
+    # A column that other records have: this record is the odd one out, with its own columns.
+    odd = write_jsonl(tmp_path / "odd.jsonl", rows + [{"prompt": "Bye.", "id": 3}])
+    with pytest.raises(DataError, match=re.escape(
+            f"{odd}:3: column 'response' (data.columns.response='response') is missing from "
+            "this record; its columns are ['prompt', 'id']")):
+        load_records({"path": odd, "columns": {"prompt": "prompt", "response": "response"}})
+    # The setting is named as the caller's config has it, and the message is one line.
+    with pytest.raises(DataError, match=r"\(eval\.columns\.prompt='q'\)") as error:
+        apply_columns(read_rows(path), {"prompt": "q"}, key="eval.columns")
+    assert "\n" not in str(error.value)
 
 
 def test_spec_validation(tmp_path):
@@ -260,8 +296,12 @@ def test_column_syntax_joins_negative_indices_and_dotted_names(tmp_path):
     assert [r.data for r in records] == [
         {"prompt": "Add.\n\n2 2", "response": "4", "chosen": "last", "rejected": "dotted"},
         {"prompt": "Greet.", "response": "Hi", "chosen": "only", "rejected": "x"}]
-    with pytest.raises(DataError, match=re.escape(f"{path}:2: field 'chosen': source column "
-                                                  "'turns.-2.content' not found")):
+    with pytest.raises(DataError, match=re.escape(
+            f"{path}:2: column 'turns.-2.content' (data.columns.chosen='turns.-2.content') not "
+            "found: 'turns' is a list of 1 item(s), '-2' is not an index into it")):
         load_records({"path": path, "columns": {"chosen": "turns.-2.content"}})
+    with pytest.raises(DataError, match=re.escape(
+            "'turns.0' has no 'contnt', its keys are ['content']; did you mean 'content'?")):
+        load_records({"path": path, "columns": {"chosen": "turns.0.contnt"}})
     with pytest.raises(ValueError, match=r"columns.prompt: 'instruction\+' has an empty"):
         load_records({"path": path, "columns": {"prompt": "instruction+"}})

@@ -34,7 +34,9 @@ contains a dot is found by that name first). Several columns joined by ``+`` (or
 list) become one string, the non-empty ones joined with a blank line: the usual "instruction +
 optional input" layout, where a null or empty input adds nothing. With a mapping the record
 holds exactly the mapped fields; without one it holds the source row unchanged. A target
-mapped to ``""`` is not mapped (the config declares every target that way).
+mapped to ``""`` is not mapped (the config declares every target that way). A mapped column a
+record lacks is one error line naming the record, the column, the setting that asked for it
+(``data.columns.prompt='instruction'``), the file's columns and the closest of them.
 
 Blank lines in JSONL and CSV are not records and are skipped; everything else that cannot be
 read is a :class:`DataError` naming file and line -- never a silent skip.
@@ -52,8 +54,11 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from easyalign.config_keys import did_you_mean
+
 __all__ = ["DataError", "FORMATS", "Record", "SourceSpec", "apply_columns", "as_spec",
-           "load_records", "parse_columns", "read_jsonl_objects", "read_rows"]
+           "columns_hint", "file_columns", "load_records", "parse_columns", "read_jsonl_objects",
+           "read_rows"]
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 # File suffixes (after an optional ".gz") and the format each one means.
@@ -61,6 +66,7 @@ SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv
             (".parquet", "parquet"))
 JOIN = "+"          # "instruction+input": several source columns joined into one field
 JOINER = "\n\n"     # ... with a blank line between the non-empty parts
+COLUMNS_KEY = "data.columns"  # the config key of a column mapping, named in its errors
 
 
 class DataError(ValueError):
@@ -366,36 +372,116 @@ def parse_columns(columns: Mapping[str, str | Sequence[str]] | None) -> dict[str
 
 
 def apply_columns(records: Iterable[Record],
-                  columns: Mapping[str, str | Sequence[str]] | None) -> list[Record]:
-    """The records with their mapped fields only; all of them unchanged without a mapping."""
+                  columns: Mapping[str, str | Sequence[str]] | None,
+                  key: str = COLUMNS_KEY) -> list[Record]:
+    """The records with their mapped fields only; all of them unchanged without a mapping.
+
+    A mapped column that a record lacks is a :class:`DataError` of one line naming the record
+    (file and line), the column, the setting that asked for it (``{key}.{target}``, e.g.
+    ``data.columns.prompt='instruction'``), the columns the file has and the closest of them.
+    That is the usual fault when a preset's mapping meets another file.
+    """
     parsed = parse_columns(columns)
+    records = list(records)
     if not parsed:
-        return list(records)
-    return [Record({target: _mapped(r.data, paths, r.where, target)
-                    for target, paths in parsed.items()}, r.where) for r in records]
+        return records
+    out = []
+    for r in records:
+        try:
+            out.append(Record({target: _mapped(r.data, paths, r.where, target)
+                               for target, paths in parsed.items()}, r.where))
+        except _MissingColumn as missing:
+            value = JOIN.join(parsed[missing.target])
+            raise _missing_column_error(missing, r, records, key, value) from None
+    return out
 
 
-def _get_path(data: Any, path: str, where: str, target: str) -> Any:
+class _MissingColumn(Exception):
+    """A mapped column a record lacks; ``detail`` says where a nested path broke off."""
+
+    def __init__(self, path: str, target: str, detail: str | None = None):
+        super().__init__(path)
+        self.path, self.target, self.detail = path, target, detail
+
+
+def file_columns(records: Iterable[Record]) -> list[str]:
+    """The top-level columns of the records, in order of first appearance."""
+    seen: dict[str, None] = {}
+    for r in records:
+        if isinstance(r.data, Mapping):
+            seen.update(dict.fromkeys(map(str, r.data)))
+    return list(seen)
+
+
+def columns_hint(wanted: str, columns: Sequence[str], target: str | None = None,
+                 whose: str = "the file's") -> str:
+    """``"the file's columns are ['a', 'b']; did you mean 'a'?"``: what a missing-column error
+    adds (``whose`` says whose columns they are).
+
+    The suggestion is the closest column (difflib) or, failing that, a column named like the
+    field being filled (``target``): a file that has a ``prompt`` column where the mapping
+    asks for ``instruction`` most likely wants ``prompt``."""
+    shown = list(columns[:40]) + ([f"... {len(columns) - 40} more"] if len(columns) > 40 else [])
+    hint = did_you_mean(wanted, columns)
+    if not hint and target is not None and target in columns and target != wanted:
+        hint = f"did you mean {target!r}?"
+    return f"{whose} columns are {shown}" + (f"; {hint}" if hint else "")
+
+
+def _missing_column_error(missing: _MissingColumn, record: Record, records: list[Record],
+                          key: str, value: str) -> DataError:
+    setting = f"{key}.{missing.target}={value!r}"
+    if missing.detail is not None:  # a nested path that broke off inside the record
+        message = f"column {missing.path!r} ({setting}) not found: {missing.detail}"
+    else:
+        top = missing.path.split(".")[0]
+        columns = file_columns(records)
+        if top in columns:  # other records have it: this one is the odd one out
+            own = file_columns([record])
+            message = (f"column {missing.path!r} ({setting}) is missing from this record; "
+                       f"{columns_hint(missing.path, own, missing.target, 'its')}")
+        else:
+            message = (f"column {missing.path!r} ({setting}) is in no record of the file; "
+                       f"{columns_hint(missing.path, columns, missing.target)}")
+    error = DataError(record.where, message)
+    error.field = missing.target  # the message names the setting; the field stays available
+    return error
+
+
+def _get_path(data: Any, path: str, target: str) -> Any:
     if isinstance(data, Mapping) and path in data:  # a column whose own name has a dot
         return data[path]
-    value = data
-    for part in path.split("."):
+    value, parts = data, path.split(".")
+    for depth, part in enumerate(parts):
         if isinstance(value, Mapping) and part in value:
             value = value[part]
         elif (isinstance(value, list) and part.lstrip("-").isdigit()
               and -len(value) <= int(part) < len(value)):
             value = value[int(part)]
+        elif depth == 0:
+            raise _MissingColumn(path, target)
         else:
-            raise DataError(where, f"source column '{path}' not found", field=target)
+            raise _MissingColumn(path, target, _broke_off(".".join(parts[:depth]), part, value))
     return value
+
+
+def _broke_off(parent: str, part: str, value: Any) -> str:
+    """Why ``part`` cannot be read from ``value`` (the value at ``parent``)."""
+    if isinstance(value, Mapping):
+        keys = [str(k) for k in value]
+        hint = did_you_mean(part, keys)
+        return f"{parent!r} has no {part!r}, its keys are {keys}" + (f"; {hint}" if hint else "")
+    if isinstance(value, list):
+        return f"{parent!r} is a list of {len(value)} item(s), {part!r} is not an index into it"
+    return f"{parent!r} is a {type(value).__name__}, not an object or a list"
 
 
 def _mapped(data: dict, paths: tuple[str, ...], where: str, target: str) -> Any:
     if len(paths) == 1:
-        return _get_path(data, paths[0], where, target)
+        return _get_path(data, paths[0], target)
     parts = []
     for path in paths:
-        part = _get_path(data, path, where, target)
+        part = _get_path(data, path, target)
         if part is not None and not isinstance(part, str):
             raise DataError(where, f"column '{path}' must be a string to be joined, "
                                    f"got {type(part).__name__}", field=target)

@@ -49,7 +49,8 @@ from typing import Any, Mapping
 
 from ml_collections import ConfigDict, FrozenConfigDict
 
-from easyalign.data.sources import DataError, apply_columns, load_records, parse_columns, read_rows
+from easyalign.data.sources import (DataError, apply_columns, columns_hint, file_columns,
+                                    load_records, parse_columns, read_rows)
 from easyalign.data.world import SUITES as WORLD_SUITES
 from easyalign.eval.metrics import TAGS
 
@@ -211,14 +212,13 @@ def parse_filter(spec: str, where: str = "filter") -> list[tuple[str, str, str]]
 
 
 def _check_columns(rows, names: list[str], where: str) -> None:
-    """Every named column (its first dotted part) exists in some row, else list the columns."""
-    present: dict[str, None] = {}
-    for row in rows:
-        present.update(dict.fromkeys(row.data))
+    """Every named column (its first dotted part) exists in some row, else list the columns
+    (and the closest one) as the data column mapping does (`sources.columns_hint`)."""
+    present = file_columns(rows)
     for name in names:
         if name not in present and name.split(".")[0] not in present:
-            raise ValueError(f"{where}: column {name!r} not found; the file's columns are "
-                             f"{list(present)}")
+            raise ValueError(f"{where}: column {name!r} not found; "
+                             f"{columns_hint(name.split('.')[0], present)}")
 
 
 def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain",
