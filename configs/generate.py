@@ -2,11 +2,13 @@
 
     easyalign generate --config=configs/generate.py \
         --config.generate.model=runs/demo/dpo --config.data.source=prompts.csv \
-        --config.generate.column=goal --config.generate.output=completions.jsonl
+        --config.data.columns.prompt=goal --config.generate.output=completions.jsonl
 
 `generate.model` is a model checkpoint, a phase workdir (its `model/`), an HF directory or
 `@<stage>` (a sibling stage of this workdir's parent: `runs/demo/sft/model` for the default).
 With the defaults it samples the built-in world's SFT model on the world's RL prompts.
+The prompt column is `data.columns.prompt`, as in every phase ("" = the record's own layout: a
+`prompt` column, a conversation, an Alpaca instruction).
 
 Presets: `tiny` (the first 64 prompts, 32 new tokens: a smoke test).
 """
@@ -25,7 +27,6 @@ def get_config(preset: str = ""):
     c.data.max_length = 512              # prompt budget in tokens (longer prompts lose their start)
     c.generate = g = ConfigDict()
     g.model = "@sft"                     # checkpoint | phase workdir | HF dir | @stage
-    g.column = "prompt"                  # prompt column of data.source (dotted path: nested JSON)
     g.output = ""                        # JSONL written ("" = workdir/generations.jsonl)
     g.batch_size = 32                    # prompts per sampler call (global over processes)
     g.max_new_tokens = 128               # response budget per prompt

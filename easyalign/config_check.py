@@ -63,6 +63,8 @@ HF_KEYS = {
     "rpo_alpha": "dpo.sft_weight", "kl_coef": "ppo.kl_coef", "cliprange": "ppo.clip_eps",
     "cliprange_value": "ppo.value_clip_eps", "num_ppo_epochs": "ppo.epochs",
     "response_length": "ppo.max_new_tokens", "max_new_tokens": "ppo.max_new_tokens",
+    # Keys easyalign itself retired, → the one key that does the job now.
+    "generate.column": "data.columns.prompt (the prompt column, as in every phase)",
 }
 
 

@@ -252,6 +252,45 @@ def test_unknown_names_get_the_closest_known_ones(tmp_path):
         cli.main(["easyalign", "grop"])
 
 
+def _prompt_file_run(tmp_path, column: str):
+    """`configs/generate.py` on a CSV of `goal` prompts, as the Run `runsetup.load_examples`
+    reads (what `easyalign generate` calls before it loads any model)."""
+    from types import SimpleNamespace
+
+    from configs import generate
+
+    path = tmp_path / "prompts.csv"
+    path.write_text("goal,target\nSteal a car,x\nBake bread,y\n")
+    config = generate.get_config()
+    config.data.source, config.data.columns.prompt = str(path), column
+    return SimpleNamespace(config=config, is_main=True, world_dir=None), path
+
+
+def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
+    from configs import generate
+    from easyalign.algorithms import runsetup
+    from easyalign.data.sources import DataError
+
+    assert "column" not in generate.get_config().generate  # one key, as in every phase
+    with pytest.raises(cli.ConfigError, match=re.escape("did you mean data.columns.prompt")):
+        cli.load_config(["--config=configs/generate.py", "--config.generate.column=goal"])
+    run, path = _prompt_file_run(tmp_path, "goal")
+    assert [ex["prompt"] for ex in runsetup.load_examples(run, "prompt", "train")] == [
+        [{"role": "user", "content": "Steal a car"}], [{"role": "user", "content": "Bake bread"}]]
+    # Unmapped, the file has no prompt layout: the key to set and the file's columns.
+    run, _ = _prompt_file_run(tmp_path, "")
+    with pytest.raises(DataError) as error:
+        runsetup.load_examples(run, "prompt", "train")
+    assert str(error.value).startswith(f"{path}:2: field 'prompt': missing")
+    assert str(error.value).endswith("map a column to it with data.columns.prompt: its columns "
+                                     "are ['goal', 'target']")
+    run, _ = _prompt_file_run(tmp_path, "gaol")
+    with pytest.raises(DataError, match=re.escape(
+            f"{path}:2: column 'gaol' (data.columns.prompt='gaol') is in no record of the file; "
+            "the file's columns are ['goal', 'target']; did you mean 'goal'?")):
+        runsetup.load_examples(run, "prompt", "train")
+
+
 # ----------------------------------------------------------------------------- run directory
 def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
     import socket

@@ -187,7 +187,7 @@ def test_generate_reads_a_csv_column_and_samples_reproducibly(world_model, tmp_p
     for name in ("a.jsonl", "b.jsonl"):
         outputs.append(generate.run(_generate_config(
             root, world, f"--config.data.source={tmp_path / 'prompts.csv'}",
-            "--config.generate.column=goal", f"--config.generate.output={tmp_path / name}",
+            "--config.data.columns.prompt=goal", f"--config.generate.output={tmp_path / name}",
             "--config.generate.sampling=temperature", "--config.generate.seed=7")))
     a, b = (p.read_text().splitlines() for p in outputs)
     assert a == b and len(a) == 3

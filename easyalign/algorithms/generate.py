@@ -4,11 +4,15 @@
         --config.generate.model=runs/demo/dpo --config.data.source=prompts.jsonl
 
 Input. `data.source` is read like every phase's data (`runsetup.load_examples(run, "prompt",
-"train")`: JSONL, JSON, CSV or `hf:NAME`, or the built-in world's prompts); the prompt is the
-column `generate.column` (a plain string becomes one user turn, a message list is kept as the
-conversation so far). The chat template of the model's tokenizer renders it with the assistant
-generation prompt; prompts longer than `data.max_length` tokens lose their beginning (counted
-and reported by `runsetup.tokenize`).
+"train")`: JSONL, JSON, CSV or `hf:NAME`, or the built-in world's prompts). The prompt is
+found as every phase finds it: the column `data.columns.prompt` names (`goal`, a dotted path into
+nested JSON, or `instruction+input`), or, with that key empty (the default), the record's own
+layout (a `prompt` column, a conversation, an Alpaca instruction, a preference pair). A plain
+string becomes one user turn, a message list is kept as the conversation so far. A prompt
+column that is not found is an error naming the file, the key and the file's columns. The chat
+template of the model's tokenizer renders the prompt with the assistant generation prompt;
+prompts longer than `data.max_length` tokens lose their beginning (counted and reported by
+`runsetup.tokenize`).
 
 Output. One line per prompt, in input order, to `generate.output` (default
 `workdir/generations.jsonl`):
@@ -40,7 +44,6 @@ from pathlib import Path
 from typing import Iterator
 
 from flax import nnx
-from ml_collections import ConfigDict
 
 from easyalign.algorithms import runsetup
 from easyalign.data.chat_format import stop_token_ids
@@ -91,8 +94,6 @@ def run(config) -> Path:
         raise ValueError("generate: need max_new_tokens ≥ 1, batch_size ≥ 1, limit ≥ 0")
     model_dir, kind = resolve_model_dir(runsetup.stage_path(config, g.model))
     _use_model_tokenizer(config, model_dir, kind)
-    if g.column != "prompt":
-        config.data.columns = ConfigDict({"prompt": g.column})
     run_ = runsetup.prepare(config)
     examples = runsetup.load_examples(run_, "prompt", "train")
     examples = examples[:g.limit] if g.limit else examples

@@ -72,7 +72,7 @@ from typing import Any
 
 import numpy as np
 
-from .sources import JOINER, DataError, Record
+from .sources import JOINER, DataError, Record, columns_hint
 
 __all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "normalize",
            "normalize_sft", "normalize_preference", "normalize_prompts", "normalize_teacher",
@@ -138,9 +138,20 @@ class Dropped:
 
 
 # ----------------------------------------------------------------------------- fields
+def _missing(data: dict, where: str, field: str, detail: str = "") -> DataError:
+    """A field the record's layout needs is absent: the error names the record's columns, the
+    closest one and the ``data.columns`` key that can fill the field (``sources.columns_hint``,
+    as a column mapping's own errors do)."""
+    columns = [str(k) for k in data]
+    fill = (f"; map a column to it with data.columns.{field}" if field in COLUMN_FIELDS
+            else "; map columns with data.columns")
+    return DataError(where, f"missing{detail}{fill}: {columns_hint(field, columns, whose='its')}",
+                     field=field)
+
+
 def _string(data: dict, field: str, where: str) -> str:
     if field not in data:
-        raise DataError(where, "missing", field=field)
+        raise _missing(data, where, field)
     value = data[field]
     if not isinstance(value, str):
         raise DataError(where, f"expected a string, got {type(value).__name__}", field=field)
@@ -235,8 +246,10 @@ def _sft(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
         texts = texts + [("output", response, "empty response")]
     else:
         raise DataError(where, "no SFT fields: expected messages, conversations (ShareGPT), "
-                               "prompt + response, or instruction + output (Alpaca); map other "
-                               "columns with data.columns")
+                               "prompt + response, or instruction + output (Alpaca); map "
+                               "other columns with data.columns (prompt + response, or "
+                               "messages): "
+                               f"{columns_hint('messages', [str(k) for k in d], whose='its')}")
     _nonempty(where, texts, keep_empty)
     return {"messages": prompt + [{"role": "assistant", "content": response}],
             **_rest(d, consumed, where)}
@@ -319,7 +332,7 @@ def _split_preference(d: dict, where: str) -> tuple[list[dict], str, str, list[T
     """(prompt, chosen, rejected, texts) of any preference layout."""
     for field in ("chosen", "rejected"):
         if field not in d:
-            raise DataError(where, "missing", field=field)
+            raise _missing(d, where, field)
     if isinstance(d["chosen"], list) or isinstance(d["rejected"], list):
         return _split_conversations(d, where)
     if "prompt" not in d:
@@ -359,7 +372,8 @@ def _prompt_example(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
         prompt, _, _, _ = _split_preference(d, where)
         texts, consumed = _turn_texts(prompt, "chosen"), ("chosen", "rejected")
     else:
-        raise DataError(where, "missing", field="prompt")
+        raise _missing(d, where, "prompt", " (no prompt, messages, conversations, instruction or "
+                                           "chosen + rejected column)")
     _nonempty(where, texts, keep_empty)
     return {"prompt": prompt, **_rest(d, consumed, where)}
 
