@@ -182,3 +182,62 @@ def test_gpt2_bpe_on_hh_rlhf_round_trips():
                                                       "<|endoftext|>\n<|assistant|>\n")
             if len(tokens) < 1024:  # untruncated: the trained tokens are the final turn + EOS
                 assert tok.decode(tokens[mask]) == pair[side] + "<|endoftext|>"
+
+
+def test_truncation_report_counts_names_the_key_and_is_loud_when_most_are_cut():
+    from easyalign.data.tokenize import source_name, truncation_report
+
+    tok = word_tokenizer()
+    short = {"prompt": "hi", "response": "fine"}            # 8 prompt + 2 response tokens
+    long = {"prompt": "a b c d e", "response": "e f g h"}   # 12 prompt + 5 response tokens
+    policy = TruncationPolicy(max_length=12)  # long keeps 11 + 1 tokens: 17 - 12 = 5 are cut
+
+    def report(*records, policy=policy):
+        examples = sft(*records)
+        _, stats = tokenize_examples(examples, "sft", tok, policy)
+        return truncation_report(stats, policy, kind="sft", source=source_name(examples))
+
+    assert source_name(sft(short, long)) == "data.jsonl"
+    assert report(short, short) == ""
+    assert report(short, short, long) == (
+        "[data] data.jsonl: 1 of 3 sft examples exceed data.max_length=12 (1 truncated, 5 "
+        "tokens cut); raise data.max_length to keep them whole")
+    # Most or all: a warning line that starts with the source.
+    assert report(long, long, short).startswith(
+        "data.jsonl: WARNING: 2 of 3 sft examples exceed data.max_length=12")
+    assert report(long, long) == (
+        "data.jsonl: WARNING: ALL 2 sft examples exceed data.max_length=12 (2 truncated, 10 "
+        "tokens cut); raise data.max_length")
+    capped = TruncationPolicy(12, 8)
+    assert report(long, policy=capped).endswith(
+        "exceed data.max_length=12 / data.max_prompt_length=8 (1 truncated, 5 tokens cut); "
+        "raise data.max_length or data.max_prompt_length")
+    dropping = TruncationPolicy(12, on_overflow="drop")
+    assert "1 dropped" in report(short, short, long, policy=dropping)
+    # Every example dropped: nothing would be left to train on.
+    with pytest.raises(DataError, match=re.escape(
+            "data.jsonl: all 2 sft examples exceed data.max_length=12, and data.on_overflow=drop "
+            "dropped every one, leaving nothing: raise data.max_length")):
+        report(long, long, policy=dropping)
+
+
+def test_a_phase_reports_truncation_once_naming_its_prompt_budget(capsys):
+    from types import SimpleNamespace
+
+    from ml_collections import ConfigDict
+
+    from easyalign.algorithms import runsetup
+
+    config = ConfigDict({"phase": "ppo", "ppo": {"max_new_tokens": 4},
+                         "data": {"max_length": 16, "max_prompt_length": 0,
+                                  "on_overflow": "truncate"}})
+    run = SimpleNamespace(config=config, tokenizer=word_tokenizer(), is_main=True)
+    prompts = normalize_prompts([Record({"prompt": "a b c d e"}, f"p.jsonl:{i}")
+                                 for i in (1, 2)])  # 12 prompt tokens each
+    out = runsetup.tokenize(run, prompts, "prompt", max_length=16 - 4)
+    assert [len(ex["prompt_tokens"]) for ex in out] == [12, 12]  # they fit the budget
+    assert capsys.readouterr().out == ""
+    out = runsetup.tokenize(run, prompts, "prompt", max_length=10)
+    assert capsys.readouterr().out == (
+        "p.jsonl: WARNING: ALL 2 prompt examples exceed data.max_length − ppo.max_new_tokens=10 "
+        "(2 truncated, 4 tokens cut); raise data.max_length − ppo.max_new_tokens\n")

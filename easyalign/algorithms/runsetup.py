@@ -180,13 +180,25 @@ def _split_rows(run: Run, rows: list, source: str, split: str) -> list:
 
 
 def tokenize(run: Run, examples: list[dict], kind: str, max_length: int | None = None):
+    """Tokenised `examples` under the `data` block's length limits, with one line saying what
+    the limits cut (`tokenize.truncation_report`: loud when most or all examples are cut, an
+    error when every one is dropped). `max_length` overrides `data.max_length` (a phase's prompt
+    budget, `data.max_length − <phase>.max_new_tokens`)."""
     data = run.config.data
     policy = data_tokenize.TruncationPolicy(
         max_length=max_length or data.max_length, max_prompt_length=data.max_prompt_length or None,
         on_overflow=data.on_overflow)
     tokens, stats = data_tokenize.tokenize_examples(examples, kind, run.tokenizer, policy)
-    if run.is_main and stats.truncated + stats.dropped:
-        print(f"[data] {kind}: {stats}")
+    key = None
+    if max_length and max_length != data.max_length:
+        phase = run.config.get("phase", "")
+        budget = phase in run.config and "max_new_tokens" in run.config[phase]
+        key = (f"data.max_length − {phase}.max_new_tokens" if budget else
+               f"the {phase} prompt budget (set from data.max_length)")
+    line = data_tokenize.truncation_report(stats, policy, kind=kind, key=key,
+                                           source=data_tokenize.source_name(examples))
+    if run.is_main and line:
+        print(line, flush=True)
     return tokens
 
 

@@ -49,6 +49,7 @@ import dataclasses
 import gzip
 import itertools
 import json
+import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -58,7 +59,7 @@ from easyalign.config_keys import did_you_mean
 
 __all__ = ["DataError", "FORMATS", "Record", "SourceSpec", "apply_columns", "as_spec",
            "columns_hint", "file_columns", "load_records", "parse_columns", "read_jsonl_objects",
-           "read_rows"]
+           "read_rows", "source_file"]
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 # File suffixes (after an optional ".gz") and the format each one means.
@@ -151,6 +152,12 @@ def as_spec(spec: SourceSpec | Mapping[str, Any] | str) -> SourceSpec:
     if isinstance(spec, str):
         return SourceSpec(path=spec)
     return SourceSpec(**spec)
+
+
+def source_file(where: str) -> str:
+    """The source a record's ``where`` names, without its line or row (module docstring):
+    ``"a.jsonl:17"`` -> ``"a.jsonl"``, ``"hf:name:train[3]"`` -> ``"hf:name:train"``."""
+    return re.sub(r"(:\d+|\[\d+\])$", "", where)
 
 
 def load_records(spec: SourceSpec | Mapping[str, Any] | str) -> list[Record]:

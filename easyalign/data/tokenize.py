@@ -23,7 +23,12 @@ trained token) plus a body. The prompt keeps at most ``max_prompt_length`` token
 from the RIGHT to fit ``max_length``. Preference pairs share one truncated prompt. Prompt examples
 keep at most ``max_prompt_length`` (default ``max_length``) tokens. ``on_overflow`` decides what
 happens to an example that exceeds a limit: ``"truncate"`` (as above), ``"drop"`` (skip it) or
-``"error"`` (raise :class:`DataError` naming the record). :class:`TruncationStats` counts all of it.
+``"error"`` (raise :class:`DataError` naming the record). :class:`TruncationStats` counts all of it,
+and :func:`truncation_report` turns the counts of one dataset into one line: how many examples of
+how many were cut or dropped, at which ``max_length``, and the config key to raise. When most or
+all of them were, the line is a warning that starts with the source's name (a ``max_length``
+that cuts every example trains on nothing the user meant); when every one was dropped it is an
+error, since nothing is left to train on.
 
 Tokenised examples are dicts of numpy arrays (``tokens`` int32, ``loss_mask`` float32, ...; see
 each function) plus ``source``. Other fields of a record are not consumed here: they never reach a
@@ -38,11 +43,11 @@ from typing import Any
 import numpy as np
 
 from .chat_format import ChatTemplateError, chat_format, completion_ids, render_prompt
-from .sources import DataError
+from .sources import DataError, source_file
 
 __all__ = ["TruncationPolicy", "TruncationStats", "pad_token_id", "render_prompt",
-           "tokenize_examples", "tokenize_sft", "tokenize_preference", "tokenize_prompt",
-           "tokenize_teacher"]
+           "source_name", "tokenize_examples", "tokenize_sft", "tokenize_preference",
+           "tokenize_prompt", "tokenize_teacher", "truncation_report"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -228,3 +233,48 @@ def tokenize_examples(examples: Sequence[dict], kind: str, tokenizer,
     stats = TruncationStats()
     out = [_TOKENIZERS[kind](ex, tokenizer, policy, stats) for ex in examples]
     return [ex for ex in out if ex is not None], stats
+
+
+def source_name(examples: Sequence[dict]) -> str:
+    """The file(s) examples came from, from their ``source`` (``"a.jsonl:3"`` -> ``a.jsonl``)."""
+    files = list(dict.fromkeys(source_file(str(ex.get("source", "?"))) for ex in examples))
+    if len(files) > 2:
+        return f"{files[0]} and {len(files) - 1} more sources"
+    return " + ".join(files) or "?"
+
+
+def truncation_report(stats: TruncationStats, policy: TruncationPolicy, *, kind: str,
+                      source: str, prefix: str = "data.", key: str | None = None) -> str:
+    """One line on what the length limits did to one dataset ("" when they cut nothing).
+
+    The settings are named as the config has them: ``{prefix}max_length``,
+    ``{prefix}max_prompt_length`` and ``{prefix}on_overflow``; ``key`` names the setting behind
+    ``policy.max_length`` when it is not ``{prefix}max_length`` (a prompt budget such as
+    ``data.max_length - ppo.max_new_tokens``). When most (more than half) or all of the examples
+    were cut or dropped, the line starts with ``source`` and says ``WARNING``, so that it stands
+    out of the log. Raises :class:`DataError` naming ``source`` and the key to raise when every
+    example was dropped (``on_overflow="drop"``): nothing would be left to train on.
+    """
+    hit = stats.truncated + stats.dropped
+    if not hit:
+        return ""
+    key = key or f"{prefix}max_length"
+    limit, raise_keys = f"{key}={policy.max_length}", key
+    if policy.max_prompt_length is not None:  # the prompt's own limit may be the one that cut
+        limit += f" / {prefix}max_prompt_length={policy.max_prompt_length}"
+        raise_keys += f" or {prefix}max_prompt_length"
+    if stats.dropped == stats.seen:
+        raise DataError(source, f"all {stats.seen} {kind} examples exceed {limit}, and "
+                                f"{prefix}on_overflow=drop dropped every one, leaving nothing: "
+                                f"raise {raise_keys}, or set {prefix}on_overflow=truncate")
+    what = []
+    if stats.truncated:
+        what.append(f"{stats.truncated} truncated, {stats.tokens_dropped} tokens cut")
+    if stats.dropped:
+        what.append(f"{stats.dropped} dropped")
+    if 2 * hit > stats.seen:  # most or all: the data trained on is not the data given
+        share = f"ALL {hit}" if hit == stats.seen else f"{hit} of {stats.seen}"
+        return (f"{source}: WARNING: {share} {kind} examples exceed {limit} "
+                f"({'; '.join(what)}); raise {raise_keys}")
+    return (f"[data] {source}: {hit} of {stats.seen} {kind} examples exceed {limit} "
+            f"({'; '.join(what)}); raise {raise_keys} to keep them whole")
