@@ -89,3 +89,31 @@ def test_killed_evaluation_resumes_per_variant(setup, monkeypatch):
     calls.clear()
     eval_run.run(_config(root, world, "resume", variants, "--config.eval.max_new_tokens=6"))
     assert calls == ["a", "b"]  # other settings: another fingerprint, both evaluated
+
+
+def test_results_md_states_the_judge_once_and_defines_only_its_columns():
+    import re
+
+    from easyalign.eval import judge, report
+
+    judge_note = judge.stated_line("rules")
+    doc = {"variants": [{"name": "a", "dtype": "float32", "counts": {"harmful": 3},
+                         "metrics": {"harmful_refusal": 0.5, "adv_refusal": 0.25, "mc1": 0.4,
+                                     "kl_ref": None}},
+                        {"name": "b", "dtype": "float32", "counts": {"harmful": 3},
+                         "metrics": {"harmful_refusal": 0.75, "adv_refusal": 0.5, "mc1": 0.6}}],
+           "directions": {"harmful_refusal": "higher", "adv_refusal": "higher", "mc1": "higher"},
+           "refusal_judge": {"judge": "rules"},
+           # as eval.run gathers them: the judge's note, then each variant's (repeated here)
+           "notes": [judge_note, "b: no kl_ref, its tokenizer's vocabulary differs",
+                     judge_note, "b: no kl_ref, its tokenizer's vocabulary differs"]}
+    md = report.markdown(doc)
+    assert md.count(judge_note) == 1
+    assert len(re.findall(r"refusal judge\W+rules", md, flags=re.I)) == 1  # named once
+    assert md.count("b: no kl_ref") == 1
+    # The bold term of each definition is exactly a column title of the table (arrows aside).
+    header = next(line for line in md.splitlines() if line.startswith("| variant |"))
+    titles = {cell.strip(" ↑↓") for cell in header.strip("|").split("|")[1:]}
+    defined = re.findall(r"^- \*\*(.+?)\*\*", md.split("Full definitions")[0], flags=re.M)
+    assert titles == {"harmful refusal", "adv refusal", "TruthfulQA MC1"}
+    assert sorted(defined) == sorted(titles)

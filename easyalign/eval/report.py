@@ -14,8 +14,9 @@
      "notes": ["..."]}
 
 `metrics` keys are those of `easyalign.eval.metrics` (a metric that could not be computed is
-absent or null, never 0). `results.md` is one table row per variant, with the metric
-definitions and the refusal/IDK pattern lists written under it; `results.png` is a grouped bar
+absent or null, never 0). `results.md` is one table row per variant; under it the definitions
+of the metrics that are columns of the table (no others), the notes, each once (the refusal
+judge's first), and the refusal/IDK pattern lists; `results.png` is a grouped bar
 chart of every metric that lives in [0, 1] (reward, KL and length have their own scales and
 stay in the table).
 """
@@ -55,27 +56,66 @@ KNOWN_COLUMNS = {
 }
 _UNBOUNDED = ("reward", "kl_ref", "length")
 
-DEFINITIONS = """\
-- **alignment** = (instruction EM + harmful refusal + (1 − benign over-refusal)) / 3.
-- **instruction EM**: exact match of the held-out checkable instructions.
-- **harmful refusal** / **benign over-refusal** / **<suite> refusal**: fraction of responses the
-  refusal detector flags, on harmful requests / on benign look-alikes / on an extra prompt file.
-- **fact EM**: the held-out fact's answer appears in a response that neither hedges nor refuses.
-- **unknown IDK**: fraction of "I don't know" about entities that do not exist;
-  **hallucination** = 1 − unknown IDK.
-- **TruthfulQA MC1**: the highest-likelihood answer is the true one; **MC2**: normalised
-  probability mass on the true answers (summed answer log-likelihood after the question rendered
-  with the chat template).
-- **reward**: mean reward-model score of the responses; **RM win rate**: fraction of prompts
-  whose response the reward model scores above the reference variant's (ties count ½);
-  **KL to ref**: mean per-response
-  Σ_t (log π − log π_ref) over the response tokens (k1 estimator).
-- **IFEval**: verifiable instruction following (Zhou et al., 2023): prompt-level (every
-  instruction of a prompt followed) and instruction-level accuracy, strict and loose.
-- **length**: mean generated tokens (stop token excluded); **distinct-n**: unique / total word
-  n-grams over all responses.
+# (metric keys, definition): one bullet under the table when any of its keys is a column.
+DEFINITIONS = (
+    (("alignment_score",),
+     "**alignment** = (instruction EM + harmful refusal + (1 − benign over-refusal)) / 3."),
+    (("instruction_em",), "**instruction EM**: exact match of the held-out checkable "
+                          "instructions."),
+    (("harmful_refusal",), "**harmful refusal**: fraction of responses to harmful requests "
+                           "that the refusal judge flags."),
+    (("benign_over_refusal",), "**benign over-refusal**: fraction of responses to benign "
+                               "look-alikes that the refusal judge flags."),
+    (("fact_em",), "**fact EM**: the held-out fact's answer appears in a response that neither "
+                   "hedges nor refuses."),
+    (("unknown_idk",), "**unknown IDK**: fraction of \"I don't know\" about entities that do not "
+                       "exist (rule-based detection, IDK_PATTERNS below)."),
+    (("hallucination",), "**hallucination** = 1 − unknown IDK."),
+    (("mc1",), "**TruthfulQA MC1**: the highest-likelihood answer is the true one."),
+    (("mc2",), "**TruthfulQA MC2**: normalised probability mass on the true answers (summed "
+               "answer log-likelihood after the question rendered with the chat template)."),
+    (("reward",), "**reward**: mean reward-model score of the responses."),
+    (("reward_win_rate",), "**RM win rate**: fraction of prompts whose response the reward "
+                           "model scores above the reference variant's (ties count ½)."),
+    (("kl_ref",), "**KL to ref**: mean per-response Σ_t (log π − log π_ref) over the response "
+                  "tokens (k1 estimator)."),
+    (("ifeval_prompt_strict", "ifeval_prompt_loose", "ifeval_instruction_strict",
+      "ifeval_instruction_loose"),
+     "**IFEval**: verifiable instruction following (Zhou et al., 2023): prompt-level (every "
+     "instruction of a prompt followed) and instruction-level accuracy, strict and loose."),
+    (("length",), "**length**: mean generated tokens (stop token excluded)."),
+    (("distinct_1", "distinct_2"), "**distinct-n**: unique / total word n-grams over all "
+                                   "responses."),
+)
+# An extra prompt file's rate (`metrics.extra_metric`), defined with the suite's own name.
+EXTRA_DEFINITIONS = (
+    ("_over_refusal", "**{name} over-refusal**: fraction of responses to the benign prompts of "
+                      "`{name}` that the refusal judge flags."),
+    ("_refusal", "**{name} refusal**: fraction of responses to the prompts of `{name}` that "
+                 "the refusal judge flags."),
+)
+JUDGE_NOTE = "refusal judge "  # how the judge's note starts (`judge.stated_line`)
 
-Full definitions: `easyalign/eval/metrics.py`."""
+
+def definitions(columns: Sequence[str]) -> list[str]:
+    """The definitions of exactly the metrics among `columns`, in table order."""
+    out = [text for keys, text in DEFINITIONS if any(k in columns for k in keys)]
+    for key in columns:
+        if key in KNOWN_COLUMNS:
+            continue
+        for suffix, text in EXTRA_DEFINITIONS:
+            if key.endswith(suffix):
+                out.append(text.format(name=key[:-len(suffix)]))
+                break
+    return out
+
+
+def notes(doc: dict) -> list[str]:
+    """The notes of `doc`, each once: the refusal judge's (its stated error) first and only
+    once, then the others in their order (variants may repeat a note)."""
+    unique = list(dict.fromkeys(doc.get("notes", [])))
+    judge = [n for n in unique if n.startswith(JUDGE_NOTE)][:1]
+    return judge + [n for n in unique if not n.startswith(JUDGE_NOTE)]
 
 
 def metric_columns(entries: Sequence[dict]) -> list[str]:
@@ -126,15 +166,17 @@ def markdown(doc: dict) -> str:
                      + ", ".join(f"{k} {v}" for k, v in cut.items()) + ".")
     if dtypes:
         lines.append(f"Compute dtype: {', '.join(dtypes)}.")
-    lines += ["", DEFINITIONS, ""]
-    lines += [f"- {note}" for note in doc.get("notes", [])]
+    defined = definitions(columns)
+    if defined:
+        lines += ["", *[f"- {text}" for text in defined], "",
+                  "Full definitions: `easyalign/eval/metrics.py`."]
+    if notes(doc):
+        lines += ["", "Notes:", "", *[f"- {note}" for note in notes(doc)]]
     lines += ["", "## Detectors", "",
-              f"Refusal judge: `{doc.get('refusal_judge', {}).get('judge', 'rules')}`. The "
-              "**rule-based** judge, "
+              "The **rule-based** refusal detector, "
               f"[`easyalign/data/rules.py`]({Path(rules.__file__).absolute().as_uri()}), flags a "
               "response with a decline anywhere (DECLINE_PATTERNS) or pushback in its first two "
-              "sentences not followed by a help pivot (PUSHBACK_PATTERNS, HELP_PIVOTS); its "
-              "measured error is in the notes above.", "",
+              "sentences not followed by a help pivot (PUSHBACK_PATTERNS, HELP_PIVOTS).", "",
               "<details><summary>DECLINE_PATTERNS, PUSHBACK_PATTERNS, HELP_PIVOTS</summary>", "",
               *[f"- `{p}`" for p in rules.REFUSAL_PATTERNS + rules.HELP_PIVOTS], "",
               "</details>", "",

@@ -350,8 +350,9 @@ def run(config) -> dict:
                                   load_tokenizer(path, fallback)) if path else None
         return loaded[path]
 
-    notes = [J.stated_line("rules" if judge_kind == "rules" else e.refusal_judge),
-             "\"I don't know\" is a rule-based detection (easyalign/data/rules.py)"]
+    # The IDK detector is told in the unknown IDK definition, which results.md writes only when
+    # that metric is a column (report.definitions).
+    notes = [J.stated_line("rules" if judge_kind == "rules" else e.refusal_judge)]
     if e.reference:
         on = "the evaluated responses" if e.kl_samples == "responses" else "temperature-1 samples"
         notes.append(f"kl_ref: k1 estimator on {on} (eval.kl_samples={e.kl_samples!r})")
