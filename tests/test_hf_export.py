@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import stat
 
 import numpy as np
 import pytest
@@ -69,6 +71,26 @@ def test_sharded_export_with_index(tmp_path):
     # and the sharded directory imports again (index path of the reader)
     to_hf(from_hf(tmp_path / "out"), tmp_path / "again")
     assert_same_tensors(tmp_path / "hf", tmp_path / "again")
+    # Every exported file has the mode open() gives a new file here (the umask's), weights too.
+    (tmp_path / "probe").write_text("")
+    expected = stat.S_IMODE((tmp_path / "probe").stat().st_mode)
+    assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "out").iterdir()} == {
+        p.name: expected for p in (tmp_path / "out").iterdir()}
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o027])
+def test_exported_weights_get_the_mode_of_the_umask(tmp_path, umask):
+    from easyalign.hf.export import save_safetensors
+
+    old = os.umask(umask)
+    try:
+        save_safetensors({"w": np.zeros((2, 3), np.float32)}, tmp_path / "model.safetensors")
+        (tmp_path / "probe").write_text("")  # what open() gives under this umask
+    finally:
+        os.umask(old)
+    assert stat.S_IMODE((tmp_path / "model.safetensors").stat().st_mode) == 0o666 & ~umask
+    assert stat.S_IMODE((tmp_path / "probe").stat().st_mode) == 0o666 & ~umask
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model.safetensors", "probe"]
 
 
 def test_scalar_head_export_loads_as_sequence_classification(tmp_path):

@@ -19,6 +19,7 @@ written. Host memory thus holds about one shard. Every process takes part in the
 from __future__ import annotations
 
 import json
+import os
 import re
 import warnings
 from pathlib import Path
@@ -102,6 +103,40 @@ def _write_json(path: Path, value) -> None:
     path.write_text(json.dumps(value, indent=2, sort_keys=True) + "\n")
 
 
+def new_file_mode() -> int:
+    """The mode `open()` gives a new file: 0o666 less the process umask (0o644 under 022).
+
+    Read from /proc/self/status where the kernel shows it: setting the umask to read it back
+    (`os.umask`) would, for that instant, let files other threads create (an async checkpoint
+    being written) come out world-writable."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return 0o666 & ~int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def save_safetensors(tensors: dict[str, np.ndarray], path: Path) -> None:
+    """`safetensors.numpy.save_file`, into a temporary sibling renamed into place, with the
+    mode every other file of the export has.
+
+    save_file creates its file 0o600 (owner only), unlike `open()`: an exported model would be
+    unreadable by the group and others who read its config.json, so the mode is set from the
+    umask (`new_file_mode`) before the rename makes the file visible."""
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata={"format": "pt"})
+        os.chmod(tmp, new_file_mode())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)  # a failed write leaves no stray temporary
+
+
 def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
           max_shard_size: int | str = "2GB", dtype: str | None = None) -> Path:
     """Write `model` to `out_dir` in HF format; returns the directory.
@@ -153,7 +188,7 @@ def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
             tensors[name] = np.ascontiguousarray(whole.astype(dtype))
             weight_map[name] = file
         if writer:
-            save_file(tensors, str(out_dir / file), metadata={"format": "pt"})
+            save_safetensors(tensors, out_dir / file)
     if writer and len(shards) > 1:
         _write_json(out_dir / INDEX_FILE, {"metadata": {"total_size": sum(nbytes.values())},
                                            "weight_map": weight_map})
