@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
-# The single-GPU benchmark, in two device calls (each under the 10-minute limit), every
-# easyalign figure beside its peer anchor from ../shared/anchors (copied to .anchors/):
+# The single-GPU benchmark, in device calls of under 10 minutes each, every easyalign figure
+# beside its peer anchor from ../shared/anchors (copied to .anchors/):
 #   bash bench/run_h100.sh part1   # PyTorch/HF anchor; easyalign SFT step and sampler
 #   bash bench/run_h100.sh part2   # TRL DPO and GKD anchors; easyalign DPO and distillation
+#   bash bench/run_h100.sh grpo    # TRL GRPO anchor; easyalign GRPO step (no remat, full remat)
 # Output: JSON lines in $OUT/bench_<part>.jsonl (bench/report.py turns them into the table).
 set -uo pipefail
-part=${1:?part1 or part2}
+part=${1:?part1, part2 or grpo}
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site .whl/*.whl .anchors/wheels/*.whl || exit 1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/bench PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
@@ -17,6 +18,10 @@ if [ "$part" = part1 ]; then
   run 160 python3 bench/bench_sft.py --batch 4 8
   run 100 python3 bench/bench_sft.py --batch 8 --param-dtype bfloat16
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 100 python3 bench/bench_sampler.py --scan 0
+elif [ "$part" = grpo ]; then
+  run 200 python3 .anchors/trl_baseline.py --only grpo
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 170 python3 bench/bench_grpo.py
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 130 python3 bench/bench_grpo.py --remat full
 else
   run 150 python3 .anchors/trl_baseline.py --only dpo
   run 90 python3 bench/bench_dpo.py

@@ -25,6 +25,8 @@ The loop is the generic one (`train.loop.run_loop` via `driver.fit`), exactly as
 its `rollout` hook is steps 1–3, its step the minibatch update, its `after_update` hook times
 the update. Rollout randomness and minibatch order derive from (seed, iteration) and the
 prompt loader's state is checkpointed, so a resumed run continues the identical trajectory.
+One iteration outside the loop (no run directory; `bench/bench_grpo.py`) is the same two calls:
+`rollout_iteration` (steps 1–3 and the minibatch order), then `make_update`'s update.
 
 Metrics per iteration (`logs/metrics.jsonl`): `reward` (combined), `reward/<name>` and
 `reward_std/<name>` per reward function, `zero_signal_frac`, `clip_frac` (+ `_low`, `_high`),
@@ -344,6 +346,36 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
     return batch, metrics, rows | {"prompt_lengths": rep["prompt_lengths"]}
 
 
+def make_scorer(s: Setup):
+    """The jitted scoring pass of `s`'s models (`make_score_fn`) with the run's pad and
+    end-of-turn ids."""
+    return make_score_fn(s.graphs, runsetup.pad_id(s.run),
+                         chat_format(s.run.tokenizer).end_of_turn_id)
+
+
+def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int
+                      ) -> tuple[tuple[dict, list[np.ndarray]], dict, dict]:
+    """Everything iteration `it` does before its update, without a loop or a run directory:
+    the group rollout (`rollout_batch`, module docstring steps 1–3, its randomness from
+    (train.seed, it)) and the minibatch order of the update (seeded the same way). Returns
+    `((batch, minibatches), metrics, rows)`; `(batch, minibatches)` is what `make_update`'s
+    update takes. The training loop's rollout hook and `bench/bench_grpo.py` both call it."""
+    c = s.run.config
+    g, t = c.grpo, c.train
+    batch, metrics, rows = rollout_batch(s, score_fn, params, prompts,
+                                         jax.random.fold_in(jax.random.key(t.seed), it))
+    minibatches = rollout.minibatch_indices(t.batch_size * g.num_generations, minibatch_rows(c),
+                                            g.num_iterations, (t.seed, it))
+    return (batch, minibatches), metrics, rows
+
+
+def make_update(step_fn):
+    """`update(state, (batch, minibatches), frozen) -> (state, metrics)`: the update of one
+    iteration, one call of the jitted train step `step_fn` (built from `make_loss`) per
+    minibatch."""
+    return train_loop.make_minibatch_update(step_fn, rollout.make_take())
+
+
 def train(s: Setup) -> tuple[Any, rollout.Graphs]:
     """Run (or resume) GRPO; returns `(policy params, graphs)` and writes `workdir/model/`."""
     run_ = s.run
@@ -351,21 +383,17 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
     g, t = c.grpo, c.train
     rows = t.batch_size * g.num_generations
     mb = minibatch_rows(c)
-    score_fn = make_score_fn(s.graphs, runsetup.pad_id(run_),
-                             chat_format(run_.tokenizer).end_of_turn_id)
-    rollout_key = jax.random.key(t.seed)
+    score_fn = make_scorer(s)
     timer = UpdateTimer(rows * c.data.max_length * g.num_iterations)
 
     def rollout_hook(it, state, prompts, writer):
-        batch, metrics, rows_ = rollout_batch(s, score_fn, state.params, prompts,
-                                              jax.random.fold_in(rollout_key, it))
+        rolled, metrics, rows_ = rollout_iteration(s, score_fn, state.params, prompts, it)
         if g.sample_every and it % g.sample_every == 0:
             writer.write_text(it, "samples", rollout.sample_text(
                 run_.tokenizer, {"prompt_lengths": rows_["prompt_lengths"]}, rows_,
                 g.num_samples))
-        minibatches = rollout.minibatch_indices(rows, mb, g.num_iterations, (t.seed, it))
         timer.start = time.perf_counter()
-        return (batch, minibatches), metrics
+        return rolled, metrics
 
     hooks = train_loop.StepHooks(
         evaluate=((lambda state: _evaluate(s, score_fn, state.params))
@@ -378,8 +406,7 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
         run_, params=params, loss_fn=make_loss(s.graphs, g, g.max_new_tokens), loader=s.loader,
         loop=loop, model_config=s.policy_config, hooks=hooks,
         optimizer_steps=t.steps * g.num_iterations * (rows // mb),
-        update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,
-                                                                    rollout.make_take()))
+        update_for=make_update)
     if history is not None:
         out = hf_models.save_model(run_, state.params, s.graphs.policy)
         driver.finish(run_, out, history, "reward")

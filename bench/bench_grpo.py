@@ -1,0 +1,190 @@
+"""One GRPO step at the Llama-3.2-1B shape against TRL's `GRPOTrainer` (`--only grpo` anchor).
+
+The anchor's shapes and settings: 8 prompts × G = 8 completions, 256 prompt + 256 new tokens,
+temperature 1, β = 0.04 (k3 KL to a live frozen reference), group advantages (r − mean)/(std + ε)
+(TRL `scale_rewards="group"`), token-mean loss over the batch (TRL's default `loss_type="dapo"`),
+ε = 0.2, one pass and one optimizer step per rollout (`num_iterations=1`, the whole rollout as
+one batch), AdamW lr 1e-6 with clipping at 1.0, and its reward: the fraction of even-numbered
+words in the decoded completion, a plain Python function (registered as a verifiable reward).
+The anchor's tokenizer (one word `w<i>` per id; eos `w2`, pad `w0`) decodes the completions.
+
+The library's own iteration (`easyalign.algorithms.grpo`, exactly what `easyalign grpo` runs
+per iteration, without the loop or a run directory): `rollout_iteration` — the jitted sampler
+draws the completions, one jitted pass scores them (policy log π_old, reference log π_ref),
+the responses are decoded and rewarded on the host, advantages per group — then
+`make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy
+keeps fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in
+the policy's parameter dtype (`--ref-dtype` to change). Each timed step: `sample_s` (the
+sampler alone, as `rollout_batch` times it), `rollout_s` (sampling + scoring + decode + rewards
++ advantages), `update_s`, `step_s` (the whole iteration) — medians over `--steps` steps after
+2 warm-up steps (compilation), as the anchor times 6 steps after 2. Sampled tokens/s counts
+prompts × G × new tokens per step, as the anchor (a completion that stops early at `w2` still
+counts; `generated_tokens_mean` says how many were drawn).
+
+Not the same work as the anchor: easyalign scores log π_old with one more policy forward per
+rollout even at μ = 1 (TRL reuses the loss forward's detached log-probs), and its log-probs and
+entropy cover all 512 positions (TRL's only the 256 completion positions); TRL checkpoints
+gradients by default (`GRPOConfig.gradient_checkpointing=True`), the default run here keeps
+every activation (`--remat full` is TRL's setting). The anchor reports the mean step, this the
+median (`step_s_mean` beside it).
+
+    python bench/bench_grpo.py [--prompts 8] [--group 8] [--prompt 256] [--new 256] [--cpu]
+"""
+
+import argparse
+import statistics
+import time
+
+import common  # noqa: F401  (sets XLA flags before jax)
+
+import jax
+import numpy as np
+from flax import nnx
+
+from configs import grpo as grpo_config
+from easyalign import sharding
+from easyalign.algorithms import grpo, grpo_rewards, rollout, runsetup
+from easyalign.data.chat_format import stop_token_ids
+from easyalign.model import create_model, preset
+from easyalign.train import optim
+from easyalign.train.state import create_train_state, state_shardings
+from easyalign.train.step import make_train_step
+
+
+def anchor_tokenizer(vocab: int):
+    """The anchor's tokenizer (`make_tokenizer` in trl_baseline.py): word `w<i>` is id i."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(vocab)}, unk_token="w3"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    t = PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="w1", eos_token="w2",
+                                pad_token="w0", unk_token="w3")
+    t.chat_template = ("{% for m in messages %}{{ m['content'] }}{% if not loop.last %} {% endif %}"
+                       "{% endfor %}{% if add_generation_prompt %} {% endif %}")
+    return t
+
+
+def even_words(record, response: str) -> float:
+    """The anchor's reward: the fraction of even-numbered words `w<2k>` in the completion."""
+    del record
+    words = response.split()
+    return float(sum(int(w[1:]) % 2 == 0 for w in words)) / max(1, len(words))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--preset", default="llama-3.2-1b")
+    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--group", type=int, default=8, help="G: completions per prompt")
+    ap.add_argument("--prompt", type=int, default=256)
+    ap.add_argument("--new", type=int, default=256)
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--warmup", type=int, default=2)
+    ap.add_argument("--remat", default="none")
+    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--chunk", type=int, default=512, help="logits chunk (library default 512)")
+    ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
+    ap.add_argument("--ref-dtype", default="float32", help="reference parameter dtype")
+    ap.add_argument("--cpu", action="store_true")
+    args = ap.parse_args()
+    tiny = args.cpu
+    name = "tiny" if tiny else args.preset
+    # The anchor's tiny GRPO shape: 2 prompts × 4, 16 prompt + 16 new tokens.
+    prompts_n, group = (2, 4) if tiny else (args.prompts, args.group)
+    prompt_len, new = (16, 16) if tiny else (args.prompt, args.new)
+    numerics = dict(dtype="bfloat16", attention_impl="xla" if tiny else "cudnn",
+                    remat=args.remat, scan_layers=bool(args.scan), logits_chunk=args.chunk,
+                    bos_token_id=1, eos_token_id=2)  # the anchor's LlamaConfig ids
+    policy_config = preset(name, param_dtype="float32", **numerics)
+    ref_config = preset(name, param_dtype=args.ref_dtype, **numerics)
+
+    c = grpo_config.get_config()
+    g = c.grpo
+    grpo_rewards.register("even_words", even_words)
+    g.rewards = "even_words:1.0"
+    g.num_generations = group
+    g.max_new_tokens = new
+    g.temperature = 1.0
+    g.beta = 0.04
+    g.kl_estimator = "k3"
+    g.advantage_estimator = "grpo"
+    g.loss_type = "token_mean"
+    g.epsilon, g.epsilon_high = 0.2, 0.0
+    g.num_iterations = 1
+    g.minibatch_size = 0
+    c.train.batch_size = prompts_n
+    c.train.grad_accum = args.grad_accum
+    c.data.max_length = prompt_len + new
+    grpo.check_config(c)
+
+    mesh = sharding.make_mesh(1, -1, 1)
+    tokenizer = anchor_tokenizer(policy_config.vocab_size)
+    graphdef, params = nnx.split(create_model(policy_config, mesh, seed=0))
+    ref_graphdef, ref_params = nnx.split(create_model(ref_config, mesh, seed=0))
+    total = prompts_n * (args.warmup + args.steps)
+    rng = np.random.RandomState(2)
+    ids = rng.randint(4, policy_config.vocab_size, (total, prompt_len)).astype(np.int32)
+    records = [{"prompt": " ".join(f"w{i}" for i in row)} for row in ids]
+    s = grpo.Setup(
+        run=runsetup.Run(config=c, mesh=mesh, workdir=None, tokenizer=tokenizer, world_dir=None),
+        graphs=rollout.Graphs(policy=graphdef, value=None, reference=ref_graphdef, reward=None),
+        params=None, frozen={"reference": ref_params}, loader=None, records=records,
+        eval_batches=[], eval_records=[], weights=grpo_rewards.parse_rewards(g.rewards),
+        policy_config=policy_config, stop_tokens=stop_token_ids(tokenizer, policy_config))
+    tx, schedule = optim.make_optimizer(c.optim, args.warmup + args.steps)
+    state = create_train_state(params, tx, c.train.seed, mesh)
+    del params
+    rows = prompts_n * group
+    times = {"sample_s": [], "rollout_s": [], "update_s": [], "step_s": []}
+    generated = []
+    with sharding.use_mesh(mesh):
+        step_fn = make_train_step(grpo.make_loss(s.graphs, g, g.max_new_tokens), tx, schedule,
+                                  state_shardings(state), grad_accum=c.train.grad_accum)
+        update = grpo.make_update(step_fn)
+        score_fn = grpo.make_scorer(s)
+        for it in range(1, args.warmup + args.steps + 1):
+            lo = (it - 1) * prompts_n
+            prompts = sharding.to_global_batch(
+                {"prompt_tokens": ids[lo:lo + prompts_n],
+                 "prompt_lengths": np.full((prompts_n,), prompt_len, np.int32),
+                 "index": np.arange(lo, lo + prompts_n, dtype=np.int32)}, mesh)
+            jax.block_until_ready(state.params)
+            start = time.perf_counter()
+            rolled, metrics, _ = grpo.rollout_iteration(s, score_fn, state.params, prompts, it)
+            jax.block_until_ready(rolled[0])
+            rolled_at = time.perf_counter()
+            state, update_metrics = update(state, rolled, None)
+            jax.block_until_ready((state.params, update_metrics))
+            end = time.perf_counter()
+            m = jax.device_get(metrics)
+            tokens = float(m["response_length"]) * rows  # generated, the stop token included
+            if it > args.warmup:
+                times["sample_s"].append(tokens / float(m["sample_tokens_per_s"]))
+                times["rollout_s"].append(rolled_at - start)
+                times["update_s"].append(end - rolled_at)
+                times["step_s"].append(end - start)
+                generated.append(tokens)
+        loss = float(jax.device_get(update_metrics["loss"]))
+    med = {k: statistics.median(v) for k, v in times.items()}
+    sampled = rows * new  # counted as the anchor counts: every completion at full length
+    seq = prompt_len + new
+    flops = common.train_flops_per_token(policy_config.param_count(), policy_config.num_layers,
+                                         policy_config.hidden_size, seq)
+    common.log(what="easyalign_grpo_step", preset=name, prompts=prompts_n, group=group,
+               prompt=prompt_len, new_tokens=new, beta=g.beta, loss_type=g.loss_type,
+               advantage=g.advantage_estimator, num_iterations=g.num_iterations,
+               reward="even_words", remat=args.remat, grad_accum=args.grad_accum,
+               logits_chunk=args.chunk, scan_layers=bool(args.scan), ref_dtype=args.ref_dtype,
+               steps=args.steps, **med, step_s_mean=statistics.mean(times["step_s"]),
+               sampled_tokens_per_s=sampled / med["step_s"],
+               sampler_tokens_per_s=sampled / med["sample_s"],
+               update_tokens_per_s=rows * seq / med["update_s"],
+               update_mfu=flops * rows * seq / med["update_s"] / common.PEAK_FLOPS,
+               generated_tokens_mean=statistics.mean(generated), final_loss=loss,
+               peak_gib=common.peak_gib(), device=common.device_name(),
+               xla_flags=common.extra_flags())
+
+
+if __name__ == "__main__":
+    main()
