@@ -34,8 +34,8 @@ from easyalign.losses.distill import (
     sampled_token_reverse_kl_advantage,
     topk_forward_kl,
 )
-from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, dpo_hinge, dpo_ipo,
-                                  dpo_loss, dpo_sigmoid)
+from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, DPOSettings, dpo_hinge,
+                                  dpo_ipo, dpo_loss, dpo_sigmoid)
 from easyalign.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -53,6 +53,7 @@ __all__ = [
     "AdaptiveKLController",
     "DIVERGENCES",
     "DPO_LOSSES",
+    "DPOSettings",
     "LENGTH_AVERAGED_DPO_LOSSES",
     "FixedKLController",
     "KL_CONTROLLERS",
