@@ -134,6 +134,12 @@ def test_settings_are_frozen_hashable_and_jit_static():
         settings.beta = 1.0
     block.loss_type = "ipo"  # average_logps unset: the loss's own convention
     assert losses.DPOSettings.from_config(block).average_logps is True
+    for fields, match in ((dict(loss_type="kto"), "^unknown dpo.loss_type 'kto'; valid: hinge, "
+                           "ipo, sigmoid$"), (dict(beta=0.0), "dpo.beta"),
+                          (dict(sft_weight=-1.0), "dpo.sft_weight"),
+                          (dict(loss_type="hinge", label_smoothing=0.1), "label_smoothing")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(settings, **fields)
 
     def loss(s, *pairs):
         return losses.dpo_loss(*pairs, beta=s.beta, loss_type=s.loss_type)[0]

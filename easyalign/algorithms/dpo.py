@@ -28,14 +28,15 @@ report the chosen and rejected rewards, their margin, the reward accuracy P[r(y_
 out, `logps/accuracy` = P[log π_θ(y_w) > log π_θ(y_l)] also ranks pairs by the policy alone,
 which is defined for the SFT model too (its implicit rewards are all 0) and so compares the two.
 
-Sequence log-probs. log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) over the response mask m (response
-tokens and the end of turn; prompt tokens are context): the sum is the likelihood of the whole response, the
-quantity the DPO derivation is about. `dpo.average_logps=True` divides by Σ_t m_t (length
-normalisation, which removes the sum's bias towards short responses), for policy and reference.
+Sequence log-probs. log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) over the response mask m
+(response tokens and the end of turn; prompt tokens are context): the sum is the likelihood of
+the whole response, the quantity the DPO derivation is about. `dpo.average_logps=True` divides
+by Σ_t m_t (length normalisation, which removes the sum's bias towards short responses), for
+policy and reference.
 IPO is defined on length-averaged log-probs (Azar et al. 2023; TRL and torchtune average for
 "ipo"): on sums the same per-token margin costs a 50-token answer 100× what it costs a 5-token one.
 So `dpo.average_logps` left unset (None) means True for `ipo` and False for the others
-(`resolve_average_logps`); the resolved value is written to the run's config.json.
+(`losses.DPOSettings.from_config`); the resolved value is written to the run's config.json.
 
 One forward per step. Chosen and rejected rows are concatenated along the batch ([2B, T]) and go
 through one trunk call, then split: one compiled graph, matmuls twice as tall, and the two halves
@@ -80,28 +81,14 @@ REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 PAIR_KEYS = ("chosen_tokens", "chosen_loss_mask", "rejected_tokens", "rejected_loss_mask")
 
 
-def resolve_average_logps(d) -> bool:
-    """`dpo.average_logps`, or the loss's convention when unset (None); stored back into `d`,
-    so that the run's config.json records what ran."""
-    d.average_logps = losses.DPOSettings.from_config(d).average_logps
-    return d.average_logps
-
-
 def check_config(config) -> None:
-    """Fail before any work when the `dpo` block names something that does not exist; resolve
-    `dpo.average_logps`."""
+    """Fail before any work when the `dpo` block names something that does not exist or sets
+    a value out of range (ValueError, one line); resolve `dpo.average_logps` in the block, so
+    that the run's config.json records what ran."""
     d = config.dpo
-    losses.get(losses.DPO_LOSSES, d.loss_type, "dpo.loss_type")  # ValueError listing valid names
-    resolve_average_logps(d)
+    d.average_logps = losses.DPOSettings.from_config(d).average_logps  # validates the loss's
     if d.reference not in REFERENCES:
         raise ValueError(f"unknown dpo.reference {d.reference!r}; valid: {', '.join(REFERENCES)}")
-    if d.beta <= 0:
-        raise ValueError(f"dpo.beta must be > 0, got {d.beta}")
-    if d.sft_weight < 0:
-        raise ValueError(f"dpo.sft_weight must be >= 0, got {d.sft_weight}")
-    if d.label_smoothing and d.loss_type != "sigmoid":
-        raise ValueError(f"dpo.label_smoothing applies only to loss_type 'sigmoid', "
-                         f"not {d.loss_type!r}")
 
 
 # ----------------------------------------------------------------------------- scoring

@@ -74,6 +74,9 @@ class DPOSettings:
       label_smoothing  ε of conservative DPO (sigmoid only)
       average_logps    sequence log-probs averaged over the response tokens (True) or summed
       sft_weight       α ≥ 0 of the NLL anchor on the chosen responses (RPO; `algorithms.dpo`)
+
+    Raises ValueError (one line, named as the `dpo.*` config key) for an unknown loss_type
+    (listing the valid ones), beta ≤ 0, sft_weight < 0, or label_smoothing with another variant.
     """
 
     beta: float
@@ -81,6 +84,16 @@ class DPOSettings:
     label_smoothing: float = 0.0
     average_logps: bool = False
     sft_weight: float = 0.0
+
+    def __post_init__(self):
+        get(DPO_LOSSES, self.loss_type, "dpo.loss_type")
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+        if self.sft_weight < 0:
+            raise ValueError(f"dpo.sft_weight must be >= 0, got {self.sft_weight}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"dpo.label_smoothing applies only to loss_type 'sigmoid', "
+                             f"not {self.loss_type!r}")
 
     @classmethod
     def from_config(cls, block) -> "DPOSettings":
