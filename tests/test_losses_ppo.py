@@ -156,5 +156,8 @@ def test_settings_from_config_are_hashable_and_build_the_kl_controller():
     adaptive = dataclasses.replace(settings, kl_controller="adaptive", kl_target=6.0,
                                    kl_horizon=10_000)
     assert adaptive.make_kl_controller() == losses.AdaptiveKLController(6.0, 10_000)
-    with pytest.raises(ValueError, match="unknown ppo.kl_controller 'pid'; valid: adaptive, "):
-        dataclasses.replace(settings, kl_controller="pid").make_kl_controller()
+    for field, match in (("kl_controller", "unknown ppo.kl_controller 'pid'; valid: adaptive, "
+                          "fixed$"), ("kl_estimator", "unknown ppo.kl_estimator 'pid'; valid: k1, "
+                                      "k2, k3$")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(settings, **{field: "pid"})

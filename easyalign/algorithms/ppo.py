@@ -66,10 +66,10 @@ from easyalign.sharding import to_global_batch
 def check_config(config) -> None:
     """Fail before any work when the `ppo` block is inconsistent."""
     p, t = config.ppo, config.train
-    losses.get(losses.KL_ESTIMATORS, p.kl_estimator, "ppo.kl_estimator")
-    if p.kl_controller not in losses.KL_CONTROLLERS:
+    if p.kl_controller not in losses.KL_CONTROLLERS:  # listed as the config lists them
         raise ValueError(f"unknown ppo.kl_controller {p.kl_controller!r}; valid: "
                          f"{', '.join(losses.KL_CONTROLLERS)}")
+    losses.PPOSettings.from_config(p)  # the loss's names (ValueError listing the valid ones)
     if t.batch_size % p.minibatch_size:
         raise ValueError(f"ppo.minibatch_size {p.minibatch_size} must divide train.batch_size "
                          f"{t.batch_size}")

@@ -229,6 +229,9 @@ class PPOSettings:
       score_clip                 reward-model scores clipped to ±score_clip (0 = off)
       whiten_rewards             rewards scaled to unit variance over the batch (mean kept)
       whiten_advantages          advantages to zero mean, unit variance over the batch
+
+    Raises ValueError (one line, listing the valid names) for an unknown kl_estimator or
+    kl_controller.
     """
 
     clip_eps: float
@@ -245,6 +248,10 @@ class PPOSettings:
     score_clip: float
     whiten_rewards: bool
     whiten_advantages: bool
+
+    def __post_init__(self):
+        get(KL_ESTIMATORS, self.kl_estimator, "ppo.kl_estimator")
+        get(KL_CONTROLLERS, self.kl_controller, "ppo.kl_controller")
 
     @classmethod
     def from_config(cls, block) -> "PPOSettings":
