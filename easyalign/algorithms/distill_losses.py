@@ -289,7 +289,8 @@ class Terms:
 
 
 # `distill.divergence` → its terms in on-policy training. The names are `losses.distill`'s
-# DIVERGENCE_NAMES and DISTILL_MODES, which config_check (a layer below) validates against.
+# DIVERGENCE_NAMES and DISTILL_MODES: config_check validates against those, as it cannot import
+# this module (algorithms imports config_check; test_layering forbids the cycle).
 DIVERGENCE_TERMS: dict[str, Terms] = {
     **{name: Terms(full_vocab_term, full_vocab_term) for name in losses.DIVERGENCES},
     # The estimator needs the student's own samples; teacher data gets sequence-level KD.
