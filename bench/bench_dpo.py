@@ -18,7 +18,7 @@ from flax import nnx
 
 from configs import base
 from configs import dpo as dpo_config
-from easyalign import sharding
+from easyalign import losses, sharding
 from easyalign.algorithms import dpo
 from easyalign.model import create_model, preset
 from easyalign.train import optim
@@ -47,7 +47,7 @@ def main():
     graphdef, params = nnx.split(create_model(policy_config, mesh, seed=0))
     ref_graphdef, ref_params = nnx.split(
         create_model(preset(name, param_dtype="bfloat16", **numerics), mesh, seed=0))
-    d = dpo_config.get_config().dpo
+    d = losses.DPOSettings.from_config(dpo_config.get_config().dpo)
     tx, schedule = optim.make_optimizer(base.get_config().optim, 1000)
     state = create_train_state(params, tx, 0, mesh)
     rng = np.random.RandomState(0)

@@ -82,6 +82,24 @@ def test_join_prompt_response():
                                                        [1, 1, 1, 0, 0, 0, 0]])
 
 
+def test_terms_come_from_the_registries_and_unknown_names_are_one_line():
+    wiring = DL.Wiring(mode="on_policy", divergence="jsd", beta=0.5, temperature=1.0,
+                       sampling=None, max_new_tokens=4, stop_tokens=(), pad_id=0)
+    assert wiring.terms() == DL.Terms(DL.full_vocab_term, DL.full_vocab_term)
+    sampled = dataclasses.replace(wiring, divergence="sampled_reverse_kl")
+    assert sampled.terms() == DL.Terms(DL.sampled_reverse_kl_term, DL.teacher_nll_term)
+    assert dataclasses.replace(wiring, mode="offline").terms() == DL.OFFLINE_TERMS
+    # config_check validates against the names in losses.distill: the same names.
+    assert tuple(DL.MODES) == losses.distill.DISTILL_MODES
+    assert tuple(DL.DIVERGENCE_TERMS) == losses.distill.DIVERGENCE_NAMES
+    for fields, message in [
+            (dict(mode="both"), "unknown distill.mode 'both'; valid: offline, on_policy"),
+            (dict(divergence="tvd", mode="offline"), "unknown distill.divergence 'tvd'; valid: "
+             "forward_kl, jsd, reverse_kl, sampled_reverse_kl")]:
+        with pytest.raises(ValueError, match=f"^{message}$"):
+            dataclasses.replace(wiring, **fields)
+
+
 def test_reward_weights_formula():
     present = jnp.array([True, True, True, False])
     np.testing.assert_allclose(DL.reward_weights(jnp.full(4, 2.5), present, 1.0), [1, 1, 1, 0],

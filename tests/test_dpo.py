@@ -109,7 +109,7 @@ def test_cached_reference_loss_equals_live(world, tmp_path, live_run, loss_type,
     params = jax.tree.map(lambda p: p + 0.02 * jax.random.normal(next(keys), p.shape), params)
     batch = next(cached.loader)
     assert set(dpo.REF_KEYS) <= batch.keys()
-    d = cached.run.config.dpo
+    d = cached.settings
     with sharding.use_mesh(cached.run.mesh):
         rng = jax.random.key(0)
         loss_live, m_live = jax.jit(dpo.make_loss(graphdef, d, live.ref_graphdef))(
@@ -237,7 +237,7 @@ def test_dpo_improves_held_out_preferences_and_safety(pipeline):
     for stage, model in (("sft", s.model), ("dpo", load_checkpoint_model(root / "dpo" / "model"))):
         graphdef, params = nnx.split(model)
         evaluate = driver.make_evaluator(s.run, s.eval_batches,
-                                         dpo.make_eval_metrics(graphdef, config.dpo))
+                                         dpo.make_eval_metrics(graphdef, s.settings))
         preference[stage] = evaluate(params)
     refusal = {stage: held_out_refusal(root / stage / "model", s.run.world_dir)
                for stage in ("sft", "dpo")}

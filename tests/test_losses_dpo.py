@@ -1,5 +1,7 @@
 """Tests for easyalign.losses.dpo: every variant against hand-computed values on fixed inputs."""
 
+import dataclasses
+
 import jax
 import numpy as np
 import pytest
@@ -119,3 +121,29 @@ def test_ipo_is_length_averaged_by_default():
     c.dpo.update(loss_type="ipo", average_logps=False)  # an explicit choice is kept
     dpo.check_config(c)
     assert c.dpo.average_logps is False
+
+
+def test_settings_are_frozen_hashable_and_jit_static():
+    from configs import dpo as dpo_config
+
+    block = dpo_config.get_config().dpo
+    settings = losses.DPOSettings.from_config(block)
+    assert settings == losses.DPOSettings(beta=block.beta, average_logps=False)
+    assert hash(settings) == hash(losses.DPOSettings.from_config(block))
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        settings.beta = 1.0
+    block.loss_type = "ipo"  # average_logps unset: the loss's own convention
+    assert losses.DPOSettings.from_config(block).average_logps is True
+    for fields, match in ((dict(loss_type="kto"), "^unknown dpo.loss_type 'kto'; valid: hinge, "
+                           "ipo, sigmoid$"), (dict(beta=0.0), "dpo.beta"),
+                          (dict(sft_weight=-1.0), "dpo.sft_weight"),
+                          (dict(loss_type="hinge", label_smoothing=0.1), "label_smoothing")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(settings, **fields)
+
+    def loss(s, *pairs):
+        return losses.dpo_loss(*pairs, beta=s.beta, loss_type=s.loss_type)[0]
+
+    ipo = losses.DPOSettings(beta=BETA, loss_type="ipo")
+    assert_allclose(jax.jit(loss, static_argnums=0)(ipo, PI_W, PI_L, REF_W, REF_L), 24.75,
+                    rtol=1e-6)

@@ -1,7 +1,10 @@
 """Tests for easyalign.losses.ppo: GAE vs a python loop, clipped losses and KL control by hand."""
 
+import dataclasses
+
 import jax
 import numpy as np
+import pytest
 from numpy.testing import assert_allclose
 
 from easyalign import losses
@@ -140,3 +143,21 @@ def test_adaptive_kl_controller_formula_and_direction():
     assert_allclose(ctl.update(0.2, 6.0, 256), 0.2, rtol=1e-6)
     assert_allclose(ctl.update(0.2, 0.0, 256), 0.2 * (1 - 0.2 * 256 / 10000), rtol=1e-6)
     assert losses.FixedKLController().update(0.2, 100.0, 256) == 0.2
+
+
+def test_settings_from_config_are_hashable_and_build_the_kl_controller():
+    from configs import ppo as ppo_config
+
+    block = ppo_config.get_config().ppo
+    settings = losses.PPOSettings.from_config(block)
+    assert hash(settings) == hash(losses.PPOSettings.from_config(block))
+    assert settings.clip_eps == block.clip_eps and settings.kl_estimator == block.kl_estimator
+    assert settings.make_kl_controller() == losses.FixedKLController()
+    adaptive = dataclasses.replace(settings, kl_controller="adaptive", kl_target=6.0,
+                                   kl_horizon=10_000)
+    assert adaptive.make_kl_controller() == losses.AdaptiveKLController(6.0, 10_000)
+    for field, match in (("kl_controller", "unknown ppo.kl_controller 'pid'; valid: adaptive, "
+                          "fixed$"), ("kl_estimator", "unknown ppo.kl_estimator 'pid'; valid: k1, "
+                                      "k2, k3$")):
+        with pytest.raises(ValueError, match=match):
+            dataclasses.replace(settings, **{field: "pid"})

@@ -65,7 +65,7 @@ def first(pipeline):
     c = config_for(pipeline, "ppo-rollout")
     c.ppo.max_new_tokens = 8
     s = ppo.setup(c)
-    fn = rollout.make_rollout_fn(s.graphs, c.ppo, runsetup.pad_id(s.run),
+    fn = rollout.make_rollout_fn(s.graphs, s.settings, runsetup.pad_id(s.run),
                                  s.run.tokenizer.eos_token_id)
     return s, fn, one_rollout(s, fn, s.params)
 

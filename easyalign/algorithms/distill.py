@@ -52,6 +52,7 @@ import jax
 import numpy as np
 from flax import nnx
 
+from easyalign import losses
 from easyalign.algorithms import distill_losses as DL, teacher_data
 from easyalign.algorithms import runsetup
 from easyalign.hf import models
@@ -60,18 +61,15 @@ from easyalign.data import records as data_records
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.data import sources as data_sources
 from easyalign.data.collate import TOPK_KEYS
-from easyalign.losses.distill import DISTILL_MODES, DIVERGENCE_NAMES
 from easyalign.sampler import method_from_config
 
 
 def check_config(config) -> None:
     """Fail before any work when the `distill` block asks for something that does not exist."""
     d = config.distill
-    if d.mode not in DISTILL_MODES:
-        raise ValueError(f"distill.mode {d.mode!r} is not one of {DISTILL_MODES}")
-    if d.divergence not in DIVERGENCE_NAMES:
-        raise ValueError(f"distill.divergence {d.divergence!r} is not one of "
-                         f"{DIVERGENCE_NAMES}")
+    # ValueErrors listing the valid names: the registries `make_loss` dispatches through.
+    losses.get(DL.MODES, d.mode, "distill.mode")
+    losses.get(DL.DIVERGENCE_TERMS, d.divergence, "distill.divergence")
     for name, low, high in (("lmbda", 0.0, 1.0), ("beta", 0.0, 1.0)):
         if not low <= d[name] <= high:
             raise ValueError(f"distill.{name} must lie in [{low}, {high}], got {d[name]}")

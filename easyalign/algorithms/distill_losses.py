@@ -33,18 +33,21 @@ advantage and a policy-gradient loss
     L = − Σ_t m_t w_b A_t ρ_t / Σ_t m_t w_b,     ρ_t = exp(log p_S(y_t) − sg[log p_S(y_t)]) = 1
 
 (one update per sample: the ratio is exactly 1, so there is no clip to set, and
-∇L = −mean_t A_t ∇log p_S(y_t)). It
-raises log p_S(y_t) where the teacher gives y_t more probability than the student and lowers it
-where less. Biased (it ignores y_t's effect on later tokens' KL), but of far lower variance than
-the full return, and it needs the teacher's log-prob of the sampled tokens only. On teacher-data
-steps (λ < 1) no student sample exists, so those use the teacher tokens' cross-entropy
-−log p_S(y_t), sequence-level KD.
+∇L = −mean_t A_t ∇log p_S(y_t)). It raises log p_S(y_t) where the teacher gives y_t more
+probability than the student and lowers it where less. Biased (it ignores y_t's effect on later
+tokens' KL), but of far lower variance than the full return, and it needs the teacher's log-prob
+of the sampled tokens only. On teacher-data steps (λ < 1) no student sample exists, so those use
+the teacher tokens' cross-entropy −log p_S(y_t), sequence-level KD.
 
 Offline (`distill.mode="offline"`): sequence-level KD (SFT on the teacher's responses), plus the
 KL to the stored top-k teacher log-probs when `topk_weight > 0`:
 
     d_t = −log p_S(y_t | x, y_<t) + topk_weight · Σ_k q_k (log q_k − log p_S(v_k)),
     q = softmax_k(stored top-k teacher log-probs), v_k their token ids (`topk_forward_kl`).
+
+Dispatch: which of these trains a batch is looked up, not branched on. `MODES[mode](divergence)`
+gives a run's `Terms`, one term for the student's samples and one for teacher data (on-policy:
+`DIVERGENCE_TERMS[divergence]`); the two registries' names are the valid config values.
 
 Reward weighting (`distill.reward_model`): r_b is the reward model's score of (x, y_b) (scalar
 head at its read position, `reward.read_index`, of prompt + response), standardised over the
@@ -65,7 +68,7 @@ mild default τ_r.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -89,6 +92,8 @@ class Wiring:
 
     teacher / reward are graphdefs; their params arrive in the step's `frozen` dict under the
     same names. `teacher` is None in offline training (the teacher is read only by evaluation).
+    Raises ValueError, listing the valid names, for a `mode` not in `MODES` or a `divergence`
+    not in `DIVERGENCE_TERMS`.
     """
 
     mode: str
@@ -105,6 +110,16 @@ class Wiring:
     teacher: Any = None
     reward: Any = None
     chunk: int | None = None      # logits chunk override; None = the models' `logits_chunk`
+
+    def __post_init__(self):
+        # Unknown names fail here, once, listing the valid ones, not while the step is traced.
+        # Evaluation reads the divergence in both modes, so offline checks it too.
+        losses.get(DIVERGENCE_TERMS, self.divergence, "distill.divergence")
+        self.terms()
+
+    def terms(self) -> Terms:
+        """The training terms of this mode and divergence (`MODES`, `DIVERGENCE_TERMS`)."""
+        return losses.get(MODES, self.mode, "distill.mode")(self.divergence)
 
     @property
     def full_vocab_divergence(self) -> str:
@@ -201,10 +216,8 @@ def sampled_reverse_kl(student, s_hidden, teacher, t_hidden, tokens, mask, weigh
     return loss, losses.masked_mean(-advantages, mask)
 
 
-def offline_terms(student, s_hidden, batch: dict, w: Wiring):
-    """Per-token `−log p_S(y_t)` and, when `topk_weight > 0`, the top-k KL (else None), `[B, T]`."""
-    if not w.topk_weight:
-        return -token_logprobs(student, s_hidden, batch["tokens"], chunk=w.chunk), None
+def nll_and_topk_kl(student, s_hidden, batch: dict, w: Wiring):
+    """Per-token `−log p_S(y_t)` and top-k KL `[B, T]` each, from one chunked pass of logits."""
 
     def fn(h, target, ids, logps):
         logits = student.logits(h)
@@ -222,16 +235,88 @@ def offline_terms(student, s_hidden, batch: dict, w: Wiring):
     return out[..., 0], out[..., 1]
 
 
+# ----------------------------------------------------------------------------- training terms
+# A term trains one batch: `term(student, s_hidden, seq, inputs, weights, frozen, w) -> (loss,
+# divergence, metrics)`, with `seq` the sampled sequences or the teacher-data batch (`tokens`,
+# `loss_mask`, ...), `inputs` the trunk's packing inputs, `weights` `[B]` or None; divergence is
+# the unweighted token mean of the per-token term, metrics the term's own extra metrics.
+Term = Callable[..., tuple[jax.Array, jax.Array, dict]]
+
+
+def full_vocab_term(student, s_hidden, seq, inputs, weights, frozen, w: Wiring):
+    """`w.divergence` (forward_kl | reverse_kl | jsd) to the live teacher over the vocabulary."""
+    teacher, t_hidden = teacher_hidden(frozen, seq["tokens"], inputs, w)
+    per_token = full_vocab_divergence(student, s_hidden, teacher, t_hidden, w)
+    loss, m = losses.distill_loss(per_token, seq["loss_mask"], weights)
+    return loss, m["divergence"], {}
+
+
+def sampled_reverse_kl_term(student, s_hidden, seq, inputs, weights, frozen, w: Wiring):
+    """The sampled-token reverse-KL policy gradient on the student's own samples."""
+    teacher, t_hidden = teacher_hidden(frozen, seq["tokens"], inputs, w)
+    loss, divergence = sampled_reverse_kl(student, s_hidden, teacher, t_hidden, seq["tokens"],
+                                          seq["loss_mask"], weights, w.chunk)
+    return loss, divergence, {}
+
+
+def teacher_nll_term(student, s_hidden, seq, inputs, weights, frozen, w: Wiring):
+    """−log p_S(y_t) of the teacher's tokens: sequence-level KD (no teacher forward)."""
+    del inputs, frozen
+    nll = -token_logprobs(student, s_hidden, seq["tokens"], chunk=w.chunk)
+    loss, m = losses.distill_loss(nll, seq["loss_mask"], weights)
+    return loss, m["divergence"], {}
+
+
+def offline_term(student, s_hidden, seq, inputs, weights, frozen, w: Wiring):
+    """Offline KD: −log p_S(y_t), + topk_weight × the top-k KL when > 0; metrics nll, topk_kl."""
+    if not w.topk_weight:  # the divergence is the NLL itself
+        loss, nll, _ = teacher_nll_term(student, s_hidden, seq, inputs, weights, frozen, w)
+        return loss, nll, {"nll": nll}
+    mask = seq["loss_mask"]
+    nll, topk = nll_and_topk_kl(student, s_hidden, seq, w)
+    loss, m = losses.distill_loss(nll + w.topk_weight * topk, mask, weights)
+    return loss, m["divergence"], {"nll": losses.masked_mean(nll, mask),
+                                   "topk_kl": losses.masked_mean(topk, mask)}
+
+
+@dataclasses.dataclass(frozen=True)
+class Terms:
+    """What trains each kind of batch: the student's samples (on-policy steps) or teacher data
+    (offline, and the 1 − λ steps of on-policy). None: that mode never gets such a batch."""
+
+    on_samples: Term | None
+    on_teacher_data: Term
+
+
+# `distill.divergence` → its terms in on-policy training. The names are `losses.distill`'s
+# DIVERGENCE_NAMES and DISTILL_MODES: config_check validates against those, as it cannot import
+# this module (algorithms imports config_check; test_layering forbids the cycle).
+DIVERGENCE_TERMS: dict[str, Terms] = {
+    **{name: Terms(full_vocab_term, full_vocab_term) for name in losses.DIVERGENCES},
+    # The estimator needs the student's own samples; teacher data gets sequence-level KD.
+    SAMPLED_REVERSE_KL: Terms(sampled_reverse_kl_term, teacher_nll_term),
+}
+# Offline training never samples nor runs the teacher: the divergence is evaluation's alone.
+OFFLINE_TERMS = Terms(on_samples=None, on_teacher_data=offline_term)
+# `distill.mode` → `(distill.divergence) -> Terms`.
+MODES: dict[str, Callable[[str], Terms]] = {
+    "on_policy": lambda divergence: losses.get(DIVERGENCE_TERMS, divergence, "distill.divergence"),
+    "offline": lambda divergence: OFFLINE_TERMS,
+}
+
+
 # ----------------------------------------------------------------------------- the loss
 def make_loss(graphdef, w: Wiring):
     """`loss_fn(params, batch, rng, frozen)` for the generic step.
 
     A batch with `prompt_tokens` is an on-policy step (sample, then score); one with `tokens`
-    is teacher data. `frozen` = {"teacher": params | None, "reward": params | None}. Metrics:
-    divergence (unweighted token mean of the training term), length (response tokens per
-    row), on_policy (1 for a sampled batch), weight_max (the largest sequence weight; 1
-    unweighted), and loss_weight Σ w m (so accumulation keeps the weighted token mean).
+    is teacher data; `w.terms()` says which term trains each. `frozen` = {"teacher": params |
+    None, "reward": params | None}. Metrics: divergence (unweighted token mean of the training
+    term), length (response tokens per row), on_policy (1 for a sampled batch), weight_max (the
+    largest sequence weight; 1 unweighted), and loss_weight Σ w m (so accumulation keeps the
+    weighted token mean), plus the term's own (offline: nll, topk_kl).
     """
+    terms = w.terms()
 
     def loss_fn(params, batch, rng, frozen):
         student = nnx.merge(graphdef, params)
@@ -242,31 +327,11 @@ def make_loss(graphdef, w: Wiring):
             seq = batch
             inputs = ({"positions": batch["positions"], "segment_ids": batch["segment_ids"]}
                       if w.packed else {})
-        tokens, mask = seq["tokens"], seq["loss_mask"]
+        mask = seq["loss_mask"]
         weights = sequence_weights(seq, frozen, w)
-        s_hidden, _ = student.trunk(tokens, **inputs)
-        metrics = {}
-        if w.mode == "offline":
-            nll, topk = offline_terms(student, s_hidden, batch, w)
-            per_token = nll if topk is None else nll + w.topk_weight * topk
-            loss, m = losses.distill_loss(per_token, mask, weights)
-            metrics["nll"] = losses.masked_mean(nll, mask)
-            if topk is not None:
-                metrics["topk_kl"] = losses.masked_mean(topk, mask)
-            divergence = m["divergence"]
-        elif w.divergence == SAMPLED_REVERSE_KL and on_policy:
-            teacher, t_hidden = teacher_hidden(frozen, tokens, inputs, w)
-            loss, divergence = sampled_reverse_kl(student, s_hidden, teacher, t_hidden, tokens,
-                                                  mask, weights, w.chunk)
-        elif w.divergence == SAMPLED_REVERSE_KL:
-            nll = -token_logprobs(student, s_hidden, tokens, chunk=w.chunk)
-            loss, m = losses.distill_loss(nll, mask, weights)
-            divergence = m["divergence"]
-        else:
-            teacher, t_hidden = teacher_hidden(frozen, tokens, inputs, w)
-            per_token = full_vocab_divergence(student, s_hidden, teacher, t_hidden, w)
-            loss, m = losses.distill_loss(per_token, mask, weights)
-            divergence = m["divergence"]
+        s_hidden, _ = student.trunk(seq["tokens"], **inputs)
+        term = terms.on_samples if on_policy else terms.on_teacher_data
+        loss, divergence, metrics = term(student, s_hidden, seq, inputs, weights, frozen, w)
         present = jnp.sum(mask, axis=1) > 0
         row_weights = present.astype(jnp.float32) if weights is None else weights
         return loss, dict(

@@ -28,14 +28,15 @@ report the chosen and rejected rewards, their margin, the reward accuracy P[r(y_
 out, `logps/accuracy` = P[log π_θ(y_w) > log π_θ(y_l)] also ranks pairs by the policy alone,
 which is defined for the SFT model too (its implicit rewards are all 0) and so compares the two.
 
-Sequence log-probs. log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) over the response mask m (response
-tokens and the end of turn; prompt tokens are context): the sum is the likelihood of the whole response, the
-quantity the DPO derivation is about. `dpo.average_logps=True` divides by Σ_t m_t (length
-normalisation, which removes the sum's bias towards short responses), for policy and reference.
+Sequence log-probs. log π(y|x) = Σ_t m_t log π(y_t | x, y_<t) over the response mask m
+(response tokens and the end of turn; prompt tokens are context): the sum is the likelihood of
+the whole response, the quantity the DPO derivation is about. `dpo.average_logps=True` divides
+by Σ_t m_t (length normalisation, which removes the sum's bias towards short responses), for
+policy and reference.
 IPO is defined on length-averaged log-probs (Azar et al. 2023; TRL and torchtune average for
 "ipo"): on sums the same per-token margin costs a 50-token answer 100× what it costs a 5-token one.
 So `dpo.average_logps` left unset (None) means True for `ipo` and False for the others
-(`resolve_average_logps`); the resolved value is written to the run's config.json.
+(`losses.DPOSettings.from_config`); the resolved value is written to the run's config.json.
 
 One forward per step. Chosen and rejected rows are concatenated along the batch ([2B, T]) and go
 through one trunk call, then split: one compiled graph, matmuls twice as tall, and the two halves
@@ -80,28 +81,14 @@ REF_KEYS = ("ref_chosen_logps", "ref_rejected_logps")
 PAIR_KEYS = ("chosen_tokens", "chosen_loss_mask", "rejected_tokens", "rejected_loss_mask")
 
 
-def resolve_average_logps(d) -> bool:
-    """`dpo.average_logps`, or the loss's convention when unset (None); stored back into `d`."""
-    if d.average_logps is None:
-        d.average_logps = d.loss_type in losses.LENGTH_AVERAGED_DPO_LOSSES
-    return bool(d.average_logps)
-
-
 def check_config(config) -> None:
-    """Fail before any work when the `dpo` block names something that does not exist; resolve
-    `dpo.average_logps`."""
+    """Fail before any work when the `dpo` block names something that does not exist or sets
+    a value out of range (ValueError, one line); resolve `dpo.average_logps` in the block, so
+    that the run's config.json records what ran."""
     d = config.dpo
-    losses.get(losses.DPO_LOSSES, d.loss_type, "dpo.loss_type")  # ValueError listing valid names
-    resolve_average_logps(d)
+    d.average_logps = losses.DPOSettings.from_config(d).average_logps  # validates the loss's
     if d.reference not in REFERENCES:
         raise ValueError(f"unknown dpo.reference {d.reference!r}; valid: {', '.join(REFERENCES)}")
-    if d.beta <= 0:
-        raise ValueError(f"dpo.beta must be > 0, got {d.beta}")
-    if d.sft_weight < 0:
-        raise ValueError(f"dpo.sft_weight must be >= 0, got {d.sft_weight}")
-    if d.label_smoothing and d.loss_type != "sigmoid":
-        raise ValueError(f"dpo.label_smoothing applies only to loss_type 'sigmoid', "
-                         f"not {d.loss_type!r}")
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -127,7 +114,7 @@ def _reference(batch, frozen, ref_graphdef, average):
     return jax.lax.stop_gradient(ref_w), jax.lax.stop_gradient(ref_l)
 
 
-def _policy(graphdef, params, batch, d):
+def _policy(graphdef, params, batch, d: losses.DPOSettings):
     """`(log π(y_w), log π(y_l), nll_w)`, nll_w `[B]` = the chosen response's mean token NLL."""
     logps, mask = response_logps(nnx.merge(graphdef, params), batch)
     pi_w, pi_l = jnp.split(losses.sequence_logps(logps, mask, average=d.average_logps), 2)
@@ -135,7 +122,7 @@ def _policy(graphdef, params, batch, d):
     return pi_w, pi_l, nll_w
 
 
-def _pair_loss(pi_w, pi_l, ref_w, ref_l, nll_w, d):
+def _pair_loss(pi_w, pi_l, ref_w, ref_l, nll_w, d: losses.DPOSettings):
     """DPO-family loss and metrics over `[B]` pairs, plus `sft_weight` × mean chosen NLL."""
     loss, metrics = losses.dpo_loss(pi_w, pi_l, ref_w, ref_l, beta=d.beta,
                                     loss_type=d.loss_type, label_smoothing=d.label_smoothing)
@@ -143,7 +130,7 @@ def _pair_loss(pi_w, pi_l, ref_w, ref_l, nll_w, d):
     return loss + d.sft_weight * nll, dict(metrics, **{"nll/chosen": nll})
 
 
-def make_loss(graphdef, d, ref_graphdef=None):
+def make_loss(graphdef, d: losses.DPOSettings, ref_graphdef=None):
     """`loss_fn(params, batch, rng, frozen)`: `frozen` = reference params (live) or None (cached,
     `ref_graphdef=None`). Every micro-batch has the same number of pairs and the loss is a mean
     over pairs, so weight 1 per micro-batch is exact under gradient accumulation."""
@@ -156,7 +143,7 @@ def make_loss(graphdef, d, ref_graphdef=None):
     return loss_fn
 
 
-def make_eval_metrics(graphdef, d, ref_graphdef=None):
+def make_eval_metrics(graphdef, d: losses.DPOSettings, ref_graphdef=None):
     """Held-out `{name_sum, name_count}` per batch: the training loss and metrics pair by pair
     (padding rows excluded), plus `logps/accuracy`, P[log π(y_w) > log π(y_l)], the policy's own
     ranking (defined for the SFT model too, where every implicit reward is 0)."""
@@ -183,18 +170,19 @@ def _score(graphdef, average, params, batch):
     return {"ref_chosen_logps": ref_w, "ref_rejected_logps": ref_l}
 
 
-def reference_tables(run: runsetup.Run, graphdef, params, datasets: dict[str, list[dict]]
-                     ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, bool]]:
+def reference_tables(run: runsetup.Run, graphdef, params, datasets: dict[str, list[dict]],
+                     average: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, bool]]:
     """`{name: {ref_chosen_logps [N], ref_rejected_logps [N]}}` for each tokenised data set, from
-    the disk cache or one jitted pass of the reference; and `{name: cache hit}`."""
-    d = run.config.dpo
-    root = Path(d.cache_dir) if d.cache_dir else run.workdir / "reference_cache"
+    the disk cache or one jitted pass of the reference (length-averaged if `average`); and
+    `{name: cache hit}`."""
+    cache_dir = run.config.dpo.cache_dir
+    root = Path(cache_dir) if cache_dir else run.workdir / "reference_cache"
     model = {"model": reference_cache.model_digest(nnx.merge(graphdef, params).config.to_dict(),
                                                    params),
              "template": reference_cache.template_digest(run.tokenizer),
-             "average_logps": bool(d.average_logps)}
+             "average_logps": average}
 
-    score = functools.partial(_score, graphdef, bool(d.average_logps))
+    score = functools.partial(_score, graphdef, average)
     tables, hits = {}, {}
     for name, examples in datasets.items():
         parts = {"kind": "dpo-reference-logps", "num_examples": len(examples),
@@ -245,6 +233,7 @@ class Setup:
     """Everything `train` needs, built by `setup` (tests inspect it before and after training)."""
 
     run: runsetup.Run
+    settings: losses.DPOSettings  # the loss's static settings, from the `dpo` block
     model: Any                    # the policy, initialised from the SFT model
     loader: Any
     eval_batches: list[dict]
@@ -255,6 +244,7 @@ class Setup:
 
 def setup(config) -> Setup:
     check_config(config)
+    settings = losses.DPOSettings.from_config(config.dpo)
     run_ = runsetup.prepare(config)
     c = config.train
     train_examples = runsetup.tokenize(run_, runsetup.load_examples(run_, "preference", "train"),
@@ -270,19 +260,19 @@ def setup(config) -> Setup:
     graphdef, params = nnx.split(model)
     if config.dpo.reference == "live":
         # A copy, not the policy's buffers: the train step donates (overwrites) those.
-        return Setup(run_, model, loader, eval_batches, frozen=jax.tree.map(jnp.copy, params),
-                     ref_graphdef=graphdef)
+        return Setup(run_, settings, model, loader, eval_batches,
+                     frozen=jax.tree.map(jnp.copy, params), ref_graphdef=graphdef)
     # The reference is the policy's initial model: score with it now, before training moves it.
     datasets = {"train": train_examples} | ({"eval": eval_examples} if eval_examples else {})
-    tables, hits = reference_tables(run_, graphdef, params, datasets)
+    tables, hits = reference_tables(run_, graphdef, params, datasets, settings.average_logps)
     eval_batches = [with_reference(b, tables["eval"]) for b in eval_batches]
-    return Setup(run_, model, ReferenceLoader(loader, tables["train"]), eval_batches,
+    return Setup(run_, settings, model, ReferenceLoader(loader, tables["train"]), eval_batches,
                  cache_hits=hits)
 
 
 def train(s: Setup):
     """Run the generic loop; returns `(params, graphdef)` and writes `workdir/model/`."""
-    d = s.run.config.dpo
+    d = s.settings
 
     def evaluate_for(graphdef):
         return driver.make_evaluator(s.run, s.eval_batches,

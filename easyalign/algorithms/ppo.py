@@ -62,13 +62,14 @@ from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.train import loop as train_loop
 from easyalign.sharding import to_global_batch
 
+
 def check_config(config) -> None:
     """Fail before any work when the `ppo` block is inconsistent."""
     p, t = config.ppo, config.train
-    losses.get(losses.KL_ESTIMATORS, p.kl_estimator, "ppo.kl_estimator")
-    if p.kl_controller not in losses.KL_CONTROLLERS:
+    if p.kl_controller not in losses.KL_CONTROLLERS:  # listed as the config lists them
         raise ValueError(f"unknown ppo.kl_controller {p.kl_controller!r}; valid: "
                          f"{', '.join(losses.KL_CONTROLLERS)}")
+    losses.PPOSettings.from_config(p)  # the loss's names (ValueError listing the valid ones)
     if t.batch_size % p.minibatch_size:
         raise ValueError(f"ppo.minibatch_size {p.minibatch_size} must divide train.batch_size "
                          f"{t.batch_size}")
@@ -78,10 +79,6 @@ def check_config(config) -> None:
     if not 1 <= p.max_new_tokens < config.data.max_length:
         raise ValueError(f"ppo.max_new_tokens {p.max_new_tokens} must be in 1..data.max_length-1 "
                          f"({config.data.max_length - 1}): data.max_length holds prompt + response")
-
-
-def kl_controller(p):
-    return losses.get(losses.KL_CONTROLLERS, p.kl_controller, "ppo.kl_controller")(p)
 
 
 def model_block(config, path: str):
@@ -98,6 +95,7 @@ class Setup:
     """Everything `train` needs (tests inspect it before and after training)."""
 
     run: runsetup.Run
+    settings: losses.PPOSettings  # the rollout's and the loss's coefficients, from `ppo`
     graphs: rollout.Graphs
     params: dict                  # trained: {"policy", "value"}
     frozen: dict                  # read only: {"reference", "reward"}
@@ -131,7 +129,8 @@ def setup(config) -> Setup:
     split = {name: nnx.split(m) for name, m in built.items()}
     policy_config = built["policy"].config
     return Setup(
-        run=run_, graphs=rollout.Graphs(**{k: g for k, (g, _) in split.items()}),
+        run=run_, settings=losses.PPOSettings.from_config(p),
+        graphs=rollout.Graphs(**{k: g for k, (g, _) in split.items()}),
         params={k: split[k][1] for k in ("policy", "value")},
         frozen={k: split[k][1] for k in ("reference", "reward")},
         loader=runsetup.train_loader(run_, prompts, "prompt", max_length=width),
@@ -140,7 +139,7 @@ def setup(config) -> Setup:
 
 
 # ----------------------------------------------------------------------------- loss
-def make_loss(graphs: rollout.Graphs, p):
+def make_loss(graphs: rollout.Graphs, p: losses.PPOSettings):
     """`loss_fn(params, batch, rng, frozen)` of the update; weighted by response tokens, so
     gradient accumulation reproduces the minibatch's token means exactly."""
 
@@ -185,9 +184,9 @@ class KLCoefficient:
     """β of the KL penalty: adapted after every iteration by the `ppo.kl_controller`, and
     checkpointed with the loader (`get_state`/`set_state`, the loop's `extra` state)."""
 
-    def __init__(self, p, batch_size: int):
+    def __init__(self, p: losses.PPOSettings, batch_size: int):
         self.value = jnp.asarray(p.kl_coef, jnp.float32)
-        self.controller, self.batch_size = kl_controller(p), batch_size
+        self.controller, self.batch_size = p.make_kl_controller(), batch_size
 
     def update(self, step: int, metrics: dict) -> None:
         del step
@@ -207,10 +206,10 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
     run_, mesh = s.run, s.run.mesh
     c = run_.config
     p, t = c.ppo, c.train
-    kl = KLCoefficient(p, t.batch_size)
+    kl = KLCoefficient(s.settings, t.batch_size)
     pad_id = runsetup.pad_id(run_)
     rollout_key = jax.random.key(t.seed)
-    rollout_fn = rollout.make_rollout_fn(s.graphs, p, pad_id,
+    rollout_fn = rollout.make_rollout_fn(s.graphs, s.settings, pad_id,
                                          chat_format(run_.tokenizer).end_of_turn_id)
 
     def rollout_hook(it, state, prompts, writer):
@@ -233,7 +232,7 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
                               hint="Lower optim.lr or ppo.kl_coef.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now
     state, history = driver.fit(
-        run_, params=params, loss_fn=make_loss(s.graphs, p), loader=s.loader, loop=loop,
+        run_, params=params, loss_fn=make_loss(s.graphs, s.settings), loader=s.loader, loop=loop,
         model_config=s.policy_config, hooks=hooks,
         optimizer_steps=t.steps * p.epochs * (t.batch_size // p.minibatch_size),
         update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,

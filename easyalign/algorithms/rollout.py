@@ -135,9 +135,9 @@ def score(graphs: Graphs, params: dict, frozen: dict, seq: dict) -> dict[str, ja
             "entropy": entropy, "scores": scores}
 
 
-def advantages(scored: dict, mask: jax.Array, kl_coef: jax.Array, p
+def advantages(scored: dict, mask: jax.Array, kl_coef: jax.Array, p: losses.PPOSettings
                ) -> tuple[dict[str, jax.Array], dict[str, jax.Array]]:
-    """KL-shaped rewards, GAE advantages and returns (module docstring, step 4); `p` = `ppo`."""
+    """KL-shaped rewards, GAE advantages and returns (module docstring, step 4)."""
     scores = scored["scores"]
     if p.score_clip > 0:
         scores = jnp.clip(scores, -p.score_clip, p.score_clip)
@@ -153,7 +153,7 @@ def advantages(scored: dict, mask: jax.Array, kl_coef: jax.Array, p
                  "returns": losses.masked_mean(returns, mask)}
 
 
-def make_rollout_fn(graphs: Graphs, p, pad_id: int, end_of_turn_id: int):
+def make_rollout_fn(graphs: Graphs, p: losses.PPOSettings, pad_id: int, end_of_turn_id: int):
     """`rollout(params, frozen, prompts, gen, kl_coef) -> (train batch, per-row, metrics)`, jitted.
 
     `per-row` holds what sample logging and evaluation read: `scores`, `lengths` `[B]` and the

@@ -6,7 +6,9 @@ Conventions (details and formulas in each module's docstring):
   * every loss computes in float32 and returns `(loss_scalar, metrics_dict_of_scalars)`;
   * variants are registries (plain dicts) looked up with `get(registry, name, what)`, which raises
     `ValueError` listing the valid names: DPO_LOSSES, KL_ESTIMATORS, KL_CONTROLLERS,
-    DIVERGENCES.
+    DIVERGENCES;
+  * a run's static choices are frozen dataclasses built once from its config block
+    (DPOSettings, PPOSettings), so a jitted loss never closes over a mutable ConfigDict.
 """
 
 from easyalign.losses.common import (
@@ -34,12 +36,13 @@ from easyalign.losses.distill import (
     sampled_token_reverse_kl_advantage,
     topk_forward_kl,
 )
-from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, dpo_hinge, dpo_ipo,
-                                  dpo_loss, dpo_sigmoid)
+from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, DPOSettings, dpo_hinge,
+                                  dpo_ipo, dpo_loss, dpo_sigmoid)
 from easyalign.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
     KL_CONTROLLERS,
+    PPOSettings,
     entropy_bonus,
     gae,
     kl_penalty_rewards,
@@ -53,10 +56,12 @@ __all__ = [
     "AdaptiveKLController",
     "DIVERGENCES",
     "DPO_LOSSES",
+    "DPOSettings",
     "LENGTH_AVERAGED_DPO_LOSSES",
     "FixedKLController",
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
+    "PPOSettings",
     "distill_loss",
     "dpo_hinge",
     "dpo_ipo",

@@ -21,8 +21,13 @@ and the loss is their mean over the batch. IPO is defined on length-averaged log
 the caller passes (`sequence_logps(..., average=True)` gives the average).
 
 The implicit rewards are r(y) = beta (log pi(y) - log pi_ref(y)); the metrics report them.
+
+`DPOSettings` holds a run's choices (the variant, beta, eps, and the two the DPO phase adds
+around this loss: length averaging and the RPO NLL weight), built once from the `dpo` config
+block and closed over by the jitted step.
 """
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -57,6 +62,49 @@ DPOVariant = Callable[[Array, float, float], Array]
 DPO_LOSSES: dict[str, DPOVariant] = {"sigmoid": dpo_sigmoid, "ipo": dpo_ipo, "hinge": dpo_hinge}
 # The variants defined on length-averaged sequence log-probs rather than sums.
 LENGTH_AVERAGED_DPO_LOSSES = frozenset({"ipo"})
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOSettings:
+    """The static settings of a DPO run's loss: frozen, so hashable (safe as a jit static
+    argument) and never changed under a compiled step, unlike the mutable config block.
+
+      beta             β > 0 (IPO's τ)
+      loss_type        a `DPO_LOSSES` name
+      label_smoothing  ε of conservative DPO (sigmoid only)
+      average_logps    sequence log-probs averaged over the response tokens (True) or summed
+      sft_weight       α ≥ 0 of the NLL anchor on the chosen responses (RPO; `algorithms.dpo`)
+
+    Raises ValueError (one line, named as the `dpo.*` config key) for an unknown loss_type
+    (listing the valid ones), beta ≤ 0, sft_weight < 0, or label_smoothing with another variant.
+    """
+
+    beta: float
+    loss_type: str = "sigmoid"
+    label_smoothing: float = 0.0
+    average_logps: bool = False
+    sft_weight: float = 0.0
+
+    def __post_init__(self):
+        get(DPO_LOSSES, self.loss_type, "dpo.loss_type")
+        if self.beta <= 0:
+            raise ValueError(f"dpo.beta must be > 0, got {self.beta}")
+        if self.sft_weight < 0:
+            raise ValueError(f"dpo.sft_weight must be >= 0, got {self.sft_weight}")
+        if self.label_smoothing and self.loss_type != "sigmoid":
+            raise ValueError(f"dpo.label_smoothing applies only to loss_type 'sigmoid', "
+                             f"not {self.loss_type!r}")
+
+    @classmethod
+    def from_config(cls, block) -> "DPOSettings":
+        """From the `dpo` config block; `average_logps=None` there means the loss's own
+        convention (True for the `LENGTH_AVERAGED_DPO_LOSSES`, False otherwise)."""
+        average = block.average_logps
+        if average is None:
+            average = block.loss_type in LENGTH_AVERAGED_DPO_LOSSES
+        return cls(beta=block.beta, loss_type=block.loss_type,
+                   label_smoothing=block.label_smoothing, average_logps=bool(average),
+                   sft_weight=block.sft_weight)
 
 
 def dpo_loss(

@@ -34,6 +34,9 @@ KL control (Ziegler et al. 2019): the adaptive controller moves the coefficient 
 
 where KL is the per-sequence KL summed over tokens, averaged over the batch (the "kl" metric of
 `kl_penalty_rewards`), and n_steps the number of samples in the batch (TRL passes the batch size).
+
+`PPOSettings` holds a run's coefficients of all of the above, built once from the `ppo` config
+block and closed over by the jitted rollout and update.
 """
 
 import dataclasses
@@ -203,8 +206,59 @@ class AdaptiveKLController:
         return fp32(coef) * (1.0 + error * n_steps / self.horizon)
 
 
-# `ppo.kl_controller` name -> `(ppo config block) -> controller`.
+# `ppo.kl_controller` name -> `(PPOSettings) -> controller`.
 KL_CONTROLLERS = {
-    "fixed": lambda p: FixedKLController(),
-    "adaptive": lambda p: AdaptiveKLController(target=p.kl_target, horizon=p.kl_horizon),
+    "fixed": lambda s: FixedKLController(),
+    "adaptive": lambda s: AdaptiveKLController(target=s.kl_target, horizon=s.kl_horizon),
 }
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOSettings:
+    """The static coefficients of a PPO run (module docstring for each formula): frozen, so
+    hashable (safe as a jit static argument) and never changed under a compiled function,
+    unlike the mutable config block. Field names and meanings are those of the `ppo` block.
+
+      clip_eps, value_clip_eps   ε of the policy ratio clip, of the value clip (value units)
+      vf_coef, entropy_coef      weights of L_V and of the entropy bonus in the summed loss
+      gamma, lam                 γ and λ of GAE
+      kl_estimator               a `KL_ESTIMATORS` name, for KL_t of the rewards
+      kl_coef                    the KL coefficient β (the adaptive controller's start value)
+      kl_controller              a `KL_CONTROLLERS` name
+      kl_target, kl_horizon      the adaptive controller's target (nats per sequence), horizon
+      score_clip                 reward-model scores clipped to ±score_clip (0 = off)
+      whiten_rewards             rewards scaled to unit variance over the batch (mean kept)
+      whiten_advantages          advantages to zero mean, unit variance over the batch
+
+    Raises ValueError (one line, listing the valid names) for an unknown kl_estimator or
+    kl_controller.
+    """
+
+    clip_eps: float
+    value_clip_eps: float
+    vf_coef: float
+    entropy_coef: float
+    gamma: float
+    lam: float
+    kl_estimator: str
+    kl_coef: float
+    kl_controller: str
+    kl_target: float
+    kl_horizon: float
+    score_clip: float
+    whiten_rewards: bool
+    whiten_advantages: bool
+
+    def __post_init__(self):
+        get(KL_ESTIMATORS, self.kl_estimator, "ppo.kl_estimator")
+        get(KL_CONTROLLERS, self.kl_controller, "ppo.kl_controller")
+
+    @classmethod
+    def from_config(cls, block) -> "PPOSettings":
+        """From the `ppo` config block (its other keys — models, budgets, epochs — are the
+        phase's, not the loss's)."""
+        return cls(**{f.name: block[f.name] for f in dataclasses.fields(cls)})
+
+    def make_kl_controller(self):
+        """The `kl_controller`'s controller; ValueError listing the valid names if unknown."""
+        return get(KL_CONTROLLERS, self.kl_controller, "ppo.kl_controller")(self)
