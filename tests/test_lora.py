@@ -1,0 +1,192 @@
+"""LoRA adapters (issue 19): the adapter math, its initialisation, targets, and the model surgery.
+
+Expected values come from a hand formula in numpy (y = xW + s·(xA)B, Hu et al. 2021 eq. 3) or
+from torch's own initialiser, never from the code under test.
+"""
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from easyalign.model import LoraConfig, ModelConfig, abstract_model, lora
+
+TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
+            num_kv_heads=2, head_dim=8, dtype="float32")
+
+
+def create_model(config, seed=0):
+    """A model of `config` with weights drawn by numpy on the host: norm scales around 1,
+    everything else N(0, 0.1²) (adapters too, when the config has them). No initialiser is
+    compiled, which on a loaded 2-core CPU costs seconds per shape."""
+    graphdef, abstract, _ = abstract_model(config)
+    rng = np.random.default_rng(seed)
+
+    def draw(path, value):
+        noise = 0.1 * rng.standard_normal(value.shape)
+        return jnp.asarray(noise + (1.0 if "scale" in lora._keys(path) else 0.0), value.dtype)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))
+
+
+def run(model, x):
+    """`model(x)` through one jit (eager execution of a scanned model is slow on CPU)."""
+    graphdef, state = nnx.split(model)
+    return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x))
+
+
+def tokens(seed=0, shape=(2, 12)):
+    return jnp.asarray(np.random.default_rng(seed).integers(0, 97, shape))
+
+
+def randomise_b(model, seed=0, scale=0.3):
+    """Non-zero B everywhere (a trained adapter), drawn with numpy."""
+    rng = np.random.default_rng(seed)
+    state = nnx.state(model, nnx.Param)
+    for path, var in nnx.to_flat_state(state):
+        if path[-1] == "lora_b":
+            var.set_value(jnp.asarray(scale * rng.standard_normal(var.get_value().shape),
+                                      var.get_value().dtype))
+    nnx.update(model, state)
+    return model
+
+
+def test_step0_logits_equal_the_base_bit_for_bit():
+    base = create_model(ModelConfig(**TINY, qkv_bias=True, mlp_bias=True, o_bias=True), seed=0)
+    adapted = lora.attach(base, LoraConfig(rank=4, alpha=8.0), seed=1)
+    x = tokens()
+    assert np.array_equal(run(adapted, x), run(base, x))
+    # The adapters are there and A is not zero: the equality is B = 0, not a missing path.
+    a = np.asarray(adapted.layers.attn.q_proj.lora_a[...])
+    assert a.shape == (2, 32, 4) and np.abs(a).min() > 0
+    assert not np.any(np.asarray(adapted.layers.mlp.down_proj.lora_b[...]))
+
+
+def test_adapter_is_the_hand_formula_on_every_projection_shape():
+    """q (d → H·hd), o (H·hd → d) and down (f → d) against y = xW + b + s·(xA)B in numpy on the
+    flattened matrices, for the plain scale α/r and rsLoRA's α/√r."""
+    assert LoraConfig(rank=4, alpha=6.0).scaling == 6.0 / 4
+    for rslora, expected_scale in ((True, 6.0 / 2),):
+        cfg = ModelConfig(**TINY, qkv_bias=True, lora=LoraConfig(rank=4, alpha=6.0,
+                                                                 rslora=rslora))
+        assert cfg.lora.scaling == expected_scale
+        model = randomise_b(create_model(cfg, seed=0), seed=1)
+        rng = np.random.default_rng(2)
+        for name, in_shape in (("q_proj", (3, 32)), ("o_proj", (3, 4, 8)),
+                               ("down_proj", (3, 48))):
+            stacked = getattr(model.layers.attn if name != "down_proj" else model.layers.mlp,
+                              name)
+            graphdef, state = nnx.split(stacked)
+            module = nnx.merge(graphdef, jax.tree.map(lambda v: v[0], state))  # layer 0
+            w = np.asarray(module.kernel[...])
+            a, b = np.asarray(module.lora_a[...]), np.asarray(module.lora_b[...])
+            x = rng.standard_normal((1,) + in_shape).astype(np.float32)
+            got = np.asarray(module(jnp.asarray(x)))[0]
+            fan_in = int(np.prod(in_shape[1:]))
+            if name == "down_proj":   # kernel stored [d, f]: y = x Wᵀ
+                w2, out_shape = w.T, (3, 32)
+            elif name == "o_proj":    # kernel [d, H, hd]: y = x·W[(H hd), d]
+                w2, out_shape = w.reshape(32, 32).T, (3, 32)
+            else:                     # kernel [d, H, hd]
+                w2, out_shape = w.reshape(32, 32), (3, 4, 8)
+            x2 = x[0].reshape(3, fan_in)
+            want = x2 @ w2 + expected_scale * (x2 @ a.reshape(fan_in, 4)) @ b.reshape(4, -1)
+            if name == "q_proj":
+                want = want + np.asarray(module.bias[...]).reshape(-1)
+            np.testing.assert_allclose(got.reshape(3, -1), want.reshape(3, -1), rtol=1e-5,
+                                       atol=1e-5)
+            assert got.shape == out_shape
+
+
+def test_a_is_drawn_as_peft_draws_it():
+    """PEFT: `nn.init.kaiming_uniform_(lora_A.weight, a=√5)`; the bound from torch's own gain."""
+    import torch
+
+    model = lora.attach(create_model(ModelConfig(**TINY), seed=0), LoraConfig(rank=8), seed=3)
+    for module, fan_in in ((model.layers.attn.q_proj, 32), (model.layers.attn.o_proj, 32),
+                           (model.layers.mlp.down_proj, 48)):
+        a = np.asarray(module.lora_a[...])
+        gain = torch.nn.init.calculate_gain("leaky_relu", math.sqrt(5))
+        bound = gain * math.sqrt(3.0 / fan_in)
+        assert np.abs(a).max() <= bound and np.abs(a).max() > 0.9 * bound
+        assert abs(np.std(a) - bound / math.sqrt(3)) < 0.1 * bound  # U(−b, b): σ = b/√3
+        # torch's draw on PEFT's [r, fan_in] weight has the same bound
+        w = torch.empty(8, fan_in)
+        torch.nn.init.kaiming_uniform_(w, a=math.sqrt(5))
+        assert w.abs().max().item() <= bound
+        assert not np.any(np.asarray(module.lora_b[...]))
+    # different layers draw different adapters
+    a = np.asarray(model.layers.attn.q_proj.lora_a[...])
+    assert not np.array_equal(a[0], a[1])
+
+
+def test_targets_by_name_hf_name_group_and_pattern():
+    assert lora.resolve_targets("q_proj,v_proj") == ("q", "v")
+    assert lora.resolve_targets("q,v") == ("q", "v")
+    assert lora.resolve_targets(["qkv_proj", "down"]) == ("q", "k", "v", "down")
+    assert lora.resolve_targets("gate_up_proj") == ("gate", "up")
+    assert lora.resolve_targets("attn") == ("q", "k", "v", "o")
+    assert lora.resolve_targets("all") == tuple(lora.PROJECTIONS)
+    assert lora.resolve_targets("[qv]_proj") == ("q", "v")
+    assert lora.resolve_targets(".*_proj") == tuple(lora.PROJECTIONS)
+    with pytest.raises(ValueError, match="'wq' matches no projection of this model; its "
+                                         "projections are q_proj \\(q\\), k_proj"):
+        lora.resolve_targets("q,wq")
+    # a mixture of experts has no MLP projections for adapters
+    assert lora.resolve_targets("all", lora.available_targets(8)) == ("q", "k", "v", "o")
+    with pytest.raises(ValueError, match="'mlp' matches no projection.*o_proj \\(o\\)$"):
+        lora.resolve_targets("mlp", lora.available_targets(8))
+    with pytest.raises(ValueError, match="model.lora: rank must be ≥ 1"):
+        LoraConfig(rank=0)
+    with pytest.raises(ValueError, match="base_dtype 'int8'"):
+        LoraConfig(base_dtype="int8")
+
+
+def test_only_targeted_projections_get_adapters_and_the_count_is_the_formula():
+    cfg = ModelConfig(**TINY, lora=LoraConfig(rank=4, targets=("q", "v", "down")))
+    _, abstract, _ = abstract_model(cfg)
+    adapters = {".".join(map(str, p)): v.get_value().size
+                for p, v in nnx.to_flat_state(abstract) if lora.is_adapter(p)}
+    assert sorted(adapters) == sorted(f"layers.{m}.{ab}" for m in (
+        "attn.q_proj", "attn.v_proj", "mlp.down_proj") for ab in ("lora_a", "lora_b"))
+    # r·(in + out) per projection and layer: q 32→32, v 32→16, down 48→32
+    assert sum(adapters.values()) == lora.param_count(cfg) == 2 * 4 * (64 + 48 + 80)
+
+
+def test_dropout_only_with_a_key():
+    cfg = ModelConfig(**TINY, lora=LoraConfig(rank=4, dropout=0.5, targets=("down",)))
+    model = randomise_b(create_model(cfg, seed=0))
+    x = tokens()
+    graphdef, state = nnx.split(model)
+
+    @jax.jit
+    def forwards(state, x, key):  # one compile: twice without a key, once with
+        model = nnx.merge(graphdef, state)
+        return model.trunk(x)[0], model.trunk(x)[0], model.trunk(x, dropout_key=key)[0]
+
+    hidden, again, dropped = forwards(state, x, jax.random.PRNGKey(0))
+    assert np.array_equal(np.asarray(hidden), np.asarray(again))
+    assert not np.allclose(np.asarray(hidden), np.asarray(dropped), atol=1e-3)
+    # inverted dropout keeps the mean: E[drop(x)] = x
+    x = jnp.ones((20000,))
+    kept = lora.dropout(x, 0.25, jax.random.PRNGKey(1))
+    assert abs(float(jnp.mean(kept)) - 1.0) < 0.02 and abs(float(jnp.mean(kept == 0)) - 0.25) < 0.02
+
+
+def test_merge_equals_the_unmerged_model_and_config_round_trips():
+    # unscanned layers (a Python loop over the stacked weights) take the same adapters
+    base_model = create_model(ModelConfig(**TINY, qkv_bias=True, scan_layers=False), seed=0)
+    model = randomise_b(lora.attach(base_model, LoraConfig(rank=4, alpha=8.0, targets=(
+        "q", "o", "up", "down"))), seed=4)
+    cfg = model.config
+    x = tokens(1)
+    merged = lora.merge(model)
+    assert merged.config.lora is None and not lora.has_adapters(nnx.state(merged))
+    want = run(model, x)
+    base = run(base_model, x)
+    assert np.abs(want - base).max() > 1e-2  # the adapters do change the function
+    np.testing.assert_allclose(run(merged, x), want, atol=1e-5, rtol=0)
+    assert ModelConfig.from_dict(cfg.to_dict()) == cfg
