@@ -4,6 +4,7 @@ Expected values come from a hand formula in numpy (y = xW + s·(xA)B, Hu et al. 
 from torch's own initialiser, never from the code under test.
 """
 
+import functools
 import math
 
 import jax
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from easyalign import sharding
 from easyalign.model import LoraConfig, ModelConfig, abstract_model, lora
 
 TINY = dict(vocab_size=97, hidden_size=32, intermediate_size=48, num_layers=2, num_heads=4,
@@ -32,10 +34,18 @@ def create_model(config, seed=0):
     return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(draw, abstract))
 
 
+@functools.lru_cache(maxsize=None)
+def _forward(graphdef):
+    return jax.jit(lambda state, x: nnx.merge(graphdef, state)(x))
+
+
 def run(model, x):
-    """`model(x)` through one jit (eager execution of a scanned model is slow on CPU)."""
+    """`model(x)` through one jit per model structure (compiling is the cost on a CPU)."""
     graphdef, state = nnx.split(model)
-    return np.asarray(jax.jit(lambda s, x: nnx.merge(graphdef, s)(x))(state, x))
+    return np.asarray(_forward(graphdef)(state, x))
+
+
+BIASES = dict(qkv_bias=True, mlp_bias=True, o_bias=True)
 
 
 def tokens(seed=0, shape=(2, 12)):
@@ -55,7 +65,7 @@ def randomise_b(model, seed=0, scale=0.3):
 
 
 def test_step0_logits_equal_the_base_bit_for_bit():
-    base = create_model(ModelConfig(**TINY, qkv_bias=True, mlp_bias=True, o_bias=True), seed=0)
+    base = create_model(ModelConfig(**TINY, **BIASES), seed=0)
     adapted = lora.attach(base, LoraConfig(rank=4, alpha=8.0), seed=1)
     x = tokens()
     assert np.array_equal(run(adapted, x), run(base, x))
@@ -157,7 +167,9 @@ def test_only_targeted_projections_get_adapters_and_the_count_is_the_formula():
 
 
 def test_dropout_only_with_a_key():
-    cfg = ModelConfig(**TINY, lora=LoraConfig(rank=4, dropout=0.5, targets=("down",)))
+    # unscanned layers (a Python loop over the stacked weights) slice the adapters and keys
+    cfg = ModelConfig(**TINY, scan_layers=False,
+                      lora=LoraConfig(rank=4, dropout=0.5, targets=("down",)))
     model = randomise_b(create_model(cfg, seed=0))
     x = tokens()
     graphdef, state = nnx.split(model)
@@ -177,10 +189,8 @@ def test_dropout_only_with_a_key():
 
 
 def test_merge_equals_the_unmerged_model_and_config_round_trips():
-    # unscanned layers (a Python loop over the stacked weights) take the same adapters
-    base_model = create_model(ModelConfig(**TINY, qkv_bias=True, scan_layers=False), seed=0)
-    model = randomise_b(lora.attach(base_model, LoraConfig(rank=4, alpha=8.0, targets=(
-        "q", "o", "up", "down"))), seed=4)
+    base_model = create_model(ModelConfig(**TINY, **BIASES), seed=0)
+    model = randomise_b(lora.attach(base_model, LoraConfig(rank=4, alpha=8.0), seed=1), seed=4)
     cfg = model.config
     x = tokens(1)
     merged = lora.merge(model)
@@ -190,3 +200,91 @@ def test_merge_equals_the_unmerged_model_and_config_round_trips():
     assert np.abs(want - base).max() > 1e-2  # the adapters do change the function
     np.testing.assert_allclose(run(merged, x), want, atol=1e-5, rtol=0)
     assert ModelConfig.from_dict(cfg.to_dict()) == cfg
+
+
+# ----------------------------------------------------------------------------- training
+def sft_batch(seed=0, rows=4, length=12):
+    x = np.random.default_rng(seed).integers(0, 97, (rows, length)).astype(np.int32)
+    return {"tokens": jnp.asarray(x), "loss_mask": jnp.ones((rows, length), jnp.float32)}
+
+
+def lora_train_setup(model, tx=None, frozen=None, loss_fn=None):
+    """The driver's LoRA split around a loss, a train state and the jitted step."""
+    import optax
+
+    from easyalign.algorithms import sft
+    from easyalign.train import driver, loop, state as train_state
+    from easyalign.train.step import make_train_step
+
+    graphdef, params = nnx.split(model)
+    tx = tx or optax.adam(3e-2)
+    trainable, loss, frozen2, _, base = driver.with_frozen_base(
+        params, loss_fn or sft.make_loss(graphdef, packed=False), frozen, loop.StepHooks())
+    mesh = sharding.single_device_mesh()
+    state = train_state.create_train_state(trainable, tx, 0, mesh)
+    step = make_train_step(loss, tx, lambda s: 3e-2, train_state.state_shardings(state))
+    return graphdef, params, state, step, frozen2, base
+
+
+def test_lora_training_moves_only_the_adapters_and_the_loss_falls():
+    base_model = create_model(ModelConfig(**TINY))
+    model = lora.attach(base_model, LoraConfig(rank=4, alpha=8.0), seed=0)
+    graphdef, params, state, step, frozen, base = lora_train_setup(model)
+    base_before = {p: np.asarray(v.get_value()) for p, v in nnx.to_flat_state(base)}
+    # The train state holds the adapters only: parameters and Adam's two moments.
+    trained = [".".join(map(str, p)) for p, _ in nnx.to_flat_state(state.params)]
+    assert trained and all(p.rsplit(".", 1)[-1] in ("lora_a", "lora_b") for p in trained)
+    adapter_bytes = sum(v.get_value().nbytes for _, v in nnx.to_flat_state(state.params))
+    moments = [x for x in jax.tree.leaves(state.opt_state) if x.ndim >= 2]
+    assert sum(x.nbytes for x in moments) == 2 * adapter_bytes
+    assert sum(x.nbytes for x in jax.tree.leaves(state.opt_state)) < 2 * adapter_bytes + 64
+
+    a_before = np.asarray(dict(nnx.to_flat_state(state.params))[
+        ("layers", "attn", "q_proj", "lora_a")].get_value())
+    batch = sft_batch()
+    losses = []
+    for i in range(4):
+        state, metrics = step(state, batch, frozen)
+        losses.append(float(metrics["loss"]))
+        if i == 0:
+            # At B = 0, ∂L/∂A = s·xᵀ(∂L/∂y)Bᵀ = 0: the first step moves B only (Adam's
+            # update of a zero gradient is 0), while the gradient norm is not 0.
+            a = dict(nnx.to_flat_state(state.params))[("layers", "attn", "q_proj", "lora_a")]
+            assert np.array_equal(np.asarray(a.get_value()), a_before)
+            assert float(metrics["grad_norm"]) > 0
+    assert losses[-1] < losses[0] - 0.05, losses
+    # The base is bit-identical after training (never donated, never updated); B moved.
+    for path, value in nnx.to_flat_state(base):
+        assert np.array_equal(np.asarray(value.get_value()), base_before[path]), path
+    b = dict(nnx.to_flat_state(state.params))[("layers", "attn", "q_proj", "lora_b")]
+    assert np.abs(np.asarray(b.get_value())).max() > 0
+
+
+def test_lora_config_block_builds_the_model_config(tmp_path):
+    """`model.lora.*` of a phase config → ModelConfig.lora; base_dtype stores the base in bf16
+    and the adapters in the master dtype; frozen models (copies of the block) get none."""
+    from types import SimpleNamespace
+
+    from configs import base as base_config
+    from easyalign.hf import models
+
+    c = base_config.get_config()
+    c.model.preset, c.model.vocab_size = "tiny", 256
+    c.model.lora.rank, c.model.lora.targets = 8, "q_proj,v_proj,mlp"
+    c.model.lora.base_dtype = "bfloat16"
+    tokenizer = SimpleNamespace(eos_token_id=1, bos_token_id=2, pad_token_id=0)
+    run_ = SimpleNamespace(config=c, tokenizer=tokenizer, mesh=sharding.single_device_mesh())
+    config = models.model_config(run_)
+    assert config.lora == LoraConfig(rank=8, alpha=16.0, targets=("q", "v", "gate", "up",
+                                                                  "down"),
+                                     base_dtype="bfloat16")
+    assert models.model_config(run_, c.model).lora is None  # a frozen copy of the block
+    _, abstract, _ = abstract_model(config)
+    dtypes = {".".join(map(str, p)): v.get_value().dtype for p, v in nnx.to_flat_state(abstract)}
+    assert dtypes["layers.attn.q_proj.kernel"] == jnp.bfloat16
+    assert dtypes["embed_tokens.embedding"] == jnp.bfloat16
+    assert dtypes["layers.attn.q_proj.lora_a"] == jnp.float32
+    assert "layers.attn.k_proj.lora_a" not in dtypes
+    c.model.lora.targets = "o_proj,wo"
+    with pytest.raises(ValueError, match="'wo' matches no projection"):
+        models.model_config(run_)
