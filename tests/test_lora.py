@@ -288,3 +288,52 @@ def test_lora_config_block_builds_the_model_config(tmp_path):
     c.model.lora.targets = "o_proj,wo"
     with pytest.raises(ValueError, match="'wo' matches no projection"):
         models.model_config(run_)
+
+
+# ----------------------------------------------------------------------------- DPO reference
+def test_dpo_reference_is_the_base_with_adapters_off_and_costs_no_copy():
+    """The live DPO reference of a LoRA policy is `BaseReference`: the step's arguments hold
+    the base once (bytes from the parameter-count formula), the first loss is log 2 (policy =
+    reference at B = 0), and after a step the implicit reward is β(log π_θ − log π_base) with
+    π_base computed from the plain base model."""
+    from types import SimpleNamespace
+
+    from easyalign.algorithms import dpo
+
+    plain_config = ModelConfig(**TINY)
+    base_model = create_model(plain_config)
+    model = lora.attach(base_model, LoraConfig(rank=4, alpha=8.0), seed=0)
+    frozen, ref_graphdef = lora.live_reference(model)
+    assert isinstance(frozen, lora.BaseReference)
+    d = SimpleNamespace(beta=0.5, loss_type="sigmoid", label_smoothing=0.0,
+                        average_logps=False, sft_weight=0.0)
+    graphdef = nnx.split(model)[0]
+    _, _, state, step, frozen2, _ = lora_train_setup(
+        model, frozen=frozen, loss_fn=dpo.make_loss(graphdef, d, ref_graphdef))
+    rng = np.random.default_rng(5)
+    batch = {f"{side}_{key}": jnp.asarray(rng.integers(0, 97, (2, 12)).astype(np.int32)
+                                          if key == "tokens" else np.ones((2, 12), np.float32))
+             for side in ("chosen", "rejected") for key in ("tokens", "loss_mask")}
+
+    arguments = step.lower(state, batch, frozen2).compile().memory_analysis() \
+        .argument_size_in_bytes
+    base_bytes = 4 * plain_config.param_count()            # float32 weights, by formula
+    adapter_bytes = 4 * lora.param_count(model.config)     # ... and Adam's two moments
+    batch_bytes = sum(x.nbytes for x in batch.values())
+    extra = arguments - (base_bytes + 3 * adapter_bytes + batch_bytes)
+    assert 0 <= extra <= 64, (arguments, base_bytes, extra)  # step, RNG key, Adam's count
+
+    state, first = step(state, batch, frozen2)
+    np.testing.assert_allclose(float(first["loss"]), math.log(2.0), rtol=1e-6)
+    trained = lora.join(state.params, frozen2[0])
+
+    @jax.jit
+    def rewards(trained, plain):
+        pi_w, _ = dpo.pair_logps(nnx.merge(graphdef, trained), batch, False)
+        base_w, _ = dpo.pair_logps(nnx.merge(*plain), batch, False)
+        return 0.5 * jnp.mean(pi_w - base_w)
+
+    want = float(rewards(trained, nnx.split(base_model)))
+    assert abs(want) > 1e-4  # the adapters moved the policy away from the base
+    _, second = step(state, batch, frozen2)  # its metrics are of the params before it
+    np.testing.assert_allclose(float(second["rewards/chosen"]), want, rtol=1e-4, atol=1e-6)
