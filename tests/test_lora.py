@@ -337,3 +337,31 @@ def test_dpo_reference_is_the_base_with_adapters_off_and_costs_no_copy():
     assert abs(want) > 1e-4  # the adapters moved the policy away from the base
     _, second = step(state, batch, frozen2)  # its metrics are of the params before it
     np.testing.assert_allclose(float(second["rewards/chosen"]), want, rtol=1e-4, atol=1e-6)
+
+
+# ----------------------------------------------------------------------------- doctor
+def test_doctor_sizes_lora_8b_on_one_gpu():
+    """Llama-3.1-8B, r = 16 on every projection: 41,943,040 trained parameters (the count PEFT
+    prints for this model and setting); the base in bf16; optimizer and gradients only for the
+    adapters; DPO's live reference (the base, adapters off) costs nothing."""
+    from easyalign import doctor
+    from easyalign.cli import load_config
+
+    plan = ["--config.workdir=/nonexistent/x", "--config.model.preset=llama-3.1-8b",
+            "--config.model.vocab_size=128256", "--config.model.dtype=bfloat16",
+            "--config.model.remat=full", "--config.model.lora.rank=16",
+            "--config.model.lora.base_dtype=bfloat16", "--config.doctor.devices=1",
+            "--config.doctor.device_memory_gib=141", "--config.train.batch_size=4"]
+    report = doctor.diagnose(load_config(["--config=configs/doctor.py:sft", *plan]))
+    adapters = 41_943_040
+    assert report["model"]["lora"]["adapter_params"] == adapters
+    memory = report["memory"]["per_device"]
+    assert memory["params"] == 8_030_261_248 * 2 + adapters * 4
+    assert memory["optimizer"] == 2 * adapters * 4 + 2 * 4   # μ, ν and two step counters
+    assert memory["gradients"] == adapters * 4
+    assert report["memory"]["verdict"].startswith("fits")
+    dpo = doctor.diagnose(load_config(["--config=configs/doctor.py:dpo", *plan,
+                                       "--config.model.init=scratch",
+                                       "--config.dpo.reference=live"]))
+    assert not dpo["problems"], dpo["problems"]
+    assert dpo["extra_models"] == [] and "frozen_models" not in dpo["memory"]["per_device"]

@@ -251,10 +251,13 @@ def has_adapters(tree: Any) -> bool:
 
 def split(params: Any) -> tuple[Any, Any]:
     """`(trainable, frozen base)` of a parameter tree (an nnx State, or a dict of States as
-    PPO's policy and value): the same structure, each leaf in exactly one of the two."""
+    PPO's policy and value): the same structure, each leaf in exactly one of the two. A model
+    without adapters (PPO's value model beside a LoRA policy) is trained whole."""
     if isinstance(params, dict) and not isinstance(params, nnx.State):
         parts = {k: split(v) for k, v in params.items()}
         return {k: p[0] for k, p in parts.items()}, {k: p[1] for k, p in parts.items()}
+    if not has_adapters(params):
+        return params, nnx.State({})
     return nnx.split_state(params, is_trainable, ...)
 
 
