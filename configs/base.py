@@ -41,6 +41,15 @@ def get_config() -> ConfigDict:
     m.logits_chunk = 512                 # sequence chunk of vocabulary projections in losses
     m.vocab_size = 0                     # 0 = from the tokenizer (scratch models only)
     m.overrides = ""                     # other ModelConfig fields: "num_layers=3,hidden_size=96"
+    m.lora = ConfigDict()                # low-rank adapters (easyalign/model/lora.py)
+    m.lora.rank = 0                      # r; 0 = no adapters (train every weight)
+    m.lora.alpha = 16.0                  # scale s = alpha / r (alpha / sqrt(r) with rslora)
+    m.lora.dropout = 0.0                 # dropout on the adapters' input while training
+    m.lora.targets = "all"               # projections: all | attn | mlp | q,k,v,o,gate,up,down
+    #                                      (or q_proj, ..., qkv_proj, gate_up_proj, a regex)
+    m.lora.rslora = False                # rank-stabilised scale alpha / sqrt(r)
+    m.lora.base_dtype = ""               # dtype of the frozen base ("" = param_dtype; bfloat16
+    #                                      halves its memory)
 
     # ------------------------------------------------------------------ mesh & processes
     c.mesh = ConfigDict()

@@ -44,6 +44,9 @@ seqs = 2 for pairwise phases (reward, DPO); T = data.max_length):
     frozen models DPO's live reference, PPO's reference and reward model, the distillation
                   teacher: their params (× bp); PPO's value model is trained (params, optimizer,
                   gradients, activations)
+    LoRA          (`model.lora.rank` > 0) params count the base in `model.lora.base_dtype` and
+                  the adapters; optimizer and gradients only the adapters (and a reward head);
+                  a reference that is the policy's own base (DPO live, PPO's @sft) costs nothing
     KV cache      phases that sample (PPO, on-policy distillation, generate, teacher-data):
                   2 · L · r · (T + new tokens) · K/t · hd · bc; inference phases count params,
                   cache and one prefill layer instead of the training terms
@@ -192,18 +195,24 @@ def main_model(config) -> tuple[ModelConfig, str]:
     from easyalign.algorithms.runsetup import stage_path
     from easyalign.hf.models import model_numerics, source_model_config
 
+    from easyalign.hf.models import lora_config
+
     m = config.model
     numerics = dict(model_numerics(m, head="scalar" if config.phase == "reward" else "lm"),
                     **ModelConfig.parse_overrides(m.overrides))
     if m.init == "scratch":
         vocab, source = _vocab(config)
         extra = {"vocab_size": vocab} if vocab else {}
-        return preset(m.preset, **extra, **numerics), f"preset {m.preset} (vocab from {source})"
-
-    path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
-    block = ConfigDict(m.to_dict())
-    block.path = stage_path(config, path)
-    return source_model_config(block).replace(**numerics), f"{m.init} {path}"
+        model, where = preset(m.preset, **extra, **numerics), \
+            f"preset {m.preset} (vocab from {source})"
+    else:
+        path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
+        block = ConfigDict(m.to_dict())
+        block.path = stage_path(config, path)
+        model, where = source_model_config(block).replace(lora=None, **numerics), \
+            f"{m.init} {path}"
+    # LoRA: the base in its base dtype and the adapters (only those are trained)
+    return model.replace(lora=lora_config(m, model.num_experts)), where
 
 
 def extra_models(config, policy: ModelConfig) -> list[dict]:
@@ -219,10 +228,13 @@ def extra_models(config, policy: ModelConfig) -> list[dict]:
         return {"role": role, "config": model, "trained": trained, "note": note}
 
     if config.phase == "dpo" and config.dpo.reference == "live":
+        if policy.lora is not None:  # the policy's own base with adapters off: no copy
+            return []
         return [{"role": "reference", "config": policy, "trained": False, "note": "live"}]
     if config.phase == "ppo":
         p = config.ppo
-        return [load("reference", p.reference, "lm", False),
+        same_base = policy.lora is not None and p.reference == config.model.path
+        return ([] if same_base else [load("reference", p.reference, "lm", False)]) + [
                 load("reward model", p.reward_model, "scalar", False),
                 load("value model", p.value_model, "scalar", True)]
     if config.phase == "distill":
@@ -275,6 +287,18 @@ def parameter_bytes(model: ModelConfig, mesh: dict) -> dict:
         out["total"] += size * value.dtype.itemsize
         out["per_device"] += round(size * frac) * value.dtype.itemsize
     return out
+
+
+def trainable_bytes(params: dict) -> dict:
+    """`parameter_bytes`' `{state, fractions, per_device}` of a LoRA model's trained part
+    only (adapters and a scalar head, `lora.split`): its optimizer state and gradients."""
+    from easyalign.model import lora
+
+    state = lora.split(params["state"])[0]
+    fractions = lora.split(params["fractions"])[0]
+    per_device = sum(round(math.prod(v.shape) * f) * v.dtype.itemsize
+                     for v, f in zip(jax.tree.leaves(state), jax.tree.leaves(fractions)))
+    return {"state": state, "fractions": fractions, "per_device": per_device}
 
 
 def optimizer_bytes(optim_config, params: dict) -> int:
@@ -365,8 +389,9 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict) -> dict
     for m in [model] + [x["config"] for x in extras if x["trained"]]:
         p = params if m is model else parameter_bytes(m, mesh)
         out["params"] += 0 if m is model else p["per_device"]
-        out["optimizer"] += optimizer_bytes(config.optim, p)
-        fp32_grads = p["per_device"] / np.dtype(m.param_dtype).itemsize * 4
+        trained = trainable_bytes(p) if m.lora is not None else p
+        out["optimizer"] += optimizer_bytes(config.optim, trained)
+        fp32_grads = trained["per_device"] / np.dtype(m.param_dtype).itemsize * 4
         out["gradients"] += fp32_grads * (2 if train.grad_accum > 1 else 1)
         act = activation_bytes(m, rows, length, t, shards)
         out["logits"] += act.pop("logits")
@@ -417,6 +442,12 @@ def diagnose(config) -> dict:
                        model.num_layers, "hidden": model.hidden_size, "vocab": model.vocab_size,
                        "param_dtype": model.param_dtype, "dtype": model.dtype,
                        "remat": model.remat, "attention_impl": model.attention_impl}
+    if model.lora is not None:
+        from easyalign.model import lora
+
+        report["model"]["lora"] = {"rank": model.lora.rank, "targets": list(model.lora.targets),
+                                   "adapter_params": lora.param_count(model),
+                                   "base_dtype": str(model.weight_dtype)}
     extras = extra_models(config, model)
     report["extra_models"] = [{"role": x["role"], "params": x["config"].param_count(),
                                "trained": x["trained"], "note": x["note"]} for x in extras]
@@ -459,6 +490,11 @@ def format_report(report: dict) -> str:
         lines.append(f"model      {m['source']}: {m['params']:,} params, {m['layers']} layers × "
                      f"{m['hidden']}, vocab {m['vocab']}; {m['param_dtype']} weights, "
                      f"{m['dtype']} compute, remat {m['remat']}, attention {m['attention_impl']}")
+        if "lora" in m:
+            a = m["lora"]
+            lines.append(f"lora       rank {a['rank']} on {','.join(a['targets'])}: "
+                         f"{a['adapter_params']:,} trained params; frozen base in "
+                         f"{a['base_dtype']}")
         for x in report["extra_models"]:
             kind = "trained" if x["trained"] else "frozen"
             lines.append(f"  + {x['role']} ({kind}): {x['params']:,} params ({x['note']})")

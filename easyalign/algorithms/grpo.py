@@ -57,6 +57,7 @@ from easyalign.data.chat_format import chat_format, stop_token_ids
 from easyalign.data.records import prompt_text
 from easyalign.losses import common as losses_common
 from easyalign.losses import grpo as grpo_losses
+from easyalign.model import lora
 from easyalign.sharding import to_global_batch
 from easyalign.train import loop as train_loop
 
@@ -164,14 +165,15 @@ def setup(config) -> Setup:
                                                  limit=config.train.eval_batches)]
     models = {"policy": hf_models.init_model(run_, head="lm")}
     if g.beta:
-        models["reference"] = hf_models.init_model(run_, model_block(config, g.reference), head="lm")
+        models["reference"] = runsetup.reference_model(run_, model_block(config, g.reference),
+                                                       models["policy"])
     if grpo_rewards.REWARD_MODEL in weights:
         models["reward"] = hf_models.init_model(run_, model_block(config, g.reward_model),
                                              head="scalar")
     vocab = {name: m.config.vocab_size for name, m in models.items()}
     if len(set(vocab.values())) > 1:
         raise ValueError(f"the GRPO models must share one tokenizer; vocabulary sizes: {vocab}")
-    split = {name: nnx.split(m) for name, m in models.items()}
+    split = {name: runsetup.split_frozen(m) for name, m in models.items()}
     policy_config = models["policy"].config
     graphs = rollout.Graphs(policy=split["policy"][0], value=None,
                             reference=split.get("reference", (None,))[0],
@@ -196,6 +198,7 @@ def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int):
     reference is loaded, reward-model `scores [N]` when one is."""
 
     def score(params, frozen, prompts, gen):
+        frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: adapters off
         seq = rollout.assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id,
                                end_of_turn_id)
         out = {k: seq[k] for k in ("tokens", "mask", "sampler_logps")}

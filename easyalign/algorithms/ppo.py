@@ -121,12 +121,13 @@ def setup(config) -> Setup:
                                                    limit=config.train.eval_batches)]
     built = {"policy": models.init_model(run_, head="lm"),
              "value": models.init_model(run_, blocks["value_model"], head="scalar"),
-             "reference": models.init_model(run_, blocks["reference"], head="lm"),
              "reward": models.init_model(run_, blocks["reward_model"], head="scalar")}
+    # LoRA: the policy's own base with its adapters off, when the reference is that base.
+    built["reference"] = runsetup.reference_model(run_, blocks["reference"], built["policy"])
     vocab = {name: m.config.vocab_size for name, m in built.items()}
     if len(set(vocab.values())) > 1:
         raise ValueError(f"the four PPO models must share one tokenizer; vocabulary sizes: {vocab}")
-    split = {name: nnx.split(m) for name, m in built.items()}
+    split = {name: runsetup.split_frozen(m, "policy") for name, m in built.items()}
     policy_config = built["policy"].config
     return Setup(
         run=run_, settings=losses.PPOSettings.from_config(p),

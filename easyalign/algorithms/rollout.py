@@ -50,6 +50,7 @@ from jax.experimental import multihost_utils
 
 from easyalign import losses, sampler, sharding
 from easyalign.algorithms.reward import sequence_scores
+from easyalign.model import lora
 from easyalign.model.scoring import token_logprobs_and_entropy
 
 # The arrays a PPO update reads, `[B, T]` each.
@@ -124,6 +125,7 @@ def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int
 
 def score(graphs: Graphs, params: dict, frozen: dict, seq: dict) -> dict[str, jax.Array]:
     """`old_logps`, `ref_logps`, `old_values`, `entropy` `[B, T]` and reward-model `scores [B]`."""
+    frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: its base, adapters off
     tokens = seq["tokens"]
     old_logps, entropy = policy_logps(nnx.merge(graphs.policy, params["policy"]), tokens)
     # The policy's own code path, so that policy == reference gives exactly KL = 0.

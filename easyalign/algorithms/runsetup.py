@@ -32,7 +32,8 @@ from easyalign.data import tokenize as data_tokenize
 from easyalign.data import world_source
 from easyalign.data.holdout import held_out_rows
 from easyalign.hf.checkpoint import MODEL_DIR
-from easyalign.hf.models import SOURCE_INITS, model_source
+from easyalign.hf.models import SOURCE_INITS, init_model, model_source
+from easyalign.model import lora
 from easyalign.train import rundir
 
 
@@ -242,3 +243,40 @@ def attention_inputs(batch: dict, packed: bool, prefix: str = "") -> dict:
     if not packed:
         return {}
     return {"positions": batch[f"{prefix}positions"], "segment_ids": batch[f"{prefix}segment_ids"]}
+
+
+# ----------------------------------------------------------------------------- references
+@dataclasses.dataclass
+class AdaptersOff:
+    """A frozen reference that is a LoRA policy's own base with the adapters off (no copy)."""
+
+    policy: Any
+
+    @property
+    def config(self):
+        return lora.base_config(self.policy.config)
+
+
+def reference_model(run: Run, block, policy, head: str = "lm"):
+    """The frozen reference model a `block` names (PPO's and GRPO's KL reference).
+
+    When the policy carries LoRA adapters and the block loads the policy's own source, the
+    reference is that base with the adapters off (`AdaptersOff`): the step's params hold it
+    already, so no second copy is loaded. Otherwise the block's model, loaded (`init_model`).
+    """
+    same = (Path(block.path).absolute() == Path(run.config.model.path).absolute()
+            and run.config.model.init in SOURCE_INITS)
+    if policy.config.lora is not None and same:
+        return AdaptersOff(policy)
+    return init_model(run, block, head=head)
+
+
+def split_frozen(model, key: str | None = None):
+    """`(graphdef, params)` of a frozen model; for `AdaptersOff`, the base graphdef and a
+    `lora.BaseReference(key)` that the step and rollouts resolve from the policy's params
+    (`key`: the policy's entry in a dict of trained models, as PPO's `policy`)."""
+    if isinstance(model, AdaptersOff):
+        return lora.live_reference(model.policy)[1], lora.BaseReference(key)
+    from flax import nnx
+
+    return nnx.split(model)

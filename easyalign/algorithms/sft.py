@@ -23,8 +23,8 @@ def make_loss(graphdef, packed: bool):
     def loss_fn(params, batch, rng, frozen):
         model = nnx.merge(graphdef, params)
         # MoE hook: `router_loss` = router_aux_loss_coef · load-balancing loss (0 if dense).
-        hidden, _, router_loss = model.trunk_with_router_loss(
-            batch["tokens"], **runsetup.attention_inputs(batch, packed))
+        hidden, _, router_loss = model.trunk_with_router_loss(  # rng: LoRA's dropout, if any
+            batch["tokens"], **runsetup.attention_inputs(batch, packed), dropout_key=rng)
         logps = token_logprobs(model, hidden, batch["tokens"])
         loss, metrics = losses.sft_loss(logps, batch["loss_mask"])
         extra = {"router_loss": router_loss} if model.config.num_experts else {}

@@ -104,17 +104,35 @@ def load_checkpoint_model(ckpt_dir: str | Path, mesh: Mesh | None = None,
 
 
 def convert_hf_to_checkpoint(hf_dir: str | Path, out_dir: str | Path,
-                             mesh: Mesh | None = None, param_dtype: str = "float32") -> Path:
-    """HF checkpoint directory → model checkpoint (params in `param_dtype`, tokenizer copied)."""
+                             mesh: Mesh | None = None, param_dtype: str = "float32",
+                             peft_adapter: str | Path | None = None) -> Path:
+    """HF checkpoint directory → model checkpoint (params in `param_dtype`, tokenizer copied);
+    with `peft_adapter`, a PEFT LoRA adapter directory for that base is imported too (the
+    checkpoint then holds base + adapters, `hf.peft.from_peft`)."""
     model = from_hf(hf_dir, mesh=mesh, param_dtype=param_dtype)
+    if peft_adapter:
+        from easyalign.hf.peft import from_peft
+
+        model = from_peft(model, peft_adapter, mesh)
     return save_checkpoint_model(model, out_dir, tokenizer_dir=hf_dir)
 
 
 def convert_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
                              mesh: Mesh | None = None, max_shard_size: int | str = "2GB",
-                             dtype: str | None = None) -> Path:
-    """Model checkpoint → HF directory (weights in `dtype`, default the stored param dtype)."""
+                             dtype: str | None = None, adapter: str = "merged",
+                             base_model: str = "") -> Path:
+    """Model checkpoint → HF directory (weights in `dtype`, default the stored param dtype).
+
+    A model with LoRA adapters is written merged (`adapter="merged"`) or as a PEFT adapter
+    directory (`adapter="peft"`, `base_model` recorded as its base; `hf.peft.to_peft`).
+    """
     model = load_checkpoint_model(ckpt_dir, mesh=mesh)
+    if adapter == "peft":
+        from easyalign.hf.peft import to_peft
+
+        return to_peft(model, out_dir, base_model=base_model, dtype=dtype or "float32")
+    if adapter != "merged":
+        raise ValueError(f"adapter={adapter!r}: expected merged or peft")
     out_dir = to_hf(model, out_dir, max_shard_size=max_shard_size, dtype=dtype)
     if jax.process_index() == 0:
         _copy_tokenizer(Path(ckpt_dir) / TOKENIZER_DIR, Path(out_dir))

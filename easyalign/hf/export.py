@@ -34,7 +34,7 @@ from safetensors.numpy import save_file
 from easyalign.hf.config import hf_config_dict
 from easyalign.hf.load import INDEX_FILE, SINGLE_FILE
 from easyalign.hf.tables import Row, rows_for, sizes
-from easyalign.model import Transformer
+from easyalign.model import Transformer, lora
 
 _UNITS = {"B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12,
           "KIB": 2**10, "MIB": 2**20, "GIB": 2**30, "TIB": 2**40}
@@ -144,8 +144,10 @@ def to_hf(model: Transformer, out_dir: str | Path, tokenizer=None,
     `dtype` is the dtype the weights are written in (default: the model's `param_dtype`, so
     import → export reproduces the checkpoint bit for bit when the dtypes agree). `tokenizer`
     is anything with `save_pretrained(dir)` (an HF tokenizer); its `pad_token_id` fills in
-    the config's when the model config has none.
+    the config's when the model config has none. A model with LoRA adapters is written merged
+    (W + s·A B, `lora.merge`); `hf.peft.to_peft` writes the adapters alone.
     """
+    model = lora.merge(model)
     config = model.config
     out_dir = Path(out_dir)
     dtype = str(np.dtype(dtype or config.param_dtype))

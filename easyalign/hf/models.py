@@ -22,7 +22,7 @@ from jax.sharding import Mesh
 from easyalign import distributed
 from easyalign.data.tokenize import pad_token_id
 from easyalign.hf.checkpoint import MODEL_DIR
-from easyalign.model import ModelConfig, Transformer, create_model, preset
+from easyalign.model import ModelConfig, Transformer, create_model, lora, preset
 
 SOURCE_INITS = ("hf", "checkpoint", "gguf")  # model.init values that load a model as it is
 MODEL_INITS = ("scratch",) + SOURCE_INITS + ("derive",)  # every model.init value
@@ -103,12 +103,26 @@ def model_numerics(m, head: str = "lm") -> dict:
                 remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk, head=head)
 
 
-def model_config(run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
+def lora_config(m, num_experts: int = 0) -> lora.LoraConfig | None:
+    """The `model.lora` block as a LoraConfig (None when `rank` is 0: no adapters); targets
+    resolved against the projections a model with `num_experts` has."""
+    block = m.get("lora")
+    if block is None or not block.rank:
+        return None
+    return lora.LoraConfig(
+        rank=block.rank, alpha=block.alpha, dropout=block.dropout, rslora=block.rslora,
+        base_dtype=block.base_dtype,
+        targets=lora.resolve_targets(block.targets, lora.available_targets(num_experts)))
+
+
+def model_config(run, model_cfg=None, *, head: str = "lm", adapters: bool | None = None
+                 ) -> ModelConfig:
     """The ModelConfig a `model` config block asks for (numerics from the block).
 
     A config without a pad id gets the one batches are padded with (the tokenizer's): a reward
     model reads its score at the last token that is not the pad id (`reward.read_index`), as
-    HF's `*ForSequenceClassification` does with the exported config.
+    HF's `*ForSequenceClassification` does with the exported config. `adapters` (default: for
+    the run's own block only, not for the frozen models' copies of it) adds `model.lora`.
     """
     m = model_cfg or run.config.model
     if model_cfg is None:
@@ -126,11 +140,15 @@ def model_config(run, model_cfg=None, *, head: str = "lm") -> ModelConfig:
                          "derive")
     if config.pad_token_id is None and run.tokenizer is not None:
         config = config.replace(pad_token_id=pad_token_id(run.tokenizer))
+    # A source saved with adapters is loaded merged (`init_model`): its config describes that.
+    config = config.replace(lora=None)
+    if adapters if adapters is not None else model_cfg is None:
+        config = config.replace(lora=lora_config(m, config.num_experts))
     return config
 
 
-def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
-               ) -> Transformer:
+def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None,
+               adapters: bool | None = None) -> Transformer:
     """A sharded model: fresh (`scratch`), loaded (`hf`, `checkpoint`, `gguf`) or a student
     derived from a teacher (`derive`: `model.layers`, `model.intermediate_size`; see
     `easyalign.model.student`).
@@ -138,23 +156,35 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
     When the source has a different head (a reward model grown from an SFT model), the trunk
     is loaded and the new head starts from its initialiser; any other parameter the source
     cannot provide is an error (`_regraft`).
+
+    LoRA (`model.lora.rank` > 0, the run's own block unless `adapters` says otherwise): the
+    base is loaded in `model.lora.base_dtype` and fresh adapters are attached (B = 0: the
+    model computes the source's function). A source saved with adapters (an earlier LoRA
+    stage) is merged first, so the new stage's base is that stage's model.
     """
     m = model_cfg or run.config.model
-    config = model_config(run, m, head=head)
+    config = model_config(run, m, head=head,
+                          adapters=model_cfg is None if adapters is None else adapters)
     seed = run.config.train.seed if seed is None else seed
-    if m.init == "scratch":
-        return create_model(config, run.mesh, seed=seed)
+    plain = lora.base_config(config)
+    if m.init == "scratch":  # the same base as without adapters, then the adapters
+        model = create_model(plain, run.mesh, seed=seed)
+        return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed)
     kind, path = model_source(m)
-    source = _load_source(kind, path, run.mesh, **_numeric_overrides(config, include_head=False))
+    source = _load_source(kind, path, run.mesh, **_numeric_overrides(plain, include_head=False))
+    if source.config.lora is not None:
+        source = lora.merge(source, dtype=plain.param_dtype)
     if m.init == "derive":
         from easyalign.model.student import derive_student
 
         source = derive_student(source, *_student_shape(m, source.config), mesh=run.mesh)
-    if source.config.head == head:
-        if source.config.replace(pad_token_id=config.pad_token_id) == config:
-            source.config = config  # at most the pad id was filled in: the weights are the same
-            return source
-    return _regraft(source, config, run.mesh, seed, where=f"model.path={m.path}")
+    if source.config.head == head and (
+            source.config.replace(pad_token_id=plain.pad_token_id) == plain):
+        source.config = plain  # at most the pad id was filled in: the weights are the same
+        model = source
+    else:
+        model = _regraft(source, plain, run.mesh, seed, where=f"model.path={m.path}")
+    return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed)
 
 
 def _numeric_overrides(config: ModelConfig, include_head: bool) -> dict:

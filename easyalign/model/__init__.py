@@ -6,11 +6,13 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from easyalign import sharding
+from easyalign.model import lora
 from easyalign.model.config import ModelConfig, RopeScaling
+from easyalign.model.lora import LoraConfig
 from easyalign.model.presets import PRESETS, preset
 from easyalign.model.transformer import KVCache, Transformer
 
-__all__ = ["ModelConfig", "RopeScaling", "PRESETS", "preset", "KVCache", "Transformer",
+__all__ = ["ModelConfig", "RopeScaling", "LoraConfig", "lora", "PRESETS", "preset", "KVCache", "Transformer",
            "create_model", "abstract_model"]
 
 

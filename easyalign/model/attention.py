@@ -40,6 +40,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from easyalign.model import lora as lora_lib
 from easyalign.model.config import ModelConfig
 from easyalign.model.layers import Einsum, RMSNorm, apply_rope, rope_attention_scaling
 from easyalign.sharding import constrain
@@ -87,36 +88,40 @@ class Attention(nnx.Module):
         self.config = config
         self.rope_scale = rope_attention_scaling(config.rope_scaling)
 
-        def proj(heads, head_names, bias):
+        def proj(heads, head_names, bias, name):
             return Einsum("btd,dhk->bthk", (d, heads, hd), ("embed", head_names, "head_dim"),
                           config=config, rngs=rngs,
                           bias_shape=(heads, hd) if bias else None,
-                          bias_names=(head_names, "head_dim"))
+                          bias_names=(head_names, "head_dim"), lora=adapter(config, name))
 
-        self.q_proj = proj(h, "heads", config.qkv_bias)
-        self.k_proj = proj(kv, "kv_heads", config.qkv_bias)
-        self.v_proj = proj(kv, "kv_heads", config.qkv_bias)
+        self.q_proj = proj(h, "heads", config.qkv_bias, "q")
+        self.k_proj = proj(kv, "kv_heads", config.qkv_bias, "k")
+        self.v_proj = proj(kv, "kv_heads", config.qkv_bias, "v")
         # Stored `[embed, heads, head_dim]`, FSDP's axis leading: see MLP.down_proj.
         self.o_proj = Einsum("bthk,dhk->btd", (d, h, hd), ("embed", "heads", "head_dim"),
                              config=config, rngs=rngs,
-                             bias_shape=(d,) if config.o_bias else None, bias_names=("embed",))
+                             bias_shape=(d,) if config.o_bias else None, bias_names=("embed",),
+                             lora=adapter(config, "o"))
         if config.qk_norm:
             self.q_norm = RMSNorm(hd, config=config, rngs=rngs, names=("head_dim",))
             self.k_norm = RMSNorm(hd, config=config, rngs=rngs, names=("head_dim",))
 
     def __call__(self, x: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None,
                  inv_freq: jax.Array, cache: tuple[jax.Array, jax.Array] | None = None,
-                 mode: str | None = None, local: jax.Array | None = None):
+                 mode: str | None = None, local: jax.Array | None = None,
+                 dropout_key: jax.Array | None = None):
         """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` when a cache mode is set).
 
         `inv_freq [r/2]` is this layer's RoPE; `local` (a traced bool, only when the config has
-        `layer_types`) says whether this layer attends within `sliding_window`.
+        `layer_types`) says whether this layer attends within `sliding_window`; `dropout_key`
+        draws the LoRA adapters' input dropout (training).
         """
         cfg = self.config
         batch, length = x.shape[:2]
-        q = checkpoint_name(self.q_proj(x), "query_proj")
-        k = checkpoint_name(self.k_proj(x), "key_proj")
-        v = checkpoint_name(self.v_proj(x), "value_proj")
+        keys = lora_lib.split_key(dropout_key, 4)
+        q = checkpoint_name(self.q_proj(x, keys[0]), "query_proj")
+        k = checkpoint_name(self.k_proj(x, keys[1]), "key_proj")
+        v = checkpoint_name(self.v_proj(x, keys[2]), "value_proj")
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_positions = (positions if positions is not None
@@ -164,7 +169,13 @@ class Attention(nnx.Module):
                                                implementation=impl)
         out = checkpoint_name(out, "attention")
         new_kv = None if mode is None else (k, v)
-        return checkpoint_name(self.o_proj(out), "attention_out"), new_kv
+        return checkpoint_name(self.o_proj(out, keys[3]), "attention_out"), new_kv
+
+
+def adapter(config: ModelConfig, name: str) -> lora_lib.LoraConfig | None:
+    """The LoRA config for projection `name` ("q", "up", ...) if the model adapts it."""
+    lora = config.lora
+    return lora if lora is not None and name in lora.targets else None
 
 
 def attention_implementation(requested: str, dtype) -> str:

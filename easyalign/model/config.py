@@ -53,6 +53,8 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from easyalign.model.lora import LoraConfig, available_targets, resolve_targets
+
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "qwen3_moe")
 HEADS = ("lm", "scalar")
 ATTENTION_IMPLS = ("xla", "cudnn")
@@ -137,6 +139,8 @@ class ModelConfig:
     remat: str = "none"
     scan_layers: bool = True
     logits_chunk: int = 512  # sequence chunk of vocabulary projections in losses (memory vs speed)
+    # Low-rank adapters on the projections (`model/lora.py`); None = a plain model.
+    lora: LoraConfig | None = None
 
     def __post_init__(self):
         checks = [
@@ -169,6 +173,10 @@ class ModelConfig:
         for ok, message in checks:
             if not ok:
                 raise ValueError(f"ModelConfig: {message}")
+        if isinstance(self.lora, Mapping):
+            object.__setattr__(self, "lora", LoraConfig(**self.lora))
+        if self.lora is not None:  # a target the model lacks (an MoE's MLP) is an error
+            resolve_targets(self.lora.targets, available_targets(self.num_experts))
         if isinstance(self.rope_scaling, Mapping):
             object.__setattr__(self, "rope_scaling", RopeScaling(**self.rope_scaling))
         if isinstance(self.eos_token_id, list):
@@ -194,6 +202,9 @@ class ModelConfig:
 
     @property
     def weight_dtype(self) -> jnp.dtype:
+        """The dtype base weights are stored in: `param_dtype`, or LoRA's `base_dtype`."""
+        if self.lora is not None and self.lora.base_dtype:
+            return jnp.dtype(self.lora.base_dtype)
         return jnp.dtype(self.param_dtype)
 
     def replace(self, **changes: Any) -> "ModelConfig":

@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from easyalign.model import lora as lora_lib
 from easyalign.model.config import ModelConfig, RopeScaling
 from easyalign.sharding import constrain
 
@@ -58,26 +59,47 @@ class Einsum(nnx.Module):
 
     Kernels keep the head structure (`[embed, heads, head_dim]` rather than a flat matrix) so
     that tensor parallelism can split whole heads; HF import/export reshapes at the boundary.
+    `lora` (a `LoraConfig`, for the projections it targets) adds the low-rank adapter
+    `lora_a` / `lora_b` beside the kernel: y = x W (+ b) + s·(drop(x) A) B (`model/lora.py`),
+    the adapters in `param_dtype` while the kernel is stored in `weight_dtype` (LoRA's
+    `base_dtype`); `param_dtype` overrides the kernel's storage dtype (a trained head).
     """
 
     def __init__(self, equation: str, kernel_shape: Sequence[int],
                  kernel_names: Sequence[str | None], *, config: ModelConfig, rngs: nnx.Rngs,
                  bias_shape: Sequence[int] | None = None,
-                 bias_names: Sequence[str | None] | None = None):
+                 bias_names: Sequence[str | None] | None = None,
+                 lora: lora_lib.LoraConfig | None = None, param_dtype=None):
         self.equation = equation
         self.dtype = config.compute_dtype
         self.kernel_names = tuple(kernel_names)
+        weight_dtype = config.weight_dtype if param_dtype is None else param_dtype
         init = input_major_init(nnx.initializers.normal(config.initializer_range), equation)
-        self.kernel = _param(rngs, init, kernel_shape, kernel_names, config.weight_dtype)
+        self.kernel = _param(rngs, init, kernel_shape, kernel_names, weight_dtype)
         self.bias = (None if bias_shape is None else
-                     _param(rngs, nnx.initializers.zeros, bias_shape, bias_names,
-                            config.weight_dtype))
+                     _param(rngs, nnx.initializers.zeros, bias_shape, bias_names, weight_dtype))
+        if lora is None:
+            self.lora_a = self.lora_b = None
+        else:
+            self.lora_rate, self.lora_scaling = lora.dropout, lora.scaling
+            self.adapter = lora_lib.AdapterEquations.parse(equation)
+            a_shape, b_shape = self.adapter.shapes(kernel_shape, lora.rank)
+            a_names, b_names = self.adapter.names(kernel_names)
+            self.lora_a = _param(rngs, lora_lib.init_a, a_shape, a_names, config.param_dtype)
+            self.lora_b = _param(rngs, nnx.initializers.zeros, b_shape, b_names,
+                                 config.param_dtype)
 
-    def __call__(self, x: jax.Array) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        """`dropout_key` draws the adapter's input dropout (training only; see `lora.py`)."""
         kernel = compute_copy(self.kernel[...], self.kernel_names, self.dtype)
-        y = jnp.einsum(self.equation, x.astype(self.dtype), kernel)
+        x = x.astype(self.dtype)
+        y = jnp.einsum(self.equation, x, kernel)
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora_a is not None:
+            x = lora_lib.dropout(x, self.lora_rate, dropout_key)
+            y = y + lora_lib.adapter_delta(self.adapter, x, self.lora_a[...], self.lora_b[...],
+                                           self.lora_scaling)
         return y
 
 

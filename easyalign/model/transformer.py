@@ -32,7 +32,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from easyalign.model.attention import Attention
+from easyalign.model import lora as lora_lib
+from easyalign.model.attention import Attention, adapter
 from easyalign.model.config import ModelConfig
 from easyalign.model.layers import Einsum, Embed, RMSNorm, compute_copy, rope_inverse_frequencies
 from easyalign.model.moe import MoE, RouterStats, load_balancing_loss
@@ -121,9 +122,11 @@ class MLP(nnx.Module):
         bias = config.mlp_bias
         self.act = config.hidden_act
         self.gate_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), config=config,
-                                rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",))
+                                rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",),
+                                lora=adapter(config, "gate"))
         self.up_proj = Einsum("btd,df->btf", (d, f), ("embed", "mlp"), config=config,
-                              rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",))
+                              rngs=rngs, bias_shape=(f,) if bias else None, bias_names=("mlp",),
+                              lora=adapter(config, "up"))
         # Stored `[embed, mlp]` (HF's own order), not `[mlp, embed]`: every kernel keeps the
         # axis FSDP shards (`embed`) leading, so the gradient's reduce-scatter cuts contiguous
         # rows and the optimizer updates the shard in place. Sharded along its minor axis, the
@@ -131,13 +134,14 @@ class MLP(nnx.Module):
         # every step (measured on 2 × H200: 4.5 ms per step for this kernel at Llama-3.2-1B).
         self.down_proj = Einsum("btf,df->btd", (d, f), ("embed", "mlp"), config=config,
                                 rngs=rngs, bias_shape=(d,) if bias else None,
-                                bias_names=("embed",))
+                                bias_names=("embed",), lora=adapter(config, "down"))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x), "mlp_gate")
-        up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x), "mlp_up")
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+        keys = lora_lib.split_key(dropout_key, 3)
+        gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x, keys[0]), "mlp_gate")
+        up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x, keys[1]), "mlp_up")
         hidden = constrain(ACTIVATIONS[self.act](gate) * up, ("batch", "length", "act_mlp"))
-        return jax.ad_checkpoint.checkpoint_name(self.down_proj(hidden), "mlp_out")
+        return jax.ad_checkpoint.checkpoint_name(self.down_proj(hidden, keys[2]), "mlp_out")
 
 
 class Block(nnx.Module):
@@ -157,16 +161,18 @@ class Block(nnx.Module):
             self.attn_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
             self.mlp_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
 
-    def __call__(self, x, positions, segment_ids, inv_freq, cache=None, mode=None, local=None):
+    def __call__(self, x, positions, segment_ids, inv_freq, cache=None, mode=None, local=None,
+                 dropout_key=None):
+        keys = lora_lib.split_key(dropout_key, 2)
         attn_out, new_kv = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache,
-                                     mode, local)
+                                     mode, local, keys[0])
         x = x + (self.attn_out_norm(attn_out) if self.sandwich else attn_out)
         stats: RouterStats = {}
         if isinstance(self.mlp, MoE):  # padding (segment 0) is routed but not counted
             mlp_out, stats = self.mlp(self.post_attn_norm(x),
                                       None if segment_ids is None else segment_ids != 0)
         else:
-            mlp_out = self.mlp(self.post_attn_norm(x))
+            mlp_out = self.mlp(self.post_attn_norm(x), keys[1])
         x = x + (self.mlp_out_norm(mlp_out) if self.sandwich else mlp_out)
         return constrain(x, ("batch", "length", "act_embed")), new_kv, stats
 
@@ -186,8 +192,9 @@ class Transformer(nnx.Module):
         self.layers = make_layers(rngs)
         self.final_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
         if config.head == "scalar":
+            # Master dtype even over a LoRA base stored in bf16: the head is trained.
             self.score = Einsum("btd,do->bto", (config.hidden_size, 1), ("embed", None),
-                                config=config, rngs=rngs)
+                                config=config, rngs=rngs, param_dtype=config.param_dtype)
         elif not config.tie_word_embeddings:
             self.lm_head = Einsum("btd,dv->btv", (config.hidden_size, config.vocab_size),
                                   ("embed", "vocab"), config=config, rngs=rngs)
@@ -202,7 +209,8 @@ class Transformer(nnx.Module):
     def trunk_with_router_loss(
             self, tokens: jax.Array, *, positions: jax.Array | None = None,
             segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
-            cache: KVCache | None = None, prefill: bool = False
+            cache: KVCache | None = None, prefill: bool = False,
+            dropout_key: jax.Array | None = None
     ) -> tuple[jax.Array, KVCache | None, jax.Array]:
         """`trunk`'s hidden states and cache, and the router loss the train loss adds:
         `router_aux_loss_coef · L_aux` (`moe.load_balancing_loss` over every layer's real
@@ -213,7 +221,9 @@ class Transformer(nnx.Module):
         absolute positions of `tokens` (default 0..T−1); `prefill=True` declares the cache empty
         (attention stays within this call, through the fused kernel), otherwise this call
         continues the cached sequence (see `attention.py`). Either way each layer's new keys
-        and values are written into its cache buffer at their positions.
+        and values are written into its cache buffer at their positions. `dropout_key` turns
+        on the LoRA adapters' input dropout (a training forward; ignored without adapters or
+        at rate 0), one key per layer drawn from it.
         """
         cfg = self.config
         if attention_mask is not None:
@@ -226,6 +236,8 @@ class Transformer(nnx.Module):
         # LongRoPE switches factors by the call's sequence length (HF: max(position_ids) + 1).
         seq_len = tokens.shape[1] if positions is None else jnp.max(positions) + 1
         per_layer = self.layer_data(seq_len)
+        if dropout_key is not None and cfg.lora is not None and cfg.lora.dropout > 0:
+            per_layer["dropout_key"] = jax.random.split(dropout_key, cfg.num_layers)
         x = constrain(self.embed_tokens(tokens), ("batch", "length", "act_embed"))
 
         graphdef, layer_state = nnx.split(self.layers)
@@ -234,7 +246,8 @@ class Transformer(nnx.Module):
             params, data = params_and_data
             block = nnx.merge(graphdef, params)
             return block(x, None if mode == "prefill" else positions, segment_ids,
-                         data["inv_freq"], layer_cache, mode, data.get("local"))
+                         data["inv_freq"], layer_cache, mode, data.get("local"),
+                         data.get("dropout_key"))
 
         if cfg.remat != "none":
             layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)

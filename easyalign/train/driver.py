@@ -15,6 +15,7 @@ and a run writes to `config.workdir`:
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +26,7 @@ from flax import nnx
 from easyalign import sharding
 from easyalign.hf.checkpoint import MODEL_DIR
 from easyalign.hf.models import save_model, stage_done
-from easyalign.model import ModelConfig, Transformer
+from easyalign.model import ModelConfig, Transformer, lora
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import loop as train_loop
 from easyalign.train import metrics as train_metrics
@@ -97,6 +98,9 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
     c = run.config
     unit = loop.unit
     tx, schedule = optim.make_optimizer(c.optim, optimizer_steps or loop.total_steps)
+    base = None
+    if lora.has_adapters(params):  # only the adapters (and a scalar head) are trained
+        params, loss_fn, frozen, hooks, base = with_frozen_base(params, loss_fn, frozen, hooks)
     checkpointer = ckpt.Checkpointer(run.workdir / "checkpoints", keep=c.train.keep_checkpoints,
                                      best_metric=best_metric,
                                      async_save=c.train.async_checkpointing)
@@ -116,7 +120,7 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
                       f"the model is in {run.workdir / MODEL_DIR} (train again in a new "
                       "--config.workdir)", flush=True)
             rundir.release(run.workdir)
-            return state, None
+            return _joined(state, base), None
         if data_state.get("loader"):
             loader.set_state(data_state["loader"].encode())
         if hooks.extra:
@@ -136,7 +140,43 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
     if c.train.plot:
         writer.plot(run.workdir / "plots")
     writer.close()
-    return state, writer.history
+    return _joined(state, base), writer.history
+
+
+def with_frozen_base(params, loss_fn: Callable, frozen: Any, hooks: train_loop.StepHooks):
+    """A LoRA run's training split: `(trainable, loss_fn', (base, frozen), hooks', base)`.
+
+    The train state (optimizer, checkpoints) holds only the trainable part (`lora.split`); the
+    base travels in the step's `frozen` argument, which is neither differentiated nor donated,
+    so no base gradient is ever computed and no optimizer state exists for it. `loss_fn'`
+    joins the two before calling `loss_fn` with the whole params, and replaces a
+    `lora.BaseReference` in `frozen` by the base (a reference model with adapters off, no
+    copy); the hooks see states with the whole params.
+    """
+    trainable, base = lora.split(params)
+
+    def loss_with_base(trainable, batch, rng, base_and_frozen):
+        base, rest = base_and_frozen
+        whole = lora.join(trainable, base)
+        return loss_fn(whole, batch, rng, lora.resolve(rest, whole))
+
+    def view(hook):
+        return None if hook is None else lambda *a: hook(*_with_joined_state(a, base))
+
+    hooks = dataclasses.replace(hooks, evaluate=view(hooks.evaluate),
+                                after_log=view(hooks.after_log), rollout=view(hooks.rollout))
+    return trainable, loss_with_base, (base, frozen), hooks, base
+
+
+def _joined(state, base):
+    """`state` with the whole params (trainable joined with the frozen base, if any)."""
+    return state if base is None else dataclasses.replace(
+        state, params=lora.join(state.params, base))
+
+
+def _with_joined_state(args: tuple, base) -> tuple:
+    """A hook's arguments with its train state (the one TrainState among them) joined."""
+    return tuple(_joined(a, base) if isinstance(a, train_state.TrainState) else a for a in args)
 
 
 class _LoaderState:
@@ -170,7 +210,9 @@ def make_evaluator(run, batches: list[dict], metric_fn: Callable, frozen: Any = 
     padded rows and unequal token counts average correctly); the result maps each `name` to
     Σ sums / Σ counts over all batches.
     """
-    jitted = jax.jit(metric_fn)
+    # A `lora.BaseReference` in `frozen` is the evaluated params' own base (adapters off).
+    jitted = jax.jit(lambda params, batch, frozen: metric_fn(params, batch,
+                                                             lora.resolve(frozen, params)))
 
     def evaluate(params) -> dict[str, float]:
         with sharding.use_mesh(run.mesh):
