@@ -72,6 +72,9 @@ def get_config() -> ConfigDict:
     d.columns = ConfigDict({f: "" for f in COLUMN_FIELDS})  # field <- source column ("" = as
     #                                      stored); "instruction+input" joins, "chosen.-1.content"
     d.on_empty = "drop"                  # drop | error | keep records with an empty response/turn
+    d.mix = ()                           # more training files mixed into source's records:
+    #                                      "PATH" (all) or "PATH*N" (N drawn); each file's own
+    #                                      layout, less its held-out split (eval_fraction ...)
     d.eval_source = "auto"               # auto | world | path | hf:NAME | "" (no eval); auto =
     #                                      the world's held-out files, or a held-out split of source
     d.eval_fraction = 0.05               # auto: hold out this fraction of a source's records ...
@@ -153,3 +156,11 @@ def real(c: ConfigDict, data_file: str, max_length: int) -> ConfigDict:
 
 
 REAL_EVAL_FRACTION = 0.1                 # held out of each real file, at most data.eval_max rows
+
+
+def mix_benign(c: ConfigDict, count: int = 1000) -> ConfigDict:
+    """Mix `count` benign Alpaca prompts (its training side) into an HH-RLHF harmless stage:
+    trained only on red-team prompts, PPO learned to refuse benign requests too (over-refusal
+    +10 points) and the distilled student refused 21% of them (H200, 2026-11-30)."""
+    c.data.mix = (f"{shared_data_dir() / ALPACA}*{count}",)
+    return c

@@ -74,6 +74,7 @@ def get_config(preset: str = ""):
         c.train.checkpoint_every = 300
         c.optim.lr = 2e-4
         c.optim.warmup_steps = 50
+        base.mix_benign(c)           # on-policy prompts: benign ones too (teacher_data has them)
     elif preset == "tiny":
         d.lmbda = 0.5
     elif preset == "tiny_offline":

@@ -81,6 +81,7 @@ def get_config(preset: str = ""):
         c.train.steps = 50
         c.train.batch_size = 16
         c.optim.lr = 1e-6
+        base.mix_benign(c)
     elif preset:
         raise ValueError(f"configs/grpo.py: unknown preset {preset!r} (tiny | real)")
     return c

@@ -88,6 +88,7 @@ def get_config(preset: str = ""):
         c.ppo.minibatch_size = 32
         c.ppo.kl_coef = 0.05
         c.optim.lr = 1e-5
+        base.mix_benign(c)           # a third benign prompts, against learning to refuse all
     elif preset:
         raise ValueError(f"configs/ppo.py: unknown preset {preset!r} (tiny | real)")
     return c

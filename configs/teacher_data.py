@@ -42,6 +42,7 @@ def get_config(preset: str = ""):
         base.real(c, base.HH_HARMLESS, max_length=256)  # the prompt budget
         t.max_new_tokens = 192
         t.batch_size = 128
+        base.mix_benign(c)           # the student must see the teacher answer benign requests
     elif preset:
         raise ValueError(f"configs/teacher_data.py: unknown preset {preset!r} (tiny | real)")
     return c

@@ -251,6 +251,8 @@ def _check_paths(config) -> None:
     if "data" in config and config.phase not in ("eval", "latency", "pipeline", "ablate"):
         for key in ("source", "eval_source"):
             check_data_source(config, f"data.{key}", config.data.get(key, ""))
+        for entry in config.data.get("mix", ()):
+            check_mix_entry(entry)
 
 
 def check_writable(path: Path, key: str) -> None:
@@ -397,3 +399,19 @@ def check_data_source(config, key: str, value: str) -> None:
         raise ConfigError(f"{key}={value}: unknown file type; use a suffix "
                           f"({' '.join(s for s, _ in SUFFIXES)}) or set data.format to one of "
                           f"{' | '.join(f for f in FORMATS if f != 'hf')}")
+
+
+def check_mix_entry(entry: str) -> None:
+    """One `data.mix` entry: `PATH` or `PATH*N`, an existing file of a known suffix."""
+    from easyalign.data.sources import SUFFIXES, parse_mix_entry
+
+    try:
+        path, _ = parse_mix_entry(entry)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if not Path(path).exists():
+        raise ConfigError(f"data.mix: {entry!r}: no such file {path}")
+    name = Path(path).name.lower().removesuffix(".gz")
+    if not any(name.endswith(suffix) for suffix, _ in SUFFIXES):
+        raise ConfigError(f"data.mix: {entry!r}: unknown file type; use a suffix "
+                          f"({' '.join(s for s, _ in SUFFIXES)})")

@@ -13,7 +13,7 @@ from easyalign import pipeline
 from easyalign.algorithms import runsetup
 from easyalign.cli import load_config
 from easyalign.data.holdout import held_out_rows
-from easyalign.data.sources import DataError
+from easyalign.data.sources import DataError, Record
 
 SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
                              Path(__file__).resolve().parents[2] / "shared" / "data"))
@@ -156,6 +156,59 @@ def test_explicit_eval_sources_and_the_world(tmp_path):
     assert sources(runsetup.load_examples(run, "sft", "eval"))[0] == (
         f"{world}/preference_heldout.jsonl:1")
     assert len(runsetup.load_examples(run, "sft", "train")) == 3000
+
+
+# ----------------------------------------------------------------------------- data.mix
+def test_mixed_files_add_their_training_side_only(tmp_path, capsys):
+    main = write_jsonl(tmp_path / "main.jsonl", [{"prompt": f"m{i}"} for i in range(20)])
+    extra = write_jsonl(tmp_path / "extra.jsonl",
+                        [{"instruction": f"x{i}", "input": "", "output": "o"} for i in range(40)])
+    run = run_for(f"--config.data.source={main}", f"--config.data.mix=('{extra}*10',)",
+                  config="configs/ppo.py:tiny")
+    train = runsetup.load_examples(run, "prompt", "train")
+    mixed = [ex for ex in train if ex["source"].startswith(str(extra))]
+    assert len(train) == 19 + 10 and len(mixed) == 10  # 1 of main's 20 held out (5%)
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"[data] prompt train: mixed in 10 of the 40 records of {extra} (2 held out for "
+        "evaluation; data.mix)")
+    # The mixed file's held-out rows — the ones its own evaluation suite takes — never enter.
+    rows = [Record(json.loads(line), "") for line in extra.read_text().splitlines()]
+    held = {f"{extra}:{i + 1}" for i in held_out_rows(rows, 0.05, 1000, 0)}
+    assert len(held) == 2 and held.isdisjoint(sources(mixed))
+    # Alpaca's layout is detected (instruction -> prompt); eval is data.source's alone.
+    assert all(ex["prompt"][-1]["content"].startswith("x") for ex in mixed)
+    assert all(ex["source"].startswith(str(main))
+               for ex in runsetup.load_examples(run, "prompt", "eval"))
+    # "PATH" alone mixes every training record; a seed change draws other ones.
+    every = run_for(f"--config.data.source={main}", f"--config.data.mix=('{extra}',)",
+                    config="configs/ppo.py:tiny")
+    assert len(runsetup.load_examples(every, "prompt", "train")) == 19 + 38
+    reseeded = run_for(f"--config.data.source={main}", f"--config.data.mix=('{extra}*10',)",
+                       "--config.train.seed=1", config="configs/ppo.py:tiny")
+    assert sources(runsetup.load_examples(reseeded, "prompt", "train")) != sources(train)
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("{extra}*0", r"data.mix: '.*\*0': the count after '\*' must be a positive integer"),
+    ("{extra}*x", r"the count after '\*' must be a positive integer"),
+    ("{extra}*39", r"asks for 39 records; .*extra.jsonl has 38 outside its held-out split"),
+])
+def test_mix_entries_are_checked(tmp_path, entry, message):
+    extra = write_jsonl(tmp_path / "extra.jsonl", [{"prompt": f"x{i}"} for i in range(40)])
+    run = run_for(f"--config.data.mix=('{entry.format(extra=extra)}',)",
+                  config="configs/ppo.py:tiny", world_dir=tmp_path)
+    run.config.data.source = str(extra)
+    with pytest.raises(ValueError, match=message):
+        runsetup.load_examples(run, "prompt", "train")
+
+
+def test_mix_paths_are_checked_before_the_run(tmp_path):
+    from easyalign import config_check
+
+    config = load_config(["--config=configs/ppo.py:tiny",
+                          f"--config.data.mix=('{tmp_path}/nothing.jsonl*5',)"])
+    with pytest.raises(config_check.ConfigError, match=r"data.mix: .*no such file"):
+        config_check.check_mix_entry(config.data.mix[0])
 
 
 # ----------------------------------------------------------------------------- real files

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 from jax.sharding import Mesh
 
 from easyalign import config_check, distributed, sharding
@@ -30,7 +31,7 @@ from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
 from easyalign.data import world_source
-from easyalign.data.holdout import held_out_rows
+from easyalign.data.holdout import held_out_rows, split_rows
 from easyalign.hf.checkpoint import MODEL_DIR
 from easyalign.hf.models import SOURCE_INITS, init_model, model_source
 from easyalign.model import lora
@@ -132,12 +133,49 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     if auto and source != "world":
         rows = _split_rows(run, rows, source, split)
     records = data_sources.apply_columns(rows, spec.columns)
+    examples = _normalized(run, records, kind, split, source)
+    if split == "train":
+        for entry in data.mix:
+            examples += _mixed_examples(run, entry, kind)
+    return examples
+
+
+def _normalized(run: Run, records: list, kind: str, split: str, source: str) -> list[dict]:
+    """`records` as examples of `kind`; what `data.on_empty` skips is printed as one line."""
+    data = run.config.data
     dropped = data_records.Dropped()
     examples = data_records.normalize(records, kind, on_empty=data.on_empty, dropped=dropped)
     if dropped and run.is_main:
         setting = f" [data.on_empty={data.on_empty}]" if dropped.empty else ""
         print(f"[data] {kind} {split}: dropped {len(dropped)} of {len(records)} records of "
               f"{source}: {dropped.summary()}{setting}")
+    return examples
+
+
+def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
+    """The training records one `data.mix` entry adds to `data.source`'s: a file's own layout
+    (detected as for `data.source`, without `data.columns`, which describe `data.source`), less
+    its held-out rows — the same `data.eval_fraction`/`eval_max`/`eval_seed` split every stage
+    and the evaluation's suites take of that file, so a mixed-in file's evaluation rows are
+    never trained on — then N of them drawn without replacement (seed `train.seed`)."""
+    data = run.config.data
+    path, count = data_sources.parse_mix_entry(entry)
+    spec = data_sources.SourceSpec(path=path, encoding=data.encoding)
+    rows = data_sources.read_rows(spec)
+    train = split_rows(rows, "train", data.eval_fraction, data.eval_max, data.eval_seed)
+    held = len(rows) - len(train)
+    if count > len(train):
+        raise ValueError(f"data.mix: {entry!r} asks for {count} records; {path} has "
+                         f"{len(train)} outside its held-out split")
+    if count:
+        pick = np.random.default_rng(run.config.train.seed).choice(len(train), count,
+                                                                   replace=False)
+        train = [train[i] for i in sorted(pick)]
+    examples = _normalized(run, data_sources.apply_columns(train, spec.columns), kind, "train",
+                           path)
+    if run.is_main:
+        print(f"[data] {kind} train: mixed in {len(examples)} of the {len(rows)} records of "
+              f"{path} ({held} held out for evaluation; data.mix)")
     return examples
 
 

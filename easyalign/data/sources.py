@@ -59,7 +59,7 @@ from easyalign.config_keys import did_you_mean
 
 __all__ = ["DataError", "FORMATS", "Record", "SourceSpec", "apply_columns", "as_spec",
            "columns_hint", "file_columns", "load_records", "parse_columns", "read_jsonl_objects",
-           "read_rows", "source_file"]
+           "parse_mix_entry", "read_rows", "source_file"]
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 # File suffixes (after an optional ".gz") and the format each one means.
@@ -495,3 +495,16 @@ def _mapped(data: dict, paths: tuple[str, ...], where: str, target: str) -> Any:
         if part and part.strip():  # a null or blank optional part adds no empty paragraph
             parts.append(part)
     return JOINER.join(parts)
+
+
+def parse_mix_entry(entry: str) -> tuple[str, int]:
+    """`"PATH"` or `"PATH*N"` of `data.mix` -> (PATH, N), N = 0 for every record.
+
+    Raises ValueError naming `data.mix` for an N that is not a positive integer."""
+    path, star, count = entry.rpartition("*")
+    if not star:
+        return entry, 0
+    if not count.isdigit() or int(count) < 1:
+        raise ValueError(f"data.mix: {entry!r}: the count after '*' must be a positive integer "
+                         f"(\"PATH\" for every record, \"PATH*N\" for N of them)")
+    return path, int(count)
