@@ -77,10 +77,12 @@ def get_config(preset: str = ""):
         c.grpo.beta = 0.04
         c.grpo.max_new_tokens = 64
         c.grpo.num_iterations = 1
-        c.grpo.minibatch_size = 64
+        # Equal sampled tokens to PPO's real preset (50 iterations × 64 responses × 64 tokens),
+        # for the ablation; two optimizer steps per rollout.
+        c.grpo.minibatch_size = 32
         c.train.steps = 50
-        c.train.batch_size = 16
-        c.optim.lr = 1e-6
+        c.train.batch_size = 8
+        c.optim.lr = 5e-6
         base.mix_benign(c)
     elif preset:
         raise ValueError(f"configs/grpo.py: unknown preset {preset!r} (tiny | real)")
