@@ -285,6 +285,10 @@ def test_lora_config_block_builds_the_model_config(tmp_path):
     assert dtypes["embed_tokens.embedding"] == jnp.bfloat16
     assert dtypes["layers.attn.q_proj.lora_a"] == jnp.float32
     assert "layers.attn.k_proj.lora_a" not in dtypes
+    # The model the phases build (init_model) has the same dtypes as its abstract shape.
+    built = {".".join(map(str, p)): v.get_value().dtype
+             for p, v in nnx.to_flat_state(nnx.state(models.init_model(run_), nnx.Param))}
+    assert {k: built[k] for k in dtypes} == dtypes
     c.model.lora.targets = "o_proj,wo"
     with pytest.raises(ValueError, match="'wo' matches no projection"):
         models.model_config(run_)

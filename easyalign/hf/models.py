@@ -169,7 +169,8 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
     plain = lora.base_config(config)
     if m.init == "scratch":  # the same base as without adapters, then the adapters
         model = create_model(plain, run.mesh, seed=seed)
-        return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed)
+        return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed,
+                                                      config.param_dtype)
     kind, path = model_source(m)
     source = _load_source(kind, path, run.mesh, **_numeric_overrides(plain, include_head=False))
     if source.config.lora is not None:
@@ -184,7 +185,8 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
         model = source
     else:
         model = _regraft(source, plain, run.mesh, seed, where=f"model.path={m.path}")
-    return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed)
+    return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed,
+                                                      config.param_dtype)
 
 
 def _numeric_overrides(config: ModelConfig, include_head: bool) -> dict:

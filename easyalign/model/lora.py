@@ -338,8 +338,11 @@ def _projection_modules(model) -> dict[str, Any]:
     return out
 
 
-def attach(model, lora: LoraConfig, mesh=None, seed: int = 0):
+def attach(model, lora: LoraConfig, mesh=None, seed: int = 0, param_dtype: str | None = None):
     """A model with fresh adapters (A drawn, B = 0) on the base weights of `model`.
+
+    `param_dtype` is the master dtype of the adapters (and a scalar head), default the model's
+    own; a base built in `lora.base_dtype` (`base_config`) has lost it, so the caller passes it.
 
     The base arrays are reused as they are when their dtype is the base dtype (no copy), cast
     otherwise; the adapters are created in their shardings by one jit. Returns a new model of
@@ -353,7 +356,8 @@ def attach(model, lora: LoraConfig, mesh=None, seed: int = 0):
         raise ValueError("attach: the model already has adapters (merge them first)")
     mesh = mesh or sharding.single_device_mesh()
     resolve_targets(lora.targets, available_targets(model.config.num_experts))
-    graphdef, abstract, shardings = abstract_model(model.config.replace(lora=lora), mesh)
+    graphdef, abstract, shardings = abstract_model(
+        model.config.replace(lora=lora, param_dtype=param_dtype or model.config.param_dtype), mesh)
     flat = dict(nnx.to_flat_state(abstract))
     where = {p: v.get_value() for p, v in nnx.to_flat_state(shardings)}
     source = {p: v.get_value() for p, v in nnx.to_flat_state(nnx.state(model, nnx.Param))}
