@@ -4,11 +4,14 @@
 #   bash bench/run_h100.sh part1   # PyTorch/HF anchor; easyalign SFT step and sampler
 #   bash bench/run_h100.sh part2   # TRL DPO and GKD anchors; easyalign DPO and distillation
 #   bash bench/run_h100.sh grpo    # TRL GRPO anchor; easyalign GRPO step (no remat, full remat)
+#   bash bench/run_h100.sh lora    # HF+PEFT LoRA SFT peer; easyalign LoRA SFT (Llama-3.2-1B, bf16
+#                                  # and fp32 base), Llama-3.1-8B LoRA SFT and DPO (one H200)
 # Output: JSON lines in $OUT/bench_<part>.jsonl (bench/report.py turns them into the table).
 set -uo pipefail
-part=${1:?part1, part2 or grpo}
+part=${1:?part1, part2, grpo or lora}
+wheels=(.whl/*.whl); [ -d .anchors/wheels ] && wheels+=(.anchors/wheels/*.whl)  # lora: no TRL
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
-  --target /tmp/site .whl/*.whl .anchors/wheels/*.whl || exit 1
+  --target /tmp/site "${wheels[@]}" || exit 1
 export PYTHONPATH=/tmp/site:$PWD:$PWD/bench PYTHONUNBUFFERED=1 NCCL_NVLS_ENABLE=0
 log=${OUT:-/tmp}/bench_${part}.jsonl
 run() { timeout "$1" "${@:2}" 2>&1 | grep '^{' | tee -a "$log"; }
@@ -18,6 +21,16 @@ if [ "$part" = part1 ]; then
   run 160 python3 bench/bench_sft.py --batch 4 8
   run 100 python3 bench/bench_sft.py --batch 8 --param-dtype bfloat16
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 100 python3 bench/bench_sampler.py --scan 0
+elif [ "$part" = lora ]; then
+  # r=16, alpha=32, all 7 projections, fp32 adapters, bf16 compute (bench/bench_lora.py).
+  # 1B: 4x2048, no remat, unrolled (as part1). 8B on one GPU: 4x2048 SFT and 4 pairs x 1024 DPO
+  # (8,192 policy tokens each), bf16 base, remat save_proj (projection outputs kept, the rest
+  # recomputed), layers under lax.scan (compile time independent of depth).
+  run 110 python3 bench/peft_baseline.py --base-dtype bfloat16 float32
+  run 150 python3 bench/bench_lora.py --base-dtype bfloat16 float32
+  run 120 python3 bench/bench_lora.py --preset llama-3.1-8b --remat save_proj --scan 1 --steps 5
+  run 140 python3 bench/bench_lora.py --preset llama-3.1-8b --phase dpo --remat save_proj \
+    --scan 1 --steps 5
 elif [ "$part" = grpo ]; then
   run 200 python3 .anchors/trl_baseline.py --only grpo
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 170 python3 bench/bench_grpo.py
