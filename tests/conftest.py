@@ -95,10 +95,30 @@ def full_fp32_matmuls():
         yield
 
 
+# Under pytest-xdist (`scripts/test.sh` runs two workers), each worker builds the session
+# fixtures it uses. Tests sharing a trained fixture go to one worker as one group, so every
+# fixture is trained once per suite, not once per worker.
+SHARED_FIXTURE_GROUPS = {"world_runs": "world-runs", "student_runs": "student-runs",
+                         "student_reward_runs": "student-runs"}
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        groups = {SHARED_FIXTURE_GROUPS[f] for f in getattr(item, "fixturenames", ())
+                  if f in SHARED_FIXTURE_GROUPS}
+        if len(groups) > 1:
+            raise pytest.UsageError(f"{item.nodeid} uses fixtures of two groups {groups}")
+        if groups:
+            item.add_marker(pytest.mark.xdist_group(groups.pop()))
+
+
 def pytest_sessionfinish(session, exitstatus):
-    """Remove the session's compilation cache (made above) when this process created it."""
+    """Remove the session's compilation cache (made above) when this process created it: the
+    controller, not an xdist worker (the workers share the controller's cache)."""
     import shutil
 
     cache = os.environ.get("JAX_COMPILATION_CACHE_DIR", "")
-    if os.path.basename(cache).startswith("easyalign-xla-cache-"):
+    if os.path.basename(cache).startswith("easyalign-xla-cache-") and \
+            "PYTEST_XDIST_WORKER" not in os.environ:
         shutil.rmtree(cache, ignore_errors=True)
