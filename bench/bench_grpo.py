@@ -8,25 +8,25 @@ one batch), AdamW lr 1e-6 with clipping at 1.0, and its reward: the fraction of 
 words in the decoded completion, a plain Python function (registered as a verifiable reward).
 The anchor's tokenizer (one word `w<i>` per id; eos `w2`, pad `w0`) decodes the completions.
 
-The library's own iteration (`easyalign.algorithms.grpo`, exactly what `easyalign grpo` runs
-per iteration, without the loop or a run directory): `rollout_iteration` — the jitted sampler
-draws the completions, one jitted pass scores them (policy log π_old, reference log π_ref),
-the responses are decoded and rewarded on the host, advantages per group — then
-`make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy
-keeps fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in
-the policy's parameter dtype (`--ref-dtype` to change). Each timed step: `sample_s` (the
-sampler alone, as `rollout_batch` times it), `rollout_s` (sampling + scoring + decode + rewards
-+ advantages), `update_s`, `step_s` (the whole iteration) — medians over `--steps` steps after
-2 warm-up steps (compilation), as the anchor times 6 steps after 2. Sampled tokens/s counts
-prompts × G × new tokens per step, as the anchor (a completion that stops early at `w2` still
-counts; `generated_tokens_mean` says how many were drawn).
+The library's own iteration (`easyalign.algorithms.grpo`, exactly what `easyalign grpo` runs per
+iteration, without the loop or a run directory): `rollout_iteration` — the jitted sampler draws the
+completions, one jitted pass scores them (reference log π_ref; policy log π_old only when μ > 1 or
+in minibatches), the responses are decoded and rewarded on the host, advantages per group — then
+`make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy keeps
+fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in the
+policy's parameter dtype (`--ref-dtype` to change). Each timed step: `sample_s` (the sampler alone,
+as `rollout_batch` times it), `rollout_s` (sampling + scoring + decode + rewards + advantages),
+`update_s`, `step_s` (the whole iteration) — medians over `--steps` steps after 2 warm-up steps
+(compilation), as the anchor times 6 steps after 2. Sampled tokens/s counts prompts × G × new
+tokens per step, as the anchor (a completion that stops early at `w2` still counts;
+`generated_tokens_mean` says how many were drawn).
 
-Not the same work as the anchor: easyalign scores log π_old with one more policy forward per
-rollout even at μ = 1 (TRL reuses the loss forward's detached log-probs), and its log-probs and
-entropy cover all 512 positions (TRL's only the 256 completion positions); TRL checkpoints
-gradients by default (`GRPOConfig.gradient_checkpointing=True`), the default run here keeps
-every activation (`--remat full` is TRL's setting). The anchor reports the mean step, this the
-median (`step_s_mean` beside it).
+Not the same work as the anchor: easyalign's log-probs and entropy cover all 512 positions (TRL's
+only the 256 completion positions); at μ = 1 both take log π_old from the loss forward's detached
+log-probs (`grpo.detached_old_logps`: no policy forward in the rollout scoring); TRL checkpoints
+gradients by default (`GRPOConfig.gradient_checkpointing=True`), the default run here keeps every
+activation (`--remat full` is TRL's setting). The anchor reports the mean step, this the median
+(`step_s_mean` beside it).
 
     python bench/bench_grpo.py [--prompts 8] [--group 8] [--prompt 256] [--new 256] [--cpu]
 """
@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from configs import grpo as grpo_config
-from easyalign import sharding
+from easyalign import losses, sharding
 from easyalign.algorithms import grpo, grpo_rewards, rollout, runsetup
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.model import create_model, preset
@@ -131,7 +131,7 @@ def main():
         graphs=rollout.Graphs(policy=graphdef, value=None, reference=ref_graphdef, reward=None),
         params=None, frozen={"reference": ref_params}, loader=None, records=records,
         eval_batches=[], eval_records=[], weights=grpo_rewards.parse_rewards(g.rewards),
-        policy_config=policy_config, stop_tokens=stop_token_ids(tokenizer, policy_config))
+        settings=losses.GRPOSettings.from_config(g), policy_config=policy_config, stop_tokens=stop_token_ids(tokenizer, policy_config))
     tx, schedule = optim.make_optimizer(c.optim, args.warmup + args.steps)
     state = create_train_state(params, tx, c.train.seed, mesh)
     del params
@@ -139,7 +139,7 @@ def main():
     times = {"sample_s": [], "rollout_s": [], "update_s": [], "step_s": []}
     generated = []
     with sharding.use_mesh(mesh):
-        step_fn = make_train_step(grpo.make_loss(s.graphs, g, g.max_new_tokens), tx, schedule,
+        step_fn = make_train_step(grpo.make_loss(s.graphs, s.settings), tx, schedule,
                                   state_shardings(state), grad_accum=c.train.grad_accum)
         update = grpo.make_update(step_fn)
         score_fn = grpo.make_scorer(s)

@@ -117,3 +117,61 @@ def test_config_errors(world_runs):
         bad.grpo[key] = value
         with pytest.raises(ValueError, match=message):
             grpo.check_config(bad)
+
+
+@pytest.mark.parametrize("level,loss_type", [("token", "token_mean"),
+                                             ("sequence", "sequence_mean")])
+def test_detached_old_logps_give_the_same_loss_and_gradients(tmp_path, full_fp32_matmuls,
+                                                             level, loss_type):
+    """μ = 1 in one minibatch: the update takes log π_old as its own log-probs, detached,
+    instead of the rollout scorer's policy pass — ratio exactly 1, clip fractions 0, and the
+    same loss and gradients (on a tiny random model, no world needed)."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from easyalign import losses, sampler
+    from easyalign.algorithms import rollout
+    from easyalign.model import create_model, preset
+
+    c = config_for(tmp_path, "unused")  # the tiny preset: μ = 2 in minibatches of 64
+    assert not grpo.detached_old_logps(c)
+    c.grpo.num_iterations, c.grpo.minibatch_size = 1, 0
+    assert grpo.detached_old_logps(c)
+    c.grpo.beta, c.grpo.loss_type, c.grpo.importance_sampling_level = 0.04, loss_type, level
+    settings = losses.GRPOSettings.from_config(c.grpo)
+
+    graphdef, params = nnx.split(create_model(preset("tiny", dtype="float32"), seed=0))
+    graphs = rollout.Graphs(policy=graphdef, value=None, reference=None, reward=None)
+    rng = np.random.default_rng(0)
+    rows, width = 6, 12
+    tokens = jnp.asarray(rng.integers(3, 256, (rows, width)), jnp.int32)
+    starts, lengths = rng.integers(2, 6, rows), rng.integers(1, 6, rows)
+    mask = np.zeros((rows, width), np.float32)
+    for i in range(rows):
+        mask[i, starts[i]:starts[i] + lengths[i]] = 1.0
+    # The rollout scorer's policy pass (`make_score_fn` with old_logps=True).
+    old_logps, _ = jax.jit(lambda p, t: rollout.policy_logps(nnx.merge(graphdef, p), t))(
+        params, tokens)
+    batch = {"tokens": tokens, "mask": jnp.asarray(mask),
+             "advantages": jnp.asarray(rng.normal(size=rows), jnp.float32),
+             "ref_logps": old_logps + jnp.asarray(rng.normal(0, 0.1, (rows, width)), jnp.float32)}
+    grad_fn = jax.jit(jax.value_and_grad(grpo.make_loss(graphs, settings), has_aux=True))
+    (scored, scored_m), scored_g = grad_fn(params, batch | {"old_logps": old_logps}, None, None)
+    (detached, detached_m), detached_g = grad_fn(params, batch | {"sampler_logps": old_logps},
+                                                 None, None)
+    np.testing.assert_allclose(float(detached), float(scored), rtol=1e-6, atol=1e-7)
+    for a, b in zip(host(detached_g), host(scored_g)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+    for m in (scored_m, detached_m):
+        np.testing.assert_allclose(float(m["ratio"]), 1.0, atol=1e-6)
+        assert float(m["clip_frac"]) == 0.0
+    assert float(detached_m["ratio"]) == 1.0
+    assert float(detached_m["logprob_mismatch"]) < 1e-5
+    # The scorer then runs no policy pass.
+    gen = sampler.Generation(tokens=tokens[:, 4:], logprobs=jnp.zeros((rows, width - 4)),
+                             lengths=jnp.full((rows,), 3), done=jnp.ones((rows,), bool))
+    prompts = {"prompt_tokens": tokens[:, :4], "prompt_lengths": jnp.full((rows,), 4)}
+    scored_keys = jax.eval_shape(grpo.make_score_fn(graphs, 0, 2, old_logps=False), params, {},
+                                 prompts, gen).keys()
+    assert scored_keys == {"tokens", "mask", "sampler_logps"}

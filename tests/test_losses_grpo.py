@@ -124,3 +124,30 @@ def test_unknown_names_fail():
     with pytest.raises(ValueError, match="valid: constant, sequence_mean, token_mean"):
         G.grpo_policy_loss(jnp.asarray(NEW), jnp.asarray(OLD), jnp.asarray(ADV),
                            jnp.asarray(MASK), loss_type="mean")
+
+
+def test_settings_from_config_are_frozen_and_compute_the_same_loss():
+    from configs import grpo as grpo_config
+
+    block = grpo_config.get_config().grpo
+    block.beta, block.epsilon_high, block.loss_type = 0.1, 0.28, "constant"
+    settings = G.GRPOSettings.from_config(block)
+    assert settings == G.GRPOSettings(epsilon=0.2, epsilon_high=0.28, loss_type="constant",
+                                      beta=0.1, max_length=block.max_new_tokens)
+    assert hash(settings) == hash(G.GRPOSettings.from_config(block))
+    block.epsilon_high = 0.0  # 0 in the config: ε_high = ε_low
+    assert G.GRPOSettings.from_config(block).epsilon_high is None
+    loss, metrics = settings.loss(jnp.asarray(NEW), jnp.asarray(OLD), jnp.asarray(ADV),
+                                  jnp.asarray(MASK), jnp.asarray(REF))
+    want, want_metrics = G.grpo_policy_loss(
+        jnp.asarray(NEW), jnp.asarray(OLD), jnp.asarray(ADV), jnp.asarray(MASK), epsilon=0.2,
+        epsilon_high=0.28, loss_type="constant", ref_logps=jnp.asarray(REF), beta=0.1,
+        max_length=block.max_new_tokens)
+    assert float(loss) == float(want)
+    assert {k: float(v) for k, v in metrics.items()} == {k: float(v)
+                                                         for k, v in want_metrics.items()}
+    for key, value, message in [("loss_type", "mean", "grpo.loss_type 'mean'"),
+                                ("kl_estimator", "k9", "grpo.kl_estimator 'k9'"),
+                                ("importance_sampling_level", "seq", "valid: token, sequence")]:
+        with pytest.raises(ValueError, match=message):
+            G.GRPOSettings(**{key: value})

@@ -8,7 +8,10 @@ Each *iteration* of `train.steps`:
    assembled as PPO's (`rollout.assemble`: prompt + response + padding, mask on the response
    and its stop token) and scored in one jitted pass: log π_old (the trainer's own code path, so
    the first update starts at ratio 1), log π_ref when β > 0, the reward model's score when it
-   is one of the rewards.
+   is one of the rewards. With μ = 1 and the whole rollout as one minibatch
+   (`detached_old_logps`), π_old *is* π_θ at the one update step, so the scorer skips the
+   policy pass and the loss takes log π_old as the stop-gradient of its own log-probs (as TRL
+   does): ratio exactly 1, the same loss and gradient, one policy forward fewer per iteration.
 2. **Rewards** (`grpo_rewards`): the responses are decoded on the host and every verifiable
    reward `fn(prompt record, response text)` is applied; r = Σ_k w_k r_k (`grpo.rewards`).
 3. **Advantages** from the `grpo.advantage_estimator` registry over each group
@@ -19,7 +22,8 @@ Each *iteration* of `train.steps`:
 4. **Update**: `grpo.num_iterations` (μ) passes over the B·G completions in shuffled
    minibatches of `grpo.minibatch_size` (0 = the whole rollout), one optimizer step each, through
    the generic jitted step with the loss of `losses.grpo.grpo_policy_loss` (clipped ratio,
-   ε_low/ε_high, token or GSPO sequence ratio, `grpo.loss_type` aggregation, β · KL to π_ref).
+   ε_low/ε_high, token or GSPO sequence ratio, `grpo.loss_type` aggregation, β · KL to π_ref),
+   its settings a frozen `losses.GRPOSettings` built once from the `grpo` block.
 
 The loop is the generic one (`train.loop.run_loop` via `driver.fit`), exactly as PPO uses it:
 its `rollout` hook is steps 1–3, its step the minibatch update, its `after_update` hook times
@@ -31,10 +35,13 @@ One iteration outside the loop (no run directory; `bench/bench_grpo.py`) is the 
 Metrics per iteration (`logs/metrics.jsonl`): `reward` (combined), `reward/<name>` and
 `reward_std/<name>` per reward function, `zero_signal_frac`, `clip_frac` (+ `_low`, `_high`),
 `kl` (token mean of the KL estimator; 0 when β = 0), `ratio`, `pg_loss`, `entropy`,
-`response_length`, `eos_rate`, `logprob_mismatch`, `sample_tokens_per_s` (generated tokens /
-sampling wall time) and `update_tokens_per_s` (rows × width × μ / update wall time; both
-include compilation at iteration 1). `eval/<name>` is the mean reward of greedy responses to
-the held-out prompts (iteration 0 = the starting policy).
+`response_length`, `eos_rate`, `logprob_mismatch` (the largest |log π_old − the sampler's
+log-prob| over response tokens; with `detached_old_logps` the update's forward measures it, as
+the mean of the micro-batch maxima under `train.grad_accum`), `entropy_rollout` (only when the
+rollout scores π_old), `sample_tokens_per_s` (generated tokens / sampling wall time) and
+`update_tokens_per_s` (rows × width × μ / update wall time; both include compilation at
+iteration 1). `eval/<name>` is the mean reward of greedy responses to the held-out prompts
+(iteration 0 = the starting policy).
 """
 
 from __future__ import annotations
@@ -61,18 +68,16 @@ from easyalign.model import lora
 from easyalign.sharding import to_global_batch
 from easyalign.train import loop as train_loop
 
-TRAIN_KEYS = ("tokens", "mask", "old_logps", "advantages", "ref_logps")
+# The arrays an update reads (`old_logps` not with `detached_old_logps`, which reads
+# `sampler_logps` instead, for the `logprob_mismatch` metric; `ref_logps` when β > 0).
+TRAIN_KEYS = ("tokens", "mask", "old_logps", "advantages", "ref_logps", "sampler_logps")
 
 
 def check_config(config) -> None:
     """Fail before any work when the `grpo` block is inconsistent."""
     g, t = config.grpo, config.train
     losses_common.get(grpo_losses.ADVANTAGES, g.advantage_estimator, "grpo.advantage_estimator")
-    losses_common.get(grpo_losses.AGGREGATIONS, g.loss_type, "grpo.loss_type")
-    losses_common.get(losses_common.KL_ESTIMATORS, g.kl_estimator, "grpo.kl_estimator")
-    if g.importance_sampling_level not in grpo_losses.IMPORTANCE_LEVELS:
-        raise ValueError(f"unknown grpo.importance_sampling_level {g.importance_sampling_level!r}"
-                         f"; valid: {', '.join(grpo_losses.IMPORTANCE_LEVELS)}")
+    grpo_losses.GRPOSettings.from_config(g)  # the loss's names (ValueError listing valid ones)
     grpo_rewards.parse_rewards(g.rewards)
     if g.num_generations < 2:
         raise ValueError(f"grpo.num_generations {g.num_generations} must be ≥ 2 (a group)")
@@ -93,6 +98,16 @@ def minibatch_rows(config) -> int:
     return config.grpo.minibatch_size or config.train.batch_size * config.grpo.num_generations
 
 
+def detached_old_logps(config) -> bool:
+    """Whether π_old is the update's own π_θ, detached: one pass (μ = 1) in one minibatch, so
+    the rollout's only optimizer step sees the parameters that sampled it. Then the rollout
+    scores no log π_old (one policy forward fewer) and the loss uses stop_gradient of its own
+    log-probs — the same ratio (exactly 1), loss and gradient."""
+    g = config.grpo
+    return (g.num_iterations == 1
+            and minibatch_rows(config) == config.train.batch_size * g.num_generations)
+
+
 # ----------------------------------------------------------------------------- set-up
 @dataclasses.dataclass
 class Setup:
@@ -107,6 +122,7 @@ class Setup:
     eval_batches: list[dict]        # held-out prompt batches with `valid`
     eval_records: list[dict]        # their records, in batch order
     weights: dict[str, float]       # reward name → weight
+    settings: grpo_losses.GRPOSettings  # the loss's static settings, from the `grpo` block
     policy_config: Any
     stop_tokens: tuple[int, ...]
 
@@ -183,7 +199,8 @@ def setup(config) -> Setup:
         frozen={k: v for k, (_, v) in split.items() if k != "policy"},
         loader=runsetup.train_loader(run_, prompts, "prompt", max_length=width),
         records=records, eval_batches=eval_batches, eval_records=eval_records, weights=weights,
-        policy_config=policy_config, stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
+        settings=grpo_losses.GRPOSettings.from_config(g), policy_config=policy_config,
+        stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
 
 
 # ----------------------------------------------------------------------------- rollout pieces
@@ -192,18 +209,21 @@ def repeat_prompts(prompts: dict, G: int) -> dict:
     return {k: jnp.repeat(prompts[k], G, axis=0) for k in ("prompt_tokens", "prompt_lengths")}
 
 
-def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int):
+def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int, *,
+                  old_logps: bool = True):
     """`score(params, frozen, prompts, gen) -> dict`, jitted: the assembled rows (`tokens`,
-    `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]`, `ref_logps` `[N, T]` when a
-    reference is loaded, reward-model `scores [N]` when one is."""
+    `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]` unless `old_logps=False`
+    (`detached_old_logps`), `ref_logps` `[N, T]` when a reference is loaded, reward-model
+    `scores [N]` when one is."""
 
     def score(params, frozen, prompts, gen):
         frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: adapters off
         seq = rollout.assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id,
                                end_of_turn_id)
         out = {k: seq[k] for k in ("tokens", "mask", "sampler_logps")}
-        out["old_logps"], out["entropy"] = rollout.policy_logps(
-            nnx.merge(graphs.policy, params), seq["tokens"])
+        if old_logps:
+            out["old_logps"], out["entropy"] = rollout.policy_logps(
+                nnx.merge(graphs.policy, params), seq["tokens"])
         if "reference" in frozen:
             out["ref_logps"], _ = rollout.policy_logps(
                 nnx.merge(graphs.reference, frozen["reference"]), seq["tokens"])
@@ -239,21 +259,26 @@ def _global_rows(x: np.ndarray, mesh) -> jax.Array:
 
 
 # ----------------------------------------------------------------------------- loss
-def make_loss(graphs: rollout.Graphs, g, max_new_tokens: int):
-    """`loss_fn(params, batch, rng, frozen)` of the update (`losses.grpo.grpo_policy_loss`)."""
+def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
+    """`loss_fn(params, batch, rng, frozen)` of the update (`losses.grpo.grpo_policy_loss` with
+    `settings`). A batch without `old_logps` (`detached_old_logps`) takes log π_old as the
+    stop-gradient of the loss's own log-probs, and reports `logprob_mismatch` against its
+    `sampler_logps`."""
 
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
         mask = batch["mask"]
         logps, entropy = rollout.policy_logps(nnx.merge(graphs.policy, params), batch["tokens"])
-        loss, metrics = grpo_losses.grpo_policy_loss(
-            logps, batch["old_logps"], batch["advantages"], mask, epsilon=g.epsilon,
-            epsilon_high=g.epsilon_high or None, loss_type=g.loss_type,
-            importance_sampling_level=g.importance_sampling_level,
-            ref_logps=batch.get("ref_logps"), beta=g.beta, kl_estimator=g.kl_estimator,
-            max_length=max_new_tokens)
-        return loss, {**metrics, "entropy": losses_common.masked_mean(entropy, mask),
-                      "loss_weight": grpo_losses.aggregation_weight(g.loss_type, mask)}
+        extra = {}
+        old_logps = batch.get("old_logps")
+        if old_logps is None:  # π_old = π_θ now: ratio exactly 1, ∇ratio = ∇log π_θ
+            old_logps = jax.lax.stop_gradient(logps)
+            extra["logprob_mismatch"] = jnp.max(jnp.abs(old_logps - batch["sampler_logps"])
+                                                * mask)
+        loss, metrics = settings.loss(logps, old_logps, batch["advantages"], mask,
+                                      batch.get("ref_logps"))
+        return loss, {**metrics, **extra, "entropy": losses_common.masked_mean(entropy, mask),
+                      "loss_weight": grpo_losses.aggregation_weight(settings.loss_type, mask)}
 
     return loss_fn
 
@@ -327,20 +352,24 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
     if g.skip_zero_signal_groups:
         keep = _global_rows(np.repeat(~zero, G).astype(np.float32), mesh)
         mask = mask * keep[:, None]
-    batch = {"tokens": scored["tokens"], "mask": mask, "old_logps": scored["old_logps"],
+    batch = {"tokens": scored["tokens"], "mask": mask,
              "advantages": _global_rows(advantages.reshape(-1), mesh)}
-    if "ref_logps" in scored:
-        batch["ref_logps"] = scored["ref_logps"]
     response_mask = scored["mask"]
     metrics = {"reward": jnp.float32(rewards.mean()),
                "reward_std": jnp.float32(rewards.std()),
                "zero_signal_frac": jnp.float32(zero.mean()),
                "response_length": jnp.float32(lengths.mean()),
                "eos_rate": jnp.mean(gen.done.astype(jnp.float32)),
-               "entropy_rollout": losses_common.masked_mean(scored["entropy"], response_mask),
-               "logprob_mismatch": jnp.max(jnp.abs(scored["old_logps"] - scored["sampler_logps"])
-                                           * response_mask),
                "sample_tokens_per_s": jnp.float32(lengths.sum() / max(sample_time, 1e-9))}
+    if "old_logps" in scored:
+        batch["old_logps"] = scored["old_logps"]
+        metrics["entropy_rollout"] = losses_common.masked_mean(scored["entropy"], response_mask)
+        metrics["logprob_mismatch"] = jnp.max(
+            jnp.abs(scored["old_logps"] - scored["sampler_logps"]) * response_mask)
+    else:  # the update's loss measures the mismatch (`make_loss`)
+        batch["sampler_logps"] = scored["sampler_logps"]
+    if "ref_logps" in scored:
+        batch["ref_logps"] = scored["ref_logps"]
     for name, v in scores.items():
         metrics[f"reward/{name}"] = jnp.float32(v.mean())
         metrics[f"reward_std/{name}"] = jnp.float32(v.std())
@@ -351,9 +380,11 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
 
 def make_scorer(s: Setup):
     """The jitted scoring pass of `s`'s models (`make_score_fn`) with the run's pad and
-    end-of-turn ids."""
+    end-of-turn ids; log π_old only when the update cannot take it from its own forward
+    (`detached_old_logps`)."""
     return make_score_fn(s.graphs, runsetup.pad_id(s.run),
-                         chat_format(s.run.tokenizer).end_of_turn_id)
+                         chat_format(s.run.tokenizer).end_of_turn_id,
+                         old_logps=not detached_old_logps(s.run.config))
 
 
 def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int
@@ -406,7 +437,7 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
                               hint="Lower optim.lr, or raise grpo.beta.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now
     state, history = driver.fit(
-        run_, params=params, loss_fn=make_loss(s.graphs, g, g.max_new_tokens), loader=s.loader,
+        run_, params=params, loss_fn=make_loss(s.graphs, s.settings), loader=s.loader,
         loop=loop, model_config=s.policy_config, hooks=hooks,
         optimizer_steps=t.steps * g.num_iterations * (rows // mb),
         update_for=make_update)

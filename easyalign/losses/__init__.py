@@ -8,7 +8,7 @@ Conventions (details and formulas in each module's docstring):
     `ValueError` listing the valid names: DPO_LOSSES, KL_ESTIMATORS, KL_CONTROLLERS,
     DIVERGENCES;
   * a run's static choices are frozen dataclasses built once from its config block
-    (DPOSettings, PPOSettings), so a jitted loss never closes over a mutable ConfigDict.
+    (DPOSettings, PPOSettings, GRPOSettings), so a jitted loss never closes over a mutable ConfigDict.
 """
 
 from easyalign.losses.common import (
@@ -38,6 +38,7 @@ from easyalign.losses.distill import (
 )
 from easyalign.losses.dpo import (DPO_LOSSES, LENGTH_AVERAGED_DPO_LOSSES, DPOSettings, dpo_hinge,
                                   dpo_ipo, dpo_loss, dpo_sigmoid)
+from easyalign.losses.grpo import GRPOSettings
 from easyalign.losses.ppo import (
     AdaptiveKLController,
     FixedKLController,
@@ -59,6 +60,7 @@ __all__ = [
     "DPOSettings",
     "LENGTH_AVERAGED_DPO_LOSSES",
     "FixedKLController",
+    "GRPOSettings",
     "KL_CONTROLLERS",
     "KL_ESTIMATORS",
     "PPOSettings",

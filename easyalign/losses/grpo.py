@@ -41,10 +41,15 @@ Aggregation (`AGGREGATIONS`) of ℓ over the masked tokens of a batch of N compl
                                                        normaliser, no length bias
 
 Every function computes in float32.
+
+`GRPOSettings` holds a run's choices of the loss (ε_low/ε_high, the ratio level, the
+aggregation and its L_max, β and the KL estimator), built once from the `grpo` config block and
+closed over by the jitted step; `GRPOSettings.loss` is `grpo_policy_loss` with them.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -209,3 +214,55 @@ def grpo_policy_loss(
                "ratio": masked_mean(ratio, mask),
                "kl": masked_mean(kl, mask)}
     return loss, metrics
+
+
+@dataclasses.dataclass(frozen=True)
+class GRPOSettings:
+    """The static settings of a GRPO-family loss: frozen, so hashable (safe as a jit static
+    argument) and never changed under a compiled step, unlike the mutable config block. Field
+    names are those of the `grpo` block (`max_length` is its `max_new_tokens`).
+
+      epsilon, epsilon_high       ε_low and ε_high of the ratio clip (ε_high None = ε_low)
+      loss_type                   an `AGGREGATIONS` name
+      importance_sampling_level   "token" (GRPO) or "sequence" (GSPO)
+      beta, kl_estimator          β and the `KL_ESTIMATORS` name of the KL penalty (β = 0: none)
+      max_length                  L_max of the `constant` normaliser (None = the token width)
+
+    Raises ValueError (one line, named as the `grpo.*` config key, listing the valid names) for
+    an unknown loss_type, importance_sampling_level or kl_estimator.
+    """
+
+    epsilon: float = 0.2
+    epsilon_high: float | None = None
+    loss_type: str = "sequence_mean"
+    importance_sampling_level: str = "token"
+    beta: float = 0.0
+    kl_estimator: str = "k3"
+    max_length: int | None = None
+
+    def __post_init__(self):
+        get(AGGREGATIONS, self.loss_type, "grpo.loss_type")
+        get(KL_ESTIMATORS, self.kl_estimator, "grpo.kl_estimator")
+        if self.importance_sampling_level not in IMPORTANCE_LEVELS:
+            raise ValueError(f"unknown grpo.importance_sampling_level "
+                             f"{self.importance_sampling_level!r}; valid: "
+                             f"{', '.join(IMPORTANCE_LEVELS)}")
+
+    @classmethod
+    def from_config(cls, block) -> "GRPOSettings":
+        """From the `grpo` config block (`epsilon_high = 0` there means ε_low; its other keys —
+        rewards, models, budgets, epochs — are the phase's, not the loss's)."""
+        return cls(epsilon=float(block.epsilon), epsilon_high=float(block.epsilon_high) or None,
+                   loss_type=block.loss_type,
+                   importance_sampling_level=block.importance_sampling_level,
+                   beta=float(block.beta), kl_estimator=block.kl_estimator,
+                   max_length=int(block.max_new_tokens))
+
+    def loss(self, new_logps: Array, old_logps: Array, advantages: Array, mask: Array,
+             ref_logps: Array | None = None) -> tuple[Array, dict[str, Array]]:
+        """`grpo_policy_loss` of these settings."""
+        return grpo_policy_loss(
+            new_logps, old_logps, advantages, mask, epsilon=self.epsilon,
+            epsilon_high=self.epsilon_high, loss_type=self.loss_type,
+            importance_sampling_level=self.importance_sampling_level, ref_logps=ref_logps,
+            beta=self.beta, kl_estimator=self.kl_estimator, max_length=self.max_length)

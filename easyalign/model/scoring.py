@@ -75,6 +75,49 @@ def _picked_bwd(residuals, g):
 picked_logprob.defvjp(_picked_fwd, _picked_bwd)
 
 
+@jax.custom_vjp
+def picked_logprob_and_entropy(logits: jax.Array, targets: jax.Array
+                               ) -> tuple[jax.Array, jax.Array]:
+    """`(log softmax(logits)[target], H)` in float32, H = −Σ_v p_v log p_v the entropy.
+
+    Forward: reductions over the logits alone (the log-sum-exp, the picked logit and
+    H = −Σ p (z − lse)) — no `[..., V]` log-softmax array beside the logits. Backward, one
+    elementwise pass as `picked_logprob`'s: with p = softmax(z), ∂ log p_y/∂z = onehot(y) − p and
+    ∂H/∂z = −p (log p + H), so
+
+        ∇z = g_y · onehot(y) − p · (g_y + g_H · (z − lse + H))
+
+    where autodiff would keep the log-softmax, its exponent and their cotangents (several
+    `[..., V]` float32 arrays) alive together.
+    """
+    return _picked_entropy_forward(logits, targets)[0]
+
+
+def _picked_entropy_forward(logits, targets):
+    picked, lse = _picked_forward(logits, targets)
+    entropy = -jnp.sum(jnp.exp(logits - lse[..., None]) * (logits - lse[..., None]), axis=-1)
+    return (picked, entropy), (lse, entropy)
+
+
+def _picked_entropy_fwd(logits, targets):
+    out, (lse, entropy) = _picked_entropy_forward(logits, targets)
+    return out, (logits, targets, lse, entropy)
+
+
+def _picked_entropy_bwd(residuals, cotangents):
+    logits, targets, lse, entropy = residuals
+    g_picked, g_entropy = cotangents
+    logp = logits - lse[..., None]
+    onehot = jnp.arange(logits.shape[-1]) == targets[..., None]
+    grad = (g_picked[..., None] * onehot.astype(logits.dtype)
+            - jnp.exp(logp) * (g_picked[..., None]
+                               + g_entropy[..., None] * (logp + entropy[..., None])))
+    return grad, None
+
+
+picked_logprob_and_entropy.defvjp(_picked_entropy_fwd, _picked_entropy_bwd)
+
+
 def chunked(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int = DEFAULT_CHUNK
             ) -> jax.Array:
     """Apply `fn(*chunks) -> [B, c, ...]` over length-chunks of `[B, L, ...]` arrays → `[B, L, ...]`.
@@ -129,10 +172,7 @@ def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
     """Log-probs as `token_logprobs`, plus the entropy H_t = −Σ_v p log p of each prediction."""
 
     def fn(h, targets):
-        logp = jax.nn.log_softmax(model.logits(h), axis=-1)
-        picked = jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-        entropy = -jnp.sum(jnp.exp(logp) * logp, axis=-1)
-        return jnp.stack([picked, entropy], axis=-1)
+        return jnp.stack(picked_logprob_and_entropy(model.logits(h), targets), axis=-1)
 
     chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
                       model.config.vocab_size, tensors=2)

@@ -249,11 +249,19 @@ class Transformer(nnx.Module):
                          data["inv_freq"], layer_cache, mode, data.get("local"),
                          data.get("dropout_key"))
 
+        scanned_layers = cfg.scan_layers and mode != "decode"
         if cfg.remat != "none":
-            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat], prevent_cse=False)
+            # `prevent_cse=False` is safe only under the scan, whose loop keeps XLA from merging
+            # a layer's backward recomputation with its forward. In the Python loop over layers
+            # XLA's CSE folds the recomputation back into the forward pass and every policy
+            # keeps every activation: measured on an H200 at the Llama-3.2-1B shape (64 × 512
+            # tokens), the compiled GRPO step's temporaries were 51.1 GiB with "full" as with
+            # "none"; with prevent_cse they are 14.0 GiB (the scan's: 10.5 GiB).
+            layer = jax.checkpoint(layer, policy=REMAT_POLICIES[cfg.remat],
+                                   prevent_cse=not scanned_layers)
 
         rows = jnp.arange(tokens.shape[0])[:, None]
-        if cfg.scan_layers and mode != "decode":
+        if scanned_layers:
             # Without a cache, or filling an empty one (prefill reads no cache: each layer
             # attends within this call): one scanned layer, so compile time does not grow with
             # depth. A prefill returns every layer's keys and values stacked, then writes them
