@@ -6,9 +6,10 @@
 #   bash bench/run_h100.sh grpo    # TRL GRPO anchor; easyalign GRPO step (no remat, full remat)
 #   bash bench/run_h100.sh lora    # HF+PEFT LoRA SFT peer; easyalign LoRA SFT (Llama-3.2-1B, bf16
 #                                  # and fp32 base), Llama-3.1-8B LoRA SFT and DPO (one H200)
+#   bash bench/run_h100.sh moe     # MoE SFT step: Qwen3-30B-A3B layers × 8, 4×2048 (one H200)
 # Output: JSON lines in $OUT/bench_<part>.jsonl (bench/report.py turns them into the table).
 set -uo pipefail
-part=${1:?part1, part2, grpo or lora}
+part=${1:?part1, part2, grpo, lora or moe}
 wheels=(.whl/*.whl); [ -d .anchors/wheels ] && wheels+=(.anchors/wheels/*.whl)  # lora: no TRL
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site "${wheels[@]}" || exit 1
@@ -31,6 +32,10 @@ elif [ "$part" = lora ]; then
   run 120 python3 bench/bench_lora.py --preset llama-3.1-8b --remat save_proj --scan 1 --steps 5
   run 140 python3 bench/bench_lora.py --preset llama-3.1-8b --phase dpo --remat save_proj \
     --scan 1 --steps 5
+elif [ "$part" = moe ]; then
+  # 8 of Qwen3-30B-A3B's 48 layers (5.6B params, 1.08B active; doctor: 103 GiB with fp32 AdamW),
+  # 128 experts top-8 through ragged_dot, router loss on; layers scanned (compile time).
+  run 200 python3 bench/bench_moe.py --layers 8 --batch 4 --seq 2048 --scan 1
 elif [ "$part" = grpo ]; then
   run 200 python3 .anchors/trl_baseline.py --only grpo
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 170 python3 bench/bench_grpo.py
