@@ -1,11 +1,21 @@
-"""Shared fixtures: the built-in world's SFT and reward models, trained once per test session.
+"""Shared fixtures and helpers.
 
-The stages run in-process through the same `run(config)` functions the CLI calls, with the
-`tiny` presets the README documents, in a temporary pipeline directory (`<tmp>/runs/t/{sft,
-reward}`) so that `@sft` / `@reward` references resolve as in a real pipeline.
+* the built-in world's SFT and reward models, trained once per test session (`world_runs`,
+  `student_runs`): the stages run in-process through the same `run(config)` functions the CLI
+  calls, with the `tiny` presets the README documents, in a temporary pipeline directory
+  (`<tmp>/runs/t/{sft,reward}`) so that `@sft` / `@reward` references resolve as in a real
+  pipeline;
+* subprocesses that see fake CPU devices (`cpu_devices_env`, `run_on_cpu_devices`,
+  `run_script_on_cpu_devices`) — XLA fixes the device count before jax starts, and pytest has
+  imported jax already — and the CLI's small SFT run (`sft_command`);
+* `host` copies of a pytree and true fp32 matmuls (`full_fp32_matmuls`).
+* under pytest-xdist, the tests of one trained session fixture go to one worker as a group.
 """
 
 import os
+import socket
+import subprocess
+import sys
 import tempfile
 from pathlib import Path
 
@@ -111,6 +121,54 @@ def pytest_collection_modifyitems(config, items):
             raise pytest.UsageError(f"{item.nodeid} uses fixtures of two groups {groups}")
         if groups:
             item.add_marker(pytest.mark.xdist_group(groups.pop()))
+
+
+# ----------------------------------------------------------------------------- subprocesses
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cpu_devices_env(devices: int, **extra: str) -> dict:
+    """This process's environment for a child that sees `devices` fake CPU devices."""
+    return dict(os.environ, JAX_PLATFORMS="cpu",
+                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+
+
+def run_on_cpu_devices(devices: int, *args: str, timeout: float, cwd: Path | None = None,
+                       **extra_env: str) -> subprocess.CompletedProcess:
+    """`python *args` with `devices` fake CPU devices; its output captured as text."""
+    return subprocess.run([sys.executable, *args], cwd=cwd,
+                          env=cpu_devices_env(devices, **extra_env), capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def run_script_on_cpu_devices(devices: int, script: str, *args: str, timeout: float = 300,
+                              cwd: Path | None = None) -> None:
+    """Run `python script *args` with `devices` fake CPU devices; it must print OK last."""
+    result = run_on_cpu_devices(devices, script, *args, timeout=timeout, cwd=cwd)
+    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
+        result.stdout[-3000:] + result.stderr[-5000:])
+
+
+# `easyalign sft` on the world's small student shape, logging every step, no evaluation.
+SMALL_SFT = ["--config.model.preset=world-student", "--config.train.batch_size=8",
+             "--config.train.eval_every=0", "--config.data.eval_source=",
+             "--config.train.log_every=1", "--config.train.progress_bar=False",
+             "--config.train.plot=False"]
+
+
+def sft_command(workdir: Path, steps: int, *extra: str, world: Path | None = None) -> list[str]:
+    """The CLI's `sft` run of `steps` steps in `workdir` (`SMALL_SFT`; the built-in world in
+    `world` when given, else generated next to `workdir`). Run it from `REPO`."""
+    world_flag = [] if world is None else [f"--config.data.world.dir={world}"]
+    return [sys.executable, "-m", "easyalign", "sft", "--config=configs/sft.py:tiny",
+            f"--config.workdir={workdir}", *world_flag, f"--config.train.steps={steps}",
+            *SMALL_SFT, *extra]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def pytest_sessionfinish(session, exitstatus):

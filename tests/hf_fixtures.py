@@ -8,10 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import os
-import subprocess
-import sys
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -153,12 +149,3 @@ def ours(model, ids, mask) -> np.ndarray:
     with jax.default_matmul_precision("highest"):
         return np.asarray(_forward(model, jnp.asarray(ids), jnp.asarray(mask)))
 
-
-def run_on_8_cpu_devices(script: str, tmp_path: Path) -> None:
-    """Run `python script tmp_path` with 8 fake CPU devices; it must print OK last."""
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, script, str(tmp_path)], env=env,
-                            capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
-        result.stdout[-3000:] + result.stderr[-5000:])

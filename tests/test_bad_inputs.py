@@ -18,7 +18,6 @@ import logging
 import os
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -27,10 +26,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import REPO, run_on_cpu_devices
 from easyalign import cli, config_check
 from easyalign.train import rundir
-
-REPO = Path(__file__).resolve().parents[1]
 SFT = ["sft", "--config=configs/sft.py:tiny"]
 
 
@@ -139,10 +137,8 @@ def test_each_bad_input_is_one_line_naming_it_and_writes_nothing(tmp_path):
             (workdir / rundir.LOCK_FILE).write_text(json.dumps(
                 {"pid": 1, "host": socket.gethostname(), "started": "then"}))
         runs.append((argv, str(workdir)))
-    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO),
-               XLA_FLAGS="--xla_force_host_platform_device_count=4")
-    out = subprocess.run([sys.executable, "-c", RUNNER, json.dumps(runs)], cwd=REPO, env=env,
-                         capture_output=True, text=True, timeout=300)
+    out = run_on_cpu_devices(4, "-c", RUNNER, json.dumps(runs), timeout=300, cwd=REPO,
+                             PYTHONPATH=str(REPO))
     assert out.returncode == 0, out.stderr[-3000:]
     results = json.loads(out.stdout.strip().splitlines()[-1])
     problems = []

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,11 +21,10 @@ from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from conftest import (REPO, cpu_devices_env, free_port, run_script_on_cpu_devices,
+                      sft_command)
+
 LAUNCH = REPO / "scripts" / "launch_multihost.sh"
-SMALL = ["--config.model.preset=world-student", "--config.train.batch_size=8",
-         "--config.train.eval_every=0", "--config.data.eval_source=", "--config.train.log_every=1",
-         "--config.train.progress_bar=False", "--config.train.plot=False"]
 # A stand-in for `python -m easyalign ...`: records its arguments and environment; process 1
 # fails after a moment, the others wait to be killed.
 FAKE_PYTHON = """#!/usr/bin/env bash
@@ -40,17 +38,6 @@ if [[ "$id" == "$FAIL" ]]; then sleep 0.5; exit 7; fi
 [[ -n "$FAIL" ]] && exec sleep 60
 exit 0
 """
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def cpu_env(devices: int) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
 
 
 def launch(tmp_path: Path, fail: str = "", **env) -> tuple[subprocess.CompletedProcess, float]:
@@ -103,12 +90,6 @@ def world(tmp_path_factory) -> Path:
     return make_world(tmp_path_factory.mktemp("faults") / "world")
 
 
-def sft_command(workdir: Path, world: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "easyalign", "sft", "--config=configs/sft.py:tiny",
-            f"--config.workdir={workdir}", f"--config.data.world.dir={world}",
-            f"--config.train.steps={steps}", *SMALL, *extra]
-
-
 def logged_steps(workdir: Path) -> int:
     path = workdir / "logs" / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
@@ -124,9 +105,11 @@ def test_sigkill_of_one_process_stops_the_other(tmp_path, world):
     workdir, port = tmp_path / "run", free_port()
     outputs = [open(tmp_path / f"process_{i}.log", "w+") for i in range(2)]
     procs = [subprocess.Popen(
-        sft_command(workdir, world, 100_000, "--config.train.checkpoint_every=100000",
-                    f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"),
-        cwd=REPO, env=cpu_env(2), stdout=outputs[i], stderr=subprocess.STDOUT) for i in range(2)]
+        sft_command(workdir, 100_000, "--config.train.checkpoint_every=100000",
+                    f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
+                    world=world),
+        cwd=REPO, env=cpu_devices_env(2), stdout=outputs[i], stderr=subprocess.STDOUT)
+        for i in range(2)]
     try:
         deadline = time.monotonic() + 300
         while logged_steps(workdir) < 2 and time.monotonic() < deadline:
@@ -155,11 +138,8 @@ def test_sigkill_of_one_process_stops_the_other(tmp_path, world):
 def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path, world):
     workdir = tmp_path / "run"
     for mode, devices in (("save", 8), ("restore", 1)):
-        result = subprocess.run([sys.executable, __file__, mode, str(workdir), str(world)],
-                                cwd=REPO, env=cpu_env(devices), capture_output=True, text=True,
-                                timeout=400)
-        assert result.returncode == 0 and result.stdout.strip().endswith("OK"), (
-            result.stdout[-3000:] + result.stderr[-5000:])
+        run_script_on_cpu_devices(devices, __file__, mode, str(workdir), str(world),
+                                  timeout=400, cwd=REPO)
 
 
 # ----------------------------------------------------------------------------- script halves
@@ -170,7 +150,7 @@ FLAGS = ["--config.mesh.fsdp=4", "--config.mesh.tensor=2", "--config.train.check
 def _config(workdir: Path, world: Path):
     from easyalign.cli import load_config
 
-    return load_config(sft_command(workdir, world, 2, *FLAGS)[4:])
+    return load_config(sft_command(workdir, 2, *FLAGS, world=world)[4:])
 
 
 def _logits(graphdef, params, mesh):

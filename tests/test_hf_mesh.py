@@ -12,9 +12,9 @@ from pathlib import Path
 
 
 def test_sharded_import_export_and_restore_on_8_devices(tmp_path):
-    from hf_fixtures import run_on_8_cpu_devices
+    from conftest import run_script_on_cpu_devices
 
-    run_on_8_cpu_devices(__file__, tmp_path)
+    run_script_on_cpu_devices(8, __file__, str(tmp_path))
 
 
 def _main(tmp: Path) -> None:

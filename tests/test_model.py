@@ -1,8 +1,5 @@
 """The decoder: KV-cache decoding, packing, padding, layer scanning/remat, sharding, presets."""
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -10,6 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from conftest import run_on_cpu_devices
 from easyalign.model import KVCache, abstract_model, create_model, preset
 
 PUBLISHED_PARAMS = {
@@ -194,8 +192,5 @@ SHARDED_CHECK = textwrap.dedent("""
 
 
 def test_fsdp_and_tensor_sharding_on_8_devices_match_one_device():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=8",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", SHARDED_CHECK], env=env, capture_output=True,
-                            text=True, timeout=300)
+    result = run_on_cpu_devices(8, "-c", SHARDED_CHECK, timeout=300)
     assert result.returncode == 0 and "OK" in result.stdout, result.stderr[-3000:]

@@ -23,7 +23,8 @@ from flax import nnx
 from easyalign import doctor, from_hf
 from easyalign import sampler as S
 from easyalign.model import abstract_model, preset
-from hf_fixtures import batch, make_hf_model, ours, run_on_8_cpu_devices
+from conftest import run_script_on_cpu_devices
+from hf_fixtures import batch, make_hf_model, ours
 
 TOL = 1e-4
 
@@ -142,7 +143,7 @@ def test_config_spellings_and_refusals():
 
 
 def test_expert_sharded_mesh_gives_the_one_device_loss(tmp_path):
-    run_on_8_cpu_devices(__file__, tmp_path)
+    run_script_on_cpu_devices(8, __file__, str(tmp_path))
 
 
 def _main(tmp: Path) -> None:

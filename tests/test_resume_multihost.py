@@ -1,31 +1,15 @@
 """Real processes: a SIGKILLed run resumes bit-identically; 2 processes equal 1 process."""
 
 import json
-import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SMALL = ["--config.model.preset=world-student", "--config.train.batch_size=8",
-         "--config.train.eval_every=0", "--config.data.eval_source=", "--config.train.log_every=1",
-         "--config.train.progress_bar=False", "--config.train.plot=False"]
-
-
-def sft_command(workdir: Path, steps: int, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "easyalign", "sft", "--config=configs/sft.py:tiny",
-            f"--config.workdir={workdir}", f"--config.train.steps={steps}", *SMALL, *extra]
-
-
-def env(devices: int) -> dict:
-    return dict(os.environ, JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}")
+from conftest import REPO, cpu_devices_env, free_port, sft_command
 
 
 def final_params(workdir: Path) -> dict[str, np.ndarray]:
@@ -55,11 +39,11 @@ def logged_step(workdir: Path) -> int:
 def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path):
     steps = 40
     reference, killed = tmp_path / "runs" / "straight", tmp_path / "runs" / "killed"
-    subprocess.run(sft_command(reference, steps), cwd=REPO, env=env(1), check=True,
-                   capture_output=True)
+    subprocess.run(sft_command(reference, steps), cwd=REPO,
+                   env=cpu_devices_env(1), check=True, capture_output=True)
 
     proc = subprocess.Popen(sft_command(killed, steps, "--config.train.checkpoint_every=10"),
-                            cwd=REPO, env=env(1), stdout=subprocess.DEVNULL,
+                            cwd=REPO, env=cpu_devices_env(1), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     # Kill mid-interval: once checkpoint 10 is complete and the run has moved past step 12.
     deadline = time.time() + 240
@@ -73,8 +57,8 @@ def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path):
     saved = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and max(saved) < steps
 
-    resumed = subprocess.run(sft_command(killed, steps), cwd=REPO, env=env(1),
-                             capture_output=True, text=True)
+    resumed = subprocess.run(sft_command(killed, steps), cwd=REPO,
+                             env=cpu_devices_env(1), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "continuing from step" in resumed.stdout
     a, b = final_params(reference), final_params(killed)
@@ -85,24 +69,19 @@ def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path):
     assert losses(killed) == losses(reference)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.mark.slow
 def test_two_processes_match_one_process_over_the_same_devices(tmp_path):
     steps = 8
     single = tmp_path / "runs" / "single"
-    subprocess.run(sft_command(single, steps), cwd=REPO, env=env(4), check=True,
-                   capture_output=True)
+    subprocess.run(sft_command(single, steps), cwd=REPO,
+                   env=cpu_devices_env(4), check=True, capture_output=True)
     multi = tmp_path / "runs" / "multi"
     port = free_port()
     procs = [subprocess.Popen(
         sft_command(multi, steps, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}"), cwd=REPO, env=env(2), stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE, text=True) for i in range(2)]
+                    f"--process_id={i}"),
+        cwd=REPO, env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        text=True) for i in range(2)]
     outputs = [p.communicate(timeout=400) for p in procs]
     for p, (_, err) in zip(procs, outputs):
         assert p.returncode == 0, err[-3000:]

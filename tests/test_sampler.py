@@ -6,9 +6,6 @@ fixed width so the reference compiles once; under a causal mask, padding after p
 cannot change the logits at t.
 """
 
-import os
-import subprocess
-import sys
 import textwrap
 
 import jax
@@ -17,6 +14,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
+from conftest import run_on_cpu_devices
 from easyalign import sampler as S
 from easyalign.model import create_model, preset
 
@@ -315,8 +313,5 @@ MESH_SCRIPT = textwrap.dedent("""
 
 
 def test_generate_on_a_mesh_of_fake_devices():
-    env = dict(os.environ, XLA_FLAGS="--xla_force_host_platform_device_count=4",
-               JAX_PLATFORMS="cpu")
-    result = subprocess.run([sys.executable, "-c", MESH_SCRIPT], env=env, capture_output=True,
-                            text=True, timeout=120)
+    result = run_on_cpu_devices(4, "-c", MESH_SCRIPT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]

@@ -13,9 +13,9 @@ from pathlib import Path
 
 
 def test_sharded_gguf_import_and_student_on_8_devices(tmp_path):
-    from hf_fixtures import run_on_8_cpu_devices
+    from conftest import run_script_on_cpu_devices
 
-    run_on_8_cpu_devices(__file__, tmp_path)
+    run_script_on_cpu_devices(8, __file__, str(tmp_path))
 
 
 def _main(tmp: Path) -> None:
