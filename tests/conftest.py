@@ -1,10 +1,10 @@
 """Shared fixtures and helpers.
 
-* the built-in world's SFT and reward models, trained once per test session (`world_runs`,
-  `student_runs`): the stages run in-process through the same `run(config)` functions the CLI
-  calls, with the `tiny` presets the README documents, in a temporary pipeline directory
-  (`<tmp>/runs/t/{sft,reward}`) so that `@sft` / `@reward` references resolve as in a real
-  pipeline;
+* the built-in world on disk (`built_world`), and its SFT and reward models, trained once per
+  test session (`world_runs`, `student_runs`): the stages run in-process through the same
+  `run(config)` functions the CLI calls, with the `tiny` presets the README documents, in a
+  temporary pipeline directory (`<tmp>/runs/t/{sft,reward}`) so that `@sft` / `@reward`
+  references resolve as in a real pipeline;
 * subprocesses that see fake CPU devices (`cpu_devices_env`, `run_on_cpu_devices`,
   `run_script_on_cpu_devices`) — XLA fixes the device count before jax starts, and pytest has
   imported jax already — and the CLI's small SFT run (`sft_command`);
@@ -43,6 +43,18 @@ def phase_config(module: str, workdir: Path, preset: str = "tiny", **overrides):
             node = node[part]
         node[leaf] = value
     return config
+
+
+@pytest.fixture(scope="session")
+def built_world(tmp_path_factory) -> Path:
+    """The built-in world of the default settings and its tokenizer, generated once per session
+    by `world_source.ensure_world` (as a phase does) into `<tmp>/world`. Read-only for tests."""
+    from configs import base
+    from easyalign.data import world_source
+
+    config = base.get_config()
+    config.data.world.dir = str(tmp_path_factory.mktemp("built") / "world")
+    return world_source.ensure_world(config)
 
 
 @pytest.fixture(scope="session")

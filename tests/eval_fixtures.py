@@ -1,4 +1,5 @@
-"""Tiny models and the built-in world on disk, for tests/test_eval.py and tests/test_latency.py.
+"""Tiny random models, in memory and on disk, for the evaluation, latency, refusal-judge and
+tools tests (the built-in world they read is conftest's `built_world`).
 
 Everything is randomly initialised (no training), so the tests check the evaluation machinery —
 shapes, exact arithmetic, files — not model quality.
@@ -13,17 +14,6 @@ from flax import nnx
 from easyalign import sharding
 from easyalign.hf import save_checkpoint_model
 from easyalign.model import Transformer, preset
-
-
-def make_world(root: Path) -> Path:
-    """The seed-0 world and its tokenizer, laid out as `data.world_source.ensure_world` does."""
-    from easyalign.data.tokenizer import build_world_tokenizer
-    from easyalign.data.world import WorldConfig, build_world
-
-    world = build_world(WorldConfig(seed=0))
-    world.write(root)
-    build_world_tokenizer(world, root / "tokenizer")
-    return root
 
 
 def make_model(config, seed: int) -> Transformer:

@@ -138,9 +138,7 @@ def test_held_out_split_keeps_duplicates_together_and_refuses_to_hold_out_everyt
     assert held_out_rows(rows, 0.0, 0, seed=0) == set()
 
 
-def test_explicit_eval_sources_and_the_world(tmp_path):
-    from easyalign.data.world import build_world
-
+def test_explicit_eval_sources_and_the_world(tmp_path, built_world):
     train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "q", "response": "a"}] * 4)
     evaluation = write_jsonl(tmp_path / "eval.jsonl", [{"prompt": "e", "response": "b"}] * 3)
     run = run_for(f"--config.data.source={train}", f"--config.data.eval_source={evaluation}")
@@ -150,11 +148,9 @@ def test_explicit_eval_sources_and_the_world(tmp_path):
     assert runsetup.load_examples(run_for(f"--config.data.source={train}",
                                         "--config.data.eval_source="), "sft", "eval") == []
     # On the world (the default source), eval stays the world's own held-out file.
-    world = tmp_path / "world"
-    build_world().write(world)
-    run = run_for(world_dir=world)
+    run = run_for(world_dir=built_world)
     assert sources(runsetup.load_examples(run, "sft", "eval"))[0] == (
-        f"{world}/preference_heldout.jsonl:1")
+        f"{built_world}/preference_heldout.jsonl:1")
     assert len(runsetup.load_examples(run, "sft", "train")) == 3000
 
 
@@ -267,19 +263,16 @@ def test_alpaca_through_load_examples(capsys):
 
 
 # ----------------------------------------------------------------------------- evaluation suites
-def test_shared_eval_preset_asks_no_world_suites_unless_told(tmp_path):
-    from easyalign.data.world import build_world
+def test_shared_eval_preset_asks_no_world_suites_unless_told(built_world):
     from easyalign.eval.run import load_suites
 
     shared(SHARED / "advbench/harmful_behaviors.csv")
     config = load_config(["--config=configs/eval.py:shared"])
     assert config.eval.suites == ()
     assert [s.name for s in load_suites(config, None)] == ["advbench", "ifeval"]
-    world = tmp_path / "world"
-    build_world().write(world)
     asked = load_config(["--config=configs/eval.py:shared",
                          "--config.eval.suites=('harmful','benign')"])
-    assert [(s.name, s.world) for s in load_suites(asked, world)] == [
+    assert [(s.name, s.world) for s in load_suites(asked, built_world)] == [
         ("harmful", True), ("benign", True), ("advbench", False), ("ifeval", False)]
 
 

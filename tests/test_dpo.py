@@ -17,7 +17,6 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from configs import dpo as dpo_config
-from easyalign.data import world_source
 from easyalign import sharding
 from easyalign.algorithms import dpo, reference_cache
 from easyalign.algorithms import runsetup
@@ -29,13 +28,11 @@ N_TRAIN, N_EVAL = 64, 16
 
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world(tmp_path_factory, built_world):
     """`runs/w/`: the world + tokenizer (`world/`) and small slices of its preference data."""
     root = tmp_path_factory.mktemp("runs") / "w"
-    config = dpo_config.get_config()
-    config.workdir = str(root / "dpo")
-    (root / "world").parent.mkdir(parents=True, exist_ok=True)
-    (root / "world").symlink_to(world_source.ensure_world(config))
+    root.mkdir()
+    (root / "world").symlink_to(built_world)
     lines = (root / "world" / "preference_train.jsonl").read_text().splitlines()
     (root / "train.jsonl").write_text("\n".join(lines[:N_TRAIN]) + "\n")
     held = (root / "world" / "preference_heldout.jsonl").read_text().splitlines()

@@ -22,7 +22,7 @@ from flax import nnx
 
 from easyalign.model import preset
 from easyalign.model.scoring import token_logprobs
-from eval_fixtures import make_model, make_world, save_model
+from eval_fixtures import make_model, save_model
 
 ADVBENCH = shared_data_dir() / "advbench" / "harmful_behaviors.csv"
 MC_TASK = shared_data_dir() / "truthfulqa" / "data" / "v1" / "mc_task.json"
@@ -245,9 +245,8 @@ def test_reward_scores_read_the_last_non_pad_token():
 
 # ----------------------------------------------------------------------------- end to end
 @pytest.fixture(scope="module")
-def world_models(tmp_path_factory):
-    root = tmp_path_factory.mktemp("eval")
-    world = make_world(root / "world")
+def world_models(tmp_path_factory, built_world):
+    root, world = tmp_path_factory.mktemp("eval"), built_world
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     paths = {name: save_model(root / name, tokenizer, seed=seed, head=head,
                               tokenizer_dir=world / "tokenizer")

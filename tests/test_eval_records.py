@@ -10,13 +10,12 @@ from easyalign.cli import load_config
 from easyalign.data import ifeval
 from easyalign.eval import run as eval_run
 from easyalign.hf.autoload import stored_dtype
-from eval_fixtures import make_world, save_model
+from eval_fixtures import save_model
 
 
 @pytest.fixture(scope="module")
-def setup(tmp_path_factory):
-    root = tmp_path_factory.mktemp("records")
-    world = make_world(root / "world")
+def setup(tmp_path_factory, built_world):
+    root, world = tmp_path_factory.mktemp("records"), built_world
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     paths = {n: save_model(root / n, tokenizer, seed=s, tokenizer_dir=world / "tokenizer")
              for n, s in (("a", 0), ("b", 1))}

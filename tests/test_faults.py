@@ -83,20 +83,13 @@ def test_launcher_stops_everyone_at_the_first_failure(tmp_path):
 
 
 # ----------------------------------------------------------------------------- real processes
-@pytest.fixture(scope="module")
-def world(tmp_path_factory) -> Path:
-    from eval_fixtures import make_world
-
-    return make_world(tmp_path_factory.mktemp("faults") / "world")
-
-
 def logged_steps(workdir: Path) -> int:
     path = workdir / "logs" / "metrics.jsonl"
     return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 @pytest.mark.slow
-def test_sigkill_of_one_process_stops_the_other(tmp_path, world):
+def test_sigkill_of_one_process_stops_the_other(tmp_path, built_world):
     from configs import base
 
     if "heartbeat_timeout_s" not in base.get_config().distributed:
@@ -107,7 +100,7 @@ def test_sigkill_of_one_process_stops_the_other(tmp_path, world):
     procs = [subprocess.Popen(
         sft_command(workdir, 100_000, "--config.train.checkpoint_every=100000",
                     f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}",
-                    world=world),
+                    world=built_world),
         cwd=REPO, env=cpu_devices_env(2), stdout=outputs[i], stderr=subprocess.STDOUT)
         for i in range(2)]
     try:
@@ -135,10 +128,10 @@ def test_sigkill_of_one_process_stops_the_other(tmp_path, world):
 
 
 @pytest.mark.slow
-def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path, world):
+def test_checkpoint_from_8_devices_restores_on_1_device(tmp_path, built_world):
     workdir = tmp_path / "run"
     for mode, devices in (("save", 8), ("restore", 1)):
-        run_script_on_cpu_devices(devices, __file__, mode, str(workdir), str(world),
+        run_script_on_cpu_devices(devices, __file__, mode, str(workdir), str(built_world),
                                   timeout=400, cwd=REPO)
 
 

@@ -36,13 +36,14 @@ def logged_step(workdir: Path) -> int:
 
 
 @pytest.mark.slow
-def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path):
+def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path, built_world):
     steps = 40
     reference, killed = tmp_path / "runs" / "straight", tmp_path / "runs" / "killed"
-    subprocess.run(sft_command(reference, steps), cwd=REPO,
+    subprocess.run(sft_command(reference, steps, world=built_world), cwd=REPO,
                    env=cpu_devices_env(1), check=True, capture_output=True)
 
-    proc = subprocess.Popen(sft_command(killed, steps, "--config.train.checkpoint_every=10"),
+    proc = subprocess.Popen(sft_command(killed, steps, "--config.train.checkpoint_every=10",
+                                        world=built_world),
                             cwd=REPO, env=cpu_devices_env(1), stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL)
     # Kill mid-interval: once checkpoint 10 is complete and the run has moved past step 12.
@@ -57,7 +58,7 @@ def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path):
     saved = sorted(int(p.name) for p in (killed / "checkpoints").iterdir() if p.name.isdigit())
     assert saved and max(saved) < steps
 
-    resumed = subprocess.run(sft_command(killed, steps), cwd=REPO,
+    resumed = subprocess.run(sft_command(killed, steps, world=built_world), cwd=REPO,
                              env=cpu_devices_env(1), capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "continuing from step" in resumed.stdout
@@ -70,16 +71,16 @@ def test_sigkill_between_checkpoints_then_resume_is_bit_identical(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_processes_match_one_process_over_the_same_devices(tmp_path):
+def test_two_processes_match_one_process_over_the_same_devices(tmp_path, built_world):
     steps = 8
     single = tmp_path / "runs" / "single"
-    subprocess.run(sft_command(single, steps), cwd=REPO,
+    subprocess.run(sft_command(single, steps, world=built_world), cwd=REPO,
                    env=cpu_devices_env(4), check=True, capture_output=True)
     multi = tmp_path / "runs" / "multi"
     port = free_port()
     procs = [subprocess.Popen(
         sft_command(multi, steps, f"--coordinator=127.0.0.1:{port}", "--num_processes=2",
-                    f"--process_id={i}"),
+                    f"--process_id={i}", world=built_world),
         cwd=REPO, env=cpu_devices_env(2), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
         text=True) for i in range(2)]
     outputs = [p.communicate(timeout=400) for p in procs]

@@ -16,7 +16,6 @@ from flax import nnx
 from transformers import AutoTokenizer
 
 from configs import teacher_data as teacher_data_config
-from easyalign.data import world_source
 from easyalign.algorithms import teacher_data
 from easyalign.algorithms import runsetup
 from easyalign.data import records as data_records
@@ -30,12 +29,10 @@ N_PROMPTS, TOPK = 16, 3
 
 
 @pytest.fixture(scope="module")
-def pipeline(tmp_path_factory):
-    """`runs/p/` with the world and a random tiny teacher at `runs/p/dpo/model` (`@dpo`)."""
-    root = tmp_path_factory.mktemp("runs") / "p"
-    config = teacher_data_config.get_config()
-    config.workdir = str(root / "teacher_data")
-    world = world_source.ensure_world(config)
+def pipeline(tmp_path_factory, built_world):
+    """`(runs/p/, the world)`: a random tiny teacher at `runs/p/dpo/model` (`@dpo`)."""
+    root, world = tmp_path_factory.mktemp("runs") / "p", built_world
+    root.mkdir()
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     model = create_model(preset("tiny", vocab_size=len(tokenizer), dtype="float32",
                                 eos_token_id=tokenizer.eos_token_id,

@@ -18,7 +18,7 @@ from easyalign import tools
 from easyalign.cli import load_config
 from easyalign.hf.autoload import load_model
 from easyalign.sampler import Greedy, Sampler
-from eval_fixtures import make_world, save_model
+from eval_fixtures import save_model
 from hf_fixtures import assert_same_tensors, make_hf_model, safetensors_dir
 
 PROMPTS = ["What is 2 + 3?", "Write the word tiger.", "Tell me Sumar's job.",
@@ -29,10 +29,9 @@ pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
 @pytest.fixture(scope="module")
-def world_model(tmp_path_factory):
+def world_model(tmp_path_factory, built_world):
     """`(root, world_dir, checkpoint_dir)`: a phase workdir layout `root/stage/model`."""
-    root = tmp_path_factory.mktemp("tools")
-    world = make_world(root / "world")
+    root, world = tmp_path_factory.mktemp("tools"), built_world
     tokenizer = AutoTokenizer.from_pretrained(str(world / "tokenizer"))
     checkpoint = save_model(root / "stage" / "model", tokenizer, seed=0,
                             tokenizer_dir=world / "tokenizer")
