@@ -1,4 +1,5 @@
-"""Every config file loads (with each of its presets) and its model builds, at no memory cost."""
+"""Every config file loads (with each of its presets), passes the checks its phase runs before
+any work, and its model builds, at no memory cost."""
 
 import importlib
 from pathlib import Path
@@ -6,6 +7,8 @@ from pathlib import Path
 import jax
 import pytest
 
+from easyalign import config_check, stages
+from easyalign.hf.models import model_numerics
 from easyalign.model import ModelConfig, abstract_model, preset
 
 CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
@@ -33,15 +36,34 @@ def load(name: str, arg: str):
     return module.get_config(arg) if arg or name != "base" else module.get_config()
 
 
-@pytest.mark.parametrize("name,arg", [(n, a) for n in sorted(PRESETS) for a in [""] + PRESETS[n]
-                                      if not (n == "doctor" and a == "")])
+# Every file with each preset, and with none (doctor needs one: its argument is the phase).
+LOADS = [(n, a) for n in sorted(PRESETS) for a in [""] + PRESETS[n]
+         if not (n == "doctor" and a == "")]
+
+
+def phase_checks(config) -> None:
+    """What a run of `config` checks before any work, but files and devices (this machine has
+    neither the models nor the accelerators of the `real` presets): `config_check.validate`,
+    and the `check_config` of the phase's module where it has one."""
+    config_check.validate(config, paths=False)
+    for command, (module, _, _) in stages.STAGES.items():
+        if config_check.command_phase(command) == config.phase:
+            check = getattr(importlib.import_module(module), "check_config", None)
+            if check is not None:
+                check(config)
+
+
+@pytest.mark.parametrize("name,arg", LOADS)
+def test_config_passes_its_phases_checks(name, arg):
+    phase_checks(load(name, arg))
+
+
+@pytest.mark.parametrize("name,arg", LOADS)
 def test_config_loads_and_its_model_builds(name, arg):
     config = load(name, arg)
     assert config.workdir and config.train.steps > 0
     m = config.model
-    model_config = preset(m.preset, vocab_size=m.vocab_size or 1024, dtype=m.dtype,
-                          param_dtype=m.param_dtype, attention_impl=m.attention_impl,
-                          remat=m.remat, scan_layers=m.scan_layers, logits_chunk=m.logits_chunk,
+    model_config = preset(m.preset, vocab_size=m.vocab_size or 1024, **model_numerics(m),
                           **ModelConfig.parse_overrides(m.overrides))
     _, state, shardings = abstract_model(model_config)
     assert sum(x.size for x in jax.tree.leaves(state)) == model_config.param_count()
