@@ -8,7 +8,7 @@
 * subprocesses that see fake CPU devices (`cpu_devices_env`, `run_on_cpu_devices`,
   `run_script_on_cpu_devices`) — XLA fixes the device count before jax starts, and pytest has
   imported jax already — and the CLI's small SFT run (`sft_command`);
-* `host` copies of a pytree and true fp32 matmuls (`full_fp32_matmuls`).
+* `host` copies of a pytree and true fp32 matmuls (`full_fp32_matmuls`);
 * under pytest-xdist, the tests of one trained session fixture go to one worker as a group.
 """
 
