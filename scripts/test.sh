@@ -5,4 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup_env.sh test
 export JAX_PLATFORMS=cpu
-exec .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+# Two workers (pytest-xdist): compilation and Python run on one core each; tests that share a
+# trained session fixture stay on one worker (tests/conftest.py groups them).
+exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"
