@@ -55,16 +55,11 @@ import time
 import common  # noqa: F401  (sets XLA flags before jax)
 
 import jax
-import numpy as np
-from flax import nnx
 
 from configs import sft as sft_config
 from easyalign import doctor, sharding
-from easyalign.algorithms import sft
-from easyalign.model import create_model, preset
+from easyalign.model import preset
 from easyalign.train import optim
-from easyalign.train.state import create_train_state, state_shardings
-from easyalign.train.step import make_train_step
 
 # --cpu: the same family and traits (q/k norm, top-k renormalised, router loss) at a tiny shape.
 TINY_MOE = dict(vocab_size=1000, hidden_size=64, intermediate_size=128, num_heads=4,
@@ -154,18 +149,8 @@ def main():
                       ragged_dot_flag=args.ragged_lowering, xla_flags=common.extra_flags(),
                       devices=len(devices),
                       doctor_gib=doctor_gib(config, batch, seq, fsdp))
-        model = create_model(config, mesh, seed=0)
-        graphdef, params = nnx.split(model)
-        del model
-        state = create_train_state(params, tx, seed=0, mesh=mesh)
         with sharding.use_mesh(mesh):
-            step = make_train_step(sft.make_loss(graphdef, packed=False), tx, schedule,
-                                   state_shardings(state))
-            rng = np.random.RandomState(0)
-            host = {"tokens": rng.randint(0, config.vocab_size, (batch, seq)).astype(np.int32),
-                    "loss_mask": np.ones((batch, seq), np.float32)}
-            data = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
-                    for k, v in host.items()}
+            step, state, data = common.sft_step_and_batch(config, mesh, tx, schedule, batch, seq)
             start = time.perf_counter()
             traced = step.trace(state, data, None)
             compiled = traced.lower().compile()

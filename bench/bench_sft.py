@@ -11,16 +11,11 @@ import argparse
 import common  # noqa: F401  (sets XLA flags before jax)
 
 import jax
-import numpy as np
-from flax import nnx
 
 from configs import base
 from easyalign import sharding
-from easyalign.algorithms import sft
-from easyalign.model import create_model, preset
+from easyalign.model import preset
 from easyalign.train import optim
-from easyalign.train.state import create_train_state, state_shardings
-from easyalign.train.step import make_train_step
 
 
 def main():
@@ -47,18 +42,8 @@ def main():
     cfg = base.get_config()
     tx, schedule = optim.make_optimizer(cfg.optim, total_steps=1000)
     for batch in args.batch:
-        model = create_model(config, mesh, seed=0)
-        graphdef, params = nnx.split(model)
-        del model
-        state = create_train_state(params, tx, seed=0, mesh=mesh)
         with sharding.use_mesh(mesh):
-            step = make_train_step(sft.make_loss(graphdef, packed=False), tx, schedule,
-                                   state_shardings(state))
-            rng = np.random.RandomState(0)
-            host = {"tokens": rng.randint(0, config.vocab_size, (batch, seq)).astype(np.int32),
-                    "loss_mask": np.ones((batch, seq), np.float32)}
-            data = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim))
-                    for k, v in host.items()}
+            step, state, data = common.sft_step_and_batch(config, mesh, tx, schedule, batch, seq)
             holder = {"state": state}
 
             def run():

@@ -65,3 +65,29 @@ def time_calls(fn, repeats: int, warmup: int = 2) -> float:
 def train_flops_per_token(num_params: int, num_layers: int, hidden: int, seq: int) -> float:
     """The anchors' count: 6N + 6·L·d·S (causal attention as half of full)."""
     return 6 * num_params + 6 * num_layers * hidden * seq
+
+
+def sft_step_and_batch(config, mesh, tx, schedule, batch: int, seq: int):
+    """The library's own jitted SFT step (`make_train_step` with `sft.make_loss`, donated state)
+    for a fresh model of `config` on `mesh`, its train state, and one random `[batch, seq]`
+    token batch placed on the mesh: `(step, state, data)`. Call inside `sharding.use_mesh`."""
+    import numpy as np
+    from flax import nnx
+
+    from easyalign import sharding
+    from easyalign.algorithms import sft
+    from easyalign.model import create_model
+    from easyalign.train.state import create_train_state, state_shardings
+    from easyalign.train.step import make_train_step
+
+    model = create_model(config, mesh, seed=0)
+    graphdef, params = nnx.split(model)
+    del model
+    state = create_train_state(params, tx, seed=0, mesh=mesh)
+    step = make_train_step(sft.make_loss(graphdef, packed=False), tx, schedule,
+                           state_shardings(state))
+    rng = np.random.RandomState(0)
+    host = {"tokens": rng.randint(0, config.vocab_size, (batch, seq)).astype(np.int32),
+            "loss_mask": np.ones((batch, seq), np.float32)}
+    data = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in host.items()}
+    return step, state, data
