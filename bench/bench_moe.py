@@ -108,18 +108,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="qwen3-30b-a3b")
     ap.add_argument("--layers", type=int, default=8, help="layers kept of the preset's")
-    ap.add_argument("--batch", type=int, nargs="+", default=[4])
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--remat", default="none")
-    ap.add_argument("--param-dtype", default="float32")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--fsdp", type=int, default=-1, help="FSDP axis size (-1: all devices used)")
-    ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
-    ap.add_argument("--chunk", type=int, default=2048, help="logits chunk (2048: no recompute)")
-    ap.add_argument("--devices", type=int, default=0, help="mesh over the first N devices (0: all)")
+    common.add_train_step_args(ap, batch=[4])
     ap.add_argument("--ragged-lowering", default="xla", choices=("xla", "pallas"),
                     help="GPU lowering of ragged_dot: XLA's, or JAX's Pallas/Triton kernel")
-    ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     tiny = args.cpu
     if args.ragged_lowering == "pallas":

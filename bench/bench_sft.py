@@ -21,16 +21,7 @@ from easyalign.train import optim
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="llama-3.2-1b")
-    ap.add_argument("--batch", type=int, nargs="+", default=[4, 8])
-    ap.add_argument("--seq", type=int, default=2048)
-    ap.add_argument("--remat", default="none")
-    ap.add_argument("--param-dtype", default="float32")
-    ap.add_argument("--steps", type=int, default=8)
-    ap.add_argument("--fsdp", type=int, default=-1, help="FSDP axis size (-1: all devices used)")
-    ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
-    ap.add_argument("--chunk", type=int, default=2048, help="logits chunk (2048: no recompute)")
-    ap.add_argument("--devices", type=int, default=0, help="mesh over the first N devices (0: all)")
-    ap.add_argument("--cpu", action="store_true")
+    common.add_train_step_args(ap, batch=[4, 8])
     args = ap.parse_args()
     tiny = args.cpu
     config = preset("tiny" if tiny else args.preset, dtype="bfloat16", param_dtype=args.param_dtype,

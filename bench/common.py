@@ -91,3 +91,18 @@ def sft_step_and_batch(config, mesh, tx, schedule, batch: int, seq: int):
             "loss_mask": np.ones((batch, seq), np.float32)}
     data = {k: jax.device_put(v, sharding.batch_sharding(mesh, v.ndim)) for k, v in host.items()}
     return step, state, data
+
+
+def add_train_step_args(ap, batch: list[int]) -> None:
+    """The flags of the train-step benchmarks (bench_sft, bench_moe): shape, remat, dtypes,
+    timing, mesh, and `--cpu` for the tiny shape."""
+    ap.add_argument("--batch", type=int, nargs="+", default=batch)
+    ap.add_argument("--seq", type=int, default=2048)
+    ap.add_argument("--remat", default="none")
+    ap.add_argument("--param-dtype", default="float32")
+    ap.add_argument("--steps", type=int, default=8)
+    ap.add_argument("--fsdp", type=int, default=-1, help="FSDP axis size (-1: all devices used)")
+    ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
+    ap.add_argument("--chunk", type=int, default=2048, help="logits chunk (2048: no recompute)")
+    ap.add_argument("--devices", type=int, default=0, help="mesh over the first N devices (0: all)")
+    ap.add_argument("--cpu", action="store_true")
