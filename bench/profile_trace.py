@@ -184,8 +184,7 @@ def main():
                     jax.block_until_ready(run())
             label = f"{args.what}_b{args.batch}_scan{args.scan}_c{args.chunk}_x{len(devices)}"
             summarize(d, label, reps * len(devices), args.top)
-            if args.what == "sft":
-                timeline(d, label, reps, args.top)
+            timeline(d, label, reps, args.top)  # decode: idle_ms is the launch gaps per token
             if args.dump:
                 dump_kernels(d, os.path.join(args.dump, f"{label}.kernels.tsv"))
 

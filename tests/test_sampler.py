@@ -172,11 +172,109 @@ def test_compiles_once_per_static_configuration(model_state):
                    method=S.TopK(5), stop_tokens=stops)
 
     run(tokens, lengths, 0)
-    compiled = S._generate_jit._cache_size()
+    compiled = S.decode._generate_jit._cache_size()
     run(tokens + 1, lengths - 1, 1, stops=[4, 3, 3])  # new values, same set of stop tokens
-    assert S._generate_jit._cache_size() == compiled
+    assert S.decode._generate_jit._cache_size() == compiled
     run(tokens, lengths, 0, n=6)
-    assert S._generate_jit._cache_size() == compiled + 1
+    assert S.decode._generate_jit._cache_size() == compiled + 1
+
+
+# ----------------------------------------------------------------------------- continuous batching
+
+# Six prompts of different lengths; with stop tokens the rows finish at different steps.
+QUEUE = PROMPTS + [[7, 8, 9, 10, 11, 12], [250], [40, 41, 42, 43]]
+
+
+def _queue_stops(graphdef, state, tokens, lengths, seed=0, method=S.Greedy()):
+    """Stop tokens that end rows 0 and 1 early (their third token, unless it comes sooner)."""
+    free = S.generate(graphdef, state, tokens, lengths, jax.random.key(seed), max_new_tokens=12,
+                      method=method)
+    return tuple(sorted({row[2] for row in free.tokens.tolist()[:2]}))
+
+
+@pytest.mark.parametrize("slots,refill", [(2, 1), (3, 2)])
+def test_refilled_slots_equal_one_static_batch(model_state, full_logits, slots, refill):
+    """Fewer slots than prompts, refilled inside the loop: the same tokens, log-probs and
+    lengths as every prompt in one static batch — sampled (each row has its own key) as well
+    as greedy — and the log-probs are the training forward's."""
+    graphdef, state = model_state
+    tokens, lengths = right_pad(QUEUE, 8, "random")
+    for method in (S.Greedy(), S.Temperature(1.0)):
+        stops = _queue_stops(graphdef, state, tokens, lengths, 3, method)
+        run = lambda **kw: S.generate(graphdef, state, tokens, lengths, jax.random.key(3),  # noqa
+                                      max_new_tokens=12, method=method, stop_tokens=stops, **kw)
+        static, engine = run(), run(slots=slots, refill=refill)
+        np.testing.assert_array_equal(engine.tokens, static.tokens)
+        np.testing.assert_array_equal(engine.lengths, static.lengths)
+        np.testing.assert_array_equal(engine.done, static.done)
+        np.testing.assert_allclose(engine.logprobs, static.logprobs, atol=ATOL)
+        assert 2 <= static.done.sum() < len(QUEUE)  # rows stop early, others run out of budget
+    for row, prompt in enumerate(QUEUE):
+        n = int(engine.lengths[row])
+        np.testing.assert_allclose(
+            engine.logprobs[row, :n],
+            reference_logprobs(full_logits, prompt, engine.tokens[row, :n].tolist()), atol=ATOL)
+
+
+def test_group_samples_share_one_prefill(model_state):
+    """G samples per prompt (rows n·G + g) are the rows of the prompts repeated G times, the
+    prompt prefilled once per group; with fewer slots than rows too."""
+    graphdef, state = model_state
+    G = 3
+    tokens, lengths = right_pad(QUEUE[:4], 8, "random")
+    stops = _queue_stops(graphdef, state, np.repeat(tokens, G, 0), np.repeat(lengths, G), 5,
+                         S.Temperature(1.0))
+    common = dict(max_new_tokens=10, method=S.Temperature(1.0), stop_tokens=stops)
+    repeated = S.generate(graphdef, state, np.repeat(tokens, G, 0), np.repeat(lengths, G),
+                          jax.random.key(5), **common)
+    for slots in (None, 6):
+        grouped = S.generate(graphdef, state, tokens, lengths, jax.random.key(5),
+                             num_samples=G, slots=slots, refill=1, **common)
+        np.testing.assert_array_equal(grouped.tokens, repeated.tokens)
+        np.testing.assert_allclose(grouped.logprobs, repeated.logprobs, atol=ATOL)
+    assert 1 <= repeated.done.sum() < 4 * G
+    rows = grouped.tokens.reshape(4, G, -1)
+    assert any(not np.array_equal(r[0], r[1]) for r in rows)  # the samples of a group differ
+    with pytest.raises(ValueError, match="multiple of num_samples"):
+        S.generate(graphdef, state, tokens, lengths, jax.random.key(5), num_samples=G, slots=4,
+                   **common)
+
+
+def test_budgets_and_num_prompts(model_state):
+    """Per-prompt budgets cap each row; prompts past `num_prompts` are never sampled."""
+    graphdef, state = model_state
+    tokens, lengths = right_pad(QUEUE, 8)
+    free = S.generate(graphdef, state, tokens, lengths, jax.random.key(0), max_new_tokens=8)
+    budgets = np.array([8, 3, 0, 1, 5, 8], np.int32)
+    out = S.generate(graphdef, state, tokens, lengths, jax.random.key(0), max_new_tokens=8,
+                     budgets=budgets, num_prompts=4, slots=2, pad_id=255)
+    assert out.lengths.tolist() == [8, 3, 0, 1, 0, 0]
+    for row, n in enumerate(out.lengths.tolist()):
+        np.testing.assert_array_equal(out.tokens[row, :n], free.tokens[row, :n])
+        assert np.all(out.tokens[row, n:] == 255) and np.all(out.logprobs[row, n:] == 0)
+
+
+def test_sample_prompt_batches_in_chunks(model_state, monkeypatch):
+    """A list longer than one chunk: every prompt once, in order, as the engine alone gives."""
+    graphdef, state = model_state
+    monkeypatch.setattr(S.front, "CHUNK_SLOTS", 2)  # chunks of 4 prompts with 2 slots
+    prompts = QUEUE + QUEUE[:3]
+    tokens, lengths = right_pad(prompts, 8)
+    stops = _queue_stops(graphdef, state, tokens, lengths)
+    chunks = list(S.sample_prompt_batches(
+        graphdef, state, prompts, mesh=None, batch_size=2, max_new_tokens=10, method=S.Greedy(),
+        stop_tokens=stops, pad_id=0, seed=0))
+    assert [len(c) for c in chunks] == [4, 4, 1]
+    done = [c for chunk in chunks for c in chunk]
+    assert [c.index for c in done] == list(range(len(prompts)))
+    assert 2 <= sum(c.finished for c in done) < len(prompts)
+    alone = S.generate(graphdef, state, tokens, lengths, jax.random.key(0), max_new_tokens=10,
+                       stop_tokens=stops)
+    for c in done:
+        n = int(alone.lengths[c.index])
+        assert c.tokens == alone.tokens[c.index, :n].tolist()
+        assert c.finished == bool(alone.done[c.index])
+        np.testing.assert_allclose(c.logprobs, alone.logprobs[c.index, :n], atol=ATOL)
 
 
 # ----------------------------------------------------------------------------- sampling methods
@@ -308,6 +406,13 @@ MESH_SCRIPT = textwrap.dedent("""
         assert array.sharding.is_equivalent_to(expected, array.ndim), array.sharding
     np.testing.assert_array_equal(sharded.tokens, single.tokens)
     np.testing.assert_allclose(sharded.logprobs, single.logprobs, atol=1e-5)
+    # Two slots per prompt, refilled in the loop, G = 2 samples sharing one prefill.
+    graphdef, state = nnx.split(create_model(cfg, mesh=mesh, seed=0))
+    grouped = S.generate(graphdef, state, tokens, lengths, jax.random.key(0), max_new_tokens=6,
+                         stop_tokens=(2,), num_samples=2, slots=4, refill=1, mesh=mesh)
+    repeated = S.generate(graphdef, state, np.repeat(tokens, 2, 0), np.repeat(lengths, 2),
+                          jax.random.key(0), max_new_tokens=6, stop_tokens=(2,), mesh=mesh)
+    np.testing.assert_array_equal(grouped.tokens, repeated.tokens)
     print("ok")
 """)
 

@@ -48,20 +48,19 @@ from flax import nnx
 from easyalign.algorithms import runsetup
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.data.records import prompt_text
-from easyalign.sampler import method_from_config, sample_prompt_batches
+from easyalign.sampler import Completion, method_from_config, sample_prompt_batches
 from easyalign.hf.checkpoint import resolve_model_dir
 
 OUTPUT = "generations.jsonl"
 
 
-def completions(run: runsetup.Run, model, prompts: list[dict], g
-                ) -> Iterator[list[tuple[int, list[int], bool]]]:
-    """Per global batch, `(prompt index, generated token ids, finished)` for its valid rows
-    (`sampler.sample_prompt_batches`)."""
+def completions(run: runsetup.Run, model, prompts: list[dict], g) -> Iterator[list[Completion]]:
+    """Per chunk of prompts, their `sampler.Completion`s in order (`batch_size` decode slots,
+    continuous batching: `sampler.sample_prompt_batches`)."""
     graphdef, params = nnx.split(model)
     return sample_prompt_batches(
-        graphdef, params, prompts, mesh=run.mesh, batch_size=g.batch_size,
-        max_new_tokens=g.max_new_tokens, method=method_from_config(g),
+        graphdef, params, [p["prompt_tokens"] for p in prompts], mesh=run.mesh,
+        batch_size=g.batch_size, max_new_tokens=g.max_new_tokens, method=method_from_config(g),
         stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=runsetup.pad_id(run),
         seed=g.seed)
 
@@ -110,22 +109,21 @@ def run(config) -> Path:
         for _ in batches:  # every process takes part in every batch; process 0 writes
             pass
         return output
-    progress = tqdm(total=-(-len(tokenized) // g.batch_size), desc="generate",
-                    dynamic_ncols=True)
+    progress = tqdm(total=len(tokenized), desc="generate", dynamic_ncols=True)
     counts = {"written": 0, "unfinished": 0, "tokens": 0}
     start = time.perf_counter()
     output.parent.mkdir(parents=True, exist_ok=True)
     partial = output.with_name(output.name + ".partial")
     with open(partial, "w", encoding="utf-8") as f:
         for rows in batches:
-            for index, ids, finished in rows:
-                f.write(json.dumps(record(run_, examples[index], ids, finished),
+            for c in rows:
+                f.write(json.dumps(record(run_, examples[c.index], c.tokens, c.finished),
                                    ensure_ascii=False) + "\n")
                 counts["written"] += 1
-                counts["unfinished"] += not finished
-                counts["tokens"] += len(ids)
+                counts["unfinished"] += not c.finished
+                counts["tokens"] += len(c.tokens)
             f.flush()  # a long run's progress is readable in the .partial file
-            progress.update(1)
+            progress.update(len(rows))
     progress.close()
     os.replace(partial, output)
     seconds = time.perf_counter() - start

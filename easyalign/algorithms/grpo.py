@@ -2,10 +2,10 @@
 
 Each *iteration* of `train.steps`:
 
-1. **Group rollout**: every one of the `train.batch_size` prompts x_b is repeated
-   `grpo.num_generations` = G times and the jitted sampler draws G completions at temperature
-   `grpo.temperature` from π_old = the current policy (`rollout.sample`). The rows are
-   assembled as PPO's (`rollout.assemble`: prompt + response + padding, mask on the response
+1. **Group rollout**: for every one of the `train.batch_size` prompts x_b the jitted sampler
+   draws `grpo.num_generations` = G completions at temperature `grpo.temperature` from
+   π_old = the current policy, prefilling x_b once for its G samples (`rollout.sample`). The
+   rows are assembled as PPO's (`rollout.assemble`: prompt + response + padding, mask on the response
    and its stop token) and scored in one jitted pass: log π_old (the trainer's own code path, so
    the first update starts at ratio 1), log π_ref when β > 0, the reward model's score when it
    is one of the rewards. With μ = 1 and the whole rollout as one minibatch
@@ -334,9 +334,9 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
     G = g.num_generations
     rep = repeat_prompts(prompts, G)
     start = time.perf_counter()
-    gen = rollout.sample(s.graphs, params, rep, rng, max_new_tokens=g.max_new_tokens,
+    gen = rollout.sample(s.graphs, params, prompts, rng, max_new_tokens=g.max_new_tokens,
                          stop_tokens=s.stop_tokens, pad_id=runsetup.pad_id(run_), mesh=mesh,
-                         method=sampler.Temperature(g.temperature))
+                         method=sampler.Temperature(g.temperature), num_samples=G)
     lengths = rollout.host(gen.lengths)  # a host-device sync point: sampling is done
     sample_time = time.perf_counter() - start
     scored = score_fn(params, s.frozen, rep, gen)

@@ -85,11 +85,14 @@ def token_values(model, tokens: jax.Array) -> jax.Array:
 
 # ----------------------------------------------------------------------------- rollout pieces
 def sample(graphs: Graphs, policy_params, prompts: dict, rng: jax.Array, *, max_new_tokens: int,
-           stop_tokens, pad_id: int, mesh, method=sampler.Temperature(1.0)) -> sampler.Generation:
-    """Responses to a global prompt batch (`prompt_tokens [B, P]`, `prompt_lengths [B]`)."""
+           stop_tokens, pad_id: int, mesh, method=sampler.Temperature(1.0),
+           num_samples: int = 1) -> sampler.Generation:
+    """`num_samples` = G responses to each prompt of a global batch (`prompt_tokens [B, P]`,
+    `prompt_lengths [B]`), rows b·G + g, every prompt prefilled once (`sampler.generate`)."""
     return sampler.generate(graphs.policy, policy_params, prompts["prompt_tokens"],
                             prompts["prompt_lengths"], rng, max_new_tokens=max_new_tokens,
-                            method=method, stop_tokens=stop_tokens, pad_id=pad_id, mesh=mesh)
+                            method=method, stop_tokens=stop_tokens, pad_id=pad_id,
+                            num_samples=num_samples, mesh=mesh)
 
 
 def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int,

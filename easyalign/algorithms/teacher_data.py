@@ -85,19 +85,20 @@ def teacher_tokenizer(config, path: str) -> None:
 # ----------------------------------------------------------------------------- sampling
 def sample_responses(run: runsetup.Run, model, prompts: list[dict], t) -> list[dict]:
     """`{"tokens", "finished"}` per tokenised prompt (`prompt_tokens`), in order
-    (`sampler.sample_prompt_batches`: one compile, batch j drawn from `fold_in(key(seed), j)`).
+    (`sampler.sample_prompt_batches`: `batch_size` decode slots refilled as rows finish, one
+    compile, chunk c drawn from `fold_in(key(seed), c)`).
     """
     graphdef, params = nnx.split(model)
     results: list[dict | None] = [None] * len(prompts)
-    progress = _progress(run, -(-len(prompts) // t.batch_size), "teacher-data")
+    progress = _progress(run, len(prompts), "teacher-data")
     for rows in sample_prompt_batches(
-            graphdef, params, prompts, mesh=run.mesh, batch_size=t.batch_size,
-            max_new_tokens=t.max_new_tokens, method=method_from_config(t),
+            graphdef, params, [p["prompt_tokens"] for p in prompts], mesh=run.mesh,
+            batch_size=t.batch_size, max_new_tokens=t.max_new_tokens, method=method_from_config(t),
             stop_tokens=stop_token_ids(run.tokenizer, model.config), pad_id=runsetup.pad_id(run),
             seed=t.seed):
-        for index, ids, finished in rows:
-            results[index] = {"tokens": ids, "finished": finished}
-        progress.update(1)
+        for c in rows:
+            results[c.index] = {"tokens": c.tokens, "finished": c.finished}
+        progress.update(len(rows))
     progress.close()
     return results
 

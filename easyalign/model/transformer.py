@@ -210,7 +210,7 @@ class Transformer(nnx.Module):
             self, tokens: jax.Array, *, positions: jax.Array | None = None,
             segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
             cache: KVCache | None = None, prefill: bool = False,
-            dropout_key: jax.Array | None = None
+            cache_rows: jax.Array | None = None, dropout_key: jax.Array | None = None
     ) -> tuple[jax.Array, KVCache | None, jax.Array]:
         """`trunk`'s hidden states and cache, and the router loss the train loss adds:
         `router_aux_loss_coef · L_aux` (`moe.load_balancing_loss` over every layer's real
@@ -221,7 +221,10 @@ class Transformer(nnx.Module):
         absolute positions of `tokens` (default 0..T−1); `prefill=True` declares the cache empty
         (attention stays within this call, through the fused kernel), otherwise this call
         continues the cached sequence (see `attention.py`). Either way each layer's new keys
-        and values are written into its cache buffer at their positions. `dropout_key` turns
+        and values are written into its cache buffer at their positions: row b's into cache row b,
+        or, for a prefill with `cache_rows` (`[B]` or `[B, K]` int), into cache row
+        `cache_rows[b]` (each of the K rows: one prompt prefilled once for K samples); rows out
+        of range are skipped (a slot engine's unused admissions). `dropout_key` turns
         on the LoRA adapters' input dropout (a training forward; ignored without adapters or
         at rate 0), one key per layer drawn from it.
         """
@@ -231,6 +234,8 @@ class Transformer(nnx.Module):
                 raise ValueError("pass either attention_mask or segment_ids, not both")
             segment_ids = attention_mask.astype(jnp.int32)
         mode = None if cache is None else ("prefill" if prefill else "decode")
+        if cache_rows is not None and mode != "prefill":
+            raise ValueError("cache_rows is for a prefill into an existing cache")
         if cache is not None and positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
         # LongRoPE switches factors by the call's sequence length (HF: max(position_ids) + 1).
@@ -261,6 +266,14 @@ class Transformer(nnx.Module):
                                    prevent_cse=not scanned_layers)
 
         rows = jnp.arange(tokens.shape[0])[:, None]
+        if cache_rows is not None:  # [B, K, 1] against positions [B, 1, T]: K copies per row
+            rows = cache_rows.reshape(tokens.shape[0], -1)[:, :, None]
+
+        def write(buf, kv):
+            at = (rows, positions) if cache_rows is None else (rows, positions[:, None, :])
+            kv = kv if cache_rows is None else kv[:, None]
+            return buf.at[at].set(kv.astype(buf.dtype), mode="drop")
+
         if scanned_layers:
             # Without a cache, or filling an empty one (prefill reads no cache: each layer
             # attends within this call): one scanned layer, so compile time does not grow with
@@ -274,7 +287,6 @@ class Transformer(nnx.Module):
             router_loss = self._router_loss(stats)
             if mode is None:
                 return self.final_norm(x), None, router_loss
-            write = lambda buf, kv: buf.at[rows, positions].set(kv.astype(buf.dtype))  # noqa: E731
             return self.final_norm(x), KVCache(
                 tuple(write(cache.k[i], stacked[0][i]) for i in range(cfg.num_layers)),
                 tuple(write(cache.v[i], stacked[1][i]) for i in range(cfg.num_layers))), \
@@ -289,8 +301,8 @@ class Transformer(nnx.Module):
             x, kv, stats = layer(x, params, layer_cache)
             all_stats.append(stats)
             if cache is not None:
-                new_k.append(cache.k[i].at[rows, positions].set(kv[0].astype(cache.k[i].dtype)))
-                new_v.append(cache.v[i].at[rows, positions].set(kv[1].astype(cache.v[i].dtype)))
+                new_k.append(write(cache.k[i], kv[0]))
+                new_v.append(write(cache.v[i], kv[1]))
         hidden = self.final_norm(x)
         router_loss = self._router_loss(jax.tree.map(lambda *a: jnp.stack(a), *all_stats))
         return (hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v))),
