@@ -385,7 +385,9 @@ def check_safetensors(file: Path) -> None:
 
 def check_data_source(config, key: str, value: str) -> None:
     """A data file exists and its format is known (from `data.format` or the suffix)."""
-    if not value or value in ("world", "auto") or value.startswith("hf:"):
+    from easyalign.data.builtin import resolve
+
+    if not value or value == "auto" or value.startswith("hf:") or resolve(value) is not None:
         return
     path = Path(value)
     if not path.exists():

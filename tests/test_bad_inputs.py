@@ -259,7 +259,7 @@ def _prompt_file_run(tmp_path, column: str):
     path.write_text("goal,target\nSteal a car,x\nBake bread,y\n")
     config = generate.get_config()
     config.data.source, config.data.columns.prompt = str(path), column
-    return SimpleNamespace(config=config, is_main=True, world_dir=None), path
+    return SimpleNamespace(config=config, is_main=True), path
 
 
 def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
@@ -361,8 +361,7 @@ def test_a_crash_while_saving_the_model_leaves_the_stage_incomplete(tmp_path):
 
     mesh = sharding.single_device_mesh()
     graphdef, params = nnx.split(create_model(preset("tiny", vocab_size=64), mesh, seed=0))
-    run = runsetup.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer(),
-                     world_dir=None)
+    run = runsetup.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer())
     with pytest.raises(OSError):
         models.save_model(run, params, graphdef)
     assert not models.stage_done(tmp_path) and not (tmp_path / "model").exists()
