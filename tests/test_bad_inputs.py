@@ -28,7 +28,7 @@ import pytest
 
 from conftest import REPO, run_on_cpu_devices
 from easyalign import cli, config_check
-from easyalign.train import rundir
+from easyalign.train import optim, rundir
 SFT = ["sft", "--config=configs/sft.py:tiny"]
 
 
@@ -231,12 +231,18 @@ def test_unknown_names_get_the_closest_known_ones(tmp_path):
                 "'smollm2'?)")):
             config_check.validate(config, "sft")
     # Every registry a config value is checked against (config_check._choices).
-    config = sft.get_config("tiny")
-    config.optim.name = "adamww"
-    with pytest.raises(ConfigError, match=re.escape("optim.name='adamww': not one of adamw | "
-                                                    "adafactor | sgd | lion; did you mean "
-                                                    "'adamw'?")):
-        config_check.validate(config, "sft", paths=False)
+    for key, value, line, build in (
+            ("name", "adamww", "adamw | adafactor | sgd | lion; did you mean 'adamw'?",
+             optim.make_optimizer),
+            ("schedule", "cosin", "cosine | linear | constant; did you mean 'cosine'?",
+             optim.make_schedule)):
+        config = sft.get_config("tiny")
+        config.optim[key] = value
+        line = re.escape(f"optim.{key}={value!r}: not one of {line}")
+        with pytest.raises(ConfigError, match=line):
+            config_check.validate(config, "sft", paths=False)
+        with pytest.raises(ConfigError, match=line):  # the same line where the registry is read
+            build(config.optim, total_steps=10)
     config = sft.get_config("tiny")
     config.model.preset = "world-teachr"
     with pytest.raises(ConfigError, match=re.escape("did you mean 'world-teacher' or")):
