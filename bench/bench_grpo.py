@@ -127,7 +127,7 @@ def main():
     ids = rng.randint(4, policy_config.vocab_size, (total, prompt_len)).astype(np.int32)
     records = [{"prompt": " ".join(f"w{i}" for i in row)} for row in ids]
     s = grpo.Setup(
-        run=runsetup.Run(config=c, mesh=mesh, workdir=None, tokenizer=tokenizer, world_dir=None),
+        run=runsetup.Run(config=c, mesh=mesh, workdir=None, tokenizer=tokenizer),
         graphs=rollout.Graphs(policy=graphdef, value=None, reference=ref_graphdef, reward=None),
         params=None, frozen={"reference": ref_params}, loader=None, records=records,
         eval_batches=[], eval_records=[], weights=grpo_rewards.parse_rewards(g.rewards),

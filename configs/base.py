@@ -11,6 +11,7 @@ from pathlib import Path
 
 from ml_collections import ConfigDict
 
+from easyalign.config_keys import did_you_mean
 from easyalign.data.records import COLUMN_FIELDS
 from easyalign.data.world import WorldConfig
 
@@ -164,3 +165,11 @@ def mix_benign(c: ConfigDict, count: int = 1000) -> ConfigDict:
     +10 points) and the distilled student refused 21% of them (H200, 2026-11-30)."""
     c.data.mix = (f"{shared_data_dir() / ALPACA}*{count}",)
     return c
+
+
+def unknown_preset(file: str, preset: str, presets: tuple[str, ...]) -> ValueError:
+    """The error of a preset `file` does not offer: its presets and the closest of them
+    (`configs/sft.py: unknown preset 'tinyy' (tiny | real); did you mean 'tiny'?`)."""
+    hint = did_you_mean(preset, presets)
+    return ValueError(f"{file}: unknown preset {preset!r} ({' | '.join(presets)})"
+                      + (f"; {hint}" if hint else ""))

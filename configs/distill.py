@@ -81,5 +81,5 @@ def get_config(preset: str = ""):
         d.mode = "offline"
         d.topk_weight = 1.0
     elif preset:
-        raise ValueError(f"configs/distill.py: unknown preset {preset!r} (tiny | tiny_offline | real)")
+        raise base.unknown_preset("configs/distill.py", preset, ("tiny", "tiny_offline", "real"))
     return c

@@ -67,5 +67,5 @@ def get_config(preset: str = ""):
         c.dpo.beta = 0.1
         c.dpo.sft_weight = 0.2
     elif preset:
-        raise ValueError(f"configs/dpo.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/dpo.py", preset, ("tiny", "real"))
     return c

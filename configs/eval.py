@@ -83,5 +83,5 @@ def get_config(preset: str = ""):
         e.mc_task = str(data / base.TRUTHFULQA_MC)
         e.ifeval = "builtin"
     elif preset:
-        raise ValueError(f"configs/eval.py: unknown preset {preset!r} (tiny | real | shared)")
+        raise base.unknown_preset("configs/eval.py", preset, ("tiny", "real", "shared"))
     return c

@@ -41,5 +41,5 @@ def get_config(preset: str = ""):
         g.limit = 64
         g.max_new_tokens = 32
     elif preset:
-        raise ValueError(f"configs/generate.py: unknown preset {preset!r} (tiny)")
+        raise base.unknown_preset("configs/generate.py", preset, ("tiny",))
     return c

@@ -85,5 +85,5 @@ def get_config(preset: str = ""):
         c.optim.lr = 5e-6
         base.mix_benign(c)
     elif preset:
-        raise ValueError(f"configs/grpo.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/grpo.py", preset, ("tiny", "real"))
     return c

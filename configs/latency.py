@@ -35,5 +35,5 @@ def get_config(preset: str = ""):
     elif preset == "real":  # the real pipeline: what the student keeps of the teacher's safety
         t.keep_metrics = ("advbench_refusal", "reward_win_rate")
     elif preset:
-        raise ValueError(f"configs/latency.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/latency.py", preset, ("tiny", "real"))
     return c

@@ -43,5 +43,5 @@ def get_config(preset: str = ""):
         p.stages = stages[:stages.index("ppo") + 1] + ("grpo",) + stages[stages.index("ppo") + 1:]
         c.workdir = "runs/real"
     elif preset:
-        raise ValueError(f"configs/pipeline.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/pipeline.py", preset, ("tiny", "real"))
     return c

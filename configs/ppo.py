@@ -90,5 +90,5 @@ def get_config(preset: str = ""):
         c.optim.lr = 1e-5
         base.mix_benign(c)           # a third benign prompts, against learning to refuse all
     elif preset:
-        raise ValueError(f"configs/ppo.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/ppo.py", preset, ("tiny", "real"))
     return c

@@ -38,5 +38,5 @@ def get_config(preset: str = ""):
         c.optim.lr = 3e-5
         c.optim.warmup_steps = 10
     elif preset:
-        raise ValueError(f"configs/reward.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/reward.py", preset, ("tiny", "real"))
     return c

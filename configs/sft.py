@@ -32,5 +32,5 @@ def get_config(preset: str = ""):
         c.optim.lr = 1e-5                # an instruct model: a gentle step keeps what it knows
         c.optim.warmup_steps = 5
     elif preset:
-        raise ValueError(f"configs/sft.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/sft.py", preset, ("tiny", "real"))
     return c

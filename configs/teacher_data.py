@@ -44,5 +44,5 @@ def get_config(preset: str = ""):
         t.batch_size = 128
         base.mix_benign(c)           # the student must see the teacher answer benign requests
     elif preset:
-        raise ValueError(f"configs/teacher_data.py: unknown preset {preset!r} (tiny | real)")
+        raise base.unknown_preset("configs/teacher_data.py", preset, ("tiny", "real"))
     return c

@@ -30,7 +30,7 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-from easyalign.config_keys import ConfigError, did_you_mean, flat_keys  # noqa: F401  (used here)
+from easyalign.config_keys import ConfigError, check_choice, flat_keys  # noqa: F401  (used here)
 
 TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
 # Commands whose config is a phase config, and the `phase` value it carries.
@@ -182,13 +182,8 @@ def _choices(config, key: str, choices: Iterable[str]) -> None:
         if value is None or not hasattr(value, "get"):
             return
         value = value.get(part)
-    if value is None:
-        return
-    choices = tuple(choices)
-    if value not in choices:
-        hint = did_you_mean(value, choices)
-        raise ConfigError(f"{key}={value!r}: not one of {' | '.join(map(str, choices))}"
-                          + (f"; {hint}" if hint else ""))
+    if value is not None:
+        check_choice(key, value, choices)
 
 
 def _check_names(config) -> None:
@@ -385,7 +380,9 @@ def check_safetensors(file: Path) -> None:
 
 def check_data_source(config, key: str, value: str) -> None:
     """A data file exists and its format is known (from `data.format` or the suffix)."""
-    if not value or value in ("world", "auto") or value.startswith("hf:"):
+    from easyalign.data.builtin import resolve
+
+    if not value or value == "auto" or value.startswith("hf:") or resolve(value) is not None:
         return
     path = Path(value)
     if not path.exists():

@@ -1,8 +1,8 @@
-"""The config error every layer raises, the dotted keys of a config (`optim.lr`, …), and the
-"did you mean" of an unknown name.
+"""The config error every layer raises, the dotted keys of a config (`optim.lr`, …), the
+"did you mean" of an unknown name and the one line of a value outside its registry.
 
-Low in the layering: the run directory's manifest check (`train.rundir`) and the CLI use them
-as well as the config checks (`config_check`).
+Low in the layering: the run directory's manifest check (`train.rundir`), the optimizer
+registries (`train.optim`) and the CLI use them as well as the config checks (`config_check`).
 """
 
 from __future__ import annotations
@@ -32,3 +32,13 @@ def did_you_mean(name: str, known: Iterable[str], n: int = 3) -> str:
     """
     close = difflib.get_close_matches(str(name), [str(k) for k in known], n=n, cutoff=0.6)
     return f"did you mean {' or '.join(map(repr, close))}?" if close else ""
+
+
+def check_choice(key: str, value, choices: Iterable[str]) -> None:
+    """Raise ConfigError unless `value` is one of `choices` (a registry's names), in one line:
+    `optim.name='adamww': not one of adamw | adafactor | sgd | lion; did you mean 'adamw'?`."""
+    choices = tuple(choices)
+    if value not in choices:
+        hint = did_you_mean(value, choices)
+        raise ConfigError(f"{key}={value!r}: not one of {' | '.join(map(str, choices))}"
+                          + (f"; {hint}" if hint else ""))

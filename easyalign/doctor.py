@@ -170,11 +170,11 @@ def read_model_config(config, path: str) -> ModelConfig:
 
 def _vocab(config) -> tuple[int | None, str]:
     """A scratch model's vocabulary: the tokenizer's size if the tokenizer exists yet."""
-    from easyalign.data.world_source import world_dir
+    from easyalign.data.builtin import scratch_tokenizer_dir
 
     if config.model.vocab_size:
         return config.model.vocab_size, "model.vocab_size"
-    path = config.data.tokenizer or str(world_dir(config) / "tokenizer")
+    path = config.data.tokenizer or str(scratch_tokenizer_dir(config))
     if Path(path).is_dir():
         from transformers import AutoTokenizer
 

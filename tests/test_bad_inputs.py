@@ -28,7 +28,7 @@ import pytest
 
 from conftest import REPO, run_on_cpu_devices
 from easyalign import cli, config_check
-from easyalign.train import rundir
+from easyalign.train import optim, rundir
 SFT = ["sft", "--config=configs/sft.py:tiny"]
 
 
@@ -73,7 +73,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("HF key per_device_train_batch_size",
          SFT + ["--config.per_device_train_batch_size=4"], "train.batch_size"),
         ("HF key num_train_epochs", SFT + ["--config.num_train_epochs=3"], "train.steps"),
-        ("preset typo", ["sft", "--config=configs/sft.py:tinyy"], "tinyy"),
+        ("preset typo", ["sft", "--config=configs/sft.py:tinyy"],
+         "unknown preset 'tinyy' (tiny | real); did you mean 'tiny'?"),
         ("missing config file", ["sft", "--config=configs/nope.py"], "configs/nope.py"),
         ("model alias typo", SFT + ["--config.model.init=gguf", "--config.model.path=smolm2"],
          "did you mean 'smollm2'?"),
@@ -231,12 +232,18 @@ def test_unknown_names_get_the_closest_known_ones(tmp_path):
                 "'smollm2'?)")):
             config_check.validate(config, "sft")
     # Every registry a config value is checked against (config_check._choices).
-    config = sft.get_config("tiny")
-    config.optim.name = "adamww"
-    with pytest.raises(ConfigError, match=re.escape("optim.name='adamww': not one of adamw | "
-                                                    "adafactor | sgd | lion; did you mean "
-                                                    "'adamw'?")):
-        config_check.validate(config, "sft", paths=False)
+    for key, value, line, build in (
+            ("name", "adamww", "adamw | adafactor | sgd | lion; did you mean 'adamw'?",
+             optim.make_optimizer),
+            ("schedule", "cosin", "cosine | linear | constant; did you mean 'cosine'?",
+             optim.make_schedule)):
+        config = sft.get_config("tiny")
+        config.optim[key] = value
+        line = re.escape(f"optim.{key}={value!r}: not one of {line}")
+        with pytest.raises(ConfigError, match=line):
+            config_check.validate(config, "sft", paths=False)
+        with pytest.raises(ConfigError, match=line):  # the same line where the registry is read
+            build(config.optim, total_steps=10)
     config = sft.get_config("tiny")
     config.model.preset = "world-teachr"
     with pytest.raises(ConfigError, match=re.escape("did you mean 'world-teacher' or")):
@@ -259,7 +266,7 @@ def _prompt_file_run(tmp_path, column: str):
     path.write_text("goal,target\nSteal a car,x\nBake bread,y\n")
     config = generate.get_config()
     config.data.source, config.data.columns.prompt = str(path), column
-    return SimpleNamespace(config=config, is_main=True, world_dir=None), path
+    return SimpleNamespace(config=config, is_main=True), path
 
 
 def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
@@ -361,8 +368,7 @@ def test_a_crash_while_saving_the_model_leaves_the_stage_incomplete(tmp_path):
 
     mesh = sharding.single_device_mesh()
     graphdef, params = nnx.split(create_model(preset("tiny", vocab_size=64), mesh, seed=0))
-    run = runsetup.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer(),
-                     world_dir=None)
+    run = runsetup.Run(config=None, mesh=mesh, workdir=tmp_path, tokenizer=Tokenizer())
     with pytest.raises(OSError):
         models.save_model(run, params, graphdef)
     assert not models.stage_done(tmp_path) and not (tmp_path / "model").exists()

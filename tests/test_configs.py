@@ -2,6 +2,7 @@
 any work, and its model builds, at no memory cost."""
 
 import importlib
+import re
 from pathlib import Path
 
 import jax
@@ -72,5 +73,11 @@ def test_config_loads_and_its_model_builds(name, arg):
 
 @pytest.mark.parametrize("name", sorted(n for n in PRESETS if n not in ("base", "doctor")))
 def test_unknown_preset_is_refused(name):
-    with pytest.raises(ValueError, match="unknown preset"):
+    file = "pipeline" if name == "ablations" else name  # ablations takes the pipeline's presets
+    presets = " | ".join(PRESETS[file])
+    with pytest.raises(ValueError, match=re.escape(
+            f"configs/{file}.py: unknown preset 'no-such-preset' ({presets})") + "$"):
         load(name, "no-such-preset")
+    with pytest.raises(ValueError, match=re.escape(
+            f"configs/{file}.py: unknown preset 'tinyy' ({presets}); did you mean 'tiny'?")):
+        load(name, "tinyy")

@@ -1,6 +1,7 @@
 """Data as every phase loads it (`runsetup.load_examples`): the `data` config block from the
-command line and pipeline overrides, `data.on_empty`, and the held-out evaluation split of a
-real source (`data.eval_source="auto"`). Real files come from ``../shared/data`` and the tests
+command line and pipeline overrides, `data.on_empty`, the held-out evaluation split of a
+real source (`data.eval_source="auto"`) and the built-in sources looked up by name
+(`data.builtin`). Real files come from ``../shared/data`` and the tests
 that need them skip where it is absent."""
 import json
 import os
@@ -12,6 +13,7 @@ import pytest
 from easyalign import pipeline
 from easyalign.algorithms import runsetup
 from easyalign.cli import load_config
+from easyalign.data import builtin
 from easyalign.data.holdout import held_out_rows
 from easyalign.data.sources import DataError, Record
 
@@ -27,10 +29,12 @@ def shared(path: Path) -> Path:
     return path
 
 
-def run_for(*flags: str, config: str = "configs/sft.py:tiny", world_dir=None) -> runsetup.Run:
-    """A Run holding a config parsed like the command line's; data loading needs nothing else."""
+def run_for(*flags: str, config: str = "configs/sft.py:tiny", world=None) -> runsetup.Run:
+    """A Run holding a config parsed like the command line's, with the built-in world's
+    directory `world` when given; data loading needs nothing else."""
     return runsetup.Run(config=load_config([f"--config={config}", *flags]), mesh=None,
-                      workdir=Path("."), tokenizer=None, world_dir=world_dir)
+                        workdir=Path("."), tokenizer=None,
+                        source_dirs={"world": world} if world else {})
 
 
 def write_jsonl(path: Path, rows) -> Path:
@@ -74,7 +78,7 @@ def test_column_mapping_in_pipeline_overrides(tmp_path):
                         "'rejected': 'context'}\")"])
     overrides = pipeline.parse_overrides(pipe.pipeline.overrides)
     sft = pipeline.stage_config(pipe, "sft", "sft", "tiny", overrides)
-    run = runsetup.Run(config=sft, mesh=None, workdir=tmp_path, tokenizer=None, world_dir=None)
+    run = runsetup.Run(config=sft, mesh=None, workdir=tmp_path, tokenizer=None)
     examples = runsetup.load_examples(run, "sft", "train")
     assert [ex["messages"][0]["content"] for ex in examples] == EXPECTED_PROMPTS
     dpo = pipeline.stage_config(pipe, "dpo", "dpo", "tiny", overrides)
@@ -148,10 +152,39 @@ def test_explicit_eval_sources_and_the_world(tmp_path, built_world):
     assert runsetup.load_examples(run_for(f"--config.data.source={train}",
                                         "--config.data.eval_source="), "sft", "eval") == []
     # On the world (the default source), eval stays the world's own held-out file.
-    run = run_for(world_dir=built_world)
+    run = run_for(world=built_world)
     assert sources(runsetup.load_examples(run, "sft", "eval"))[0] == (
         f"{built_world}/preference_heldout.jsonl:1")
     assert len(runsetup.load_examples(run, "sft", "train")) == 3000
+
+
+def test_built_in_sources_are_looked_up_by_name(tmp_path, built_world):
+    """A stage prepares the built-in sources its config reads or whose tokenizer a scratch
+    model needs, and takes files and tokenizer from them through `data.builtin` alone."""
+    train = write_jsonl(tmp_path / "train.jsonl", [{"prompt": "q", "response": "a"}] * 4)
+    config = load_config(["--config=configs/sft.py:tiny",
+                          f"--config.data.world.dir={built_world}"])
+    assert builtin.used(config) == ["world"]  # the default data.source
+    assert builtin.prepare(config) == {"world": built_world}  # generated already: reused
+    config.data.source = str(train)
+    assert builtin.used(config) == ["world"]  # a scratch model's default tokenizer
+    config.data.tokenizer = str(built_world / "tokenizer")
+    assert builtin.used(config) == []
+    config.data.eval_source = "world"
+    assert builtin.used(config) == ["world"]
+    assert builtin.resolve(str(train)) is None and builtin.resolve("hf:x/y") is None
+    assert builtin.scratch_tokenizer_dir(config) == built_world / "tokenizer"
+    # The tokenizer a prepared source provides is the last fallback of `load_tokenizer`.
+    config.data.tokenizer = ""
+    config.model.update(init="hf", path="")
+    assert runsetup.load_tokenizer(config, {"world": built_world}).eos_token == "<|end|>"
+    with pytest.raises(ValueError, match="no tokenizer: set data.tokenizer"):
+        runsetup.load_tokenizer(config, {})
+    # A kind the source has no file for is one line naming what it serves.
+    with pytest.raises(ValueError, match=re.escape(
+            "data source 'world' has no teacher records for train (it serves sft train, sft "
+            "eval, preference train, preference eval, prompt train, prompt eval)")):
+        runsetup.load_examples(run_for(world=built_world), "teacher", "train")
 
 
 # ----------------------------------------------------------------------------- data.mix
@@ -192,7 +225,7 @@ def test_mixed_files_add_their_training_side_only(tmp_path, capsys):
 def test_mix_entries_are_checked(tmp_path, entry, message):
     extra = write_jsonl(tmp_path / "extra.jsonl", [{"prompt": f"x{i}"} for i in range(40)])
     run = run_for(f"--config.data.mix=('{entry.format(extra=extra)}',)",
-                  config="configs/ppo.py:tiny", world_dir=tmp_path)
+                  config="configs/ppo.py:tiny")
     run.config.data.source = str(extra)
     with pytest.raises(ValueError, match=message):
         runsetup.load_examples(run, "prompt", "train")

@@ -236,7 +236,7 @@ def test_dpo_improves_held_out_preferences_and_safety(pipeline):
         evaluate = driver.make_evaluator(s.run, s.eval_batches,
                                          dpo.make_eval_metrics(graphdef, s.settings))
         preference[stage] = evaluate(params)
-    refusal = {stage: held_out_refusal(root / stage / "model", s.run.world_dir)
+    refusal = {stage: held_out_refusal(root / stage / "model", s.run.source_dirs["world"])
                for stage in ("sft", "dpo")}
     print({stage: {"preference_accuracy": preference[stage]["logps/accuracy"],
                    "reward_accuracy": preference[stage]["rewards/accuracy"],

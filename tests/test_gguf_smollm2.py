@@ -161,10 +161,10 @@ def test_a_phase_starts_from_the_installed_gguf(model, tmp_path):
     from it: `model.init=derive model.path=smollm2 model.layers=spread:4`."""
     config = base.get_config()
     config.model.update(init="gguf", path="smollm2", dtype="float32")
-    tokenizer = runsetup.load_tokenizer(config, world=None)
+    tokenizer = runsetup.load_tokenizer(config, {})
     assert (tokenizer.eos_token, tokenizer.pad_token) == ("<|im_end|>", "<|im_end|>")
     run = runsetup.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
-                     tokenizer=tokenizer, world_dir=None)
+                     tokenizer=tokenizer)
     assert models.model_config(run) == model.config
     config.model.update(init="derive", layers="spread:4")
     student = models.init_model(run)

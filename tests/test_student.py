@@ -31,7 +31,7 @@ def run_for(tmp_path, **model):
         config.model[key] = value
     config.model.dtype = "float32"
     return runsetup.Run(config=config, mesh=sharding.single_device_mesh(), workdir=tmp_path,
-                      tokenizer=None, world_dir=None)
+                      tokenizer=None)
 
 
 def params(model) -> dict[str, np.ndarray]:

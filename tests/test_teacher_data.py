@@ -106,7 +106,7 @@ def test_complete_run_skipped_other_settings_rewritten(pipeline, capsys):
 def test_unfinished_and_empty_responses(pipeline):
     """Responses cut by the budget are dropped unless kept; empty ones always are."""
     tokenizer = AutoTokenizer.from_pretrained(str(pipeline[1] / "tokenizer"))
-    run = runsetup.Run(config=None, mesh=None, workdir=None, tokenizer=tokenizer, world_dir=None)
+    run = runsetup.Run(config=None, mesh=None, workdir=None, tokenizer=tokenizer)
     eos = tokenizer.eos_token_id
     words = tokenizer("I don't know.", add_special_tokens=False)["input_ids"]
     prompts = [{"prompt": [{"role": "user", "content": f"q{i}"}], "kind": "fact",

@@ -4,13 +4,14 @@ examples, tokenisation and loaders of its `data` block.
 An algorithm module (sft, reward, dpo, ...) is a batch kind plus a loss. It calls
 
     run = prepare(config)                          config check, processes, mesh, workdir,
-                                                   world, tokenizer
+                                                   built-in data sources, tokenizer
     examples = load_examples(run, kind, split)     records → normalised examples
     model = hf.models.init_model(run, head="lm")   scratch | HF | earlier stage, sharded
     train.driver.train(run, model=..., ...)        state, resume, loop, checkpoints, export
 
-The work directory's lock and manifest live in `train.rundir`, the built-in world as a data
-source in `data.world_source`.
+The work directory's lock and manifest live in `train.rundir`; the built-in data sources (what
+they read, which tokenizer they provide) in `data.builtin`, which this module asks by the
+`data.source` name.
 """
 
 from __future__ import annotations
@@ -26,11 +27,11 @@ import numpy as np
 from jax.sharding import Mesh
 
 from easyalign import config_check, distributed, sharding
+from easyalign.data import builtin as data_builtin
 from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data import tokenize as data_tokenize
-from easyalign.data import world_source
 from easyalign.data.holdout import held_out_rows, split_rows
 from easyalign.hf.checkpoint import MODEL_DIR
 from easyalign.hf.models import SOURCE_INITS, init_model, model_source
@@ -44,17 +45,25 @@ class Run:
     mesh: Mesh
     workdir: Path
     tokenizer: Any
-    world_dir: Path | None
+    # The built-in data sources the config uses (`data.builtin.prepare`): name → directory.
+    source_dirs: dict[str, Path] = dataclasses.field(default_factory=dict)
 
     @property
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
+    @property
+    def world_dir(self) -> Path | None:
+        """The built-in world's directory (None when unused), as `grpo._answer_key` reads it;
+        the one place this module names a source, until that reader asks `source_dirs`."""
+        return self.source_dirs.get("world")
+
 
 # ----------------------------------------------------------------------------- set-up
-def load_tokenizer(config, world: Path | None):
+def load_tokenizer(config, source_dirs: dict[str, Path]):
     """The run's tokenizer: `data.tokenizer`, else the model source's own (an HF directory, a
-    checkpoint's `tokenizer/`, a GGUF file's metadata), else the built-in world's."""
+    checkpoint's `tokenizer/`, a GGUF file's metadata), else the one a built-in data source of
+    `source_dirs` provides (`data.builtin.tokenizer_dir`)."""
     from transformers import AutoTokenizer
 
     path = config.data.tokenizer
@@ -66,8 +75,7 @@ def load_tokenizer(config, world: Path | None):
             return gguf_tokenizer(source)
         candidate = Path(source)
         path = str(candidate / "tokenizer" if (candidate / "tokenizer").exists() else candidate)
-    if not path and world is not None:
-        path = str(world / "tokenizer")
+    path = path or data_builtin.tokenizer_dir(source_dirs)
     if not path:
         raise ValueError("no tokenizer: set data.tokenizer, or model.path to a directory with one")
     return AutoTokenizer.from_pretrained(path)
@@ -97,7 +105,8 @@ def stage_reference(config, value: str) -> str:
 
 def prepare(config) -> Run:
     """Validate the config (`config_check`), start processes, build the mesh, create the
-    workdir (lock, manifest) and record the resolved config."""
+    workdir (lock, manifest), record the resolved config and prepare the built-in data sources
+    the config uses (`data.builtin`)."""
     raw_path = config.model.path
     for warning in config_check.validate(config):
         if jax.process_index() == 0:
@@ -107,9 +116,9 @@ def prepare(config) -> Run:
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
     workdir = rundir.start_workdir(config, {"model.path": stage_reference(config, raw_path)})
-    world = world_source.ensure_world(config) if world_source.uses_world(config) else None
-    return Run(config=config, mesh=mesh, workdir=workdir, tokenizer=load_tokenizer(config, world),
-               world_dir=world)
+    source_dirs = data_builtin.prepare(config)
+    return Run(config=config, mesh=mesh, workdir=workdir,
+               tokenizer=load_tokenizer(config, source_dirs), source_dirs=source_dirs)
 
 
 # ----------------------------------------------------------------------------- data
@@ -117,11 +126,12 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     """Normalised examples of `kind` ("sft" | "preference" | "prompt" | "teacher") for `split`
     ("train" | "eval"), as the `data` config block describes them.
 
-    `data.source` feeds "train" and `data.eval_source` "eval" ("world" = the built-in world's
-    file for the kind and split, "" = none). The default `data.eval_source="auto"` evaluates on
-    the world's held-out files when the source is the world, and otherwise on a held-out split
-    of `data.source` (`held_out_rows`) that training does not see. Records with empty text
-    follow `data.on_empty`; whatever is skipped is printed as one `[data]` line.
+    `data.source` feeds "train" and `data.eval_source` "eval" (a built-in source's name = its
+    file for the kind and split, `data.builtin`; "" = none). The default
+    `data.eval_source="auto"` evaluates a built-in source on its own held-out files, and any
+    other on a held-out split of `data.source` (`held_out_rows`) that training does not see.
+    Records with empty text follow `data.on_empty`; whatever is skipped is printed as one
+    `[data]` line.
     """
     data = run.config.data
     auto = data.eval_source == "auto"
@@ -130,7 +140,7 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
         return []
     spec = _source_spec(run, source, kind, split)
     rows = data_sources.read_rows(spec)
-    if auto and source != "world":
+    if auto and data_builtin.resolve(source) is None:  # a built-in source holds out its own
         rows = _split_rows(run, rows, source, split)
     records = data_sources.apply_columns(rows, spec.columns)
     examples = _normalized(run, records, kind, split, source)
@@ -181,9 +191,9 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
 
 def _source_spec(run: Run, source: str, kind: str, split: str) -> data_sources.SourceSpec:
     data = run.config.data
-    if source == "world":
-        filename, columns = world_source.WORLD_FILES[(kind, split)]
-        return data_sources.SourceSpec(path=str(run.world_dir / filename), columns=columns)
+    builtin = data_builtin.resolve(source)
+    if builtin is not None:
+        return builtin.spec(run.source_dirs[source], kind, split)
     columns = _columns(data.columns)
     if source.startswith("hf:"):
         # An explicit hf eval source reads `eval_split`; the auto split holds out of `split`.

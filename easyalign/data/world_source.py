@@ -1,9 +1,9 @@
 """The built-in world as a data source: its files per record kind and split, where they live,
 and generating them (with the world's tokenizer) once per settings.
 
-A phase reads the world like any other source (`data.source="world"`: `WORLD_FILES` names the
-file of each record kind and split); `uses_world` says whether a config needs it at all (its
-files, or its tokenizer as the default of a scratch model).
+`data.builtin` registers it under the name "world" (`data.source="world"`), and a phase reads it
+through that registry like any other built-in source: `WORLD_FILES` names the file of each
+record kind and split, `ensure_world` prepares it.
 """
 
 from __future__ import annotations
@@ -61,9 +61,3 @@ def ensure_world(config) -> Path:
     distributed.barrier("world")
     return directory
 
-
-def uses_world(config) -> bool:
-    """The world's files are read, or its tokenizer is the default (a scratch model with no
-    `data.tokenizer`)."""
-    own_tokenizer = config.data.tokenizer or config.model.init != "scratch"
-    return "world" in (config.data.source, config.data.eval_source) or not own_tokenizer

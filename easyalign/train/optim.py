@@ -24,6 +24,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from easyalign.config_keys import check_choice
+
 # name -> `(optim, decay steps) -> optax schedule` after the warm-up (from optim.lr down).
 SCHEDULES = {
     "cosine": lambda optim, decay_steps: optax.cosine_decay_schedule(
@@ -43,8 +45,7 @@ OPTIMIZERS = {
 
 
 def make_schedule(optim, total_steps: int) -> optax.Schedule:
-    if optim.schedule not in SCHEDULES:
-        raise ValueError(f"optim.schedule {optim.schedule!r} not in {tuple(SCHEDULES)}")
+    check_choice("optim.schedule", optim.schedule, SCHEDULES)
     warmup = max(0, min(optim.warmup_steps, total_steps))
     after = SCHEDULES[optim.schedule](optim, max(1, total_steps - warmup))
     if warmup == 0:
@@ -93,8 +94,7 @@ def decoupled_weight_decay(schedule: optax.Schedule, weight_decay: float, mask=d
 def make_optimizer(optim, total_steps: int) -> tuple[optax.GradientTransformation, optax.Schedule]:
     """`(transformation, schedule)` for the `optim` config block."""
     schedule = make_schedule(optim, total_steps)
-    if optim.name not in OPTIMIZERS:
-        raise ValueError(f"optim.name {optim.name!r} not in {tuple(OPTIMIZERS)}")
+    check_choice("optim.name", optim.name, OPTIMIZERS)
     core = OPTIMIZERS[optim.name](optim, schedule)
     parts = [optax.clip_by_global_norm(optim.clip_norm)] if optim.clip_norm > 0 else []
     parts.append(core)
