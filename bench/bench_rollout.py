@@ -56,7 +56,8 @@ def main():
     ap.add_argument("--preset", default="llama-3.2-1b")
     ap.add_argument("--prompts", type=int, default=256)
     ap.add_argument("--slots", type=int, default=64)
-    ap.add_argument("--refill", type=int, default=0, help="prompts per refill (0: the default)")
+    ap.add_argument("--refill", type=int, nargs="+", default=[0],
+                    help="prompts per refill, one engine figure each (0: the default)")
     ap.add_argument("--cap", type=int, default=512)
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--data", default=str(DATA))
@@ -74,7 +75,6 @@ def main():
     tokens = rng.randint(0, config.vocab_size, (n, width)).astype(np.int32)
     mesh = sharding.make_mesh(1, -1, 1)
     graphdef, params = nnx.split(create_model(config, mesh, seed=0))
-    refill = args.refill or None
     common_args = dict(max_new_tokens=int(budgets.max()), method=Temperature(1.0),
                        stop_tokens=(), mesh=mesh)
 
@@ -83,23 +83,28 @@ def main():
                          jax.random.key(i), budgets=budgets[i:i + slots], **common_args).lengths
                 for i in range(0, n, slots)]
 
-    def engine():
-        return generate(graphdef, params, tokens, prompt_lengths, jax.random.key(0),
-                        budgets=budgets, slots=slots, refill=refill, **common_args).lengths
+    def engine(refill):
+        return lambda: generate(graphdef, params, tokens, prompt_lengths, jax.random.key(0),
+                                budgets=budgets, slots=slots, refill=refill or None,
+                                **common_args).lengths
 
     generated = int(budgets.sum())
+    runs = [("static", None, static)] + [("engine", r, engine(r)) for r in args.refill]
     with sharding.use_mesh(mesh):
-        got = np.concatenate(jax.device_get(static()))
-        assert np.array_equal(got, budgets), "static: a row did not use its budget"
-        assert np.array_equal(jax.device_get(engine()), budgets), "engine: a row short"
-        seconds = {name: common.time_calls(fn, repeats=args.repeats, warmup=1)
-                   for name, fn in (("static", static), ("engine", engine))}
-    for name, s in seconds.items():
-        common.log(what=f"rollout_{name}", preset=args.preset, prompts=n, slots=slots,
-                   refill=refill, width=width, budget_mean=float(budgets.mean()),
-                   budget_max=int(budgets.max()), generated=generated, s=s,
-                   tokens_per_s=generated / s, device=common.device_name())
-    common.log(what="rollout_speedup", engine_over_static=seconds["static"] / seconds["engine"])
+        seconds = {}
+        for name, refill, fn in runs:
+            got = jax.device_get(fn())
+            got = np.concatenate(got) if isinstance(got, list) else got
+            assert np.array_equal(got, budgets), f"{name}: a row did not use its budget"
+            s = seconds[name, refill] = common.time_calls(fn, repeats=args.repeats, warmup=1)
+            common.log(what=f"rollout_{name}", preset=args.preset, prompts=n, slots=slots,
+                       refill=refill or max(1, slots // 8) if name == "engine" else None,
+                       width=width, budget_mean=float(budgets.mean()),
+                       budget_max=int(budgets.max()), generated=generated, s=s,
+                       tokens_per_s=generated / s, device=common.device_name())
+            if name == "engine":
+                common.log(what="rollout_speedup", refill=refill,
+                           engine_over_static=seconds["static", None] / s)
 
     # GRPO shape: 8 prompts × G = 8, 256 + 256 tokens, every row at full length.
     P, N, G, B = (16, 16, 4, 2) if tiny else (256, 256, 8, 8)

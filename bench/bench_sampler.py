@@ -28,11 +28,14 @@ def main():
     ap.add_argument("--new", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--scan", type=int, default=1, help="1: lax.scan over layers; 0: unrolled")
+    ap.add_argument("--attention", default="cudnn", help="attention_impl on the GPU: cudnn "
+                    "(decode through cuDNN's fused kernel) or xla (einsum over the cache)")
     ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     tiny = args.cpu
     config = preset("tiny" if tiny else args.preset, dtype="bfloat16", param_dtype="bfloat16",
-                    attention_impl="xla" if tiny else "cudnn", scan_layers=bool(args.scan))
+                    attention_impl="xla" if tiny else args.attention,
+                    scan_layers=bool(args.scan))
     new = 16 if tiny else args.new
     mesh = sharding.make_mesh(1, -1, 1)
     graphdef, params = nnx.split(create_model(config, mesh, seed=0))
@@ -50,7 +53,8 @@ def main():
         common.log(what="easyalign_generate", preset=args.preset, batch=batch,
                    prompt=args.prompt, new=new, s=seconds, new_tokens_per_s=batch * new / seconds,
                    ms_per_step=1000 * seconds / new, peak_gib=common.peak_gib(),
-                   scan_layers=bool(args.scan), xla_flags=common.extra_flags(),
+                   scan_layers=bool(args.scan), attention=config.attention_impl,
+                   xla_flags=common.extra_flags(),
                    device=common.device_name())
 
 

@@ -7,12 +7,13 @@
 #   bash bench/run_h100.sh lora    # HF+PEFT LoRA SFT peer; easyalign LoRA SFT (Llama-3.2-1B, bf16
 #                                  # and fp32 base), Llama-3.1-8B LoRA SFT and DPO (one H200)
 #   bash bench/run_h100.sh moe     # MoE SFT step: Qwen3-30B-A3B layers × 8, 4×2048 (one H200)
+#   bash bench/run_h100.sh decode  # batch-1/8/64 decode and the batch-1 kernel profile (no peer)
 #   bash bench/run_h100.sh rollout # HF generate peer; sampler b1/8/64, decode kernel profile,
 #                                  # continuous batching vs static batches (Alpaca lengths, from
 #                                  # .real/data or ../shared/data), GRPO-shape group prefill
 # Output: JSON lines in $OUT/bench_<part>.jsonl (bench/report.py turns them into the table).
 set -uo pipefail
-part=${1:?part1, part2, grpo, lora, moe or rollout}
+part=${1:?part1, part2, grpo, lora, moe, decode or rollout}  # a 2nd argument no-peer: no anchor
 wheels=(.whl/*.whl); [ -d .anchors/wheels ] && wheels+=(.anchors/wheels/*.whl)  # lora: no TRL
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site "${wheels[@]}" || exit 1
@@ -39,17 +40,22 @@ elif [ "$part" = moe ]; then
   # 8 of Qwen3-30B-A3B's 48 layers (5.6B params, 1.08B active; doctor: 103 GiB with fp32 AdamW),
   # 128 experts top-8 through ragged_dot, router loss on; layers scanned (compile time).
   run 200 python3 bench/bench_moe.py --layers 8 --batch 4 --seq 2048 --scan 1
+elif [ "$part" = decode ]; then
+  export XLA_FLAGS=--xla_gpu_enable_triton_gemm=false
+  run 100 python3 bench/bench_sampler.py --scan 0 --batch 1 8 64
+  run 90 python3 bench/profile_trace.py --what decode --batch 1 --top 30
+  unset XLA_FLAGS
 elif [ "$part" = rollout ]; then
   data=../shared/data; [ -d .real/data/alpaca ] && data=.real/data
-  run 90 python3 bench/hf_generate.py --batch 1 64
-  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 120 python3 bench/bench_sampler.py --scan 0 \
-    --batch 1 8 64
-  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 90 python3 bench/profile_trace.py \
-    --what decode --batch 1 --top 30
-  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 200 python3 bench/bench_rollout.py \
-    --data "$data"
+  [ "${2:-}" = no-peer ] || run 90 python3 bench/hf_generate.py --batch 1 64
+  export XLA_FLAGS=--xla_gpu_enable_triton_gemm=false
+  run 120 python3 bench/bench_sampler.py --scan 0 --batch 1 8 64
+  run 90 python3 bench/bench_sampler.py --scan 0 --batch 1 64 --attention xla
+  run 90 python3 bench/profile_trace.py --what decode --batch 1 --top 30
+  run 200 python3 bench/bench_rollout.py --data "$data" --refill 2 4 8 16
+  unset XLA_FLAGS
 elif [ "$part" = grpo ]; then
-  run 200 python3 .anchors/trl_baseline.py --only grpo
+  [ "${2:-}" = no-peer ] || run 200 python3 .anchors/trl_baseline.py --only grpo
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 170 python3 bench/bench_grpo.py
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 130 python3 bench/bench_grpo.py --remat full
 else

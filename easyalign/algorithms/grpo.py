@@ -129,7 +129,7 @@ class Setup:
 
 def _answer_key(run: runsetup.Run) -> dict[str, dict]:
     """The built-in world's prompt → {kind, answer} (empty for other sources)."""
-    if run.world_dir is None or run.config.data.source != "world":
+    if run.config.data.source != "world" or "world" not in run.source_dirs:
         return {}
     from easyalign.data import world as world_lib
     from easyalign.data import world_source

@@ -52,12 +52,6 @@ class Run:
     def is_main(self) -> bool:
         return jax.process_index() == 0
 
-    @property
-    def world_dir(self) -> Path | None:
-        """The built-in world's directory (None when unused), as `grpo._answer_key` reads it;
-        the one place this module names a source, until that reader asks `source_dirs`."""
-        return self.source_dirs.get("world")
-
 
 # ----------------------------------------------------------------------------- set-up
 def load_tokenizer(config, source_dirs: dict[str, Path]):

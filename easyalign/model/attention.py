@@ -8,13 +8,15 @@ log-probs equal trainer log-probs:
 * packed rows: query i sees key j iff segment(i) == segment(j) and position(j) ≤ position(i);
 * prefill (`mode="prefill"`, an empty cache): exactly the training computation; this call's
   keys/values are handed back so the caller writes them into the cache;
-* decode (`mode="decode"`): query i of row b sees the cache slots j < p_b (p_b = the row's first
-  position in this call, slots written by earlier calls) and this call's own keys causally by
-  position. The cache is only *read* here; the new keys/values go back to the caller, which
-  writes all layers' at once after the layer scan — so each step reads the cache once and
-  writes one slot per layer instead of copying the whole cache through the scan. Slots ≥ p_b may
-  hold stale values (padding of a shorter prompt); they are never visible, and are overwritten
-  before the row's position reaches them.
+* decode (`mode="decode"`): this call's keys and values are written into the layer's cache
+  buffer at their positions, then query t of row b attends over the cache slots j ≤ p_bt (its
+  own position) — one attention over one buffer, no concatenation. With `attention_impl="cudnn"`
+  (bf16), one token per row, no soft-cap and no window, that is cuDNN's fused kernel with
+  per-row key lengths p_b + 1; otherwise `einsum_attention` under the slot mask. Decoding runs
+  the layers as a Python loop (`Transformer.trunk`), so each layer updates its own buffer in
+  place. Slots > p_b may hold stale values (padding of a shorter prompt, an earlier occupant of
+  a sampler slot); they are never visible, and are overwritten before the row's position
+  reaches them.
 
 LongRoPE (Phi-3 128K) chooses its frequencies by the length of the sequence, so when decoding
 crosses the original context every earlier key and value would change (their hidden states were
@@ -42,7 +44,8 @@ from jax.ad_checkpoint import checkpoint_name
 
 from easyalign.model import lora as lora_lib
 from easyalign.model.config import ModelConfig
-from easyalign.model.layers import Einsum, RMSNorm, apply_rope, rope_attention_scaling
+from easyalign.model.layers import (Einsum, RMSNorm, apply_rope, rope_attention_scaling,
+                                    separate_operands)
 from easyalign.sharding import constrain
 
 
@@ -110,7 +113,8 @@ class Attention(nnx.Module):
                  inv_freq: jax.Array, cache: tuple[jax.Array, jax.Array] | None = None,
                  mode: str | None = None, local: jax.Array | None = None,
                  dropout_key: jax.Array | None = None):
-        """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` when a cache mode is set).
+        """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` for a prefill, the updated
+        cache buffers `(k_cache, v_cache)` for a decode).
 
         `inv_freq [r/2]` is this layer's RoPE; `local` (a traced bool, only when the config has
         `layer_types`) says whether this layer attends within `sliding_window`; `dropout_key`
@@ -119,9 +123,10 @@ class Attention(nnx.Module):
         cfg = self.config
         batch, length = x.shape[:2]
         keys = lora_lib.split_key(dropout_key, 4)
-        q = checkpoint_name(self.q_proj(x, keys[0]), "query_proj")
-        k = checkpoint_name(self.k_proj(x, keys[1]), "key_proj")
-        v = checkpoint_name(self.v_proj(x, keys[2]), "value_proj")
+        x_q, x_k, x_v = separate_operands(x, 3, mode == "decode")  # no merged q/k/v weights
+        q = checkpoint_name(self.q_proj(x_q, keys[0]), "query_proj")
+        k = checkpoint_name(self.k_proj(x_k, keys[1]), "key_proj")
+        v = checkpoint_name(self.v_proj(x_v, keys[2]), "value_proj")
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_positions = (positions if positions is not None
@@ -139,8 +144,16 @@ class Attention(nnx.Module):
         softcap = cfg.attn_logit_softcapping
         impl = attention_implementation(cfg.attention_impl, q.dtype)
         if mode == "decode":
-            out = cached_attention(q, k, v, cache[0], cache[1], rope_positions, window,
-                                   scale, softcap)
+            # Write this call's keys and values first, then attend over the cache alone.
+            k, v = (write_cache(cache[0], k, rope_positions),
+                    write_cache(cache[1], v, rope_positions))
+            if impl == "cudnn" and softcap is None and window is None and length == 1:
+                # One new token per row: the cache's first position + 1 slots are its keys.
+                out = jax.nn.dot_product_attention(
+                    q, k, v, scale=scale, key_value_seq_lengths=rope_positions[:, 0] + 1,
+                    implementation="cudnn")
+            else:
+                out = cached_attention(q, k, v, rope_positions, window, scale, softcap)
         elif softcap is not None:  # no fused kernel soft-caps: XLA, whatever attention_impl
             causal = mode == "prefill" or (positions is None and segment_ids is None)
             mask = attention_mask(rope_positions, rope_positions,
@@ -168,6 +181,7 @@ class Attention(nnx.Module):
             out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
                                                implementation=impl)
         out = checkpoint_name(out, "attention")
+        # prefill: this call's keys and values (the caller writes them); decode: the cache.
         new_kv = None if mode is None else (k, v)
         return checkpoint_name(self.o_proj(out, keys[3]), "attention_out"), new_kv
 
@@ -191,39 +205,26 @@ def attention_implementation(requested: str, dtype) -> str:
     return requested
 
 
-def cached_attention(q: jax.Array, k: jax.Array, v: jax.Array, k_cache: jax.Array,
-                     v_cache: jax.Array, positions: jax.Array,
-                     sliding_window: int | jax.Array | None = None, scale: float | None = None,
-                     softcap: float | None = None) -> jax.Array:
-    """softmax([q·K_cache, q·k] · scale) · [V_cache; v] over the visible cache slots and new keys.
+def cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
+                     positions: jax.Array, sliding_window: int | jax.Array | None = None,
+                     scale: float | None = None, softcap: float | None = None) -> jax.Array:
+    """Attention of this call's queries over a cache that already holds their own keys.
 
-    q `[B, T, H, hd]`, k/v `[B, T, KV, hd]` (this call), caches `[B, S, KV, hd]`, positions
-    `[B, T]` (consecutive per row). scale = 1/√hd unless given (Gemma: query_pre_attn_scalar^−½);
-    `softcap` c caps each score to c·tanh(s / c) (Gemma 2); `sliding_window` may be traced (a
-    per-layer window). One softmax over both parts, in float32; the cache is read once and never
-    copied. Returns `[B, T, H, hd]`.
+    q `[B, T, H, hd]`, caches `[B, S, KV, hd]`, positions `[B, T]`: query t of row b sees the
+    cache slots j ≤ positions[b, t] (and > positions[b, t] − window). scale = 1/√hd unless given
+    (Gemma: query_pre_attn_scalar^−½); `softcap` as `einsum_attention`, which computes it.
+    Returns `[B, T, H, hd]`.
     """
-    batch, length, heads, head_dim = q.shape
-    kv_heads = k.shape[2]
-    qg = q.reshape(batch, length, kv_heads, heads // kv_heads, head_dim)
-    qg = qg * jnp.asarray(head_dim ** -0.5 if scale is None else scale, q.dtype)
-    scores_cache = jnp.einsum("btkgd,bskd->bkgts", qg, k_cache.astype(q.dtype),
-                              preferred_element_type=jnp.float32)
-    scores_new = jnp.einsum("btkgd,bukd->bkgtu", qg, k, preferred_element_type=jnp.float32)
-    if softcap is not None:
-        scores_cache = jnp.tanh(scores_cache / softcap) * softcap
-        scores_new = jnp.tanh(scores_new / softcap) * softcap
     slots = jnp.arange(k_cache.shape[1])
-    visible_cache = slots[None, None, :] < positions[:, :1, None]              # [B, 1, S]
-    visible_new = positions[:, None, :] <= positions[:, :, None]               # [B, T, T]
+    visible = slots[None, None, :] <= positions[:, :, None]                    # [B, T, S]
     if sliding_window is not None:
-        visible_cache &= slots[None, None, :] > positions[:, :, None] - sliding_window
-        visible_new &= positions[:, None, :] > positions[:, :, None] - sliding_window
-    neg = jnp.finfo(jnp.float32).min
-    scores_cache = jnp.where(visible_cache[:, None, None], scores_cache, neg)
-    scores_new = jnp.where(visible_new[:, None, None], scores_new, neg)
-    probs = jax.nn.softmax(jnp.concatenate([scores_cache, scores_new], axis=-1), axis=-1)
-    probs_cache, probs_new = probs[..., :k_cache.shape[1]], probs[..., k_cache.shape[1]:]
-    out = (jnp.einsum("bkgts,bskd->btkgd", probs_cache.astype(q.dtype), v_cache.astype(q.dtype))
-           + jnp.einsum("bkgtu,bukd->btkgd", probs_new.astype(q.dtype), v))
-    return out.reshape(batch, length, heads, head_dim)
+        visible &= slots[None, None, :] > positions[:, :, None] - sliding_window
+    return einsum_attention(q, k_cache.astype(q.dtype), v_cache.astype(q.dtype),
+                            visible[:, None], q.shape[-1] ** -0.5 if scale is None else scale,
+                            softcap)
+
+
+def write_cache(buffer: jax.Array, new: jax.Array, positions: jax.Array) -> jax.Array:
+    """`buffer [B, S, KV, hd]` with row b's `new [B, T, KV, hd]` written at `positions [B, T]`."""
+    rows = jnp.arange(buffer.shape[0])[:, None]
+    return buffer.at[rows, positions].set(new.astype(buffer.dtype), mode="drop")

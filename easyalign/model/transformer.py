@@ -35,7 +35,8 @@ from flax import nnx
 from easyalign.model import lora as lora_lib
 from easyalign.model.attention import Attention, adapter
 from easyalign.model.config import ModelConfig
-from easyalign.model.layers import Einsum, Embed, RMSNorm, compute_copy, rope_inverse_frequencies
+from easyalign.model.layers import (Einsum, Embed, RMSNorm, compute_copy, rope_inverse_frequencies,
+                                    separate_operands)
 from easyalign.model.moe import MoE, RouterStats, load_balancing_loss
 from easyalign.sharding import constrain
 
@@ -136,10 +137,13 @@ class MLP(nnx.Module):
                                 rngs=rngs, bias_shape=(d,) if bias else None,
                                 bias_names=("embed",), lora=adapter(config, "down"))
 
-    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None) -> jax.Array:
+    def __call__(self, x: jax.Array, dropout_key: jax.Array | None = None,
+                 decoding: bool = False) -> jax.Array:
+        """`decoding`: keep gate and up separate matmuls (`layers.separate_operands`)."""
         keys = lora_lib.split_key(dropout_key, 3)
-        gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x, keys[0]), "mlp_gate")
-        up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x, keys[1]), "mlp_up")
+        x_gate, x_up = separate_operands(x, 2, decoding)
+        gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x_gate, keys[0]), "mlp_gate")
+        up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x_up, keys[1]), "mlp_up")
         hidden = constrain(ACTIVATIONS[self.act](gate) * up, ("batch", "length", "act_mlp"))
         return jax.ad_checkpoint.checkpoint_name(self.down_proj(hidden, keys[2]), "mlp_out")
 
@@ -172,7 +176,7 @@ class Block(nnx.Module):
             mlp_out, stats = self.mlp(self.post_attn_norm(x),
                                       None if segment_ids is None else segment_ids != 0)
         else:
-            mlp_out = self.mlp(self.post_attn_norm(x), keys[1])
+            mlp_out = self.mlp(self.post_attn_norm(x), keys[1], mode == "decode")
         x = x + (self.mlp_out_norm(mlp_out) if self.sandwich else mlp_out)
         return constrain(x, ("batch", "length", "act_embed")), new_kv, stats
 
@@ -300,7 +304,10 @@ class Transformer(nnx.Module):
             layer_cache = None if mode != "decode" else (cache.k[i], cache.v[i])
             x, kv, stats = layer(x, params, layer_cache)
             all_stats.append(stats)
-            if cache is not None:
+            if mode == "decode":  # the layer wrote its keys and values into its buffers
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+            elif cache is not None:
                 new_k.append(write(cache.k[i], kv[0]))
                 new_v.append(write(cache.v[i], kv[1]))
         hidden = self.final_norm(x)
