@@ -38,14 +38,17 @@ Which kernel multiplies the experts, checked twice and written in the JSON line:
                     grouped, weight gradient dense). `hlo_ragged_dots` / `hlo_dense_shapes` are
                     the counts behind it. On CPU it is always "dense" (JAX's generic lowering).
 `--ragged-lowering pallas` turns on JAX's Pallas/Triton lowering of ragged_dot on GPU
-(`jax_ragged_dot_use_gpu_pallas_triton_lowering`) instead of XLA's.
+(`jax_ragged_dot_use_gpu_pallas_triton_lowering`; absent from jax 0.11.2). Measured on an H200
+(2026-11-30, jax 0.11.2): XLA lowers ragged_dot densely ("dense", [128, 65536, 768] arrays, a
+142 GiB temporary: out of memory), so `--capacity-factor c` runs the experts as batched matmuls
+over capacity buffers instead (`moe_capacity_factor`; moe_impl "capacity").
 
 Timing: the step is compiled once (`compile_s`), run twice unmeasured, then the median of
 `--steps` calls; `peak_gib` from the device's allocator, `xla_temp_gib` XLA's own temporary
 buffer size for the step, `doctor_gib` easyalign doctor's estimate for the same run.
 
     python bench/bench_moe.py [--layers 8] [--batch 4] [--seq 2048] [--scan 1] [--remat none]
-        [--ragged-lowering xla|pallas] [--cpu]
+        [--ragged-lowering xla|pallas] [--capacity-factor 1.25] [--cpu]
 """
 
 import argparse
@@ -111,6 +114,8 @@ def main():
     common.add_train_step_args(ap, batch=[4])
     ap.add_argument("--ragged-lowering", default="xla", choices=("xla", "pallas"),
                     help="GPU lowering of ragged_dot: XLA's, or JAX's Pallas/Triton kernel")
+    ap.add_argument("--capacity-factor", type=float, default=0.0,
+                    help="moe_capacity_factor: 0 = dropless ragged_dot, c > 0 = capacity buffers")
     args = ap.parse_args()
     tiny = args.cpu
     if args.ragged_lowering == "pallas":
@@ -118,7 +123,7 @@ def main():
     config = preset(args.preset, num_layers=2 if tiny else args.layers, dtype="bfloat16",
                     param_dtype=args.param_dtype, attention_impl="xla" if tiny else "cudnn",
                     remat=args.remat, scan_layers=bool(args.scan), logits_chunk=args.chunk,
-                    **(TINY_MOE if tiny else {}))
+                    moe_capacity_factor=args.capacity_factor, **(TINY_MOE if tiny else {}))
     if not config.num_experts:
         raise SystemExit(f"bench_moe: preset {args.preset!r} is not a mixture of experts")
     seq = 64 if tiny else args.seq
@@ -147,7 +152,9 @@ def main():
             compiled = traced.lower().compile()
             fields["compile_s"] = time.perf_counter() - start
             ops = ragged_dot_count(traced.jaxpr.jaxpr)
-            fields.update(moe_impl="ragged_dot" if ops else "dense", ragged_dot_ops=ops,
+            impl = "capacity" if config.moe_capacity_factor else "ragged_dot" if ops else "dense"
+            fields.update(moe_impl=impl, capacity_factor=config.moe_capacity_factor,
+                          ragged_dot_ops=ops,
                           **hlo_lowering(compiled.as_text(), config.num_experts,
                                          batch * seq * config.num_experts_per_tok // fsdp,
                                          (config.hidden_size, config.moe_intermediate_size)))

@@ -142,6 +142,55 @@ def test_config_spellings_and_refusals():
             to_model_config({**raw, **bad})
 
 
+def _capacity_reference(moe, x: np.ndarray, capacity: int) -> np.ndarray:
+    """The capacity MoE by hand: each token's k (expert, weight) pairs; pair p of expert e, in
+    token order (slot order within a token), is computed iff fewer than `capacity` pairs of
+    expert e come before it; a dropped pair adds nothing."""
+    probs, weights, experts = (np.asarray(a) for a in moe.route(jnp.asarray(x)))
+    gate, up, down = (np.asarray(w[...], np.float64) for w in
+                      (moe.gate_proj, moe.up_proj, moe.down_proj))
+    seen = np.zeros(moe.num_experts, int)
+    y = np.zeros(x.shape, np.float64)
+    for n in range(x.shape[0]):
+        for j in range(moe.k):
+            e = experts[n, j]
+            if seen[e] < capacity:
+                h = x[n] @ gate[e]
+                y[n] += weights[n, j] * ((h / (1 + np.exp(-h))) * (x[n] @ up[e])) @ down[e]
+            seen[e] += 1
+    return y
+
+
+def test_capacity_buffers_drop_exactly_the_overflow(tmp_path):
+    """`moe_capacity_factor` c: with c = E/k nothing can drop and the layer (and its gradient)
+    equals the dropless ragged_dot one; with a small c, pairs past their expert's capacity
+    C = ⌈c·N·k/E⌉ add nothing, as a by-hand loop computes."""
+    make_hf_model("qwen3_moe", tmp_path)
+    ids, mask = batch()
+    base = from_hf(tmp_path, dtype="float32")
+    full = from_hf(tmp_path, dtype="float32", moe_capacity_factor=8 / 2)  # E / k
+    with jax.default_matmul_precision("highest"):
+        np.testing.assert_allclose(ours(full, ids, mask), ours(base, ids, mask), atol=1e-5)
+        x = np.random.default_rng(0).normal(size=(12, base.config.hidden_size)).astype(np.float32)
+
+        def layer_grad(model):
+            mlp = model.layers.mlp
+            graphdef, state = nnx.split(mlp)
+            fn = lambda st: jnp.sum(nnx.merge(graphdef, st)(jnp.asarray(x[None]))[0] ** 2)  # noqa
+            return jax.grad(fn)(jax.tree.map(lambda a: a[0], state))
+
+        for a, b in zip(jax.tree.leaves(layer_grad(base)), jax.tree.leaves(layer_grad(full))):
+            np.testing.assert_allclose(np.asarray(b), np.asarray(a), atol=1e-5)
+        small = from_hf(tmp_path, dtype="float32", moe_capacity_factor=0.5)
+        graphdef, state = nnx.split(small.layers.mlp)
+        moe = nnx.merge(graphdef, jax.tree.map(lambda a: a[0], state))  # layer 0
+        capacity = int(np.ceil(0.5 * 12 * moe.k / moe.num_experts))
+        got, _ = moe(jnp.asarray(x[None]))
+        expected = _capacity_reference(moe, x, capacity)
+        assert np.abs(expected - _capacity_reference(moe, x, 12)).max() > 1e-3  # pairs dropped
+        np.testing.assert_allclose(np.asarray(got[0]), expected, atol=1e-5)
+
+
 def test_expert_sharded_mesh_gives_the_one_device_loss(tmp_path):
     run_script_on_cpu_devices(8, __file__, str(tmp_path))
 

@@ -127,6 +127,9 @@ class ModelConfig:
     moe_intermediate_size: int = 0
     norm_topk_prob: bool = False
     router_aux_loss_coef: float = 0.0
+    # 0: dropless experts (`jax.lax.ragged_dot`, HF's function); > 0: expert buffers of
+    # ⌈factor · N·k / E⌉ rows and batched matmuls, overflowing pairs dropped (model/moe.py).
+    moe_capacity_factor: float = 0.0
     initializer_range: float = 0.02
     bos_token_id: int | None = None
     eos_token_id: int | tuple[int, ...] | None = None
@@ -169,6 +172,8 @@ class ModelConfig:
                                        and self.moe_intermediate_size > 0),
              f"a mixture of {self.num_experts} experts needs 0 < num_experts_per_tok "
              f"({self.num_experts_per_tok}) ≤ num_experts and moe_intermediate_size > 0"),
+            (self.moe_capacity_factor >= 0,
+             f"moe_capacity_factor must be ≥ 0 (0 = dropless), got {self.moe_capacity_factor}"),
         ]
         for ok, message in checks:
             if not ok:

@@ -14,9 +14,19 @@ Routing, per token x ∈ R^d (N = B·T tokens, E experts, k = `num_experts_per_t
 
 Experts are stacked weights — gate/up `[E, d, f]`, down `[E, f, d]` (f = `moe_intermediate_size`)
 — with the logical axis `expert` leading (mapped to a mesh axis in `sharding.LOGICAL_RULES`).
-The N·k (token, expert) pairs are sorted by expert and multiplied with one grouped matmul
-(`jax.lax.ragged_dot`: rows [g_e, g_{e+1}) of the sorted tokens times expert e), so compute is
-N·k·(3·d·f) — dropless (no capacity factor, as HF) and no dense loop or one-hot over experts.
+The N·k (token, expert) pairs are sorted by expert; expert e's g_e pairs are then contiguous,
+starting at s_e = Σ_{e'<e} g_{e'}. Two ways to multiply them (`moe_capacity_factor`):
+
+* 0 (default): one grouped matmul, `jax.lax.ragged_dot` (rows [s_e, s_e + g_e) times expert e)
+  — compute N·k·(3·d·f), dropless, exactly HF's function. XLA's GPU backend (jax 0.11) lowers
+  ragged_dot densely, over every expert for every row: at the Qwen3-30B-A3B shape, 4×2048 tokens,
+  a 142 GiB temporary (H200, 2026-11-30). Use it on CPU/TPU, or for exact parity.
+* c > 0: capacity buffers (GShard, Lepikhin et al. 2020 §2.2; Switch Transformers §2.2). Each
+  expert gets C = ⌈c · N·k / E⌉ rows: row j of expert e holds sorted pair s_e + j when j < g_e
+  (zeros otherwise), and the experts run as batched matmuls `[E, C, d] × [E, d, f]` — compute
+  E·C·(3·d·f) ≈ c × the dropless count, plain GEMMs on any backend. Pairs with j ≥ C are
+  *dropped*: their expert output is 0 (the token keeps its other experts and the residual).
+  With C ≥ N (c ≥ E / k) nothing can drop and the result equals the dropless one.
 
 Load balancing (Switch eq. 4, as HF `load_balancing_loss_func`, over all layers' tokens at once):
 
@@ -29,6 +39,8 @@ L_aux = k; the train loss adds `router_aux_loss_coef · L_aux`.
 """
 
 from __future__ import annotations
+
+import math
 
 import jax
 import jax.numpy as jnp
@@ -53,6 +65,7 @@ class MoE(nnx.Module):
         self.k, self.num_experts, self.norm_topk = (config.num_experts_per_tok, e,
                                                     config.norm_topk_prob)
         self.dtype = config.compute_dtype
+        self.capacity_factor = config.moe_capacity_factor
         normal = nnx.initializers.normal(config.initializer_range)
         draw = lambda init, shape, names: nnx.Param(  # noqa: E731
             init(rngs.params(), shape, config.weight_dtype), out_sharding=names)
@@ -84,11 +97,8 @@ class MoE(nnx.Module):
         order = jnp.argsort(pair_expert, stable=True)
         group_sizes = jnp.bincount(pair_expert, length=self.num_experts).astype(jnp.int32)
         rows = flat[order // self.k]                                    # [N·k, d]
-        kernel = lambda p, names: compute_copy(p[...], names, self.dtype)  # noqa: E731
-        gate = jax.lax.ragged_dot(rows, kernel(self.gate_proj, _GATE_UP), group_sizes)
-        up = jax.lax.ragged_dot(rows, kernel(self.up_proj, _GATE_UP), group_sizes)
-        hidden = jax.ad_checkpoint.checkpoint_name(jax.nn.silu(gate) * up, "mlp_up")
-        out = jax.lax.ragged_dot(hidden, kernel(self.down_proj, _DOWN), group_sizes)
+        experts_fn = self._capacity_experts if self.capacity_factor else self._ragged_experts
+        out = experts_fn(rows, group_sizes)
         # Back to (token, slot) order, then the weighted sum over each token's k experts.
         out = out[jnp.argsort(order)].reshape(b * t, self.k, d)
         y = jnp.einsum("nkd,nk->nd", out, weights.astype(self.dtype))
@@ -101,6 +111,42 @@ class MoE(nnx.Module):
         stats = {"counts": counts, "probs": jnp.einsum("ne,n->e", probs, m),
                  "tokens": jnp.sum(m)}
         return jax.ad_checkpoint.checkpoint_name(y, "mlp_out"), stats
+
+
+    def _kernels(self):
+        kernel = lambda p, names: compute_copy(p[...], names, self.dtype)  # noqa: E731
+        return (kernel(self.gate_proj, _GATE_UP), kernel(self.up_proj, _GATE_UP),
+                kernel(self.down_proj, _DOWN))
+
+    def _ragged_experts(self, rows: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """Expert outputs `[N·k, d]` of the expert-sorted `rows`, dropless (`ragged_dot`)."""
+        gate_w, up_w, down_w = self._kernels()
+        gate = jax.lax.ragged_dot(rows, gate_w, group_sizes)
+        up = jax.lax.ragged_dot(rows, up_w, group_sizes)
+        hidden = jax.ad_checkpoint.checkpoint_name(jax.nn.silu(gate) * up, "mlp_up")
+        return jax.lax.ragged_dot(hidden, down_w, group_sizes)
+
+    def _capacity_experts(self, rows: jax.Array, group_sizes: jax.Array) -> jax.Array:
+        """Expert outputs `[N·k, d]` of the expert-sorted `rows` through `[E, C, d]` buffers;
+        pairs past their expert's capacity C get 0 (module docstring)."""
+        pairs, e = rows.shape[0], self.num_experts
+        capacity = min(pairs // self.k, math.ceil(self.capacity_factor * pairs / e))
+        starts = jnp.cumsum(group_sizes) - group_sizes                            # s_e
+        slot = jnp.arange(capacity)
+        source = starts[:, None] + slot[None, :]                                  # [E, C]
+        filled = slot[None, :] < group_sizes[:, None]
+        buffers = jnp.where(filled[..., None], rows[jnp.minimum(source, pairs - 1)], 0)
+        buffers = constrain(buffers.astype(self.dtype), ("expert", None, "act_embed"))
+        gate_w, up_w, down_w = self._kernels()
+        gate = jnp.einsum("ecd,edf->ecf", buffers, gate_w)
+        up = jnp.einsum("ecd,edf->ecf", buffers, up_w)
+        hidden = jax.ad_checkpoint.checkpoint_name(jax.nn.silu(gate) * up, "mlp_up")
+        out = jnp.einsum("ecf,efd->ecd", hidden, down_w)
+        # Sorted pair r is row r − s_e of its expert e's buffer, kept when that row exists.
+        expert = jnp.repeat(jnp.arange(e), group_sizes, total_repeat_length=pairs)
+        position = jnp.arange(pairs) - starts[expert]
+        kept = position < capacity
+        return jnp.where(kept[:, None], out[expert, jnp.minimum(position, capacity - 1)], 0)
 
 
 def load_balancing_loss(stats: RouterStats, num_experts: int) -> jax.Array:
