@@ -142,6 +142,61 @@ def test_config_spellings_and_refusals():
             to_model_config({**raw, **bad})
 
 
+def test_every_phase_adds_the_trained_models_router_loss(tmp_path):
+    """Reward, DPO, PPO and GRPO losses of an MoE model add router_aux_loss_coef · L_aux of the
+    trained model's own forward pass — the loss with coefficient 0.5 minus the loss with 0 is
+    that term, reported as `router_loss` — as SFT's does (`test_sft_loss_adds_...`)."""
+    from configs import ppo as ppo_config
+    from easyalign import losses
+    from easyalign.algorithms import dpo, grpo, ppo, reward, rollout
+    from easyalign.losses.grpo import GRPOSettings
+    from easyalign.model import create_model
+
+    make_hf_model("qwen3_moe", tmp_path, router_aux_loss_coef=0.5)
+    ids, mask = batch()
+    tokens, mask = jnp.asarray(ids), jnp.asarray(mask, jnp.float32)
+    pair_tokens = jnp.concatenate([tokens, tokens[::-1]], axis=0)
+    rows = tokens.shape[0]
+
+    def both(config):
+        """`(graphdef with coefficient 0.5, the same with 0, params)` of a model of `config`."""
+        graphdef, params = nnx.split(create_model(config, seed=0))
+        return graphdef, nnx.split(create_model(config.replace(router_aux_loss_coef=0.0)))[0], \
+            params
+
+    def check(make, params, batch_, forward_tokens):
+        """loss(0.5) − loss(0) = the router loss of `forward_tokens` through `params`."""
+        (loss, metrics), (loss0, _) = (make(g)(params, batch_, None, None) for g in graphs)
+        model = nnx.merge(graphs[0], params if "policy" not in params else params["policy"])
+        _, _, expected = model.trunk_with_router_loss(forward_tokens)
+        assert float(expected) > 0.05
+        np.testing.assert_allclose(float(loss - loss0), float(expected), rtol=1e-4)
+        np.testing.assert_allclose(float(metrics["router_loss"]), float(expected), rtol=1e-5)
+
+    lm = from_hf(tmp_path, dtype="float32").config
+    *graphs, params = both(lm.replace(head="scalar"))
+    pair = {"chosen_tokens": tokens, "rejected_tokens": tokens[::-1],
+            "chosen_segment_ids": mask.astype(jnp.int32),
+            "rejected_segment_ids": mask[::-1].astype(jnp.int32),
+            "chosen_loss_mask": mask, "rejected_loss_mask": mask[::-1]}
+    check(reward.make_loss, params, pair, pair_tokens)
+
+    *graphs, params = both(lm)
+    cached = dict(pair, ref_chosen_logps=jnp.zeros(rows), ref_rejected_logps=jnp.zeros(rows))
+    check(lambda g: dpo.make_loss(g, losses.DPOSettings(beta=0.1)), params, cached, pair_tokens)
+
+    update = {"tokens": tokens, "mask": mask, "old_logps": jnp.zeros_like(mask),
+              "advantages": jnp.ones_like(mask), "returns": jnp.zeros_like(mask),
+              "old_values": jnp.zeros_like(mask)}
+    check(lambda g: grpo.make_loss(rollout.Graphs(g, None, None, None), GRPOSettings()), params,
+          update, tokens)
+    value_graph, value_params = nnx.split(create_model(lm.replace(head="scalar",
+                                                                  num_experts=0), seed=1))
+    settings = losses.PPOSettings.from_config(ppo_config.get_config().ppo)
+    check(lambda g: ppo.make_loss(rollout.Graphs(g, value_graph, None, None), settings),
+          {"policy": params, "value": value_params}, update, tokens)
+
+
 def _capacity_reference(moe, x: np.ndarray, capacity: int) -> np.ndarray:
     """The capacity MoE by hand: each token's k (expert, weight) pairs; pair p of expert e, in
     token order (slot order within a token), is computed iff fewer than `capacity` pairs of

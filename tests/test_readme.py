@@ -23,7 +23,7 @@ def readme_python(marker: str) -> str:
 
 def test_every_readme_python_snippet_is_tested():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 2, "a new Python snippet in the README needs a test here"
+    assert len(blocks) == 3, "a new Python snippet in the README needs a test here"
 
 
 def test_readme_python_snippet_runs(tmp_path):
@@ -59,3 +59,23 @@ def test_readme_reward_snippet_registers_a_verifiable_reward():
         assert reward({}, "as shown in [1].") == 1.0 and reward({}, "no source") == 0.0
     finally:
         grpo_rewards.VERIFIABLE_REWARDS.pop("has_citation", None)
+
+
+def test_readme_sampling_snippet_runs():
+    """The engine snippet, with a tiny model's graph and parameters and two prompts in scope
+    (and 8 new tokens instead of 256): 4 samples per prompt, in rows n·4 + g."""
+    import jax
+    from flax import nnx
+
+    from easyalign.model import create_model, preset
+
+    graphdef, params = nnx.split(create_model(preset("tiny", dtype="float32"), seed=0))
+    namespace = {"jax": jax, "graphdef": graphdef, "params": params, "stops": (2,),
+                 "prompt_tokens": np.array([[5, 6, 7, 0], [8, 9, 10, 11]], np.int32),
+                 "prompt_lengths": np.array([3, 4], np.int32)}
+    code = readme_python("sampler.generate").replace("max_new_tokens=256", "max_new_tokens=8")
+    exec(compile(code, str(README), "exec"), namespace)
+    out = namespace["out"]
+    assert out.tokens.shape == (8, 8) and out.lengths.shape == (8,)
+    assert ((out.lengths >= 1) & (out.lengths <= 8)).all()
+    assert len({tuple(row) for row in np.asarray(out.tokens)[:4].tolist()}) > 1  # 4 samples

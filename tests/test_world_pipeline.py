@@ -67,7 +67,7 @@ def held_out_pair_accuracy_by_kind(workdir) -> dict[str, float]:
     right = {}
     for batch in make_eval_batches(tokenized, kind="preference", batch_size=64, max_length=64,
                                    pad_id=pad_token_id(tokenizer)):
-        chosen, rejected = pair_rewards(model, batch)
+        chosen, rejected, _ = pair_rewards(model, batch)
         right.update((int(i), bool(ok)) for i, ok, valid in
                      zip(batch["index"], np.asarray(chosen > rejected), batch["valid"]) if valid)
     kinds = sorted({ex["kind"] for ex in examples})

@@ -329,18 +329,19 @@ def make_loss(graphdef, w: Wiring):
                       if w.packed else {})
         mask = seq["loss_mask"]
         weights = sequence_weights(seq, frozen, w)
-        s_hidden, _ = student.trunk(seq["tokens"], **inputs)
+        s_hidden, _, router_loss = student.trunk_with_router_loss(seq["tokens"], **inputs)
         term = terms.on_samples if on_policy else terms.on_teacher_data
         loss, divergence, metrics = term(student, s_hidden, seq, inputs, weights, frozen, w)
         present = jnp.sum(mask, axis=1) > 0
         row_weights = present.astype(jnp.float32) if weights is None else weights
-        return loss, dict(
+        return losses.add_router_loss(loss, dict(
             metrics, divergence=divergence,
             length=jnp.sum(mask) / jnp.maximum(jnp.sum(present), 1),
             on_policy=jnp.float32(on_policy),
             # The mean weight is 1 by construction; the largest one shows how peaked they are.
             weight_max=jnp.max(row_weights),
-            loss_weight=jnp.sum(mask * row_weights[:, None]))
+            loss_weight=jnp.sum(mask * row_weights[:, None])),
+            router_loss, student.config.num_experts)
 
     return loss_fn
 

@@ -93,18 +93,19 @@ def check_config(config) -> None:
 
 
 # ----------------------------------------------------------------------------- scoring
-def response_logps(model, batch: dict) -> tuple[jax.Array, jax.Array]:
+def response_logps(model, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Per-token log-probs and response masks `[2B, T]`, chosen rows then rejected rows, from
-    one trunk call (right-padded rows: the causal mask alone keeps padding out)."""
+    one trunk call (right-padded rows: the causal mask alone keeps padding out), and that
+    call's MoE router loss (0 for a dense model)."""
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]], axis=0)
     mask = jnp.concatenate([batch["chosen_loss_mask"], batch["rejected_loss_mask"]], axis=0)
-    hidden, _ = model.trunk(tokens)
-    return token_logprobs(model, hidden, tokens), mask
+    hidden, _, router_loss = model.trunk_with_router_loss(tokens)
+    return token_logprobs(model, hidden, tokens), mask, router_loss
 
 
 def pair_logps(model, batch: dict, average: bool) -> tuple[jax.Array, jax.Array]:
     """Sequence log-probs `[B]` of the chosen and rejected responses (sum, or mean if `average`)."""
-    logps, mask = response_logps(model, batch)
+    logps, mask, _ = response_logps(model, batch)
     return jnp.split(losses.sequence_logps(logps, mask, average=average), 2)
 
 
@@ -115,12 +116,13 @@ def _reference(batch, frozen, ref_graphdef, average):
     return jax.lax.stop_gradient(ref_w), jax.lax.stop_gradient(ref_l)
 
 
-def _policy(graphdef, params, batch, d: losses.DPOSettings):
-    """`(log π(y_w), log π(y_l), nll_w)`, nll_w `[B]` = the chosen response's mean token NLL."""
-    logps, mask = response_logps(nnx.merge(graphdef, params), batch)
+def _policy(model, batch, d: losses.DPOSettings):
+    """`(log π(y_w), log π(y_l), nll_w, router_loss)`, nll_w `[B]` = the chosen response's mean
+    token NLL."""
+    logps, mask, router_loss = response_logps(model, batch)
     pi_w, pi_l = jnp.split(losses.sequence_logps(logps, mask, average=d.average_logps), 2)
     nll_w = -jnp.split(losses.sequence_logps(logps, mask, average=True), 2)[0]
-    return pi_w, pi_l, nll_w
+    return pi_w, pi_l, nll_w, router_loss
 
 
 def _pair_loss(pi_w, pi_l, ref_w, ref_l, nll_w, d: losses.DPOSettings):
@@ -137,9 +139,11 @@ def make_loss(graphdef, d: losses.DPOSettings, ref_graphdef=None):
     over pairs, so weight 1 per micro-batch is exact under gradient accumulation."""
 
     def loss_fn(params, batch, rng, frozen):
-        pi_w, pi_l, nll_w = _policy(graphdef, params, batch, d)
+        model = nnx.merge(graphdef, params)
+        pi_w, pi_l, nll_w, router_loss = _policy(model, batch, d)
         ref_w, ref_l = _reference(batch, frozen, ref_graphdef, d.average_logps)
-        return _pair_loss(pi_w, pi_l, ref_w, ref_l, nll_w, d)
+        loss, metrics = _pair_loss(pi_w, pi_l, ref_w, ref_l, nll_w, d)
+        return losses.add_router_loss(loss, metrics, router_loss, model.config.num_experts)
 
     return loss_fn
 
@@ -155,7 +159,7 @@ def make_eval_metrics(graphdef, d: losses.DPOSettings, ref_graphdef=None):
         return dict(metrics, loss=loss, **{"logps/accuracy": (pi_w > pi_l).astype(jnp.float32)})
 
     def metric_fn(params, batch, frozen):
-        pi_w, pi_l, nll_w = _policy(graphdef, params, batch, d)
+        pi_w, pi_l, nll_w, _ = _policy(nnx.merge(graphdef, params), batch, d)
         ref_w, ref_l = _reference(batch, frozen, ref_graphdef, d.average_logps)
         values = jax.vmap(per_pair)(pi_w, pi_l, ref_w, ref_l, nll_w)
         valid = batch["valid"].astype(jnp.float32)

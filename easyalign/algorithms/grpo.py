@@ -268,7 +268,9 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
         mask = batch["mask"]
-        logps, entropy = rollout.policy_logps(nnx.merge(graphs.policy, params), batch["tokens"])
+        policy = nnx.merge(graphs.policy, params)
+        logps, entropy, router_loss = rollout.policy_logps_and_router_loss(policy,
+                                                                           batch["tokens"])
         extra = {}
         old_logps = batch.get("old_logps")
         if old_logps is None:  # π_old = π_θ now: ratio exactly 1, ∇ratio = ∇log π_θ
@@ -277,8 +279,10 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
                                                 * mask)
         loss, metrics = settings.loss(logps, old_logps, batch["advantages"], mask,
                                       batch.get("ref_logps"))
-        return loss, {**metrics, **extra, "entropy": losses_common.masked_mean(entropy, mask),
-                      "loss_weight": grpo_losses.aggregation_weight(settings.loss_type, mask)}
+        return losses_common.add_router_loss(
+            loss, {**metrics, **extra, "entropy": losses_common.masked_mean(entropy, mask),
+                   "loss_weight": grpo_losses.aggregation_weight(settings.loss_type, mask)},
+            router_loss, policy.config.num_experts)
 
     return loss_fn
 

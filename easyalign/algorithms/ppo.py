@@ -147,8 +147,9 @@ def make_loss(graphs: rollout.Graphs, p: losses.PPOSettings):
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
         mask = batch["mask"]
-        logps, entropy = rollout.policy_logps(nnx.merge(graphs.policy, params["policy"]),
-                                              batch["tokens"])
+        policy = nnx.merge(graphs.policy, params["policy"])
+        logps, entropy, router_loss = rollout.policy_logps_and_router_loss(policy,
+                                                                           batch["tokens"])
         values = rollout.token_values(nnx.merge(graphs.value, params["value"]), batch["tokens"])
         pg, pg_metrics = losses.ppo_policy_loss(logps, batch["old_logps"], batch["advantages"],
                                                 mask, p.clip_eps)
@@ -156,8 +157,9 @@ def make_loss(graphs: rollout.Graphs, p: losses.PPOSettings):
                                                mask, p.value_clip_eps)
         entropy = losses.masked_mean(entropy, mask)
         loss = pg + p.vf_coef * vf - p.entropy_coef * entropy
-        return loss, {**pg_metrics, **vf_metrics, "entropy": entropy,
-                      "loss_weight": jnp.sum(mask)}
+        return losses.add_router_loss(
+            loss, {**pg_metrics, **vf_metrics, "entropy": entropy, "loss_weight": jnp.sum(mask)},
+            router_loss, policy.config.num_experts)
 
     return loss_fn
 

@@ -44,31 +44,40 @@ def read_index(tokens, segment_ids, pad_id: int | None) -> jnp.ndarray:
 
 def sequence_scores(model, tokens, segment_ids, packed_inputs: dict) -> jnp.ndarray:
     """Scalar-head output at each row's read position (module docstring), `[B]` float32."""
-    hidden, _ = model.trunk(tokens, **packed_inputs)
+    return sequence_scores_and_router_loss(model, tokens, segment_ids, packed_inputs)[0]
+
+
+def sequence_scores_and_router_loss(model, tokens, segment_ids, packed_inputs: dict
+                                    ) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """`sequence_scores` and the forward pass's MoE router loss (0 for a dense model)."""
+    hidden, _, router_loss = model.trunk_with_router_loss(tokens, **packed_inputs)
     index = read_index(tokens, segment_ids, model.config.pad_token_id)
-    return jnp.take_along_axis(model.scores(hidden), index[:, None], axis=1)[:, 0]
+    return jnp.take_along_axis(model.scores(hidden), index[:, None], axis=1)[:, 0], router_loss
 
 
-def pair_rewards(model, batch) -> tuple[jnp.ndarray, jnp.ndarray]:
-    """Rewards of chosen and rejected sequences from one trunk call over both."""
+def pair_rewards(model, batch) -> tuple[jnp.ndarray, jnp.ndarray, jnp.ndarray]:
+    """Rewards of chosen and rejected sequences from one trunk call over both, and its router
+    loss."""
     tokens = jnp.concatenate([batch["chosen_tokens"], batch["rejected_tokens"]], axis=0)
     segments = jnp.concatenate([batch["chosen_segment_ids"], batch["rejected_segment_ids"]], 0)
-    rewards = sequence_scores(model, tokens, segments, {})
+    rewards, router_loss = sequence_scores_and_router_loss(model, tokens, segments, {})
     half = batch["chosen_tokens"].shape[0]
-    return rewards[:half], rewards[half:]
+    return rewards[:half], rewards[half:], router_loss
 
 
 def make_loss(graphdef):
     def loss_fn(params, batch, rng, frozen):
-        chosen, rejected = pair_rewards(nnx.merge(graphdef, params), batch)
-        return losses.pairwise_reward_loss(chosen, rejected)
+        model = nnx.merge(graphdef, params)
+        chosen, rejected, router_loss = pair_rewards(model, batch)
+        loss, metrics = losses.pairwise_reward_loss(chosen, rejected)
+        return losses.add_router_loss(loss, metrics, router_loss, model.config.num_experts)
 
     return loss_fn
 
 
 def make_eval_metrics(graphdef):
     def metric_fn(params, batch, frozen):
-        chosen, rejected = pair_rewards(nnx.merge(graphdef, params), batch)
+        chosen, rejected, _ = pair_rewards(nnx.merge(graphdef, params), batch)
         valid = batch["valid"].astype(jnp.float32)
         margin = chosen - rejected
         count = jnp.sum(valid)

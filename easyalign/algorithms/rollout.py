@@ -73,8 +73,15 @@ def policy_logps(model, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
 
     The one code path for rollout scoring and the loss. The entropy comes from the same chunked
     pass (`losses.entropy_bonus` would need the full `[B, T, vocab]` logits)."""
-    hidden, _ = model.trunk(tokens)
-    return token_logprobs_and_entropy(model, hidden, tokens)
+    return policy_logps_and_router_loss(model, tokens)[:2]
+
+
+def policy_logps_and_router_loss(model, tokens: jax.Array
+                                 ) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`policy_logps` and the forward pass's MoE router loss (0 for a dense model): what the
+    losses of PPO and GRPO train on."""
+    hidden, _, router_loss = model.trunk_with_router_loss(tokens)
+    return (*token_logprobs_and_entropy(model, hidden, tokens), router_loss)
 
 
 def token_values(model, tokens: jax.Array) -> jax.Array:

@@ -27,9 +27,9 @@ def make_loss(graphdef, packed: bool):
             batch["tokens"], **runsetup.attention_inputs(batch, packed), dropout_key=rng)
         logps = token_logprobs(model, hidden, batch["tokens"])
         loss, metrics = losses.sft_loss(logps, batch["loss_mask"])
-        extra = {"router_loss": router_loss} if model.config.num_experts else {}
-        return loss + router_loss, {"nll": metrics["nll"], "loss_weight": metrics["tokens"],
-                                    **extra}
+        return losses.add_router_loss(
+            loss, {"nll": metrics["nll"], "loss_weight": metrics["tokens"]}, router_loss,
+            model.config.num_experts)
 
     return loss_fn
 

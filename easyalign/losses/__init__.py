@@ -13,6 +13,7 @@ Conventions (details and formulas in each module's docstring):
 
 from easyalign.losses.common import (
     KL_ESTIMATORS,
+    add_router_loss,
     entropy_from_logits,
     fp32,
     get,
@@ -62,7 +63,7 @@ __all__ = [
     "FixedKLController",
     "GRPOSettings",
     "KL_CONTROLLERS",
-    "KL_ESTIMATORS",
+    "KL_ESTIMATORS", "add_router_loss",
     "PPOSettings",
     "distill_loss",
     "dpo_hinge",

@@ -46,6 +46,18 @@ def get(registry: Mapping[str, Fn], name: str, what: str) -> Fn:
         raise ValueError(f"unknown {what} {name!r}; valid: {valid}") from None
 
 
+def add_router_loss(loss: Array, metrics: dict, router_loss: Array, num_experts: int
+                    ) -> tuple[Array, dict]:
+    """`loss + router_loss` and, for a mixture of experts, `metrics["router_loss"]`.
+
+    `router_loss` = `router_aux_loss_coef · L_aux` of the trained model's forward pass
+    (`Transformer.trunk_with_router_loss`; 0 for a dense model): every phase adds it to the loss
+    of the model it trains, as HF's `*MoeForCausalLM` adds it to the LM loss and TRL's trainers
+    to theirs (`aux_loss_coef`); frozen models' (reference, reward) are never added.
+    """
+    return loss + router_loss, (metrics | {"router_loss": router_loss} if num_experts else metrics)
+
+
 def fp32(x: Array) -> Array:
     """Casts to float32 (bool masks too): losses compute in fp32 whatever dtype the model ran in."""
     return jnp.asarray(x, jnp.float32)

@@ -3,14 +3,14 @@
 Every method is a frozen dataclass with `sample(logits [B, V] float32, rng) -> [B] int32`; the
 decoder calls it once per row with that row's own key (`decode.row_keys`), so a row's draw does
 not depend on which batch or slot it sits in. `SAMPLING_METHODS` is the one name → class table:
-configs name a method there and carry the flat fields `temperature`, `top_k`, `top_p`, which
-each class maps onto its own arguments (`from_fields`).
+configs name a method there and carry the flat fields `temperature`, `top_k`, `top_p`; each
+class's `config_fields` says which of them its arguments come from.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -19,10 +19,8 @@ import jax.numpy as jnp
 class Greedy:
     """The most likely token (ties go to the lowest token id)."""
 
-    @classmethod
-    def from_fields(cls, temperature: float, top_k: int, top_p: float) -> "Greedy":
-        del temperature, top_k, top_p
-        return cls()
+    config_fields: ClassVar[dict[str, str]] = {}
+
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
         del rng
@@ -34,14 +32,10 @@ class Temperature:
     """Sample from softmax(logits / temperature); temperature 1 is the model's distribution."""
 
     temperature: float = 1.0
+    config_fields: ClassVar[dict[str, str]] = {"temperature": "temperature"}
 
     def __post_init__(self):
         _check_temperature(self.temperature)
-
-    @classmethod
-    def from_fields(cls, temperature: float, top_k: int, top_p: float) -> "Temperature":
-        del top_k, top_p
-        return cls(temperature)
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
         return jax.random.categorical(rng, logits / self.temperature, axis=-1).astype(jnp.int32)
@@ -58,16 +52,13 @@ class TopK:
 
     k: int
     temperature: float = 1.0
+    config_fields: ClassVar[dict[str, str]] = {"k": "top_k", "temperature": "temperature"}
 
     def __post_init__(self):
         if int(self.k) != self.k or self.k < 1:
             raise ValueError(f"TopK: k must be a positive integer, got {self.k!r}")
         _check_temperature(self.temperature)
 
-    @classmethod
-    def from_fields(cls, temperature: float, top_k: int, top_p: float) -> "TopK":
-        del top_p
-        return cls(k=top_k, temperature=temperature)
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
         values, indices = jax.lax.top_k(logits, min(self.k, logits.shape[-1]))
@@ -92,16 +83,13 @@ class TopP:
 
     p: float
     temperature: float = 1.0
+    config_fields: ClassVar[dict[str, str]] = {"p": "top_p", "temperature": "temperature"}
 
     def __post_init__(self):
         if not 0.0 < self.p <= 1.0:
             raise ValueError(f"TopP: p must be in (0, 1], got {self.p!r}")
         _check_temperature(self.temperature)
 
-    @classmethod
-    def from_fields(cls, temperature: float, top_k: int, top_p: float) -> "TopP":
-        del top_k
-        return cls(p=top_p, temperature=temperature)
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
         scaled = logits / self.temperature
@@ -146,11 +134,13 @@ def sampling_from_config(name: str, **kwargs: Any) -> SamplingMethod:
 
 def sampling_method(name: str, temperature: float = 1.0, top_k: int = 40,
                     top_p: float = 0.9) -> SamplingMethod:
-    """The method a config names, from the flat fields configs carry (each class takes the ones
-    it uses: `from_fields`)."""
+    """The method a config names, from the flat fields configs carry (each class takes those its
+    `config_fields` name)."""
     if name not in SAMPLING_METHODS:
         raise ValueError(f"unknown sampling method {name!r}; valid: {sorted(SAMPLING_METHODS)}")
-    return SAMPLING_METHODS[name].from_fields(temperature, top_k, top_p)
+    flat = {"temperature": temperature, "top_k": top_k, "top_p": top_p}
+    fields = SAMPLING_METHODS[name].config_fields
+    return sampling_from_config(name, **{arg: flat[field] for arg, field in fields.items()})
 
 
 def method_from_config(block) -> SamplingMethod:
