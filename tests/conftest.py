@@ -63,7 +63,10 @@ def world_runs(tmp_path_factory) -> Path:
     from easyalign.algorithms import reward, sft
 
     root = tmp_path_factory.mktemp("pipeline") / "runs" / "t"
-    sft.run(phase_config("sft", root / "sft", train__plot=False))
+    # No SFT evaluations or intermediate checkpoints: no test reads them (the trained weights
+    # are the same), and they cost the session's longest chain of tests (one xdist worker).
+    sft.run(phase_config("sft", root / "sft", train__plot=False, train__eval_every=0,
+                         train__checkpoint_every=1000))
     reward.run(phase_config("reward", root / "reward", train__plot=False))
     return root
 

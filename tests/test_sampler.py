@@ -192,8 +192,7 @@ def _queue_stops(graphdef, state, tokens, lengths, seed=0, method=S.Greedy()):
     return tuple(sorted({row[2] for row in free.tokens.tolist()[:2]}))
 
 
-@pytest.mark.parametrize("slots,refill", [(2, 1), (3, 2)])
-def test_refilled_slots_equal_one_static_batch(model_state, full_logits, slots, refill):
+def test_refilled_slots_equal_one_static_batch(model_state, full_logits, slots=3, refill=2):
     """Fewer slots than prompts, refilled inside the loop: the same tokens, log-probs and
     lengths as every prompt in one static batch — sampled (each row has its own key) as well
     as greedy — and the log-probs are the training forward's."""
