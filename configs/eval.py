@@ -48,7 +48,7 @@ def get_config(preset: str = ""):
     e.mc_limit = 0                       # first N MC questions (0 = all)
     e.limit_per_suite = 0                # first N prompts of every suite (0 = all)
     e.max_new_tokens = 48                # response budget per prompt
-    e.batch_size = 32                    # rows per generation / scoring batch
+    e.batch_size = 32                    # decode slots of generation; rows per scoring batch
     e.sampling = "greedy"                # greedy | temperature | top_k | top_p
     e.temperature = 1.0                  # for the non-greedy methods
     e.top_k = 40                         # for top_k

@@ -28,7 +28,7 @@ def get_config(preset: str = ""):
     c.generate = g = ConfigDict()
     g.model = "@sft"                     # checkpoint | phase workdir | HF dir | @stage
     g.output = ""                        # JSONL written ("" = workdir/generations.jsonl)
-    g.batch_size = 32                    # prompts per sampler call (global over processes)
+    g.batch_size = 32                    # decode slots (global), refilled as rows finish
     g.max_new_tokens = 128               # response budget per prompt
     g.sampling = "greedy"                # greedy | temperature | top_k | top_p
     g.temperature = 1.0                  # for the non-greedy methods

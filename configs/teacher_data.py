@@ -31,7 +31,7 @@ def get_config(preset: str = ""):
     t.max_new_tokens = 64                # response budget per prompt
     t.keep_unfinished = False            # keep responses cut by max_new_tokens (else dropped)
     t.topk = 0                           # also store the teacher's top-k log-probs (0 = no)
-    t.batch_size = 64                    # prompts per sampler call (global)
+    t.batch_size = 64                    # decode slots (global), refilled as responses finish
     t.limit = 0                          # first N prompts only (0 = all)
     if preset == "tiny":
         t.max_new_tokens = 32
