@@ -34,7 +34,7 @@ def get_config(preset: str = ""):
     g.temperature = 1.0                  # for the non-greedy methods
     g.top_k = 40                         # for top_k
     g.top_p = 0.9                        # for top_p
-    g.seed = 0                           # batch j draws from fold_in(key(seed), j)
+    g.seed = 0                           # samples depend on (seed, prompt), not on batch_size
     g.limit = 0                          # first N prompts only (0 = all)
     g.dtype = ""                         # compute dtype override ("" = as stored; bfloat16 on GPU)
     if preset == "tiny":

@@ -67,7 +67,10 @@ def world_runs(tmp_path_factory) -> Path:
     # are the same), and they cost the session's longest chain of tests (one xdist worker).
     sft.run(phase_config("sft", root / "sft", train__plot=False, train__eval_every=0,
                          train__checkpoint_every=1000))
-    reward.run(phase_config("reward", root / "reward", train__plot=False))
+    # Two reward evaluations and checkpoints (steps 125, 250): the tests read the last
+    # evaluation and the best-by-validation checkpoint kept besides the latest.
+    reward.run(phase_config("reward", root / "reward", train__plot=False,
+                            train__eval_every=125, train__checkpoint_every=125))
     return root
 
 

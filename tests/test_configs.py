@@ -81,3 +81,21 @@ def test_unknown_preset_is_refused(name):
     with pytest.raises(ValueError, match=re.escape(
             f"configs/{file}.py: unknown preset 'tinyy' ({presets}); did you mean 'tiny'?")):
         load(name, "tinyy")
+
+
+def test_model_overrides_are_checked_field_by_field():
+    """`model.overrides` values: Python literals typed as their ModelConfig field (one line naming
+    the field and the type otherwise), an unknown field with a suggestion."""
+    from easyalign.model.config import ModelConfig
+
+    assert ModelConfig.parse_overrides("num_layers=3, rope_theta=1e4, sliding_window=None") == {
+        "num_layers": 3, "rope_theta": 10000.0, "sliding_window": None}
+    for text, message in [
+            ("num_layers=abc", "num_layers='abc' must be an integer"),
+            ("num_experts=4.5", "num_experts=4.5 must be an integer"),
+            ("moe_capacity_factor=abc", "moe_capacity_factor='abc' must be a number"),
+            ("tie_word_embeddings=1", "tie_word_embeddings=1 must be True or False"),
+            ("moe_capacity_factr=1.25", "unknown field 'moe_capacity_factr'; did you mean "
+                                        "'moe_capacity_factor'?")]:
+        with pytest.raises(ValueError, match=re.escape(f"model overrides: {message}")):
+            ModelConfig.parse_overrides(text)

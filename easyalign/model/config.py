@@ -53,7 +53,14 @@ from typing import Any, Mapping
 
 import jax.numpy as jnp
 
+from easyalign.config_keys import did_you_mean
 from easyalign.model.lora import LoraConfig, available_targets, resolve_targets
+
+# Annotation → (accepted Python types, what to call them) of a `model.overrides` value; the
+# fields of other annotations are not checked here.
+_SCALAR_TYPES: dict[str, tuple[tuple[type, ...], str]] = {
+    "int": ((int,), "an integer"), "float": ((int, float), "a number"),
+    "bool": ((bool,), "True or False"), "str": ((str,), "a string")}
 
 FAMILIES = ("llama", "mistral", "qwen2", "qwen3", "phi3", "gemma2", "gemma3_text", "qwen3_moe")
 HEADS = ("lm", "scalar")
@@ -229,7 +236,9 @@ class ModelConfig:
     @staticmethod
     def parse_overrides(text: str) -> dict[str, Any]:
         """`"num_layers=3,hidden_size=96"` → {"num_layers": 3, "hidden_size": 96}: field
-        overrides as written on a command line (values are Python literals, else strings)."""
+        overrides as written on a command line (values are Python literals, else strings).
+        Raises ValueError (one line) for an unknown field (with a suggestion) or a value of the
+        wrong type for an int, float, bool or str field."""
         out: dict[str, Any] = {}
         for item in filter(None, (part.strip() for part in text.split(","))):
             key, eq, raw = item.partition("=")
@@ -239,10 +248,15 @@ class ModelConfig:
                 out[key.strip()] = ast.literal_eval(raw.strip())
             except (ValueError, SyntaxError):
                 out[key.strip()] = raw.strip()
-        names = {f.name for f in dataclasses.fields(ModelConfig)}
-        unknown = sorted(set(out) - names)
-        if unknown:
-            raise ValueError(f"model overrides: unknown field(s) {unknown}")
+        fields = {f.name: f.type for f in dataclasses.fields(ModelConfig)}
+        for key, value in out.items():
+            if key not in fields:
+                hint = did_you_mean(key, fields)
+                raise ValueError(f"model overrides: unknown field {key!r}"
+                                 + (f"; {hint}" if hint else ""))
+            wanted, name = _SCALAR_TYPES.get(fields[key], ((object,), ""))
+            if not isinstance(value, wanted) or (isinstance(value, bool) and bool not in wanted):
+                raise ValueError(f"model overrides: {key}={value!r} must be {name}")
         return out
 
     def active_param_count(self) -> int:

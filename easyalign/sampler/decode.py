@@ -60,7 +60,7 @@ from jax.sharding import Mesh
 
 from easyalign import sharding
 from easyalign.model import KVCache
-from easyalign.sampler.methods import Greedy, SamplingMethod
+from easyalign.sampler.methods import Greedy, SamplingMethod, sampling_method
 
 
 @jax.tree_util.register_dataclass
@@ -263,7 +263,7 @@ _generate_jit = jax.jit(_generate, static_argnames=(
 
 
 def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_lengths,
-             rng: jax.Array, *, max_new_tokens: int, method: SamplingMethod = Greedy(),
+             rng: jax.Array, *, max_new_tokens: int, method: SamplingMethod | str = Greedy(),
              stop_tokens: Sequence[int] = (), max_length: int | None = None,
              pad_id: int | None = None, num_samples: int = 1, slots: int | None = None,
              refill: int | None = None, budgets=None, num_prompts=None,
@@ -273,6 +273,7 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
     prompt_tokens  `[N, P]` int, right-padded (pad values are irrelevant);
     prompt_lengths `[N]` int, each in `1..P`;
     rng            a PRNG key (ignored by `Greedy`); row b's token i uses `row_keys`;
+    method         a sampling method (`Greedy()`, `TopP(0.9)`, ...) or its registry name;
     stop_tokens    a row stops after emitting any of these (`chat_format.stop_token_ids`); its
                    stop token is part of the output;
     max_length     optional cap on prompt length + generated tokens per row (HF's meaning);
@@ -292,6 +293,8 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
     Returns a `Generation` of device arrays with N·G rows; nothing is copied to the host.
     Raises ValueError for inconsistent shapes or sizes.
     """
+    if isinstance(method, str):  # a registry name: its defaults (`methods.sampling_method`)
+        method = sampling_method(method)
     if pad_id is None:
         pad_id = nnx.merge(graphdef, state).config.pad_token_id
         pad_id = 0 if pad_id is None else pad_id
