@@ -4,8 +4,8 @@
         --config.generate.model=runs/demo/dpo --config.data.source=prompts.csv \
         --config.data.columns.prompt=goal --config.generate.output=completions.jsonl
 
-`generate.model` is a model checkpoint, a phase workdir (its `model/`), an HF directory or
-`@<stage>` (a sibling stage of this workdir's parent: `runs/demo/sft/model` for the default).
+`generate.model` is a model checkpoint, a phase workdir (its `model/`), an HF directory, a GGUF
+file or installed alias (`smollm2`), or `@<stage>` (a sibling stage of this workdir's parent: `runs/demo/sft/model` for the default).
 With the defaults it samples the built-in world's SFT model on the world's RL prompts.
 The prompt column is `data.columns.prompt`, as in every phase ("" = the record's own layout: a
 `prompt` column, a conversation, an Alpaca instruction).
@@ -26,7 +26,7 @@ def get_config(preset: str = ""):
     c.data.eval_source = ""              # unused: generation reads data.source only
     c.data.max_length = 512              # prompt budget in tokens (longer prompts lose their start)
     c.generate = g = ConfigDict()
-    g.model = "@sft"                     # checkpoint | phase workdir | HF dir | @stage
+    g.model = "@sft"                     # checkpoint | workdir | HF dir | .gguf | smollm2 | @stage
     g.output = ""                        # JSONL written ("" = workdir/generations.jsonl)
     g.batch_size = 32                    # decode slots (global), refilled as rows finish
     g.max_new_tokens = 128               # response budget per prompt

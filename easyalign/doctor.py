@@ -159,13 +159,14 @@ def resolve_mesh(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[dic
 
 # ----------------------------------------------------------------------------- models
 def read_model_config(config, path: str) -> ModelConfig:
-    """The ModelConfig of a checkpoint / phase workdir / HF directory / `@stage`."""
+    """The ModelConfig of a checkpoint / phase workdir / HF directory / GGUF file / `@stage`."""
     from easyalign.algorithms.runsetup import stage_path
-    from easyalign.hf import read_checkpoint_config, read_hf_config
+    from easyalign.hf import read_checkpoint_config, read_gguf_config, read_hf_config
     from easyalign.hf.checkpoint import resolve_model_dir
 
-    directory, kind = resolve_model_dir(stage_path(config, path))
-    return read_checkpoint_config(directory) if kind == "checkpoint" else read_hf_config(directory)
+    location, kind = resolve_model_dir(stage_path(config, path))
+    return {"checkpoint": read_checkpoint_config, "hf": read_hf_config,
+            "gguf": read_gguf_config}[kind](location)
 
 
 def _vocab(config) -> tuple[int | None, str]:

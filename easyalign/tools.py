@@ -154,8 +154,11 @@ def _convert(args: list[str]) -> None:
         print(f"easyalign convert: {source} → model checkpoint {final}")
     else:
         source, kind = resolve_model_dir(fv.to_hf)
-        if kind != "checkpoint":
+        if kind == "hf":
             raise ToolError(f"--to_hf={fv.to_hf} is already an HF directory")
+        if kind == "gguf":
+            raise ToolError(f"--to_hf={fv.to_hf} is a GGUF file: convert it with "
+                            f"--from_gguf={fv.to_hf} first, then --to_hf the checkpoint")
         from easyalign.hf.peft import PeftAdapterError
 
         try:
@@ -183,8 +186,8 @@ def convert(args: list[str]) -> None:
 
 # ----------------------------------------------------------------------------- sample
 def _define_sample(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("checkpoint", None, "model checkpoint, phase workdir or HF directory",
-                        flag_values=fv)
+    flags.DEFINE_string("checkpoint", None, "model checkpoint, phase workdir, HF directory, "
+                        "GGUF file or installed alias (smollm2)", flag_values=fv)
     flags.DEFINE_multi_string("prompt", [], "a user prompt (repeat for several)", flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", 64, "response budget per prompt", flag_values=fv)
     flags.DEFINE_enum("method", "greedy", ["greedy", "temperature", "top_k", "top_p"],

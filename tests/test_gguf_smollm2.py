@@ -12,6 +12,7 @@ The file is loaded once per module (about 5 s ours, 15 s transformers').
 
 from __future__ import annotations
 
+import json
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -101,17 +102,47 @@ def test_logits_match_transformers(prompt, model, hf_model, tokenizer):
     np.testing.assert_allclose(ours(model, ids), expected, atol=TOL, rtol=0)
 
 
-def test_greedy_continuation_is_token_identical(model, hf_model, tokenizer):
+@pytest.fixture(scope="module")
+def hf_greedy(hf_model, tokenizer) -> list[int]:
+    """transformers' greedy continuation of PROMPTS[0] (NEW_TOKENS tokens, no stop)."""
     prompt = prompt_ids(tokenizer, PROMPTS[0])
-    expected = hf_model.generate(torch.as_tensor([prompt]), max_new_tokens=NEW_TOKENS,
-                                 do_sample=False, eos_token_id=None, pad_token_id=2,
-                                 )[0, len(prompt):].tolist()
+    return hf_model.generate(torch.as_tensor([prompt]), max_new_tokens=NEW_TOKENS,
+                             do_sample=False, eos_token_id=None, pad_token_id=2,
+                             )[0, len(prompt):].tolist()
+
+
+def test_greedy_continuation_is_token_identical(model, hf_greedy, tokenizer):
+    prompt = prompt_ids(tokenizer, PROMPTS[0])
     tokens = list(prompt)  # ours: argmax at the last position, the whole prefix each step
     for _ in range(NEW_TOKENS):
         tokens.append(int(np.argmax(ours(model, np.asarray([tokens]))[0, -1])))
     got = tokens[len(prompt):]
-    assert got == expected, (tokenizer.decode(got), tokenizer.decode(expected))
+    assert got == hf_greedy, (tokenizer.decode(got), tokenizer.decode(hf_greedy))
     assert "Paris" in tokenizer.decode(got)
+
+
+def test_every_model_by_path_value_takes_the_installed_alias(path, model, hf_greedy, tokenizer,
+                                                             capsys):
+    """`sample --checkpoint=smollm2`, `generate.model`, `doctor` and `model.init=derive` share
+    one resolver (`resolve_model_dir`): the alias is the installed GGUF file. The sampled text
+    is transformers' greedy continuation (cut at the end of turn if it comes first)."""
+    from easyalign.doctor import read_model_config
+    from easyalign.hf.checkpoint import resolve_model_dir
+
+    assert resolve_model_dir("smollm2") == (path, "gguf")
+    assert resolve_model_dir(str(path)) == (path, "gguf")
+    assert read_model_config(base.get_config(), "smollm2").replace(dtype="float32") == model.config
+    config = base.get_config()
+    config.data.tokenizer = "smollm2"  # data.tokenizer takes a GGUF file or alias too
+    assert runsetup.load_tokenizer(config, {}).get_vocab() == tokenizer.get_vocab()
+    capsys.readouterr()
+    tools.sample(["--checkpoint=smollm2", f"--prompt={PROMPTS[0]}", "--json",
+                  f"--max_new_tokens={NEW_TOKENS}"])
+    out = json.loads(capsys.readouterr().out)
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    expected = hf_greedy[:hf_greedy.index(end)] if end in hf_greedy else hf_greedy
+    assert out["response"] == tokenizer.decode(expected, skip_special_tokens=True)
+    assert out["num_tokens"] == len(expected)
 
 
 def test_tokenizer_matches_transformers_with_its_eos_fixed(path, tokenizer):

@@ -193,3 +193,15 @@ def test_generate_reads_a_csv_column_and_samples_reproducibly(world_model, tmp_p
     assert [json.loads(line)["prompt"] for line in a] == PROMPTS[:3]
     assert all(set(json.loads(line)) == {"prompt", "response", "finished", "num_tokens"}
                for line in a)
+
+
+def test_generate_refuses_model_keys_it_would_not_read(world_model):
+    """`generate` samples `generate.model`: a `model.path` given instead is an error naming the
+    key to set, not a silent fall-back to the default `@sft`."""
+    from easyalign.algorithms import generate
+
+    root, world, _ = world_model
+    config = _generate_config(root, world, "--config.model.path=smollm2")
+    with pytest.raises(ValueError, match=r"model.path='smollm2' is not read.*"
+                                         r"--config.generate.model=smollm2"):
+        generate.run(config)

@@ -76,11 +76,28 @@ def record(run: runsetup.Run, example: dict, ids: list[int], finished: bool) -> 
             "finished": finished, "num_tokens": len(content)}
 
 
-def _use_model_tokenizer(config, model_dir: Path, kind: str) -> None:
-    """Tokenise with the model's own tokenizer unless `data.tokenizer` names one."""
-    candidate = model_dir / "tokenizer" if kind == "checkpoint" else model_dir
-    if not config.data.tokenizer and (candidate / "tokenizer_config.json").is_file():
+def _use_model_tokenizer(config, location: Path, kind: str) -> None:
+    """Tokenise with the model's own tokenizer unless `data.tokenizer` names one (a GGUF
+    file's tokenizer is its metadata's)."""
+    if config.data.tokenizer:
+        return
+    if kind == "gguf":
+        config.data.tokenizer = str(location)
+        return
+    candidate = location / "tokenizer" if kind == "checkpoint" else location
+    if (candidate / "tokenizer_config.json").is_file():
         config.data.tokenizer = str(candidate)
+
+
+def _check_model_keys(config) -> None:
+    """`generate` samples `generate.model`; a `model.init`/`model.path` set for it would be
+    silently ignored, so it is an error that says which key to set."""
+    m = config.model
+    if m.path or m.init != "scratch":
+        given = f"model.path={m.path!r}" if m.path else f"model.init={m.init!r}"
+        raise ValueError(f"generate: {given} is not read; generate samples generate.model "
+                         f"(now {config.generate.model!r}): set --config.generate.model="
+                         f"{m.path or 'PATH'}")
 
 
 def run(config) -> Path:
@@ -91,6 +108,7 @@ def run(config) -> Path:
     g = config.generate
     if g.max_new_tokens < 1 or g.batch_size < 1 or g.limit < 0:
         raise ValueError("generate: need max_new_tokens ≥ 1, batch_size ≥ 1, limit ≥ 0")
+    _check_model_keys(config)
     model_dir, kind = resolve_model_dir(runsetup.stage_path(config, g.model))
     _use_model_tokenizer(config, model_dir, kind)
     run_ = runsetup.prepare(config)

@@ -55,23 +55,26 @@ class Run:
 
 # ----------------------------------------------------------------------------- set-up
 def load_tokenizer(config, source_dirs: dict[str, Path]):
-    """The run's tokenizer: `data.tokenizer`, else the model source's own (an HF directory, a
-    checkpoint's `tokenizer/`, a GGUF file's metadata), else the one a built-in data source of
+    """The run's tokenizer: `data.tokenizer` (a tokenizer directory, or a GGUF file / alias),
+    else the model source's own (an HF directory, a checkpoint's `tokenizer/`, a GGUF file's
+    metadata), else the one a built-in data source of
     `source_dirs` provides (`data.builtin.tokenizer_dir`)."""
     from transformers import AutoTokenizer
+
+    from easyalign.hf.gguf import gguf_tokenizer, is_gguf
 
     path = config.data.tokenizer
     if not path and config.model.init in SOURCE_INITS + ("derive",) and config.model.path:
         kind, source = model_source(config.model)
         if kind == "gguf":
-            from easyalign.hf.gguf import gguf_tokenizer
-
             return gguf_tokenizer(source)
         candidate = Path(source)
         path = str(candidate / "tokenizer" if (candidate / "tokenizer").exists() else candidate)
     path = path or data_builtin.tokenizer_dir(source_dirs)
     if not path:
         raise ValueError("no tokenizer: set data.tokenizer, or model.path to a directory with one")
+    if is_gguf(path):  # data.tokenizer may name a GGUF file or alias: its metadata's tokenizer
+        return gguf_tokenizer(path)
     return AutoTokenizer.from_pretrained(path)
 
 

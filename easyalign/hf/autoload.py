@@ -9,12 +9,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-
-def is_gguf(path: str | Path) -> bool:
-    """A `.gguf` file or an installed GGUF alias (`easyalign.hf.gguf.INSTALLED`, e.g. smollm2)."""
-    from easyalign.hf.gguf import INSTALLED
-
-    return str(path).endswith(".gguf") or (str(path) in INSTALLED and not Path(path).exists())
+from easyalign.hf.gguf import is_gguf
 
 
 def stored_dtype(path: str | Path) -> str:

@@ -140,7 +140,19 @@ def convert_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
 
 
 def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
-    """`(directory, "checkpoint" | "hf")` for a model checkpoint, a phase workdir or an HF dir."""
+    """`(location, kind)` of a model given by path: kind `"checkpoint"` (an easyalign model
+    checkpoint, or a phase workdir → its `model/`), `"hf"` (config.json + safetensors) or
+    `"gguf"` (a `.gguf` file, or an installed alias such as `smollm2` → its installed file).
+
+    The one resolver behind every "model by path" value (`model.path` of `init=derive`,
+    `generate.model`, `sample --checkpoint`, eval variants, `doctor`). Raises `ModelDirError`
+    naming the path and what was expected; a GGUF alias that is not installed raises the
+    `GGUFError` that says how to install it.
+    """
+    from easyalign.hf.gguf import INSTALLED, alias_hint, is_gguf, resolve_gguf
+
+    if is_gguf(path):
+        return resolve_gguf(path), "gguf"
     path = Path(path)
     if (path / CONFIG_FILE).is_file():
         return path, "checkpoint"
@@ -152,8 +164,8 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
     if (path / "config.json").is_file():
         raise ModelDirError(f"{path}: looks like a phase workdir whose final model/ is missing "
                             "(did the run finish?)")
-    from easyalign.hf.gguf import alias_hint
-
     raise ModelDirError(f"{path}: not an easyalign model checkpoint (model_config.json), a "
-                        "phase workdir (model/) or an HF model directory (config.json + "
-                        "*.safetensors)" + ("" if path.exists() else alias_hint(str(path))))
+                        "phase workdir (model/), an HF model directory (config.json + "
+                        "*.safetensors) or a GGUF file (.gguf, or an installed alias: "
+                        f"{sorted(INSTALLED)})"
+                        + ("" if path.exists() else alias_hint(str(path))))

@@ -35,17 +35,13 @@ def model_source(m) -> tuple[str, str]:
     teacher): a `.gguf` file or an installed alias (`smollm2`), an easyalign checkpoint or
     phase workdir, or an HF directory. A GGUF alias resolves to its installed file.
     """
-    from easyalign.hf.gguf import INSTALLED, resolve_gguf
+    from easyalign.hf.checkpoint import resolve_model_dir
+    from easyalign.hf.gguf import resolve_gguf
 
     kind, path = m.init, m.path
     if kind == "derive":
-        if path in INSTALLED or path.endswith(".gguf"):
-            kind = "gguf"
-        else:
-            from easyalign.hf.checkpoint import resolve_model_dir
-
-            directory, kind = resolve_model_dir(path)
-            path = str(directory)
+        location, kind = resolve_model_dir(path)
+        path = str(location)
     return kind, str(resolve_gguf(path)) if kind == "gguf" else path
 
 

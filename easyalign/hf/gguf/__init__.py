@@ -60,6 +60,11 @@ def installed_gguf(name: str = "smollm2") -> Path:
                     f"{requirement}`)")
 
 
+def is_gguf(path: str | Path) -> bool:
+    """A `.gguf` file name, or an alias of `INSTALLED` (e.g. "smollm2") that is not a path here."""
+    return str(path).endswith(".gguf") or (str(path) in INSTALLED and not Path(path).exists())
+
+
 def resolve_gguf(path: str | Path) -> Path:
     """A GGUF file path, or an alias of `INSTALLED` (e.g. "smollm2") → its installed file."""
     if str(path) in INSTALLED and not Path(path).exists():
