@@ -72,6 +72,43 @@ def even_words(record, response: str) -> float:
     return float(sum(int(w[1:]) % 2 == 0 for w in words)) / max(1, len(words))
 
 
+def profile_phases(s, score_fn, update, state, ids, prompt_len, group, new, mesh, top):
+    """One more iteration, each phase under its own profiler trace: device time by kernel
+    category, the top kernels, and the idle time between kernels (`profile_trace`)."""
+    import tempfile
+
+    import profile_trace
+    from easyalign import sampler
+
+    n = ids.shape[0]
+    prompts = sharding.to_global_batch(
+        {"prompt_tokens": ids, "prompt_lengths": np.full((n,), prompt_len, np.int32),
+         "index": np.arange(n, dtype=np.int32)}, mesh)
+    rep = grpo.repeat_prompts(prompts, group)
+    holder = {"state": state}  # the update donates its state: keep the one it returns
+    sample = lambda: rollout.sample(  # noqa: E731
+        s.graphs, holder["state"].params, prompts, jax.random.key(9), max_new_tokens=new,
+        stop_tokens=s.stop_tokens, pad_id=0, mesh=mesh, method=sampler.Temperature(1.0),
+        num_samples=group)
+    gen = sample()
+    rolled, _, _ = grpo.rollout_iteration(s, score_fn, state.params, prompts, 99)
+
+    def one_update():
+        holder["state"], metrics = update(holder["state"], rolled, None)
+        return metrics
+
+    phases = {"sample": (sample, new),
+              "score": (lambda: score_fn(holder["state"].params, s.frozen, rep, gen), 1),
+              "update": (one_update, 1)}
+    for label, (fn, steps) in phases.items():
+        jax.block_until_ready(fn())
+        with tempfile.TemporaryDirectory() as d:
+            with jax.profiler.trace(d):
+                jax.block_until_ready(fn())
+            profile_trace.summarize(d, f"grpo_{label}", steps, top)
+            profile_trace.timeline(d, f"grpo_{label}", steps, 0)
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="llama-3.2-1b")
@@ -86,6 +123,10 @@ def main():
     ap.add_argument("--chunk", type=int, default=512, help="logits chunk (library default 512)")
     ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
     ap.add_argument("--ref-dtype", default="float32", help="reference parameter dtype")
+    ap.add_argument("--top", type=int, default=12, help="kernels listed per profiled phase")
+    ap.add_argument("--profile", action="store_true",
+                    help="after the timed steps, a kernel profile of each phase of one more "
+                    "iteration (sampling, scoring, update; bench/profile_trace.py's summary)")
     ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
     tiny = args.cpu
@@ -166,6 +207,9 @@ def main():
                 times["step_s"].append(end - start)
                 generated.append(tokens)
         loss = float(jax.device_get(update_metrics["loss"]))
+        if args.profile:
+            profile_phases(s, score_fn, update, state, ids[:prompts_n], prompt_len, group, new,
+                           mesh, args.top)
     med = {k: statistics.median(v) for k, v in times.items()}
     sampled = rows * new  # counted as the anchor counts: every completion at full length
     seq = prompt_len + new

@@ -105,7 +105,8 @@ def main():
                 stop_tokens=(2,), max_length=None, pad_id=0, mesh=mesh).compile()
             report("sample", compiled, **shape)
         if "score" in pieces:
-            score_fn = (grpo.make_score_fn(graphs, 0, 2, old_logps=scored_old)
+            score_fn = (grpo.make_score_fn(graphs, 0, 2, losses.GRPOSettings.from_config(g),
+                                           old_logps=scored_old)
                         if new_api else grpo.make_score_fn(graphs, 0, 2))
             compiled = score_fn.lower(params, {"reference": ref_params}, prompts, gen).compile()
             report("score", compiled, **shape)

@@ -4,6 +4,7 @@
 #   bash bench/run_h100.sh part1   # PyTorch/HF anchor; easyalign SFT step and sampler
 #   bash bench/run_h100.sh part2   # TRL DPO and GKD anchors; easyalign DPO and distillation
 #   bash bench/run_h100.sh grpo    # TRL GRPO anchor; easyalign GRPO step (no remat, full remat)
+#   bash bench/run_h100.sh grpo-profile  # GRPO step, then a kernel profile of each phase
 #   bash bench/run_h100.sh lora    # HF+PEFT LoRA SFT peer; easyalign LoRA SFT (Llama-3.2-1B, bf16
 #                                  # and fp32 base), Llama-3.1-8B LoRA SFT and DPO (one H200)
 #   bash bench/run_h100.sh moe     # MoE SFT step: Qwen3-30B-A3B layers × 8, 4×2048 (one H200)
@@ -13,7 +14,7 @@
 #                                  # .real/data or ../shared/data), GRPO-shape group prefill
 # Output: JSON lines in $OUT/bench_<part>.jsonl (bench/report.py turns them into the table).
 set -uo pipefail
-part=${1:?part1, part2, grpo, lora, moe, decode or rollout}  # a 2nd argument no-peer: no anchor
+part=${1:?part1, part2, grpo, grpo-profile, lora, moe, decode or rollout}  # a 2nd argument no-peer: no anchor
 wheels=(.whl/*.whl); [ -d .anchors/wheels ] && wheels+=(.anchors/wheels/*.whl)  # lora: no TRL
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
   --target /tmp/site "${wheels[@]}" || exit 1
@@ -56,6 +57,8 @@ elif [ "$part" = rollout ]; then
   run 90 python3 bench/profile_trace.py --what decode --batch 1 --top 30
   run 200 python3 bench/bench_rollout.py --data "$data" --refill 2 4 8 16
   unset XLA_FLAGS
+elif [ "$part" = grpo-profile ]; then
+  XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 240 python3 bench/bench_grpo.py --profile
 elif [ "$part" = grpo ]; then
   [ "${2:-}" = no-peer ] || run 200 python3 .anchors/trl_baseline.py --only grpo
   XLA_FLAGS=--xla_gpu_enable_triton_gemm=false run 170 python3 bench/bench_grpo.py

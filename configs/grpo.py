@@ -45,6 +45,9 @@ def get_config(preset: str = ""):
     g.num_iterations = 1                 # μ: passes over each rollout
     g.minibatch_size = 0                 # completions per optimizer step (0 = the whole rollout)
     g.skip_zero_signal_groups = False    # drop groups whose rewards are all equal from the loss
+    g.dynamic_sampling = False           # DAPO: sample more prompt batches until every group of
+                                         # the update has signal (zero-signal groups skipped)
+    g.max_sampling_rounds = 3            # dynamic sampling: rollout batches sampled at most
     g.sample_every = 10                  # log sample completions every N iterations (0 = never)
     g.num_samples = 4                    # completions per sample log
 

@@ -106,6 +106,52 @@ def test_grpo_raises_held_out_instruction_exact_match(world_runs):
     assert em[15] > em[0]
 
 
+def test_choose_groups_puts_signal_first_then_fills():
+    zero = [np.array([True, False, True]), np.array([False, True, False])]
+    # Groups 0..5 over two rounds; signal: 1, 3, 5; zero-signal fill: 0, 2, 4.
+    np.testing.assert_array_equal(grpo.choose_groups(zero, 3), [1, 3, 5])
+    np.testing.assert_array_equal(grpo.choose_groups(zero, 5), [1, 3, 5, 0, 2])
+
+
+def test_dynamic_sampling_refills_zero_signal_groups(world_runs):
+    """DAPO's dynamic sampling on the SFT model with the exact-match reward: later rounds
+    sample the loader's next prompts; the update batch is exactly the rows of the chosen
+    groups of each round (rounds re-sampled one by one with the same keys), signal groups
+    first, and only zero-signal fill rows are masked out."""
+    import jax
+
+    from easyalign import sharding
+    from easyalign.losses import grpo as grpo_losses
+
+    c = config_for(world_runs, "grpo-dynamic", grpo__dynamic_sampling=True,
+                   grpo__max_sampling_rounds=3)
+    s = grpo.setup(c)
+    score_fn = grpo.make_scorer(s)
+    G, B = c.grpo.num_generations, c.train.batch_size
+    batches = [next(s.loader) for _ in range(3)]
+    to_global = lambda b: sharding.to_global_batch(b, s.run.mesh)  # noqa: E731
+    drawn = iter(batches[1:])
+    rng = jax.random.key(5)
+    with sharding.use_mesh(s.run.mesh):
+        batch, metrics, _ = grpo.rollout_batch(s, score_fn, s.params, to_global(batches[0]),
+                                               rng, more_prompts=lambda: to_global(next(drawn)))
+        rounds = int(metrics["sampling_rounds"])
+        assert rounds > 1  # the SFT model's first round has zero-signal groups
+        singles = [grpo.sample_round(s, score_fn, s.params, to_global(batches[r]),
+                                     rng if r == 0 else jax.random.fold_in(rng, r))
+                   for r in range(rounds)]
+    zero = [np.asarray(grpo_losses.zero_signal_groups(r.rewards)) for r in singles]
+    assert sum(int((~z).sum()) for z in zero[:-1]) < B  # each extra round was needed
+    groups = grpo.choose_groups(zero, B)
+    tokens = np.concatenate([np.asarray(r.scored["tokens"]) for r in singles])
+    rows = (groups[:, None] * G + np.arange(G)).reshape(-1)
+    np.testing.assert_array_equal(np.asarray(batch["tokens"]), tokens[rows])
+    chosen_zero = np.concatenate(zero)[groups]
+    masked = np.asarray(batch["mask"]).reshape(B, G, -1).sum(axis=(1, 2)) == 0
+    np.testing.assert_array_equal(masked, chosen_zero)
+    assert float(metrics["signal_groups_frac"]) == pytest.approx(1 - chosen_zero.mean())
+
+
 def test_config_errors(world_runs):
     c = config_for(world_runs, "grpo-bad")
     for key, value, message in [("advantage_estimator", "ppo", "valid: dr_grpo, grpo, rloo"),
@@ -172,6 +218,47 @@ def test_detached_old_logps_give_the_same_loss_and_gradients(tmp_path, full_fp32
     gen = sampler.Generation(tokens=tokens[:, 4:], logprobs=jnp.zeros((rows, width - 4)),
                              lengths=jnp.full((rows,), 3), done=jnp.ones((rows,), bool))
     prompts = {"prompt_tokens": tokens[:, :4], "prompt_lengths": jnp.full((rows,), 4)}
-    scored_keys = jax.eval_shape(grpo.make_score_fn(graphs, 0, 2, old_logps=False), params, {},
+    scored_keys = jax.eval_shape(grpo.make_score_fn(graphs, 0, 2, settings, old_logps=False), params, {},
                                  prompts, gen).keys()
     assert scored_keys == {"tokens", "mask", "sampler_logps"}
+
+
+def test_response_span_scores_equal_the_full_pass(full_fp32_matmuls):
+    """The LM head on the response columns only (`rollout.response_span`): log-probs and
+    entropy equal the full pass's on the response, 0 elsewhere, and so do the gradients of a
+    masked loss — rows with different prompt lengths, one response cut at the width."""
+    import jax
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from easyalign.algorithms import rollout
+    from easyalign.model import create_model, preset
+
+    graphdef, params = nnx.split(create_model(preset("tiny", dtype="float32"), seed=0))
+    rng = np.random.default_rng(1)
+    rows, width, new = 4, 14, 5
+    tokens = jnp.asarray(rng.integers(3, 256, (rows, width)), jnp.int32)
+    starts, lengths = np.array([1, 4, 9, 6]), np.array([3, 5, 5, 1])
+    mask = np.zeros((rows, width), np.float32)
+    for i in range(rows):
+        mask[i, starts[i]:starts[i] + lengths[i]] = 1.0
+    mask = jnp.asarray(mask)
+
+    def run(p, span):
+        logps, entropy = rollout.policy_logps(nnx.merge(graphdef, p), tokens, temperature=0.8,
+                                              span=span)
+        return jnp.sum((logps + 0.1 * entropy) * mask), (logps, entropy)
+
+    full = jax.value_and_grad(lambda p: run(p, None), has_aux=True)(params)
+    spanned = jax.value_and_grad(lambda p: run(p, rollout.response_span(mask, new)),
+                                 has_aux=True)(params)
+    (_, (full_logps, full_entropy)), full_grads = full
+    (_, (logps, entropy)), grads = spanned
+    inside = np.zeros((rows, width), bool)
+    for i in range(rows):
+        inside[i, starts[i]:starts[i] + new] = True
+    for got, want in ((logps, full_logps), (entropy, full_entropy)):
+        np.testing.assert_allclose(np.asarray(got)[inside], np.asarray(want)[inside], atol=1e-6)
+        assert np.all(np.asarray(got)[~inside] == 0.0)
+    for a, b in zip(host(grads), host(full_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)

@@ -133,7 +133,8 @@ def test_settings_from_config_are_frozen_and_compute_the_same_loss():
     block.beta, block.epsilon_high, block.loss_type = 0.1, 0.28, "constant"
     settings = G.GRPOSettings.from_config(block)
     assert settings == G.GRPOSettings(epsilon=0.2, epsilon_high=0.28, loss_type="constant",
-                                      beta=0.1, max_length=block.max_new_tokens)
+                                      beta=0.1, max_length=block.max_new_tokens,
+                                      temperature=block.temperature)
     assert hash(settings) == hash(G.GRPOSettings.from_config(block))
     block.epsilon_high = 0.0  # 0 in the config: ε_high = ε_low
     assert G.GRPOSettings.from_config(block).epsilon_high is None

@@ -53,9 +53,9 @@ def reference_greedy(full_logits, prompt, n):
     return seq[len(prompt):]
 
 
-def reference_logprobs(full_logits, prompt, generated):
-    """log_softmax of the full forward's logits, gathered at the generated tokens."""
-    logp = jax.nn.log_softmax(full_logits(list(prompt) + list(generated)), axis=-1)
+def reference_logprobs(full_logits, prompt, generated, temperature=1.0):
+    """log_softmax of the full forward's logits / temperature, at the generated tokens."""
+    logp = jax.nn.log_softmax(full_logits(list(prompt) + list(generated)) / temperature, axis=-1)
     return np.array([logp[len(prompt) - 1 + i, t] for i, t in enumerate(generated)])
 
 
@@ -85,14 +85,26 @@ def test_greedy_equals_full_forward_argmax(model_state, full_logits):
 
 
 def test_sampled_logprobs_equal_training_logprobs(model_state, full_logits):
+    """Under softmax(logits / τ), before the top-k truncation: the full forward's, and the
+    rollout scorer's at the same temperature (`rollout.policy_logps`, a GRPO update's π_old).
+    (τ = 1: `test_refilled_slots_equal_one_static_batch`.)"""
+    from easyalign.algorithms import rollout
+
+    method = S.TopK(k=5, temperature=0.7)
     graphdef, state = model_state
     tokens, lengths = right_pad(PROMPTS, 8, "random")
     out = S.generate(graphdef, state, tokens, lengths, jax.random.key(1), max_new_tokens=10,
-                     method=S.Temperature(1.0))
+                     method=method)
     for row, prompt in enumerate(PROMPTS):
         generated = out.tokens[row].tolist()
-        np.testing.assert_allclose(out.logprobs[row],
-                                   reference_logprobs(full_logits, prompt, generated), atol=ATOL)
+        np.testing.assert_allclose(
+            out.logprobs[row], reference_logprobs(full_logits, prompt, generated,
+                                                  method.temperature), atol=ATOL)
+        scored, _ = rollout.policy_logps(nnx.merge(graphdef, state),
+                                         jnp.asarray([list(prompt) + generated]),
+                                         temperature=method.temperature)
+        np.testing.assert_allclose(np.asarray(scored)[0, len(prompt):], out.logprobs[row],
+                                   atol=ATOL)
 
 
 def test_seed_determines_samples(model_state):
@@ -194,11 +206,12 @@ def _queue_stops(graphdef, state, tokens, lengths, seed=0, method=S.Greedy()):
 
 def test_refilled_slots_equal_one_static_batch(model_state, full_logits, slots=3, refill=2):
     """Fewer slots than prompts, refilled inside the loop: the same tokens, log-probs and
-    lengths as every prompt in one static batch — sampled (each row has its own key) as well
-    as greedy — and the log-probs are the training forward's."""
+    lengths as every prompt in one static batch — sampled, each row with its own key (greedy
+    decoding is the same loop with a key-free method) — and the log-probs are the training
+    forward's."""
     graphdef, state = model_state
     tokens, lengths = right_pad(QUEUE, 8, "random")
-    for method in (S.Greedy(), S.Temperature(1.0)):
+    for method in (S.Temperature(1.0),):
         stops = _queue_stops(graphdef, state, tokens, lengths, 3, method)
         run = lambda **kw: S.generate(graphdef, state, tokens, lengths, jax.random.key(3),  # noqa
                                       max_new_tokens=12, method=method, stop_tokens=stops, **kw)

@@ -17,8 +17,12 @@ Each *iteration* of `train.steps`:
 3. **Advantages** from the `grpo.advantage_estimator` registry over each group
    (`losses.grpo.ADVANTAGES`: grpo, dr_grpo, rloo). Groups with all rewards equal carry no
    signal: counted (`zero_signal_frac`) and, with `grpo.skip_zero_signal_groups`, dropped from
-   the loss (their rows' masks are zeroed; DAPO's dynamic sampling would also draw new prompts to
-   refill the batch — not done here, so the batch shrinks instead).
+   the loss (their rows' masks are zeroed, so the batch shrinks). With `grpo.dynamic_sampling`
+   (DAPO, Yu et al. 2025 §3.2) the rollout instead samples the loader's next prompt batches too,
+   up to `grpo.max_sampling_rounds` rounds in all, until B groups carry signal, and the update
+   takes B groups: those with signal first, zero-signal ones (masked out) only to fill a batch
+   the rounds could not (`choose_groups`; metrics `sampling_rounds`, `signal_groups_frac`).
+   The extra prompts are consumed from the loader, whose position is checkpointed.
 4. **Update**: `grpo.num_iterations` (μ) passes over the B·G completions in shuffled
    minibatches of `grpo.minibatch_size` (0 = the whole rollout), one optimizer step each, through
    the generic jitted step with the loss of `losses.grpo.grpo_policy_loss` (clipped ratio,
@@ -79,6 +83,8 @@ def check_config(config) -> None:
     losses_common.get(grpo_losses.ADVANTAGES, g.advantage_estimator, "grpo.advantage_estimator")
     grpo_losses.GRPOSettings.from_config(g)  # the loss's names (ValueError listing valid ones)
     grpo_rewards.parse_rewards(g.rewards)
+    if g.max_sampling_rounds < 1:
+        raise ValueError(f"grpo.max_sampling_rounds {g.max_sampling_rounds} must be ≥ 1")
     if g.num_generations < 2:
         raise ValueError(f"grpo.num_generations {g.num_generations} must be ≥ 2 (a group)")
     rows, mb = t.batch_size * g.num_generations, minibatch_rows(config)
@@ -209,12 +215,13 @@ def repeat_prompts(prompts: dict, G: int) -> dict:
     return {k: jnp.repeat(prompts[k], G, axis=0) for k in ("prompt_tokens", "prompt_lengths")}
 
 
-def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int, *,
-                  old_logps: bool = True):
+def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int,
+                  settings: grpo_losses.GRPOSettings, *, old_logps: bool = True):
     """`score(params, frozen, prompts, gen) -> dict`, jitted: the assembled rows (`tokens`,
     `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]` unless `old_logps=False`
     (`detached_old_logps`), `ref_logps` `[N, T]` when a reference is loaded, reward-model
-    `scores [N]` when one is."""
+    `scores [N]` when one is. Log-probs are at the sampler's temperature, over the response
+    columns only (`_logps`)."""
 
     def score(params, frozen, prompts, gen):
         frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: adapters off
@@ -222,17 +229,25 @@ def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int, *,
                                end_of_turn_id)
         out = {k: seq[k] for k in ("tokens", "mask", "sampler_logps")}
         if old_logps:
-            out["old_logps"], out["entropy"] = rollout.policy_logps(
-                nnx.merge(graphs.policy, params), seq["tokens"])
+            out["old_logps"], out["entropy"], _ = _logps(
+                nnx.merge(graphs.policy, params), seq["tokens"], seq["mask"], settings)
         if "reference" in frozen:
-            out["ref_logps"], _ = rollout.policy_logps(
-                nnx.merge(graphs.reference, frozen["reference"]), seq["tokens"])
+            out["ref_logps"], _, _ = _logps(nnx.merge(graphs.reference, frozen["reference"]),
+                                            seq["tokens"], seq["mask"], settings)
         if "reward" in frozen:
             out["scores"] = sequence_scores(nnx.merge(graphs.reward, frozen["reward"]),
                                             seq["rm_tokens"], seq["rm_segment_ids"], {})
         return out
 
     return jax.jit(score)
+
+
+def _logps(model, tokens, mask, settings: grpo_losses.GRPOSettings):
+    """`(log π, entropy, router loss)` of the response tokens: at the sampler's temperature,
+    the LM head run on the response columns alone (`rollout.response_span`; 0 elsewhere)."""
+    span = (rollout.response_span(mask, settings.max_length) if settings.max_length else None)
+    return rollout.policy_logps_and_router_loss(model, tokens, temperature=settings.temperature,
+                                                span=span)
 
 
 def decode_responses(tokenizer, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray
@@ -269,8 +284,7 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
         mask = batch["mask"]
         policy = nnx.merge(graphs.policy, params)
-        logps, entropy, router_loss = rollout.policy_logps_and_router_loss(policy,
-                                                                           batch["tokens"])
+        logps, entropy, router_loss = _logps(policy, batch["tokens"], mask, settings)
         extra = {}
         old_logps = batch.get("old_logps")
         if old_logps is None:  # π_old = π_θ now: ratio exactly 1, ∇ratio = ∇log π_θ
@@ -331,9 +345,22 @@ class UpdateTimer:
         metrics["update_tokens_per_s"] = jnp.float32(self.tokens / max(elapsed, 1e-9))
 
 
-def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict, dict, dict]:
-    """One group rollout (module docstring, steps 1–3): (update batch, metrics, per-row rows for
-    sample logging)."""
+@dataclasses.dataclass
+class Round:
+    """One sampled batch: B prompts × G completions, scored and rewarded (rows b·G + i)."""
+
+    scored: dict                    # `make_score_fn`'s device arrays, `[B·G, ...]`
+    prompt_lengths: jax.Array       # `[B·G]`
+    lengths: np.ndarray             # `[B·G]` generated tokens (the stop token included)
+    done: np.ndarray                # `[B·G]` stopped at a stop token
+    scores: dict[str, np.ndarray]   # reward name → `[B·G]`
+    rewards: np.ndarray             # `[B, G]` combined
+    sample_time: float              # seconds of sampling (wall)
+
+
+def sample_round(s: Setup, score_fn, params, prompts: dict, rng) -> Round:
+    """Sample G completions of every prompt of a global batch, score and reward them
+    (module docstring, steps 1–2)."""
     run_, g, mesh = s.run, s.run.config.grpo, s.run.mesh
     G = g.num_generations
     rep = repeat_prompts(prompts, G)
@@ -345,26 +372,82 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
     sample_time = time.perf_counter() - start
     scored = score_fn(params, s.frozen, rep, gen)
     got = rollout.host({"tokens": scored["tokens"], "starts": rep["prompt_lengths"],
-                        "index": prompts["index"]})
+                        "index": prompts["index"], "done": gen.done})
     records = [s.records[int(i)] for i in got["index"] for _ in range(G)]
     responses = decode_responses(run_.tokenizer, got["tokens"], got["starts"], lengths)
     scores = rewards_of(s, records, responses, scored)
-    rewards = grpo_rewards.combine(s.weights, scores).reshape(-1, G)
+    return Round(scored=scored, prompt_lengths=rep["prompt_lengths"], lengths=lengths,
+                 done=got["done"], scores=scores,
+                 rewards=grpo_rewards.combine(s.weights, scores).reshape(-1, G),
+                 sample_time=sample_time)
+
+
+def choose_groups(zero_signal: list[np.ndarray], batch_size: int) -> np.ndarray:
+    """DAPO's dynamic sampling (Yu et al. 2025, §3.2): the `batch_size` groups of an update,
+    as indices into the groups of all rounds in order — every group with signal first (round
+    by round), then, if too few were found, zero-signal groups to fill the batch (their rows
+    are masked out of the loss)."""
+    zero = np.concatenate(zero_signal)
+    order = np.concatenate([np.flatnonzero(~zero), np.flatnonzero(zero)])
+    return order[:batch_size]
+
+
+_take_rows = rollout.make_take()
+_concat_rows = jax.jit(lambda trees: jax.tree.map(lambda *v: jnp.concatenate(v, axis=0), *trees))
+
+
+def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=None
+                  ) -> tuple[dict, dict, dict]:
+    """One group rollout (module docstring, steps 1–3): (update batch, metrics, per-row rows for
+    sample logging).
+
+    With `grpo.dynamic_sampling`, while fewer than B groups carry signal and fewer than
+    `grpo.max_sampling_rounds` rounds have run, `more_prompts()` (the next loader batch)
+    is sampled too; the update takes B groups (`choose_groups`). Round r > 0 samples with
+    `fold_in(rng, r)`."""
+    g, t, mesh = s.run.config.grpo, s.run.config.train, s.run.mesh
+    G = g.num_generations
+    rounds = [sample_round(s, score_fn, params, prompts, rng)]
+    zero = [np.asarray(grpo_losses.zero_signal_groups(rounds[0].rewards))]
+    while (g.dynamic_sampling and more_prompts is not None
+           and sum(int((~z).sum()) for z in zero) < t.batch_size
+           and len(rounds) < g.max_sampling_rounds):
+        rounds.append(sample_round(s, score_fn, params, more_prompts(),
+                                   jax.random.fold_in(rng, len(rounds))))
+        zero.append(np.asarray(grpo_losses.zero_signal_groups(rounds[-1].rewards)))
+    groups = choose_groups(zero, t.batch_size) if len(rounds) > 1 else np.arange(t.batch_size)
+    rows = (groups[:, None] * G + np.arange(G)[None, :]).reshape(-1)
+    cat = lambda xs: np.concatenate(xs)[rows] if len(rounds) > 1 else xs[0]  # noqa: E731
+    rewards = np.concatenate([r.rewards for r in rounds])[groups]
+    chosen_zero = np.concatenate(zero)[groups]
+    scores = {name: cat([r.scores[name] for r in rounds]) for name in rounds[0].scores}
+    lengths, done = cat([r.lengths for r in rounds]), cat([r.done for r in rounds])
+    scored = {k: v for k, v in rounds[0].scored.items() if k != "scores"}
+    prompt_lengths = rounds[0].prompt_lengths
+    if len(rounds) > 1:
+        scored = _take_rows(_concat_rows(
+            [{**{k: v for k, v in r.scored.items() if k != "scores"},
+              "prompt_lengths": r.prompt_lengths} for r in rounds]), jnp.asarray(rows))
+        prompt_lengths = scored.pop("prompt_lengths")
     advantages = np.asarray(grpo_losses.ADVANTAGES[g.advantage_estimator](rewards), np.float32)
-    zero = np.asarray(grpo_losses.zero_signal_groups(rewards))
     mask = scored["mask"]
-    if g.skip_zero_signal_groups:
-        keep = _global_rows(np.repeat(~zero, G).astype(np.float32), mesh)
+    if g.skip_zero_signal_groups or g.dynamic_sampling:
+        keep = _global_rows(np.repeat(~chosen_zero, G).astype(np.float32), mesh)
         mask = mask * keep[:, None]
     batch = {"tokens": scored["tokens"], "mask": mask,
              "advantages": _global_rows(advantages.reshape(-1), mesh)}
     response_mask = scored["mask"]
+    sampled = sum(r.lengths.sum() for r in rounds)
     metrics = {"reward": jnp.float32(rewards.mean()),
                "reward_std": jnp.float32(rewards.std()),
-               "zero_signal_frac": jnp.float32(zero.mean()),
+               "zero_signal_frac": jnp.float32(np.concatenate(zero).mean()),
                "response_length": jnp.float32(lengths.mean()),
-               "eos_rate": jnp.mean(gen.done.astype(jnp.float32)),
-               "sample_tokens_per_s": jnp.float32(lengths.sum() / max(sample_time, 1e-9))}
+               "eos_rate": jnp.float32(done.mean()),
+               "sample_tokens_per_s": jnp.float32(
+                   sampled / max(sum(r.sample_time for r in rounds), 1e-9))}
+    if g.dynamic_sampling:
+        metrics["sampling_rounds"] = jnp.float32(len(rounds))
+        metrics["signal_groups_frac"] = jnp.float32(1.0 - chosen_zero.mean())
     if "old_logps" in scored:
         batch["old_logps"] = scored["old_logps"]
         metrics["entropy_rollout"] = losses_common.masked_mean(scored["entropy"], response_mask)
@@ -377,9 +460,9 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng) -> tuple[dict,
     for name, v in scores.items():
         metrics[f"reward/{name}"] = jnp.float32(v.mean())
         metrics[f"reward_std/{name}"] = jnp.float32(v.std())
-    rows = {"tokens": scored["tokens"], "lengths": gen.lengths,
-            "scores": jnp.asarray(rewards.reshape(-1))}
-    return batch, metrics, rows | {"prompt_lengths": rep["prompt_lengths"]}
+    rows_out = {"tokens": scored["tokens"], "lengths": _global_rows(lengths, mesh),
+                "scores": jnp.asarray(rewards.reshape(-1))}
+    return batch, metrics, rows_out | {"prompt_lengths": prompt_lengths}
 
 
 def make_scorer(s: Setup):
@@ -387,21 +470,23 @@ def make_scorer(s: Setup):
     end-of-turn ids; log π_old only when the update cannot take it from its own forward
     (`detached_old_logps`)."""
     return make_score_fn(s.graphs, runsetup.pad_id(s.run),
-                         chat_format(s.run.tokenizer).end_of_turn_id,
+                         chat_format(s.run.tokenizer).end_of_turn_id, s.settings,
                          old_logps=not detached_old_logps(s.run.config))
 
 
-def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int
+def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int, more_prompts=None
                       ) -> tuple[tuple[dict, list[np.ndarray]], dict, dict]:
     """Everything iteration `it` does before its update, without a loop or a run directory:
     the group rollout (`rollout_batch`, module docstring steps 1–3, its randomness from
     (train.seed, it)) and the minibatch order of the update (seeded the same way). Returns
     `((batch, minibatches), metrics, rows)`; `(batch, minibatches)` is what `make_update`'s
-    update takes. The training loop's rollout hook and `bench/bench_grpo.py` both call it."""
+    update takes. The training loop's rollout hook and `bench/bench_grpo.py` both call it;
+    `more_prompts` (the loop's: the loader's next batch) feeds dynamic sampling."""
     c = s.run.config
     g, t = c.grpo, c.train
     batch, metrics, rows = rollout_batch(s, score_fn, params, prompts,
-                                         jax.random.fold_in(jax.random.key(t.seed), it))
+                                         jax.random.fold_in(jax.random.key(t.seed), it),
+                                         more_prompts)
     minibatches = rollout.minibatch_indices(t.batch_size * g.num_generations, minibatch_rows(c),
                                             g.num_iterations, (t.seed, it))
     return (batch, minibatches), metrics, rows
@@ -425,7 +510,9 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
     timer = UpdateTimer(rows * c.data.max_length * g.num_iterations)
 
     def rollout_hook(it, state, prompts, writer):
-        rolled, metrics, rows_ = rollout_iteration(s, score_fn, state.params, prompts, it)
+        rolled, metrics, rows_ = rollout_iteration(
+            s, score_fn, state.params, prompts, it,
+            more_prompts=lambda: to_global_batch(next(s.loader), run_.mesh))
         if g.sample_every and it % g.sample_every == 0:
             writer.write_text(it, "samples", rollout.sample_text(
                 run_.tokenizer, {"prompt_lengths": rows_["prompt_lengths"]}, rows_,

@@ -51,7 +51,7 @@ from jax.experimental import multihost_utils
 from easyalign import losses, sampler, sharding
 from easyalign.algorithms.reward import sequence_scores
 from easyalign.model import lora
-from easyalign.model.scoring import token_logprobs_and_entropy
+from easyalign.model.scoring import Span, token_logprobs_and_entropy
 
 # The arrays a PPO update reads, `[B, T]` each.
 TRAIN_KEYS = ("tokens", "mask", "old_logps", "old_values", "advantages", "returns")
@@ -68,20 +68,33 @@ class Graphs:
 
 
 # ----------------------------------------------------------------------------- model outputs
-def policy_logps(model, tokens: jax.Array) -> tuple[jax.Array, jax.Array]:
+def policy_logps(model, tokens: jax.Array, *, temperature: float = 1.0,
+                 span: Span | None = None) -> tuple[jax.Array, jax.Array]:
     """`(log π(tokens[t] | <t), entropy of that prediction)`, `[B, T]` each, position 0 = 0.
 
     The one code path for rollout scoring and the loss. The entropy comes from the same chunked
-    pass (`losses.entropy_bonus` would need the full `[B, T, vocab]` logits)."""
-    return policy_logps_and_router_loss(model, tokens)[:2]
+    pass (`losses.entropy_bonus` would need the full `[B, T, vocab]` logits). `temperature` τ
+    scores softmax(z / τ), the distribution a sampler at τ draws from (so that π_old is the
+    sampling policy); `span` scores only the response columns (`model.scoring.Span`), 0 on
+    the others."""
+    return policy_logps_and_router_loss(model, tokens, temperature=temperature, span=span)[:2]
 
 
-def policy_logps_and_router_loss(model, tokens: jax.Array
+def policy_logps_and_router_loss(model, tokens: jax.Array, *, temperature: float = 1.0,
+                                 span: Span | None = None
                                  ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`policy_logps` and the forward pass's MoE router loss (0 for a dense model): what the
     losses of PPO and GRPO train on."""
     hidden, _, router_loss = model.trunk_with_router_loss(tokens)
-    return (*token_logprobs_and_entropy(model, hidden, tokens), router_loss)
+    return (*token_logprobs_and_entropy(model, hidden, tokens, temperature=temperature,
+                                        span=span), router_loss)
+
+
+def response_span(mask: jax.Array, width: int) -> Span:
+    """The `Span` of rows whose response mask `[B, T]` starts at its first nonzero column and
+    holds at most `width` tokens (a row with an empty mask gets column 1: its scores are
+    masked out anyway)."""
+    return Span(jnp.maximum(jnp.argmax(mask > 0, axis=1), 1).astype(jnp.int32), width)
 
 
 def token_values(model, tokens: jax.Array) -> jax.Array:

@@ -226,7 +226,11 @@ class GRPOSettings:
       loss_type                   an `AGGREGATIONS` name
       importance_sampling_level   "token" (GRPO) or "sequence" (GSPO)
       beta, kl_estimator          β and the `KL_ESTIMATORS` name of the KL penalty (β = 0: none)
-      max_length                  L_max of the `constant` normaliser (None = the token width)
+      max_length                  L_max of the `constant` normaliser (None = the token width);
+                                  also the response width the log-probs are computed over
+      temperature                 τ of the rollout's sampler: log-probs are those of
+                                  softmax(z / τ), π_θ's and π_ref's alike, so that π_old is the
+                                  distribution the completions were drawn from (as TRL)
 
     Raises ValueError (one line, named as the `grpo.*` config key, listing the valid names) for
     an unknown loss_type, importance_sampling_level or kl_estimator.
@@ -239,6 +243,7 @@ class GRPOSettings:
     beta: float = 0.0
     kl_estimator: str = "k3"
     max_length: int | None = None
+    temperature: float = 1.0
 
     def __post_init__(self):
         get(AGGREGATIONS, self.loss_type, "grpo.loss_type")
@@ -256,7 +261,7 @@ class GRPOSettings:
                    loss_type=block.loss_type,
                    importance_sampling_level=block.importance_sampling_level,
                    beta=float(block.beta), kl_estimator=block.kl_estimator,
-                   max_length=int(block.max_new_tokens))
+                   max_length=int(block.max_new_tokens), temperature=float(block.temperature))
 
     def loss(self, new_logps: Array, old_logps: Array, advantages: Array, mask: Array,
              ref_logps: Array | None = None) -> tuple[Array, dict[str, Array]]:

@@ -13,7 +13,7 @@ read off the hidden state at t−1; position 0 has no prediction and is 0.
 
 from __future__ import annotations
 
-from typing import Callable, Sequence
+from typing import Callable, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -140,16 +140,46 @@ def chunked(fn: Callable[..., jax.Array], *arrays: jax.Array, chunk: int = DEFAU
     return out.reshape((out.shape[0], n * chunk) + out.shape[3:])[:, :length]
 
 
+class Span(NamedTuple):
+    """The token columns a score is needed at: `starts[b] + j` for j in [0, width) of row b.
+
+    `starts` `[B]` int (≥ 1: column 0 has no prediction), `width` static. An RL completion
+    (prompt of P_b tokens, then at most N response tokens) is `Span(P_b, N)`: the LM head then
+    runs on B·N positions instead of B·T — the prompt's logits are never needed.
+    """
+
+    starts: jax.Array
+    width: int
+
+
 def over_predictions(fn: Callable, inputs: Sequence[jax.Array], targets: Sequence[jax.Array] = (),
-                     *, chunk: int) -> jax.Array:
+                     *, chunk: int, span: Span | None = None) -> jax.Array:
     """`fn` at every next-token prediction, chunked, aligned with the tokens it scores.
 
     `inputs` (hidden states) are read at positions 0..T−2, `targets` (token ids, stored
     per-token teacher values) at 1..T−1 — position t−1 predicts token t —, and the result
     `[B, T, ...]` is 0 at position 0 (`losses.align_predictions`, the one next-token shift).
+
+    With a `span`, only the tokens of `span` are scored: inputs are gathered at columns
+    starts + j − 1, targets at starts + j, `fn` runs on `[B, width]`, and the result is put
+    back at the scored tokens' columns, 0 elsewhere (same layout, same values there).
     """
-    return align_predictions(chunked(fn, *(x[:, :-1] for x in inputs),
-                                     *(y[:, 1:] for y in targets), chunk=chunk))
+    if span is None:
+        return align_predictions(chunked(fn, *(x[:, :-1] for x in inputs),
+                                         *(y[:, 1:] for y in targets), chunk=chunk))
+    length = (list(inputs) + list(targets))[0].shape[1]
+    columns = jnp.clip(span.starts[:, None] + jnp.arange(span.width)[None, :], 1, length - 1)
+
+    def at(x, cols):
+        index = cols.reshape(cols.shape + (1,) * (x.ndim - 2))
+        return jnp.take_along_axis(x, index, axis=1)
+
+    scored = chunked(fn, *(at(x, columns - 1) for x in inputs),
+                     *(at(y, columns) for y in targets), chunk=chunk)
+    j = jnp.arange(length)[None, :] - span.starts[:, None]  # the span index of each column
+    inside = (j >= 0) & (j < span.width) & (jnp.arange(length)[None, :] >= 1)
+    back = at(scored, jnp.clip(j, 0, span.width - 1))
+    return jnp.where(inside.reshape(inside.shape + (1,) * (back.ndim - 2)), back, 0)
 
 
 def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
@@ -168,15 +198,24 @@ def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
 
 
 def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
-                               chunk: int | None = None) -> tuple[jax.Array, jax.Array]:
-    """Log-probs as `token_logprobs`, plus the entropy H_t = −Σ_v p log p of each prediction."""
+                               chunk: int | None = None, temperature: float = 1.0,
+                               span: Span | None = None) -> tuple[jax.Array, jax.Array]:
+    """Log-probs as `token_logprobs`, plus the entropy H_t = −Σ_v p log p of each prediction.
+
+    `temperature` τ scores the distribution softmax(z / τ) a sampler at temperature τ draws
+    from; `span` scores only its tokens (`over_predictions`), 0 elsewhere.
+    """
 
     def fn(h, targets):
-        return jnp.stack(picked_logprob_and_entropy(model.logits(h), targets), axis=-1)
+        logits = model.logits(h)
+        if temperature != 1.0:
+            logits = logits / temperature
+        return jnp.stack(picked_logprob_and_entropy(logits, targets), axis=-1)
 
-    chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
-                      model.config.vocab_size, tensors=2)
-    out = over_predictions(fn, [hidden], [tokens], chunk=chunk)
+    rows = hidden.shape[0]
+    chunk = fit_chunk(chunk or model.config.logits_chunk, rows, model.config.vocab_size,
+                      tensors=2)
+    out = over_predictions(fn, [hidden], [tokens], chunk=chunk, span=span)
     return out[..., 0], out[..., 1]
 
 

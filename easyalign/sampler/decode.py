@@ -28,12 +28,14 @@
 
 Outputs come back in prompt order: row `n·G + g` is sample g of prompt n, whichever slot ran it.
 
-Log-prob convention. `Generation.logprobs[b, i]` is `log_softmax(raw_logits)[token]`: the
-log-probability of the sampled token under the model's *unmodified* fp32 distribution — not
-the temperature-scaled or truncated (top-k / top-p) distribution it was drawn from. This is
-exactly what the trainer computes from a forward pass over prompt + response (the same
-`trunk` and `logits` code), so sampler and trainer log-probs agree up to float rounding; a
-test holds them to 1e-5 in fp32.
+Log-prob convention. `Generation.logprobs[b, i]` is `log_softmax(raw_logits / τ)[token]`, τ the
+method's temperature (1 for greedy): the log-probability of the sampled token under the
+temperature-scaled fp32 distribution it was drawn from, *before* any top-k / top-p truncation.
+This is exactly what a trainer at the same temperature computes from a forward pass over
+prompt + response (the same `trunk` and `logits` code; `rollout.policy_logps(temperature=τ)`),
+so sampler and trainer log-probs agree up to float rounding — the π_old of an RL update is the
+sampling distribution (GRPO at τ ≠ 1, as TRL). A test holds them to 1e-5 in fp32, at τ = 1 and
+τ ≠ 1.
 
 Randomness. Token i of output row b is drawn with the key `fold_in(fold_in(rng, b), i)`
 (`row_keys`): a row's samples depend on the key, its row index and the model only — not on the
@@ -70,7 +72,7 @@ class Generation:
     sample g of prompt n in row n·G + g).
 
     tokens    `[N·G, M]` int32 — generated tokens, the stop token included, then `pad_id`;
-    logprobs  `[N·G, M]` float32 — log p(token) under the raw model distribution; 0 on padding;
+    logprobs  `[N·G, M]` float32 — log p(token) under softmax(logits / τ); 0 on padding;
     lengths   `[N·G]` int32 — number of generated tokens, the stop token included;
     done      `[N·G]` bool — the row emitted a stop token (False: it ran out of budget).
     """
@@ -102,13 +104,16 @@ def row_keys(rng: jax.Array, rows: jax.Array, steps: jax.Array) -> jax.Array:
 
 def draw(method: SamplingMethod, logits: jax.Array, keys: jax.Array
          ) -> tuple[jax.Array, jax.Array]:
-    """One token per row of `logits [S, V]` (float32), each with its own key, and its raw
-    log-probability `log_softmax(logits)[token]` (module docstring)."""
+    """One token per row of `logits [S, V]` (float32), each with its own key, and its
+    log-probability `log_softmax(logits / τ)[token]`, τ the method's temperature (module
+    docstring)."""
     if isinstance(method, Greedy):
         token = method.sample(logits, keys)
     else:
         token = jax.vmap(lambda row, key: method.sample(row[None], key)[0])(logits, keys)
-    logprob = jnp.take_along_axis(jax.nn.log_softmax(logits, axis=-1), token[:, None],
+    temperature = getattr(method, "temperature", 1.0)
+    scaled = logits / temperature if temperature != 1.0 else logits
+    logprob = jnp.take_along_axis(jax.nn.log_softmax(scaled, axis=-1), token[:, None],
                                   axis=-1)[:, 0]
     return token, logprob
 
