@@ -399,11 +399,12 @@ def check_data_source(config, key: str, value: str) -> None:
 
 
 def check_mix_entry(entry: str) -> None:
-    """One `data.mix` entry: `PATH` or `PATH*N`, an existing file of a known suffix."""
+    """One `data.mix` entry: `PATH[*N][:FIELD=COLUMN,...]` (`sources.parse_mix_entry`), an
+    existing file of a known suffix."""
     from easyalign.data.sources import SUFFIXES, parse_mix_entry
 
     try:
-        path, _ = parse_mix_entry(entry)
+        path = parse_mix_entry(entry).path
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if not Path(path).exists():
