@@ -147,6 +147,14 @@ def _check_training(config, devices: bool | int) -> list[str]:
     _need(t.batch_size % t.grad_accum == 0,
           f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
     warnings = ["optim.lr=0: the weights will not change (a dry run)"] if o.lr == 0 else []
+    model = config.get("model")
+    if model is not None and model.get("init") == "scratch" and model.get("lora") \
+            and model.lora.rank > 0:
+        # Adapters over a frozen random base learn next to nothing: almost never intended.
+        warnings.append(f"model.lora.rank={model.lora.rank} with model.init=scratch: the adapters "
+                        "train on a randomly initialised, frozen base; load a trained base "
+                        "with model.init=hf|checkpoint|gguf and model.path, or set "
+                        "model.lora.rank=0 to train the whole model")
     if devices is False:
         return warnings
     if devices is True:

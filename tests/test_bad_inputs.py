@@ -168,6 +168,23 @@ def test_lr_zero_is_a_warning_and_keys_get_a_did_you_mean():
     assert "train.steps" in config_check.suggest_key("train.stepz", known)
 
 
+def test_lora_on_a_scratch_base_is_one_warning_line():
+    """Adapters over a random frozen base: `runsetup.prepare` prints validate's warnings as
+    `[config] warning: ...`; a loaded base or a scratch model without adapters has none."""
+    def lora_warnings(*flags: str) -> list[str]:
+        config = cli.load_config(list(flags))
+        return [w for w in config_check.validate(config, paths=False) if "lora" in w]
+
+    assert lora_warnings("--config=configs/sft.py:tiny", "--config.model.lora.rank=8") == [
+        "model.lora.rank=8 with model.init=scratch: the adapters train on a randomly "
+        "initialised, frozen base; load a trained base with model.init=hf|checkpoint|gguf and "
+        "model.path, or set model.lora.rank=0 to train the whole model"]
+    assert lora_warnings("--config=configs/sft.py:tiny") == []
+    assert lora_warnings("--config=configs/dpo.py:tiny", "--config.model.lora.rank=8") == []
+    assert lora_warnings("--config=configs/sft.py:tiny", "--config.model.lora.rank=8",
+                         "--config.model.init=checkpoint", "--config.model.path=@sft") == []
+
+
 def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):
     cli.main(["easyalign", "dpo", "--help"])
     text = capsys.readouterr().out
