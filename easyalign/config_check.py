@@ -148,6 +148,8 @@ def _check_training(config, devices: bool | int) -> list[str]:
           f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
     warnings = ["optim.lr=0: the weights will not change (a dry run)"] if o.lr == 0 else []
     model = config.get("model")
+    if model is not None:
+        _check_model_fields(model)
     if model is not None and model.get("init") == "scratch" and model.get("lora") \
             and model.lora.rank > 0:
         # Adapters over a frozen random base learn next to nothing: almost never intended.
@@ -183,6 +185,21 @@ def _check_training(config, devices: bool | int) -> list[str]:
           + f" is not divisible by the {shards} data-parallel devices (mesh data×fsdp = "
           f"{data}×{fsdp} of {n_devices} devices): use a multiple of {shards}")
     return warnings
+
+
+def _check_model_fields(m) -> None:
+    """`model.overrides` parse, and a scratch model's preset takes them (`ModelConfig`'s own
+    checks, e.g. an expert field on a dense model), before anything is written; a loaded
+    model's config meets the same checks when it is read."""
+    from easyalign.model.config import ModelConfig
+    from easyalign.model.presets import PRESETS, preset
+
+    try:
+        overrides = ModelConfig.parse_overrides(m.get("overrides", ""))
+        if m.get("init") == "scratch" and m.get("preset") in PRESETS:
+            preset(m.preset, **{"vocab_size": m.get("vocab_size") or 1, **overrides})
+    except ValueError as error:
+        raise ConfigError(f"model.overrides={m.overrides!r}: {error}") from None
 
 
 def _choices(config, key: str, choices: Iterable[str]) -> None:
