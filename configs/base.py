@@ -75,7 +75,9 @@ def get_config() -> ConfigDict:
     d.on_empty = "drop"                  # drop | error | keep records with an empty response/turn
     d.mix = ()                           # more training files mixed into source's records:
     #                                      "PATH" (all) or "PATH*N" (N drawn); each file's own
-    #                                      layout, less its held-out split (eval_fraction ...)
+    #                                      layout, less its held-out split (eval_fraction ...);
+    #                                      "PATH*N:prompt=goal,response=target" maps its columns
+    #                                      as data.columns does for source
     d.eval_source = "auto"               # auto | world | path | hf:NAME | "" (no eval); auto =
     #                                      the world's held-out files, or a held-out split of source
     d.eval_fraction = 0.05               # auto: hold out this fraction of a source's records ...

@@ -30,7 +30,8 @@ def get_config(preset: str = ""):
     # variants and extra_suites take any literal (tuple of strings, one string or a dict), so a
     # dict given by a flag stays a dict (a tuple-typed field would keep only its keys).
     e.variants = FieldReference((), field_type=object)  # "name=path" strings or {name: path}:
-    #                                      model checkpoints, HF dirs, .gguf files or "smollm2"
+    #                                      model checkpoints, HF dirs, .gguf files, "smollm2"
+    #                                      or "@stage" (../stage/model of workdir, as in training)
     e.reference = ""                     # the SFT model kl_ref is measured against ("" = no KL)
     e.reward_model = ""                  # scalar-head model scoring the responses ("" = none)
     e.reward_suites = ()                 # suites the reward model scores (() = every suite)

@@ -19,6 +19,7 @@ def get_config(preset: str = ""):
     c.workdir = "runs/latency"
     c.latency = t = ConfigDict()
     t.variants = ()                      # "name=path" strings: model checkpoints or HF dirs
+    #                                      or "@stage" (../stage/model of workdir)
     t.batch_size = 8                     # prompts decoded together
     t.prompt_length = 128                # tokens per prompt (random ids; content is irrelevant)
     t.new_tokens = 128                   # tokens generated per prompt (≥ 2; no early stop)

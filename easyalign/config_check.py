@@ -12,10 +12,12 @@ the file or directory that is missing or broken:
   (`sharding.resolve_mesh_shape`, the rule the run uses);
 * names: every enum-like key (`model.init`, `optim.name`, `dpo.loss_type`, ...) is checked
   against the registry the code looks it up in, naming the bad value and the choices;
-* paths: the model a run loads (`model.path`, `@stage`, PPO's and distillation's frozen
+* paths: the model a run loads (`model.path`, PPO's, GRPO's and distillation's frozen
   models) exists, is complete (`model_config.json`, an HF `config.json` that parses,
   safetensors files whose headers and sizes agree, tokenizer files), the data file exists and
-  its format is known, and the workdir can be written.
+  its format is known, and the workdir can be written. Every `@stage` reference (those keys,
+  `distill.teacher_data`, eval's and latency's variants) goes through `check_stage_reference`:
+  one line naming the key, the missing path, the command that makes it and the key to set.
 
 `suggest_key(name, known)` answers a key HF/TRL users type (`learning_rate`,
 `per_device_train_batch_size`, `num_train_epochs`, ...) with ours.
@@ -145,6 +147,16 @@ def _check_training(config, devices: bool | int) -> list[str]:
     _need(t.batch_size % t.grad_accum == 0,
           f"train.batch_size={t.batch_size} is not divisible by train.grad_accum={t.grad_accum}")
     warnings = ["optim.lr=0: the weights will not change (a dry run)"] if o.lr == 0 else []
+    model = config.get("model")
+    if model is not None:
+        _check_model_fields(model)
+    if model is not None and model.get("init") == "scratch" and model.get("lora") \
+            and model.lora.rank > 0:
+        # Adapters over a frozen random base learn next to nothing: almost never intended.
+        warnings.append(f"model.lora.rank={model.lora.rank} with model.init=scratch: the adapters "
+                        "train on a randomly initialised, frozen base; load a trained base "
+                        "with model.init=hf|checkpoint|gguf and model.path, or set "
+                        "model.lora.rank=0 to train the whole model")
     if devices is False:
         return warnings
     if devices is True:
@@ -173,6 +185,21 @@ def _check_training(config, devices: bool | int) -> list[str]:
           + f" is not divisible by the {shards} data-parallel devices (mesh data×fsdp = "
           f"{data}×{fsdp} of {n_devices} devices): use a multiple of {shards}")
     return warnings
+
+
+def _check_model_fields(m) -> None:
+    """`model.overrides` parse, and a scratch model's preset takes them (`ModelConfig`'s own
+    checks, e.g. an expert field on a dense model), before anything is written; a loaded
+    model's config meets the same checks when it is read."""
+    from easyalign.model.config import ModelConfig
+    from easyalign.model.presets import PRESETS, preset
+
+    try:
+        overrides = ModelConfig.parse_overrides(m.get("overrides", ""))
+        if m.get("init") == "scratch" and m.get("preset") in PRESETS:
+            preset(m.preset, **{"vocab_size": m.get("vocab_size") or 1, **overrides})
+    except ValueError as error:
+        raise ConfigError(f"model.overrides={m.overrides!r}: {error}") from None
 
 
 def _choices(config, key: str, choices: Iterable[str]) -> None:
@@ -243,6 +270,14 @@ def _check_paths(config) -> None:
         check_writable(Path(config.workdir), "workdir")
     for key, value, kind in _model_sources(config):
         check_model_source(config, key, value, kind)
+    d = config.get("distill")
+    if (config.get("phase") == "distill" and str(d.teacher_data).startswith("@")
+            and (d.mode == "offline" or d.lmbda < 1.0)):  # the steps on teacher data read it
+        from easyalign.algorithms.teacher_data import OUTPUT
+
+        check_stage_reference(config, "distill.teacher_data", d.teacher_data, OUTPUT, OUTPUT)
+    for key, value, instead in _stage_variants(config):
+        check_stage_reference(config, key, value, instead=instead)
     if "data" in config and config.phase not in ("eval", "latency", "pipeline", "ablate"):
         for key in ("source", "eval_source"):
             check_data_source(config, f"data.{key}", config.data.get(key, ""))
@@ -280,8 +315,15 @@ def _model_sources(config) -> list[tuple[str, str, str]]:
     if phase == "ppo":
         out += [(f"ppo.{k}", config.ppo[k], "") for k in ("reference", "reward_model",
                                                           "value_model")]
+    if phase == "grpo":
+        g = config.grpo
+        if g.get("beta"):
+            out.append(("grpo.reference", g.reference, ""))
+        if "reward_model" in _grpo_rewards(g.get("rewards", "")):
+            out.append(("grpo.reward_model", g.reward_model, ""))
     if phase == "distill":
-        out.append(("distill.teacher", config.distill.teacher, ""))
+        out += [(f"distill.{k}", config.distill.get(k, ""), "")
+                for k in ("teacher", "reward_model")]
     if phase == "teacher_data":
         out.append(("teacher_data.teacher", config.teacher_data.teacher, ""))
     if phase == "generate":
@@ -289,25 +331,91 @@ def _model_sources(config) -> list[tuple[str, str, str]]:
     return [(k, v, kind) for k, v, kind in out if v]
 
 
+def _grpo_rewards(spec: str) -> dict:
+    from easyalign.algorithms.grpo_rewards import parse_rewards
+
+    try:
+        return parse_rewards(spec)
+    except ValueError:  # grpo's own check names a bad reward spec
+        return {}
+
+
+def _stage_variants(config) -> list[tuple[str, str, str]]:
+    """`(key, value, instead)` of the `@stage` models an eval or latency run loads
+    (`eval.variants`, `eval.reference`, ...); their other paths are checked as they load."""
+    from easyalign.eval.suites import parse_named_paths
+
+    phase = config.get("phase")
+    if phase not in ("eval", "latency"):
+        return []
+    block = config[phase]
+    try:
+        variants = parse_named_paths(block.variants, f"{phase}.variants")
+    except ValueError:  # the run's own check names a malformed entry
+        variants = {}
+    out = [(f"{phase}.variants[{name}]", path, f"give {phase}.variants '{name}=PATH'")
+           for name, path in variants.items()]
+    if phase == "eval":
+        out += [(f"eval.{k}", block.get(k, ""), f"set eval.{k}=PATH")
+                for k in ("reference", "reward_model")]
+    return [entry for entry in out if str(entry[1]).startswith("@")]
+
+
 def _stage(config, value: str) -> Path:
-    return Path(config.workdir).absolute().parent / value[1:] / "model"
+    return Path(config.workdir).absolute().parent / value[1:]
+
+
+def check_stage_reference(config, key: str, value: str, product: str = "model",
+                          complete: str = "model/model_config.json",
+                          instead: str | None = None) -> None:
+    """`key="@stage"` names what a sibling stage made, `<parent of workdir>/<stage>/<product>`
+    (`runsetup.stage_path`); `complete` (relative to the stage's workdir) is there once it
+    finished. The one check of every `@stage` reference: one line naming the key, the missing
+    path, the command that makes it and what to set instead (`instead`, default
+    `set KEY=PATH`)."""
+    from easyalign.config_keys import did_you_mean
+    from easyalign.stages import STAGES
+
+    stage_dir = _stage(config, value)
+    if (stage_dir / complete).is_file():
+        return
+    stage, target = value[1:], stage_dir / product
+    if not stage_dir.is_dir() or not target.exists():
+        what = f"{_shown(target)} does not exist"
+    else:
+        what = f"{_shown(target)} is incomplete (no {Path(complete).name}: did the run finish?)"
+    command = stage.replace("_", "-")
+    if command in STAGES:
+        how = (f"run the {stage} stage first (easyalign {command} --config=configs/"
+               f"{stage.replace('-', '_')}.py --config.workdir={_shown(stage_dir)})")
+    else:
+        siblings = [p.name for p in stage_dir.parent.iterdir() if p.is_dir()] \
+            if stage_dir.parent.is_dir() else []
+        known = dict.fromkeys([*siblings, *(s.replace("-", "_") for s in STAGES)])
+        hint = did_you_mean(stage, known)
+        how = f"run the pipeline stage {stage!r} first" + (f" ({hint})" if hint else "")
+    raise ConfigError(f"{key}={value!r}: {what}; {how} or {instead or f'set {key}=PATH'}")
+
+
+def _shown(path: Path) -> str:
+    """`path` relative to the working directory when it is under it (as the user typed it)."""
+    try:
+        return str(path.relative_to(Path.cwd()))
+    except ValueError:
+        return str(path)
 
 
 def check_model_source(config, key: str, value: str, kind: str = "") -> None:
     """The model `key=value` names exists and is complete: one line naming what is wrong."""
     from easyalign.hf.gguf import INSTALLED
 
+    if value.startswith("@"):
+        check_stage_reference(config, key, value)
+        return
     if kind == "gguf" or (kind in ("", "derive") and (value in INSTALLED
                                                        or value.endswith(".gguf"))):
         if value not in INSTALLED and not Path(value).is_file():
             raise ConfigError(f"{key}={value}: no such GGUF file{_alias_hint(value)}")
-        return
-    if value.startswith("@"):
-        path = _stage(config, value)
-        if not (path / "model_config.json").is_file():
-            raise ConfigError(f"{key}={value}: the {value[1:]} stage has not finished (no "
-                              f"{path}/model_config.json); run `easyalign {value[1:]}` with "
-                              f"--config.workdir={path.parent} first")
         return
     path = Path(value)
     if not path.exists():
@@ -399,11 +507,12 @@ def check_data_source(config, key: str, value: str) -> None:
 
 
 def check_mix_entry(entry: str) -> None:
-    """One `data.mix` entry: `PATH` or `PATH*N`, an existing file of a known suffix."""
+    """One `data.mix` entry: `PATH[*N][:FIELD=COLUMN,...]` (`sources.parse_mix_entry`), an
+    existing file of a known suffix."""
     from easyalign.data.sources import SUFFIXES, parse_mix_entry
 
     try:
-        path, _ = parse_mix_entry(entry)
+        path = parse_mix_entry(entry).path
     except ValueError as error:
         raise ConfigError(str(error)) from None
     if not Path(path).exists():

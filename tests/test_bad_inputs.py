@@ -168,6 +168,23 @@ def test_lr_zero_is_a_warning_and_keys_get_a_did_you_mean():
     assert "train.steps" in config_check.suggest_key("train.stepz", known)
 
 
+def test_lora_on_a_scratch_base_is_one_warning_line():
+    """Adapters over a random frozen base: `runsetup.prepare` prints validate's warnings as
+    `[config] warning: ...`; a loaded base or a scratch model without adapters has none."""
+    def lora_warnings(*flags: str) -> list[str]:
+        config = cli.load_config(list(flags))
+        return [w for w in config_check.validate(config, paths=False) if "lora" in w]
+
+    assert lora_warnings("--config=configs/sft.py:tiny", "--config.model.lora.rank=8") == [
+        "model.lora.rank=8 with model.init=scratch: the adapters train on a randomly "
+        "initialised, frozen base; load a trained base with model.init=hf|checkpoint|gguf and "
+        "model.path, or set model.lora.rank=0 to train the whole model"]
+    assert lora_warnings("--config=configs/sft.py:tiny") == []
+    assert lora_warnings("--config=configs/dpo.py:tiny", "--config.model.lora.rank=8") == []
+    assert lora_warnings("--config=configs/sft.py:tiny", "--config.model.lora.rank=8",
+                         "--config.model.init=checkpoint", "--config.model.path=@sft") == []
+
+
 def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):
     cli.main(["easyalign", "dpo", "--help"])
     text = capsys.readouterr().out
@@ -292,6 +309,44 @@ def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
             f"{path}:2: column 'gaol' (data.columns.prompt='gaol') is in no record of the file; "
             "the file's columns are ['goal', 'target']; did you mean 'goal'?")):
         runsetup.load_examples(run, "prompt", "train")
+
+
+def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
+    """`@stage` in any key (here GRPO's reward model, an eval variant and distillation's
+    teacher data) goes through one check: the key, the missing path, the command that makes
+    it, and the key to set instead — as `model.path='@sft'` does."""
+    runs = tmp_path / "runs" / "x"
+    (runs / "sft" / "model").mkdir(parents=True)
+    (runs / "sft" / "model" / "model_config.json").write_text("{}")
+
+    def error(*flags: str) -> str:
+        config = cli.load_config(list(flags))
+        with pytest.raises(config_check.ConfigError) as caught:
+            config_check.validate(config)
+        assert "\n" not in str(caught.value)
+        return str(caught.value)
+
+    reward = runs / "reward"
+    assert error("--config=configs/grpo.py:tiny", f"--config.workdir={runs / 'grpo'}",
+                 "--config.grpo.rewards=world:1.0,reward_model:0.5") == (
+        f"grpo.reward_model='@reward': {reward / 'model'} does not exist; run the reward stage "
+        f"first (easyalign reward --config=configs/reward.py --config.workdir={reward}) or set "
+        "grpo.reward_model=PATH")
+    assert error("--config=configs/eval.py", f"--config.workdir={runs / 'eval'}",
+                 "--config.eval.variants=('sft=@sft', 'dpo=@dpo')") == (
+        f"eval.variants[dpo]='@dpo': {runs / 'dpo' / 'model'} does not exist; run the dpo stage "
+        f"first (easyalign dpo --config=configs/dpo.py --config.workdir={runs / 'dpo'}) or give "
+        "eval.variants 'dpo=PATH'")
+    (runs / "teacher_data").mkdir()
+    assert error("--config=configs/distill.py:tiny", f"--config.workdir={runs / 'distill'}",
+                 "--config.distill.teacher=@sft", "--config.distill.lmbda=0.5").startswith(
+        f"distill.teacher_data='@teacher_data': {runs / 'teacher_data' / 'teacher_data.jsonl'} "
+        "does not exist; run the teacher_data stage first (easyalign teacher-data "
+        "--config=configs/teacher_data.py")
+    # A stage name that is no stage and no sibling directory: the closest one.
+    assert "run the pipeline stage 'rewrd' first (did you mean 'reward'?)" in error(
+        "--config=configs/ppo.py:tiny", f"--config.workdir={runs / 'ppo'}",
+        "--config.ppo.reward_model=@rewrd")
 
 
 # ----------------------------------------------------------------------------- run directory

@@ -83,6 +83,29 @@ def test_unknown_preset_is_refused(name):
         load(name, "tinyy")
 
 
+def test_expert_fields_on_a_dense_model_are_an_error():
+    """Every MoE-only field (`MOE_FIELDS`) set on a model without experts is one line naming
+    it — from `ModelConfig` itself and, for a scratch model, at config check (nothing written)."""
+    from easyalign.cli import load_config
+    from easyalign.model.config import MOE_FIELDS
+
+    assert {"moe_capacity_factor", "router_aux_loss_coef", "num_experts_per_tok"} <= set(
+        MOE_FIELDS)
+    for field, value in [("moe_capacity_factor", 1.25), ("router_aux_loss_coef", 0.01),
+                         ("num_experts_per_tok", 2)]:
+        with pytest.raises(ValueError, match=re.escape(
+                f"ModelConfig: {field}={value!r}: only a mixture of experts has this field, and "
+                "the model has no experts (num_experts=0)")):
+            preset("world-teacher", vocab_size=64, **{field: value})
+    assert preset("qwen3-30b-a3b", moe_capacity_factor=1.25).moe_capacity_factor == 1.25
+    config = load_config(["--config=configs/sft.py:tiny",
+                          "--config.model.overrides=moe_capacity_factor=1.25"])
+    with pytest.raises(config_check.ConfigError, match=re.escape(
+            "model.overrides='moe_capacity_factor=1.25': ModelConfig: moe_capacity_factor=1.25: "
+            "only a mixture of experts has this field")):
+        config_check.validate(config, paths=False)
+
+
 def test_model_overrides_are_checked_field_by_field():
     """`model.overrides` values: Python literals typed as their ModelConfig field (one line naming
     the field and the type otherwise), an unknown field with a suggestion."""

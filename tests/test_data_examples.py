@@ -231,6 +231,59 @@ def test_mix_entries_are_checked(tmp_path, entry, message):
         runsetup.load_examples(run, "prompt", "train")
 
 
+def test_mix_entries_map_their_own_columns(tmp_path):
+    """A mixed file of another layout: its entry's `:FIELD=COLUMN` suffix maps it, and a file
+    left unmapped is one error naming the file and that suffix (not `data.columns`)."""
+    main = write_jsonl(tmp_path / "main.jsonl", [{"prompt": f"m{i}"} for i in range(20)])
+    goals = tmp_path / "goals.csv"
+    goals.write_text("goal,target\n" + "".join(f"Do {i},ok\n" for i in range(20)))
+    qa = write_jsonl(tmp_path / "qa.jsonl", [{"question": f"q{i}", "answer": f"a{i}"}
+                                             for i in range(20)])
+    run = run_for(f"--config.data.source={main}",
+                  f"--config.data.mix=('{goals}*5:prompt=goal', '{qa}:prompt=question')",
+                  config="configs/ppo.py:tiny")
+    train = runsetup.load_examples(run, "prompt", "train")
+    mixed = [ex["prompt"][0]["content"] for ex in train if not ex["source"].startswith(str(main))]
+    assert len(mixed) == 5 + 19 and all(m.startswith(("Do ", "q")) for m in mixed)
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"p{i}", "response": "r"}
+                                                   for i in range(20)])
+    sft = run_for(f"--config.data.source={pairs}",
+                  f"--config.data.mix=('{qa}*3:prompt=question,response=answer',)")
+    assert [ex["messages"][-1]["content"][0] for ex in runsetup.load_examples(sft, "sft", "train")
+            if ex["source"].startswith(str(qa))] == ["a"] * 3
+    # Unmapped: the file and line, the suffix that maps the column, the file's columns.
+    bare = run_for(f"--config.data.source={main}", f"--config.data.mix=('{goals}*5',)",
+                   config="configs/ppo.py:tiny")
+    with pytest.raises(DataError, match=re.escape(
+            f"{goals}:") + r"\d+: field 'prompt': missing .*; map a column to it with " +
+            re.escape(f"data.mix '{goals}*5:prompt=COLUMN': its columns are ['goal', 'target']")):
+        runsetup.load_examples(bare, "prompt", "train")
+    # A mapped column the file lacks names the entry's mapping and the closest column.
+    typo = run_for(f"--config.data.source={main}", f"--config.data.mix=('{goals}:prompt=gaol',)",
+                   config="configs/ppo.py:tiny")
+    with pytest.raises(DataError, match=re.escape(
+            f"column 'gaol' (data.mix '{goals}:prompt=gaol') is in no record of the file; the "
+            "file's columns are ['goal', 'target']; did you mean 'goal'?")):
+        runsetup.load_examples(typo, "prompt", "train")
+
+
+@pytest.mark.parametrize("entry, message", [
+    ("a.csv:promt=goal", "data.mix: 'a.csv:promt=goal': unknown field 'promt' (did you mean "
+                         "'prompt'?); write \"PATH[*N][:FIELD=COLUMN,...]\""),
+    ("a.csv:prompt=goal*5", "'*N' goes before the columns"),
+    ("a.csv:prompt=goal,prompt=x", "'prompt' is mapped twice"),
+    ("a.csv:prompt=goal,response", "'response' is not FIELD=COLUMN"),
+])
+def test_mix_column_suffixes_are_checked(entry, message):
+    from easyalign.data.sources import MixEntry, parse_mix_entry
+
+    assert parse_mix_entry("a/b.csv*5:prompt=goal, response=x+y") == MixEntry(
+        "a/b.csv", 5, {"prompt": "goal", "response": "x+y"})
+    assert parse_mix_entry("c:d.jsonl") == MixEntry("c:d.jsonl", 0, {})
+    with pytest.raises(ValueError, match=re.escape(message)):
+        parse_mix_entry(entry)
+
+
 def test_mix_paths_are_checked_before_the_run(tmp_path):
     from easyalign import config_check
 

@@ -10,6 +10,7 @@ logits) run in `test_hf_import.py` / `test_hf_export.py` over `hf_fixtures.CASES
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 from pathlib import Path
 
@@ -23,6 +24,7 @@ from flax import nnx
 from easyalign import doctor, from_hf
 from easyalign import sampler as S
 from easyalign.model import abstract_model, preset
+from easyalign.model.config import MOE_FIELDS
 from conftest import run_script_on_cpu_devices
 from hf_fixtures import batch, make_hf_model, ours
 
@@ -190,8 +192,10 @@ def test_every_phase_adds_the_trained_models_router_loss(tmp_path):
               "old_values": jnp.zeros_like(mask)}
     check(lambda g: grpo.make_loss(rollout.Graphs(g, None, None, None), GRPOSettings()), params,
           update, tokens)
-    value_graph, value_params = nnx.split(create_model(lm.replace(head="scalar",
-                                                                  num_experts=0), seed=1))
+    # A dense value model of the same shape: no experts, every expert field at its default.
+    dense = {f.name: f.default for f in dataclasses.fields(lm) if f.name in MOE_FIELDS}
+    value_graph, value_params = nnx.split(create_model(lm.replace(head="scalar", num_experts=0,
+                                                                  **dense), seed=1))
     settings = losses.PPOSettings.from_config(ppo_config.get_config().ppo)
     check(lambda g: ppo.make_loss(rollout.Graphs(g, value_graph, None, None), settings),
           {"policy": params, "value": value_params}, update, tokens)

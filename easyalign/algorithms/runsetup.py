@@ -147,11 +147,15 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     return examples
 
 
-def _normalized(run: Run, records: list, kind: str, split: str, source: str) -> list[dict]:
-    """`records` as examples of `kind`; what `data.on_empty` skips is printed as one line."""
+def _normalized(run: Run, records: list, kind: str, split: str, source: str,
+                columns_key: str | data_sources.ColumnsKey = data_sources.COLUMNS_KEY
+                ) -> list[dict]:
+    """`records` as examples of `kind`; what `data.on_empty` skips is printed as one line.
+    A record that lacks a field names `columns_key` as the setting that maps one."""
     data = run.config.data
     dropped = data_records.Dropped()
-    examples = data_records.normalize(records, kind, on_empty=data.on_empty, dropped=dropped)
+    examples = data_records.normalize(records, kind, on_empty=data.on_empty, dropped=dropped,
+                                      columns_key=columns_key)
     if dropped and run.is_main:
         setting = f" [data.on_empty={data.on_empty}]" if dropped.empty else ""
         print(f"[data] {kind} {split}: dropped {len(dropped)} of {len(records)} records of "
@@ -161,13 +165,15 @@ def _normalized(run: Run, records: list, kind: str, split: str, source: str) -> 
 
 def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
     """The training records one `data.mix` entry adds to `data.source`'s: a file's own layout
-    (detected as for `data.source`, without `data.columns`, which describe `data.source`), less
-    its held-out rows — the same `data.eval_fraction`/`eval_max`/`eval_seed` split every stage
+    (detected as for `data.source`; `data.columns` describe `data.source` only, and the entry's
+    own `:FIELD=COLUMN` suffix maps the file's columns, `sources.parse_mix_entry`), less its
+    held-out rows — the same `data.eval_fraction`/`eval_max`/`eval_seed` split every stage
     and the evaluation's suites take of that file, so a mixed-in file's evaluation rows are
     never trained on — then N of them drawn without replacement (seed `train.seed`)."""
     data = run.config.data
-    path, count = data_sources.parse_mix_entry(entry)
-    spec = data_sources.SourceSpec(path=path, encoding=data.encoding)
+    mix = data_sources.parse_mix_entry(entry)
+    path, count = mix.path, mix.count
+    spec = data_sources.SourceSpec(path=path, encoding=data.encoding, columns=mix.columns)
     rows = data_sources.read_rows(spec)
     train = split_rows(rows, "train", data.eval_fraction, data.eval_max, data.eval_seed)
     held = len(rows) - len(train)
@@ -178,8 +184,8 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
         pick = np.random.default_rng(run.config.train.seed).choice(len(train), count,
                                                                    replace=False)
         train = [train[i] for i in sorted(pick)]
-    examples = _normalized(run, data_sources.apply_columns(train, spec.columns), kind, "train",
-                           path)
+    records = data_sources.apply_columns(train, spec.columns, key=mix.key)
+    examples = _normalized(run, records, kind, "train", path, columns_key=mix.key)
     if run.is_main:
         print(f"[data] {kind} train: mixed in {len(examples)} of the {len(rows)} records of "
               f"{path} ({held} held out for evaluation; data.mix)")

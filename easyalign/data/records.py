@@ -72,15 +72,14 @@ from typing import Any
 
 import numpy as np
 
-from .sources import JOINER, DataError, Record, columns_hint
+from .sources import (COLUMN_FIELDS, COLUMNS_KEY, JOINER, ColumnsKey, DataError, Record,
+                      columns_hint)
 
-__all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "normalize",
-           "normalize_sft", "normalize_preference", "normalize_prompts", "normalize_teacher",
-           "prompt_text"]
+__all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "Unmapped",
+           "normalize", "normalize_sft", "normalize_preference", "normalize_prompts",
+           "normalize_teacher", "prompt_text"]
 
 KINDS = ("sft", "preference", "prompt", "teacher")
-# The fields a column mapping (`data.columns`, SourceSpec.columns) fills for these layouts.
-COLUMN_FIELDS = ("prompt", "response", "messages", "chosen", "rejected", "teacher_response")
 ON_EMPTY = ("drop", "error", "keep")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
@@ -138,15 +137,31 @@ class Dropped:
 
 
 # ----------------------------------------------------------------------------- fields
+class Unmapped(DataError):
+    """A record whose layout lacks a field: the message names the record's columns, the closest
+    one and the setting that can map a column to the field. ``normalize`` names that setting
+    as its caller's config has it (``data.columns.prompt``, or a ``data.mix`` entry's
+    ``:prompt=COLUMN`` suffix; :class:`sources.ColumnsKey`)."""
+
+    def __init__(self, where: str, field: str | None, head: str, map_field: str | None,
+                 tail: str, key: ColumnsKey = ColumnsKey()):
+        self.parts = (head, map_field, tail)
+        super().__init__(where, f"{head}{key.setting(map_field)}{tail}", field=field)
+
+    def named(self, key: ColumnsKey) -> "Unmapped":
+        """The same error, naming ``key`` as the setting that maps columns."""
+        return Unmapped(self.where, self.field, *self.parts, key=key)
+
+
 def _missing(data: dict, where: str, field: str, detail: str = "") -> DataError:
     """A field the record's layout needs is absent: the error names the record's columns, the
-    closest one and the ``data.columns`` key that can fill the field (``sources.columns_hint``,
-    as a column mapping's own errors do)."""
+    closest one and the setting that can fill the field (:class:`Unmapped`,
+    ``sources.columns_hint``, as a column mapping's own errors do)."""
     columns = [str(k) for k in data]
-    fill = (f"; map a column to it with data.columns.{field}" if field in COLUMN_FIELDS
-            else "; map columns with data.columns")
-    return DataError(where, f"missing{detail}{fill}: {columns_hint(field, columns, whose='its')}",
-                     field=field)
+    fill = "; map a column to it with " if field in COLUMN_FIELDS else "; map columns with "
+    return Unmapped(where, field, f"missing{detail}{fill}",
+                    field if field in COLUMN_FIELDS else None,
+                    f": {columns_hint(field, columns, whose='its')}")
 
 
 def _string(data: dict, field: str, where: str) -> str:
@@ -245,11 +260,10 @@ def _sft(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
         response, consumed = _string(d, "output", where), ALPACA_FIELDS
         texts = texts + [("output", response, "empty response")]
     else:
-        raise DataError(where, "no SFT fields: expected messages, conversations (ShareGPT), "
-                               "prompt + response, or instruction + output (Alpaca); map "
-                               "other columns with data.columns (prompt + response, or "
-                               "messages): "
-                               f"{columns_hint('messages', [str(k) for k in d], whose='its')}")
+        columns = columns_hint("messages", [str(k) for k in d], whose="its")
+        raise Unmapped(where, None, "no SFT fields: expected messages, conversations (ShareGPT), "
+                       "prompt + response, or instruction + output (Alpaca); map other columns "
+                       "with ", None, f" (prompt + response, or messages): {columns}")
     _nonempty(where, texts, keep_empty)
     return {"messages": prompt + [{"role": "assistant", "content": response}],
             **_rest(d, consumed, where)}
@@ -421,11 +435,15 @@ def prompt_text(messages: Sequence[dict[str, str]]) -> str | list[dict[str, str]
 
 
 def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",
-              dropped: Dropped | None = None) -> list[dict[str, Any]]:
+              dropped: Dropped | None = None,
+              columns_key: str | ColumnsKey = COLUMNS_KEY) -> list[dict[str, Any]]:
     """Normalised examples of ``kind`` (module docstring).
 
-    Skipped records go to ``dropped``; without one, a warning states what was dropped.
+    Skipped records go to ``dropped``; without one, a warning states what was dropped. A record
+    that lacks a field is an :class:`Unmapped` error naming ``columns_key`` (a config key
+    prefix or a ``sources.ColumnsKey``) as the setting that maps a column to it.
     """
+    key = columns_key if isinstance(columns_key, ColumnsKey) else ColumnsKey(columns_key)
     if kind not in _BUILDERS:
         raise ValueError(f"unknown record kind {kind!r}; use one of {KINDS}")
     if on_empty not in ON_EMPTY:
@@ -436,6 +454,8 @@ def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",
     for r in records:
         try:
             out.append(build(r.data, r.where, keep_empty))
+        except Unmapped as unmapped:
+            raise unmapped.named(key) from None
         except Skip as skip:
             if isinstance(skip, EmptyText) and on_empty == "error":
                 raise

@@ -38,6 +38,9 @@ mapped to ``""`` is not mapped (the config declares every target that way). A ma
 record lacks is one error line naming the record, the column, the setting that asked for it
 (``data.columns.prompt='instruction'``), the file's columns and the closest of them.
 
+A ``data.mix`` entry maps its own file's columns with a suffix (:func:`parse_mix_entry`):
+``"goals.csv*500:prompt=goal"``; its errors name that suffix (:class:`ColumnsKey`).
+
 Blank lines in JSONL and CSV are not records and are skipped; everything else that cannot be
 read is a :class:`DataError` naming file and line -- never a silent skip.
 """
@@ -53,13 +56,14 @@ import re
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from easyalign.config_keys import did_you_mean
 
-__all__ = ["DataError", "FORMATS", "Record", "SourceSpec", "apply_columns", "as_spec",
-           "columns_hint", "file_columns", "load_records", "parse_columns", "read_jsonl_objects",
-           "parse_mix_entry", "read_rows", "source_file"]
+__all__ = ["COLUMN_FIELDS", "ColumnsKey", "DataError", "FORMATS", "MixEntry", "Record",
+           "SourceSpec", "apply_columns", "as_spec", "columns_hint", "file_columns",
+           "load_records", "parse_columns", "read_jsonl_objects", "parse_mix_entry", "read_rows",
+           "source_file"]
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "hf")
 # File suffixes (after an optional ".gz") and the format each one means.
@@ -68,6 +72,8 @@ SUFFIXES = ((".jsonl", "jsonl"), (".ndjson", "jsonl"), (".json", "json"), (".csv
 JOIN = "+"          # "instruction+input": several source columns joined into one field
 JOINER = "\n\n"     # ... with a blank line between the non-empty parts
 COLUMNS_KEY = "data.columns"  # the config key of a column mapping, named in its errors
+# The fields a column mapping fills (the layouts of records.py read them).
+COLUMN_FIELDS = ("prompt", "response", "messages", "chosen", "rejected", "teacher_response")
 
 
 class DataError(ValueError):
@@ -378,16 +384,34 @@ def parse_columns(columns: Mapping[str, str | Sequence[str]] | None) -> dict[str
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class ColumnsKey:
+    """The setting that maps a source's columns, as its errors name it: a config key
+    (``data.columns`` -> ``data.columns.prompt='goal'``), or a ``data.mix`` entry, whose
+    ``:FIELD=COLUMN`` suffix maps its own file (``data.mix 'a.csv*5:prompt=goal'``)."""
+
+    prefix: str = COLUMNS_KEY
+    mix: str = ""  # the PATH[*N] of a data.mix entry ("" = the prefix names the setting)
+
+    def setting(self, field: str | None = None, column: str | None = None) -> str:
+        """``data.columns.prompt`` (``='goal'`` with a column), or ``data.columns`` alone."""
+        if self.mix:
+            return f"data.mix '{self.mix}:{field or 'FIELD'}={column or 'COLUMN'}'"
+        name = f"{self.prefix}.{field}" if field else self.prefix
+        return name if column is None else f"{name}={column!r}"
+
+
 def apply_columns(records: Iterable[Record],
                   columns: Mapping[str, str | Sequence[str]] | None,
-                  key: str = COLUMNS_KEY) -> list[Record]:
+                  key: str | ColumnsKey = COLUMNS_KEY) -> list[Record]:
     """The records with their mapped fields only; all of them unchanged without a mapping.
 
     A mapped column that a record lacks is a :class:`DataError` of one line naming the record
-    (file and line), the column, the setting that asked for it (``{key}.{target}``, e.g.
-    ``data.columns.prompt='instruction'``), the columns the file has and the closest of them.
-    That is the usual fault when a preset's mapping meets another file.
+    (file and line), the column, the setting that asked for it (``key``, a config key prefix
+    or a :class:`ColumnsKey`: ``data.columns.prompt='instruction'``), the columns the file has
+    and the closest of them. That is the usual fault when a preset's mapping meets another file.
     """
+    key = key if isinstance(key, ColumnsKey) else ColumnsKey(key)
     parsed = parse_columns(columns)
     records = list(records)
     if not parsed:
@@ -436,8 +460,8 @@ def columns_hint(wanted: str, columns: Sequence[str], target: str | None = None,
 
 
 def _missing_column_error(missing: _MissingColumn, record: Record, records: list[Record],
-                          key: str, value: str) -> DataError:
-    setting = f"{key}.{missing.target}={value!r}"
+                          key: ColumnsKey, value: str) -> DataError:
+    setting = key.setting(missing.target, value)
     if missing.detail is not None:  # a nested path that broke off inside the record
         message = f"column {missing.path!r} ({setting}) not found: {missing.detail}"
     else:
@@ -497,14 +521,63 @@ def _mapped(data: dict, paths: tuple[str, ...], where: str, target: str) -> Any:
     return JOINER.join(parts)
 
 
-def parse_mix_entry(entry: str) -> tuple[str, int]:
-    """`"PATH"` or `"PATH*N"` of `data.mix` -> (PATH, N), N = 0 for every record.
+class MixEntry(NamedTuple):
+    """One parsed `data.mix` entry (:func:`parse_mix_entry`)."""
 
-    Raises ValueError naming `data.mix` for an N that is not a positive integer."""
-    path, star, count = entry.rpartition("*")
+    path: str
+    count: int                # 0 = every record
+    columns: dict[str, str]   # field -> column(s), as `data.columns` ({} = the file's own layout)
+
+    @property
+    def key(self) -> ColumnsKey:
+        """How errors name the entry's column mapping."""
+        return ColumnsKey(mix=f"{self.path}*{self.count}" if self.count else self.path)
+
+
+# The start of a mix entry's column suffix: ':' and the first FIELD=.
+_MIX_COLUMNS = re.compile(r":(?=[A-Za-z_]\w*=)")
+
+
+def parse_mix_entry(entry: str) -> MixEntry:
+    """`"PATH[*N][:FIELD=COLUMN,...]"` of `data.mix` -> `MixEntry`.
+
+    `PATH` alone mixes every record of the file, `*N` draws N of them. The file is read in its
+    own layout unless a suffix maps its columns as `data.columns` does for `data.source`:
+    `"goals.csv*500:prompt=goal"`, `"qa.jsonl:prompt=question,response=answer"` (a COLUMN may
+    join several with '+' and reach into nested data with '.'; FIELD is one of COLUMN_FIELDS).
+
+    Raises ValueError naming `data.mix` and the entry for a count that is not a positive
+    integer and for a malformed or unknown FIELD=COLUMN."""
+    head, columns = entry, {}
+    suffix = _MIX_COLUMNS.search(entry)
+    if suffix:
+        head = entry[:suffix.start()]
+        for part in entry[suffix.end():].split(","):
+            field, _, column = (s.strip() for s in part.partition("="))
+            problem = _mix_column_problem(part, field, column, columns)
+            if problem:
+                raise ValueError(f"data.mix: {entry!r}: {problem}; write "
+                                 "\"PATH[*N][:FIELD=COLUMN,...]\"")
+            columns[field] = column
+    path, star, count = head.rpartition("*")
     if not star:
-        return entry, 0
+        return MixEntry(head, 0, columns)
     if not count.isdigit() or int(count) < 1:
         raise ValueError(f"data.mix: {entry!r}: the count after '*' must be a positive integer "
                          f"(\"PATH\" for every record, \"PATH*N\" for N of them)")
-    return path, int(count)
+    return MixEntry(path, int(count), columns)
+
+
+def _mix_column_problem(part: str, field: str, column: str, seen: Mapping[str, str]) -> str:
+    """What is wrong with one FIELD=COLUMN of a mix entry ("" = nothing)."""
+    if not field or not column or "=" not in part:
+        return f"{part.strip()!r} is not FIELD=COLUMN"
+    if field not in COLUMN_FIELDS:
+        hint = did_you_mean(field, COLUMN_FIELDS)
+        return f"unknown field {field!r}" + (f" ({hint})" if hint else
+                                             f" (one of {', '.join(COLUMN_FIELDS)})")
+    if field in seen:
+        return f"{field!r} is mapped twice"
+    if re.search(r"\*\d+$", column):
+        return "'*N' goes before the columns"
+    return ""

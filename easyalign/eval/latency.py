@@ -184,8 +184,13 @@ def markdown(entries: dict, settings: dict, summary: str | None) -> str:
 
 def run(config) -> dict:
     """Measure every variant; write latency.json / latency.md; print the summary line."""
+    from easyalign.algorithms.runsetup import stage_path
+    from easyalign.config_check import validate
+
     c = config.latency
-    variants = parse_named_paths(c.variants, "latency.variants")
+    validate(config)  # the workdir, and every `@stage` model is there (one line if not)
+    variants = {name: stage_path(config, path)  # `@stage` = <parent of workdir>/<stage>/model
+                for name, path in parse_named_paths(c.variants, "latency.variants").items()}
     if not variants:
         raise ValueError("latency.variants is empty: give 'name=path' entries")
     multi_process = distributed.initialize_from_config(config)

@@ -321,11 +321,18 @@ def run(config) -> dict:
     from easyalign.data.world_source import ensure_world
     from easyalign.train.rundir import start_workdir
 
+    from easyalign.algorithms.runsetup import stage_path
+    from easyalign.config_check import validate
+
     e = config.eval
     if e.kl_samples not in KL_SAMPLES:
         raise ValueError(f"eval.kl_samples: {e.kl_samples!r} is not one of {KL_SAMPLES}")
     judge_kind, judge_path = J.parse_judge(e.refusal_judge)
-    variants = parse_named_paths(e.variants)
+    validate(config)  # the workdir, and every `@stage` model is there (one line if not)
+    # `@stage` = <parent of workdir>/<stage>/model, as in the training stages.
+    variants = {name: stage_path(config, path)
+                for name, path in parse_named_paths(e.variants).items()}
+    e.reference, e.reward_model = stage_path(config, e.reference), stage_path(config, e.reward_model)
     if not variants:
         raise ValueError("eval.variants is empty: give 'name=path' entries, e.g. "
                          "--config.eval.variants=\"('sft=runs/sft/model',)\"")

@@ -19,7 +19,8 @@ experts of width `moe_intermediate_size`, `num_experts_per_tok` (k) of which a l
 picks per token: p = softmax(x W_r), the top-k of p, renormalised to sum 1 when
 `norm_topk_prob` (see `model/moe.py`). `router_aux_loss_coef` weighs the Switch Transformer
 load-balancing loss in training (read from config.json, as HF stores it; 0 turns it off).
-`num_experts = 0` (the default) is a dense model.
+`num_experts = 0` (the default) is a dense model, on which every expert field (`MOE_FIELDS`,
+e.g. `moe_capacity_factor`) must keep its default: setting one is an error, not a no-op.
 
 Gemma 2 (HF `modeling_gemma2.py`, arXiv 2408.00118) and Gemma 3 text (`modeling_gemma3.py`,
 Gemma 3 technical report, arXiv 2503.19786) switch on further traits, all off by default so the
@@ -69,6 +70,10 @@ REMAT_POLICIES = ("none", "full", "dots", "save_proj", "save_proj_attn")
 ROPE_TYPES = ("default", "linear", "llama3", "longrope")
 HIDDEN_ACTS = ("silu", "gelu_pytorch_tanh")
 LAYER_TYPES = ("sliding_attention", "full_attention")
+# Fields that describe the experts: on a dense model (num_experts = 0) each must keep its
+# default, so a setting that would do nothing is an error instead of silently ignored.
+MOE_FIELDS = ("num_experts_per_tok", "moe_intermediate_size", "norm_topk_prob",
+              "router_aux_loss_coef", "moe_capacity_factor")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +158,7 @@ class ModelConfig:
     lora: LoraConfig | None = None
 
     def __post_init__(self):
+        moe_set = self.moe_fields_set()
         checks = [
             (self.family in FAMILIES, f"family {self.family!r} not in {FAMILIES}"),
             (self.head in HEADS, f"head {self.head!r} not in {HEADS}"),
@@ -181,6 +187,11 @@ class ModelConfig:
              f"({self.num_experts_per_tok}) ≤ num_experts and moe_intermediate_size > 0"),
             (self.moe_capacity_factor >= 0,
              f"moe_capacity_factor must be ≥ 0 (0 = dropless), got {self.moe_capacity_factor}"),
+            (self.num_experts or not moe_set,
+             f"{', '.join(moe_set)}: only a mixture of experts has "
+             f"{'these fields' if len(moe_set) > 1 else 'this field'}, and the model has no "
+             "experts (num_experts=0); remove it from model.overrides or use an MoE model "
+             "(model.preset=qwen3-30b-a3b or a Qwen3-MoE checkpoint)"),
         ]
         for ok, message in checks:
             if not ok:
@@ -195,6 +206,13 @@ class ModelConfig:
             object.__setattr__(self, "eos_token_id", tuple(self.eos_token_id))
         if isinstance(self.layer_types, list):  # JSON gives lists; keep the config hashable
             object.__setattr__(self, "layer_types", tuple(self.layer_types))
+
+    def moe_fields_set(self) -> list[str]:
+        """`"field=value"` of every `MOE_FIELDS` entry that differs from its default (an
+        error on a dense model, `__post_init__`)."""
+        defaults = {f.name: f.default for f in dataclasses.fields(self)}
+        return [f"{name}={getattr(self, name)!r}" for name in MOE_FIELDS
+                if getattr(self, name) != defaults[name]]
 
     def layer_is_local(self) -> tuple[bool, ...]:
         """Per layer: does it attend within `sliding_window`? (True for all when `layer_types`
