@@ -53,6 +53,30 @@ def test_verifiable_rewards_on_world_records():
     ifeval = {"prompt": "Answer without commas.", "instruction_id_list": ["punctuation:no_comma"],
               "kwargs": [{}]}
     assert grpo_rewards.reward_function("ifeval_strict")(ifeval, "no commas here") == 1.0
+    # Which prompts a reward can grade at all: the others' groups carry no signal.
+    fact = {"kind": "fact", "answer": "Paris"}
+    records = [inst, harmful, fact, ifeval, {"kind": "unknown"}]
+    assert grpo_rewards.ungradeable({"exact_match": 1.0}, records) == [1, 3, 4]
+    assert grpo_rewards.ungradeable({"exact_match": 1.0, "refusal": 0.5}, records) == [3, 4]
+    assert grpo_rewards.ungradeable({"world": 1.0, "ifeval_strict": 1.0}, records) == []
+    assert grpo_rewards.ungradeable({"exact_match": 1.0, "reward_model": 1.0}, records) == []
+    assert grpo_rewards.ungradeable({"length": 1.0}, records) == []  # no `applies`: grades all
+
+
+def test_ungradeable_prompts_are_one_warning_line(capsys):
+    from configs import grpo as grpo_config
+
+    c = grpo_config.get_config()
+    c.grpo.rewards = "exact_match:1.0"
+    records = [{"kind": "instruction", "answer": "5"}, {"kind": "harmful"}, {"kind": "harmful"},
+               {"prompt": "no kind"}]
+    grpo._warn_ungradeable(c, {"exact_match": 1.0}, records)
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1
+    assert "3 of 4 training prompts can be graded by no reward" in out[0]
+    assert "(harmful 2, no kind 1)" in out[0] and "grpo.prompt_kinds" in out[0]
+    grpo._warn_ungradeable(c, {"exact_match": 1.0}, records[:1])
+    assert capsys.readouterr().out == ""
 
 
 def test_records_carry_world_answers(trained):
@@ -153,6 +177,11 @@ def test_dynamic_sampling_refills_zero_signal_groups(world_runs):
 
 
 def test_config_errors(world_runs):
+    c = config_for(world_runs, "grpo-bad", grpo__prompt_kinds="instrction")
+    with pytest.raises(ValueError, match=r"grpo.prompt_kinds='instrction': no train prompt of "
+                                         r"kind 'instrction' \(did you mean 'instruction'\?\); "
+                                         r"kinds in data.source='world': benign, fact, harmful"):
+        grpo.setup(c)
     c = config_for(world_runs, "grpo-bad")
     for key, value, message in [("advantage_estimator", "ppo", "valid: dr_grpo, grpo, rloo"),
                                 ("loss_type", "mean", "valid: constant, sequence_mean"),

@@ -158,6 +158,16 @@ def prompt_records(run: runsetup.Run, split: str, width: int, kinds: tuple[str, 
             record = key[record["prompt"]] | record
         records.append(record)
     if kinds:
+        present = sorted({str(r.get("kind")) for r in records if r.get("kind") is not None})
+        unknown = [k for k in kinds if k not in present]
+        if unknown and split == "train":  # a small held-out split may lack a kind
+            from easyalign.config_keys import did_you_mean
+
+            hint = did_you_mean(unknown[0], present)
+            raise ValueError(f"grpo.prompt_kinds={','.join(kinds)!r}: no {split} prompt of kind "
+                             f"{unknown[0]!r}" + (f" ({hint})" if hint else "") + "; kinds in "
+                             f"data.source={run.config.data.source!r}: "
+                             f"{', '.join(present) or 'none (its records have no kind field)'}")
         keep = [i for i, r in enumerate(records) if r.get("kind") in kinds]
         examples, records = [examples[i] for i in keep], [records[i] for i in keep]
     if not examples:
@@ -180,6 +190,7 @@ def setup(config) -> Setup:
     if not prompts:
         raise ValueError(f"no training prompts (data.source={config.data.source!r}, "
                          f"grpo.prompt_kinds={g.prompt_kinds!r})")
+    _warn_ungradeable(config, weights, records)
     held_out, eval_records = prompt_records(run_, "eval", width, kinds)
     eval_records = eval_records[:config.train.eval_batches * config.train.batch_size]
     eval_batches = [b | {"prompt_lengths": np.maximum(b["prompt_lengths"], 1)}  # padding rows
@@ -207,6 +218,23 @@ def setup(config) -> Setup:
         records=records, eval_batches=eval_batches, eval_records=eval_records, weights=weights,
         settings=grpo_losses.GRPOSettings.from_config(g), policy_config=policy_config,
         stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
+
+
+def _warn_ungradeable(config, weights: dict[str, float], records: list[dict]) -> None:
+    """One line when some training prompts can be graded by no reward of `grpo.rewards`:
+    their groups carry no signal (`grpo_rewards.ungradeable`), with the kinds they have."""
+    bad = grpo_rewards.ungradeable(weights, records)
+    if not bad or jax.process_index() != 0:
+        return
+    kinds: dict[str, int] = {}
+    for i in bad:
+        kind = str(records[i].get("kind", "no kind"))
+        kinds[kind] = kinds.get(kind, 0) + 1
+    shown = ", ".join(f"{k} {n}" for k, n in sorted(kinds.items(), key=lambda kv: -kv[1]))
+    print(f"[grpo] warning: {len(bad)} of {len(records)} training prompts can be graded by no "
+          f"reward of grpo.rewards={config.grpo.rewards!r} ({shown}): their groups carry no "
+          "signal and only cost sampling; keep the gradeable ones with grpo.prompt_kinds or "
+          "add a reward that grades them", flush=True)
 
 
 # ----------------------------------------------------------------------------- rollout pieces

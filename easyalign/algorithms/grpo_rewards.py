@@ -79,18 +79,51 @@ VERIFIABLE_REWARDS: dict[str, RewardFn] = {
     "ifeval_loose": ifeval.reward_loose,
 }
 
+AppliesFn = Callable[[Mapping[str, Any]], bool]
+
+
+def _ifeval_record(record: Mapping[str, Any]) -> bool:
+    return bool(record.get("instruction_id_list"))
+
+
+# name -> `applies(record)`: whether the reward can grade a prompt at all (a reward that cannot
+# gives every completion of the prompt the same value: a group without signal). A reward
+# registered without one applies to every record.
+APPLIES: dict[str, AppliesFn] = {
+    "exact_match": lambda r: r.get("kind") in ("instruction", "fact") and r.get("answer")
+    is not None,
+    "refusal": lambda r: r.get("kind") in ("harmful", "benign"),
+    "world": lambda r: r.get("kind") in world_lib.KINDS,
+    "ifeval_strict": _ifeval_record,
+    "ifeval_loose": _ifeval_record,
+}
+
 
 def reward_function(name: str) -> RewardFn:
     """The verifiable reward registered as `name`."""
     return VERIFIABLE_REWARDS[name]
 
 
-def register(name: str, fn: RewardFn) -> RewardFn:
-    """Add a verifiable reward `fn(record, response) -> float` under `name`."""
+def register(name: str, fn: RewardFn, applies: AppliesFn | None = None) -> RewardFn:
+    """Add a verifiable reward `fn(record, response) -> float` under `name`; `applies(record)`
+    says which prompts it can grade (default: all), for `ungradeable`."""
     if name == REWARD_MODEL:
         raise ValueError(f"{REWARD_MODEL!r} is the reward model's name")
     VERIFIABLE_REWARDS[name] = fn
+    APPLIES.pop(name, None)
+    if applies is not None:
+        APPLIES[name] = applies
     return fn
+
+
+def ungradeable(weights: Mapping[str, float], records: list[Mapping[str, Any]]) -> list[int]:
+    """Indices of the records that no reward of `weights` can grade (`APPLIES`; the reward
+    model grades everything): every completion of such a prompt gets the same reward, so its
+    group carries no signal and only costs sampling."""
+    if REWARD_MODEL in weights:
+        return []
+    tests = [APPLIES.get(name, lambda r: True) for name, w in weights.items() if w]
+    return [i for i, r in enumerate(records) if not any(t(r) for t in tests)]
 
 
 def parse_rewards(spec: str) -> dict[str, float]:
