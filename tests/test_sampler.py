@@ -432,3 +432,26 @@ MESH_SCRIPT = textwrap.dedent("""
 def test_generate_on_a_mesh_of_fake_devices():
     result = run_on_cpu_devices(4, "-c", MESH_SCRIPT, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-3000:]
+
+
+def test_sampler_fuses_projections_only_where_it_may(model_state):
+    """`compute_weights` (the sampler's model, outside its decode loop) fuses q/k/v and
+    gate/up into one kernel each — the tests above then check the sampler against the unfused
+    training forward — but not projections with biases (Qwen2's q/k/v) or LoRA adapters."""
+    from easyalign.model import lora
+    from easyalign.sampler.decode import compute_weights
+
+    graphdef, state = model_state
+    model = compute_weights(graphdef, state)
+    attn, mlp = model.layers.attn, model.layers.mlp
+    expected = jnp.concatenate([attn.q_proj.kernel[...], attn.k_proj.kernel[...],
+                                attn.v_proj.kernel[...]], axis=2)
+    np.testing.assert_array_equal(attn.qkv_kernel[...], expected)
+    assert mlp.gate_up_kernel[...].shape[-1] == 2 * mlp.gate_proj.kernel[...].shape[-1]
+    biased = compute_weights(*nnx.split(create_model(
+        preset("tiny", dtype="float32", qkv_bias=True), seed=0)))
+    assert getattr(biased.layers.attn, "qkv_kernel", None) is None
+    assert biased.layers.mlp.gate_up_kernel is not None
+    adapted = compute_weights(*nnx.split(create_model(
+        preset("tiny", dtype="float32", lora=lora.LoraConfig(rank=2)), seed=0)))
+    assert getattr(adapted.layers.attn, "qkv_kernel", None) is None

@@ -45,7 +45,7 @@ from jax.ad_checkpoint import checkpoint_name
 from easyalign.model import lora as lora_lib
 from easyalign.model.config import ModelConfig
 from easyalign.model.layers import (Einsum, RMSNorm, apply_rope, rope_attention_scaling,
-                                    separate_operands)
+                                    separate_operands, split_fused)
 from easyalign.sharding import constrain
 
 
@@ -123,10 +123,15 @@ class Attention(nnx.Module):
         cfg = self.config
         batch, length = x.shape[:2]
         keys = lora_lib.split_key(dropout_key, 4)
-        x_q, x_k, x_v = separate_operands(x, 3, mode == "decode")  # no merged q/k/v weights
-        q = checkpoint_name(self.q_proj(x_q, keys[0]), "query_proj")
-        k = checkpoint_name(self.k_proj(x_k, keys[1]), "key_proj")
-        v = checkpoint_name(self.v_proj(x_v, keys[2]), "value_proj")
+        fused = getattr(self, "qkv_kernel", None)  # the sampler's (`Transformer.fuse_for_inference`)
+        if fused is not None:
+            qkv = jnp.einsum("btd,dhk->bthk", x.astype(self.q_proj.dtype), fused[...])
+            q, k, v = split_fused(qkv, (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads), 2)
+        else:
+            x_q, x_k, x_v = separate_operands(x, 3, mode == "decode")  # no merged q/k/v weights
+            q = checkpoint_name(self.q_proj(x_q, keys[0]), "query_proj")
+            k = checkpoint_name(self.k_proj(x_k, keys[1]), "key_proj")
+            v = checkpoint_name(self.v_proj(x_v, keys[2]), "value_proj")
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
         rope_positions = (positions if positions is not None

@@ -48,6 +48,37 @@ def separate_operands(x: jax.Array, count: int, separate: bool) -> tuple[jax.Arr
     return jax.lax.optimization_barrier((x,) * count) if separate else (x,) * count
 
 
+class Fused(nnx.Variable):
+    """An inference-only kernel: the kernels of projections that read the same input,
+    concatenated along their output axis in the compute dtype (`fuse_kernels`). The sampler
+    attaches them once, outside its decode loop; training never sees one."""
+
+
+def fuse_kernels(projections: Sequence["Einsum"], axis: int) -> Fused | None:
+    """`projections`' kernels concatenated along `axis` (an output axis of the kernel; a
+    leading `layers` axis of stacked layers counts), or None when one of them has a bias or
+    LoRA adapters, or when the heads are split over a `tensor` mesh axis (the concatenation
+    would gather them): those keep separate matmuls.
+
+    One matmul over the concatenation replaces several narrow ones reading the same rows: at
+    decode batch 1 and 64 the q, k and v projections ([2048, 2048], [2048, 512] × 2) each ran
+    far below the H200's memory bandwidth (`docs/perf-notes.md`, row 25).
+    """
+    mesh = jax.sharding.get_abstract_mesh()
+    if not mesh.empty and dict(zip(mesh.axis_names, mesh.axis_sizes)).get("tensor", 1) > 1:
+        return None
+    if any(p.bias is not None or p.lora_a is not None for p in projections):
+        return None
+    return Fused(jnp.concatenate([p.kernel[...].astype(p.dtype) for p in projections],
+                                 axis=axis))
+
+
+def split_fused(y: jax.Array, sizes: Sequence[int], axis: int) -> list[jax.Array]:
+    """The per-projection outputs of one matmul over a `Fused` kernel (`sizes` along `axis`)."""
+    bounds = [sum(sizes[:i + 1]) for i in range(len(sizes) - 1)]
+    return jnp.split(y, bounds, axis=axis)
+
+
 def input_major_init(init, equation: str):
     """`init` drawn in the kernel's input-major order, returned in its storage order.
 

@@ -35,8 +35,8 @@ from flax import nnx
 from easyalign.model import lora as lora_lib
 from easyalign.model.attention import Attention, adapter
 from easyalign.model.config import ModelConfig
-from easyalign.model.layers import (Einsum, Embed, RMSNorm, compute_copy, rope_inverse_frequencies,
-                                    separate_operands)
+from easyalign.model.layers import (Einsum, Embed, RMSNorm, compute_copy, fuse_kernels,
+                                    rope_inverse_frequencies, separate_operands, split_fused)
 from easyalign.model.moe import MoE, RouterStats, load_balancing_loss
 from easyalign.sharding import constrain
 
@@ -141,9 +141,16 @@ class MLP(nnx.Module):
                  decoding: bool = False) -> jax.Array:
         """`decoding`: keep gate and up separate matmuls (`layers.separate_operands`)."""
         keys = lora_lib.split_key(dropout_key, 3)
-        x_gate, x_up = separate_operands(x, 2, decoding)
-        gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x_gate, keys[0]), "mlp_gate")
-        up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x_up, keys[1]), "mlp_up")
+        fused = getattr(self, "gate_up_kernel", None)  # the sampler's (`fuse_for_inference`)
+        if fused is not None:
+            kernel = fused[...]
+            gate, up = split_fused(jnp.einsum("btd,df->btf", x.astype(self.gate_proj.dtype),
+                                              kernel), (kernel.shape[-1] // 2,) * 2, 2)
+        else:
+            x_gate, x_up = separate_operands(x, 2, decoding)
+            gate = jax.ad_checkpoint.checkpoint_name(self.gate_proj(x_gate, keys[0]),
+                                                     "mlp_gate")
+            up = jax.ad_checkpoint.checkpoint_name(self.up_proj(x_up, keys[1]), "mlp_up")
         hidden = constrain(ACTIVATIONS[self.act](gate) * up, ("batch", "length", "act_mlp"))
         return jax.ad_checkpoint.checkpoint_name(self.down_proj(hidden, keys[2]), "mlp_out")
 
@@ -314,6 +321,21 @@ class Transformer(nnx.Module):
         router_loss = self._router_loss(jax.tree.map(lambda *a: jnp.stack(a), *all_stats))
         return (hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v))),
                 router_loss)
+
+    def fuse_for_inference(self) -> None:
+        """Attach `layers.Fused` kernels — q/k/v as one `[L, d, H + 2·KV, hd]`, gate/up as one
+        `[L, d, 2f]` — so that every layer runs one matmul for each group instead of three and
+        two (`layers.fuse_kernels`; groups with biases, adapters or tensor-split heads stay
+        separate). Same function; for the sampler, inside its jit, once before the decode
+        loop: XLA's own dot merger rebuilt the concatenation on every step (perf-notes 21)."""
+        attn, mlp = self.layers.attn, self.layers.mlp
+        qkv = fuse_kernels((attn.q_proj, attn.k_proj, attn.v_proj), axis=2)
+        if qkv is not None:
+            attn.qkv_kernel = qkv
+        if isinstance(mlp, MLP):
+            gate_up = fuse_kernels((mlp.gate_proj, mlp.up_proj), axis=2)
+            if gate_up is not None:
+                mlp.gate_up_kernel = gate_up
 
     def _router_loss(self, stats: RouterStats) -> jax.Array:
         """`router_aux_loss_coef · L_aux` from the layers' stacked router statistics."""
