@@ -99,10 +99,16 @@ def main():
     with sharding.use_mesh(mesh):
         if "sample" in pieces:
             key = jax.eval_shape(jax.random.key, 0)
-            compiled = sampler._generate_jit.lower(
-                params, prompts["prompt_tokens"], prompts["prompt_lengths"], key,
-                graphdef=graphdef, method=sampler.Temperature(1.0), max_new_tokens=args.new,
-                stop_tokens=(2,), max_length=None, pad_id=0, mesh=mesh).compile()
+            per_prompt = {k: spec((args.prompts,) + v.shape[1:], v.dtype, mesh)
+                          for k, v in prompts.items()}  # G samples of each prompt
+
+            def sample(p, tokens, lengths, rng):
+                return sampler.generate(graphdef, p, tokens, lengths, rng,
+                                        max_new_tokens=args.new, method=sampler.Temperature(1.0),
+                                        stop_tokens=(2,), pad_id=0, num_samples=args.group)
+
+            compiled = jax.jit(sample).lower(params, per_prompt["prompt_tokens"],
+                                             per_prompt["prompt_lengths"], key).compile()
             report("sample", compiled, **shape)
         if "score" in pieces:
             score_fn = (grpo.make_score_fn(graphs, 0, 2, losses.GRPOSettings.from_config(g),

@@ -34,7 +34,7 @@ def get_config(preset: str = ""):
     g.temperature = 1.0                  # for the non-greedy methods
     g.top_k = 40                         # for top_k
     g.top_p = 0.9                        # for top_p
-    g.seed = 0                           # chunk c of 8·batch_size prompts: key fold_in(seed, c)
+    g.seed = 0                           # prompt n samples with row n's keys of this seed
     g.limit = 0                          # first N prompts only (0 = all)
     g.dtype = ""                         # compute dtype override ("" = as stored; bfloat16 on GPU)
     if preset == "tiny":

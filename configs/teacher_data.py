@@ -27,7 +27,7 @@ def get_config(preset: str = ""):
     t.temperature = 1.0                  # for the non-greedy methods
     t.top_k = 40                         # for top_k
     t.top_p = 0.9                        # for top_p
-    t.seed = 0                           # sampling seed (batch j draws from fold_in(key(seed), j))
+    t.seed = 0                           # sampling seed (prompt n: row n's keys of this seed)
     t.max_new_tokens = 64                # response budget per prompt
     t.keep_unfinished = False            # keep responses cut by max_new_tokens (else dropped)
     t.topk = 0                           # also store the teacher's top-k log-probs (0 = no)

@@ -32,9 +32,12 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-from easyalign.config_keys import ConfigError, check_choice, flat_keys  # noqa: F401  (used here)
+from easyalign.config_keys import (ConfigError, check_choice, flat_keys,  # noqa: F401
+                                   parse_named_paths, parse_weights)
 
 TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
+# The phases whose workdir another stage may name as `@<phase>` (a model, or teacher data).
+PRODUCING_PHASES = TRAINING_PHASES + ("teacher_data",)
 # Commands whose config is a phase config, and the `phase` value it carries.
 COMMAND_PHASES = {"teacher-data": "teacher_data", "ablate": "ablate"}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -273,9 +276,10 @@ def _check_paths(config) -> None:
     d = config.get("distill")
     if (config.get("phase") == "distill" and str(d.teacher_data).startswith("@")
             and (d.mode == "offline" or d.lmbda < 1.0)):  # the steps on teacher data read it
-        from easyalign.algorithms.teacher_data import OUTPUT
+        from easyalign.data.records import TEACHER_DATA_FILE
 
-        check_stage_reference(config, "distill.teacher_data", d.teacher_data, OUTPUT, OUTPUT)
+        check_stage_reference(config, "distill.teacher_data", d.teacher_data,
+                              TEACHER_DATA_FILE, TEACHER_DATA_FILE)
     for key, value, instead in _stage_variants(config):
         check_stage_reference(config, key, value, instead=instead)
     if "data" in config and config.phase not in ("eval", "latency", "pipeline", "ablate"):
@@ -332,19 +336,17 @@ def _model_sources(config) -> list[tuple[str, str, str]]:
 
 
 def _grpo_rewards(spec: str) -> dict:
-    from easyalign.algorithms.grpo_rewards import parse_rewards
-
+    """The reward names of `grpo.rewards` (the reward model is `grpo_rewards.REWARD_MODEL`,
+    "reward_model"); grpo's own check names a bad entry."""
     try:
-        return parse_rewards(spec)
-    except ValueError:  # grpo's own check names a bad reward spec
+        return parse_weights(spec, "grpo.rewards")
+    except ValueError:
         return {}
 
 
 def _stage_variants(config) -> list[tuple[str, str, str]]:
     """`(key, value, instead)` of the `@stage` models an eval or latency run loads
     (`eval.variants`, `eval.reference`, ...); their other paths are checked as they load."""
-    from easyalign.eval.suites import parse_named_paths
-
     phase = config.get("phase")
     if phase not in ("eval", "latency"):
         return []
@@ -374,7 +376,6 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
     path, the command that makes it and what to set instead (`instead`, default
     `set KEY=PATH`)."""
     from easyalign.config_keys import did_you_mean
-    from easyalign.stages import STAGES
 
     stage_dir = _stage(config, value)
     if (stage_dir / complete).is_file():
@@ -385,13 +386,13 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
     else:
         what = f"{_shown(target)} is incomplete (no {Path(complete).name}: did the run finish?)"
     command = stage.replace("_", "-")
-    if command in STAGES:
+    if stage.replace("-", "_") in PRODUCING_PHASES:
         how = (f"run the {stage} stage first (easyalign {command} --config=configs/"
                f"{stage.replace('-', '_')}.py --config.workdir={_shown(stage_dir)})")
     else:
         siblings = [p.name for p in stage_dir.parent.iterdir() if p.is_dir()] \
             if stage_dir.parent.is_dir() else []
-        known = dict.fromkeys([*siblings, *(s.replace("-", "_") for s in STAGES)])
+        known = dict.fromkeys([*siblings, *PRODUCING_PHASES])
         hint = did_you_mean(stage, known)
         how = f"run the pipeline stage {stage!r} first" + (f" ({hint})" if hint else "")
     raise ConfigError(f"{key}={value!r}: {what}; {how} or {instead or f'set {key}=PATH'}")

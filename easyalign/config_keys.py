@@ -8,7 +8,7 @@ registries (`train.optim`) and the CLI use them as well as the config checks (`c
 from __future__ import annotations
 
 import difflib
-from typing import Iterable
+from typing import Any, Iterable, Mapping
 
 
 class ConfigError(ValueError):
@@ -42,3 +42,42 @@ def check_choice(key: str, value, choices: Iterable[str]) -> None:
         hint = did_you_mean(value, choices)
         raise ConfigError(f"{key}={value!r}: not one of {' | '.join(map(str, choices))}"
                           + (f"; {hint}" if hint else ""))
+
+
+def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
+    """`"a=p,b=q"` | `("a=p", "b=q")` | `{"a": "p"}` (a ConfigDict too) → {name: path}, in
+    the given order. Raises ValueError naming `what` for a malformed entry or a duplicate name."""
+    if hasattr(spec, "to_dict"):  # ml_collections' ConfigDict / FrozenConfigDict
+        spec = spec.to_dict()
+    if isinstance(spec, Mapping):
+        pairs = [(str(k), str(v)) for k, v in spec.items()]
+    else:
+        entries = spec.split(",") if isinstance(spec, str) else list(spec)
+        pairs = []
+        for entry in (e.strip() for e in entries):
+            if not entry:
+                continue
+            name, sep, path = entry.partition("=")
+            if not sep or not name.strip() or not path.strip():
+                raise ValueError(f"{what}: expected 'name=path', got {entry!r}")
+            pairs.append((name.strip(), path.strip()))
+    names = [n for n, _ in pairs]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        raise ValueError(f"{what}: duplicate name(s) {duplicates}")
+    return dict(pairs)
+
+
+def parse_weights(spec: str, what: str) -> dict[str, float]:
+    """`"name:weight,name"` → {name: weight} (1 when omitted), in order; the names are not
+    checked here (the registry that reads them does). Raises ValueError naming `what` for a
+    weight that is not a number."""
+    out: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in spec.split(","))):
+        name, _, weight = part.partition(":")
+        try:
+            out[name.strip()] = float(weight) if weight.strip() else 1.0
+        except ValueError:
+            raise ValueError(f"{what}: weight of {name.strip()!r} is not a number: "
+                             f"{weight.strip()!r}") from None
+    return out

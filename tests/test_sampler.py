@@ -198,9 +198,10 @@ QUEUE = PROMPTS + [[7, 8, 9, 10, 11, 12], [250], [40, 41, 42, 43]]
 
 
 def _queue_stops(graphdef, state, tokens, lengths, seed=0, method=S.Greedy()):
-    """Stop tokens that end rows 0 and 1 early (their third token, unless it comes sooner)."""
-    free = S.generate(graphdef, state, tokens, lengths, jax.random.key(seed), max_new_tokens=12,
-                      method=method)
+    """Stop tokens that end rows 0 and 1 early (their third token, unless it comes sooner).
+    `seed` is an int or a PRNG key."""
+    key = jax.random.key(seed) if isinstance(seed, int) else seed
+    free = S.generate(graphdef, state, tokens, lengths, key, max_new_tokens=12, method=method)
     return tuple(sorted({row[2] for row in free.tokens.tolist()[:2]}))
 
 
@@ -267,26 +268,29 @@ def test_budgets_and_num_prompts(model_state):
 
 
 def test_sample_prompt_batches_in_chunks(model_state, monkeypatch):
-    """A list longer than one chunk: every prompt once, in order, as the engine alone gives."""
+    """A list longer than one chunk: every prompt once, in order, as the engine alone gives —
+    sampled, prompt n with row n's keys, so 2 or 3 slots (chunks of 4 or 6) sample the same."""
     graphdef, state = model_state
-    monkeypatch.setattr(S.front, "CHUNK_SLOTS", 2)  # chunks of 4 prompts with 2 slots
+    monkeypatch.setattr(S.front, "CHUNK_SLOTS", 2)  # chunks of 2 × slots prompts
     prompts = QUEUE + QUEUE[:3]
     tokens, lengths = right_pad(prompts, 8)
-    stops = _queue_stops(graphdef, state, tokens, lengths)
-    chunks = list(S.sample_prompt_batches(
-        graphdef, state, prompts, mesh=None, batch_size=2, max_new_tokens=10, method=S.Greedy(),
-        stop_tokens=stops, pad_id=0, seed=0))
-    assert [len(c) for c in chunks] == [4, 4, 1]
-    done = [c for chunk in chunks for c in chunk]
-    assert [c.index for c in done] == list(range(len(prompts)))
-    assert 2 <= sum(c.finished for c in done) < len(prompts)
-    alone = S.generate(graphdef, state, tokens, lengths, jax.random.key(0), max_new_tokens=10,
+    key, method = jax.random.fold_in(jax.random.key(0), 0), S.Temperature(1.0)
+    stops = _queue_stops(graphdef, state, tokens, lengths, key, method)
+    alone = S.generate(graphdef, state, tokens, lengths, key, max_new_tokens=10, method=method,
                        stop_tokens=stops)
-    for c in done:
-        n = int(alone.lengths[c.index])
-        assert c.tokens == alone.tokens[c.index, :n].tolist()
-        assert c.finished == bool(alone.done[c.index])
-        np.testing.assert_allclose(c.logprobs, alone.logprobs[c.index, :n], atol=ATOL)
+    for slots, sizes in ((2, [4, 4, 1]), (3, [6, 3])):
+        chunks = list(S.sample_prompt_batches(
+            graphdef, state, prompts, mesh=None, batch_size=slots, max_new_tokens=10,
+            method=method, stop_tokens=stops, pad_id=0, seed=0))
+        assert [len(c) for c in chunks] == sizes
+        done = [c for chunk in chunks for c in chunk]
+        assert [c.index for c in done] == list(range(len(prompts)))
+        assert 2 <= sum(c.finished for c in done) < len(prompts)
+        for c in done:
+            n = int(alone.lengths[c.index])
+            assert c.tokens == alone.tokens[c.index, :n].tolist()
+            assert c.finished == bool(alone.done[c.index])
+            np.testing.assert_allclose(c.logprobs, alone.logprobs[c.index, :n], atol=ATOL)
 
 
 # ----------------------------------------------------------------------------- sampling methods

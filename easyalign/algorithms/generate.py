@@ -28,7 +28,8 @@ run never leaves a file that looks complete.
 
 Batching. Every sampler call takes `generate.batch_size` prompts (global over processes), all
 padded to one prompt width, so the decode loop compiles once; a tqdm bar counts batches.
-Batch j draws from `fold_in(key(seed), j)`, so a run is reproducible.
+Prompt n draws from the keys of row n under one key of `generate.seed`, so a run is
+reproducible and its samples do not depend on `generate.batch_size`.
 
 Multi-host. Every process runs this; each contributes its share of the rows of every batch
 (`make_eval_batches`), the sampler runs on the global batch over the mesh with the model

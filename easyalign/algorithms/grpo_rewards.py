@@ -35,6 +35,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
+from easyalign.config_keys import parse_weights
 from easyalign.data import ifeval
 from easyalign.data import world as world_lib
 from easyalign.data.rules import is_refusal
@@ -128,14 +129,11 @@ def ungradeable(weights: Mapping[str, float], records: list[Mapping[str, Any]]) 
 
 def parse_rewards(spec: str) -> dict[str, float]:
     """`"name:weight,name"` → {name: weight} (weight 1 when omitted), every name checked."""
-    out: dict[str, float] = {}
-    for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, weight = part.partition(":")
-        name = name.strip()
+    out = parse_weights(spec, "grpo.rewards")
+    for name in out:
         if name != REWARD_MODEL and name not in VERIFIABLE_REWARDS:
             valid = ", ".join(sorted([REWARD_MODEL, *VERIFIABLE_REWARDS]))
             raise ValueError(f"unknown grpo.rewards entry {name!r}; valid: {valid}")
-        out[name] = float(weight) if weight else 1.0
     if not out:
         raise ValueError("grpo.rewards names no reward")
     return out

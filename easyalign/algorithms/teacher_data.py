@@ -57,12 +57,12 @@ from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
 from easyalign.data.chat_format import stop_token_ids
-from easyalign.data.records import prompt_text
+from easyalign.data.records import TEACHER_DATA_FILE, prompt_text
 from easyalign.data import tokenize as data_tokenize
 from easyalign.model.scoring import fit_chunk, over_predictions
 from easyalign.sampler import method_from_config, sample_prompt_batches
 
-OUTPUT = "teacher_data.jsonl"
+OUTPUT = TEACHER_DATA_FILE
 SUMMARY = "teacher_data.json"
 
 

@@ -80,6 +80,7 @@ __all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip",
            "normalize_teacher", "prompt_text"]
 
 KINDS = ("sft", "preference", "prompt", "teacher")
+TEACHER_DATA_FILE = "teacher_data.jsonl"  # what the teacher-data stage writes in its workdir
 ON_EMPTY = ("drop", "error", "keep")
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",

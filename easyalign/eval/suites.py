@@ -49,6 +49,7 @@ from typing import Any, Mapping
 
 from ml_collections import ConfigDict, FrozenConfigDict
 
+from easyalign.config_keys import parse_named_paths  # noqa: F401  (eval's variants syntax)
 from easyalign.data.sources import (DataError, apply_columns, columns_hint, file_columns,
                                     load_records, parse_columns, read_rows)
 from easyalign.data.world import SUITES as WORLD_SUITES
@@ -90,28 +91,6 @@ class MCQuestion:
 
 
 # ----------------------------------------------------------------------------- variants
-def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
-    """`"a=p,b=q"` | `("a=p", "b=q")` | `{"a": "p"}` → {name: path}, in the given order."""
-    spec = plain(spec)
-    if isinstance(spec, Mapping):
-        pairs = [(str(k), str(v)) for k, v in spec.items()]
-    else:
-        entries = spec.split(",") if isinstance(spec, str) else list(spec)
-        pairs = []
-        for entry in (e.strip() for e in entries):
-            if not entry:
-                continue
-            name, sep, path = entry.partition("=")
-            if not sep or not name.strip() or not path.strip():
-                raise ValueError(f"{what}: expected 'name=path', got {entry!r}")
-            pairs.append((name.strip(), path.strip()))
-    names = [n for n, _ in pairs]
-    duplicates = sorted({n for n in names if names.count(n) > 1})
-    if duplicates:
-        raise ValueError(f"{what}: duplicate name(s) {duplicates}")
-    return dict(pairs)
-
-
 def ifeval_suite(path: str | Path, limit: int = 0) -> Suite:
     """The instruction-following suite `ifeval` from an IFEval-format file ("builtin": the
     instruction file shipped with easyalign); each item's answer is its prompt record."""

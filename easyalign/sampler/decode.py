@@ -37,10 +37,12 @@ so sampler and trainer log-probs agree up to float rounding — the π_old of an
 sampling distribution (GRPO at τ ≠ 1, as TRL). A test holds them to 1e-5 in fp32, at τ = 1 and
 τ ≠ 1.
 
-Randomness. Token i of output row b is drawn with the key `fold_in(fold_in(rng, b), i)`
-(`row_keys`): a row's samples depend on the key, its row index and the model only — not on the
-slot count, the refill size or the other rows, so continuous batching and a static batch sample
-the same tokens (up to float rounding of differently shaped matmuls).
+Randomness. Token i of output row b is drawn with the key `fold_in(fold_in(rng, o + b), i)`
+(`row_keys`; o = `row_offset`, 0 by default): a row's samples depend on the key, its row index
+and the model only — not on the slot count, the refill size or the other rows, so continuous
+batching and a static batch sample the same tokens (up to float rounding of differently shaped
+matmuls). A long list sampled in several calls passes each call's first row as `row_offset`,
+so its samples do not depend on how it was cut (`front.sample_prompt_batches`).
 
 Compilation. `generate` compiles once per (model graph, N, P, G, S, refill, sampling method,
 `max_new_tokens`, stop tokens, `max_length`, `pad_id`, mesh): all static arguments of one
@@ -150,7 +152,8 @@ def compute_weights(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
     return model
 
 
-def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, *, graphdef,
+def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, row_offset, *,
+              graphdef,
               method, max_new_tokens, num_samples, slots, refill, stop_tokens, max_length,
               pad_id, mesh) -> Generation:
     """The jitted body of `generate` (see the module docstring for the algorithm)."""
@@ -199,7 +202,7 @@ def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, *
         last = jnp.take_along_axis(hidden, (lengths - 1)[:, None, None], axis=1)[:, 0]
         logits = jnp.repeat(head_logits(model, last), G, axis=0)                 # [count·G, V]
         rows = (prompt[:, None] * G + jnp.arange(G)).reshape(-1)
-        token, logprob = draw(method, logits, row_keys(rng, rows, jnp.zeros_like(rows)))
+        token, logprob = draw(method, logits, row_keys(rng, row_offset + rows, jnp.zeros_like(rows)))
         row_budget = jnp.repeat(budget[prompt], G)
         live = real & (row_budget > 0)
         out, hit_stop = record(out, rows, 0, token, logprob, live)
@@ -220,7 +223,7 @@ def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, *
         positions = jnp.clip(slot.start + slot.count - 1, 0, cache_length - 1)[:, None]
         hidden, cache = model.trunk(slot.token[:, None], positions=positions, cache=cache)
         logits = head_logits(model, hidden[:, 0])
-        token, logprob = draw(method, logits, row_keys(rng, slot.row, slot.count))
+        token, logprob = draw(method, logits, row_keys(rng, row_offset + slot.row, slot.count))
         out, hit_stop = record(out, slot.row, slot.count, token, logprob, slot.active)
         count = slot.count + slot.active
         slot = dataclasses.replace(
@@ -274,7 +277,7 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
              rng: jax.Array, *, max_new_tokens: int, method: SamplingMethod | str = Greedy(),
              stop_tokens: Sequence[int] = (), max_length: int | None = None,
              pad_id: int | None = None, num_samples: int = 1, slots: int | None = None,
-             refill: int | None = None, budgets=None, num_prompts=None,
+             refill: int | None = None, budgets=None, num_prompts=None, row_offset=0,
              mesh: Mesh | None = None) -> Generation:
     """Sample `num_samples` completions of up to `max_new_tokens` tokens for each prompt.
 
@@ -295,6 +298,7 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
     budgets        optional `[N]` int: prompt n's own cap on new tokens (≤ `max_new_tokens`);
     num_prompts    optional traced count: only prompts `0..num_prompts − 1` are sampled (the rest
                    are padding of a fixed-shape call; their rows come back empty);
+    row_offset     traced: row b draws with the keys of row `row_offset + b` (module docstring);
     mesh           when given, the slots are sharded over ("data", "fsdp") and the call runs
                    under `sharding.use_mesh(mesh)`; params keep the shardings they have.
 
@@ -332,7 +336,8 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State, prompt_tokens, prompt_len
                   # Canonical order, so that the same set of stop tokens compiles once.
                   stop_tokens=tuple(sorted({int(t) for t in stop_tokens})),
                   max_length=max_length, pad_id=int(pad_id), mesh=mesh)
-    args = (prompt_tokens, prompt_lengths, budgets, num_prompts, rng)
+    args = (prompt_tokens, prompt_lengths, budgets, num_prompts, rng,
+            jnp.asarray(row_offset, jnp.int32))
     if mesh is None:
         return _generate_jit(state, *args, **static)
     with sharding.use_mesh(mesh):

@@ -11,8 +11,10 @@ call in which `slots` decode slots are refilled from the chunk's queue as rows f
 (continuous batching), so a short answer never waits for the longest one of its batch. Every
 chunk has the same shape — the last one is padded and says how many of its prompts are real
 (`num_prompts`) — and every prompt of the list is laid out at one width, the `bucket_length` of
-the longest, so a list compiles one program (none for shapes seen before). Chunk c draws from
-`fold_in(key(seed), c)`, and inside it each row from its own key (`decode.row_keys`).
+the longest, so a list compiles one program (none for shapes seen before). Prompt n of the list
+draws from the keys of row n under one key (`decode.row_keys` with the chunk's first index as
+`row_offset`): its samples depend on the seed, n and the model only — not on `batch_size` or
+the chunking.
 """
 
 from __future__ import annotations
@@ -74,16 +76,18 @@ def sample_prompt_batches(graphdef: nnx.GraphDef, params: nnx.State,
         # Every process holds the whole list; each places its devices' (replicated) copies.
         return jax.make_array_from_callback(array.shape, replicated, lambda index: array[index])
 
-    def sample(params, tokens, lengths, count, rng):
+    def sample(params, tokens, lengths, count, rng, offset):
         out = generate(graphdef, params, tokens, lengths, rng, max_new_tokens=max_new_tokens,
                        method=method, stop_tokens=stop_tokens, pad_id=pad_id, slots=batch_size,
-                       num_prompts=count)
+                       num_prompts=count, row_offset=offset)
         return out.tokens, out.logprobs, out.lengths, out.done
 
     jitted = jax.jit(sample, out_shardings=replicated)
-    key = jax.random.key(seed)
+    # One key for the whole list, each prompt drawing with its index in the list: samples do
+    # not depend on `batch_size` or the chunking.
+    key = jax.random.fold_in(jax.random.key(seed), 0)
     with sharding.use_mesh(mesh) if mesh is not None else contextlib.nullcontext():
-        for c, start in enumerate(range(0, len(prompts), chunk)):
+        for start in range(0, len(prompts), chunk):
             part = prompts[start:start + chunk]
             tokens = np.full((chunk, width), pad_id, np.int32)
             lengths = np.ones((chunk,), np.int32)  # padding prompts: one token, never admitted
@@ -92,8 +96,8 @@ def sample_prompt_batches(graphdef: nnx.GraphDef, params: nnx.State,
                 lengths[row] = len(ids)
             # Host-device sync point, once per chunk, after the whole chunk is decoded.
             ids, logps, n, done = jax.device_get(jitted(
-                params, on_device(tokens), on_device(lengths), np.int32(len(part)),
-                jax.random.fold_in(key, c)))
+                params, on_device(tokens), on_device(lengths), np.int32(len(part)), key,
+                np.int32(start)))
             yield [Completion(start + row, ids[row, :n[row]].tolist(),
                               logps[row, :n[row]].tolist(), bool(done[row]))
                    for row in range(len(part))]
