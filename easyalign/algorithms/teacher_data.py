@@ -86,7 +86,7 @@ def teacher_tokenizer(config, path: str) -> None:
 def sample_responses(run: runsetup.Run, model, prompts: list[dict], t) -> list[dict]:
     """`{"tokens", "finished"}` per tokenised prompt (`prompt_tokens`), in order
     (`sampler.sample_prompt_batches`: `batch_size` decode slots refilled as rows finish, one
-    compile, chunk c drawn from `fold_in(key(seed), c)`).
+    compile, prompt n drawn with row n's keys of `seed`).
     """
     graphdef, params = nnx.split(model)
     results: list[dict | None] = [None] * len(prompts)
