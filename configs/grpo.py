@@ -12,7 +12,7 @@ loss_type, num_iterations, importance_sampling_level, temperature).
 
 Presets: `tiny` (the built-in world, verifiable `world` reward: exact match, fact recall,
 refusal and "I don't know" rules); `real`: the real SFT policy against the real reward model on
-HH-RLHF harmless prompts (not yet run on a GPU).
+HH-RLHF harmless prompts (the README's real-pipeline table).
 """
 
 from ml_collections import ConfigDict

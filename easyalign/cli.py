@@ -260,6 +260,9 @@ def main(argv: list[str] | None = None) -> None:
 
         for name in ("huggingface_hub", "datasets", "urllib3", "filelock"):
             logging.getLogger(name).setLevel(logging.ERROR)  # retries of an offline hub
+        # transformers' warnings (e.g. "Token indices sequence length is longer than ...": the
+        # data pipeline cuts to data.max_length itself and reports what it cut).
+        logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         if command in STAGES:
             config = load_config(args)

@@ -153,6 +153,7 @@ def _check_training(config, devices: bool | int) -> list[str]:
     model = config.get("model")
     if model is not None:
         _check_model_fields(model)
+        _check_path_is_read(model)
     if model is not None and model.get("init") == "scratch" and model.get("lora") \
             and model.lora.rank > 0:
         # Adapters over a frozen random base learn next to nothing: almost never intended.
@@ -188,6 +189,24 @@ def _check_training(config, devices: bool | int) -> list[str]:
           + f" is not divisible by the {shards} data-parallel devices (mesh data×fsdp = "
           f"{data}×{fsdp} of {n_devices} devices): use a multiple of {shards}")
     return warnings
+
+
+def _check_path_is_read(m) -> None:
+    """`model.path` naming a model while `model.init=scratch` (a new model from
+    `model.preset`, which reads no path) is an error saying which `model.init` loads it — not a
+    silent random start. A `@stage` path is a phase's default (DPO's `@sft`) and may stay."""
+    path = str(m.get("path") or "")
+    if m.get("init") != "scratch" or not path or path.startswith("@"):
+        return
+    from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+
+    try:
+        kind = resolve_model_dir(path)[1]
+    except (ModelDirError, OSError, ValueError):
+        kind = "hf|checkpoint|gguf"
+    raise ConfigError(f"model.path={path!r} is not read with model.init=scratch (a new model "
+                      f"from model.preset): set model.init={kind} to start from it, or leave "
+                      "model.path empty")
 
 
 def _check_model_fields(m) -> None:
@@ -388,7 +407,7 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
     command = stage.replace("_", "-")
     if stage.replace("-", "_") in PRODUCING_PHASES:
         how = (f"run the {stage} stage first (easyalign {command} --config=configs/"
-               f"{stage.replace('-', '_')}.py --config.workdir={_shown(stage_dir)})")
+               f"{stage.replace('-', '_')}.py[:preset] --config.workdir={_shown(stage_dir)})")
     else:
         siblings = [p.name for p in stage_dir.parent.iterdir() if p.is_dir()] \
             if stage_dir.parent.is_dir() else []
@@ -418,6 +437,11 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
         if value not in INSTALLED and not Path(value).is_file():
             raise ConfigError(f"{key}={value}: no such GGUF file{_alias_hint(value)}")
         return
+    from easyalign.hf.gguf import is_gguf
+
+    if kind in ("hf", "checkpoint") and is_gguf(value):  # only model.path names its kind
+        raise ConfigError(f"{key}={value!r} is a GGUF model (a .gguf file or an installed "
+                          f"alias), not model.init={kind}: set model.init=gguf to load it")
     path = Path(value)
     if not path.exists():
         raise ConfigError(f"{key}={value}: no such file or directory{_alias_hint(value)}")

@@ -185,6 +185,25 @@ def test_lora_on_a_scratch_base_is_one_warning_line():
                          "--config.model.init=checkpoint", "--config.model.path=@sft") == []
 
 
+def test_a_model_path_its_init_does_not_read_is_an_error(tmp_path):
+    """`model.path=smollm2` with the preset's `model.init=scratch` would train a random model:
+    one line saying which `model.init` loads the path; `init=hf` on a GGUF names `gguf`."""
+    def check(*flags: str, paths: bool = False):
+        config = cli.load_config(["--config=configs/sft.py:tiny",
+                                  f"--config.workdir={tmp_path}/sft", *flags])
+        config_check.validate(config, paths=paths)
+
+    with pytest.raises(config_check.ConfigError,
+                       match=r"^model.path='smollm2' is not read with model.init=scratch \(a new "
+                             r"model from model.preset\): set model.init=gguf to start from it"):
+        check("--config.model.path=smollm2")
+    with pytest.raises(config_check.ConfigError,
+                       match=r"^model.path='smollm2' is a GGUF model .*, not model.init=hf: set "
+                             r"model.init=gguf to load it$"):
+        check("--config.model.init=hf", "--config.model.path=smollm2", paths=True)
+    check("--config.model.path=@sft")  # a stage reference a phase's preset sets may stay
+
+
 def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):
     cli.main(["easyalign", "dpo", "--help"])
     text = capsys.readouterr().out
@@ -330,19 +349,19 @@ def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
     assert error("--config=configs/grpo.py:tiny", f"--config.workdir={runs / 'grpo'}",
                  "--config.grpo.rewards=world:1.0,reward_model:0.5") == (
         f"grpo.reward_model='@reward': {reward / 'model'} does not exist; run the reward stage "
-        f"first (easyalign reward --config=configs/reward.py --config.workdir={reward}) or set "
-        "grpo.reward_model=PATH")
+        f"first (easyalign reward --config=configs/reward.py[:preset] "
+        f"--config.workdir={reward}) or set grpo.reward_model=PATH")
     assert error("--config=configs/eval.py", f"--config.workdir={runs / 'eval'}",
                  "--config.eval.variants=('sft=@sft', 'dpo=@dpo')") == (
         f"eval.variants[dpo]='@dpo': {runs / 'dpo' / 'model'} does not exist; run the dpo stage "
-        f"first (easyalign dpo --config=configs/dpo.py --config.workdir={runs / 'dpo'}) or give "
-        "eval.variants 'dpo=PATH'")
+        f"first (easyalign dpo --config=configs/dpo.py[:preset] "
+        f"--config.workdir={runs / 'dpo'}) or give eval.variants 'dpo=PATH'")
     (runs / "teacher_data").mkdir()
     assert error("--config=configs/distill.py:tiny", f"--config.workdir={runs / 'distill'}",
                  "--config.distill.teacher=@sft", "--config.distill.lmbda=0.5").startswith(
         f"distill.teacher_data='@teacher_data': {runs / 'teacher_data' / 'teacher_data.jsonl'} "
         "does not exist; run the teacher_data stage first (easyalign teacher-data "
-        "--config=configs/teacher_data.py")
+        "--config=configs/teacher_data.py[:preset]")
     # A stage name that is no stage and no sibling directory: the closest one.
     assert "run the pipeline stage 'rewrd' first (did you mean 'reward'?)" in error(
         "--config=configs/ppo.py:tiny", f"--config.workdir={runs / 'ppo'}",

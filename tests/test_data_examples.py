@@ -258,6 +258,12 @@ def test_mix_entries_map_their_own_columns(tmp_path):
             f"{goals}:") + r"\d+: field 'prompt': missing .*; map a column to it with " +
             re.escape(f"data.mix '{goals}*5:prompt=COLUMN': its columns are ['goal', 'target']")):
         runsetup.load_examples(bare, "prompt", "train")
+    # A field the mapping leaves out: the file's columns, not the mapped record's.
+    partial = run_for(f"--config.data.source={pairs}",
+                      f"--config.data.mix=('{goals}*5:prompt=goal',)")
+    with pytest.raises(DataError, match=r"field 'response': missing.*" + re.escape(
+            "the file's columns are ['goal', 'target']")):
+        runsetup.load_examples(partial, "sft", "train")
     # A mapped column the file lacks names the entry's mapping and the closest column.
     typo = run_for(f"--config.data.source={main}", f"--config.data.mix=('{goals}:prompt=gaol',)",
                    config="configs/ppo.py:tiny")

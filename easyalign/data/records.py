@@ -153,6 +153,15 @@ class Unmapped(DataError):
         """The same error, naming ``key`` as the setting that maps columns."""
         return Unmapped(self.where, self.field, *self.parts, key=key)
 
+    def listing(self, columns: Sequence[str]) -> "Unmapped":
+        """The same error listing ``columns`` — the file's, before a column mapping kept only
+        its mapped fields — instead of the record's."""
+        if self.field is None:
+            return self
+        head, map_field, _ = self.parts
+        return Unmapped(self.where, self.field, head, map_field,
+                        f": {columns_hint(self.field, list(columns))}")
+
 
 def _missing(data: dict, where: str, field: str, detail: str = "") -> DataError:
     """A field the record's layout needs is absent: the error names the record's columns, the
@@ -456,6 +465,8 @@ def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",
         try:
             out.append(build(r.data, r.where, keep_empty))
         except Unmapped as unmapped:
+            if r.source_columns is not None:
+                unmapped = unmapped.listing(r.source_columns)
             raise unmapped.named(key) from None
         except Skip as skip:
             if isinstance(skip, EmptyText) and on_empty == "error":

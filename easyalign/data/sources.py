@@ -91,6 +91,9 @@ class Record:
 
     data: dict[str, Any]
     where: str
+    # The columns the row had in its file before a column mapping kept only the mapped fields
+    # (`apply_columns`): what an error about a field the mapping left out lists.
+    source_columns: tuple[str, ...] | None = dataclasses.field(default=None, compare=False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -420,7 +423,8 @@ def apply_columns(records: Iterable[Record],
     for r in records:
         try:
             out.append(Record({target: _mapped(r.data, paths, r.where, target)
-                               for target, paths in parsed.items()}, r.where))
+                               for target, paths in parsed.items()}, r.where,
+                              tuple(map(str, r.data)) if isinstance(r.data, Mapping) else None))
         except _MissingColumn as missing:
             value = JOIN.join(parsed[missing.target])
             raise _missing_column_error(missing, r, records, key, value) from None

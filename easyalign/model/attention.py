@@ -123,7 +123,7 @@ class Attention(nnx.Module):
         cfg = self.config
         batch, length = x.shape[:2]
         keys = lora_lib.split_key(dropout_key, 4)
-        fused = getattr(self, "qkv_kernel", None)  # the sampler's (`Transformer.fuse_for_inference`)
+        fused = getattr(self, "qkv_kernel", None)  # the sampler's (`fuse_for_inference`)
         if fused is not None:
             qkv = jnp.einsum("btd,dhk->bthk", x.astype(self.q_proj.dtype), fused[...])
             q, k, v = split_fused(qkv, (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads), 2)
