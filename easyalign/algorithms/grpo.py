@@ -443,9 +443,10 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=N
         rounds.append(sample_round(s, score_fn, params, more_prompts(),
                                    jax.random.fold_in(rng, len(rounds))))
         zero.append(np.asarray(grpo_losses.zero_signal_groups(rounds[-1].rewards)))
+    # One round: its groups as they are (no reordering); several: `choose_groups`.
     groups = choose_groups(zero, t.batch_size) if len(rounds) > 1 else np.arange(t.batch_size)
     rows = (groups[:, None] * G + np.arange(G)[None, :]).reshape(-1)
-    cat = lambda xs: np.concatenate(xs)[rows] if len(rounds) > 1 else xs[0]  # noqa: E731
+    cat = lambda xs: np.concatenate(xs)[rows]  # noqa: E731
     rewards = np.concatenate([r.rewards for r in rounds])[groups]
     chosen_zero = np.concatenate(zero)[groups]
     scores = {name: cat([r.scores[name] for r in rounds]) for name in rounds[0].scores}

@@ -182,15 +182,19 @@ def over_predictions(fn: Callable, inputs: Sequence[jax.Array], targets: Sequenc
     return jnp.where(inside.reshape(inside.shape + (1,) * (back.ndim - 2)), back, 0)
 
 
+def scaled_logits(model, hidden: jax.Array, temperature: float) -> jax.Array:
+    """The logits z / τ of the distribution softmax(z / τ) a sampler at temperature τ draws
+    from (z unchanged at τ = 1)."""
+    logits = model.logits(hidden)
+    return logits / temperature if temperature != 1.0 else logits
+
+
 def token_logprobs(model, hidden: jax.Array, tokens: jax.Array, *,
                    chunk: int | None = None, temperature: float = 1.0) -> jax.Array:
     """`log p(tokens[t] | <t)` for every position, `[B, T]` float32 (position 0 = 0)."""
 
     def fn(h, targets):
-        logits = model.logits(h)
-        if temperature != 1.0:
-            logits = logits / temperature
-        return picked_logprob(logits, targets)
+        return picked_logprob(scaled_logits(model, h, temperature), targets)
 
     chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
                       model.config.vocab_size)
@@ -207,14 +211,11 @@ def token_logprobs_and_entropy(model, hidden: jax.Array, tokens: jax.Array, *,
     """
 
     def fn(h, targets):
-        logits = model.logits(h)
-        if temperature != 1.0:
-            logits = logits / temperature
-        return jnp.stack(picked_logprob_and_entropy(logits, targets), axis=-1)
+        return jnp.stack(picked_logprob_and_entropy(scaled_logits(model, h, temperature),
+                                                    targets), axis=-1)
 
-    rows = hidden.shape[0]
-    chunk = fit_chunk(chunk or model.config.logits_chunk, rows, model.config.vocab_size,
-                      tensors=2)
+    chunk = fit_chunk(chunk or model.config.logits_chunk, hidden.shape[0],
+                      model.config.vocab_size, tensors=2)
     out = over_predictions(fn, [hidden], [tokens], chunk=chunk, span=span)
     return out[..., 0], out[..., 1]
 

@@ -326,8 +326,9 @@ class Transformer(nnx.Module):
         """Attach `layers.Fused` kernels — q/k/v as one `[L, d, H + 2·KV, hd]`, gate/up as one
         `[L, d, 2f]` — so that every layer runs one matmul for each group instead of three and
         two (`layers.fuse_kernels`; groups with biases, adapters or tensor-split heads stay
-        separate). Same function; for the sampler, inside its jit, once before the decode
-        loop: XLA's own dot merger rebuilt the concatenation on every step (perf-notes 21)."""
+        separate). The function is unchanged. The sampler calls it inside its jit, once
+        before the decode loop (XLA's own dot merger rebuilt the concatenation on every
+        step: perf-notes 21)."""
         attn, mlp = self.layers.attn, self.layers.mlp
         qkv = fuse_kernels((attn.q_proj, attn.k_proj, attn.v_proj), axis=2)
         if qkv is not None:

@@ -45,7 +45,8 @@ def bucket_length(length: int) -> int:
 
 class Completion(NamedTuple):
     """One prompt's sample: its index in the list, the generated ids (the stop token included
-    when `finished`), their raw log-probs, and whether a stop token ended it."""
+    when `finished`), their log-probs (under softmax(z / τ), `decode.draw`), and whether a
+    stop token ended it."""
 
     index: int
     tokens: list[int]
