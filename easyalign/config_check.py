@@ -123,6 +123,8 @@ def validate(config, command: str | None = None, *, devices: bool | int = False,
     warnings: list[str] = []
     if phase in TRAINING_PHASES:
         warnings += _check_training(config, devices)
+    if config.get("model") is not None:
+        _check_path_is_read(config.model, phase)
     _check_names(config)
     if paths:
         _check_paths(config)
@@ -153,7 +155,6 @@ def _check_training(config, devices: bool | int) -> list[str]:
     model = config.get("model")
     if model is not None:
         _check_model_fields(model)
-        _check_path_is_read(model)
     if model is not None and model.get("init") == "scratch" and model.get("lora") \
             and model.lora.rank > 0:
         # Adapters over a frozen random base learn next to nothing: almost never intended.
@@ -191,11 +192,28 @@ def _check_training(config, devices: bool | int) -> list[str]:
     return warnings
 
 
-def _check_path_is_read(m) -> None:
-    """`model.path` naming a model while `model.init=scratch` (a new model from
-    `model.preset`, which reads no path) is an error saying which `model.init` loads it — not a
-    silent random start. A `@stage` path is a phase's default (DPO's `@sft`) and may stay."""
+# Phases that load their models from their own keys: `model.path` / `model.init` are not read.
+MODEL_KEY_OF_PHASE = {"generate": ("generate.model", "{path}"),
+                      "teacher_data": ("teacher_data.teacher", "{path}"),
+                      "eval": ("eval.variants", "('NAME={path}',)"),
+                      "latency": ("latency.variants", "('NAME={path}',)")}
+
+
+def _check_path_is_read(m, phase: str) -> None:
+    """A `model.path` / `model.init` the run would not read is an error saying what loads it —
+    never a silent fall-back: in a phase that takes its models from its own key
+    (`MODEL_KEY_OF_PHASE`: generate, teacher data, eval, latency), that key; with
+    `model.init=scratch` (a new model from `model.preset`, which reads no path), the
+    `model.init` that loads the path. A `@stage` path under scratch is a phase's default
+    (DPO's `@sft`) and may stay."""
     path = str(m.get("path") or "")
+    if phase in MODEL_KEY_OF_PHASE:
+        if path or m.get("init") != "scratch":
+            key, value = MODEL_KEY_OF_PHASE[phase]
+            given = f"model.path={path!r}" if path else f"model.init={m.init!r}"
+            raise ConfigError(f"{given} is not read by {phase}, whose models are {key}: set "
+                              f"--config.{key}={value.format(path=path or 'PATH')}")
+        return
     if m.get("init") != "scratch" or not path or path.startswith("@"):
         return
     from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir

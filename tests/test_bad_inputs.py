@@ -202,6 +202,14 @@ def test_a_model_path_its_init_does_not_read_is_an_error(tmp_path):
                              r"model.init=gguf to load it$"):
         check("--config.model.init=hf", "--config.model.path=smollm2", paths=True)
     check("--config.model.path=@sft")  # a stage reference a phase's preset sets may stay
+    # Phases whose models are their own keys: the key to set instead.
+    for config, key, value in (("teacher_data.py:tiny", "teacher_data.teacher", "smollm2"),
+                               ("eval.py", "eval.variants", "('NAME=smollm2',)")):
+        with pytest.raises(config_check.ConfigError, match=re.escape(
+                f"model.path='smollm2' is not read by {config.split('.')[0]}, whose models are "
+                f"{key}: set --config.{key}={value}")):
+            config_check.validate(cli.load_config([f"--config=configs/{config}",
+                                                   "--config.model.path=smollm2"]), paths=False)
 
 
 def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):

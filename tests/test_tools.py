@@ -202,6 +202,6 @@ def test_generate_refuses_model_keys_it_would_not_read(world_model):
 
     root, world, _ = world_model
     config = _generate_config(root, world, "--config.model.path=smollm2")
-    with pytest.raises(ValueError, match=r"model.path='smollm2' is not read.*"
+    with pytest.raises(ValueError, match=r"model.path='smollm2' is not read by generate.*"
                                          r"--config.generate.model=smollm2"):
         generate.run(config)

@@ -90,17 +90,6 @@ def _use_model_tokenizer(config, location: Path, kind: str) -> None:
         config.data.tokenizer = str(candidate)
 
 
-def _check_model_keys(config) -> None:
-    """`generate` samples `generate.model`; a `model.init`/`model.path` set for it would be
-    silently ignored, so it is an error that says which key to set."""
-    m = config.model
-    if m.path or m.init != "scratch":
-        given = f"model.path={m.path!r}" if m.path else f"model.init={m.init!r}"
-        raise ValueError(f"generate: {given} is not read; generate samples generate.model "
-                         f"(now {config.generate.model!r}): set --config.generate.model="
-                         f"{m.path or 'PATH'}")
-
-
 def run(config) -> Path:
     """Write the completions of every prompt; returns the JSONL path."""
     from easyalign.hf.autoload import load_model
@@ -109,7 +98,6 @@ def run(config) -> Path:
     g = config.generate
     if g.max_new_tokens < 1 or g.batch_size < 1 or g.limit < 0:
         raise ValueError("generate: need max_new_tokens ≥ 1, batch_size ≥ 1, limit ≥ 0")
-    _check_model_keys(config)
     model_dir, kind = resolve_model_dir(runsetup.stage_path(config, g.model))
     _use_model_tokenizer(config, model_dir, kind)
     run_ = runsetup.prepare(config)
