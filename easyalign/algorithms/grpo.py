@@ -278,11 +278,11 @@ def _logps(model, tokens, mask, settings: grpo_losses.GRPOSettings):
                                                 span=span)
 
 
-def decode_responses(tokenizer, tokens: np.ndarray, starts: np.ndarray, lengths: np.ndarray
-                     ) -> list[str]:
-    """The response text of every row (special tokens, the stop token among them, dropped)."""
-    return [tokenizer.decode(tokens[b, s:s + n], skip_special_tokens=True).strip()
-            for b, (s, n) in enumerate(zip(starts.tolist(), lengths.tolist()))]
+def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
+    """The text of every row's response (the sampler's tokens `[R, M]`, the first `lengths[r]`
+    of row r), special tokens — the stop token among them — dropped."""
+    return [tokenizer.decode(tokens[b, :n], skip_special_tokens=True).strip()
+            for b, n in enumerate(lengths.tolist())]
 
 
 def rewards_of(s: Setup, records: list[dict], responses: list[str], scored: dict
@@ -341,14 +341,13 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
         gen = rollout.sample(s.graphs, params, prompts, jax.random.key(0),
                              max_new_tokens=g.max_new_tokens, stop_tokens=s.stop_tokens,
                              pad_id=runsetup.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
+        got = rollout.host({"tokens": gen.tokens, "lengths": gen.lengths,
+                            "valid": prompts["valid"]})
         scored = score_fn(params, s.frozen, prompts, gen)
-        got = rollout.host({"tokens": scored["tokens"], "lengths": gen.lengths,
-                            "starts": prompts["prompt_lengths"], "valid": prompts["valid"]})
         n = int(np.sum(got["valid"]))
         records = s.eval_records[offset:offset + n]
         offset += n
-        responses = decode_responses(s.run.tokenizer, got["tokens"][:n], got["starts"][:n],
-                                     got["lengths"][:n])
+        responses = decode_responses(s.run.tokenizer, got["tokens"][:n], got["lengths"][:n])
         scores = rewards_of(s, records, responses, {k: v[:n] for k, v in scored.items()})
         scores = {k: v[:n] for k, v in scores.items()}
         scores["reward"] = grpo_rewards.combine(s.weights, scores)
@@ -396,15 +395,17 @@ def sample_round(s: Setup, score_fn, params, prompts: dict, rng) -> Round:
     gen = rollout.sample(s.graphs, params, prompts, rng, max_new_tokens=g.max_new_tokens,
                          stop_tokens=s.stop_tokens, pad_id=runsetup.pad_id(run_), mesh=mesh,
                          method=sampler.Temperature(g.temperature), num_samples=G)
-    lengths = rollout.host(gen.lengths)  # a host-device sync point: sampling is done
+    # A host-device sync point: sampling is done. The responses come from the sampler's own
+    # output, not the scoring pass's rows, so the scoring pass (dispatched next) runs on the
+    # device while the host decodes and grades them.
+    got = rollout.host({"tokens": gen.tokens, "lengths": gen.lengths, "done": gen.done,
+                        "index": prompts["index"]})
     sample_time = time.perf_counter() - start
     scored = score_fn(params, s.frozen, rep, gen)
-    got = rollout.host({"tokens": scored["tokens"], "starts": rep["prompt_lengths"],
-                        "index": prompts["index"], "done": gen.done})
     records = [s.records[int(i)] for i in got["index"] for _ in range(G)]
-    responses = decode_responses(run_.tokenizer, got["tokens"], got["starts"], lengths)
+    responses = decode_responses(run_.tokenizer, got["tokens"], got["lengths"])
     scores = rewards_of(s, records, responses, scored)
-    return Round(scored=scored, prompt_lengths=rep["prompt_lengths"], lengths=lengths,
+    return Round(scored=scored, prompt_lengths=rep["prompt_lengths"], lengths=got["lengths"],
                  done=got["done"], scores=scores,
                  rewards=grpo_rewards.combine(s.weights, scores).reshape(-1, G),
                  sample_time=sample_time)
