@@ -341,7 +341,8 @@ def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
 def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
     """`@stage` in any key (here GRPO's reward model, an eval variant and distillation's
     teacher data) goes through one check: the key, the missing path, the command that makes
-    it, and the key to set instead — as `model.path='@sft'` does."""
+    it with the referring config's preset (none where it had none, `[:preset]` where the
+    stage's file lacks it), and the key to set instead — as `model.path='@sft'` does."""
     runs = tmp_path / "runs" / "x"
     (runs / "sft" / "model").mkdir(parents=True)
     (runs / "sft" / "model" / "model_config.json").write_text("{}")
@@ -357,19 +358,22 @@ def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
     assert error("--config=configs/grpo.py:tiny", f"--config.workdir={runs / 'grpo'}",
                  "--config.grpo.rewards=world:1.0,reward_model:0.5") == (
         f"grpo.reward_model='@reward': {reward / 'model'} does not exist; run the reward stage "
-        f"first (easyalign reward --config=configs/reward.py[:preset] "
+        f"first (easyalign reward --config=configs/reward.py:tiny "
         f"--config.workdir={reward}) or set grpo.reward_model=PATH")
     assert error("--config=configs/eval.py", f"--config.workdir={runs / 'eval'}",
                  "--config.eval.variants=('sft=@sft', 'dpo=@dpo')") == (
         f"eval.variants[dpo]='@dpo': {runs / 'dpo' / 'model'} does not exist; run the dpo stage "
-        f"first (easyalign dpo --config=configs/dpo.py[:preset] "
+        f"first (easyalign dpo --config=configs/dpo.py "
         f"--config.workdir={runs / 'dpo'}) or give eval.variants 'dpo=PATH'")
     (runs / "teacher_data").mkdir()
     assert error("--config=configs/distill.py:tiny", f"--config.workdir={runs / 'distill'}",
                  "--config.distill.teacher=@sft", "--config.distill.lmbda=0.5").startswith(
         f"distill.teacher_data='@teacher_data': {runs / 'teacher_data' / 'teacher_data.jsonl'} "
         "does not exist; run the teacher_data stage first (easyalign teacher-data "
-        "--config=configs/teacher_data.py[:preset]")
+        "--config=configs/teacher_data.py:tiny ")
+    assert ("(easyalign teacher-data --config=configs/teacher_data.py[:preset] --config.workdir="
+            in error("--config=configs/distill.py:tiny_offline",  # teacher_data.py lacks it
+                     f"--config.workdir={runs / 'distill'}", "--config.distill.teacher=@sft"))
     # A stage name that is no stage and no sibling directory: the closest one.
     assert "run the pipeline stage 'rewrd' first (did you mean 'reward'?)" in error(
         "--config=configs/ppo.py:tiny", f"--config.workdir={runs / 'ppo'}",

@@ -5,8 +5,8 @@
   dead on this host is stale (a killed run): it is taken over with a note. Released when the
   phase ends (and at exit).
 * **Manifest** (`workdir/manifest.json`): the training-relevant config (every key except how
-  often to log/evaluate/checkpoint, the mesh and process layout, and other settings that do
-  not change the trajectory, `NOT_TRAINING`) plus a SHA-256 fingerprint of the content of
+  often to log/evaluate/checkpoint, the mesh and process layout, the preset's name (its values
+  are compared), and other settings that do not change the trajectory, `NOT_TRAINING`) plus a SHA-256 fingerprint of the content of
   each data file. A run that finds checkpoints compares the manifest: any difference refuses,
   printing the differences, unless `train.allow_config_change=True` — then the old config and
   manifest are kept as `config.<n>.json` / `manifest.<n>.json` beside the new ones.
@@ -29,7 +29,7 @@ from easyalign.config_keys import ConfigError, flat_keys
 LOCK_FILE = "run.lock"
 MANIFEST_FILE = "manifest.json"
 # Keys (or prefixes ending in ".") that do not change what is trained.
-NOT_TRAINING = ("workdir", "train.progress_bar", "train.plot", "train.log_every",
+NOT_TRAINING = ("workdir", "preset", "train.progress_bar", "train.plot", "train.log_every",
                 "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                 "train.keep_checkpoints", "train.async_checkpointing",
                 "train.allow_config_change", "train.dead_model_steps", "distributed.", "perf.",
