@@ -425,6 +425,61 @@ def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
     assert (workdir / "config.1.json").exists() and (workdir / "manifest.1.json").exists()
 
 
+def test_a_set_up_that_fails_on_its_data_leaves_the_workdir_as_it_found_it(tmp_path):
+    """A misspelt column is found while loading, after the workdir was started: a new workdir
+    (and the `runs/x` it made) is gone again, and a resumable one keeps its own config and
+    manifest bytes — not the failed run's, which a later resume would compare against."""
+    from configs import sft
+    from easyalign import stages
+    from easyalign.data.sources import DataError
+    from tokenizer_styles import make_tokenizer
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n' * 4)
+    make_tokenizer("llama3").save_pretrained(tmp_path / "tok")
+
+    def fails(workdir: Path, **train) -> None:
+        config = sft.get_config("tiny")
+        config.workdir, config.data.source = str(workdir), str(data)
+        config.data.tokenizer, config.data.eval_source = str(tmp_path / "tok"), ""
+        config.data.columns.prompt = "promt"
+        config.train.update(train)
+        with pytest.raises(DataError, match="column 'promt'"):
+            stages.run("sft", config)
+
+    fails(tmp_path / "runs" / "x" / "sft")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "train.jsonl"]
+
+    resumable = tmp_path / "resumable"
+    kept = {"config.json": b'{"phase": "sft"}\n', "manifest.json": b'{"optim.lr": 1.0}\n',
+            "notes.txt": b"mine\n"}
+    (resumable / "checkpoints" / "5").mkdir(parents=True)
+    for name, content in kept.items():
+        (resumable / name).write_bytes(content)
+    fails(resumable, allow_config_change=True)  # the change is allowed, then data fails
+    assert {p.name: p.read_bytes() for p in resumable.iterdir() if p.is_file()} == kept
+    assert [p.name for p in (resumable / "checkpoints").iterdir()] == ["5"]
+
+
+def test_a_pipeline_failure_undoes_only_the_stage_that_failed(tmp_path):
+    """Nested `undo_on_failure` (a pipeline's stages): a stage that finished keeps its workdir
+    when a later one fails; the failed one's is gone."""
+    from ml_collections import ConfigDict
+
+    done, failed = tmp_path / "runs" / "p" / "done", tmp_path / "runs" / "p" / "failed"
+    with pytest.raises(RuntimeError, match="set-up"):
+        with rundir.undo_on_failure():
+            with rundir.undo_on_failure():
+                pass  # a stage that starts no workdir
+            with rundir.undo_on_failure():
+                rundir.start_workdir(ConfigDict({"workdir": str(done)}))
+            rundir.start_workdir(ConfigDict({"workdir": str(failed)}))
+            raise RuntimeError("set-up")
+    rundir.release(done)
+    assert sorted(p.name for p in (tmp_path / "runs" / "p").iterdir()) == ["done"]
+    assert sorted(p.name for p in done.iterdir()) == ["config.json", "manifest.json"]
+
+
 def test_torn_metrics_line_does_not_break_a_resume(tmp_path):
     from easyalign.train.metrics import MetricsWriter
 
