@@ -16,9 +16,11 @@ from easyalign.data.records import COLUMN_FIELDS
 from easyalign.data.world import WorldConfig
 
 
-def get_config() -> ConfigDict:
+def get_config(preset: str = "") -> ConfigDict:
     c = ConfigDict()
     c.phase = "sft"                      # which algorithm runs (set by each phase config)
+    c.preset = preset                    # the preset the phase config was built with
+    #                                      (--config=configs/sft.py:tiny; "" = none)
     c.workdir = "runs/default"           # all outputs: checkpoints/, logs/, plots/, config.json
 
     # ------------------------------------------------------------------ model

@@ -27,7 +27,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "distill"
     c.workdir = "runs/demo/distill"
     c.model.preset = "world-student"     # the student's shape (init=scratch) ...

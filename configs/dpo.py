@@ -17,7 +17,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "dpo"
     c.workdir = "runs/demo/dpo"
     c.model.init = "checkpoint"          # the policy starts from the SFT model ...

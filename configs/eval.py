@@ -23,7 +23,7 @@ from configs.base import shared_data_dir  # noqa: F401  (re-exported for the tes
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "eval"
     c.workdir = "runs/eval"
     c.eval = e = ConfigDict()

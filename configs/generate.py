@@ -19,7 +19,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "generate"
     c.workdir = "runs/demo/generate"
     c.data.source = "world"              # prompts: world | a .jsonl/.json/.csv path | hf:NAME

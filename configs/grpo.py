@@ -21,7 +21,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "grpo"
     c.workdir = "runs/demo/grpo"
     c.model.init = "checkpoint"          # the policy starts from ...

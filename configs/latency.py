@@ -14,7 +14,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "latency"
     c.workdir = "runs/latency"
     c.latency = t = ConfigDict()

@@ -25,7 +25,7 @@ STAGES = ("base", "sft", "reward", "dpo", "ppo", "teacher_data=teacher-data", "d
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "pipeline"
     c.workdir = "runs/demo"              # every stage's workdir is <workdir>/<stage>
     c.pipeline = p = ConfigDict()

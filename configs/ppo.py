@@ -24,7 +24,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "ppo"
     c.workdir = "runs/demo/ppo"
     c.model.init = "checkpoint"          # the policy starts from ...

@@ -10,7 +10,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "reward"
     c.workdir = "runs/demo/reward"
     c.model.init = "checkpoint"

@@ -9,7 +9,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "sft"
     c.workdir = "runs/demo/sft"
     if preset == "tiny":

@@ -18,7 +18,7 @@ from configs import base
 
 
 def get_config(preset: str = ""):
-    c = base.get_config()
+    c = base.get_config(preset)
     c.phase = "teacher_data"
     c.workdir = "runs/demo/teacher_data"
     c.teacher_data = t = ConfigDict()

@@ -30,7 +30,7 @@ from ml_collections import config_flags
 
 from easyalign.config_check import suggest_key
 from easyalign.config_keys import ConfigError, did_you_mean, flat_keys
-from easyalign.stages import STAGES, resolve
+from easyalign.stages import STAGES, resolve, stage_function
 
 TOOLS = {
     "convert": ("easyalign.tools", "convert", "HF ⇄ easyalign checkpoint"),
@@ -269,7 +269,7 @@ def main(argv: list[str] | None = None) -> None:
             from easyalign.config_check import check_command
 
             check_command(config, command)
-            resolve(STAGES, command)(config)
+            stage_function(command)(config)
         else:
             resolve(TOOLS, command)(args)
     except (SystemExit, KeyboardInterrupt):

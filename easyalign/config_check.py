@@ -410,8 +410,8 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
     """`key="@stage"` names what a sibling stage made, `<parent of workdir>/<stage>/<product>`
     (`runsetup.stage_path`); `complete` (relative to the stage's workdir) is there once it
     finished. The one check of every `@stage` reference: one line naming the key, the missing
-    path, the command that makes it and what to set instead (`instead`, default
-    `set KEY=PATH`)."""
+    path, the command that makes it (with `config`'s preset, `_config_flag`) and what to set
+    instead (`instead`, default `set KEY=PATH`)."""
     from easyalign.config_keys import did_you_mean
 
     stage_dir = _stage(config, value)
@@ -424,8 +424,10 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
         what = f"{_shown(target)} is incomplete (no {Path(complete).name}: did the run finish?)"
     command = stage.replace("_", "-")
     if stage.replace("-", "_") in PRODUCING_PHASES:
-        how = (f"run the {stage} stage first (easyalign {command} --config=configs/"
-               f"{stage.replace('-', '_')}.py[:preset] --config.workdir={_shown(stage_dir)})")
+        file = stage.replace("-", "_")
+        how = (f"run the {stage} stage first (easyalign {command} "
+               f"{_config_flag(file, config.get('preset', ''))} "
+               f"--config.workdir={_shown(stage_dir)})")
     else:
         siblings = [p.name for p in stage_dir.parent.iterdir() if p.is_dir()] \
             if stage_dir.parent.is_dir() else []
@@ -433,6 +435,22 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
         hint = did_you_mean(stage, known)
         how = f"run the pipeline stage {stage!r} first" + (f" ({hint})" if hint else "")
     raise ConfigError(f"{key}={value!r}: {what}; {how} or {instead or f'set {key}=PATH'}")
+
+
+def _config_flag(phase: str, preset: str) -> str:
+    """`--config=configs/<phase>.py:<preset>` with the preset of the config that refers to the
+    stage (`config.preset`, which `configs/base.get_config` records): no `:preset` where that
+    config had none, `[:preset]` where `configs/<phase>.py` does not offer it."""
+    import importlib
+
+    file = f"configs/{phase}.py"
+    if not preset:
+        return f"--config={file}"
+    try:
+        importlib.import_module(f"configs.{phase}").get_config(preset)
+    except (ImportError, ValueError):  # no such preset there (or no configs/ to ask)
+        return f"--config={file}[:preset]"
+    return f"--config={file}:{preset}"
 
 
 def _shown(path: Path) -> str:

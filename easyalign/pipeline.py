@@ -34,6 +34,7 @@ import jax
 from easyalign import stages as stage_table
 from easyalign.algorithms import runsetup
 from easyalign.hf import models
+from easyalign.train import rundir
 
 # Commands whose stage produces a model the evaluation compares (stage name = variant name,
 # except that the main distillation stage is reported as the `student`).
@@ -184,7 +185,8 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
         _say(f"{name}: {command}" + (f" ({preset})" if preset else "") + f" → {workdir}")
         start = time.perf_counter()
         if command == "base":
-            save_base(config)
+            with rundir.undo_on_failure():  # as `stage_function` runs every other stage
+                save_base(config)
         else:
             stage_table.stage_function(command)(config)
         _say(f"{name}: done in {time.perf_counter() - start:.0f} s")

@@ -8,10 +8,13 @@
 
 The CLI (`easyalign <stage> --config=…`) and the pipeline dispatch through the same table, so a
 notebook runs exactly what the command line runs. A stage's functions are imported on first use.
+A stage that fails before its first checkpoint leaves its workdir as it found it
+(`train.rundir.undo_on_failure`): the next run does not meet a half-made one.
 """
 
 from __future__ import annotations
 
+import functools
 import importlib
 from pathlib import Path
 from typing import Callable
@@ -43,12 +46,22 @@ def resolve(table: dict, name: str) -> Callable:
 
 
 def stage_function(stage: str) -> Callable:
-    """The function that runs `stage` (its `run(config)`)."""
+    """The function that runs `stage` (its `run(config)`), under `rundir.undo_on_failure`:
+    if it raises before its first checkpoint, its workdir is put back as it was found."""
     if stage not in STAGES:
         hint = did_you_mean(stage, STAGES)
         raise ValueError(f"unknown stage {stage!r}; known: {', '.join(STAGES)}"
                          + (f"; {hint}" if hint else ""))
-    return resolve(STAGES, stage)
+    function = resolve(STAGES, stage)
+
+    @functools.wraps(function)
+    def run_stage(config):
+        from easyalign.train import rundir  # here: `easyalign --help` imports no jax
+
+        with rundir.undo_on_failure():
+            return function(config)
+
+    return run_stage
 
 
 def run(stage: str, config) -> Path:

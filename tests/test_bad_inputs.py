@@ -341,7 +341,8 @@ def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
 def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
     """`@stage` in any key (here GRPO's reward model, an eval variant and distillation's
     teacher data) goes through one check: the key, the missing path, the command that makes
-    it, and the key to set instead — as `model.path='@sft'` does."""
+    it with the referring config's preset (none where it had none, `[:preset]` where the
+    stage's file lacks it), and the key to set instead — as `model.path='@sft'` does."""
     runs = tmp_path / "runs" / "x"
     (runs / "sft" / "model").mkdir(parents=True)
     (runs / "sft" / "model" / "model_config.json").write_text("{}")
@@ -357,19 +358,22 @@ def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
     assert error("--config=configs/grpo.py:tiny", f"--config.workdir={runs / 'grpo'}",
                  "--config.grpo.rewards=world:1.0,reward_model:0.5") == (
         f"grpo.reward_model='@reward': {reward / 'model'} does not exist; run the reward stage "
-        f"first (easyalign reward --config=configs/reward.py[:preset] "
+        f"first (easyalign reward --config=configs/reward.py:tiny "
         f"--config.workdir={reward}) or set grpo.reward_model=PATH")
     assert error("--config=configs/eval.py", f"--config.workdir={runs / 'eval'}",
                  "--config.eval.variants=('sft=@sft', 'dpo=@dpo')") == (
         f"eval.variants[dpo]='@dpo': {runs / 'dpo' / 'model'} does not exist; run the dpo stage "
-        f"first (easyalign dpo --config=configs/dpo.py[:preset] "
+        f"first (easyalign dpo --config=configs/dpo.py "
         f"--config.workdir={runs / 'dpo'}) or give eval.variants 'dpo=PATH'")
     (runs / "teacher_data").mkdir()
     assert error("--config=configs/distill.py:tiny", f"--config.workdir={runs / 'distill'}",
                  "--config.distill.teacher=@sft", "--config.distill.lmbda=0.5").startswith(
         f"distill.teacher_data='@teacher_data': {runs / 'teacher_data' / 'teacher_data.jsonl'} "
         "does not exist; run the teacher_data stage first (easyalign teacher-data "
-        "--config=configs/teacher_data.py[:preset]")
+        "--config=configs/teacher_data.py:tiny ")
+    assert ("(easyalign teacher-data --config=configs/teacher_data.py[:preset] --config.workdir="
+            in error("--config=configs/distill.py:tiny_offline",  # teacher_data.py lacks it
+                     f"--config.workdir={runs / 'distill'}", "--config.distill.teacher=@sft"))
     # A stage name that is no stage and no sibling directory: the closest one.
     assert "run the pipeline stage 'rewrd' first (did you mean 'reward'?)" in error(
         "--config=configs/ppo.py:tiny", f"--config.workdir={runs / 'ppo'}",
@@ -419,6 +423,61 @@ def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
     config.train.allow_config_change = True
     assert "continuing with a changed config" in rundir.check_resume(config, workdir)
     assert (workdir / "config.1.json").exists() and (workdir / "manifest.1.json").exists()
+
+
+def test_a_set_up_that_fails_on_its_data_leaves_the_workdir_as_it_found_it(tmp_path):
+    """A misspelt column is found while loading, after the workdir was started: a new workdir
+    (and the `runs/x` it made) is gone again, and a resumable one keeps its own config and
+    manifest bytes — not the failed run's, which a later resume would compare against."""
+    from configs import sft
+    from easyalign import stages
+    from easyalign.data.sources import DataError
+    from tokenizer_styles import make_tokenizer
+
+    data = tmp_path / "train.jsonl"
+    data.write_text('{"prompt": "a", "response": "b"}\n' * 4)
+    make_tokenizer("llama3").save_pretrained(tmp_path / "tok")
+
+    def fails(workdir: Path, **train) -> None:
+        config = sft.get_config("tiny")
+        config.workdir, config.data.source = str(workdir), str(data)
+        config.data.tokenizer, config.data.eval_source = str(tmp_path / "tok"), ""
+        config.data.columns.prompt = "promt"
+        config.train.update(train)
+        with pytest.raises(DataError, match="column 'promt'"):
+            stages.run("sft", config)
+
+    fails(tmp_path / "runs" / "x" / "sft")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tok", "train.jsonl"]
+
+    resumable = tmp_path / "resumable"
+    kept = {"config.json": b'{"phase": "sft"}\n', "manifest.json": b'{"optim.lr": 1.0}\n',
+            "notes.txt": b"mine\n"}
+    (resumable / "checkpoints" / "5").mkdir(parents=True)
+    for name, content in kept.items():
+        (resumable / name).write_bytes(content)
+    fails(resumable, allow_config_change=True)  # the change is allowed, then data fails
+    assert {p.name: p.read_bytes() for p in resumable.iterdir() if p.is_file()} == kept
+    assert [p.name for p in (resumable / "checkpoints").iterdir()] == ["5"]
+
+
+def test_a_pipeline_failure_undoes_only_the_stage_that_failed(tmp_path):
+    """Nested `undo_on_failure` (a pipeline's stages): a stage that finished keeps its workdir
+    when a later one fails; the failed one's is gone."""
+    from ml_collections import ConfigDict
+
+    done, failed = tmp_path / "runs" / "p" / "done", tmp_path / "runs" / "p" / "failed"
+    with pytest.raises(RuntimeError, match="set-up"):
+        with rundir.undo_on_failure():
+            with rundir.undo_on_failure():
+                pass  # a stage that starts no workdir
+            with rundir.undo_on_failure():
+                rundir.start_workdir(ConfigDict({"workdir": str(done)}))
+            rundir.start_workdir(ConfigDict({"workdir": str(failed)}))
+            raise RuntimeError("set-up")
+    rundir.release(done)
+    assert sorted(p.name for p in (tmp_path / "runs" / "p").iterdir()) == ["done"]
+    assert sorted(p.name for p in done.iterdir()) == ["config.json", "manifest.json"]
 
 
 def test_torn_metrics_line_does_not_break_a_resume(tmp_path):

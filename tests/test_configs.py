@@ -63,6 +63,8 @@ def test_config_passes_its_phases_checks(name, arg):
 def test_config_loads_and_its_model_builds(name, arg):
     config = load(name, arg)
     assert config.workdir and config.train.steps > 0
+    # The preset it was built with (doctor's argument is PHASE[:PRESET]), as hints name it.
+    assert config.preset == (arg.partition(":")[2] if name == "doctor" else arg)
     m = config.model
     model_config = preset(m.preset, vocab_size=m.vocab_size or 1024, **model_numerics(m),
                           **ModelConfig.parse_overrides(m.overrides))

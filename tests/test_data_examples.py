@@ -273,6 +273,31 @@ def test_mix_entries_map_their_own_columns(tmp_path):
         runsetup.load_examples(typo, "prompt", "train")
 
 
+def test_a_partly_mapped_mix_entry_is_suggested_whole(tmp_path):
+    """An entry that maps some fields but not a required one: the suggestion keeps the pairs it
+    maps already, and the suggested entry, its COLUMN filled in, parses and loads."""
+    from easyalign.data.sources import MixEntry, parse_mix_entry
+
+    goals = tmp_path / "goals.csv"
+    goals.write_text("goal,target\n" + "".join(f"Do {i},ok\n" for i in range(20)))
+    pairs = write_jsonl(tmp_path / "pairs.jsonl", [{"prompt": f"p{i}", "response": "r"}
+                                                   for i in range(20)])
+    entry = f"{goals}*5:prompt=goal"
+    with pytest.raises(DataError) as error:
+        runsetup.load_examples(run_for(f"--config.data.source={pairs}",
+                                       f"--config.data.mix=('{entry}',)"), "sft", "train")
+    suggested = re.search(r"data\.mix '([^']*)'", str(error.value)).group(1)
+    assert suggested == f"{goals}*5:prompt=goal,response=COLUMN"
+    assert parse_mix_entry(suggested) == MixEntry(str(goals), 5,
+                                                  {"prompt": "goal", "response": "COLUMN"})
+    fixed = suggested.replace("COLUMN", "target")
+    mixed = [ex for ex in runsetup.load_examples(
+        run_for(f"--config.data.source={pairs}", f"--config.data.mix=('{fixed}',)"), "sft",
+        "train") if ex["source"].startswith(str(goals))]
+    assert [(ex["messages"][0]["content"][:3], ex["messages"][-1]["content"]) for ex in mixed
+            ] == [("Do ", "ok")] * 5
+
+
 @pytest.mark.parametrize("entry, message", [
     ("a.csv:promt=goal", "data.mix: 'a.csv:promt=goal': unknown field 'promt' (did you mean "
                          "'prompt'?); write \"PATH[*N][:FIELD=COLUMN,...]\""),

@@ -395,11 +395,17 @@ class ColumnsKey:
 
     prefix: str = COLUMNS_KEY
     mix: str = ""  # the PATH[*N] of a data.mix entry ("" = the prefix names the setting)
+    mapped: tuple[tuple[str, str], ...] = ()  # the mix entry's own FIELD=COLUMN pairs
 
     def setting(self, field: str | None = None, column: str | None = None) -> str:
-        """``data.columns.prompt`` (``='goal'`` with a column), or ``data.columns`` alone."""
+        """``data.columns.prompt`` (``='goal'`` with a column), or ``data.columns`` alone; for
+        a mix entry, the whole entry with ``field`` mapped to ``column`` beside the pairs it
+        maps already (``data.mix 'a.csv*5:prompt=goal,response=COLUMN'``), which
+        :func:`parse_mix_entry` reads once COLUMN is filled in."""
         if self.mix:
-            return f"data.mix '{self.mix}:{field or 'FIELD'}={column or 'COLUMN'}'"
+            pairs = dict(self.mapped)
+            pairs[field or "FIELD"] = column or "COLUMN"
+            return f"data.mix '{self.mix}:{','.join(f'{f}={c}' for f, c in pairs.items())}'"
         name = f"{self.prefix}.{field}" if field else self.prefix
         return name if column is None else f"{name}={column!r}"
 
@@ -534,8 +540,9 @@ class MixEntry(NamedTuple):
 
     @property
     def key(self) -> ColumnsKey:
-        """How errors name the entry's column mapping."""
-        return ColumnsKey(mix=f"{self.path}*{self.count}" if self.count else self.path)
+        """How errors name the entry's column mapping (with the pairs it maps already)."""
+        return ColumnsKey(mix=f"{self.path}*{self.count}" if self.count else self.path,
+                          mapped=tuple(self.columns.items()))
 
 
 # The start of a mix entry's column suffix: ':' and the first FIELD=.

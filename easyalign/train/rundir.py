@@ -5,20 +5,28 @@
   dead on this host is stale (a killed run): it is taken over with a note. Released when the
   phase ends (and at exit).
 * **Manifest** (`workdir/manifest.json`): the training-relevant config (every key except how
-  often to log/evaluate/checkpoint, the mesh and process layout, and other settings that do
-  not change the trajectory, `NOT_TRAINING`) plus a SHA-256 fingerprint of the content of
-  each data file. A run that finds checkpoints compares the manifest: any difference refuses,
+  often to log/evaluate/checkpoint, the mesh and process layout, the preset's name (its values
+  are compared), and other settings that do not change the trajectory, `NOT_TRAINING`) plus a
+  SHA-256 fingerprint of the content of each data file. A run that finds checkpoints compares the manifest: any difference refuses,
   printing the differences, unless `train.allow_config_change=True` — then the old config and
   manifest are kept as `config.<n>.json` / `manifest.<n>.json` beside the new ones.
+* **A failed set-up leaves nothing** (`undo_on_failure`, around every stage the stage table
+  runs): a phase that raises before it saves a checkpoint — a bad data entry found while
+  loading, Ctrl-C — puts back what `start_workdir` changed: its lock, config and manifest go,
+  a resumable run's own config and manifest are restored, and a directory it created is
+  removed when empty. Nothing else in the workdir is touched.
 """
 
 from __future__ import annotations
 
 import atexit
+import contextlib
+import dataclasses
 import datetime
 import hashlib
 import json
 import os
+import re
 import socket
 from pathlib import Path
 
@@ -29,7 +37,7 @@ from easyalign.config_keys import ConfigError, flat_keys
 LOCK_FILE = "run.lock"
 MANIFEST_FILE = "manifest.json"
 # Keys (or prefixes ending in ".") that do not change what is trained.
-NOT_TRAINING = ("workdir", "train.progress_bar", "train.plot", "train.log_every",
+NOT_TRAINING = ("workdir", "preset", "train.progress_bar", "train.plot", "train.log_every",
                 "train.eval_every", "train.eval_batches", "train.checkpoint_every",
                 "train.keep_checkpoints", "train.async_checkpointing",
                 "train.allow_config_change", "train.dead_model_steps", "distributed.", "perf.",
@@ -37,6 +45,8 @@ NOT_TRAINING = ("workdir", "train.progress_bar", "train.plot", "train.log_every"
                 "data.world.dir", "data.eval_source", "data.eval_split", "doctor.")
 
 _held: dict[Path, Path] = {}
+# The config and manifest files `start_workdir` and `check_resume` write (and their temporaries).
+_RECORDS = re.compile(r"(config|manifest)(\.\d+)?\.json(\.tmp)?|manifest\.tmp")
 
 
 class RunDirError(ValueError):
@@ -196,15 +206,85 @@ def check_resume(config, workdir: Path, overrides: dict | None = None) -> str | 
 
 def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
     """Create `config.workdir`, take its lock, check a resume against the manifest of its
-    checkpoints (above), and write the resolved config into it (process 0)."""
+    checkpoints (above), and write the resolved config into it (process 0). Inside
+    `undo_on_failure`, what this changes is put back if the phase fails before a checkpoint."""
     workdir = Path(config.workdir).absolute()
     if jax.process_index() == 0:
+        missing = [p for p in (workdir, *workdir.parents) if not p.exists()]
         workdir.mkdir(parents=True, exist_ok=True)
-        for note in (acquire(workdir), check_resume(config, workdir, manifest_overrides)):
+        notes = [acquire(workdir)]
+        if _started and workdir not in _started[-1]:  # as found, now that the lock is ours
+            _started[-1][workdir] = _Found(
+                missing[-1] if missing else None, _checkpoint_entries(workdir),
+                {p.name: p.read_bytes() for p in workdir.iterdir()
+                 if p.is_file() and _RECORDS.fullmatch(p.name)})
+        notes.append(check_resume(config, workdir, manifest_overrides))
+        for note in notes:
             if note:
                 print(note)
         _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     return workdir
+
+
+# ----------------------------------------------------------------------------- failed set-up
+@dataclasses.dataclass
+class _Found:
+    """A workdir as `start_workdir` found it, once its lock was taken."""
+
+    created: Path | None          # the outermost directory start_workdir made (None: none)
+    checkpoints: frozenset[str]   # `_checkpoint_entries`
+    records: dict[str, bytes]     # its config and manifest files (`_RECORDS`) by name
+
+
+def _checkpoint_entries(workdir: Path) -> frozenset[str]:
+    """Everything under `workdir/checkpoints` (saved steps, and a save in progress)."""
+    directory = workdir / "checkpoints"
+    return frozenset(p.name for p in directory.iterdir()) if directory.is_dir() else frozenset()
+
+
+_started: list[dict[Path, _Found]] = []  # one per open `undo_on_failure`, innermost last
+
+
+@contextlib.contextmanager
+def undo_on_failure():
+    """Run a phase so that, if it raises before it saves a checkpoint, every workdir it
+    started (`start_workdir`) is put back as it was found: the lock released, the config and
+    manifest files this run wrote removed and those it replaced restored, and the directories
+    it created removed where empty. A run that saved a checkpoint keeps its new manifest (it
+    describes that checkpoint, as does one with a save in progress). Nested uses (a pipeline's
+    stages) each answer for the workdirs they started."""
+    started: dict[Path, _Found] = {}
+    _started.append(started)
+    try:
+        yield
+    except BaseException:
+        for workdir, found in started.items():
+            _put_back(workdir, found)
+        raise
+    finally:
+        _started.pop()  # the innermost, this one (uses nest)
+
+
+def _put_back(workdir: Path, found: _Found) -> None:
+    """`undo_on_failure`'s undo of one workdir; never raises (the phase's error is the one)."""
+    release(workdir)
+    try:
+        if _checkpoint_entries(workdir) - found.checkpoints:
+            return
+        for path in workdir.iterdir():
+            if _RECORDS.fullmatch(path.name) and path.name not in found.records:
+                path.unlink()
+        for name, data in found.records.items():
+            path = workdir / name
+            if not path.is_file() or path.read_bytes() != data:
+                path.write_bytes(data)
+        if found.created is not None:
+            for directory in (workdir, *workdir.parents):
+                directory.rmdir()  # an OSError (not empty) ends the walk up
+                if directory == found.created:
+                    break
+    except OSError:
+        pass
 
 
 def _write_atomic(path: Path, text: str) -> None:
