@@ -7,8 +7,8 @@
 * **Manifest** (`workdir/manifest.json`): the training-relevant config (every key except how
   often to log/evaluate/checkpoint, the mesh and process layout, the preset's name (its values
   are compared), and other settings that do not change the trajectory, `NOT_TRAINING`) plus a
-  SHA-256 fingerprint of the content of each data file. A run that finds checkpoints compares the manifest: any difference refuses,
-  printing the differences, unless `train.allow_config_change=True` — then the old config and
+  SHA-256 fingerprint of the content of each data file. A run that finds checkpoints compares
+  the manifest: any difference refuses, printing the differences, unless `train.allow_config_change=True` — then the old config and
   manifest are kept as `config.<n>.json` / `manifest.<n>.json` beside the new ones.
 * **A failed set-up leaves nothing** (`undo_on_failure`, around every stage the stage table
   runs): a phase that raises before it saves a checkpoint — a bad data entry found while
@@ -32,7 +32,7 @@ from pathlib import Path
 
 import jax
 
-from easyalign.config_keys import ConfigError, flat_keys
+from easyalign.config_keys import flat_keys
 
 LOCK_FILE = "run.lock"
 MANIFEST_FILE = "manifest.json"
