@@ -112,13 +112,15 @@ class Attention(nnx.Module):
     def __call__(self, x: jax.Array, positions: jax.Array | None, segment_ids: jax.Array | None,
                  inv_freq: jax.Array, cache: tuple[jax.Array, jax.Array] | None = None,
                  mode: str | None = None, local: jax.Array | None = None,
-                 dropout_key: jax.Array | None = None):
+                 dropout_key: jax.Array | None = None, shared_prefix=None):
         """x `[B, T, d]` → (out `[B, T, d]`, this call's `(k, v)` for a prefill, the updated
         cache buffers `(k_cache, v_cache)` for a decode).
 
         `inv_freq [r/2]` is this layer's RoPE; `local` (a traced bool, only when the config has
         `layer_types`) says whether this layer attends within `sliding_window`; `dropout_key`
-        draws the LoRA adapters' input dropout (training).
+        draws the LoRA adapters' input dropout (training). With `shared_prefix` (a
+        `shared_prefix.SharedPrefix`; no cache) x is its stream `[N, P + G·R, d]`: the prompt
+        block attends causally, each response over its prompt and itself.
         """
         cfg = self.config
         batch, length = x.shape[:2]
@@ -134,6 +136,8 @@ class Attention(nnx.Module):
             v = checkpoint_name(self.v_proj(x_v, keys[2]), "value_proj")
         if cfg.qk_norm:
             q, k = self.q_norm(q), self.k_norm(k)
+        if shared_prefix is not None:
+            positions = shared_prefix.positions()
         rope_positions = (positions if positions is not None
                           else jnp.broadcast_to(jnp.arange(length), (batch, length)))
         q = apply_rope(q, rope_positions, inv_freq, self.rope_scale)
@@ -146,49 +150,70 @@ class Attention(nnx.Module):
         if cfg.layer_types is not None and window is not None:
             window = jnp.where(local, window, NO_WINDOW)
         scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar ** -0.5
-        softcap = cfg.attn_logit_softcapping
         impl = attention_implementation(cfg.attention_impl, q.dtype)
         if mode == "decode":
             # Write this call's keys and values first, then attend over the cache alone.
             k, v = (write_cache(cache[0], k, rope_positions),
                     write_cache(cache[1], v, rope_positions))
-            if impl == "cudnn" and softcap is None and window is None and length == 1:
+            if (impl == "cudnn" and cfg.attn_logit_softcapping is None and window is None
+                    and length == 1):
                 # One new token per row: the cache's first position + 1 slots are its keys.
                 out = jax.nn.dot_product_attention(
                     q, k, v, scale=scale, key_value_seq_lengths=rope_positions[:, 0] + 1,
                     implementation="cudnn")
             else:
-                out = cached_attention(q, k, v, rope_positions, window, scale, softcap)
-        elif softcap is not None:  # no fused kernel soft-caps: XLA, whatever attention_impl
-            causal = mode == "prefill" or (positions is None and segment_ids is None)
-            mask = attention_mask(rope_positions, rope_positions,
-                                  None if causal else segment_ids,
-                                  None if causal else segment_ids, window)
-            out = einsum_attention(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None else scale,
-                                   softcap)
+                out = cached_attention(q, k, v, rope_positions, window, scale,
+                                       cfg.attn_logit_softcapping)
+        elif shared_prefix is not None:
+            (qp, qr), (kp, kr), (vp, vr) = (shared_prefix.split(a) for a in (q, k, v))
+            out_prompt = self._causal(qp, kp, vp, rope_positions[:, :shared_prefix.prompt_width],
+                                      scale, impl, window, local)
+            out_responses = self._masked(
+                qr, shared_prefix.response_keys(kp, kr), shared_prefix.response_keys(vp, vr),
+                shared_prefix.response_visibility(window), scale, impl)
+            out = shared_prefix.join(out_prompt, out_responses)
         elif mode == "prefill" or (positions is None and segment_ids is None):
-            # positions are 0..T-1: index order is position order, the kernel's causal mask
-            def causal(local_window):
-                return jax.nn.dot_product_attention(
-                    q, k, v, is_causal=True, scale=scale, local_window_size=local_window,
-                    implementation=impl)
-
-            if cfg.sliding_window is None:
-                out = causal(None)
-            elif cfg.layer_types is None:
-                out = causal((cfg.sliding_window - 1, 0))
-            else:  # per-layer: two static-window calls, one runs (a conditional in the scan)
-                out = jax.lax.cond(local, lambda: causal((cfg.sliding_window - 1, 0)),
-                                   lambda: causal(None))
+            out = self._causal(q, k, v, rope_positions, scale, impl, window, local)
         else:
             mask = attention_mask(rope_positions, rope_positions, segment_ids, segment_ids,
                                   window)
-            out = jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
-                                               implementation=impl)
+            out = self._masked(q, k, v, mask, scale, impl)
         out = checkpoint_name(out, "attention")
         # prefill: this call's keys and values (the caller writes them); decode: the cache.
         new_kv = None if mode is None else (k, v)
         return checkpoint_name(self.o_proj(out, keys[3]), "attention_out"), new_kv
+
+    def _causal(self, q, k, v, positions, scale, impl, window, local):
+        """Causal attention of a call whose positions are 0..T−1 (index order is position
+        order): the fused kernel's causal mask, per-layer windows through `lax.cond`; a
+        soft-cap through `einsum_attention` under the position mask."""
+        cfg = self.config
+        if cfg.attn_logit_softcapping is not None:  # no fused kernel soft-caps
+            return self._masked(q, k, v, attention_mask(positions, positions,
+                                                        sliding_window=window), scale, impl)
+
+        def causal(local_window):
+            return jax.nn.dot_product_attention(
+                q, k, v, is_causal=True, scale=scale, local_window_size=local_window,
+                implementation=impl)
+
+        if cfg.sliding_window is None:
+            return causal(None)
+        if cfg.layer_types is None:
+            return causal((cfg.sliding_window - 1, 0))
+        # per-layer: two static-window calls, one runs (a conditional in the scan)
+        return jax.lax.cond(local, lambda: causal((cfg.sliding_window - 1, 0)),
+                            lambda: causal(None))
+
+    def _masked(self, q, k, v, mask, scale, impl):
+        """Attention under a boolean `mask [B, 1, T, S]` (True = visible); soft-capped scores
+        through `einsum_attention` (XLA), whatever `attention_impl` says."""
+        softcap = self.config.attn_logit_softcapping
+        if softcap is not None:
+            return einsum_attention(q, k, v, mask, q.shape[-1] ** -0.5 if scale is None
+                                    else scale, softcap)
+        return jax.nn.dot_product_attention(q, k, v, mask=mask, scale=scale,
+                                            implementation=impl)
 
 
 def adapter(config: ModelConfig, name: str) -> lora_lib.LoraConfig | None:

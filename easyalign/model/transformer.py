@@ -38,6 +38,7 @@ from easyalign.model.config import ModelConfig
 from easyalign.model.layers import (Einsum, Embed, RMSNorm, compute_copy, fuse_kernels,
                                     rope_inverse_frequencies, separate_operands, split_fused)
 from easyalign.model.moe import MoE, RouterStats, load_balancing_loss
+from easyalign.model.shared_prefix import SharedPrefix
 from easyalign.sharding import constrain
 
 _SAVED_PROJECTIONS = ("query_proj", "key_proj", "value_proj", "attention_out",
@@ -173,10 +174,10 @@ class Block(nnx.Module):
             self.mlp_out_norm = RMSNorm(config.hidden_size, config=config, rngs=rngs)
 
     def __call__(self, x, positions, segment_ids, inv_freq, cache=None, mode=None, local=None,
-                 dropout_key=None):
+                 dropout_key=None, shared_prefix=None):
         keys = lora_lib.split_key(dropout_key, 2)
         attn_out, new_kv = self.attn(self.input_norm(x), positions, segment_ids, inv_freq, cache,
-                                     mode, local, keys[0])
+                                     mode, local, keys[0], shared_prefix)
         x = x + (self.attn_out_norm(attn_out) if self.sandwich else attn_out)
         stats: RouterStats = {}
         if isinstance(self.mlp, MoE):  # padding (segment 0) is routed but not counted
@@ -221,7 +222,8 @@ class Transformer(nnx.Module):
             self, tokens: jax.Array, *, positions: jax.Array | None = None,
             segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None,
             cache: KVCache | None = None, prefill: bool = False,
-            cache_rows: jax.Array | None = None, dropout_key: jax.Array | None = None
+            cache_rows: jax.Array | None = None, dropout_key: jax.Array | None = None,
+            shared_prefix: SharedPrefix | None = None
     ) -> tuple[jax.Array, KVCache | None, jax.Array]:
         """`trunk`'s hidden states and cache, and the router loss the train loss adds:
         `router_aux_loss_coef · L_aux` (`moe.load_balancing_loss` over every layer's real
@@ -237,7 +239,9 @@ class Transformer(nnx.Module):
         `cache_rows[b]` (each of the K rows: one prompt prefilled once for K samples); rows out
         of range are skipped (a slot engine's unused admissions). `dropout_key` turns
         on the LoRA adapters' input dropout (a training forward; ignored without adapters or
-        at rate 0), one key per layer drawn from it.
+        at rate 0), one key per layer drawn from it. `shared_prefix` (no cache, positions or
+        segment ids; a dense model): `tokens` is that layout's stream `[N, P + G·R]`, each
+        prompt computed once for its G completions (`model.shared_prefix`).
         """
         cfg = self.config
         if attention_mask is not None:
@@ -249,8 +253,19 @@ class Transformer(nnx.Module):
             raise ValueError("cache_rows is for a prefill into an existing cache")
         if cache is not None and positions is None:
             positions = jnp.broadcast_to(jnp.arange(tokens.shape[1]), tokens.shape)
+        if shared_prefix is not None:
+            if cache is not None or positions is not None or segment_ids is not None:
+                raise ValueError("shared_prefix takes no cache, positions or segment ids")
+            if cfg.num_experts:
+                raise ValueError("shared_prefix: a mixture of experts would route the prompt "
+                                 "once instead of G times (router statistics change)")
+            if tokens.shape[1] != shared_prefix.stream_width:
+                raise ValueError(f"shared_prefix: tokens of width {tokens.shape[1]}, the layout's "
+                                 f"stream is {shared_prefix.stream_width}")
         # LongRoPE switches factors by the call's sequence length (HF: max(position_ids) + 1).
-        seq_len = tokens.shape[1] if positions is None else jnp.max(positions) + 1
+        seq_len = (tokens.shape[1] if positions is None else jnp.max(positions) + 1)
+        if shared_prefix is not None:  # the assembled rows' length
+            seq_len = shared_prefix.prompt_width + shared_prefix.response_width
         per_layer = self.layer_data(seq_len)
         if dropout_key is not None and cfg.lora is not None and cfg.lora.dropout > 0:
             per_layer["dropout_key"] = jax.random.split(dropout_key, cfg.num_layers)
@@ -263,7 +278,7 @@ class Transformer(nnx.Module):
             block = nnx.merge(graphdef, params)
             return block(x, None if mode == "prefill" else positions, segment_ids,
                          data["inv_freq"], layer_cache, mode, data.get("local"),
-                         data.get("dropout_key"))
+                         data.get("dropout_key"), shared_prefix)
 
         scanned_layers = cfg.scan_layers and mode != "decode"
         if cfg.remat != "none":
