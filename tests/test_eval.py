@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy.testing import assert_allclose
 from transformers import AutoTokenizer
 
 from configs.eval import shared_data_dir
@@ -226,10 +227,14 @@ def test_continuation_logprob_equals_full_forward_sum():
     rows = [(rng.integers(0, 256, p).tolist(), rng.integers(0, 256, c).tolist())
             for p, c in [(5, 3), (1, 1), (12, 7), (3, 13)]]
     got = scoring.continuation_logprobs(model, rows, batch_size=3)
+    per_token = scoring.continuation_token_logprobs(model, rows, batch_size=3)
+    assert per_token.shape == (4, 13)
     forward = _full_forward(model, "lm")
-    for (prefix, continuation), value in zip(rows, got):
+    for (prefix, continuation), value, tokens in zip(rows, got, per_token):
         logps = forward(prefix + continuation)
         assert value == pytest.approx(logps[len(prefix):].sum(), abs=1e-5)
+        assert_allclose(tokens[:len(continuation)], logps[len(prefix):], atol=1e-5)
+        assert not tokens[len(continuation):].any()  # zero after the continuation
 
 
 def test_reward_scores_read_the_last_non_pad_token():
