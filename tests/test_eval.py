@@ -369,7 +369,7 @@ def test_kl_samples_responses_is_refused_with_the_reason(world_models):
     root, world, paths = world_models
     config = _config(root, world, f"--config.eval.variants=('b={paths['b']}',)",
                      f"--config.eval.reference={paths['a']}", "--config.eval.kl_samples=responses")
-    with pytest.raises(ValueError, match="greedy, not samples of the policy"):
+    with pytest.raises(ValueError, match="not temperature-1 samples of the policy"):
         eval_run.run(config)
 
 

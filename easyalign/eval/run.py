@@ -357,10 +357,10 @@ def run(config) -> dict:
 
     e = config.eval
     if e.kl_samples == "responses":
-        raise ValueError("eval.kl_samples='responses' was removed: the evaluated responses are "
-                         "greedy, not samples of the policy, so k1 on them is not a KL estimate "
-                         "(it can be negative); kl_ref is estimated on temperature-1 samples "
-                         "(eval.kl_samples='temperature')")
+        raise ValueError("eval.kl_samples='responses' was removed: the evaluated responses "
+                         "(greedy by default) are not temperature-1 samples of the policy, so k1 "
+                         "on them is not a KL estimate (it can be negative); kl_ref is estimated "
+                         "on temperature-1 samples (eval.kl_samples='temperature')")
     if e.kl_samples not in KL_SAMPLES:
         raise ValueError(f"eval.kl_samples: {e.kl_samples!r} is not one of {KL_SAMPLES}")
     judge_kind, judge_path = J.parse_judge(e.refusal_judge)
