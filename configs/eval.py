@@ -54,8 +54,9 @@ def get_config(preset: str = ""):
     e.temperature = 1.0                  # for the non-greedy methods
     e.top_k = 40                         # for top_k
     e.top_p = 0.9                        # for top_p
-    e.kl_samples = "responses"           # responses (the evaluated ones) | temperature (T=1 draws)
-    e.seed = 0                           # sampling seed (unused by greedy)
+    e.kl_samples = "temperature"         # kl_ref's samples: one T=1 draw per prompt, seed eval.seed
+    #                                      (the only value: greedy responses give no KL estimate)
+    e.seed = 0                           # sampling seed: responses (unused by greedy), KL samples
     e.dtype = ""                         # compute dtype ("" = the dtype the weights are stored
     #                                      in: fp32 for an fp32 checkpoint; bfloat16 on GPU)
     if preset == "tiny":

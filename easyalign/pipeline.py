@@ -227,7 +227,7 @@ def run(config) -> None:
 # left out; a table with fewer than two rows is not printed.
 ABLATIONS = (
     ("Alignment method (safety)", ("sft", "dpo", "ppo", "grpo"),
-     ("harmful_refusal", "benign_over_refusal", "unknown_idk", "reward", "kl_ref",
+     ("harmful_refusal", "benign_over_refusal", "unknown_idk", "reward", "kl_ref", "kl_ref_k3",
       "alignment_score")),
     ("Distillation: on-policy vs off-policy (equal student steps)",
      ("student", "student_offline"),

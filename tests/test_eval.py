@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from numpy.testing import assert_allclose
 from transformers import AutoTokenizer
 
 from configs.eval import shared_data_dir
@@ -20,7 +21,9 @@ from easyalign.eval.report import load_results
 from easyalign.eval.suites import load_mc_task, parse_extra_suites, parse_named_paths
 from flax import nnx
 
+from easyalign.hf.autoload import load_model, load_tokenizer
 from easyalign.model import preset
+from easyalign.sampler import Sampler, Temperature
 from easyalign.model.scoring import token_logprobs
 from eval_fixtures import make_model, save_model
 
@@ -226,10 +229,14 @@ def test_continuation_logprob_equals_full_forward_sum():
     rows = [(rng.integers(0, 256, p).tolist(), rng.integers(0, 256, c).tolist())
             for p, c in [(5, 3), (1, 1), (12, 7), (3, 13)]]
     got = scoring.continuation_logprobs(model, rows, batch_size=3)
+    per_token = scoring.continuation_token_logprobs(model, rows, batch_size=3)
+    assert per_token.shape == (4, 13)
     forward = _full_forward(model, "lm")
-    for (prefix, continuation), value in zip(rows, got):
+    for (prefix, continuation), value, tokens in zip(rows, got, per_token):
         logps = forward(prefix + continuation)
         assert value == pytest.approx(logps[len(prefix):].sum(), abs=1e-5)
+        assert_allclose(tokens[:len(continuation)], logps[len(prefix):], atol=1e-5)
+        assert not tokens[len(continuation):].any()  # zero after the continuation
 
 
 def test_reward_scores_read_the_last_non_pad_token():
@@ -273,8 +280,8 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
     doc = json.loads((out / "results.json").read_text())
     assert [e["name"] for e in doc["variants"]] == ["a", "b"]
     expected = {"alignment_score", "instruction_em", "fact_em", "unknown_idk", "hallucination",
-                "harmful_refusal", "benign_over_refusal", "length", "kl_ref", "reward",
-                "reward_win_rate"}
+                "harmful_refusal", "benign_over_refusal", "length", "kl_ref", "kl_ref_k3",
+                "reward", "reward_win_rate"}
     scored = {}
     for entry in doc["variants"]:
         metrics = entry["metrics"]
@@ -286,7 +293,8 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
         samples = [json.loads(line) for line in (out / "samples" / f"{entry['name']}.jsonl")
                    .read_text().splitlines()]
         assert len(samples) == 20
-        assert {"prompt", "response", "correct", "refusal", "kl_ref"} <= set(samples[0])
+        assert {"prompt", "response", "correct", "refusal", "kl_ref", "kl_ref_k3",
+                "kl_sample"} <= set(samples[0])
         rewarded = [s for s in samples if "reward" in s]
         assert {s["suite"] for s in rewarded} == {"harmful", "benign"} and len(rewarded) == 8
         assert metrics["reward"] == pytest.approx(np.mean([s["reward"] for s in rewarded]))
@@ -296,12 +304,73 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
     assert doc["variants"][0]["metrics"]["reward_win_rate"] == pytest.approx(np.mean(wins))
     assert doc["variants"][1]["metrics"]["reward_win_rate"] == 0.5  # against itself: all ties
     # The reference scored by the same code against itself: exactly no divergence.
-    assert doc["variants"][0]["metrics"]["kl_ref"] == 0.0
+    assert doc["variants"][0]["metrics"]["kl_ref"] == doc["variants"][0]["metrics"][
+        "kl_ref_k3"] == 0.0
     assert doc["variants"][1]["metrics"]["kl_ref"] != 0.0
+    assert doc["variants"][1]["metrics"]["kl_ref_k3"] > 0.0
     assert set(load_results(out / "results.json")) == {"a", "b"}
     table = (out / "results.md").read_text()
     assert "| a |" in table and "| b |" in table and "alignment" in table and "rule-based" in table
     assert (out / "results.png").stat().st_size > 1000
+
+
+def test_default_kl_ref_is_the_log_ratio_on_temperature_one_samples(world_models):
+    """kl_ref (k1) and kl_ref_k3 of a default (greedy) evaluation, by hand: draw the same
+    temperature-1 samples (one per prompt, seed eval.seed), score them with one plain unchunked
+    forward per model and take the per-token log-ratio's sums' mean."""
+    root, world, paths = world_models
+    config = _config(root, world, f"--config.eval.variants=('b={paths['b']}',)",
+                     f"--config.eval.reference={paths['a']}", f"--config.workdir={root}/kl",
+                     "--config.eval.suites=('harmful', 'benign')")  # 8 prompts: one batch
+    assert config.eval.sampling == "greedy" and config.eval.kl_samples == "temperature"
+    metrics = eval_run.run(config)["variants"][0]["metrics"]
+    records = [json.loads(line) for line in
+               (root / "kl" / "samples" / "b.jsonl").read_text().splitlines()]
+    assert len(records) == 8
+
+    policy, reference = load_model(paths["b"]), load_model(paths["a"])
+    sampler = Sampler.from_model(policy, load_tokenizer(paths["b"]), batch_size=8)
+    prompts = [r["prompt"] for r in records]
+    samples = sampler.sample_texts(prompts, max_new_tokens=8, method=Temperature(1.0), seed=0)
+    assert [s["response"] for s in samples] == [r["kl_sample"] for r in records]
+    assert any(s["response"] != r["response"] for s, r in zip(samples, records))  # not greedy
+
+    rows = [(sampler.encode(p), list(s["tokens"])) for p, s in zip(prompts, samples)]
+    width = max(len(p) + len(c) for p, c in rows)
+    tokens = np.zeros((len(rows), width), np.int32)  # right padding: no earlier position moves
+    for n, (prefix, continuation) in enumerate(rows):
+        tokens[n, :len(prefix) + len(continuation)] = prefix + continuation
+
+    graphdef, _ = nnx.split(policy)  # the two models share one architecture
+
+    @jax.jit
+    def logps(state, tokens):  # [N, width − 1]: log softmax(logits)[next token], no chunking
+        logits = nnx.merge(graphdef, state)(tokens)
+        logp = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
+        return jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
+
+    lp, lr = (np.asarray(logps(nnx.state(m), jnp.asarray(tokens)), np.float64)
+              for m in (policy, reference))
+    k1, k3 = [], []
+    for n, (prefix, continuation) in enumerate(rows):
+        span = slice(len(prefix) - 1, len(prefix) + len(continuation) - 1)
+        # The draws are of π at temperature 1: the sampler's log-probs are the forward's.
+        assert_allclose(samples[n]["logprobs"], lp[n, span], atol=1e-4)
+        d = lp[n, span] - lr[n, span]
+        k1.append(d.sum())
+        k3.append((np.exp(-d) - 1.0 + d).sum())
+    assert_allclose([r["kl_ref"] for r in records], k1, atol=1e-4)
+    assert_allclose([r["kl_ref_k3"] for r in records], k3, atol=1e-4)
+    assert metrics["kl_ref"] == pytest.approx(np.mean(k1), abs=1e-5)
+    assert metrics["kl_ref_k3"] == pytest.approx(np.mean(k3), abs=1e-5)
+
+
+def test_kl_samples_responses_is_refused_with_the_reason(world_models):
+    root, world, paths = world_models
+    config = _config(root, world, f"--config.eval.variants=('b={paths['b']}',)",
+                     f"--config.eval.reference={paths['a']}", "--config.eval.kl_samples=responses")
+    with pytest.raises(ValueError, match="not temperature-1 samples of the policy"):
+        eval_run.run(config)
 
 
 @needs_shared

@@ -48,9 +48,13 @@ Over all generated responses of a variant (every suite, extra suites included):
                 P[r(x, y) > r(x, y_ref)] + ½ P[r(x, y) = r(x, y_ref)] over the same prompts,
                 y_ref the response of the variant `eval.win_rate_reference` (the SFT model in
                 the pipeline): the reward model as judge of a head-to-head comparison.
-    kl_ref      mean over responses of Σ_t [log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t)]
-                over the generated tokens (stop token included): the k1 estimator. See
-                `easyalign.eval.run` for which samples it is averaged over.
+    kl_ref      KL(π ‖ π_ref) in nats per response, k1 estimator: the mean over one
+                temperature-1 sample y ~ π(·|x) per prompt (not the evaluated responses) of
+                Σ_t d_t, d_t = log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t) over the sampled
+                tokens (stop token included). Unbiased; a single term can be negative.
+    kl_ref_k3   the same samples, k3 estimator: mean of Σ_t (exp(−d_t) − 1 + d_t). Unbiased,
+                every term ≥ 0, lower variance near the reference (Schulman, "Approximating
+                KL divergence", 2020). Samples and seeds: `easyalign.eval.run`, step 3.
 
 TruthfulQA multiple choice (Lin et al., 2022), from the answers' summed log-likelihoods
 ℓ_i = Σ_t log π(a_i,t | q, a_i,<t):

@@ -49,12 +49,13 @@ KNOWN_COLUMNS = {
     "ifeval_prompt_loose": ("IFEval prompt loose", "↑"),
     "ifeval_instruction_strict": ("IFEval instr. strict", "↑"),
     "ifeval_instruction_loose": ("IFEval instr. loose", "↑"),
-    "kl_ref": ("KL to ref", ""),
+    "kl_ref": ("KL to ref (k1)", ""),
+    "kl_ref_k3": ("KL to ref (k3)", ""),
     "length": ("length (tokens)", ""),
     "distinct_1": ("distinct-1", ""),
     "distinct_2": ("distinct-2", ""),
 }
-_UNBOUNDED = ("reward", "kl_ref", "length")
+_UNBOUNDED = ("reward", "kl_ref", "kl_ref_k3", "length")
 
 # (metric keys, definition): one bullet under the table when any of its keys is a column.
 DEFINITIONS = (
@@ -77,8 +78,11 @@ DEFINITIONS = (
     (("reward",), "**reward**: mean reward-model score of the responses."),
     (("reward_win_rate",), "**RM win rate**: fraction of prompts whose response the reward "
                            "model scores above the reference variant's (ties count ½)."),
-    (("kl_ref",), "**KL to ref**: mean per-response Σ_t (log π − log π_ref) over the response "
-                  "tokens (k1 estimator)."),
+    (("kl_ref", "kl_ref_k3"), "**KL to ref**: KL(π ‖ π_ref) in nats per response, estimated "
+                              "on one temperature-1 sample per prompt (not the evaluated "
+                              "responses), d_t = log π − log π_ref per sampled token: k1 = mean "
+                              "Σ_t d_t, k3 = mean Σ_t (exp(−d_t) − 1 + d_t) (both unbiased; k3 "
+                              "≥ 0 term by term)."),
     (("ifeval_prompt_strict", "ifeval_prompt_loose", "ifeval_instruction_strict",
       "ifeval_instruction_loose"),
      "**IFEval**: verifiable instruction following (Zhou et al., 2023): prompt-level (every "

@@ -8,20 +8,33 @@ variant's weights are on the devices at a time; the reference and reward model s
    `eval.max_new_tokens` tokens, the prompt rendered with the variant's chat template.
 2. **Grade** each response (`metrics.grade_response`) and reduce per suite
    (`metrics.suite_metrics`), plus length and distinct-n over all responses.
-3. **KL to the reference** (`eval.reference`, the SFT model): for each response y to prompt x,
-   Σ_t log π(y_t | x, y_<t) − log π_ref(y_t | x, y_<t) over y's tokens (stop token included),
-   then the mean — the k1 estimator. Both terms come from the same full-forward scorer
-   (`scoring.continuation_logprobs`), so identical models give exactly 0 and sampler/forward
-   rounding differences cannot leak into it. Which responses (`eval.kl_samples`):
-   * `"responses"` (default): the evaluated responses themselves, free. With greedy decoding
-     this is not KL(π‖π_ref) — greedy outputs are not samples of π — but the log-likelihood
-     ratio on what the variant actually says: a "divergence on the variant's outputs". It can
-     be negative.
-   * `"temperature"`: fresh samples at temperature 1 from π (seed `eval.seed`), one per prompt —
-     an unbiased Monte Carlo estimate of E_x KL(π(·|x) ‖ π_ref(·|x)) over the suites' prompts,
-     for one more generation pass.
+3. **KL to the reference** (`eval.reference`, the SFT model): an estimate of
+   E_x KL(π(·|x) ‖ π_ref(·|x)) over the evaluated prompts, π the variant's distribution over
+   responses of at most `eval.max_new_tokens` tokens (Schulman, "Approximating KL divergence",
+   2020; `easyalign.losses.common`'s k1 and k3). It needs y ~ π, so it is never read off the
+   evaluated responses (greedy by default: not samples of π, and their log-ratio can be
+   negative):
+   * samples: one response y_n ~ π(·|x_n) per evaluated prompt x_n, n = 0 … N−1 over every
+     suite's prompts in order (N = the number of evaluated responses), at temperature 1 with no
+     top-k / top-p, seed `eval.seed`: token i of y_n is drawn with the key
+     `fold_in(fold_in(fold_in(key(eval.seed), 0), n), i)` (`sampler.decode.row_keys`), so the
+     samples depend on the seed, n and the model only (not on `eval.batch_size`). When the
+     evaluated responses are such draws already (`eval.sampling=temperature`,
+     `eval.temperature=1`) they are the same tokens and are reused, not drawn again;
+   * per token, in fp32 from one full forward of prompt + y_n under each model
+     (`scoring.continuation_token_logprobs`; the stop token included, T_n ≤ max_new_tokens):
+         d_{n,t} = log π(y_{n,t} | x_n, y_{n,<t}) − log π_ref(y_{n,t} | x_n, y_{n,<t})   [N, T_n]
+   * `kl_ref`    = (1/N) Σ_n Σ_t d_{n,t}                       (k1)
+     `kl_ref_k3` = (1/N) Σ_n Σ_t (exp(−d_{n,t}) − 1 + d_{n,t})   (k3)
+     both in nats per response, both unbiased (k3 because E_{y_t ~ π}[π_ref/π] = 1 at every
+     prefix); a k1 term can be negative, every k3 term is ≥ 0 and k3's variance is lower when
+     π is close to π_ref. Identical models give exactly 0 for both (same scorer, d = 0), and
+     sampler/forward rounding differences cannot leak in. Each prompt's record carries its
+     sample's two sums and text (`kl_ref`, `kl_ref_k3`, `kl_sample`).
    KL needs token ids that mean the same thing: a variant whose tokenizer vocabulary differs from
-   the reference's gets no `kl_ref` (and a note says so).
+   the reference's gets no `kl_ref` (and a note says so). `eval.kl_samples` names the samples;
+   `temperature` is its only value (`responses`, k1 on the evaluated responses, was removed:
+   not a KL estimate).
 4. **Reward** (`eval.reward_model`, a scalar-head checkpoint): every (prompt, response) is
    re-tokenised with the reward model's tokenizer exactly as its training data was (chat-template
    prompt + response + end of turn, `easyalign.data.tokenize`; a response cut by
@@ -54,7 +67,8 @@ after k of n variants redoes only the rest.
 Outputs (process 0): `workdir/results.json|md|png` (`easyalign.eval.report`; the PNG and the
 table first, `results.json` last: it marks a complete evaluation) and
 `workdir/samples/<variant>.jsonl`: one line per prompt with the response, its grade, token count,
-and its KL / reward terms when computed, then one line per MC question.
+and its KL (with the sample it was computed on) / reward terms when computed, then one line
+per MC question.
 """
 
 from __future__ import annotations
@@ -67,6 +81,7 @@ from pathlib import Path
 from typing import Any
 
 import jax
+import numpy as np
 
 from easyalign import distributed, sharding
 from easyalign.data.tokenize import TruncationPolicy, pad_token_id, tokenize_examples
@@ -76,9 +91,11 @@ from easyalign.eval import report, scoring
 from easyalign.eval.suites import (Suite, ifeval_suite, load_mc_task, parse_extra_suites,
                                    parse_named_paths, same_vocabulary, extra_suite, world_suites)
 from easyalign.hf.autoload import is_gguf, load_model, load_tokenizer
+from easyalign.losses.common import KL_ESTIMATORS
 from easyalign.sampler import Sampler, Temperature, as_messages, method_from_config
 
-KL_SAMPLES = ("responses", "temperature")
+KL_SAMPLES = ("temperature",)
+KL_COLUMNS = {"kl_ref": "k1", "kl_ref_k3": "k3"}  # metric key -> losses.KL_ESTIMATORS name
 
 
 @dataclasses.dataclass
@@ -138,12 +155,26 @@ def _judge_refusals(judge, records, suites, e, mesh) -> None:
             record["correct"] = record["refusal"] == (kinds[record["suite"]] == "harmful")
 
 
-def _kl_terms(model, sampler, reference: Frozen, prompts, samples, e, mesh) -> list[float]:
+def kl_draws(sampler, prompts, outs, e) -> list[dict]:
+    """The temperature-1 samples the KL is estimated on (module docstring, step 3): `outs`
+    themselves when they were drawn so (the same call), else one fresh draw per prompt."""
+    if method_from_config(e) == Temperature(1.0):
+        return outs
+    return sampler.sample_texts(prompts, max_new_tokens=e.max_new_tokens,
+                                method=Temperature(1.0), seed=e.seed)
+
+
+def kl_terms(model, sampler, reference: Frozen, prompts, samples, e, mesh
+             ) -> dict[str, np.ndarray]:
+    """{`kl_ref`: k1 sums, `kl_ref_k3`: k3 sums}, one per (prompt, sample), each `[N]` float32
+    nats: Σ_t of the estimator over the sample's tokens (module docstring, step 3)."""
     rows = [(sampler.encode(p), s["tokens"]) for p, s in zip(prompts, samples)]
     kwargs = dict(batch_size=e.batch_size, pad_id=sampler.pad_id, mesh=mesh)
-    policy = scoring.continuation_logprobs(model, rows, **kwargs)
-    ref = scoring.continuation_logprobs(reference.model, rows, **kwargs)
-    return (policy - ref).tolist()
+    policy = scoring.continuation_token_logprobs(model, rows, **kwargs)
+    ref = scoring.continuation_token_logprobs(reference.model, rows, **kwargs)
+    # Entries after a sample's last token are 0 under both models: d = 0 there, and k1 = k3 = 0.
+    return {key: np.asarray(KL_ESTIMATORS[name](policy, ref)).sum(axis=-1)
+            for key, name in KL_COLUMNS.items()}
 
 
 def _rewards(reward: Frozen, prompts, responses, e, mesh) -> list[float]:
@@ -228,12 +259,12 @@ def evaluate_variant(name: str, path: str, suites: list[Suite], questions, e, me
                                   [r["length"] for r in records])
     if reference is not None and records:
         if same_vocabulary(tokenizer, reference.tokenizer):
-            samples = outs if e.kl_samples == "responses" else sampler.sample_texts(
-                prompts, max_new_tokens=e.max_new_tokens, method=Temperature(1.0), seed=e.seed)
-            kl = _kl_terms(model, sampler, reference, prompts, samples, e, mesh)
-            for record, value in zip(records, kl):
-                record["kl_ref"] = value
-            metrics["kl_ref"] = M.mean(kl)
+            samples = kl_draws(sampler, prompts, outs, e)
+            kl = kl_terms(model, sampler, reference, prompts, samples, e, mesh)
+            for n, (record, sample) in enumerate(zip(records, samples)):
+                record |= {key: float(values[n]) for key, values in kl.items()}
+                record["kl_sample"] = sample["response"]
+            metrics |= {key: M.mean(values.tolist()) for key, values in kl.items()}
         else:
             notes.append(f"{name}: no kl_ref, its tokenizer's vocabulary differs from the "
                          "reference's")
@@ -284,7 +315,7 @@ def variant_fingerprint(path: str, config, suites: list[Suite]) -> str:
                "reference": file_signature(e.reference),
                "reward_model": file_signature(e.reward_model),
                "judge": file_signature(J.parse_judge(e.refusal_judge)[1]),
-               "mc_task": file_signature(e.mc_task),
+               "mc_task": file_signature(e.mc_task), "kl": KL_COLUMNS,
                "suites": [(s.name, s.kind, [i["prompt"] for i in s.items]) for s in suites]}
     blob = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
@@ -325,6 +356,11 @@ def run(config) -> dict:
     from easyalign.config_check import validate
 
     e = config.eval
+    if e.kl_samples == "responses":
+        raise ValueError("eval.kl_samples='responses' was removed: the evaluated responses "
+                         "(greedy by default) are not temperature-1 samples of the policy, so k1 "
+                         "on them is not a KL estimate (it can be negative); kl_ref is estimated "
+                         "on temperature-1 samples (eval.kl_samples='temperature')")
     if e.kl_samples not in KL_SAMPLES:
         raise ValueError(f"eval.kl_samples: {e.kl_samples!r} is not one of {KL_SAMPLES}")
     judge_kind, judge_path = J.parse_judge(e.refusal_judge)
@@ -361,8 +397,10 @@ def run(config) -> dict:
     # that metric is a column (report.definitions).
     notes = [J.stated_line("rules" if judge_kind == "rules" else e.refusal_judge)]
     if e.reference:
-        on = "the evaluated responses" if e.kl_samples == "responses" else "temperature-1 samples"
-        notes.append(f"kl_ref: k1 estimator on {on} (eval.kl_samples={e.kl_samples!r})")
+        notes.append(f"kl_ref, kl_ref_k3: KL(π ‖ π_ref) in nats per response, k1 and k3 "
+                     f"estimators (Schulman 2020) on one temperature-1 sample of at most "
+                     f"{e.max_new_tokens} tokens per evaluated prompt, seed {e.seed} "
+                     f"(eval.kl_samples={e.kl_samples!r})")
     entries, rewards = [], {}
     for name, path in variants.items():
         if finished[name] is not None:

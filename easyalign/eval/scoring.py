@@ -10,8 +10,11 @@ forward per batch:
   read off one full forward over prefix + continuation with `easyalign.model.scoring.
   token_logprobs` — the trainer's own log-prob code (chunked, fp32 log-softmax). It serves
   TruthfulQA MC (prefix = the question rendered with the chat template, continuation = an
-  answer) and the KL to the reference (prefix = the prompt, continuation = the variant's
-  response tokens, scored under the variant and under the reference).
+  answer);
+* `continuation_token_logprobs(model, rows)`: the same forward, the continuation's per-token
+  log π(x_t | x_<t) kept apart (`[N, C]`, zero after each row's continuation) — the KL to the
+  reference (prefix = the prompt, continuation = a sampled response, scored under the variant
+  and under the reference; the k3 estimator needs the tokens' log-ratios one by one).
 * `reward_scores(model, sequences)`: a scalar-head model's output r(x, y) at each sequence's
   read position, exactly as in training (`easyalign.algorithms.reward.sequence_scores`).
 
@@ -37,10 +40,14 @@ from easyalign.model.scoring import token_logprobs
 from easyalign.sampler import bucket_length
 
 
-def _masked_logprob_sums(graphdef, state, tokens, mask):
+def _masked_token_logprobs(graphdef, state, tokens, mask):
     model = nnx.merge(graphdef, state)
     hidden, _ = model.trunk(tokens)
-    return jnp.sum(token_logprobs(model, hidden, tokens) * mask, axis=-1)
+    return token_logprobs(model, hidden, tokens) * mask
+
+
+def _masked_logprob_sums(graphdef, state, tokens, mask):
+    return jnp.sum(_masked_token_logprobs(graphdef, state, tokens, mask), axis=-1)
 
 
 def _reward_scores(graphdef, state, tokens, mask):
@@ -50,13 +57,15 @@ def _reward_scores(graphdef, state, tokens, mask):
 
 
 _logprob_sums_jit = jax.jit(_masked_logprob_sums, static_argnames=("graphdef",))
+_token_logprobs_jit = jax.jit(_masked_token_logprobs, static_argnames=("graphdef",))
 _reward_scores_jit = jax.jit(_reward_scores, static_argnames=("graphdef",))
 
 
 def _run_batched(fn: Callable, model, sequences: Sequence[Sequence[int]],
                  masks: Sequence[Sequence[float]], *, batch_size: int, pad_id: int,
-                 mesh: Mesh | None) -> np.ndarray:
-    """`fn(graphdef, state, tokens [B, W], mask [B, W]) -> [B]` over all rows, in order."""
+                 mesh: Mesh | None) -> list[np.ndarray]:
+    """`fn(graphdef, state, tokens [B, W], mask [B, W]) -> [B, ...]` over all rows, in order:
+    one host array per batch, its padding rows dropped (W varies from batch to batch)."""
     graphdef, state = nnx.split(model)
     out = []
     for start in range(0, len(sequences), batch_size):
@@ -76,21 +85,48 @@ def _run_batched(fn: Callable, model, sequences: Sequence[Sequence[int]],
                             mask=jax.device_put(mask, sharding.batch_sharding(mesh, 2)))
         # Host-device sync point: one small [B] transfer per batch.
         out.append(np.asarray(jax.device_get(values))[:len(chunk)])
-    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+    return out
+
+
+def _check_rows(rows) -> None:
+    for prefix, continuation in rows:
+        if not prefix or not continuation:
+            raise ValueError("continuation_logprobs: every row needs a non-empty prefix (the "
+                             "first token has no prediction) and continuation")
 
 
 def continuation_logprobs(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
                           batch_size: int = 8, pad_id: int = 0,
                           mesh: Mesh | None = None) -> np.ndarray:
     """Σ log π(continuation | prefix) for each `(prefix, continuation)` row, float32 `[N]`."""
-    for prefix, continuation in rows:
-        if not prefix or not continuation:
-            raise ValueError("continuation_logprobs: every row needs a non-empty prefix (the "
-                             "first token has no prediction) and continuation")
+    _check_rows(rows)
     sequences = [list(p) + list(c) for p, c in rows]
     masks = [[0.0] * len(p) + [1.0] * len(c) for p, c in rows]
-    return _run_batched(_logprob_sums_jit, model, sequences, masks, batch_size=batch_size,
-                        pad_id=pad_id, mesh=mesh)
+    out = _run_batched(_logprob_sums_jit, model, sequences, masks, batch_size=batch_size,
+                       pad_id=pad_id, mesh=mesh)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
+
+
+def continuation_token_logprobs(model, rows: Sequence[tuple[Sequence[int], Sequence[int]]], *,
+                                batch_size: int = 8, pad_id: int = 0,
+                                mesh: Mesh | None = None) -> np.ndarray:
+    """Per-token log π(c_t | prefix, c_<t) of each row's continuation, float32 `[N, C]`.
+
+    C = the longest continuation; entry [n, t] scores continuation token t of row n for
+    t < len(continuation_n) and is 0 after it. Row sums equal `continuation_logprobs` up to
+    float rounding (the same forward, summed on the host instead of the device).
+    """
+    _check_rows(rows)
+    sequences = [list(p) + list(c) for p, c in rows]
+    masks = [[0.0] * len(p) + [1.0] * len(c) for p, c in rows]
+    batches = _run_batched(_token_logprobs_jit, model, sequences, masks, batch_size=batch_size,
+                           pad_id=pad_id, mesh=mesh)
+    width = max((len(c) for _, c in rows), default=0)
+    out = np.zeros((len(rows), width), np.float32)
+    for n, ((prefix, continuation), values) in enumerate(
+            zip(rows, (row for batch in batches for row in batch))):
+        out[n, :len(continuation)] = values[len(prefix):len(prefix) + len(continuation)]
+    return out
 
 
 def reward_scores(model, sequences: Sequence[Sequence[int]], *, batch_size: int = 8,
@@ -99,5 +135,6 @@ def reward_scores(model, sequences: Sequence[Sequence[int]], *, batch_size: int 
     if model.config.head != "scalar":
         raise ValueError(f"the reward model must have a scalar head, not {model.config.head!r}")
     masks = [[1.0] * len(s) for s in sequences]
-    return _run_batched(_reward_scores_jit, model, sequences, masks, batch_size=batch_size,
-                        pad_id=pad_id, mesh=mesh)
+    out = _run_batched(_reward_scores_jit, model, sequences, masks, batch_size=batch_size,
+                       pad_id=pad_id, mesh=mesh)
+    return np.concatenate(out) if out else np.zeros((0,), np.float32)
