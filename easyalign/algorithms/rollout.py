@@ -90,11 +90,24 @@ def policy_logps_and_router_loss(model, tokens: jax.Array, *, temperature: float
                                         span=span), router_loss)
 
 
-def response_span(mask: jax.Array, width: int) -> Span:
+def response_span(mask: jax.Array, width: int | None) -> Span | None:
     """The `Span` of rows whose response mask `[B, T]` starts at its first nonzero column and
     holds at most `width` tokens (a row with an empty mask gets column 1: its scores are
-    masked out anyway)."""
+    masked out anyway); None — every column — when `width` is None or 0."""
+    if not width:
+        return None
     return Span(jnp.maximum(jnp.argmax(mask > 0, axis=1), 1).astype(jnp.int32), width)
+
+
+def response_logps(model, tokens: jax.Array, mask: jax.Array, width: int | None, *,
+                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(log π, entropy, router loss)` of the response tokens of `tokens [B, T]`: `[B, T]`,
+    `[B, T]` float32 and a scalar. The LM head runs on the `width` response columns alone
+    (`response_span(mask, width)`; 0 on the other columns, `width` None = every column), at
+    the sampler's temperature τ. What PPO and GRPO score and train on, rollout and loss alike
+    (so the first update starts at ratio exactly 1)."""
+    return policy_logps_and_router_loss(model, tokens, temperature=temperature,
+                                        span=response_span(mask, width))
 
 
 def token_values(model, tokens: jax.Array) -> jax.Array:
