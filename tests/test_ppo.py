@@ -124,6 +124,73 @@ def test_kl_penalty_is_zero_when_policy_is_reference(first):
     assert metrics["kl"] != 0.0 and metrics["non_score_reward"] != 0.0
 
 
+def test_response_span_loss_equals_the_full_pass(full_fp32_matmuls):
+    """PPO's loss with its heads on the response columns only (`rollout.response_span`, width
+    `ppo.max_new_tokens`, as the rollout scores too) equals, value and gradients, the loss of a
+    full pass that materialises `[B, T, vocab]` logits and values at every position — rows
+    with different prompt lengths, one response cut at the width."""
+    import dataclasses
+
+    from easyalign import losses
+    from easyalign.model import abstract_model, preset
+
+    rng = np.random.default_rng(2)
+
+    def random_model(config):
+        """`(graphdef, params)` filled from numpy — no initialiser to compile: norm scales
+        1 + N(0, 0.1²), every other weight N(0, 0.1²)."""
+        graphdef, shapes, _ = abstract_model(config)
+        return graphdef, jax.tree_util.tree_map_with_path(
+            lambda k, a: jnp.asarray(("scale" in jax.tree_util.keystr(k))
+                                     + rng.normal(0, 0.1, a.shape), a.dtype), shapes)
+
+    config = preset("tiny", dtype="float32")
+    policy_graph, policy_params = random_model(config)
+    value_graph, value_params = random_model(config.replace(head="scalar"))
+    rows, width, new = 4, 14, 5
+    tokens = jnp.asarray(rng.integers(3, config.vocab_size, (rows, width)), jnp.int32)
+    starts, lengths = np.array([1, 4, 9, 6]), np.array([3, 5, 5, 1])  # row 2: cut at the width
+    mask = np.zeros((rows, width), np.float32)
+    for i in range(rows):
+        mask[i, starts[i]:starts[i] + lengths[i]] = 1.0
+    # The random policy is near uniform: old log-probs log(1/V) + noise give ratios around 1,
+    # some clipped; old values and returns around the value head's small outputs.
+    old_logps = -np.log(config.vocab_size) + rng.normal(0, 0.5, mask.shape)
+    batch = {k: jnp.asarray(v * mask, jnp.float32) for k, v in (
+        ("old_logps", old_logps), ("old_values", rng.normal(0, 0.3, mask.shape)),
+        ("advantages", rng.normal(0, 1.0, mask.shape)),
+        ("returns", rng.normal(0, 1.0, mask.shape)))}
+    batch |= {"tokens": tokens, "mask": jnp.asarray(mask)}
+    settings = dataclasses.replace(
+        losses.PPOSettings.from_config(ppo_config.get_config().ppo), max_new_tokens=new,
+        entropy_coef=0.01)
+
+    def full_loss(p):
+        """The loss from log-probs, entropy and values at every position, whole logits."""
+        policy, value = nnx.merge(policy_graph, p["policy"]), nnx.merge(value_graph, p["value"])
+        logits = policy.logits(policy.trunk(tokens)[0])
+        logps = losses.logprobs_from_logits(logits, tokens)
+        entropy = losses.shift_to_tokens(losses.entropy_from_logits(logits))
+        values = losses.shift_to_tokens(value.scores(value.trunk(tokens)[0]))
+        pg, _ = losses.ppo_policy_loss(logps, batch["old_logps"], batch["advantages"],
+                                       batch["mask"], settings.clip_eps)
+        vf, _ = losses.ppo_value_loss(values, batch["old_values"], batch["returns"],
+                                      batch["mask"], settings.value_clip_eps)
+        return (pg + settings.vf_coef * vf
+                - settings.entropy_coef * losses.masked_mean(entropy, batch["mask"]))
+
+    span_loss = ppo.make_loss(rollout.Graphs(policy_graph, value_graph, None, None), settings)
+    # One compilation for both (the compile, not the tiny model, is this test's cost).
+    (want, want_grads), ((got, metrics), grads) = jax.jit(lambda p: (
+        jax.value_and_grad(full_loss)(p),
+        jax.value_and_grad(span_loss, has_aux=True)(p, batch, None, None)))(
+        {"policy": policy_params, "value": value_params})
+    assert 0 < float(metrics["pg_clipfrac"]) < 1 and 0 < float(metrics["vf_clipfrac"]) < 1
+    np.testing.assert_allclose(float(got), float(want), rtol=1e-6, atol=1e-7)
+    for a, b in zip(host(grads), host(want_grads)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+
+
 # ----------------------------------------------------------------------------- training
 @pytest.fixture(scope="module")
 def trained(pipeline):

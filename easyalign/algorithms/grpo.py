@@ -249,33 +249,28 @@ def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int,
     `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]` unless `old_logps=False`
     (`detached_old_logps`), `ref_logps` `[N, T]` when a reference is loaded, reward-model
     `scores [N]` when one is. Log-probs are at the sampler's temperature, over the response
-    columns only (`_logps`)."""
+    columns only (`rollout.response_logps`)."""
 
     def score(params, frozen, prompts, gen):
         frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: adapters off
         seq = rollout.assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id,
                                end_of_turn_id)
         out = {k: seq[k] for k in ("tokens", "mask", "sampler_logps")}
+
+        def logps(model):  # of the response columns, at the sampler's temperature
+            return rollout.response_logps(model, seq["tokens"], seq["mask"], settings.max_length,
+                                          temperature=settings.temperature)
+
         if old_logps:
-            out["old_logps"], out["entropy"], _ = _logps(
-                nnx.merge(graphs.policy, params), seq["tokens"], seq["mask"], settings)
+            out["old_logps"], out["entropy"], _ = logps(nnx.merge(graphs.policy, params))
         if "reference" in frozen:
-            out["ref_logps"], _, _ = _logps(nnx.merge(graphs.reference, frozen["reference"]),
-                                            seq["tokens"], seq["mask"], settings)
+            out["ref_logps"], _, _ = logps(nnx.merge(graphs.reference, frozen["reference"]))
         if "reward" in frozen:
             out["scores"] = sequence_scores(nnx.merge(graphs.reward, frozen["reward"]),
                                             seq["rm_tokens"], seq["rm_segment_ids"], {})
         return out
 
     return jax.jit(score)
-
-
-def _logps(model, tokens, mask, settings: grpo_losses.GRPOSettings):
-    """`(log π, entropy, router loss)` of the response tokens: at the sampler's temperature,
-    the LM head run on the response columns alone (`rollout.response_span`; 0 elsewhere)."""
-    span = (rollout.response_span(mask, settings.max_length) if settings.max_length else None)
-    return rollout.policy_logps_and_router_loss(model, tokens, temperature=settings.temperature,
-                                                span=span)
 
 
 def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
@@ -312,7 +307,8 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
         mask = batch["mask"]
         policy = nnx.merge(graphs.policy, params)
-        logps, entropy, router_loss = _logps(policy, batch["tokens"], mask, settings)
+        logps, entropy, router_loss = rollout.response_logps(
+            policy, batch["tokens"], mask, settings.max_length, temperature=settings.temperature)
         extra = {}
         old_logps = batch.get("old_logps")
         if old_logps is None:  # π_old = π_θ now: ratio exactly 1, ∇ratio = ∇log π_θ

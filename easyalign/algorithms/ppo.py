@@ -142,15 +142,21 @@ def setup(config) -> Setup:
 # ----------------------------------------------------------------------------- loss
 def make_loss(graphs: rollout.Graphs, p: losses.PPOSettings):
     """`loss_fn(params, batch, rng, frozen)` of the update; weighted by response tokens, so
-    gradient accumulation reproduces the minibatch's token means exactly."""
+    gradient accumulation reproduces the minibatch's token means exactly.
+
+    `batch`: `tokens`, `mask` and the rollout's `old_logps`, `old_values`, `advantages`,
+    `returns`, `[B, T]` each. Log-probs, entropy and values are computed over the
+    `p.max_new_tokens` response columns alone, as the rollout scored them
+    (`rollout.response_span`): the masked means see the same values as a full pass."""
 
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
-        mask = batch["mask"]
+        tokens, mask = batch["tokens"], batch["mask"]
         policy = nnx.merge(graphs.policy, params["policy"])
-        logps, entropy, router_loss = rollout.policy_logps_and_router_loss(policy,
-                                                                           batch["tokens"])
-        values = rollout.token_values(nnx.merge(graphs.value, params["value"]), batch["tokens"])
+        logps, entropy, router_loss = rollout.response_logps(policy, tokens, mask,
+                                                             p.max_new_tokens)
+        values = rollout.token_values(nnx.merge(graphs.value, params["value"]), tokens,
+                                      rollout.response_span(mask, p.max_new_tokens))
         pg, pg_metrics = losses.ppo_policy_loss(logps, batch["old_logps"], batch["advantages"],
                                                 mask, p.clip_eps)
         vf, vf_metrics = losses.ppo_value_loss(values, batch["old_values"], batch["returns"],

@@ -21,6 +21,12 @@ One rollout turns a batch of prompts into a PPO training batch, entirely on the 
                        log-prob), i.e. the value of the state before the action y_t;
        score           frozen reward model at its read position (`reward.sequence_scores`).
 
+   The policy's and reference's LM heads and the value head run on the N response columns
+   P_b .. P_b + N − 1 of each row alone (`response_span`, `model.scoring.Span`): nothing reads
+   a prompt column's log-prob or value, and the LM head (d × vocab) at the prompt's columns
+   was most of the scoring cost. The trunks still run over all T columns (attention reads
+   the prompt); the per-token arrays are 0 off the span.
+
 4. **Rewards and advantages** (`advantages`): per-token KL-shaped rewards (`losses.ppo`)
 
        r_t = −β · KL_t + [t = last response token] · clip(score, ±c)
@@ -51,7 +57,7 @@ from jax.experimental import multihost_utils
 from easyalign import losses, sampler, sharding
 from easyalign.algorithms.reward import sequence_scores
 from easyalign.model import lora
-from easyalign.model.scoring import Span, token_logprobs_and_entropy
+from easyalign.model.scoring import Span, over_predictions, token_logprobs_and_entropy
 
 # The arrays a PPO update reads, `[B, T]` each.
 TRAIN_KEYS = ("tokens", "mask", "old_logps", "old_values", "advantages", "returns")
@@ -90,17 +96,33 @@ def policy_logps_and_router_loss(model, tokens: jax.Array, *, temperature: float
                                         span=span), router_loss)
 
 
-def response_span(mask: jax.Array, width: int) -> Span:
+def response_span(mask: jax.Array, width: int | None) -> Span | None:
     """The `Span` of rows whose response mask `[B, T]` starts at its first nonzero column and
     holds at most `width` tokens (a row with an empty mask gets column 1: its scores are
-    masked out anyway)."""
+    masked out anyway); None — every column — when `width` is None or 0."""
+    if not width:
+        return None
     return Span(jnp.maximum(jnp.argmax(mask > 0, axis=1), 1).astype(jnp.int32), width)
 
 
-def token_values(model, tokens: jax.Array) -> jax.Array:
-    """Value of the state before each token, `[B, T]`: the scalar head read at position t − 1."""
+def response_logps(model, tokens: jax.Array, mask: jax.Array, width: int | None, *,
+                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """`(log π, entropy, router loss)` of the response tokens of `tokens [B, T]`: `[B, T]`,
+    `[B, T]` float32 and a scalar. The LM head runs on the `width` response columns alone
+    (`response_span(mask, width)`; 0 on the other columns, `width` None = every column), at
+    the sampler's temperature τ. What PPO and GRPO score and train on, rollout and loss alike
+    (so the first update starts at ratio exactly 1)."""
+    return policy_logps_and_router_loss(model, tokens, temperature=temperature,
+                                        span=response_span(mask, width))
+
+
+def token_values(model, tokens: jax.Array, span: Span | None = None) -> jax.Array:
+    """Value of the state before each token, `[B, T]` float32: the scalar head read at
+    position t − 1 (position 0 = 0). The head is per position, so with a `span` it runs on the
+    hidden states gathered at the span's columns alone (`over_predictions`; 0 elsewhere)."""
     hidden, _ = model.trunk(tokens)
-    return losses.shift_to_tokens(model.scores(hidden))
+    # A [d, 1] head: chunking (for [.., vocab] logits) buys nothing, one chunk is the width.
+    return over_predictions(model.scores, [hidden], chunk=tokens.shape[1], span=span)
 
 
 # ----------------------------------------------------------------------------- rollout pieces
@@ -146,14 +168,21 @@ def assemble(prompt_tokens, prompt_lengths, gen: sampler.Generation, pad_id: int
             "rm_segment_ids": (j <= end).astype(jnp.int32)}
 
 
-def score(graphs: Graphs, params: dict, frozen: dict, seq: dict) -> dict[str, jax.Array]:
-    """`old_logps`, `ref_logps`, `old_values`, `entropy` `[B, T]` and reward-model `scores [B]`."""
+def score(graphs: Graphs, params: dict, frozen: dict, seq: dict, width: int | None = None
+          ) -> dict[str, jax.Array]:
+    """`old_logps`, `ref_logps`, `old_values`, `entropy` `[B, T]` and reward-model `scores [B]`.
+
+    The heads run on the `width` response columns of `seq["mask"]` alone (`response_span`;
+    `width` None = every column): the per-token arrays are 0 on the other columns."""
     frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: its base, adapters off
-    tokens = seq["tokens"]
-    old_logps, entropy = policy_logps(nnx.merge(graphs.policy, params["policy"]), tokens)
+    tokens, mask = seq["tokens"], seq["mask"]
+    old_logps, entropy, _ = response_logps(nnx.merge(graphs.policy, params["policy"]), tokens,
+                                           mask, width)
     # The policy's own code path, so that policy == reference gives exactly KL = 0.
-    ref_logps, _ = policy_logps(nnx.merge(graphs.reference, frozen["reference"]), tokens)
-    old_values = token_values(nnx.merge(graphs.value, params["value"]), tokens)
+    ref_logps, _, _ = response_logps(nnx.merge(graphs.reference, frozen["reference"]), tokens,
+                                     mask, width)
+    old_values = token_values(nnx.merge(graphs.value, params["value"]), tokens,
+                              response_span(mask, width))
     scores = sequence_scores(nnx.merge(graphs.reward, frozen["reward"]), seq["rm_tokens"],
                              seq["rm_segment_ids"], {})
     return {"old_logps": old_logps, "ref_logps": ref_logps, "old_values": old_values,
@@ -188,7 +217,7 @@ def make_rollout_fn(graphs: Graphs, p: losses.PPOSettings, pad_id: int, end_of_t
     def rollout(params, frozen, prompts, gen, kl_coef):
         seq = assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id, end_of_turn_id)
         mask = seq["mask"]
-        scored = score(graphs, params, frozen, seq)
+        scored = score(graphs, params, frozen, seq, p.max_new_tokens)
         shaped, metrics = advantages(scored, mask, kl_coef, p)
         batch = {"tokens": seq["tokens"], "mask": mask, **shaped,
                  "old_logps": scored["old_logps"], "old_values": scored["old_values"]}

@@ -229,6 +229,9 @@ class PPOSettings:
       score_clip                 reward-model scores clipped to ±score_clip (0 = off)
       whiten_rewards             rewards scaled to unit variance over the batch (mean kept)
       whiten_advantages          advantages to zero mean, unit variance over the batch
+      max_new_tokens             the response budget N: log-probs and values of the rollout
+                                 and the loss are computed over N response columns per row
+                                 (`rollout.response_span`; None = every column)
 
     Raises ValueError (one line, listing the valid names) for an unknown kl_estimator or
     kl_controller.
@@ -248,6 +251,7 @@ class PPOSettings:
     score_clip: float
     whiten_rewards: bool
     whiten_advantages: bool
+    max_new_tokens: int | None = None
 
     def __post_init__(self):
         get(KL_ESTIMATORS, self.kl_estimator, "ppo.kl_estimator")
@@ -255,8 +259,8 @@ class PPOSettings:
 
     @classmethod
     def from_config(cls, block) -> "PPOSettings":
-        """From the `ppo` config block (its other keys — models, budgets, epochs — are the
-        phase's, not the loss's)."""
+        """From the `ppo` config block (its other keys — models, epochs, minibatches, sample
+        logging — are the phase's, not the loss's)."""
         return cls(**{f.name: block[f.name] for f in dataclasses.fields(cls)})
 
     def make_kl_controller(self):
