@@ -42,7 +42,7 @@ import numpy as np
 from flax import nnx
 
 from configs import grpo as grpo_config
-from easyalign import losses, sharding
+from easyalign import sharding
 from easyalign.algorithms import grpo, grpo_rewards, rollout, runsetup
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.model import create_model, preset
@@ -98,7 +98,8 @@ def profile_phases(s, score_fn, update, state, ids, prompt_len, group, new, mesh
         return metrics
 
     phases = {"sample": (sample, new),
-              "score": (lambda: score_fn(holder["state"].params, s.frozen, rep, gen), 1),
+              "score": (lambda: score_fn(holder["state"].params, s.frozen, rep, gen,
+                                         s.settings.group), 1),
               "update": (one_update, 1)}
     for label, (fn, steps) in phases.items():
         jax.block_until_ready(fn())
@@ -123,6 +124,8 @@ def main():
     ap.add_argument("--chunk", type=int, default=512, help="logits chunk (library default 512)")
     ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
     ap.add_argument("--ref-dtype", default="float32", help="reference parameter dtype")
+    ap.add_argument("--shared-prefix", type=int, default=1, help="grpo.shared_prefix: 1 = each "
+                    "prompt computed once for its G completions in scoring and update")
     ap.add_argument("--top", type=int, default=12, help="kernels listed per profiled phase")
     ap.add_argument("--profile", action="store_true",
                     help="after the timed steps, a kernel profile of each phase of one more "
@@ -154,6 +157,7 @@ def main():
     g.epsilon, g.epsilon_high = 0.2, 0.0
     g.num_iterations = 1
     g.minibatch_size = 0
+    g.shared_prefix = bool(args.shared_prefix)
     c.train.batch_size = prompts_n
     c.train.grad_accum = args.grad_accum
     c.data.max_length = prompt_len + new
@@ -172,7 +176,8 @@ def main():
         graphs=rollout.Graphs(policy=graphdef, value=None, reference=ref_graphdef, reward=None),
         params=None, frozen={"reference": ref_params}, loader=None, records=records,
         eval_batches=[], eval_records=[], weights=grpo_rewards.parse_rewards(g.rewards),
-        settings=losses.GRPOSettings.from_config(g), policy_config=policy_config, stop_tokens=stop_token_ids(tokenizer, policy_config))
+        settings=grpo.loss_settings(c, policy_config), policy_config=policy_config,
+        stop_tokens=stop_token_ids(tokenizer, policy_config))
     tx, schedule = optim.make_optimizer(c.optim, args.warmup + args.steps)
     state = create_train_state(params, tx, c.train.seed, mesh)
     del params
@@ -220,7 +225,8 @@ def main():
                advantage=g.advantage_estimator, num_iterations=g.num_iterations,
                reward="even_words", remat=args.remat, grad_accum=args.grad_accum,
                logits_chunk=args.chunk, scan_layers=bool(args.scan), ref_dtype=args.ref_dtype,
-               steps=args.steps, **med, step_s_mean=statistics.mean(times["step_s"]),
+               shared_prefix_group=s.settings.group, steps=args.steps, **med,
+               step_s_mean=statistics.mean(times["step_s"]),
                sampled_tokens_per_s=sampled / med["step_s"],
                sampler_tokens_per_s=sampled / med["sample_s"],
                update_tokens_per_s=rows * seq / med["update_s"],

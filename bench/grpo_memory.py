@@ -114,7 +114,9 @@ def main():
             score_fn = (grpo.make_score_fn(graphs, 0, 2, losses.GRPOSettings.from_config(g),
                                            old_logps=scored_old)
                         if new_api else grpo.make_score_fn(graphs, 0, 2))
-            compiled = score_fn.lower(params, {"reference": ref_params}, prompts, gen).compile()
+            compiled = (score_fn.lower(params, {"reference": ref_params}, prompts, gen, 1)
+                        if new_api else score_fn.lower(params, {"reference": ref_params}, prompts,
+                                                       gen)).compile()
             report("score", compiled, **shape)
         if "update" in pieces:
             tx, schedule = optim.make_optimizer(c.optim, 10)

@@ -44,6 +44,9 @@ def get_config(preset: str = ""):
     g.kl_estimator = "k3"                # per-token KL: k1 | k2 | k3 (losses.KL_ESTIMATORS)
     g.num_iterations = 1                 # μ: passes over each rollout
     g.minibatch_size = 0                 # completions per optimizer step (0 = the whole rollout)
+    g.shared_prefix = True               # compute each prompt once for its G completions when
+                                         # scoring and training (same values; dense models,
+                                         # train.grad_accum 1, minibatches of whole groups)
     g.skip_zero_signal_groups = False    # drop groups whose rewards are all equal from the loss
     g.dynamic_sampling = False           # DAPO: sample more prompt batches until every group of
                                          # the update has signal (zero-signal groups skipped)

@@ -247,8 +247,8 @@ def test_detached_old_logps_give_the_same_loss_and_gradients(tmp_path, full_fp32
     gen = sampler.Generation(tokens=tokens[:, 4:], logprobs=jnp.zeros((rows, width - 4)),
                              lengths=jnp.full((rows,), 3), done=jnp.ones((rows,), bool))
     prompts = {"prompt_tokens": tokens[:, :4], "prompt_lengths": jnp.full((rows,), 4)}
-    scored_keys = jax.eval_shape(grpo.make_score_fn(graphs, 0, 2, settings, old_logps=False), params, {},
-                                 prompts, gen).keys()
+    scored_keys = jax.eval_shape(grpo.make_score_fn(graphs, 0, 2, settings, old_logps=False),
+                                 params, {}, prompts, gen, 1).keys()
     assert scored_keys == {"tokens", "mask", "sampler_logps"}
 
 

@@ -92,3 +92,18 @@ def test_stream_layout_by_hand():
     _, stream, responses = from_rows(tokens, jnp.array([2, 2, 3, 3]), 2, 2)
     np.testing.assert_array_equal(stream, [[0, 1, 2, 2, 3, 7, 8], [10, 11, 12, 13, 14, 18, 19]])
     np.testing.assert_array_equal(responses, [[2, 3], [7, 8], [13, 14], [18, 19]])
+
+
+def test_grouped_minibatches_keep_groups_whole():
+    """`rollout.minibatch_indices(group=G)`: every row once per epoch, each minibatch a run of
+    whole groups, each group's rows consecutive and in order; G = 1 is the row permutation."""
+    batches = rollout.minibatch_indices(24, 8, 2, (0, 3), group=4)
+    assert len(batches) == 6
+    for epoch in (batches[:3], batches[3:]):
+        assert sorted(np.concatenate(epoch).tolist()) == list(range(24))
+    for rows in batches:
+        groups = rows.reshape(-1, 4)
+        assert np.all(groups == groups[:, :1] + np.arange(4)) and np.all(groups[:, 0] % 4 == 0)
+    plain = rollout.minibatch_indices(24, 8, 1, (0, 3))
+    want = np.random.default_rng((0, 3)).permutation(24)
+    np.testing.assert_array_equal(np.concatenate(plain), want)

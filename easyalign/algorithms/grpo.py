@@ -12,6 +12,9 @@ Each *iteration* of `train.steps`:
    (`detached_old_logps`), π_old *is* π_θ at the one update step, so the scorer skips the
    policy pass and the loss takes log π_old as the stop-gradient of its own log-probs (as TRL
    does): ratio exactly 1, the same loss and gradient, one policy forward fewer per iteration.
+   With `grpo.shared_prefix` (`shared_prefix_group`) every log-prob pass, here and in the
+   update, computes each prompt once for its G completions (`model.shared_prefix`: the same
+   values and gradients; minibatches then permute whole groups).
 2. **Rewards** (`grpo_rewards`): the responses are decoded on the host and every verifiable
    reward `fn(prompt record, response text)` is applied; r = Σ_k w_k r_k (`grpo.rewards`).
 3. **Advantages** from the `grpo.advantage_estimator` registry over each group
@@ -102,6 +105,24 @@ def check_config(config) -> None:
 def minibatch_rows(config) -> int:
     """Completions per optimizer step (`grpo.minibatch_size`, 0 = the whole rollout)."""
     return config.grpo.minibatch_size or config.train.batch_size * config.grpo.num_generations
+
+
+def shared_prefix_group(config, policy_config) -> int:
+    """G when the log-probs compute each prompt once for its G completions
+    (`grpo.shared_prefix`, `model.shared_prefix`), else 1: a dense policy, `train.grad_accum`
+    1 (its micro-batches stride across rows) and minibatches of whole groups."""
+    g, t = config.grpo, config.train
+    G = g.num_generations
+    usable = (g.shared_prefix and not policy_config.num_experts and t.grad_accum == 1
+              and minibatch_rows(config) % G == 0)
+    return G if usable else 1
+
+
+def loss_settings(config, policy_config) -> grpo_losses.GRPOSettings:
+    """The loss's static settings: the `grpo` block's, and the rows' `group` for the
+    shared-prefix log-probs (`shared_prefix_group`)."""
+    return dataclasses.replace(grpo_losses.GRPOSettings.from_config(config.grpo),
+                               group=shared_prefix_group(config, policy_config))
 
 
 def detached_old_logps(config) -> bool:
@@ -216,7 +237,7 @@ def setup(config) -> Setup:
         frozen={k: v for k, (_, v) in split.items() if k != "policy"},
         loader=runsetup.train_loader(run_, prompts, "prompt", max_length=width),
         records=records, eval_batches=eval_batches, eval_records=eval_records, weights=weights,
-        settings=grpo_losses.GRPOSettings.from_config(g), policy_config=policy_config,
+        settings=loss_settings(config, policy_config), policy_config=policy_config,
         stop_tokens=stop_token_ids(run_.tokenizer, policy_config))
 
 
@@ -245,13 +266,15 @@ def repeat_prompts(prompts: dict, G: int) -> dict:
 
 def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int,
                   settings: grpo_losses.GRPOSettings, *, old_logps: bool = True):
-    """`score(params, frozen, prompts, gen) -> dict`, jitted: the assembled rows (`tokens`,
+    """`score(params, frozen, prompts, gen, group) -> dict`, jitted: the assembled rows (`tokens`,
     `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]` unless `old_logps=False`
     (`detached_old_logps`), `ref_logps` `[N, T]` when a reference is loaded, reward-model
     `scores [N]` when one is. Log-probs are at the sampler's temperature, over the response
-    columns only (`rollout.response_logps`)."""
+    columns only (`rollout.response_logps`); `group` (static) G > 1 when the rows are G
+    completions of each prompt in turn (`settings.group` for a rollout, 1 for held-out
+    prompts), so that each prompt is computed once."""
 
-    def score(params, frozen, prompts, gen):
+    def score(params, frozen, prompts, gen, group):
         frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: adapters off
         seq = rollout.assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id,
                                end_of_turn_id)
@@ -259,7 +282,7 @@ def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int,
 
         def logps(model):  # of the response columns, at the sampler's temperature
             return rollout.response_logps(model, seq["tokens"], seq["mask"], settings.max_length,
-                                          temperature=settings.temperature)
+                                          temperature=settings.temperature, group=group)
 
         if old_logps:
             out["old_logps"], out["entropy"], _ = logps(nnx.merge(graphs.policy, params))
@@ -270,7 +293,7 @@ def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int,
                                             seq["rm_tokens"], seq["rm_segment_ids"], {})
         return out
 
-    return jax.jit(score)
+    return jax.jit(score, static_argnames="group")
 
 
 def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
@@ -308,7 +331,8 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
         mask = batch["mask"]
         policy = nnx.merge(graphs.policy, params)
         logps, entropy, router_loss = rollout.response_logps(
-            policy, batch["tokens"], mask, settings.max_length, temperature=settings.temperature)
+            policy, batch["tokens"], mask, settings.max_length, temperature=settings.temperature,
+            group=settings.group)
         extra = {}
         old_logps = batch.get("old_logps")
         if old_logps is None:  # π_old = π_θ now: ratio exactly 1, ∇ratio = ∇log π_θ
@@ -339,7 +363,7 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
                              pad_id=runsetup.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
         got = rollout.host({"tokens": gen.tokens, "lengths": gen.lengths,
                             "valid": prompts["valid"]})
-        scored = score_fn(params, s.frozen, prompts, gen)
+        scored = score_fn(params, s.frozen, prompts, gen, 1)
         n = int(np.sum(got["valid"]))
         records = s.eval_records[offset:offset + n]
         offset += n
@@ -397,7 +421,7 @@ def sample_round(s: Setup, score_fn, params, prompts: dict, rng) -> Round:
     got = rollout.host({"tokens": gen.tokens, "lengths": gen.lengths, "done": gen.done,
                         "index": prompts["index"]})
     sample_time = time.perf_counter() - start
-    scored = score_fn(params, s.frozen, rep, gen)
+    scored = score_fn(params, s.frozen, rep, gen, s.settings.group)
     records = [s.records[int(i)] for i in got["index"] for _ in range(G)]
     responses = decode_responses(run_.tokenizer, got["tokens"], got["lengths"])
     scores = rewards_of(s, records, responses, scored)
@@ -514,7 +538,7 @@ def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int, more_p
                                          jax.random.fold_in(jax.random.key(t.seed), it),
                                          more_prompts)
     minibatches = rollout.minibatch_indices(t.batch_size * g.num_generations, minibatch_rows(c),
-                                            g.num_iterations, (t.seed, it))
+                                            g.num_iterations, (t.seed, it), s.settings.group)
     return (batch, minibatches), metrics, rows
 
 

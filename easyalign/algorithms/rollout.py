@@ -56,7 +56,7 @@ from jax.experimental import multihost_utils
 
 from easyalign import losses, sampler, sharding
 from easyalign.algorithms.reward import sequence_scores
-from easyalign.model import lora
+from easyalign.model import lora, shared_prefix
 from easyalign.model.scoring import Span, over_predictions, token_logprobs_and_entropy
 
 # The arrays a PPO update reads, `[B, T]` each.
@@ -106,14 +106,22 @@ def response_span(mask: jax.Array, width: int | None) -> Span | None:
 
 
 def response_logps(model, tokens: jax.Array, mask: jax.Array, width: int | None, *,
-                   temperature: float = 1.0) -> tuple[jax.Array, jax.Array, jax.Array]:
+                   temperature: float = 1.0, group: int = 1
+                   ) -> tuple[jax.Array, jax.Array, jax.Array]:
     """`(log π, entropy, router loss)` of the response tokens of `tokens [B, T]`: `[B, T]`,
     `[B, T]` float32 and a scalar. The LM head runs on the `width` response columns alone
     (`response_span(mask, width)`; 0 on the other columns, `width` None = every column), at
     the sampler's temperature τ. What PPO and GRPO score and train on, rollout and loss alike
-    (so the first update starts at ratio exactly 1)."""
-    return policy_logps_and_router_loss(model, tokens, temperature=temperature,
-                                        span=response_span(mask, width))
+    (so the first update starts at ratio exactly 1).
+
+    `group` G > 1: rows n·G … n·G + G − 1 are G completions of one prompt, and a dense model
+    computes that prompt once for the G of them (`model.shared_prefix.response_logps`; the same
+    values and gradients). A mixture of experts, or `width` None, takes the rows one by one."""
+    span = response_span(mask, width)
+    if group > 1 and span is not None and not model.config.num_experts:
+        return shared_prefix.response_logps(model, tokens, span.starts, group, width,
+                                            temperature=temperature)
+    return policy_logps_and_router_loss(model, tokens, temperature=temperature, span=span)
 
 
 def token_values(model, tokens: jax.Array, span: Span | None = None) -> jax.Array:
@@ -235,14 +243,20 @@ def make_rollout_fn(graphs: Graphs, p: losses.PPOSettings, pad_id: int, end_of_t
 
 
 # ----------------------------------------------------------------------------- minibatches
-def minibatch_indices(batch_size: int, minibatch_size: int, epochs: int, seed: tuple[int, ...]
-                      ) -> list[np.ndarray]:
+def minibatch_indices(batch_size: int, minibatch_size: int, epochs: int, seed: tuple[int, ...],
+                      group: int = 1) -> list[np.ndarray]:
     """Row indices of every minibatch of an update: each epoch a fresh permutation of the batch,
     cut into `batch_size / minibatch_size` pieces. Seeded by (run seed, iteration), so every
-    process draws the same minibatches and a resumed run the same as an uninterrupted one."""
+    process draws the same minibatches and a resumed run the same as an uninterrupted one.
+    `group` G > 1 permutes whole groups of G consecutive rows, kept together and in order (a
+    shared-prefix loss computes each group's prompt once); G must divide `minibatch_size`."""
     rng = np.random.default_rng(seed)
-    return [perm[i:i + minibatch_size] for perm in (rng.permutation(batch_size)
-                                                    for _ in range(epochs))
+
+    def permutation():
+        groups = rng.permutation(batch_size // group)
+        return (groups[:, None] * group + np.arange(group)[None, :]).reshape(-1)
+
+    return [perm[i:i + minibatch_size] for perm in (permutation() for _ in range(epochs))
             for i in range(0, batch_size, minibatch_size)]
 
 

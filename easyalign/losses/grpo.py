@@ -231,6 +231,9 @@ class GRPOSettings:
       temperature                 τ of the rollout's sampler: log-probs are those of
                                   softmax(z / τ), π_θ's and π_ref's alike, so that π_old is the
                                   distribution the completions were drawn from (as TRL)
+      group                       G when the rows come in groups of G completions of one
+                                  prompt that the log-probs may compute once (the phase's
+                                  `shared_prefix_group`); 1 = every row on its own
 
     Raises ValueError (one line, named as the `grpo.*` config key, listing the valid names) for
     an unknown loss_type, importance_sampling_level or kl_estimator.
@@ -244,6 +247,7 @@ class GRPOSettings:
     kl_estimator: str = "k3"
     max_length: int | None = None
     temperature: float = 1.0
+    group: int = 1
 
     def __post_init__(self):
         get(AGGREGATIONS, self.loss_type, "grpo.loss_type")

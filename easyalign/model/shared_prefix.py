@@ -19,6 +19,8 @@ through Shared-Prefix Forward", arXiv 2506.05433). Attention restores the rows' 
 Hidden states, log-probs and gradients equal those of the G assembled rows (the gradient of a
 prompt position is the sum of the G rows' — what the shared computation's backward pass gives).
 The per-token FLOPs fall from N·G·(P + R) to N·(P + G·R) tokens: at P = R and G = 8, to 56%.
+(LoRA input dropout, when on, then draws one mask for a prompt's tokens instead of G: the same
+distribution for each row, shared across its group.)
 
 `SharedPrefix` describes the layout; `Transformer.trunk_with_router_loss(shared_prefix=…)` runs
 it (`Attention` splits and joins the blocks); `response_logps` reads next-token log-probs of the
@@ -98,10 +100,13 @@ def from_rows(tokens: jax.Array, starts: jax.Array, group: int, response_width: 
     completion g from column `starts[n·G + g]` = p_n, padding after), with the responses' first
     `response_width` = R tokens. Returns `(layout, stream tokens [N, P + G·R], response tokens
     [N·G, R])`, P = T − R (rows are a prompt block of P columns plus R, as `rollout.assemble`
-    makes them). The G rows of a group must hold the same prompt."""
+    makes them). The G rows of a group must hold the same prompt. A group's prompt length is
+    its rows' largest start: a row whose start was read off an all-zero loss mask (a group
+    dropped from the loss: `rollout.response_span` then says 1) is scored at its group's."""
     rows, width = tokens.shape
     prompt_width = width - response_width
-    lengths = starts[::group]
+    lengths = jnp.max(starts.reshape(rows // group, group), axis=1)
+    starts = jnp.repeat(lengths, group)
     columns = jnp.clip(starts[:, None] + jnp.arange(response_width)[None, :], 0, width - 1)
     responses = jnp.take_along_axis(tokens, columns, axis=1)
     layout = SharedPrefix(lengths, group, prompt_width, response_width)
@@ -117,6 +122,7 @@ def response_logps(model, tokens: jax.Array, starts: jax.Array, group: int, resp
     from one shared-prefix pass (0 outside the responses' R columns). Log-probs of
     softmax(z / τ) at `temperature` τ."""
     layout, stream, responses = from_rows(tokens, starts, group, response_width)
+    starts = jnp.repeat(layout.prompt_lengths, group)
     hidden, _, router_loss = model.trunk_with_router_loss(stream, shared_prefix=layout)
     prompt_hidden, response_hidden = layout.split(hidden)
     # Token j of a response is predicted at position j − 1: the prompt's last token for j = 0.
