@@ -278,9 +278,9 @@ def test_response_span_scores_equal_the_full_pass(full_fp32_matmuls):
                                               span=span)
         return jnp.sum((logps + 0.1 * entropy) * mask), (logps, entropy)
 
-    full = jax.value_and_grad(lambda p: run(p, None), has_aux=True)(params)
-    spanned = jax.value_and_grad(lambda p: run(p, rollout.response_span(mask, new)),
-                                 has_aux=True)(params)
+    full = jax.jit(jax.value_and_grad(lambda p: run(p, None), has_aux=True))(params)
+    spanned = jax.jit(jax.value_and_grad(lambda p: run(p, rollout.response_span(mask, new)),
+                                         has_aux=True))(params)
     (_, (full_logps, full_entropy)), full_grads = full
     (_, (logps, entropy)), grads = spanned
     inside = np.zeros((rows, width), bool)

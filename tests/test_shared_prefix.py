@@ -65,8 +65,9 @@ def test_shared_prefix_equals_the_rows(name, full_fp32_matmuls):
                                                   span=Span(starts, new))
         return jnp.sum((logps + 0.1 * entropy) * mask), (logps, entropy)
 
-    (_, want), want_grads = jax.value_and_grad(lambda p: loss(p, False), has_aux=True)(params)
-    (_, got), grads = jax.value_and_grad(lambda p: loss(p, True), has_aux=True)(params)
+    (_, want), want_grads = jax.jit(jax.value_and_grad(lambda p: loss(p, False),
+                                                       has_aux=True))(params)
+    (_, got), grads = jax.jit(jax.value_and_grad(lambda p: loss(p, True), has_aux=True))(params)
     for a, b in zip(got, want):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=2e-5)
     # The prompt's gradient is one sum over the G completions instead of G partial sums: the
