@@ -43,7 +43,8 @@ def get_config(preset: str = ""):
     g.beta = 0.0                         # KL coefficient to the reference (0 = no reference)
     g.kl_estimator = "k3"                # per-token KL: k1 | k2 | k3 (losses.KL_ESTIMATORS)
     g.num_iterations = 1                 # μ: passes over each rollout
-    g.minibatch_size = 0                 # completions per optimizer step (0 = the whole rollout)
+    g.minibatch_size = 0                 # completions per optimizer step (0 = the whole rollout;
+                                         # whole groups shuffled when G divides it)
     g.shared_prefix = True               # compute each prompt once for its G completions when
                                          # scoring and training (same values; dense models,
                                          # train.grad_accum 1, minibatches of whole groups)

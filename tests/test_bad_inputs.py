@@ -333,7 +333,7 @@ def test_generate_takes_its_prompt_column_from_data_columns_prompt(tmp_path):
                                      "are ['goal', 'target']")
     run, _ = _prompt_file_run(tmp_path, "gaol")
     with pytest.raises(DataError, match=re.escape(
-            f"{path}:2: column 'gaol' (data.columns.prompt='gaol') is in no record of the file; "
+            f"{path}: column 'gaol' (data.columns.prompt='gaol') is in no record of the file; "
             "the file's columns are ['goal', 'target']; did you mean 'goal'?")):
         runsetup.load_examples(run, "prompt", "train")
 

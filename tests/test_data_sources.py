@@ -77,7 +77,8 @@ def test_column_mapping_paths_joins_and_missing_columns(tmp_path):
     # Mapped fields only; an empty input adds no blank paragraph.
     assert [r.data for r in records] == [{"prompt": "Add.\n\n2 2", "response": "4"},
                                          {"prompt": "Add.", "response": "5"}]
-    message = f"{path}:1: column 'outputs' (data.columns.response='outputs') is in no record"
+    # A column no record has is a fault of the mapping or the file: the file is named.
+    message = f"{path}: column 'outputs' (data.columns.response='outputs') is in no record"
     with pytest.raises(DataError, match=re.escape(message)) as error:
         load_records(SourceSpec(path=path, columns={"response": "outputs"}))
     assert error.value.field == "response"
@@ -93,7 +94,7 @@ def test_a_missing_column_names_file_key_columns_and_the_closest_one(tmp_path):
         load_records({"path": path, "columns": {"prompt": "instruction+input",
                                                 "response": "output"}})
     assert str(error.value) == (
-        f"{path}:1: column 'instruction' (data.columns.prompt='instruction+input') is in no "
+        f"{path}: column 'instruction' (data.columns.prompt='instruction+input') is in no "
         "record of the file; the file's columns are ['prompt', 'response', 'id']; did you mean "
         "'prompt'?")
     # A typo: difflib's closest column.

@@ -108,3 +108,20 @@ def test_grouped_minibatches_keep_groups_whole():
     plain = rollout.minibatch_indices(24, 8, 1, (0, 3))
     want = np.random.default_rng((0, 3)).permutation(24)
     np.testing.assert_array_equal(np.concatenate(plain), want)
+
+
+def test_grpo_minibatches_do_not_depend_on_the_shared_prefix():
+    """Switching `grpo.shared_prefix` must not change the minibatch schedule (a trial found
+    runs diverging from step 1 when only the shared path shuffled whole groups)."""
+    from configs import grpo as grpo_config
+    from easyalign.algorithms import grpo
+
+    c = grpo_config.get_config("tiny")
+    G = c.grpo.num_generations
+    groups = []
+    for shared in (True, False):
+        c.grpo.shared_prefix = shared
+        groups.append(grpo.minibatch_group(c))
+    assert groups == [G, G]
+    c.grpo.minibatch_size = G + 1 if (c.train.batch_size * G) % (G + 1) == 0 else 1
+    assert grpo.minibatch_group(c) == 1

@@ -14,7 +14,7 @@ Each *iteration* of `train.steps`:
    does): ratio exactly 1, the same loss and gradient, one policy forward fewer per iteration.
    With `grpo.shared_prefix` (`shared_prefix_group`) every log-prob pass, here and in the
    update, computes each prompt once for its G completions (`model.shared_prefix`: the same
-   values and gradients; minibatches then permute whole groups).
+   values and gradients).
 2. **Rewards** (`grpo_rewards`): the responses are decoded on the host and every verifiable
    reward `fn(prompt record, response text)` is applied; r = Σ_k w_k r_k (`grpo.rewards`).
 3. **Advantages** from the `grpo.advantage_estimator` registry over each group
@@ -27,7 +27,8 @@ Each *iteration* of `train.steps`:
    the rounds could not (`choose_groups`; metrics `sampling_rounds`, `signal_groups_frac`).
    The extra prompts are consumed from the loader, whose position is checkpointed.
 4. **Update**: `grpo.num_iterations` (μ) passes over the B·G completions in shuffled
-   minibatches of `grpo.minibatch_size` (0 = the whole rollout), one optimizer step each, through
+   minibatches of `grpo.minibatch_size` (0 = the whole rollout; whole groups shuffled when G
+   divides it, `minibatch_group`), one optimizer step each, through
    the generic jitted step with the loss of `losses.grpo.grpo_policy_loss` (clipped ratio,
    ε_low/ε_high, token or GSPO sequence ratio, `grpo.loss_type` aggregation, β · KL to π_ref),
    its settings a frozen `losses.GRPOSettings` built once from the `grpo` block.
@@ -107,15 +108,22 @@ def minibatch_rows(config) -> int:
     return config.grpo.minibatch_size or config.train.batch_size * config.grpo.num_generations
 
 
+def minibatch_group(config) -> int:
+    """Rows the update's minibatches keep together: G (whole groups, permuted) when G divides
+    the minibatch, else 1 (rows permuted). The same whether or not `grpo.shared_prefix` is
+    used, so that switching it changes no trajectory."""
+    G = config.grpo.num_generations
+    return G if minibatch_rows(config) % G == 0 else 1
+
+
 def shared_prefix_group(config, policy_config) -> int:
     """G when the log-probs compute each prompt once for its G completions
     (`grpo.shared_prefix`, `model.shared_prefix`), else 1: a dense policy, `train.grad_accum`
     1 (its micro-batches stride across rows) and minibatches of whole groups."""
     g, t = config.grpo, config.train
-    G = g.num_generations
     usable = (g.shared_prefix and not policy_config.num_experts and t.grad_accum == 1
-              and minibatch_rows(config) % G == 0)
-    return G if usable else 1
+              and minibatch_group(config) > 1)
+    return g.num_generations if usable else 1
 
 
 def loss_settings(config, policy_config) -> grpo_losses.GRPOSettings:
@@ -538,7 +546,7 @@ def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int, more_p
                                          jax.random.fold_in(jax.random.key(t.seed), it),
                                          more_prompts)
     minibatches = rollout.minibatch_indices(t.batch_size * g.num_generations, minibatch_rows(c),
-                                            g.num_iterations, (t.seed, it), s.settings.group)
+                                            g.num_iterations, (t.seed, it), minibatch_group(c))
     return (batch, minibatches), metrics, rows
 
 

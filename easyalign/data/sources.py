@@ -472,6 +472,7 @@ def columns_hint(wanted: str, columns: Sequence[str], target: str | None = None,
 def _missing_column_error(missing: _MissingColumn, record: Record, records: list[Record],
                           key: ColumnsKey, value: str) -> DataError:
     setting = key.setting(missing.target, value)
+    where = record.where
     if missing.detail is not None:  # a nested path that broke off inside the record
         message = f"column {missing.path!r} ({setting}) not found: {missing.detail}"
     else:
@@ -481,10 +482,11 @@ def _missing_column_error(missing: _MissingColumn, record: Record, records: list
             own = file_columns([record])
             message = (f"column {missing.path!r} ({setting}) is missing from this record; "
                        f"{columns_hint(missing.path, own, missing.target, 'its')}")
-        else:
+        else:  # a fault of the file (or the mapping), not of this record: name the file
+            where = source_file(record.where)
             message = (f"column {missing.path!r} ({setting}) is in no record of the file; "
                        f"{columns_hint(missing.path, columns, missing.target)}")
-    error = DataError(record.where, message)
+    error = DataError(where, message)
     error.field = missing.target  # the message names the setting; the field stays available
     return error
 
