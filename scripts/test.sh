@@ -8,7 +8,10 @@ export JAX_PLATFORMS=cpu
 # LLVM at -O1 instead of XLA's default: the tiny test models spend much of their time compiling,
 # and -O1 took ~10% less CPU for compile-heavy and training tests alike (2-core machine,
 # 2026-11-30); floating-point semantics are the same (no fast-math at any level).
-export XLA_FLAGS="--xla_backend_optimization_level=1 ${XLA_FLAGS:-}"
+# No Eigen thread pool inside an XLA computation: two workers on two cores otherwise contend
+# with each other's intra-op threads on tiny models (same-machine subsets with -n 2, 2026-11-30:
+# 129 → 118 s and 81 → 75 s).
+export XLA_FLAGS="--xla_backend_optimization_level=1 --xla_cpu_multi_thread_eigen=false ${XLA_FLAGS:-}"
 # Two workers (pytest-xdist): compilation and Python run on one core each; tests that share a
 # trained session fixture stay on one worker (tests/conftest.py groups them).
 exec .venv/bin/python -m pytest -q -p no:cacheprovider -n 2 --dist loadgroup "$@"

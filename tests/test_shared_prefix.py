@@ -14,10 +14,9 @@ from easyalign.model import create_model, preset
 from easyalign.model.scoring import Span
 from easyalign.model.shared_prefix import SharedPrefix, from_rows, response_logps
 
-# Llama (GQA 4:2, scanned layers); Gemma 2 (soft-caps, alternating sliding window, sandwich
-# norms, unrolled layers, full remat); Qwen (q/k norm, q/k/v biases).
+# Qwen 3 on the tiny shape (GQA 4:2, scanned layers, q/k norm, q/k/v biases); Gemma 2
+# (soft-caps, alternating sliding window, sandwich norms, unrolled layers, full remat).
 CONFIGS = {
-    "llama": dict(),
     "gemma2": dict(family="gemma2", sliding_window=4,
                    layer_types=("sliding_attention", "full_attention"),
                    attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
