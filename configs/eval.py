@@ -55,6 +55,7 @@ def get_config(preset: str = ""):
     e.top_k = 40                         # for top_k
     e.top_p = 0.9                        # for top_p
     e.kl_samples = "temperature"         # kl_ref's samples: one T=1 draw per prompt, seed eval.seed
+                                         # ("none": no kl_ref even with a reference)
     #                                      (the only value: greedy responses give no KL estimate)
     e.seed = 0                           # sampling seed: responses (unused by greedy), KL samples
     e.dtype = ""                         # compute dtype ("" = the dtype the weights are stored

@@ -21,6 +21,9 @@ def results(world_runs):
     config.workdir = str(world_runs)
     config.train.progress_bar = False
     config.pipeline.stages = STAGES
+    # No KL estimate (tests/test_eval.py checks it): one sampling pass per variant less on the
+    # suite's longest chain; the pipeline's eval still names the SFT model as its reference.
+    config.eval.kl_samples = "none"
     pipeline.run_stages(config)
     return config, load_results(world_runs / "eval" / "results.json")
 
@@ -28,6 +31,7 @@ def results(world_runs):
 def test_alignment_moves_and_the_student_keeps_it(results):
     _, r = results
     assert set(r) == {"sft", "dpo", "ppo", "student"}
+    assert not any("kl_ref" in metrics for metrics in r.values())  # eval.kl_samples="none"
     for aligned in ("dpo", "ppo"):
         assert r[aligned]["harmful_refusal"] > r["sft"]["harmful_refusal"], (aligned, r)
         assert r[aligned]["benign_over_refusal"] <= r["sft"]["benign_over_refusal"] + 0.05

@@ -32,9 +32,9 @@ variant's weights are on the devices at a time; the reference and reward model s
      sampler/forward rounding differences cannot leak in. Each prompt's record carries its
      sample's two sums and text (`kl_ref`, `kl_ref_k3`, `kl_sample`).
    KL needs token ids that mean the same thing: a variant whose tokenizer vocabulary differs from
-   the reference's gets no `kl_ref` (and a note says so). `eval.kl_samples` names the samples;
-   `temperature` is its only value (`responses`, k1 on the evaluated responses, was removed:
-   not a KL estimate).
+   the reference's gets no `kl_ref` (and a note says so). `eval.kl_samples` names the samples:
+   `temperature` (the above) or `none` (no KL, and no reference loaded, even when one is named;
+   `responses`, k1 on the evaluated responses, was removed: not a KL estimate).
 4. **Reward** (`eval.reward_model`, a scalar-head checkpoint): every (prompt, response) is
    re-tokenised with the reward model's tokenizer exactly as its training data was (chat-template
    prompt + response + end of turn, `easyalign.data.tokenize`; a response cut by
@@ -94,7 +94,7 @@ from easyalign.hf.autoload import is_gguf, load_model, load_tokenizer
 from easyalign.losses.common import KL_ESTIMATORS
 from easyalign.sampler import Sampler, Temperature, as_messages, method_from_config
 
-KL_SAMPLES = ("temperature",)
+KL_SAMPLES = ("temperature", "none")  # "none": no KL even with a reference (one pass less)
 KL_COLUMNS = {"kl_ref": "k1", "kl_ref_k3": "k3"}  # metric key -> losses.KL_ESTIMATORS name
 
 
@@ -396,7 +396,8 @@ def run(config) -> dict:
     # The IDK detector is told in the unknown IDK definition, which results.md writes only when
     # that metric is a column (report.definitions).
     notes = [J.stated_line("rules" if judge_kind == "rules" else e.refusal_judge)]
-    if e.reference:
+    measure_kl = bool(e.reference) and e.kl_samples != "none"
+    if measure_kl:
         notes.append(f"kl_ref, kl_ref_k3: KL(π ‖ π_ref) in nats per response, k1 and k3 "
                      f"estimators (Schulman 2020) on one temperature-1 sample of at most "
                      f"{e.max_new_tokens} tokens per evaluated prompt, seed {e.seed} "
@@ -412,7 +413,8 @@ def run(config) -> dict:
         else:
             variant_notes = []
             entry, records = evaluate_variant(
-                name, path, suites, questions, e, mesh, reference=frozen(e.reference),
+                name, path, suites, questions, e, mesh,
+                reference=frozen(e.reference) if measure_kl else None,
                 reward=frozen(e.reward_model), fallback_tokenizer=fallback, notes=variant_notes,
                 judge=frozen(judge_path) if judge_kind == "model" else None)
             entry["fingerprint"] = fingerprints[name]
