@@ -23,7 +23,7 @@ def results(world_runs):
     config.pipeline.stages = STAGES
     # No KL estimate (tests/test_eval.py checks it): one sampling pass per variant less on the
     # suite's longest chain; the pipeline's eval still names the SFT model as its reference.
-    config.eval.kl_samples = "none"
+    config.pipeline.overrides = (*config.pipeline.overrides, "eval:eval.kl_samples=none")
     pipeline.run_stages(config)
     return config, load_results(world_runs / "eval" / "results.json")
 
