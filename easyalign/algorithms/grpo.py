@@ -274,34 +274,36 @@ def repeat_prompts(prompts: dict, G: int) -> dict:
 
 def make_score_fn(graphs: rollout.Graphs, pad_id: int, end_of_turn_id: int,
                   settings: grpo_losses.GRPOSettings, *, old_logps: bool = True):
-    """`score(params, frozen, prompts, gen, group) -> dict`, jitted: the assembled rows (`tokens`,
-    `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]` unless `old_logps=False`
-    (`detached_old_logps`), `ref_logps` `[N, T]` when a reference is loaded, reward-model
-    `scores [N]` when one is. Log-probs are at the sampler's temperature, over the response
-    columns only (`rollout.response_logps`); `group` (static) G > 1 when the rows are G
-    completions of each prompt in turn (`settings.group` for a rollout, 1 for held-out
-    prompts), so that each prompt is computed once."""
+    """`score(params, frozen, prompts, gen, group, logps=True) -> dict`, jitted: the assembled
+    rows (`tokens`, `mask`, `sampler_logps`), `old_logps` and `entropy` `[N, T]` unless
+    `old_logps=False` (`detached_old_logps`), `ref_logps` `[N, T]` when a reference is loaded,
+    reward-model `scores [N]` when one is. Log-probs are at the sampler's temperature, over the
+    response columns only (`rollout.response_logps`); `group` (static) G > 1 when the rows are G
+    completions of each prompt in turn (`settings.group` for a rollout), so that each prompt is
+    computed once. `logps=False` (static; held-out evaluation, which reads only rewards) skips
+    every log-prob pass."""
 
-    def score(params, frozen, prompts, gen, group):
+    def score(params, frozen, prompts, gen, group, logps=True):
         frozen = lora.resolve(frozen, params)  # a LoRA policy's reference: adapters off
         seq = rollout.assemble(prompts["prompt_tokens"], prompts["prompt_lengths"], gen, pad_id,
                                end_of_turn_id)
         out = {k: seq[k] for k in ("tokens", "mask", "sampler_logps")}
 
-        def logps(model):  # of the response columns, at the sampler's temperature
+        def response_logps(model):  # of the response columns, at the sampler's temperature
             return rollout.response_logps(model, seq["tokens"], seq["mask"], settings.max_length,
                                           temperature=settings.temperature, group=group)
 
-        if old_logps:
-            out["old_logps"], out["entropy"], _ = logps(nnx.merge(graphs.policy, params))
-        if "reference" in frozen:
-            out["ref_logps"], _, _ = logps(nnx.merge(graphs.reference, frozen["reference"]))
+        if logps and old_logps:
+            out["old_logps"], out["entropy"], _ = response_logps(nnx.merge(graphs.policy, params))
+        if logps and "reference" in frozen:
+            out["ref_logps"], _, _ = response_logps(nnx.merge(graphs.reference,
+                                                              frozen["reference"]))
         if "reward" in frozen:
             out["scores"] = sequence_scores(nnx.merge(graphs.reward, frozen["reward"]),
                                             seq["rm_tokens"], seq["rm_segment_ids"], {})
         return out
 
-    return jax.jit(score, static_argnames="group")
+    return jax.jit(score, static_argnames=("group", "logps"))
 
 
 def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list[str]:
@@ -371,7 +373,7 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
                              pad_id=runsetup.pad_id(s.run), mesh=mesh, method=sampler.Greedy())
         got = rollout.host({"tokens": gen.tokens, "lengths": gen.lengths,
                             "valid": prompts["valid"]})
-        scored = score_fn(params, s.frozen, prompts, gen, 1)
+        scored = score_fn(params, s.frozen, prompts, gen, 1, logps=False)
         n = int(np.sum(got["valid"]))
         records = s.eval_records[offset:offset + n]
         offset += n

@@ -176,9 +176,20 @@ def over_predictions(fn: Callable, inputs: Sequence[jax.Array], targets: Sequenc
 
     scored = chunked(fn, *(at(x, columns - 1) for x in inputs),
                      *(at(y, columns) for y in targets), chunk=chunk)
-    j = jnp.arange(length)[None, :] - span.starts[:, None]  # the span index of each column
-    inside = (j >= 0) & (j < span.width) & (jnp.arange(length)[None, :] >= 1)
-    back = at(scored, jnp.clip(j, 0, span.width - 1))
+    return span_to_columns(scored, span.starts, length)
+
+
+def span_to_columns(scored: jax.Array, starts: jax.Array, length: int) -> jax.Array:
+    """Per-token results of spans `scored [B, W, ...]` (entry j of row b belongs to column
+    starts[b] + j) put back into the rows' layout `[B, length, ...]`: column c of row b holds
+    `scored[b, c − starts[b]]` where 0 ≤ c − starts[b] < W and c ≥ 1, 0 elsewhere."""
+    width = scored.shape[1]
+    columns = jnp.arange(length)[None, :]
+    j = columns - starts[:, None]                                # the span index of each column
+    inside = (j >= 0) & (j < width) & (columns >= 1)
+    index = jnp.clip(j, 0, width - 1)
+    back = jnp.take_along_axis(scored, index.reshape(index.shape + (1,) * (scored.ndim - 2)),
+                               axis=1)
     return jnp.where(inside.reshape(inside.shape + (1,) * (back.ndim - 2)), back, 0)
 
 

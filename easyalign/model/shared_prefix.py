@@ -34,8 +34,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from easyalign.model.scoring import (fit_chunk, chunked, picked_logprob_and_entropy,
-                                     scaled_logits)
+from easyalign.model.scoring import (chunked, fit_chunk, picked_logprob_and_entropy,
+                                     scaled_logits, span_to_columns)
 
 
 class SharedPrefix(NamedTuple):
@@ -137,10 +137,5 @@ def response_logps(model, tokens: jax.Array, starts: jax.Array, group: int, resp
     chunk = fit_chunk(chunk or model.config.logits_chunk, predicting.shape[0],
                       model.config.vocab_size, tensors=2)
     scored = chunked(fn, predicting, responses, chunk=chunk)                    # [N·G, R, 2]
-    # Back into the rows' layout: column c of row r holds response token c − starts[r].
-    width = tokens.shape[1]
-    j = jnp.arange(width)[None, :] - starts[:, None]
-    inside = (j >= 0) & (j < response_width)
-    back = jnp.take_along_axis(scored, jnp.clip(j, 0, response_width - 1)[..., None], axis=1)
-    back = jnp.where(inside[..., None], back, 0.0)
+    back = span_to_columns(scored, starts, tokens.shape[1])
     return back[..., 0], back[..., 1], router_loss
