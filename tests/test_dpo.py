@@ -162,6 +162,26 @@ def test_params_digest_sees_any_change():
     assert reference_cache.fingerprint({"a": 1}) != reference_cache.fingerprint({"a": 2})
 
 
+def test_params_digest_statistics_are_exact_integer_sums():
+    """The statistics are wrapping uint32 sums of the float32 bit patterns (so no reduction
+    order can change them: a GPU's float sums differed between runs of the same checkpoint):
+    the device values equal NumPy's over a shuffled order, for bf16 and f32 tensors."""
+    x = jax.random.normal(jax.random.key(0), (37, 5, 11), jnp.float32) * 3
+    for array in (x, x.astype(jnp.bfloat16)):
+        bits = np.asarray(array.astype(jnp.float32)).view(np.uint32)
+        i, j, k = np.indices(bits.shape, dtype=np.uint64)
+        p = 1021
+        weight = (((i % p) * 2 + (j % p) * 3 + (k % p) * 4) % p + 1).astype(np.uint64)
+        mixed = (bits ^ (bits >> np.uint32(15))).astype(np.uint64)
+        order = np.random.default_rng(0).permutation(bits.size)
+        flat = lambda a: a.reshape(-1)[order]  # noqa: E731
+        expected = [int(np.sum(flat(bits.astype(np.uint64)))) % 2**32,
+                    int(np.sum(flat(bits.astype(np.uint64) * weight % 2**32))) % 2**32,
+                    int(np.sum(flat(mixed * mixed % 2**32))) % 2**32]
+        got = [int(v) for v in np.asarray(reference_cache._tensor_stats(array))]
+        assert got == expected, (array.dtype, got, expected)
+
+
 # ----------------------------------------------------------------------------- config, resume
 def test_bad_loss_type_is_a_clear_error(world, tmp_path):
     config = tiny_config(world, tmp_path / "dpo", loss_type="kto")

@@ -291,7 +291,7 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
         assert metrics["alignment_score"] == pytest.approx(M.alignment_score(metrics))
         assert 0 < metrics["length"] <= 8
         samples = [json.loads(line) for line in (out / "samples" / f"{entry['name']}.jsonl")
-                   .read_text().splitlines()]
+                   .read_text().split("\n") if line]
         assert len(samples) == 20
         assert {"prompt", "response", "correct", "refusal", "kl_ref", "kl_ref_k3",
                 "kl_sample"} <= set(samples[0])
@@ -312,6 +312,19 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
     table = (out / "results.md").read_text()
     assert "| a |" in table and "| b |" in table and "alignment" in table and "rule-based" in table
     assert (out / "results.png").stat().st_size > 1000
+
+    # A rerun skips both variants and reads their rewards back from the samples files, whose
+    # text may hold U+2028 / U+0085 unescaped (json.dumps(ensure_ascii=False), as real models'
+    # responses did): a line ends at "\n" only, and the win rates come out the same.
+    path = out / "samples" / "a.jsonl"
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").split("\n") if line]
+    rows[0]["response"] += " one\u2028two\x85three"
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows),
+                    encoding="utf-8")
+    eval_run.run(config)
+    again = json.loads((out / "results.json").read_text())
+    assert [e["metrics"]["reward_win_rate"] for e in again["variants"]] == [
+        e["metrics"]["reward_win_rate"] for e in doc["variants"]]
 
 
 def test_default_kl_ref_is_the_log_ratio_on_temperature_one_samples(world_models):

@@ -42,6 +42,9 @@ def test_outputs_written_and_a_rerun_skips_every_stage(results, world_runs, caps
     config, _ = results
     for name in ("results.json", "results.md", "results.png"):
         assert (world_runs / "eval" / name).exists()
+    # Every stage released its workdir's lock when it ended (not at the process's exit).
+    names = [stage.split("=")[0] for stage in STAGES]
+    assert not [name for name in names if (world_runs / name / "run.lock").exists()]
     pipeline.run_stages(config)
     lines = [line for line in capsys.readouterr().out.splitlines() if "[pipeline]" in line]
     skipped = [line for line in lines if "complete, skipped" in line]

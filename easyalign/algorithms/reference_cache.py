@@ -20,15 +20,17 @@ the canonical JSON of `parts`; a caller puts in it everything the arrays depend 
 and nothing else (not the learning rate, not the run's name), so another run over the same data
 and model hits the same entry.
 
-`params_digest` hashes per-tensor summary statistics computed on device — shape, dtype, Σx,
-Σx², and a position-weighted Σ w_i x_i (so a permutation of entries changes it too) — not the
-raw bytes. Trade-off: hashing the bytes of a 7B model means gathering ~15–30 GB to the host of
-every process (sharded arrays are not addressable there) and ~10 s of sha256 per run; the
-statistics are a few reductions over arrays already in place, cost nothing at any scale, and
-change with any training step. They are not cryptographic: two parameter sets with identical
-shapes and identical float32 statistics would collide, which practical checkpoints do not do.
-They are computed in float32, so the same parameters on a different mesh may reduce in another
-order and give a different digest — a spurious miss that recomputes, never a wrong hit.
+`params_digest` hashes per-tensor summary statistics computed on device — shape, dtype and
+three wrapping uint32 sums over each entry's float32 bit pattern b: Σ b, Σ w·b with a position
+weight w (so a permutation of entries changes it too) and Σ m(b)², m a bit mix — not the raw
+bytes. Trade-off: hashing the bytes of a 7B model means gathering ~15–30 GB to the host of every
+process (sharded arrays are not addressable there) and ~10 s of sha256 per run; the statistics
+are a few reductions over arrays already in place, cost nothing at any scale, and change with
+any training step (any changed bit changes Σ b). They are not cryptographic: two parameter sets
+with identical shapes and identical statistics would collide, which practical checkpoints do
+not do. Integer sums modulo 2³² do not depend on the order of the additions, so the digest is
+the same in every process, on every mesh and device: float32 sums were not (a GPU's reduction
+order differs between runs, and every resumed run missed its cache and recomputed).
 
 Multi-host: every process must call `cached` (the computation is collective); process 0 decides
 hit or miss for all and writes, so the directory must be on a filesystem shared by all processes,
@@ -55,10 +57,10 @@ from jax.sharding import Mesh
 from easyalign import sharding
 from easyalign.sharding import to_global_batch
 
-CACHE_VERSION = 1  # bump when the layout or a digest's definition changes
+CACHE_VERSION = 2  # bump when the layout or a digest's definition changes
 ARRAYS_FILE = "arrays.npz"
 KEY_FILE = "key.json"
-_WEIGHT_PERIOD = 1021  # prime; an entry's weight is (k + 1) / p, k a mix of its indices mod p
+_WEIGHT_PERIOD = 1021  # prime; an entry's weight is k + 1, k a mix of its indices mod p
 
 
 # ----------------------------------------------------------------------------- fingerprints
@@ -81,16 +83,24 @@ def examples_digest(examples: Sequence[Mapping[str, Any]], keys: Sequence[str]) 
 
 @jax.jit
 def _tensor_stats(x: jax.Array) -> jax.Array:
-    """[Σx, Σx², Σ w x] in float32, with w a position weight built per axis (no reshape, so a
-    sharded tensor is reduced where it lies instead of being gathered for a ravel)."""
-    x = x.astype(jnp.float32)
-    index = jnp.zeros(x.shape, jnp.int32)
+    """`[Σ b, Σ w·b, Σ m(b)²]` uint32 (sums modulo 2³²) over the float32 bit patterns b of the
+    entries (integers: their values), w a position weight built per axis (no reshape, so a
+    sharded tensor is reduced where it lies instead of being gathered for a ravel) and
+    m(b) = b ⊕ (b >> 15) a mix of high and low bits. Exact integer arithmetic: the same for any
+    reduction order (module docstring)."""
+    if jnp.issubdtype(x.dtype, jnp.floating):
+        bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    else:
+        bits = x.astype(jnp.uint32)
+    index = jnp.zeros(x.shape, jnp.uint32)
     for axis in range(x.ndim):
-        # (Σ_a (i_a mod p)·(a+2)) mod p stays far below int32 range for any realistic rank.
-        iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, axis) % _WEIGHT_PERIOD
-        index = index + iota * (axis + 2)
-    weight = (index % _WEIGHT_PERIOD + 1).astype(jnp.float32) / _WEIGHT_PERIOD
-    return jnp.stack([jnp.sum(x), jnp.sum(x * x), jnp.sum(x * weight)])
+        # (Σ_a (i_a mod p)·(a+2)) mod p stays far below uint32 range for any realistic rank.
+        iota = jax.lax.broadcasted_iota(jnp.uint32, x.shape, axis) % _WEIGHT_PERIOD
+        index = index + iota * jnp.uint32(axis + 2)
+    weight = index % _WEIGHT_PERIOD + jnp.uint32(1)
+    mixed = bits ^ (bits >> 15)
+    return jnp.stack([jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weight, dtype=jnp.uint32),
+                      jnp.sum(mixed * mixed, dtype=jnp.uint32)])
 
 
 def params_digest(params: nnx.State | Mapping) -> str:
@@ -101,7 +111,7 @@ def params_digest(params: nnx.State | Mapping) -> str:
     h = hashlib.sha256()
     for (path, x), s in zip(leaves, stats):
         h.update(f"{jax.tree_util.keystr(path)}{x.shape}{x.dtype}".encode())
-        h.update(np.asarray(s, np.float32).tobytes())
+        h.update(np.asarray(s, np.uint32).tobytes())
     return h.hexdigest()
 
 

@@ -84,6 +84,7 @@ import jax
 import numpy as np
 
 from easyalign import distributed, sharding
+from easyalign.data.sources import read_jsonl_objects
 from easyalign.data.tokenize import TruncationPolicy, pad_token_id, tokenize_examples
 from easyalign.eval import judge as J
 from easyalign.eval import metrics as M
@@ -342,9 +343,10 @@ def _finished_variant(workdir: Path, name: str, fingerprint: str) -> tuple[dict,
 
 
 def _saved_rewards(workdir: Path, name: str) -> dict:
-    lines = (workdir / "samples" / f"{name}.jsonl").read_text(encoding="utf-8").splitlines()
-    records = [json.loads(line) for line in lines]
-    return {(r["suite"], r["where"]): r["reward"] for r in records if "reward" in r}
+    # Lines end at "\n" only: a response may hold U+2028 or U+0085, which json.dumps leaves raw
+    # and str.splitlines would split at (a resumed real-data eval failed on SmolLM2's samples).
+    records = read_jsonl_objects(workdir / "samples" / f"{name}.jsonl")
+    return {(r["suite"], r["where"]): r["reward"] for r, _ in records if "reward" in r}
 
 
 def run(config) -> dict:

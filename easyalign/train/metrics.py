@@ -120,7 +120,8 @@ class MetricsWriter:
             return
         self._jsonl.close()
         rows = []
-        for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+        # "\n" only: str.splitlines also splits inside a JSON string at U+2028, U+0085, …
+        for line in path.read_text(encoding="utf-8", errors="replace").split("\n"):
             try:
                 row = json.loads(line)
             except json.JSONDecodeError:

@@ -252,7 +252,12 @@ def undo_on_failure():
     manifest files this run wrote removed and those it replaced restored, and the directories
     it created removed where empty. A run that saved a checkpoint keeps its new manifest (it
     describes that checkpoint, as does one with a save in progress). Nested uses (a pipeline's
-    stages) each answer for the workdirs they started."""
+    stages) each answer for the workdirs they started.
+
+    When the phase returns, the locks of the workdirs it started are released: the phase is
+    over, whether or not it went through the training driver (which releases its own). Evaluation
+    and teacher data used to hold theirs until the process exited, so a pipeline killed in a
+    later stage left them stale."""
     started: dict[Path, _Found] = {}
     _started.append(started)
     try:
@@ -261,6 +266,9 @@ def undo_on_failure():
         for workdir, found in started.items():
             _put_back(workdir, found)
         raise
+    else:
+        for workdir in started:
+            release(workdir)
     finally:
         _started.pop()  # the innermost, this one (uses nest)
 
