@@ -104,7 +104,7 @@ def _tensor_stats(x: jax.Array) -> jax.Array:
 
 
 def params_digest(params: nnx.State | Mapping) -> str:
-    """sha256 over (path, shape, dtype, float32 statistics) of every tensor (module docstring)."""
+    """sha256 over (path, shape, dtype, uint32 statistics) of every tensor (module docstring)."""
     tree = nnx.to_pure_dict(params) if isinstance(params, nnx.State) else params
     leaves = jax.tree_util.tree_leaves_with_path(tree)
     stats = jax.device_get([_tensor_stats(x) for _, x in leaves])  # host-device sync point
