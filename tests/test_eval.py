@@ -311,6 +311,7 @@ def test_eval_end_to_end_writes_one_entry_per_variant(world_models):
     assert set(load_results(out / "results.json")) == {"a", "b"}
     table = (out / "results.md").read_text()
     assert "| a |" in table and "| b |" in table and "alignment" in table and "rule-based" in table
+    assert "file://" not in table  # no link into this machine's checkout
     assert (out / "results.png").stat().st_size > 1000
 
     # A rerun skips both variants and reads their rewards back from the samples files, whose

@@ -177,8 +177,9 @@ def markdown(doc: dict) -> str:
     if notes(doc):
         lines += ["", "Notes:", "", *[f"- {note}" for note in notes(doc)]]
     lines += ["", "## Detectors", "",
-              "The **rule-based** refusal detector, "
-              f"[`easyalign/data/rules.py`]({Path(rules.__file__).absolute().as_uri()}), flags a "
+              # The source by its repository path, as for metrics.py above: a file:// link to
+              # this machine's checkout breaks wherever the report is read or moved.
+              "The **rule-based** refusal detector, `easyalign/data/rules.py`, flags a "
               "response with a decline anywhere (DECLINE_PATTERNS) or pushback in its first two "
               "sentences not followed by a help pivot (PUSHBACK_PATTERNS, HELP_PIVOTS).", "",
               "<details><summary>DECLINE_PATTERNS, PUSHBACK_PATTERNS, HELP_PIVOTS</summary>", "",
