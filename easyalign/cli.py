@@ -263,6 +263,7 @@ def main(argv: list[str] | None = None) -> None:
         # transformers' warnings (e.g. "Token indices sequence length is longer than ...": the
         # data pipeline cuts to data.max_length itself and reports what it cut).
         logging.getLogger("transformers").setLevel(logging.ERROR)
+    _deliver_ctrl_c_reliably()
     try:
         if command in STAGES:
             config = load_config(args)
@@ -272,17 +273,69 @@ def main(argv: list[str] | None = None) -> None:
             stage_function(command)(config)
         else:
             resolve(TOOLS, command)(args)
-    except (SystemExit, KeyboardInterrupt):
+    except SystemExit:
         raise
     except BaseException as e:  # noqa: BLE001 — the one error boundary
         if debug:
             raise
+        if isinstance(e, KeyboardInterrupt) or _ctrl_c:
+            _exit_interrupted(command)
         _silence_stderr_loggers()
         sys.exit(f"easyalign {command}: {describe(e)}")
     finally:
         from easyalign.train import rundir
 
         rundir.release()
+
+
+_ctrl_c = []  # a SIGINT arrived (`_deliver_ctrl_c_reliably`)
+
+
+def _deliver_ctrl_c_reliably() -> None:
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is. Two ways that goes wrong,
+    both seen on a 2-core machine during the first compilation: Python drops one raised inside a
+    garbage-collector callback (jax registers one; "Exception ignored in _xla_gc_callback") and
+    the run trains on; and one raised inside a library's `with lock:` surfaces as another error
+    ("release unlocked lock"). So: a dropped interrupt (it goes to `sys.unraisablehook`) is
+    delivered again at the main thread's next Python step, and `main` reports any error that
+    follows a Ctrl-C as the interruption it is."""
+    import _thread
+    import signal
+    import threading
+
+    if getattr(sys.unraisablehook, "delivers_ctrl_c", False) or (
+            threading.current_thread() is not threading.main_thread()):
+        return  # installed already (an in-process caller of `main`), or no signals here
+    previous = sys.unraisablehook
+
+    def hook(unraisable):
+        if isinstance(unraisable.exc_value, KeyboardInterrupt):
+            # From another thread, once this hook has returned (raised here, it is dropped again).
+            threading.Timer(0.05, _thread.interrupt_main).start()
+            return
+        previous(unraisable)
+
+    def on_sigint(signum, frame):
+        _ctrl_c.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    hook.delivers_ctrl_c = True
+    sys.unraisablehook = hook
+    signal.signal(signal.SIGINT, on_sigint)
+
+
+def _exit_interrupted(command: str) -> None:
+    """One line, the locks released, exit status 130 — not through interpreter shutdown: with
+    XLA's compiler threads mid-work that segfaulted (exit -11 after the traceback). Checkpoints
+    need no flush: a save cut short is a temporary directory that a restore never reads."""
+    from easyalign.train import rundir
+
+    rundir.release()
+    print(f"easyalign {command}: interrupted; the same command resumes from the last complete "
+          "checkpoint (a run interrupted before its first one was undone)", file=sys.stderr,
+          flush=True)
+    sys.stdout.flush()
+    os._exit(130)
 
 
 def _silence_stderr_loggers() -> None:

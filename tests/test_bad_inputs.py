@@ -596,3 +596,30 @@ def test_a_run_ends_naming_its_model_and_a_rerun_says_it_is_complete(tmp_path, c
     assert not (tmp_path / "runs" / "t" / "sft" / rundir.LOCK_FILE).exists()
     sft.run(config)
     assert "[sft] already complete (2 of 2 steps)" in capsys.readouterr().out
+
+
+def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp_path,
+                                                                           built_world):
+    """Ctrl-C (SIGINT) while a new run compiles or trains toward its first checkpoint: one line
+    on stderr (no traceback), exit status 130, and the workdir it made gone — its logs
+    included (it printed a traceback, exited with a segfault and kept `logs/`)."""
+    import signal
+    import time
+
+    from conftest import cpu_devices_env, sft_command
+
+    workdir = tmp_path / "runs" / "x" / "sft"
+    process = subprocess.Popen(sft_command(workdir, 500, world=built_world), cwd=REPO,
+                               env=cpu_devices_env(1), stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 120
+    while not (workdir / "logs").is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, "the run never started its logs"
+        time.sleep(0.05)
+    assert not (workdir / "checkpoints").is_dir() or not any((workdir / "checkpoints").iterdir())
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-3000:]
+    assert "Traceback" not in stderr, stderr[-3000:]
+    assert stderr.strip().splitlines()[-1].startswith("easyalign sft: interrupted"), stderr
+    assert not (tmp_path / "runs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))

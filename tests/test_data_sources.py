@@ -60,6 +60,11 @@ def test_malformed_inputs_name_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "ok"}', '{"prompt": "unterminated'])
     with pytest.raises(DataError, match=re.escape(f"{path}:2: malformed JSON line")):
         load_records(path)
+    # A fault at the end of a line is reported there (the newline is not part of the record).
+    path = write_jsonl(tmp_path / "open.jsonl", ['{"prompt": "ok"}', '{"prompt": "a", "r": "b"'])
+    with pytest.raises(DataError, match=re.escape(f"{path}:2: malformed JSON line (Expecting "
+                                                  "',' delimiter at column 25)")):
+        load_records(path)
     path = write_jsonl(tmp_path / "list.jsonl", ['{"prompt": "ok"}', "[1, 2]"])
     with pytest.raises(DataError, match=re.escape(f"{path}:2: expected a JSON object")):
         load_records(path)

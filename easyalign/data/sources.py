@@ -266,7 +266,9 @@ def read_jsonl_objects(path: "str | Path", encoding: str = "utf-8"
             continue
         where = f"{path}:{line_no}"
         try:
-            data = _DECODER.decode(line)
+            # Without its line end: a record cut short is then reported at its last column, not
+            # at "column 1" of the newline's next line.
+            data = _DECODER.decode(line.rstrip("\r\n"))
         except json.JSONDecodeError as e:
             raise DataError(where, f"malformed JSON line ({e.msg} at column {e.colno})") from None
         except _DuplicateKey as e:

@@ -27,6 +27,7 @@ import hashlib
 import json
 import os
 import re
+import shutil
 import socket
 from pathlib import Path
 
@@ -217,7 +218,8 @@ def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
             _started[-1][workdir] = _Found(
                 missing[-1] if missing else None, _checkpoint_entries(workdir),
                 {p.name: p.read_bytes() for p in workdir.iterdir()
-                 if p.is_file() and _RECORDS.fullmatch(p.name)})
+                 if p.is_file() and _RECORDS.fullmatch(p.name)},
+                frozenset(p.name for p in workdir.iterdir()))
         notes.append(check_resume(config, workdir, manifest_overrides))
         for note in notes:
             if note:
@@ -234,6 +236,13 @@ class _Found:
     created: Path | None          # the outermost directory start_workdir made (None: none)
     checkpoints: frozenset[str]   # `_checkpoint_entries`
     records: dict[str, bytes]     # its config and manifest files (`_RECORDS`) by name
+    entries: frozenset[str] = frozenset()  # every name in it
+
+
+# What a training run makes in its workdir before its first checkpoint: the log of a run that
+# saved nothing, and the (empty) checkpoint directory. Removed with the failed run when it
+# made them — a workdir that had them keeps them.
+_RUN_OUTPUTS = ("logs", "plots", "checkpoints")
 
 
 def _checkpoint_entries(workdir: Path) -> frozenset[str]:
@@ -249,8 +258,9 @@ _started: list[dict[Path, _Found]] = []  # one per open `undo_on_failure`, inner
 def undo_on_failure():
     """Run a phase so that, if it raises before it saves a checkpoint, every workdir it
     started (`start_workdir`) is put back as it was found: the lock released, the config and
-    manifest files this run wrote removed and those it replaced restored, and the directories
-    it created removed where empty. A run that saved a checkpoint keeps its new manifest (it
+    manifest files this run wrote removed and those it replaced restored, the logs and empty
+    checkpoint directory it made removed (`_RUN_OUTPUTS`), and the directories it created
+    removed where empty. A run that saved a checkpoint keeps its new manifest (it
     describes that checkpoint, as does one with a save in progress). Nested uses (a pipeline's
     stages) each answer for the workdirs they started.
 
@@ -286,6 +296,9 @@ def _put_back(workdir: Path, found: _Found) -> None:
             path = workdir / name
             if not path.is_file() or path.read_bytes() != data:
                 path.write_bytes(data)
+        for name in _RUN_OUTPUTS:
+            if name not in found.entries and (workdir / name).is_dir():
+                shutil.rmtree(workdir / name)
         if found.created is not None:
             for directory in (workdir, *workdir.parents):
                 directory.rmdir()  # an OSError (not empty) ends the walk up
