@@ -32,7 +32,8 @@ def get_config(preset: str = ""):
     #                                      as IPO is defined and TRL runs it; False otherwise)
     d.sft_weight = 0.0                   # α of + α·NLL(chosen) (RPO; TRL's rpo_alpha)
     d.reference = "cached"               # cached (precomputed once, on disk) | live (frozen model)
-    d.cache_dir = ""                     # reference log-prob cache ("" = workdir/reference_cache)
+    d.cache_dir = ""                     # reference log-prob cache ("" = reference_cache/ beside
+    #                                      the workdir, shared by the runs side by side)
 
     c.optim.lr = 1e-6                    # DPO moves a trained model: a small step (TRL's default)
     c.optim.warmup_steps = 10

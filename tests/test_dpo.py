@@ -139,6 +139,12 @@ def test_cache_reused_and_invalidated(world, tmp_path):
     differs = ~np.isclose(original["ref_chosen_logps"], fresh["ref_chosen_logps"], atol=1e-5)
     assert differs.nonzero()[0].tolist() == [5]
     np.testing.assert_array_equal(original["ref_rejected_logps"], fresh["ref_rejected_logps"])
+    # By default the cache lies beside the workdir: a sibling run (a sweep) finds the entry.
+    assert dpo.setup(tiny_config(world, tmp_path / "runs" / "lr1")).cache_hits == {
+        "train": False, "eval": False}
+    assert dpo.setup(tiny_config(world, tmp_path / "runs" / "lr2")).cache_hits == {
+        "train": True, "eval": True}
+    assert (tmp_path / "runs" / "reference_cache").is_dir()
     # The reference model changes (another initialisation): both entries are recomputed.
     model_changed = tiny_config(world, tmp_path / "d", cache_dir=str(cache))
     model_changed.train.seed = 1

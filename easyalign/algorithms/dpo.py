@@ -49,6 +49,8 @@ The reference (`dpo.reference`):
   * "cached": before training, one jitted scoring pass computes log π_ref of every training and
     evaluation pair and stores it under `cache_dir/<sha256 fingerprint of data, reference model
     and chat template>/` (`reference_cache.py`); a re-run with the same data and model reuses it.
+    `dpo.cache_dir` is by default `reference_cache/` beside the workdir (`runs/<name>/`): the
+    runs of a sweep side by side (`runs/<name>/dpo_lr1`, `…/dpo_lr2`) share one computation.
     Batches then carry `ref_chosen_logps` / `ref_rejected_logps`, looked up by the batch's
     example `index`, and no reference model is held during training.
 
@@ -181,7 +183,7 @@ def reference_tables(run: runsetup.Run, graphdef, params, datasets: dict[str, li
     the disk cache or one jitted pass of the reference (length-averaged if `average`); and
     `{name: cache hit}`."""
     cache_dir = run.config.dpo.cache_dir
-    root = Path(cache_dir) if cache_dir else run.workdir / "reference_cache"
+    root = Path(cache_dir) if cache_dir else run.workdir.parent / "reference_cache"
     model = {"model": reference_cache.model_digest(nnx.merge(graphdef, params).config.to_dict(),
                                                    params),
              "template": reference_cache.template_digest(run.tokenizer),

@@ -180,16 +180,22 @@ def load(directory: Path) -> dict[str, np.ndarray] | None:
 
 
 def save(directory: Path, arrays: Mapping[str, np.ndarray], parts: Mapping[str, Any]) -> None:
-    """Write atomically: a killed run leaves a `.tmp` directory, never a half-written entry."""
-    tmp = directory.with_name(directory.name + ".tmp")
+    """Write atomically: a killed run leaves a `.tmp<pid>` directory, never a half-written entry.
+    Runs sharing the cache may write the same entry at once (the same arrays): each writes its
+    own temporary, and one that finds the entry in place when it renames drops its own."""
+    tmp = directory.with_name(f"{directory.name}.tmp{os.getpid()}")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.savez(tmp / ARRAYS_FILE, **arrays)
     (tmp / KEY_FILE).write_text(json.dumps(
         {"fingerprint": directory.name, "cache_version": CACHE_VERSION, **parts},
         indent=2, sort_keys=True) + "\n")
-    shutil.rmtree(directory, ignore_errors=True)
-    os.replace(tmp, directory)
+    if not (directory / ARRAYS_FILE).is_file():
+        shutil.rmtree(directory, ignore_errors=True)  # a directory with no entry in it
+    try:
+        os.replace(tmp, directory)
+    except OSError:  # another run put the same entry in place meanwhile
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def _all_agree(value: bool) -> bool:
