@@ -25,6 +25,7 @@ the file or directory that is missing or broken:
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import json
 import os
@@ -404,6 +405,28 @@ def _stage(config, value: str) -> Path:
     return Path(config.workdir).absolute().parent / value[1:]
 
 
+# Stage workdirs a pipeline will have filled before the stage being checked runs
+# (`planned_stages`): references to them pass `validate` although they do not exist yet.
+_planned: set[Path] = set()
+
+
+@contextlib.contextmanager
+def planned_stages(workdirs: Iterable[Path]):
+    """Within: a `@stage` reference (or a path inside one of `workdirs`) counts as present —
+    a pipeline checks every stage's config before the first one runs."""
+    added = {Path(w).absolute() for w in workdirs} - _planned
+    _planned.update(added)
+    try:
+        yield
+    finally:
+        _planned.difference_update(added)
+
+
+def _is_planned(path: Path) -> bool:
+    path = Path(path).absolute()
+    return any(path == w or w in path.parents for w in _planned)
+
+
 def check_stage_reference(config, key: str, value: str, product: str = "model",
                           complete: str = "model/model_config.json",
                           instead: str | None = None) -> None:
@@ -415,7 +438,7 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
     from easyalign.config_keys import did_you_mean
 
     stage_dir = _stage(config, value)
-    if (stage_dir / complete).is_file():
+    if (stage_dir / complete).is_file() or _is_planned(stage_dir):
         return
     stage, target = value[1:], stage_dir / product
     if not stage_dir.is_dir() or not target.exists():
@@ -467,6 +490,8 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
 
     if value.startswith("@"):
         check_stage_reference(config, key, value)
+        return
+    if _is_planned(Path(value)):
         return
     if kind == "gguf" or (kind in ("", "derive") and (value in INSTALLED
                                                        or value.endswith(".gguf"))):

@@ -72,11 +72,16 @@ def parse_overrides(entries) -> dict[str, list[tuple[str, object]]]:
     return out
 
 
-def _set(config, dotted: str, value, *, missing_ok: bool = False) -> None:
+def _set(config, dotted: str, value, *, missing_ok: bool = False, stage: str = "") -> None:
     if not _has(config, dotted):
         if missing_ok:
             return
-        raise ValueError(f"pipeline.overrides: unknown config key {dotted!r}")
+        from easyalign.config_check import suggest_key
+        from easyalign.config_keys import flat_keys
+
+        hint = suggest_key(dotted, flat_keys(config))
+        raise ValueError(f"pipeline.overrides: stage {stage} has no config key {dotted!r}"
+                         + (f"; {hint}" if hint else ""))
     *parents, leaf = dotted.split(".")
     node = config
     for part in parents:
@@ -105,7 +110,7 @@ def stage_config(pipe, name: str, command: str, preset: str, overrides):
     for key, value in overrides.get("*", []):
         _set(config, key, value, missing_ok=True)
     for key, value in overrides.get(name, []):
-        _set(config, key, value)
+        _set(config, key, value, stage=name)
     return config
 
 
@@ -178,6 +183,8 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
             config[CONFIG_FILES.get(command, command)].teacher = "@" + p.teacher
             if command == "distill" and config.model.init == "derive":
                 config.model.path = "@" + p.teacher  # the student comes from the teacher's layers
+    check_stages(stages, configs)
+    for (name, command, preset), config in zip(stages, configs):
         workdir = Path(config.workdir)
         if stage_done(command, config):
             _say(f"{name}: complete, skipped ({workdir})")
@@ -191,6 +198,23 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
             stage_table.stage_function(command)(config)
         _say(f"{name}: done in {time.perf_counter() - start:.0f} s")
     return stages
+
+
+def check_stages(stages, configs) -> None:
+    """Every stage still to run checked before the first one starts (`config_check.validate`:
+    keys, values, files, `@stage` references — those to this pipeline's earlier stages count
+    as present): a bad path in `pipeline.overrides` fails now, naming its stage, not after the
+    stages before it have trained."""
+    from easyalign.config_check import ConfigError, planned_stages, validate
+
+    pending = [(name, config) for (name, command, _), config in zip(stages, configs)
+               if not stage_done(command, config)]
+    with planned_stages(Path(config.workdir) for _, config in pending):
+        for name, config in pending:
+            try:
+                validate(config)
+            except ConfigError as e:
+                raise ConfigError(f"pipeline stage {name}: {e}") from None
 
 
 def _say(message: str) -> None:

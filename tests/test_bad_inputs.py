@@ -623,3 +623,35 @@ def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp
     assert "Traceback" not in stderr, stderr[-3000:]
     assert stderr.strip().splitlines()[-1].startswith("easyalign sft: interrupted"), stderr
     assert not (tmp_path / "runs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
+@pytest.mark.parametrize("preset", ["tiny", "real"])
+def test_a_pipeline_checks_every_stage_before_the_first_runs(tmp_path, monkeypatch, preset):
+    """A bad path given to one stage through `pipeline.overrides` fails before any stage runs,
+    naming the stage (it failed minutes in, once the stages before had trained); references to
+    the pipeline's own earlier stages count as present, so the unchanged presets pass."""
+    from configs import pipeline as pipeline_config
+    from easyalign import pipeline
+
+    if preset == "real" and not (REPO.parent / "shared" / "data" / "alpaca").is_dir():
+        pytest.skip("the real preset reads ../shared/data, absent here")
+    ran = []
+    monkeypatch.setattr(pipeline.stage_table, "stage_function",
+                        lambda command: lambda config: ran.append(command))
+    monkeypatch.setattr(pipeline, "save_base", lambda config: ran.append("base"))
+
+    def run(*overrides):
+        config = pipeline_config.get_config(preset)
+        config.workdir = str(tmp_path / preset / "runs")
+        config.pipeline.overrides = (*config.pipeline.overrides, *overrides)
+        return pipeline.run_stages(config)
+
+    for override, message in [
+            ("dpo:data.source=/nope/pairs.jsonl",
+             "pipeline stage dpo: data.source=/nope/pairs.jsonl: no such file"),
+            ("dpo:model.path=@sftt", "pipeline stage dpo: model.path='@sftt': ")]:
+        with pytest.raises(config_check.ConfigError, match=re.escape(message)):
+            run(override)
+        assert ran == [] and not (tmp_path / preset / "runs").exists()
+    stages = run()
+    assert ran == [command for _, command, _ in stages]

@@ -28,7 +28,8 @@ def test_unknown_stage_or_key_is_named(tmp_path):
     with pytest.raises(ValueError, match=r"no stage has the config key 'dpo.betta'"):
         pipeline.run_stages(config)
     config.pipeline.overrides = ("sft:train.stepz=3",)
-    with pytest.raises(ValueError, match=r"unknown config key 'train.stepz'"):
+    with pytest.raises(ValueError, match=r"stage sft has no config key 'train.stepz'; did you "
+                                         r"mean train.steps"):
         pipeline.run_stages(config)
     config.pipeline.overrides = ("sftt:train.steps=3",)
     with pytest.raises(ValueError, match=r"unknown stage\(s\) \['sftt'\]"):
