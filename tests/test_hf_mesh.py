@@ -76,13 +76,6 @@ def _main(tmp: Path) -> None:
                                rtol=0)
     alone = load_checkpoint_model(tmp / "ckpt")
     np.testing.assert_array_equal(logits(alone, single_mesh), reference)
-
-    # The cache digest of the parameters (reference log-probs, teacher data) is the same on
-    # every mesh: its sums are exact integer arithmetic, whatever the reduction order.
-    from easyalign.algorithms.reference_cache import params_digest
-
-    digests = {params_digest(nnx.state(m, nnx.Param)) for m in (model, restored, alone)}
-    assert len(digests) == 1, digests
     print("OK")
 
 
