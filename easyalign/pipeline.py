@@ -183,10 +183,12 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
             config[CONFIG_FILES.get(command, command)].teacher = "@" + p.teacher
             if command == "distill" and config.model.init == "derive":
                 config.model.path = "@" + p.teacher  # the student comes from the teacher's layers
-    check_stages(stages, configs)
-    for (name, command, preset), config in zip(stages, configs):
+    done = [stage_done(command, config) for (_, command, _), config in zip(stages, configs)]
+    check_stages([(name, config) for (name, _, _), config, complete in
+                  zip(stages, configs, done) if not complete])
+    for (name, command, preset), config, complete in zip(stages, configs, done):
         workdir = Path(config.workdir)
-        if stage_done(command, config):
+        if complete:
             _say(f"{name}: complete, skipped ({workdir})")
             continue
         _say(f"{name}: {command}" + (f" ({preset})" if preset else "") + f" → {workdir}")
@@ -200,15 +202,13 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
     return stages
 
 
-def check_stages(stages, configs) -> None:
-    """Every stage still to run checked before the first one starts (`config_check.validate`:
-    keys, values, files, `@stage` references — those to this pipeline's earlier stages count
-    as present): a bad path in `pipeline.overrides` fails now, naming its stage, not after the
-    stages before it have trained."""
+def check_stages(pending: list[tuple[str, object]]) -> None:
+    """Every stage still to run, `(name, config)`, checked before the first one starts
+    (`config_check.validate`: keys, values, files, `@stage` references — those to this
+    pipeline's stages count as present): a bad path in `pipeline.overrides` fails now, naming
+    its stage, not after the stages before it have trained."""
     from easyalign.config_check import ConfigError, planned_stages, validate
 
-    pending = [(name, config) for (name, command, _), config in zip(stages, configs)
-               if not stage_done(command, config)]
     with planned_stages(Path(config.workdir) for _, config in pending):
         for name, config in pending:
             try:
