@@ -146,9 +146,13 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def cpu_devices_env(devices: int, **extra: str) -> dict:
-    """This process's environment for a child that sees `devices` fake CPU devices."""
-    return dict(os.environ, JAX_PLATFORMS="cpu",
-                XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", **extra)
+    """This process's environment for a child that sees `devices` fake CPU devices. The
+    parent's other XLA flags stay (`scripts/test.sh`'s single-threaded, -O1 CPU backend): a
+    child with its own Eigen thread pool competes with the other pytest worker for the cores."""
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    flags.append(f"--xla_force_host_platform_device_count={devices}")
+    return dict(os.environ, JAX_PLATFORMS="cpu", XLA_FLAGS=" ".join(flags), **extra)
 
 
 def run_on_cpu_devices(devices: int, *args: str, timeout: float, cwd: Path | None = None,
