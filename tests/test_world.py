@@ -171,3 +171,44 @@ def test_bad_configs_are_rejected():
         build_world(WorldConfig(n_entities=4, n_eval_per_suite=100))
     with pytest.raises(ValueError, match="raise n_sft"):
         build_world(WorldConfig(n_entities=200, n_sft=500))
+
+
+def test_world_files_appear_complete_or_not_at_all(tmp_path, monkeypatch):
+    """`ensure_world` stops at each of its renames in turn (a kill between two files): no
+    completeness mark before every other file is in place, no staging directory left, and the
+    next call finishes with the bytes of an uninterrupted build."""
+    import os
+
+    from configs import base
+    from easyalign.data import world_source
+
+    def config(name):
+        c = base.get_config()
+        c.data.world.dir = str(tmp_path / name)
+        return c
+
+    whole = world_source.ensure_world(config("whole"))
+    expected = {p.relative_to(whole): p.read_bytes() for p in whole.rglob("*") if p.is_file()}
+    assert len(expected) > 3 and world_source.WORLD_DONE in expected
+
+    real_replace = os.replace
+    for stop in (1, len(expected) - 1):  # after the first file; before the mark alone
+        calls = []
+
+        def replace(src, dst):
+            if len(calls) == stop:
+                raise KeyboardInterrupt
+            calls.append(dst)
+            real_replace(src, dst)
+
+        directory = tmp_path / f"cut{stop}"
+        monkeypatch.setattr(os, "replace", replace)
+        with pytest.raises(KeyboardInterrupt):
+            world_source.ensure_world(config(directory.name))
+        monkeypatch.setattr(os, "replace", real_replace)
+        moved = {p.relative_to(directory) for p in directory.rglob("*") if p.is_file()}
+        assert len(moved) == stop and world_source.WORLD_DONE not in moved
+        assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
+        world_source.ensure_world(config(directory.name))
+        assert {p.relative_to(directory): p.read_bytes()
+                for p in directory.rglob("*") if p.is_file()} == expected

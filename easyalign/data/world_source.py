@@ -11,6 +11,9 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import jax
@@ -48,16 +51,39 @@ def world_dir(config) -> Path:
 
 
 def ensure_world(config) -> Path:
-    """Generate the built-in world and train its tokenizer once; later calls reuse the files."""
-    from easyalign.data.tokenizer import build_world_tokenizer
-    from easyalign.data.world import build_world
-
+    """Generate the built-in world and train its tokenizer once; later calls reuse the files.
+    Complete means `tokenizer/tokenizer.json` exists, and it is the last file to appear
+    (`_build_world_files`)."""
     directory = world_dir(config)
-    done = directory / "tokenizer" / "tokenizer.json"
-    if jax.process_index() == 0 and not done.exists():
-        world = build_world(world_settings(config))
-        world.write(directory)
-        build_world_tokenizer(world, directory / "tokenizer")
+    if jax.process_index() == 0 and not (directory / WORLD_DONE).exists():
+        _build_world_files(config, directory)
     distributed.barrier("world")
     return directory
 
+
+WORLD_DONE = Path("tokenizer") / "tokenizer.json"
+
+
+def _build_world_files(config, directory: Path) -> None:
+    """Write the world and its tokenizer into a private staging directory beside `directory`,
+    then move them in file by file with atomic renames, `WORLD_DONE` last. A build killed at any
+    point leaves no half-written file and no completeness mark; concurrent builds of one world
+    (the runs of a sweep share `world-<digest>`) each move in the same bytes, and a reader never
+    sees a file being written."""
+    from easyalign.data.tokenizer import build_world_tokenizer
+    from easyalign.data.world import build_world
+
+    directory.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
+    try:
+        world = build_world(world_settings(config))
+        world.write(staging)
+        build_world_tokenizer(world, staging / "tokenizer")
+        files = sorted((f for f in staging.rglob("*") if f.is_file()),
+                       key=lambda f: f == staging / WORLD_DONE)
+        for file in files:
+            target = directory / file.relative_to(staging)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(file, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
