@@ -223,11 +223,12 @@ def run(config) -> dict:
                   f"{c.student!r} in latency.results={c.results!r}")
     doc = {"settings": settings, "variants": entries, "summary": summary}
     if not multi_process or jax.process_index() == 0:
-        from easyalign.train.rundir import start_workdir
+        from easyalign.train.rundir import start_workdir, write_atomic
 
         workdir = start_workdir(config)
-        (workdir / "latency.json").write_text(json.dumps(doc, indent=2) + "\n")
-        (workdir / "latency.md").write_text(markdown(entries, settings, summary))
+        # latency.json marks the stage complete (`pipeline.stage_done`): written last.
+        write_atomic(workdir / "latency.md", markdown(entries, settings, summary))
+        write_atomic(workdir / "latency.json", json.dumps(doc, indent=2) + "\n")
         print(f"[latency] wrote {workdir / 'latency.json'}, latency.md")
     return doc
 

@@ -76,7 +76,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -322,15 +321,6 @@ def variant_fingerprint(path: str, config, suites: list[Suite]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def write_atomic(path: Path, text: str) -> Path:
-    """Write `text` to `path` through a temporary file and a rename: never a partial file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
-
-
 def _finished_variant(workdir: Path, name: str, fingerprint: str) -> tuple[dict, list] | None:
     """A variant's entry and notes from an earlier run with the same fingerprint, or None."""
     done, samples = workdir / "variants" / f"{name}.json", workdir / "samples" / f"{name}.jsonl"
@@ -352,7 +342,7 @@ def _saved_rewards(workdir: Path, name: str) -> dict:
 def run(config) -> dict:
     """Evaluate every variant (skipping those finished before); write and return the results."""
     from easyalign.data.world_source import ensure_world
-    from easyalign.train.rundir import start_workdir
+    from easyalign.train.rundir import start_workdir, write_atomic
 
     from easyalign.algorithms.runsetup import stage_path
     from easyalign.config_check import validate

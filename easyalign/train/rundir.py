@@ -224,7 +224,7 @@ def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
         for note in notes:
             if note:
                 print(note)
-        _write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
+        write_atomic(workdir / "config.json", config.to_json_best_effort(indent=2) + "\n")
     return workdir
 
 
@@ -308,7 +308,11 @@ def _put_back(workdir: Path, found: _Found) -> None:
         pass
 
 
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
+def write_atomic(path: Path, text: str) -> Path:
+    """Write `text` (UTF-8) to `path` through a temporary file of this process and a rename:
+    a reader, or a run killed midway, never sees a partial file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(text, encoding="utf-8")
     os.replace(tmp, path)
+    return path
