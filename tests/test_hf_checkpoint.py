@@ -65,3 +65,22 @@ def test_export_writes_the_tokenizer_and_its_pad_id(tmp_path):
 def test_missing_checkpoint_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model_config.json"):
         load_checkpoint_model(tmp_path)
+
+
+def test_a_phase_workdir_loads_as_its_final_model(tmp_path):
+    """Every by-path loader takes a phase workdir (its `model/`) as `resolve_model_dir` says:
+    the trial's eval variant `sft=<workdir>` failed with "unsupported model_type None" — the
+    run's own config.json read as an HF config."""
+    import json
+
+    from easyalign.hf.autoload import load_model, load_tokenizer, stored_dtype
+
+    make_hf_model("llama", tmp_path / "hf")
+    tiny_tokenizer().save_pretrained(tmp_path / "hf")
+    workdir = tmp_path / "runs" / "sft"
+    convert_hf_to_checkpoint(tmp_path / "hf", workdir / "model")
+    (workdir / "config.json").write_text(json.dumps({"phase": "sft", "workdir": str(workdir)}))
+    model = load_model(workdir)
+    assert model.config == load_model(workdir / "model").config
+    assert stored_dtype(workdir) == read_checkpoint_config(workdir / "model").param_dtype
+    assert load_tokenizer(workdir)("hello world")["input_ids"] == [4, 5]

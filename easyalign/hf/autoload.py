@@ -1,7 +1,7 @@
 """A model or its tokenizer by path, whatever the format: an easyalign model checkpoint
-(`model_config.json` + `params/`), an HF directory (`config.json` + safetensors) or a GGUF file
-or installed alias (`smollm2`). What the evaluator, the judge, `generate` and the CLI's
-`sample` load their models with.
+(`model_config.json` + `params/`), a phase workdir (its final `model/`), an HF directory
+(`config.json` + safetensors) or a GGUF file or installed alias (`smollm2`). What the
+evaluator, the judge, `generate` and the CLI's `sample` load their models with.
 """
 
 from __future__ import annotations
@@ -12,6 +12,20 @@ from pathlib import Path
 from easyalign.hf.gguf import is_gguf
 
 
+def model_location(path: str | Path) -> str | Path:
+    """Where the model given by `path` lies (`checkpoint.resolve_model_dir`: a phase workdir →
+    its `model/`); `path` itself when it names no model, so that the loader's own error says
+    what it expected there."""
+    from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+
+    if is_gguf(path):
+        return path
+    try:
+        return resolve_model_dir(path)[0]
+    except ModelDirError:
+        return path
+
+
 def stored_dtype(path: str | Path) -> str:
     """The dtype a model's weights are stored in: a checkpoint's `param_dtype`, an HF
     directory's `torch_dtype` (float32 when absent, as transformers reads it), float32 for a
@@ -19,7 +33,7 @@ def stored_dtype(path: str | Path) -> str:
     from easyalign.hf import read_checkpoint_config
     from easyalign.hf.checkpoint import CONFIG_FILE
 
-    path = Path(path)
+    path = Path(model_location(path))
     if is_gguf(path):
         return "float32"
     if (path / CONFIG_FILE).is_file():
@@ -44,6 +58,7 @@ def load_model(path: str | Path, mesh=None, dtype: str = ""):
     from easyalign.hf import from_hf, load_checkpoint_model
     from easyalign.hf.checkpoint import CONFIG_FILE
 
+    path = model_location(path)
     overrides = {"dtype": dtype or stored_dtype(path)}
     if is_gguf(path):
         from easyalign.hf.gguf import from_gguf
@@ -64,7 +79,7 @@ def load_tokenizer(path: str | Path, fallback: str | Path | None = None):
         from easyalign.hf.gguf import gguf_tokenizer
 
         return gguf_tokenizer(path)
-    path = Path(path)
+    path = Path(model_location(path))
     for candidate in (path / "tokenizer", path):
         if any((candidate / f).is_file() for f in ("tokenizer_config.json", "tokenizer.json")):
             return AutoTokenizer.from_pretrained(str(candidate))
