@@ -8,6 +8,7 @@ Expected logits come from `peft` and `transformers` on the same tiny random HF b
 from __future__ import annotations
 
 import json
+import stat
 
 import numpy as np
 import pytest
@@ -52,6 +53,9 @@ def test_adapters_round_trip_through_peft(case, tmp_path):
     to_peft(model, tmp_path / "adapter", base_model=str(tmp_path / "base"))
     written = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
     assert written["r"] == 4 and written["use_rslora"] is True
+    # Both files with the mode open() gives (safetensors alone writes 0o600: the trial's F15).
+    modes = {stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "adapter").iterdir()}
+    assert modes == {stat.S_IMODE((tmp_path / "adapter" / "adapter_config.json").stat().st_mode)}
     peft_model = peft.PeftModel.from_pretrained(
         transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "base"),
         tmp_path / "adapter").eval()

@@ -36,7 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
-from safetensors.numpy import load_file, save_file
+from safetensors.numpy import load_file
 
 from easyalign.hf.tables import Layout, Row, rows_for, sizes
 from easyalign.model import lora
@@ -127,7 +127,9 @@ def to_peft(model, out_dir: str | Path, base_model: str = "", dtype: str = "floa
     out_dir = Path(out_dir)
     if jax.process_index() == 0:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_file(tensors, str(out_dir / WEIGHTS_FILE), metadata={"format": "pt"})
+        from easyalign.hf.export import save_safetensors  # mode and atomic rename as the model's
+
+        save_safetensors(tensors, out_dir / WEIGHTS_FILE)
         adapter_config = {
             "peft_type": "LORA", "task_type": "CAUSAL_LM", "r": spec.rank,
             "lora_alpha": spec.alpha, "lora_dropout": spec.dropout, "use_rslora": spec.rslora,
