@@ -182,6 +182,12 @@ def check_resume(config, workdir: Path, overrides: dict | None = None) -> str | 
         except json.JSONDecodeError:
             old = None
         changes = _difference(old, new) if old is not None else ["manifest.json unreadable"]
+        phases = ((old or {}).get("phase"), new.get("phase"))
+        if phases[0] and phases[1] and phases[0] != phases[1]:
+            # Another phase's run: no config change makes it resumable, so none is offered.
+            raise RunDirError(f"{workdir}: holds a {phases[0]} run; a {phases[1]} run needs its "
+                              "own --config.workdir (the model it starts from goes in "
+                              f"model.path, e.g. {workdir}/model)")
         if changes:
             allow = config.get("train", {}).get("allow_config_change", False)
             if not allow:
