@@ -156,6 +156,12 @@ def _check_training(config, devices: bool | int) -> list[str]:
     model = config.get("model")
     if model is not None:
         _check_model_fields(model)
+    if model is not None and model.get("lora") is not None:
+        # LoraConfig checks these too, but only once the model is built (after the data).
+        a = model.lora
+        _need(a.rank >= 0, f"model.lora.rank={a.rank}: must be ≥ 0 (0 = no adapters)")
+        _need(a.alpha >= 0, f"model.lora.alpha={a.alpha}: must be ≥ 0")
+        _need(0 <= a.dropout < 1, f"model.lora.dropout={a.dropout}: must be in [0, 1)")
     if model is not None and model.get("init") == "scratch" and model.get("lora") \
             and model.lora.rank > 0:
         # Adapters over a frozen random base learn next to nothing: almost never intended.
