@@ -185,6 +185,18 @@ def test_lora_on_a_scratch_base_is_one_warning_line():
                          "--config.model.init=checkpoint", "--config.model.path=@sft") == []
 
 
+def test_adapter_settings_are_checked_before_anything_loads(tmp_path):
+    """The trial's `model.lora.rank=-4` failed only after the data had loaded: the config
+    check names it up front, in the flag's form."""
+    for flag, message in (("rank=-4", "model.lora.rank=-4: must be ≥ 0 (0 = no adapters)"),
+                          ("dropout=1.5", "model.lora.dropout=1.5: must be in [0, 1)"),
+                          ("alpha=-1.0", "model.lora.alpha=-1.0: must be ≥ 0")):
+        config = cli.load_config(["--config=configs/dpo.py:tiny", f"--config.workdir={tmp_path}/dpo",
+                                  f"--config.model.lora.{flag}"])
+        with pytest.raises(config_check.ConfigError, match=re.escape(message)):
+            config_check.validate(config, paths=False)
+
+
 def test_a_model_path_its_init_does_not_read_is_an_error(tmp_path):
     """`model.path=smollm2` with the preset's `model.init=scratch` would train a random model:
     one line saying which `model.init` loads the path; `init=hf` on a GGUF names `gguf`."""
@@ -423,6 +435,14 @@ def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
     config.train.allow_config_change = True
     assert "continuing with a changed config" in rundir.check_resume(config, workdir)
     assert (workdir / "config.1.json").exists() and (workdir / "manifest.1.json").exists()
+    # Another phase in the same workdir (the trial: DPO into a finished SFT run's workdir): one
+    # short line naming both phases, no allow_config_change offered — even when it is set.
+    config.phase = "dpo"
+    with pytest.raises(rundir.RunDirError) as error:
+        rundir.check_resume(config, workdir)
+    message = str(error.value)
+    assert "holds a sft run; a dpo run needs its own --config.workdir" in message
+    assert "allow_config_change" not in message and len(message) < 300
 
 
 def test_a_set_up_that_fails_on_its_data_leaves_the_workdir_as_it_found_it(tmp_path):
