@@ -324,6 +324,15 @@ def _deliver_ctrl_c_reliably() -> None:
     signal.signal(signal.SIGINT, on_sigint)
 
 
+# What a rerun keeps, for the commands without training checkpoints.
+RESUMES_FROM = {"eval": "the variants finished before (the interrupted one starts over)",
+                "pipeline": "the stage that was running (complete stages are skipped; a "
+                            "training stage from its last complete checkpoint)",
+                "teacher-data": "the start (an unfinished run keeps nothing)",
+                "generate": "the start (an unfinished run keeps nothing)",
+                "latency": "the start (an unfinished run keeps nothing)"}
+
+
 def _exit_interrupted(command: str) -> None:
     """One line, the locks released, exit status 130 — not through interpreter shutdown: with
     XLA's compiler threads mid-work that segfaulted (exit -11 after the traceback). Checkpoints
@@ -331,9 +340,10 @@ def _exit_interrupted(command: str) -> None:
     from easyalign.train import rundir
 
     rundir.release()
-    print(f"easyalign {command}: interrupted; the same command resumes from the last complete "
-          "checkpoint (a run interrupted before its first one was undone)", file=sys.stderr,
-          flush=True)
+    resumes = RESUMES_FROM.get(command, "the last complete checkpoint (a run interrupted "
+                                        "before its first one was undone)")
+    print(f"easyalign {command}: interrupted; the same command resumes from {resumes}",
+          file=sys.stderr, flush=True)
     sys.stdout.flush()
     os._exit(130)
 

@@ -90,7 +90,7 @@ from easyalign.eval import metrics as M
 from easyalign.eval import report, scoring
 from easyalign.eval.suites import (Suite, ifeval_suite, load_mc_task, parse_extra_suites,
                                    parse_named_paths, same_vocabulary, extra_suite, world_suites)
-from easyalign.hf.autoload import is_gguf, load_model, load_tokenizer
+from easyalign.hf.autoload import is_gguf, load_model, load_tokenizer, model_location
 from easyalign.losses.common import KL_ESTIMATORS
 from easyalign.sampler import Sampler, Temperature, as_messages, method_from_config
 
@@ -299,7 +299,7 @@ def file_signature(path: str | Path | None) -> list | None:
         from easyalign.hf.gguf import resolve_gguf
 
         path = resolve_gguf(path)
-    path = Path(path)
+    path = Path(model_location(path))  # a phase workdir: its model/, not its logs
     files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
     return [(str(f.relative_to(path)) if f != path else f.name, f.stat().st_size,
              f.stat().st_mtime_ns) for f in files]
@@ -319,6 +319,17 @@ def variant_fingerprint(path: str, config, suites: list[Suite]) -> str:
                "suites": [(s.name, s.kind, [i["prompt"] for i in s.items]) for s in suites]}
     blob = json.dumps(content, sort_keys=True, default=str, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
+
+
+def _workload(suites: list[Suite], questions: list, e) -> str:
+    """What one variant's evaluation will do, with the keys that limit it."""
+    parts = [f"{s.name} {len(s.items)}" for s in suites]
+    if questions:
+        parts.append(f"truthfulqa_mc {len(questions)} questions (eval.mc_limit"
+                     f"={e.mc_limit}{': all' if not e.mc_limit else ''})")
+    limit = f"eval.limit_per_suite={e.limit_per_suite}" + (": all" if not e.limit_per_suite
+                                                             else "")
+    return f"prompts per suite ({limit}): " + ", ".join(parts)
 
 
 def _finished_variant(workdir: Path, name: str, fingerprint: str) -> tuple[dict, list] | None:
@@ -403,6 +414,8 @@ def run(config) -> dict:
             if jax.process_index() == 0:
                 print(f"[eval] {name}: finished before (same fingerprint), skipped")
         else:
+            if jax.process_index() == 0:  # a real model's variant runs for minutes: say what
+                print(f"[eval] {name}: {_workload(suites, questions, e)} …", flush=True)
             variant_notes = []
             entry, records = evaluate_variant(
                 name, path, suites, questions, e, mesh,
