@@ -101,7 +101,8 @@ def test_a_missing_column_names_file_key_columns_and_the_closest_one(tmp_path):
     assert str(error.value) == (
         f"{path}: column 'instruction' (data.columns.prompt='instruction+input') is in no "
         "record of the file; the file's columns are ['prompt', 'response', 'id']; did you mean "
-        "'prompt'?")
+        "'prompt'? (the file has its own 'prompt' column: clear the mapping, "
+        "--config.data.columns.prompt=)")
     # A typo: difflib's closest column.
     with pytest.raises(DataError, match=re.escape(
             "(data.columns.response='respnse') is in no record of the file; the file's columns "

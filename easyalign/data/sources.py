@@ -488,6 +488,11 @@ def _missing_column_error(missing: _MissingColumn, record: Record, records: list
             where = source_file(record.where)
             message = (f"column {missing.path!r} ({setting}) is in no record of the file; "
                        f"{columns_hint(missing.path, columns, missing.target)}")
+            flag = setting.split("=")[0]
+            if missing.target in columns and flag.startswith("data.columns."):
+                # e.g. the real preset's Alpaca mapping over a plain prompt/response file
+                message += (f" (the file has its own {missing.target!r} column: clear the "
+                            f"mapping, --config.{flag}=)")
     error = DataError(where, message)
     error.field = missing.target  # the message names the setting; the field stays available
     return error
