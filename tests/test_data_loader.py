@@ -188,3 +188,30 @@ def test_bad_examples_name_their_source():
     examples[2]["weight"] = 1.0
     with pytest.raises(DataError, match=r"s\.jsonl:3: fields .* differ from the first example's"):
         make_eval_batches(examples, kind="sft", batch_size=2, max_length=16, pad_id=PAD).__next__()
+
+
+def test_unpacked_batches_are_as_wide_as_the_longest_sequence_rounded_up():
+    """Short data under a long data.max_length (the trial: ~50-token pairs padded to 512) is
+    batched at its longest sequence rounded up to 64; packed rows and prompts keep the full
+    width, and no width exceeds max_length."""
+    from types import SimpleNamespace
+
+    from easyalign.algorithms.runsetup import batch_width
+    from easyalign.data.loader import fitted_width
+
+    pairs = [{"chosen_tokens": np.ones(n, np.int32), "chosen_loss_mask": np.ones(n, np.float32),
+              "rejected_tokens": np.ones(m, np.int32),
+              "rejected_loss_mask": np.ones(m, np.float32)} for n, m in ((42, 73), (50, 12))]
+    assert fitted_width(pairs, "preference", 512) == 128       # 73 → 128
+    assert fitted_width(pairs, "preference", 100) == 100       # capped at max_length
+    sft = sft_examples(5, max_len=12)
+    assert fitted_width(sft, "sft", 512) == 64
+    run = SimpleNamespace(config=SimpleNamespace(data=SimpleNamespace(max_length=512)))
+    assert batch_width(run, sft, "sft") == 64
+    assert batch_width(run, sft, "sft", pack=True) == 512
+    assert batch_width(run, [{"prompt_tokens": np.ones(3, np.int32)}], "prompt", 448) == 448
+    batch = next(iter(make_eval_batches(pairs, kind="preference", batch_size=2,
+                                        max_length=fitted_width(pairs, "preference", 512),
+                                        pad_id=PAD)))
+    assert batch["chosen_tokens"].shape == (2, 128)
+    assert int(np.count_nonzero(batch["chosen_segment_ids"])) == 42 + 50

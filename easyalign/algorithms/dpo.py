@@ -291,7 +291,8 @@ def train(s: Setup):
         s.run, model=s.model, loss_fn_for=lambda g: make_loss(g, d, s.ref_graphdef),
         loader=s.loader, frozen=s.frozen,
         evaluate_for=evaluate_for if s.eval_batches else None, best_metric="loss",
-        tokens=lambda b: int(b["chosen_tokens"].size + b["rejected_tokens"].size))
+        tokens=lambda b: int(np.count_nonzero(b["chosen_segment_ids"])
+                             + np.count_nonzero(b["rejected_segment_ids"])))
 
 
 def run(config):

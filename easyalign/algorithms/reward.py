@@ -22,6 +22,7 @@ checkpoint by held-out loss is kept besides the latest ones.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from easyalign import losses
@@ -106,4 +107,5 @@ def run(config):
         run_, model=model, loss_fn_for=make_loss,
         loader=runsetup.train_loader(run_, train_examples, "preference"),
         evaluate_for=evaluate_for if eval_batches else None, best_metric="loss",
-        tokens=lambda b: int(b["chosen_tokens"].size + b["rejected_tokens"].size))
+        tokens=lambda b: int(np.count_nonzero(b["chosen_segment_ids"])
+                             + np.count_nonzero(b["rejected_segment_ids"])))

@@ -258,12 +258,24 @@ def pad_id(run: Run) -> int:
     return data_tokenize.pad_token_id(run.tokenizer)
 
 
+def batch_width(run: Run, examples: list[dict], kind: str, max_length: int | None = None,
+                pack: bool = False) -> int:
+    """The static width of a phase's batches: `max_length` (default `data.max_length`) for
+    packed rows and prompts (whose width the phase's sampling budget sets), else the data's
+    longest sequence rounded up (`data.loader.fitted_width`)."""
+    width = max_length or run.config.data.max_length
+    if pack or kind == "prompt":
+        return width
+    return data_loader.fitted_width(examples, kind, width)
+
+
 def train_loader(run: Run, examples: list[dict], kind: str, max_length: int | None = None):
     c = run.config
+    pack = c.data.pack and kind in ("sft", "teacher")
     return data_loader.make_train_loader(
         examples, kind=kind, global_batch=c.train.batch_size,
-        max_length=max_length or c.data.max_length, pad_id=pad_id(run), seed=c.train.seed,
-        pack=c.data.pack and kind in ("sft", "teacher"))
+        max_length=batch_width(run, examples, kind, max_length, pack), pad_id=pad_id(run),
+        seed=c.train.seed, pack=pack)
 
 
 def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = None,
@@ -273,7 +285,7 @@ def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = 
         return
     batches = data_loader.make_eval_batches(
         examples, kind=kind, batch_size=c.train.batch_size,
-        max_length=max_length or c.data.max_length, pad_id=pad_id(run))
+        max_length=batch_width(run, examples, kind, max_length), pad_id=pad_id(run))
     for i, batch in enumerate(batches):
         if limit and i >= limit:
             return

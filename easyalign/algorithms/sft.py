@@ -10,6 +10,7 @@ large batch. Evaluation reports the same loss on held-out examples.
 from __future__ import annotations
 
 import jax.numpy as jnp
+import numpy as np
 from flax import nnx
 
 from easyalign import losses
@@ -61,4 +62,4 @@ def run(config):
         run_, model=model, loss_fn_for=lambda g: make_loss(g, packed),
         loader=runsetup.train_loader(run_, train_examples, "sft"),
         evaluate_for=evaluate_for if eval_batches else None, best_metric="loss",
-        tokens=lambda b: int(b["tokens"].size))
+        tokens=lambda b: int(np.count_nonzero(b["segment_ids"])))

@@ -66,7 +66,11 @@ def train(run, *, model: Transformer, loss_fn_for: Callable, loader, frozen: Any
     evaluate = evaluate_for(graphdef) if evaluate_for else None
     hooks = train_loop.StepHooks(evaluate=(lambda s: evaluate(s.params)) if evaluate else None,
                                  tokens=tokens, after_log=after_log)
-    loop = loop_config(run, steps, flops_per_token=flops_per_token(config, c.data.max_length))
+    # The batches' real width (`runsetup.batch_width`: it can be under data.max_length).
+    shape = getattr(loader, "fingerprint", {})
+    width = shape["max_length"] if shape.get("kind") in ("sft", "teacher", "preference") \
+        else c.data.max_length
+    loop = loop_config(run, steps, flops_per_token=flops_per_token(config, width))
     state, history = fit(run, params=params, loss_fn=loss_fn_for(graphdef), loader=loader,
                          loop=loop, model_config=config, frozen=frozen,
                          hooks=hooks, best_metric=best_metric)

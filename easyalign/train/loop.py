@@ -102,7 +102,7 @@ class StepHooks:
     """Optional per-run callbacks of an algorithm.
 
     evaluate(state) -> metrics            run every eval_every steps and at the end
-    tokens(batch) -> int                  tokens processed per step (for tokens/s and MFU)
+    tokens(batch) -> int                  real (non-padding) tokens per step (tokens/s, MFU)
     after_log(step, state, metrics)       e.g. log sample completions
     rollout(step, state, batch, writer)   -> (update batch, metrics), before each update: the
                                           on-policy phase (sample, score, advantages)
