@@ -215,3 +215,21 @@ def test_unpacked_batches_are_as_wide_as_the_longest_sequence_rounded_up():
                                         pad_id=PAD)))
     assert batch["chosen_tokens"].shape == (2, 128)
     assert int(np.count_nonzero(batch["chosen_segment_ids"])) == 42 + 50
+
+
+def test_rows_drawn_are_the_indices_the_loader_yields():
+    """`rows_drawn` (which DPO's reference cache scores) names exactly the examples that two
+    processes' loaders hand out over the first steps, and everything from an epoch on."""
+    from easyalign.data.loader import rows_drawn
+
+    examples = sft_examples(40)
+    for steps, global_batch in ((3, 4), (5, 8)):
+        seen = set()
+        for process in range(2):
+            loader = make_train_loader(examples, kind="sft", global_batch=global_batch,
+                                       max_length=16, pad_id=PAD, seed=3, process_index=process,
+                                       process_count=2)
+            for batch in take(loader, steps):
+                seen |= set(batch["index"].tolist())
+        assert rows_drawn(40, 3, steps * global_batch).tolist() == sorted(seen)
+    assert rows_drawn(40, 3, 40).tolist() == list(range(40))

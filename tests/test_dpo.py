@@ -152,6 +152,30 @@ def test_cache_reused_and_invalidated(world, tmp_path):
     assert len(list(cache.iterdir())) == 5
 
 
+def test_a_short_run_scores_only_the_pairs_it_draws(world, tmp_path):
+    """1 step × 8 pairs of 64 (under a quarter): the cache scores those 8 — the values a full
+    table has — and NaN elsewhere; a batch reaching an unscored pair is an error, not a loss
+    on NaN. (The trial: 2 steps of the real preset scored all 2,292 HH pairs, hours on a CPU.)"""
+    from easyalign.data.loader import rows_drawn
+
+    full = dpo.setup(tiny_config(world, tmp_path / "full", cache_dir=str(tmp_path / "c1")))
+    short_config = tiny_config(world, tmp_path / "short", cache_dir=str(tmp_path / "c2"))
+    short_config.train.steps = 1
+    short = dpo.setup(short_config)
+    table, reference = short.loader.table, full.loader.table
+    drawn = rows_drawn(N_TRAIN, short_config.train.seed, 8)
+    assert len(drawn) == 8
+    finite = np.isfinite(table["ref_chosen_logps"])
+    assert finite.nonzero()[0].tolist() == drawn.tolist()
+    for key in dpo.REF_KEYS:
+        np.testing.assert_allclose(table[key][drawn], reference[key][drawn], atol=1e-6)
+    batch = next(short.loader)  # the run's one step: every pair scored
+    assert sorted(batch["index"].tolist()) == drawn.tolist()
+    with pytest.raises(ValueError, match="reference log-probs were not computed"):
+        for _ in range(N_TRAIN // 8):
+            next(short.loader)
+
+
 def _entry(cache, num_examples, newest=False):
     entries = [e for e in cache.iterdir()
                if json.loads((e / "key.json").read_text())["num_examples"] == num_examples]

@@ -47,7 +47,8 @@ The reference (`dpo.reference`):
     optimizer state) and are run forward every step — memory of a second model, compute of a
     second forward.
   * "cached": before training, one jitted scoring pass computes log π_ref of every training and
-    evaluation pair and stores it under `cache_dir/<sha256 fingerprint of data, reference model
+    evaluation pair (of the training pairs the run draws, when they are under a quarter of the
+    file: `SUBSET_FRACTION`) and stores it under `cache_dir/<sha256 fingerprint of data, reference model
     and chat template>/` (`reference_cache.py`); a re-run with the same data and model reuses it.
     `dpo.cache_dir` is by default `reference_cache/` beside the workdir (`runs/<name>/`): the
     runs of a sweep side by side (`runs/<name>/dpo_lr1`, `…/dpo_lr2`) share one computation.
@@ -63,6 +64,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +76,7 @@ from flax import nnx
 from easyalign import losses
 from easyalign.algorithms import reference_cache
 from easyalign.algorithms import runsetup
+from easyalign.data import loader as data_loader
 from easyalign.hf import models
 from easyalign.model import lora
 from easyalign.train import driver
@@ -178,10 +181,12 @@ def _score(graphdef, average, params, batch):
 
 
 def reference_tables(run: runsetup.Run, graphdef, params, datasets: dict[str, list[dict]],
-                     average: bool) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, bool]]:
+                     average: bool, rows: dict[str, np.ndarray] | None = None
+                     ) -> tuple[dict[str, dict[str, np.ndarray]], dict[str, bool]]:
     """`{name: {ref_chosen_logps [N], ref_rejected_logps [N]}}` for each tokenised data set, from
     the disk cache or one jitted pass of the reference (length-averaged if `average`); and
-    `{name: cache hit}`."""
+    `{name: cache hit}`. `rows[name]` (sorted positions) limits a data set to the pairs a run
+    will draw (`data.loader.rows_drawn`): the others are NaN, which `with_reference` refuses."""
     cache_dir = run.config.dpo.cache_dir
     root = Path(cache_dir) if cache_dir else run.workdir.parent / "reference_cache"
     model = {"model": reference_cache.model_digest(nnx.merge(graphdef, params).config.to_dict(),
@@ -194,25 +199,50 @@ def reference_tables(run: runsetup.Run, graphdef, params, datasets: dict[str, li
     for name, examples in datasets.items():
         parts = {"kind": "dpo-reference-logps", "num_examples": len(examples),
                  "data": reference_cache.examples_digest(examples, PAIR_KEYS), **model}
+        subset = (rows or {}).get(name)
+        if subset is not None and len(subset) < len(examples):
+            parts["rows"] = hashlib.sha256(np.asarray(subset, np.int64).tobytes()).hexdigest()
+        else:
+            subset = None
 
-        def compute(examples=examples):
-            batches = runsetup.eval_batches(run, examples, "preference")
-            return reference_cache.compute_per_example(score, params, batches, len(examples),
-                                                       run.mesh)
+        def compute(examples=examples, subset=subset):
+            chosen = examples if subset is None else [examples[i] for i in subset]
+            batches = runsetup.eval_batches(run, chosen, "preference")
+            table = reference_cache.compute_per_example(score, params, batches, len(chosen),
+                                                        run.mesh)
+            if subset is None:
+                return table
+            full = {k: np.full((len(examples),) + v.shape[1:], np.nan, v.dtype)
+                    for k, v in table.items()}
+            for k, v in table.items():
+                full[k][subset] = v
+            return full
 
         tables[name], hits[name] = reference_cache.cached(root, parts, compute)
         if run.is_main:
-            print(f"[dpo] reference log-probs ({name}, {len(examples)} pairs): "
+            scope = (f"{len(examples)} pairs" if subset is None else
+                     f"the {len(subset)} of {len(examples)} pairs this run draws")
+            print(f"[dpo] reference log-probs ({name}, {scope}): "
                   f"{'cache hit' if hits[name] else 'computed'} in {root}")
     return tables, hits
+
+
+SUBSET_FRACTION = 4  # the cache scores only the drawn pairs below 1/4 of the file
 
 
 def with_reference(batch: dict, table: dict[str, np.ndarray]) -> dict:
     """The batch plus its rows' reference log-probs (padding rows, index −1, get 0)."""
     index = np.asarray(batch["index"])
     valid = index >= 0
-    return batch | {k: np.where(valid, table[k][np.where(valid, index, 0)], 0.0).astype(np.float32)
-                    for k in REF_KEYS}
+    out = batch | {k: np.where(valid, table[k][np.where(valid, index, 0)], 0.0).astype(np.float32)
+                   for k in REF_KEYS}
+    if any(np.isnan(out[k]).any() for k in REF_KEYS):
+        # Only when the run draws more than its table was made for (train.steps raised under
+        # train.allow_config_change): the reference is the initial policy, gone by now.
+        raise ValueError("DPO: a batch drew pairs whose reference log-probs were not computed "
+                         "(the cache covers the pairs of the run's train.steps × "
+                         "train.batch_size); rerun in a new workdir, or use dpo.reference=live")
+    return out
 
 
 class ReferenceLoader:
@@ -273,7 +303,13 @@ def setup(config) -> Setup:
                      ref_graphdef=ref_graphdef)
     # The reference is the policy's initial model: score with it now, before training moves it.
     datasets = {"train": train_examples} | ({"eval": eval_examples} if eval_examples else {})
-    tables, hits = reference_tables(run_, graphdef, params, datasets, settings.average_logps)
+    # A run that draws under a quarter of its file (a smoke run: 2 steps of the real preset
+    # draw 8 of 2,292 HH pairs) scores just those pairs, not the file (hours on a CPU); past
+    # that the whole file is scored once, for this run's later steps and its sweep siblings.
+    drawn = data_loader.rows_drawn(len(train_examples), c.seed, c.steps * c.batch_size)
+    rows = {"train": drawn} if len(drawn) * SUBSET_FRACTION < len(train_examples) else None
+    tables, hits = reference_tables(run_, graphdef, params, datasets, settings.average_logps,
+                                    rows=rows)
     eval_batches = [with_reference(b, tables["eval"]) for b in eval_batches]
     return Setup(run_, settings, model, ReferenceLoader(loader, tables["train"]), eval_batches,
                  cache_hits=hits)

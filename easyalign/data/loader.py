@@ -102,6 +102,17 @@ class Loader:
         """Called by Grain's checkpoint handler after a restore; batches are made on demand."""
 
 
+def rows_drawn(num_examples: int, seed: int, count: int) -> np.ndarray:
+    """Sorted positions of the examples among the first `count` rows that `make_train_loader`
+    (unpacked, this `seed`) yields over all processes: its shuffle is a permutation of the
+    positions that depends on the length and the seed alone, and the processes' shares
+    interleave the one stream. All positions once `count` reaches an epoch."""
+    if count >= num_examples:
+        return np.arange(num_examples)
+    stream = grain.MapDataset.range(num_examples).shuffle(seed).repeat(None)
+    return np.unique(np.fromiter(stream[:count], np.int64, count))
+
+
 # Unpacked batches are as wide as their data set's longest sequence, rounded up to this.
 WIDTH_MULTIPLE = 64
 
