@@ -89,7 +89,8 @@ def get_config(preset: str = "") -> ConfigDict:
     d.eval_split = "test"                # split for an hf:NAME eval_source
     d.tokenizer = ""                     # tokenizer dir ("" = the world's, or the HF model's)
     d.max_length = 64                    # static sequence length of every batch
-    d.max_prompt_length = 0              # prompts are cut from the left to this (0 = max_length - 1)
+    d.max_prompt_length = 0              # prompts are cut from the left to this (0 = room for the
+    #                                      longest response, at least max_length // 2 for the prompt)
     d.on_overflow = "truncate"           # truncate | drop | error for over-long examples
     d.pack = False                       # pack several examples per row with segment ids
     d.world = ConfigDict(dataclasses.asdict(WorldConfig()))  # the built-in world (data/world.py)

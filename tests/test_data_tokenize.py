@@ -145,12 +145,34 @@ def test_truncation_is_counted_and_follows_the_policy():
         TruncationPolicy(8, 8)
 
 
+def test_default_prompt_limit_leaves_the_response_room():
+    """No max_prompt_length: the prompt is cut just enough for the longest response, but keeps
+    half the window (the trial: a 2,200-token prompt left one response token per side)."""
+    tok = word_tokenizer()
+    # chosen "e" → 2 tokens (e </s>), rejected "f g h" → 4.
+    pairs = normalize_preference([Record({"prompt": "a b c d", "chosen": "e", "rejected": "f g h"},
+                                         "p:1")])
+    [ex], stats = tokenize_examples(pairs, "preference", tok, TruncationPolicy(10))
+    # max_prompt = max(10 − 4, 10 // 2) = 6: both responses whole, the prompt's last 6 tokens.
+    assert ex["chosen_tokens"].tolist() == ids("c d </s> <| assistant |> e </s>")
+    assert ex["rejected_tokens"].tolist() == ids("c d </s> <| assistant |> f g h </s>")
+    prompt = len(ids("<| user |> a b c d </s> <| assistant |>"))
+    assert stats == TruncationStats(seen=1, truncated=1, tokens_dropped=prompt - 6)
+    # A response longer than half the window: the prompt keeps half (5), the response the rest.
+    long = normalize_preference([Record({"prompt": "a b c d", "chosen": "e f g h a b c",
+                                         "rejected": "f"}, "p:2")])
+    [ex], _ = tokenize_examples(long, "preference", tok, TruncationPolicy(10))
+    assert ex["chosen_tokens"].tolist() == ids("d </s> <| assistant |> e f g h a")
+    assert ex["rejected_tokens"].tolist() == ids("d </s> <| assistant |> f </s>")
+
+
 def test_teacher_topk_rows_align_with_response_tokens():
     topk = {"ids": [[13, 14], [14, 13], [1, 13]],
             "logprobs": [[-0.1, -2.5], [-0.2, -2.0], [0.0, -9.0]]}
     teacher = normalize_teacher([Record({"prompt": "hi", "teacher_response": "fine thanks",
                                          "teacher_topk": topk}, "t:1")])
-    [ex], _ = tokenize_examples(teacher, "teacher", word_tokenizer(), TruncationPolicy(10))
+    # The whole prompt kept (max_prompt_length 9): the response loses its end of turn.
+    [ex], _ = tokenize_examples(teacher, "teacher", word_tokenizer(), TruncationPolicy(10, 9))
     assert ex["tokens"].tolist() == ids("<| user |> hi </s> <| assistant |> fine thanks")
     assert ex["teacher_topk_ids"].tolist() == [[0, 0]] * 8 + [[13, 14], [14, 13]]
     np.testing.assert_allclose(ex["teacher_topk_logprobs"][8:], [[-0.1, -2.5], [-0.2, -2.0]])

@@ -250,6 +250,7 @@ class ReferenceLoader:
 
     def __init__(self, loader, table: dict[str, np.ndarray]):
         self.loader, self.table = loader, table
+        self.fingerprint = loader.fingerprint  # the batches' shape, for the driver's MFU
 
     def __iter__(self):
         return self

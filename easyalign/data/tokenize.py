@@ -18,9 +18,10 @@ that breaks this prefix property is reported as an error rather than trained on 
 model would never see at sampling time.
 
 Truncation (:class:`TruncationPolicy`): a sequence is a prompt (the tokens before the first
-trained token) plus a body. The prompt keeps at most ``max_prompt_length`` tokens (default
-``max_length - 1``), cut from the LEFT so the most recent context survives; the body is then cut
-from the RIGHT to fit ``max_length``. Preference pairs share one truncated prompt. Prompt examples
+trained token) plus a body. The prompt keeps at most ``max_prompt_length`` tokens (default:
+``max_length`` minus the longest body, but never under ``max_length // 2`` — the response fits
+whole when it can, the prompt keeps half the window when it cannot), cut from the LEFT so the
+most recent context survives; the body is then cut from the RIGHT to fit ``max_length``. Preference pairs share one truncated prompt. Prompt examples
 keep at most ``max_prompt_length`` (default ``max_length``) tokens. ``on_overflow`` decides what
 happens to an example that exceeds a limit: ``"truncate"`` (as above), ``"drop"`` (skip it) or
 ``"error"`` (raise :class:`DataError` naming the record). :class:`TruncationStats` counts all of it,
@@ -109,7 +110,11 @@ def _fit(example: dict, prompt_len: int, body_lens: Sequence[int], policy: Trunc
     if not body_lens:  # a prompt-only example
         max_prompt = max_prompt or policy.max_length
     elif max_prompt is None:
-        max_prompt = policy.max_length - 1  # keep room for at least one trained token
+        # Cut the prompt just enough for the longest response to fit, keeping at least half
+        # the window: a long dialogue before a short answer keeps the answer whole (it was cut
+        # to max_length − 1 prompt tokens, leaving a pair one trained token per side).
+        max_prompt = min(policy.max_length - 1,
+                         max(policy.max_length - max(body_lens), policy.max_length // 2))
     keep_prompt = min(prompt_len, max_prompt)
     keep_body = [min(n, policy.max_length - keep_prompt) for n in body_lens]
     lost = prompt_len - keep_prompt + sum(body_lens) - sum(keep_body)
