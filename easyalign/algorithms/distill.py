@@ -235,7 +235,7 @@ def train(s: Setup):
         if "prompt_tokens" in batch:  # an upper bound: every row at its full budget
             return int(batch["prompt_tokens"].shape[0] * (batch["prompt_tokens"].shape[1]
                                                            + response))
-        return int(batch["tokens"].size)
+        return int(np.count_nonzero(batch["segment_ids"]))  # teacher data: its real tokens
 
     return driver.train(
         s.run, model=s.model, loss_fn_for=lambda g: DL.make_loss(g, s.wiring), loader=s.loader,
