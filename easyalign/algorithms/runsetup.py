@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -293,11 +292,9 @@ def eval_batches(run: Run, examples: list[dict], kind: str, limit: int | None = 
 
 
 def write_json(path: Path, value: Any) -> None:
+    """`value` as JSON at `path`, atomically, from process 0 (`rundir.write_atomic`)."""
     if jax.process_index() == 0:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(value, indent=2) + "\n")
-        os.replace(tmp, path)
+        rundir.write_atomic(path, json.dumps(value, indent=2) + "\n")
 
 
 def attention_inputs(batch: dict, packed: bool, prefix: str = "") -> dict:
