@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from flax import nnx
 from jax.ad_checkpoint import checkpoint_name
 
+from easyalign.model import decode_attention
 from easyalign.model import lora as lora_lib
 from easyalign.model.config import ModelConfig
 from easyalign.model.layers import (Einsum, RMSNorm, apply_rope, rope_attention_scaling,
@@ -151,12 +152,20 @@ class Attention(nnx.Module):
             window = jnp.where(local, window, NO_WINDOW)
         scale = None if cfg.query_pre_attn_scalar is None else cfg.query_pre_attn_scalar ** -0.5
         impl = attention_implementation(cfg.attention_impl, q.dtype)
-        if mode == "decode":
+        plain_decode = (mode == "decode" and length == 1 and window is None
+                        and cfg.attn_logit_softcapping is None)
+        if plain_decode and cache[2] is not None and decode_kernel(impl) is not None:
+            # Rows that share a prompt: one kernel writes this token's keys and values and
+            # attends, reading each shared prompt once per group (`decode_attention`).
+            out, k, v = decode_attention.decode_attention(
+                q[:, 0], k[:, 0], v[:, 0], cache[0], cache[1], rope_positions[:, 0],
+                *cache[2], scale=scale, interpret=decode_kernel(impl) == "interpret")
+            out = out[:, None]
+        elif mode == "decode":
             # Write this call's keys and values first, then attend over the cache alone.
             k, v = (write_cache(cache[0], k, rope_positions),
                     write_cache(cache[1], v, rope_positions))
-            if (impl == "cudnn" and cfg.attn_logit_softcapping is None and window is None
-                    and length == 1):
+            if impl == "cudnn" and plain_decode:
                 # One new token per row: the cache's first position + 1 slots are its keys.
                 out = jax.nn.dot_product_attention(
                     q, k, v, scale=scale, key_value_seq_lengths=rope_positions[:, 0] + 1,
@@ -233,6 +242,19 @@ def attention_implementation(requested: str, dtype) -> str:
                                                           jnp.dtype(jnp.float16)):
         return "xla"
     return requested
+
+
+def decode_kernel(impl: str) -> str | None:
+    """How the shared-prefix decode kernel runs for `impl`: "gpu" (Triton) for the fused
+    "cudnn" path on one device (a Pallas call is not partitioned: a sharded cache would be
+    gathered whole), "interpret" when `decode_attention.INTERPRET` is set (tests on the CPU),
+    None otherwise (the cuDNN or XLA path, which reads every row's own copy)."""
+    if decode_attention.INTERPRET:
+        return "interpret"
+    mesh = jax.sharding.get_abstract_mesh()
+    if impl == "cudnn" and jax.default_backend() == "gpu" and (mesh.empty or mesh.size == 1):
+        return "gpu"
+    return None
 
 
 def cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,

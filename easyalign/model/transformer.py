@@ -64,6 +64,15 @@ class KVCache:
 
     k: tuple[jax.Array, ...]
     v: tuple[jax.Array, ...]
+    # Rows that share a prompt (a sampler's G samples): row b's slots 0 .. prefix_lengths[b] − 1
+    # hold the same keys and values as row prefix_rows[b]'s, and decode attention may read them
+    # there (`decode_attention`). None: no sharing declared.
+    prefix_rows: jax.Array | None = None
+    prefix_lengths: jax.Array | None = None
+
+    def shared_prefix(self) -> tuple[jax.Array, jax.Array] | None:
+        """`(prefix_rows, prefix_lengths)` when declared, else None."""
+        return None if self.prefix_rows is None else (self.prefix_rows, self.prefix_lengths)
 
     @classmethod
     def zeros(cls, config: ModelConfig, batch: int, max_length: int, dtype=None) -> "KVCache":
@@ -313,9 +322,9 @@ class Transformer(nnx.Module):
             router_loss = self._router_loss(stats)
             if mode is None:
                 return self.final_norm(x), None, router_loss
-            return self.final_norm(x), KVCache(
-                tuple(write(cache.k[i], stacked[0][i]) for i in range(cfg.num_layers)),
-                tuple(write(cache.v[i], stacked[1][i]) for i in range(cfg.num_layers))), \
+            return self.final_norm(x), dataclasses.replace(
+                cache, k=tuple(write(cache.k[i], stacked[0][i]) for i in range(cfg.num_layers)),
+                v=tuple(write(cache.v[i], stacked[1][i]) for i in range(cfg.num_layers))), \
                 router_loss
         # Decoding (or scan_layers off): a Python loop over the stacked weights, so that each
         # layer reads and updates its own cache buffer in place (see KVCache).
@@ -323,7 +332,8 @@ class Transformer(nnx.Module):
         for i in range(cfg.num_layers):
             params = jax.tree.map(functools.partial(lambda a, i: a[i], i=i),
                                   (layer_state, per_layer))
-            layer_cache = None if mode != "decode" else (cache.k[i], cache.v[i])
+            layer_cache = None if mode != "decode" else (cache.k[i], cache.v[i],
+                                                         cache.shared_prefix())
             x, kv, stats = layer(x, params, layer_cache)
             all_stats.append(stats)
             if mode == "decode":  # the layer wrote its keys and values into its buffers
@@ -334,8 +344,8 @@ class Transformer(nnx.Module):
                 new_v.append(write(cache.v[i], kv[1]))
         hidden = self.final_norm(x)
         router_loss = self._router_loss(jax.tree.map(lambda *a: jnp.stack(a), *all_stats))
-        return (hidden, (None if cache is None else KVCache(tuple(new_k), tuple(new_v))),
-                router_loss)
+        return (hidden, (None if cache is None else dataclasses.replace(
+            cache, k=tuple(new_k), v=tuple(new_v))), router_loss)
 
     def fuse_for_inference(self) -> None:
         """Attach `layers.Fused` kernels — q/k/v as one `[L, d, H + 2·KV, hd]`, gate/up as one

@@ -139,6 +139,26 @@ def head_logits(model, hidden: jax.Array) -> jax.Array:
     return jax.lax.optimization_barrier(model.logits(padded))[:rows]
 
 
+def share_prompts(cache: KVCache, slots: jax.Array, lengths: jax.Array) -> KVCache:
+    """Declare that prompt r's G slots `slots[r]` (`[R, G]`; out-of-range entries are unused
+    admissions) share its first `lengths[r]` cache positions, read from slot `slots[r, 0]`.
+
+    Every slot also holds its own copy (the prefill writes all G), so a slot whose group leader
+    is being re-admitted here falls back to reading itself: a refill never leaves a slot
+    pointing at a row that now holds another prompt."""
+    S = cache.prefix_rows.shape[0]
+    own = jnp.arange(S, dtype=jnp.int32)
+    flat = slots.reshape(-1)
+    readmitted = jnp.zeros((S + 1,), bool).at[flat].set(True)[:S]   # slot S: the drop slot
+    rows = jnp.where(readmitted[cache.prefix_rows], own, cache.prefix_rows)
+    lengths_ = jnp.where(readmitted[cache.prefix_rows], 0, cache.prefix_lengths)
+    leaders = jnp.repeat(slots[:, 0], slots.shape[1])
+    rows = rows.at[flat].set(leaders.astype(jnp.int32), mode="drop")
+    lengths_ = lengths_.at[flat].set(jnp.repeat(lengths, slots.shape[1]).astype(jnp.int32),
+                                     mode="drop")
+    return dataclasses.replace(cache, prefix_rows=rows, prefix_lengths=lengths_)
+
+
 def compute_weights(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
     """The model with its floating weights cast to the compute dtype once, and q/k/v and
     gate/up fused into one kernel each (`Transformer.fuse_for_inference`). Every use of a
@@ -171,8 +191,8 @@ def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, r
 
     def constrain_cache(cache):
         names = ("batch", "cache_length", "act_kv_heads", None)
-        return KVCache(tuple(sharding.constrain(k, names) for k in cache.k),
-                       tuple(sharding.constrain(v, names) for v in cache.v))
+        return dataclasses.replace(cache, k=tuple(sharding.constrain(k, names) for k in cache.k),
+                                   v=tuple(sharding.constrain(v, names) for v in cache.v))
 
     def record(out: Generation, rows, column, token, logprob, live):
         """Write each live slot's token into its output row; `rows` of dead slots are dropped."""
@@ -207,6 +227,8 @@ def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, r
         live = real & (row_budget > 0)
         out, hit_stop = record(out, rows, 0, token, logprob, live)
         put = lambda a, v: a.at[target].set(v, mode="drop")  # noqa: E731
+        if cache.prefix_rows is not None:
+            cache = share_prompts(cache, target.reshape(count, G), lengths)
         slot = _Slots(row=put(slot.row, jnp.where(real, rows, n_rows)),
                       start=put(slot.start, jnp.repeat(lengths, G)),
                       count=put(slot.count, live.astype(jnp.int32)),
@@ -238,7 +260,11 @@ def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, r
     idle = _Slots(row=jnp.full((S,), n_rows, jnp.int32), start=jnp.zeros((S,), jnp.int32),
                   count=jnp.zeros((S,), jnp.int32), budget=jnp.zeros((S,), jnp.int32),
                   token=jnp.full((S,), pad_id, jnp.int32), active=jnp.zeros((S,), bool))
-    cache = constrain_cache(KVCache.zeros(model.config, S, cache_length))
+    cache = KVCache.zeros(model.config, S, cache_length)
+    if G > 1:  # every slot its own prompt's keys until an admission groups them
+        cache = dataclasses.replace(cache, prefix_rows=jnp.arange(S, dtype=jnp.int32),
+                                    prefix_lengths=jnp.zeros((S,), jnp.int32))
+    cache = constrain_cache(cache)
     first = min(n_prompts, S // G)
     loop = admit((cache, idle, out, jnp.int32(0)), first)
 
