@@ -46,10 +46,13 @@ def test_kernel_equals_the_cached_decode_path():
     for b in np.flatnonzero(leader != np.arange(B)):
         garbage_k[b, :prompt[b]] = garbage_v[b, :prompt[b]] = 1e3
     for block_k in (16, 64):
+        # the values inside a wider array, as a fused q/k/v projection's output holds them
+        values = np.concatenate([np.zeros_like(v_new), v_new, np.ones_like(v_new)], axis=1)
         out, k_out, v_out = decode_attention.decode_attention(
-            jnp.asarray(q), jnp.asarray(k_new), jnp.asarray(v_new), jnp.asarray(garbage_k),
-            jnp.asarray(garbage_v), jnp.asarray(positions), jnp.asarray(leader),
-            jnp.asarray(prompt), block_k=block_k, interpret=True)
+            jnp.concatenate([jnp.asarray(q), jnp.asarray(k_new)], axis=1), jnp.asarray(values),
+            jnp.asarray(garbage_k), jnp.asarray(garbage_v), jnp.asarray(positions),
+            jnp.asarray(leader), jnp.asarray(prompt), v_offset=kv_heads, block_k=block_k,
+            interpret=True)
         np.testing.assert_allclose(out, expected, atol=2e-6)
         np.testing.assert_array_equal(np.asarray(k_out)[np.arange(B), positions], k_new)
         np.testing.assert_array_equal(np.asarray(v_out)[np.arange(B), positions], v_new)
@@ -59,7 +62,7 @@ def test_kernel_equals_the_cached_decode_path():
         np.testing.assert_array_equal(np.asarray(k_out)[keep], garbage_k[keep])
     with pytest.raises(ValueError, match="query heads"):
         decode_attention.decode_attention(
-            jnp.zeros((B, 5, hd)), jnp.asarray(k_new), jnp.asarray(v_new), jnp.asarray(k),
+            jnp.zeros((B, 5 + kv_heads, hd)), jnp.asarray(v_new), jnp.asarray(k),
             jnp.asarray(v), jnp.asarray(positions), jnp.asarray(leader), jnp.asarray(prompt),
             interpret=True)
 

@@ -12,7 +12,10 @@ log-probs equal trainer log-probs:
   buffer at their positions, then query t of row b attends over the cache slots j ≤ p_bt (its
   own position) — one attention over one buffer, no concatenation. With `attention_impl="cudnn"`
   (bf16), one token per row, no soft-cap and no window, that is cuDNN's fused kernel with
-  per-row key lengths p_b + 1; otherwise `einsum_attention` under the slot mask. Decoding runs
+  per-row key lengths p_b + 1; otherwise `einsum_attention` under the slot mask. When the
+  cache declares rows that share a prompt (a sampler's G samples, `KVCache.prefix_rows`) and
+  the kernel runs (`decode_kernel`: one GPU), one Pallas kernel writes the keys and values and
+  attends, reading each shared prompt once per group (`decode_attention`). Decoding runs
   the layers as a Python loop (`Transformer.trunk`), so each layer updates its own buffer in
   place. Slots > p_b may hold stale values (padding of a shorter prompt, an earlier occupant of
   a sampler slot); they are never visible, and are overwritten before the row's position
@@ -127,6 +130,7 @@ class Attention(nnx.Module):
         batch, length = x.shape[:2]
         keys = lora_lib.split_key(dropout_key, 4)
         fused = getattr(self, "qkv_kernel", None)  # the sampler's (`fuse_for_inference`)
+        qkv = None
         if fused is not None:
             qkv = jnp.einsum("btd,dhk->bthk", x.astype(self.q_proj.dtype), fused[...])
             q, k, v = split_fused(qkv, (cfg.num_heads, cfg.num_kv_heads, cfg.num_kv_heads), 2)
@@ -141,11 +145,6 @@ class Attention(nnx.Module):
             positions = shared_prefix.positions()
         rope_positions = (positions if positions is not None
                           else jnp.broadcast_to(jnp.arange(length), (batch, length)))
-        q = apply_rope(q, rope_positions, inv_freq, self.rope_scale)
-        k = apply_rope(k, rope_positions, inv_freq, self.rope_scale)
-        q = constrain(q, ("batch", "length", "act_heads", None))
-        k = constrain(k, ("batch", "length", "act_kv_heads", None))
-
         # The window as a number: static (one for every layer) or traced (per layer).
         window = cfg.sliding_window
         if cfg.layer_types is not None and window is not None:
@@ -154,12 +153,23 @@ class Attention(nnx.Module):
         impl = attention_implementation(cfg.attention_impl, q.dtype)
         plain_decode = (mode == "decode" and length == 1 and window is None
                         and cfg.attn_logit_softcapping is None)
-        if plain_decode and cache[2] is not None and decode_kernel(impl) is not None:
+        use_kernel = plain_decode and cache[2] is not None and decode_kernel(impl) is not None
+        if not use_kernel:
+            q = constrain(apply_rope(q, rope_positions, inv_freq, self.rope_scale),
+                          ("batch", "length", "act_heads", None))
+            k = constrain(apply_rope(k, rope_positions, inv_freq, self.rope_scale),
+                          ("batch", "length", "act_kv_heads", None))
+        if use_kernel:
             # Rows that share a prompt: one kernel writes this token's keys and values and
-            # attends, reading each shared prompt once per group (`decode_attention`).
+            # attends, reading each shared prompt once per group (`decode_attention`). Queries
+            # and keys get RoPE as one array (one fusion); the values are read straight from
+            # the fused projection's output when there is one (no slice copied out of it).
+            qk = apply_rope(jnp.concatenate([q, k], axis=2), rope_positions, inv_freq,
+                            self.rope_scale)
+            values, v_offset = (v, 0) if qkv is None else (qkv, cfg.num_heads + cfg.num_kv_heads)
             out, k, v = decode_attention.decode_attention(
-                q[:, 0], k[:, 0], v[:, 0], cache[0], cache[1], rope_positions[:, 0],
-                *cache[2], scale=scale, interpret=decode_kernel(impl) == "interpret")
+                qk[:, 0], values[:, 0], cache[0], cache[1], rope_positions[:, 0], *cache[2],
+                v_offset=v_offset, scale=scale, interpret=decode_kernel(impl) == "interpret")
             out = out[:, None]
         elif mode == "decode":
             # Write this call's keys and values first, then attend over the cache alone.
