@@ -587,6 +587,9 @@ def check_data_source(config, key: str, value: str) -> None:
     path = Path(value)
     if not path.exists():
         raise ConfigError(f"{key}={value}: no such file")
+    if path.is_dir():
+        raise ConfigError(f"{key}={value}: a directory; name one file in it, or read the "
+                          f"directory's data files with HF datasets: {key}=hf:{value}")
     if config.data.format:
         return
     from easyalign.data.sources import FORMATS, SUFFIXES
@@ -609,6 +612,8 @@ def check_mix_entry(entry: str) -> None:
         raise ConfigError(str(error)) from None
     if not Path(path).exists():
         raise ConfigError(f"data.mix: {entry!r}: no such file {path}")
+    if Path(path).is_dir():
+        raise ConfigError(f"data.mix: {entry!r}: {path} is a directory; name one file in it")
     name = Path(path).name.lower().removesuffix(".gz")
     if not any(name.endswith(suffix) for suffix, _ in SUFFIXES):
         raise ConfigError(f"data.mix: {entry!r}: unknown file type; use a suffix "

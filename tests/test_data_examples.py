@@ -322,6 +322,55 @@ def test_mix_paths_are_checked_before_the_run(tmp_path):
                           f"--config.data.mix=('{tmp_path}/nothing.jsonl*5',)"])
     with pytest.raises(config_check.ConfigError, match=r"data.mix: .*no such file"):
         config_check.check_mix_entry(config.data.mix[0])
+    with pytest.raises(config_check.ConfigError, match=r"is a directory; name one file in it"):
+        config_check.check_mix_entry(f"{tmp_path}*5")
+
+
+def test_a_bad_record_is_named_at_its_first_line_in_the_file(tmp_path):
+    """The file's first bad record is the one named, whichever side of the held-out split it
+    falls on: the training side checked alone named a later line (the user fixed it, and the
+    next run named the earlier one)."""
+    from easyalign.data.holdout import held_out_rows
+    from easyalign.data.sources import read_rows
+
+    run = run_for(f"--config.data.source={tmp_path / 'sft.jsonl'}")
+    data = run.config.data
+    rows = [{"prompt": f"question {i}", "response": f"answer {i}"} for i in range(30)]
+    first, second = 3, 20  # 0-based; both lack a response
+    for variant in range(1000):  # the prompt text that puts line 4 on the held-out side
+        rows[first] = {"prompt": f"question {first} ({variant})"}
+        rows[second] = {"prompt": f"question {second}"}
+        path = write_jsonl(tmp_path / "sft.jsonl", rows)
+        held = held_out_rows(read_rows(str(path)), data.eval_fraction, data.eval_max,
+                             data.eval_seed)
+        if first in held and second not in held:
+            break
+    else:
+        pytest.fail("no file with a held-out bad line before a training one")
+    for split in ("train", "eval"):
+        with pytest.raises(ValueError, match=re.escape(f"{path}:{first + 1}")):
+            runsetup.load_examples(run, "sft", split)
+
+
+def test_a_directory_as_data_source_points_at_hf_datasets(tmp_path):
+    """A directory given as `data.source` says so (it read "unknown file type") and names the
+    setting that reads a directory of data files, which then loads."""
+    from easyalign import config_check
+    from easyalign.data.sources import SourceSpec, load_records
+
+    (tmp_path / "shards").mkdir()
+    for i in range(2):
+        (tmp_path / "shards" / f"part-{i}.jsonl").write_text(
+            json.dumps({"prompt": f"p{i}", "response": f"r{i}"}) + "\n")
+    config = load_config(["--config=configs/sft.py:tiny"])
+    key, value = "data.source", str(tmp_path / "shards")
+    with pytest.raises(config_check.ConfigError, match=re.escape(
+            f"{key}={value}: a directory; name one file in it, or read the directory's data "
+            f"files with HF datasets: {key}=hf:{value}")):
+        config_check.check_data_source(config, key, value)
+    config_check.check_data_source(config, key, f"hf:{value}")
+    records = load_records(SourceSpec(hf_name=value))  # what runsetup makes of hf:PATH
+    assert sorted(r.data["prompt"] for r in records) == ["p0", "p1"]
 
 
 # ----------------------------------------------------------------------------- real files

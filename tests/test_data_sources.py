@@ -141,6 +141,37 @@ def test_hf_datasets_local_file(tmp_path):
                                   Record({"prompt": "c", "response": "d"}, "hf:json:train[1]")]
 
 
+def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path, monkeypatch):
+    """Offline, a Hub dataset name fails in one line naming what to do, before datasets'
+    retries (five with back-off, ~25 s of warnings); local paths, datasets' own builders, an
+    offline flag and a proxy are not judged."""
+    import socket
+
+    from easyalign.data import sources
+
+    def no_dns(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_dns)
+    for variable in (*sources.OFFLINE_FLAGS, *sources.PROXY_VARIABLES, "HF_ENDPOINT"):
+        monkeypatch.delenv(variable, raising=False)
+    with pytest.raises(DataError, match=re.escape(
+            "hf:someone/data: the Hub (huggingface.co) does not resolve from here; offline, "
+            "read a local copy (data.source=hf:/path/to/its/directory, or one of its files) or "
+            "set HF_HUB_OFFLINE=1 to read the datasets cache")):
+        load_records(SourceSpec(hf_name="someone/data"))
+    assert sources.hub_unreachable("someone/data") == "huggingface.co"
+    assert sources.hub_unreachable(str(tmp_path)) is None
+    assert sources.hub_unreachable("json", ("json", "parquet")) is None
+    monkeypatch.setenv("HF_ENDPOINT", "https://hub.example.org")
+    assert sources.hub_unreachable("someone/data") == "hub.example.org"
+    monkeypatch.setenv("HTTPS_PROXY", "http://proxy:3128")
+    assert sources.hub_unreachable("someone/data") is None
+    monkeypatch.delenv("HTTPS_PROXY")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert sources.hub_unreachable("someone/data") is None
+
+
 def test_self_instruct_seed_tasks_via_column_mapping():
     path = shared("self-instruct/data/seed_tasks.jsonl")
     records = load_records({"path": str(path), "columns": {

@@ -137,6 +137,7 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     spec = _source_spec(run, source, kind, split)
     rows = data_sources.read_rows(spec)
     if auto and data_builtin.resolve(source) is None:  # a built-in source holds out its own
+        _check_records(run, rows, spec.columns, kind)
         rows = _split_rows(run, rows, source, split)
     records = data_sources.apply_columns(rows, spec.columns)
     examples = _normalized(run, records, kind, split, source)
@@ -162,6 +163,16 @@ def _normalized(run: Run, records: list, kind: str, split: str, source: str,
     return examples
 
 
+def _check_records(run: Run, rows: list, columns, kind: str,
+                   columns_key: str | data_sources.ColumnsKey = data_sources.COLUMNS_KEY) -> None:
+    """Raise the first error of the whole file, in file order, before a held-out split: a
+    training side checked alone would name its own first bad record, a later line of the file
+    than the one a user fixes first (the held-out side's would come up on the next run)."""
+    data_records.normalize(data_sources.apply_columns(rows, columns, key=columns_key), kind,
+                           on_empty=run.config.data.on_empty, dropped=data_records.Dropped(),
+                           columns_key=columns_key)
+
+
 def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
     """The training records one `data.mix` entry adds to `data.source`'s: a file's own layout
     (detected as for `data.source`; `data.columns` describe `data.source` only, and the entry's
@@ -174,6 +185,7 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
     path, count = mix.path, mix.count
     spec = data_sources.SourceSpec(path=path, encoding=data.encoding, columns=mix.columns)
     rows = data_sources.read_rows(spec)
+    _check_records(run, rows, spec.columns, kind, mix.key)
     train = split_rows(rows, "train", data.eval_fraction, data.eval_max, data.eval_seed)
     held = len(rows) - len(train)
     if count > len(train):

@@ -52,11 +52,14 @@ import dataclasses
 import gzip
 import itertools
 import json
+import os
 import re
+import socket
 import zlib
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+from urllib.parse import urlparse
 
 from easyalign.config_keys import did_you_mean
 
@@ -362,8 +365,41 @@ def _read_parquet(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
             row += 1
 
 
+OFFLINE_FLAGS = ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")
+PROXY_VARIABLES = ("HTTPS_PROXY", "https_proxy", "HTTP_PROXY", "http_proxy", "ALL_PROXY",
+                   "all_proxy")
+
+
+def hub_unreachable(name: str, packaged: Iterable[str] = ()) -> str | None:
+    """The Hub's host name when dataset `name` would be fetched from a Hub this machine cannot
+    resolve, else None. Offline, `datasets.load_dataset` retries the download five times with
+    back-off (~25 s and a page of warnings) before failing; this lookup takes milliseconds. No
+    verdict for a local path, one of `packaged` (datasets' own builders: `json`, `parquet`...,
+    reading local `data_files`), with an offline flag set (the datasets cache is read), or
+    behind a proxy (which resolves names itself)."""
+    if (Path(name).exists() or name in packaged
+            or any(os.environ.get(v, "") not in ("", "0") for v in OFFLINE_FLAGS)):
+        return None
+    if any(os.environ.get(v) for v in PROXY_VARIABLES):
+        return None
+    host = urlparse(os.environ.get("HF_ENDPOINT") or "https://huggingface.co").hostname
+    try:
+        socket.getaddrinfo(host, 443)
+    except OSError:
+        return host
+    return None
+
+
 def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
     import datasets  # lazy: slow to import and only needed for this source kind
+    import datasets.packaged_modules
+
+    host = hub_unreachable(spec.hf_name, getattr(datasets.packaged_modules,
+                                                 "_PACKAGED_DATASETS_MODULES", {}))
+    if host is not None:
+        raise DataError(f"hf:{spec.hf_name}", f"the Hub ({host}) does not resolve from here; "
+                        "offline, read a local copy (data.source=hf:/path/to/its/directory, or "
+                        "one of its files) or set HF_HUB_OFFLINE=1 to read the datasets cache")
 
     try:
         ds = datasets.load_dataset(spec.hf_name, split=spec.split, **dict(spec.hf_kwargs or {}))

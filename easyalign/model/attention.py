@@ -267,6 +267,15 @@ def decode_kernel(impl: str) -> str | None:
     return None
 
 
+def reads_shared_prompts(config: ModelConfig) -> bool:
+    """Whether this model's decode steps go through the shared-prompt kernel when a cache
+    declares rows that share a prompt (no window, no soft-cap, and `decode_kernel` runs): the
+    sampler declares them only then."""
+    impl = attention_implementation(config.attention_impl, config.compute_dtype)
+    return (config.sliding_window is None and config.attn_logit_softcapping is None
+            and decode_kernel(impl) is not None)
+
+
 def cached_attention(q: jax.Array, k_cache: jax.Array, v_cache: jax.Array,
                      positions: jax.Array, sliding_window: int | jax.Array | None = None,
                      scale: float | None = None, softcap: float | None = None) -> jax.Array:

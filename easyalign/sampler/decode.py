@@ -64,6 +64,7 @@ from jax.sharding import Mesh
 
 from easyalign import sharding
 from easyalign.model import KVCache
+from easyalign.model.attention import reads_shared_prompts
 from easyalign.sampler.methods import Greedy, SamplingMethod, sampling_method
 
 
@@ -261,7 +262,8 @@ def _generate(state, prompt_tokens, prompt_lengths, budgets, num_prompts, rng, r
                   count=jnp.zeros((S,), jnp.int32), budget=jnp.zeros((S,), jnp.int32),
                   token=jnp.full((S,), pad_id, jnp.int32), active=jnp.zeros((S,), bool))
     cache = KVCache.zeros(model.config, S, cache_length)
-    if G > 1:  # every slot its own prompt's keys until an admission groups them
+    if G > 1 and reads_shared_prompts(model.config):
+        # every slot its own prompt's keys until an admission groups them
         cache = dataclasses.replace(cache, prefix_rows=jnp.arange(S, dtype=jnp.int32),
                                     prefix_lengths=jnp.zeros((S,), jnp.int32))
     cache = constrain_cache(cache)
