@@ -212,6 +212,8 @@ def main():
                 times["step_s"].append(end - start)
                 generated.append(tokens)
         loss = float(jax.device_get(update_metrics["loss"]))
+        # |sampler log p − trainer log p| over the last rollout (bf16 sampler, fp32 masters)
+        mismatch = float(jax.device_get(update_metrics.get("logprob_mismatch", np.nan)))
         if args.profile:
             profile_phases(s, score_fn, update, state, ids[:prompts_n], prompt_len, group, new,
                            mesh, args.top)
@@ -232,6 +234,7 @@ def main():
                update_tokens_per_s=rows * seq / med["update_s"],
                update_mfu=flops * rows * seq / med["update_s"] / common.PEAK_FLOPS,
                generated_tokens_mean=statistics.mean(generated), final_loss=loss,
+               logprob_mismatch=mismatch,
                peak_gib=common.peak_gib(), device=common.device_name(),
                xla_flags=common.extra_flags())
 
