@@ -105,3 +105,17 @@ def test_grouped_sampling_through_the_kernel(monkeypatch):
         np.testing.assert_allclose(grouped.logprobs, repeated.logprobs, atol=1e-5)
     assert 0 < int(repeated.done.sum()) < N * G  # some rows stop early and free their slots
 
+
+
+def test_only_models_the_kernel_tiles_declare_shared_prompts(monkeypatch):
+    """The sampler declares shared prompts only for a model whose decode the kernel runs: not
+    with a sliding window or a soft-cap, more than 16 query heads per KV head, or a head size
+    Triton cannot tile (Phi-3's 96); nor where the kernel does not run (here: the CPU)."""
+    from easyalign.model.attention import reads_shared_prompts
+
+    assert not reads_shared_prompts(preset("tiny"))  # the CPU, no interpreter
+    monkeypatch.setattr(decode_attention, "INTERPRET", True)
+    assert reads_shared_prompts(preset("tiny"))
+    for change in (dict(sliding_window=8), dict(attn_logit_softcapping=50.0),
+                   dict(num_heads=34, num_kv_heads=2, head_dim=16), dict(head_dim=96)):
+        assert not reads_shared_prompts(preset("tiny", **change)), change

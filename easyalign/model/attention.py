@@ -269,10 +269,15 @@ def decode_kernel(impl: str) -> str | None:
 
 def reads_shared_prompts(config: ModelConfig) -> bool:
     """Whether this model's decode steps go through the shared-prompt kernel when a cache
-    declares rows that share a prompt (no window, no soft-cap, and `decode_kernel` runs): the
-    sampler declares them only then."""
+    declares rows that share a prompt: no window, no soft-cap, heads the kernel tiles (at most
+    16 query heads per KV head, a power-of-two head size: Triton's blocks) and `decode_kernel`
+    runs. The sampler declares shared prompts only then."""
     impl = attention_implementation(config.attention_impl, config.compute_dtype)
+    per_kv, rest = divmod(config.num_heads, config.num_kv_heads)
+    head_dim = config.head_dim
     return (config.sliding_window is None and config.attn_logit_softcapping is None
+            and rest == 0 and per_kv <= decode_attention.BLOCK_ROWS
+            and head_dim >= 16 and head_dim & (head_dim - 1) == 0
             and decode_kernel(impl) is not None)
 
 
