@@ -58,8 +58,13 @@ def stage_function(stage: str) -> Callable:
     def run_stage(config):
         from easyalign.train import rundir  # here: `easyalign --help` imports no jax
 
+        from easyalign.algorithms.runsetup import StageComplete
+
         with rundir.undo_on_failure():
-            return function(config)
+            try:
+                return function(config)
+            except StageComplete:  # a rerun of a finished run: it said so, nothing to do
+                return None
 
     return run_stage
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import subprocess
 import textwrap
 from pathlib import Path
@@ -27,6 +28,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_on_cpu_devices
+import easyalign
 from easyalign import cli, config_check
 from easyalign.train import optim, rundir
 SFT = ["sft", "--config=configs/sft.py:tiny"]
@@ -614,8 +616,15 @@ def test_a_run_ends_naming_its_model_and_a_rerun_says_it_is_complete(tmp_path, c
     assert out[-1].startswith(f"[sft] done: model in {tmp_path / 'runs' / 't' / 'sft' / 'model'}")
     assert "loss" in out[-1]
     assert not (tmp_path / "runs" / "t" / "sft" / rundir.LOCK_FILE).exists()
-    sft.run(config)
-    assert "[sft] already complete (2 of 2 steps)" in capsys.readouterr().out
+    # A rerun says so before it reads any data (it loaded and tokenised everything first):
+    # with the built-in world's files gone, it does not build them again.
+    shutil.rmtree(tmp_path / "world")
+    assert easyalign.run("sft", config) == tmp_path / "runs" / "t" / "sft"
+    assert capsys.readouterr().out.strip().splitlines()[-1] == (
+        f"[sft] already complete (2 of 2 steps): the model is in "
+        f"{tmp_path / 'runs' / 't' / 'sft' / 'model'} (train again in a new --config.workdir)")
+    assert not (tmp_path / "world").exists()
+    assert not (tmp_path / "runs" / "t" / "sft" / rundir.LOCK_FILE).exists()
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp_path,

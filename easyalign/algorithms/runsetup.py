@@ -112,9 +112,42 @@ def prepare(config) -> Run:
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
     workdir = rundir.start_workdir(config, {"model.path": stage_reference(config, raw_path)})
+    _stop_if_complete(config, workdir)
     source_dirs = data_builtin.prepare(config)
     return Run(config=config, mesh=mesh, workdir=workdir,
                tokenizer=load_tokenizer(config, source_dirs), source_dirs=source_dirs)
+
+
+class StageComplete(Exception):
+    """Raised by `prepare` for a rerun of a finished run (`stages.stage_function` returns)."""
+
+
+ITERATION_PHASES = ("ppo", "grpo")  # phases whose steps are rollout iterations
+
+
+def _stop_if_complete(config, workdir: Path) -> None:
+    """A rerun of a finished run (same config: `start_workdir` checked it; its model written
+    and its last checkpoint at `train.steps`) says so and raises `StageComplete` before any
+    data is read or tokenised or any model loaded (it used to do all that, then find out)."""
+    from easyalign.hf.models import stage_done
+    from easyalign.train.checkpoint import Checkpointer
+
+    if not stage_done(workdir) or not (workdir / "checkpoints").is_dir():
+        return
+    checkpointer = Checkpointer(workdir / "checkpoints", async_save=False)
+    try:
+        latest = checkpointer.latest_step()
+    finally:
+        checkpointer.close()
+    steps = config.train.steps
+    if latest is None or latest < steps:
+        return
+    rundir.release(workdir)
+    if jax.process_index() == 0:
+        unit = "iteration" if config.phase in ITERATION_PHASES else "step"
+        print(f"[{config.phase}] already complete ({latest} of {steps} {unit}s): the model is in "
+              f"{workdir / MODEL_DIR} (train again in a new --config.workdir)", flush=True)
+    raise StageComplete(str(workdir))
 
 
 # ----------------------------------------------------------------------------- data
