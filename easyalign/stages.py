@@ -58,9 +58,9 @@ def stage_function(stage: str) -> Callable:
     def run_stage(config):
         from easyalign.train import rundir  # here: `easyalign --help` imports no jax
 
-        from easyalign.algorithms.runsetup import StageComplete
+        from easyalign.algorithms.runsetup import StageComplete, stop_when_complete
 
-        with rundir.undo_on_failure():
+        with rundir.undo_on_failure(), stop_when_complete():
             try:
                 return function(config)
             except StageComplete:  # a rerun of a finished run: it said so, nothing to do

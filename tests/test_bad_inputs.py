@@ -620,11 +620,19 @@ def test_a_run_ends_naming_its_model_and_a_rerun_says_it_is_complete(tmp_path, c
     # with the built-in world's files gone, it does not build them again.
     shutil.rmtree(tmp_path / "world")
     assert easyalign.run("sft", config) == tmp_path / "runs" / "t" / "sft"
-    assert capsys.readouterr().out.strip().splitlines()[-1] == (
-        f"[sft] already complete (2 of 2 steps): the model is in "
-        f"{tmp_path / 'runs' / 't' / 'sft' / 'model'} (train again in a new --config.workdir)")
+    complete = (f"[sft] already complete (2 of 2 steps): the model is in "
+                f"{tmp_path / 'runs' / 't' / 'sft' / 'model'} (train again in a new "
+                "--config.workdir)")
+    assert capsys.readouterr().out.strip().splitlines()[-1] == complete
     assert not (tmp_path / "world").exists()
     assert not (tmp_path / "runs" / "t" / "sft" / rundir.LOCK_FILE).exists()
+    # The phase called directly (a library user's `setup()` may inspect a finished run) goes
+    # through set-up; its training driver finds the run complete, trains and writes nothing.
+    model_files = {p: p.stat().st_mtime_ns for p in (tmp_path / "runs" / "t" / "sft" / "model"
+                                                      ).rglob("*")}
+    sft.run(config)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == complete
+    assert {p: p.stat().st_mtime_ns for p in model_files} == model_files
 
 
 def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp_path,

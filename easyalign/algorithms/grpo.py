@@ -592,8 +592,9 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
         loop=loop, model_config=s.policy_config, hooks=hooks,
         optimizer_steps=t.steps * g.num_iterations * (rows // mb),
         update_for=make_update)
-    out = hf_models.save_model(run_, state.params, s.graphs.policy)
-    driver.finish(run_, out, history, "reward")
+    if history is not None:
+        out = hf_models.save_model(run_, state.params, s.graphs.policy)
+        driver.finish(run_, out, history, "reward")
     return state.params, s.graphs
 
 

@@ -246,8 +246,9 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
         optimizer_steps=t.steps * p.epochs * (t.batch_size // p.minibatch_size),
         update_for=lambda step_fn: train_loop.make_minibatch_update(step_fn,
                                                                     rollout.make_take()))
-    out = models.save_model(run_, state.params["policy"], s.graphs.policy)
-    driver.finish(run_, out, history, "reward")
+    if history is not None:
+        out = models.save_model(run_, state.params["policy"], s.graphs.policy)
+        driver.finish(run_, out, history, "reward")
     return state.params, s.graphs
 
 

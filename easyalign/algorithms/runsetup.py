@@ -16,6 +16,8 @@ they read, which tokenizer they provide) in `data.builtin`, which this module as
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import json
 from pathlib import Path
@@ -112,14 +114,31 @@ def prepare(config) -> Run:
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
     workdir = rundir.start_workdir(config, {"model.path": stage_reference(config, raw_path)})
-    _stop_if_complete(config, workdir)
+    if _STOP_WHEN_COMPLETE.get():
+        _stop_if_complete(config, workdir)
     source_dirs = data_builtin.prepare(config)
     return Run(config=config, mesh=mesh, workdir=workdir,
                tokenizer=load_tokenizer(config, source_dirs), source_dirs=source_dirs)
 
 
 class StageComplete(Exception):
-    """Raised by `prepare` for a rerun of a finished run (`stages.stage_function` returns)."""
+    """Raised by `prepare` for a rerun of a finished run under `stop_when_complete`."""
+
+
+_STOP_WHEN_COMPLETE = contextvars.ContextVar("stop_when_complete", default=False)
+
+
+@contextlib.contextmanager
+def stop_when_complete():
+    """Within it, `prepare` stops a rerun of a finished run (`StageComplete`) before it reads
+    any data: the stage runner's setting (`stages.stage_function`: the CLI, the pipeline,
+    `easyalign.run`). A phase's `setup()` called directly, to inspect a finished run, goes on
+    (and its training driver still finds the run complete without training or writing)."""
+    token = _STOP_WHEN_COMPLETE.set(True)
+    try:
+        yield
+    finally:
+        _STOP_WHEN_COMPLETE.reset(token)
 
 
 ITERATION_PHASES = ("ppo", "grpo")  # phases whose steps are rollout iterations
@@ -145,8 +164,8 @@ def _stop_if_complete(config, workdir: Path) -> None:
     rundir.release(workdir)
     if jax.process_index() == 0:
         unit = "iteration" if config.phase in ITERATION_PHASES else "step"
-        print(f"[{config.phase}] already complete ({latest} of {steps} {unit}s): the model is in "
-              f"{workdir / MODEL_DIR} (train again in a new --config.workdir)", flush=True)
+        print(rundir.complete_message(config.phase, latest, steps, unit, workdir / MODEL_DIR),
+              flush=True)
     raise StageComplete(str(workdir))
 
 

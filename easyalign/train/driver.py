@@ -24,7 +24,8 @@ import numpy as np
 from flax import nnx
 
 from easyalign import sharding
-from easyalign.hf.models import save_model
+from easyalign.hf.checkpoint import MODEL_DIR
+from easyalign.hf.models import save_model, stage_done
 from easyalign.model import ModelConfig, Transformer, lora
 from easyalign.train import checkpoint as ckpt
 from easyalign.train import loop as train_loop
@@ -73,7 +74,8 @@ def train(run, *, model: Transformer, loss_fn_for: Callable, loader, frozen: Any
     state, history = fit(run, params=params, loss_fn=loss_fn_for(graphdef), loader=loader,
                          loop=loop, model_config=config, frozen=frozen,
                          hooks=hooks, best_metric=best_metric)
-    finish(run, save_model(run, state.params, graphdef), history, best_metric)
+    if history is not None:
+        finish(run, save_model(run, state.params, graphdef), history, best_metric)
     return state.params, graphdef
 
 
@@ -94,7 +96,8 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
 
     `optimizer_steps` (default: the loop's steps) sizes the learning-rate schedule; an
     on-policy algorithm takes several per iteration, and builds its update from the jitted
-    step with `update_for(step_fn)`. Returns `(state, history)`.
+    step with `update_for(step_fn)`. Returns `(state, history)`; history is None when the run
+    had already completed (nothing trained, nothing to write).
     """
     c = run.config
     unit = loop.unit
@@ -111,8 +114,16 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
     writer = train_metrics.MetricsWriter(run.workdir, total_steps=loop.total_steps,
                                          progress_bar=c.train.progress_bar)
     if latest is not None:
-        # (A rerun of a finished run stopped in `runsetup.prepare`, before loading anything.)
         state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
+        if latest >= loop.total_steps and stage_done(run.workdir):
+            # A rerun of a finished run: nothing to train, nothing to rewrite.
+            checkpointer.close()
+            writer.close()
+            if run.is_main:
+                print(rundir.complete_message(c.phase, latest, loop.total_steps, unit,
+                                              run.workdir / MODEL_DIR), flush=True)
+            rundir.release(run.workdir)
+            return _joined(state, base), None
         if data_state.get("loader"):
             loader.set_state(data_state["loader"].encode())
         if hooks.extra:
