@@ -187,12 +187,12 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     if not source:
         return []
     spec = _source_spec(run, source, kind, split)
-    rows = data_sources.read_rows(spec)
+    rows = side = data_sources.read_rows(spec)
     if auto and data_builtin.resolve(source) is None:  # a built-in source holds out its own
-        _check_records(run, rows, spec.columns, kind)
-        rows = _split_rows(run, rows, source, split)
-    records = data_sources.apply_columns(rows, spec.columns)
-    examples = _normalized(run, records, kind, split, source)
+        side = _split_rows(run, rows, source, split)
+    with _first_error_in_file(run, rows, spec.columns, kind):
+        examples = _normalized(run, data_sources.apply_columns(side, spec.columns), kind, split,
+                               source)
     if split == "train":
         for entry in data.mix:
             examples += _mixed_examples(run, entry, kind)
@@ -215,14 +215,20 @@ def _normalized(run: Run, records: list, kind: str, split: str, source: str,
     return examples
 
 
-def _check_records(run: Run, rows: list, columns, kind: str,
-                   columns_key: str | data_sources.ColumnsKey = data_sources.COLUMNS_KEY) -> None:
-    """Raise the first error of the whole file, in file order, before a held-out split: a
-    training side checked alone would name its own first bad record, a later line of the file
-    than the one a user fixes first (the held-out side's would come up on the next run)."""
-    data_records.normalize(data_sources.apply_columns(rows, columns, key=columns_key), kind,
-                           on_empty=run.config.data.on_empty, dropped=data_records.Dropped(),
-                           columns_key=columns_key)
+@contextlib.contextmanager
+def _first_error_in_file(run: Run, rows: list, columns, kind: str,
+                         columns_key: str | data_sources.ColumnsKey = data_sources.COLUMNS_KEY):
+    """Reading one side of a held-out split of `rows`: an error names the file's first bad
+    record, whichever side it is on. The side alone would name its own first one, a later line
+    than the one a user fixes first (the other side's would come up on the next run). The
+    whole file is normalised again only when the side fails."""
+    try:
+        yield
+    except ValueError:
+        data_records.normalize(data_sources.apply_columns(rows, columns, key=columns_key), kind,
+                               on_empty=run.config.data.on_empty,
+                               dropped=data_records.Dropped(), columns_key=columns_key)
+        raise
 
 
 def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
@@ -237,7 +243,6 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
     path, count = mix.path, mix.count
     spec = data_sources.SourceSpec(path=path, encoding=data.encoding, columns=mix.columns)
     rows = data_sources.read_rows(spec)
-    _check_records(run, rows, spec.columns, kind, mix.key)
     train = split_rows(rows, "train", data.eval_fraction, data.eval_max, data.eval_seed)
     held = len(rows) - len(train)
     if count > len(train):
@@ -247,8 +252,9 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
         pick = np.random.default_rng(run.config.train.seed).choice(len(train), count,
                                                                    replace=False)
         train = [train[i] for i in sorted(pick)]
-    records = data_sources.apply_columns(train, spec.columns, key=mix.key)
-    examples = _normalized(run, records, kind, "train", path, columns_key=mix.key)
+    with _first_error_in_file(run, rows, spec.columns, kind, mix.key):
+        examples = _normalized(run, data_sources.apply_columns(train, spec.columns, key=mix.key),
+                               kind, "train", path, columns_key=mix.key)
     if run.is_main:
         print(f"[data] {kind} train: mixed in {len(examples)} of the {len(rows)} records of "
               f"{path} ({held} held out for evaluation; data.mix)")

@@ -154,7 +154,7 @@ class Attention(nnx.Module):
         plain_decode = (mode == "decode" and length == 1 and window is None
                         and cfg.attn_logit_softcapping is None)
         use_kernel = plain_decode and cache[2] is not None and decode_kernel(impl) is not None
-        if not use_kernel:
+        if not use_kernel:  # (the kernel path ropes q and k as one array, below)
             q = constrain(apply_rope(q, rope_positions, inv_freq, self.rope_scale),
                           ("batch", "length", "act_heads", None))
             k = constrain(apply_rope(k, rope_positions, inv_freq, self.rope_scale),
