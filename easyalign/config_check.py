@@ -582,7 +582,13 @@ def check_data_source(config, key: str, value: str) -> None:
     """A data file exists and its format is known (from `data.format` or the suffix)."""
     from easyalign.data.builtin import resolve
 
-    if not value or value == "auto" or value.startswith("hf:") or resolve(value) is not None:
+    if value.startswith("hf:"):
+        name = value[3:]
+        # A local path (not a Hub name "org/dataset") that is not there: say so, as for a file.
+        if name.startswith(("/", "./", "../", "~")) and not Path(name).expanduser().exists():
+            raise ConfigError(f"{key}={value}: no such file or directory {name}")
+        return
+    if not value or value == "auto" or resolve(value) is not None:
         return
     path = Path(value)
     if not path.exists():

@@ -369,6 +369,9 @@ def test_a_directory_as_data_source_points_at_hf_datasets(tmp_path):
             f"files with HF datasets: {key}=hf:{value}")):
         config_check.check_data_source(config, key, value)
     config_check.check_data_source(config, key, f"hf:{value}")
+    with pytest.raises(config_check.ConfigError, match=re.escape(  # a misspelled local path
+            f"{key}=hf:{value}x: no such file or directory {value}x")):
+        config_check.check_data_source(config, key, f"hf:{value}x")
     records = load_records(SourceSpec(hf_name=value))  # what runsetup makes of hf:PATH
     assert sorted(r.data["prompt"] for r in records) == ["p0", "p1"]
 
