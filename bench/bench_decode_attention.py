@@ -95,7 +95,7 @@ def main():
                 for stages in args.stages:
                     for name, rows in (("shared", leaders), ("own", own)):
                         attend = lambda q, k, v, rows=rows: decode_attention(  # noqa: E731
-                            jnp.concatenate([q, k_new], axis=1), v_new, k, v, positions, rows,
+                            jnp.concatenate([q, k_new, v_new], axis=1), k, v, positions, rows,
                             prefix, block_k=block_k, num_warps=warps, num_stages=stages)
                         diff = float(jnp.max(jnp.abs(
                             jax.jit(attend)(q0, k, v)[0].astype(jnp.float32)

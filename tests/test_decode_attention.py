@@ -17,13 +17,17 @@ from flax import nnx
 from easyalign import sampler as S
 from easyalign.model import create_model, decode_attention, preset
 from easyalign.model.attention import cached_attention, write_cache
+from easyalign.model.layers import apply_rope, rope_inverse_frequencies
 from easyalign.sampler.decode import share_prompts
 from easyalign.model.transformer import KVCache
 
 pytestmark = pytest.mark.usefixtures("full_fp32_matmuls")
 
 
-def test_kernel_equals_the_cached_decode_path():
+@pytest.mark.parametrize("rope", [False, True])
+def test_kernel_equals_the_cached_decode_path(rope):
+    """With `rope`, the kernel rotates q and k itself: the reference rotates them with
+    `layers.apply_rope` (LongRoPE's cos/sin scale included) before the cached path."""
     rng = np.random.default_rng(0)
     B, slots, kv_heads, per_kv, hd = 8, 50, 2, 3, 16
     k = rng.standard_normal((B, slots, kv_heads, hd)).astype(np.float32)
@@ -39,22 +43,26 @@ def test_kernel_equals_the_cached_decode_path():
     k_new = rng.standard_normal((B, kv_heads, hd)).astype(np.float32)
     v_new = rng.standard_normal((B, kv_heads, hd)).astype(np.float32)
     at = jnp.asarray(positions)[:, None]
-    k_ref = write_cache(jnp.asarray(k), jnp.asarray(k_new)[:, None], at)
+    inv_freq, rope_scale = rope_inverse_frequencies(hd, 10_000.0, None), 1.25
+    q_rot, k_rot = jnp.asarray(q), jnp.asarray(k_new)
+    if rope:
+        q_rot, k_rot = (apply_rope(x[:, None], at, inv_freq, rope_scale)[:, 0]
+                        for x in (q_rot, k_rot))
+    k_ref = write_cache(jnp.asarray(k), k_rot[:, None], at)
     v_ref = write_cache(jnp.asarray(v), jnp.asarray(v_new)[:, None], at)
-    expected = cached_attention(jnp.asarray(q)[:, None], k_ref, v_ref, at)[:, 0]
+    expected = cached_attention(q_rot[:, None], k_ref, v_ref, at)[:, 0]
     garbage_k, garbage_v = k.copy(), v.copy()
     for b in np.flatnonzero(leader != np.arange(B)):
         garbage_k[b, :prompt[b]] = garbage_v[b, :prompt[b]] = 1e3
+    qkv = jnp.concatenate([jnp.asarray(q), jnp.asarray(k_new), jnp.asarray(v_new)], axis=1)
     for block_k in (16, 64):
-        # the values inside a wider array, as a fused q/k/v projection's output holds them
-        values = np.concatenate([np.zeros_like(v_new), v_new, np.ones_like(v_new)], axis=1)
         out, k_out, v_out = decode_attention.decode_attention(
-            jnp.concatenate([jnp.asarray(q), jnp.asarray(k_new)], axis=1), jnp.asarray(values),
-            jnp.asarray(garbage_k), jnp.asarray(garbage_v), jnp.asarray(positions),
-            jnp.asarray(leader), jnp.asarray(prompt), v_offset=kv_heads, block_k=block_k,
-            interpret=True)
+            qkv, jnp.asarray(garbage_k), jnp.asarray(garbage_v), jnp.asarray(positions),
+            jnp.asarray(leader), jnp.asarray(prompt), inv_freq if rope else None,
+            rope_scale=rope_scale, block_k=block_k, interpret=True)
         np.testing.assert_allclose(out, expected, atol=2e-6)
-        np.testing.assert_array_equal(np.asarray(k_out)[np.arange(B), positions], k_new)
+        np.testing.assert_allclose(np.asarray(k_out)[np.arange(B), positions], k_rot,
+                                   atol=1e-6)
         np.testing.assert_array_equal(np.asarray(v_out)[np.arange(B), positions], v_new)
         # every other slot untouched
         keep = np.ones((B, slots), bool)
@@ -62,9 +70,8 @@ def test_kernel_equals_the_cached_decode_path():
         np.testing.assert_array_equal(np.asarray(k_out)[keep], garbage_k[keep])
     with pytest.raises(ValueError, match="query heads"):
         decode_attention.decode_attention(
-            jnp.zeros((B, 5 + kv_heads, hd)), jnp.asarray(v_new), jnp.asarray(k),
-            jnp.asarray(v), jnp.asarray(positions), jnp.asarray(leader), jnp.asarray(prompt),
-            interpret=True)
+            jnp.zeros((B, 5 + 2 * kv_heads, hd)), jnp.asarray(k), jnp.asarray(v),
+            jnp.asarray(positions), jnp.asarray(leader), jnp.asarray(prompt), interpret=True)
 
 
 def test_share_prompts_points_groups_at_their_first_slot():
@@ -82,12 +89,16 @@ def test_share_prompts_points_groups_at_their_first_slot():
     np.testing.assert_array_equal(cache.prefix_lengths, [5, 5, 4, 0, 0, 4, 0, 0])
 
 
-def test_grouped_sampling_through_the_kernel(monkeypatch):
+@pytest.mark.parametrize("change", [{}, dict(qk_norm=True), dict(partial_rotary_factor=0.5)],
+                         ids=["fused_qkv", "qk_norm", "partial_rotary"])
+def test_grouped_sampling_through_the_kernel(monkeypatch, change):
     """G samples per prompt decoded through the kernel — a static batch, and 6 slots refilled
     one prompt at a time — equal the prompts repeated G times through the XLA path. With these
     prompts and stops a group's first slot is re-admitted while its other slots still decode
-    (a `share_prompts` that kept them reading it fails here: checked by mutation)."""
-    graphdef, state = nnx.split(create_model(preset("tiny", dtype="float32"), seed=0))
+    (a `share_prompts` that kept them reading it fails here: checked by mutation). The kernel
+    takes the fused q/k/v output and ropes it itself; with q/k norms (Qwen 3) the normed heads;
+    with partial rotary (Phi-4-mini) heads rotated before it."""
+    graphdef, state = nnx.split(create_model(preset("tiny", dtype="float32", **change), seed=0))
     G, N = 3, 8
     rng = np.random.default_rng(3)
     lengths = rng.integers(3, 9, N).astype(np.int32)

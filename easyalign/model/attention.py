@@ -161,15 +161,22 @@ class Attention(nnx.Module):
                           ("batch", "length", "act_kv_heads", None))
         if use_kernel:
             # Rows that share a prompt: one kernel writes this token's keys and values and
-            # attends, reading each shared prompt once per group (`decode_attention`). Queries
-            # and keys get RoPE as one array (one fusion); the values are read straight from
-            # the fused projection's output when there is one (no slice copied out of it).
-            qk = apply_rope(jnp.concatenate([q, k], axis=2), rope_positions, inv_freq,
-                            self.rope_scale)
-            values, v_offset = (v, 0) if qkv is None else (qkv, cfg.num_heads + cfg.num_kv_heads)
+            # attends, reading each shared prompt once per group (`decode_attention`). It
+            # takes q, k and v as one array — the fused projection's output itself when
+            # nothing changes them on the way — and applies RoPE when it rotates whole heads
+            # (partial rotary: q and k arrive rotated, as one fusion).
+            rope_inside = 2 * inv_freq.shape[-1] == cfg.head_dim
+            if qkv is not None and rope_inside and not cfg.qk_norm:
+                packed = qkv
+            else:
+                qk = jnp.concatenate([q, k], axis=2)
+                if not rope_inside:
+                    qk = apply_rope(qk, rope_positions, inv_freq, self.rope_scale)
+                packed = jnp.concatenate([qk, v.astype(qk.dtype)], axis=2)
             out, k, v = decode_attention.decode_attention(
-                qk[:, 0], values[:, 0], cache[0], cache[1], rope_positions[:, 0], *cache[2],
-                v_offset=v_offset, scale=scale, interpret=decode_kernel(impl) == "interpret")
+                packed[:, 0], cache[0], cache[1], rope_positions[:, 0], *cache[2],
+                inv_freq if rope_inside else None, rope_scale=self.rope_scale, scale=scale,
+                interpret=decode_kernel(impl) == "interpret")
             out = out[:, None]
         elif mode == "decode":
             # Write this call's keys and values first, then attend over the cache alone.
