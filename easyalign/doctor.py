@@ -338,9 +338,10 @@ SAVED = {"full": ("x",), "dots": ("x", "proj"), "save_proj": ("x", "proj"),
          "save_proj_attn": ("x", "proj", "attn"), "none": ("x", "proj", "attn", "rest")}
 
 
-def activation_bytes(model: ModelConfig, rows: int, length: int, t: int, shards: int = 1
-                     ) -> dict:
-    """Training activations per device: `{layers, recompute, residual_grads, logits}` bytes."""
+def activation_bytes(model: ModelConfig, rows: int, length: int, t: int, shards: int = 1,
+                     device_memory: int | None = None) -> dict:
+    """Training activations per device: `{layers, recompute, residual_grads, logits}` bytes
+    (the logits as chunked for devices of `device_memory` bytes: `scoring.logits_budget`)."""
     e, bc = layer_elements(model, t), np.dtype(model.dtype).itemsize
     # The xla attention materialises fp32 scores and probabilities [H/t, T, T] per row.
     scores = (SCORE_BYTES * model.num_heads / t * length ** 2
@@ -351,17 +352,19 @@ def activation_bytes(model: ModelConfig, rows: int, length: int, t: int, shards:
     return {"layers": rows * per_row_layers,
             "recompute": rows * one_layer if model.remat != "none" else 0,
             "residual_grads": 2 * rows * length * model.hidden_size * 4,
-            "logits": 2 * rows * logits_chunk(model, rows, length, shards) * model.vocab_size
-            / t * 4}
+            "logits": 2 * rows * logits_chunk(model, rows, length, shards, device_memory)
+            * model.vocab_size / t * 4}
 
 
-def logits_chunk(model: ModelConfig, rows: int, length: int, shards: int = 1) -> int:
+def logits_chunk(model: ModelConfig, rows: int, length: int, shards: int = 1,
+                 device_memory: int | None = None) -> int:
     """The sequence chunk the losses project to the vocabulary at a time: the library's own
-    `scoring.fit_chunk` of `model.logits_chunk` (`rows` per device of `shards`), at most T."""
+    `scoring.fit_chunk` of `model.logits_chunk` (`rows` per device of `shards`, devices of
+    `device_memory` bytes), at most T."""
     from easyalign.model.scoring import fit_chunk
 
     return min(length, fit_chunk(model.logits_chunk, rows * shards, model.vocab_size,
-                                 shards=shards))
+                                 shards=shards, device_memory=device_memory))
 
 
 def kv_cache_bytes(model: ModelConfig, rows: int, length: int, t: int) -> float:
@@ -369,8 +372,10 @@ def kv_cache_bytes(model: ModelConfig, rows: int, length: int, t: int) -> float:
             * np.dtype(model.dtype).itemsize)
 
 
-def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict) -> dict:
-    """Memory per device by component (bytes) for the phase; see the module docstring."""
+def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict,
+             device_memory: int | None = None) -> dict:
+    """Memory per device by component (bytes) for the phase, on devices of `device_memory`
+    bytes (they size the logits' chunks); see the module docstring."""
     t, shards, length = mesh["tensor"], mesh["data"] * mesh["fsdp"], config.data.max_length
     params = parameter_bytes(model, mesh)
     out = {"params": params["per_device"]}
@@ -394,7 +399,7 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict) -> dict
         out["optimizer"] += optimizer_bytes(config.optim, trained)
         fp32_grads = trained["per_device"] / np.dtype(m.param_dtype).itemsize * 4
         out["gradients"] += fp32_grads * (2 if train.grad_accum > 1 else 1)
-        act = activation_bytes(m, rows, length, t, shards)
+        act = activation_bytes(m, rows, length, t, shards, device_memory)
         out["logits"] += act.pop("logits")
         out["activations"] += sum(act.values())
     if mesh["fsdp"] > 1:
@@ -457,7 +462,11 @@ def diagnose(config) -> dict:
     if config.phase in TRAINING:
         sequences = TRAINING[config.phase] * config.train.batch_size // config.train.grad_accum
         notes.extend(divisibility(model, mesh, sequences))
-    memory = {k: int(v) for k, v in estimate(config, model, extras, mesh).items()}
+    # The logits' chunks follow the device memory the library itself would see: the GPU's
+    # allocator limit, or the memory the plan names (on the CPU it budgets its fixed floor).
+    chunk_memory = devs["memory_bytes"] if devs["memory_source"] in (
+        "memory_stats", "doctor.device_memory_gib") else None
+    memory = {k: int(v) for k, v in estimate(config, model, extras, mesh, chunk_memory).items()}
     total, capacity = sum(memory.values()), devs["memory_bytes"]
     report["memory"] = {"per_device": memory, "total": total, "capacity": capacity}
     if capacity is None:

@@ -122,6 +122,21 @@ def test_registry_rejects_unknown_name_listing_valid(registry, valid):
     assert losses.get(registry, first, "thing") is registry[first]
 
 
+def test_logits_budget_grows_with_device_memory():
+    """The logits budget is a sixth of a device's memory, never below 8 GiB: an H200 (141 GB)
+    holds the GRPO benchmark's 64 × 256 float32 logits (two tensors of a 128K vocabulary,
+    16.8 GB) in one chunk — no recomputed vocabulary projection — a 24 GB card keeps 8 GiB
+    and chunks them; the CPU (no memory statistics) keeps 8 GiB."""
+    from easyalign.model.scoring import LOGITS_BUDGET_BYTES, fit_chunk, logits_budget
+
+    assert logits_budget(24 * 10**9) == LOGITS_BUDGET_BYTES == 8 * 2**30
+    assert logits_budget(141 * 10**9) == 141 * 10**9 // 6
+    assert logits_budget() == LOGITS_BUDGET_BYTES  # the CPU
+    h200 = fit_chunk(512, 64, 128256, tensors=2, device_memory=141 * 10**9)
+    assert h200 == 141 * 10**9 // 6 // (2 * 64 * 128256 * 4) >= 256
+    assert fit_chunk(512, 64, 128256, tensors=2, device_memory=24 * 10**9) == 130 < 256
+
+
 def test_logits_chunk_budget_is_per_device():
     """Shapes are global while tracing: the logits budget must divide the batch by its shards.
 
