@@ -425,13 +425,14 @@ def sample_round(s: Setup, score_fn, params, prompts: dict, rng) -> Round:
     gen = rollout.sample(s.graphs, params, prompts, rng, max_new_tokens=g.max_new_tokens,
                          stop_tokens=s.stop_tokens, pad_id=runsetup.pad_id(run_), mesh=mesh,
                          method=sampler.Temperature(g.temperature), num_samples=G)
-    # A host-device sync point: sampling is done. The responses come from the sampler's own
-    # output, not the scoring pass's rows, so the scoring pass (dispatched next) runs on the
-    # device while the host decodes and grades them.
-    got = rollout.host({"tokens": gen.tokens, "lengths": gen.lengths, "done": gen.done,
-                        "index": prompts["index"]})
+    # A host-device sync point: sampling is done. The scoring pass runs on the device beside
+    # the copy and while the host decodes and grades the responses (from the sampler's own
+    # output, not the scoring pass's rows).
+    got, scored = rollout.host_beside(
+        {"tokens": gen.tokens, "lengths": gen.lengths, "done": gen.done,
+         "index": prompts["index"]},
+        lambda: score_fn(params, s.frozen, rep, gen, s.settings.group))
     sample_time = time.perf_counter() - start
-    scored = score_fn(params, s.frozen, rep, gen, s.settings.group)
     records = [s.records[int(i)] for i in got["index"] for _ in range(G)]
     responses = decode_responses(run_.tokenizer, got["tokens"], got["lengths"])
     scores = rewards_of(s, records, responses, scored)

@@ -46,7 +46,7 @@ one host or many.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -275,6 +275,19 @@ def make_take():
 def host(tree):
     """Global arrays → numpy on every process (a collective under several processes)."""
     return multihost_utils.process_allgather(tree, tiled=True)
+
+
+def host_beside(tree, work: Callable[[], Any]) -> tuple[Any, Any]:
+    """`(host(tree), work())` with the device running `work` (device work that does not need
+    the copy) while the host waits for the copy. On one process `work` is dispatched first:
+    the copy waits only for the tree's producers, and the device goes on to `work` with no
+    host round trip between. On several processes the fetch is itself a computation (a
+    gather) that would queue behind `work`, so it is dispatched first."""
+    if jax.process_count() == 1:
+        done = work()
+        return host(tree), done
+    fetched = host(tree)
+    return fetched, work()
 
 
 def sample_text(tokenizer, prompts: dict, rows: dict, n: int) -> str:
