@@ -14,19 +14,22 @@ completions, one jitted pass scores them (reference log π_ref; policy log π_ol
 in minibatches), the responses are decoded and rewarded on the host, advantages per group — then
 `make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy keeps
 fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in the
-policy's parameter dtype (`--ref-dtype` to change). Each timed step: `sample_s` (the sampler alone,
-as `rollout_batch` times it), `rollout_s` (sampling + scoring + decode + rewards + advantages),
-`update_s`, `step_s` (the whole iteration) — medians over `--steps` steps after 2 warm-up steps
-(compilation), as the anchor times 6 steps after 2. Sampled tokens/s counts prompts × G × new
-tokens per step, as the anchor (a completion that stops early at `w2` still counts;
-`generated_tokens_mean` says how many were drawn).
+policy's parameter dtype (`--ref-dtype` to change). Timing: after 2 warm-up iterations
+(compilation), `--steps` iterations run back to back as the training loop runs them (no sync
+between rollout and update, nor between iterations, beyond the loop's own: the sampler's
+output fetched for decoding); `step_s` is their mean, as the anchor reports the mean of 6 steps
+after 2. `sample_s` is the sampler alone, as `rollout_batch` times it (median). With
+`--phase-sync` each iteration runs alone with a sync after its rollout: `rollout_s` (sampling
++ scoring + decode + rewards + advantages), `update_s` and `step_s` are medians (`step_s_mean`
+beside it), and the syncs expose dispatch latencies the loop hides. Sampled tokens/s counts
+prompts × G × new tokens per step, as the anchor (a completion that stops early at `w2` still
+counts; `generated_tokens_mean` says how many were drawn).
 
 Not the same work as the anchor: easyalign's log-probs and entropy cover all 512 positions (TRL's
 only the 256 completion positions); at μ = 1 both take log π_old from the loss forward's detached
 log-probs (`grpo.detached_old_logps`: no policy forward in the rollout scoring); TRL checkpoints
 gradients by default (`GRPOConfig.gradient_checkpointing=True`), the default run here keeps every
-activation (`--remat full` is TRL's setting). The anchor reports the mean step, this the median
-(`step_s_mean` beside it).
+activation (`--remat full` is TRL's setting).
 
     python bench/bench_grpo.py [--prompts 8] [--group 8] [--prompt 256] [--new 256] [--cpu]
 """
@@ -110,6 +113,27 @@ def profile_phases(s, score_fn, update, state, ids, prompt_len, group, new, mesh
             profile_trace.timeline(d, f"grpo_{label}", steps, 0)
 
 
+def trace_iteration(s, score_fn, update, state, ids, prompt_len, mesh, top):
+    """One more iteration (rollout, then update, no sync between them) under one profiler
+    trace: its span and the GPU's idle stretches (`profile_trace.gaps`). Returns the state."""
+    import tempfile
+
+    import profile_trace
+
+    n = ids.shape[0]
+    prompts = sharding.to_global_batch(
+        {"prompt_tokens": ids, "prompt_lengths": np.full((n,), prompt_len, np.int32),
+         "index": np.arange(n, dtype=np.int32)}, mesh)
+    jax.block_until_ready(state.params)
+    with tempfile.TemporaryDirectory() as d:
+        with jax.profiler.trace(d):
+            rolled, _, _ = grpo.rollout_iteration(s, score_fn, state.params, prompts, 98)
+            state, metrics = update(state, rolled, None)
+            jax.block_until_ready((state.params, metrics))
+        profile_trace.gaps(d, "grpo_iteration", top)
+    return state
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--preset", default="llama-3.2-1b")
@@ -130,8 +154,23 @@ def main():
     ap.add_argument("--profile", action="store_true",
                     help="after the timed steps, a kernel profile of each phase of one more "
                     "iteration (sampling, scoring, update; bench/profile_trace.py's summary)")
+    ap.add_argument("--trace-step", action="store_true",
+                    help="after the timed steps, one more iteration as the training loop runs "
+                    "it (no sync between rollout and update) under one trace: the GPU's idle "
+                    "stretches, longest first, with the kernels around them")
+    ap.add_argument("--logits-budget-gib", type=float, default=0,
+                    help="override model.scoring.LOGITS_BUDGET_BYTES (the float32 logits a "
+                    "loss may hold at once; a larger budget means fewer chunks recomputed)")
+    ap.add_argument("--phase-sync", action="store_true",
+                    help="time each iteration alone, with a sync between rollout and update "
+                    "(reports rollout_s and update_s; their dispatch latencies are exposed); "
+                    "without it the timed iterations run back to back as `easyalign grpo` "
+                    "runs them and step_s is their mean")
     ap.add_argument("--cpu", action="store_true")
     args = ap.parse_args()
+    if args.logits_budget_gib:
+        from easyalign.model import scoring
+        scoring.LOGITS_BUDGET_BYTES = int(args.logits_budget_gib * 2**30)
     tiny = args.cpu
     name = "tiny" if tiny else args.preset
     # The anchor's tiny GRPO shape: 2 prompts × 4, 16 prompt + 16 new tokens.
@@ -182,38 +221,59 @@ def main():
     state = create_train_state(params, tx, c.train.seed, mesh)
     del params
     rows = prompts_n * group
-    times = {"sample_s": [], "rollout_s": [], "update_s": [], "step_s": []}
+    times = {"sample_s": [], "step_s": []} | (
+        {"rollout_s": [], "update_s": []} if args.phase_sync else {})
     generated = []
     with sharding.use_mesh(mesh):
         step_fn = make_train_step(grpo.make_loss(s.graphs, s.settings), tx, schedule,
                                   state_shardings(state), grad_accum=c.train.grad_accum)
         update = grpo.make_update(step_fn)
         score_fn = grpo.make_scorer(s)
-        for it in range(1, args.warmup + args.steps + 1):
+        def batch_of(it):
             lo = (it - 1) * prompts_n
-            prompts = sharding.to_global_batch(
+            return sharding.to_global_batch(
                 {"prompt_tokens": ids[lo:lo + prompts_n],
                  "prompt_lengths": np.full((prompts_n,), prompt_len, np.int32),
                  "index": np.arange(lo, lo + prompts_n, dtype=np.int32)}, mesh)
-            jax.block_until_ready(state.params)
-            start = time.perf_counter()
-            rolled, metrics, _ = grpo.rollout_iteration(s, score_fn, state.params, prompts, it)
-            jax.block_until_ready(rolled[0])
-            rolled_at = time.perf_counter()
+
+        rollout_metrics = []
+        for it in range(1, args.warmup + args.steps + 1):
+            timed = it > args.warmup
+            if it == args.warmup + 1 or args.phase_sync:
+                jax.block_until_ready(state.params)
+                start = time.perf_counter()
+            if it == args.warmup + 1:
+                loop_start = start
+            rolled, metrics, _ = grpo.rollout_iteration(s, score_fn, state.params,
+                                                        batch_of(it), it)
+            if args.phase_sync:
+                jax.block_until_ready(rolled[0])
+                rolled_at = time.perf_counter()
             state, update_metrics = update(state, rolled, None)
-            jax.block_until_ready((state.params, update_metrics))
-            end = time.perf_counter()
-            m = jax.device_get(metrics)
+            if args.phase_sync:
+                jax.block_until_ready((state.params, update_metrics))
+                end = time.perf_counter()
+                if timed:
+                    times["rollout_s"].append(rolled_at - start)
+                    times["update_s"].append(end - rolled_at)
+                    times["step_s"].append(end - start)
+            if timed:
+                rollout_metrics.append(metrics)
+            elif not args.phase_sync:
+                jax.block_until_ready((state.params, update_metrics))
+        jax.block_until_ready((state.params, update_metrics))
+        if not args.phase_sync:  # back to back, as the training loop runs them
+            times["step_s"] = [(time.perf_counter() - loop_start) / args.steps]
+        for m in jax.device_get(rollout_metrics):
             tokens = float(m["response_length"]) * rows  # generated, the stop token included
-            if it > args.warmup:
-                times["sample_s"].append(tokens / float(m["sample_tokens_per_s"]))
-                times["rollout_s"].append(rolled_at - start)
-                times["update_s"].append(end - rolled_at)
-                times["step_s"].append(end - start)
-                generated.append(tokens)
+            times["sample_s"].append(tokens / float(m["sample_tokens_per_s"]))
+            generated.append(tokens)
         loss = float(jax.device_get(update_metrics["loss"]))
         # |sampler log p − trainer log p| over the last rollout (bf16 sampler, fp32 masters)
         mismatch = float(jax.device_get(update_metrics.get("logprob_mismatch", np.nan)))
+        if args.trace_step:
+            state = trace_iteration(s, score_fn, update, state, ids[:prompts_n], prompt_len,
+                                    mesh, args.top)
         if args.profile:
             profile_phases(s, score_fn, update, state, ids[:prompts_n], prompt_len, group, new,
                            mesh, args.top)
@@ -228,11 +288,12 @@ def main():
                reward="even_words", remat=args.remat, grad_accum=args.grad_accum,
                logits_chunk=args.chunk, scan_layers=bool(args.scan), ref_dtype=args.ref_dtype,
                shared_prefix_group=s.settings.group, steps=args.steps, **med,
-               step_s_mean=statistics.mean(times["step_s"]),
+               step_s_mean=statistics.mean(times["step_s"]), phase_sync=args.phase_sync,
                sampled_tokens_per_s=sampled / med["step_s"],
                sampler_tokens_per_s=sampled / med["sample_s"],
-               update_tokens_per_s=rows * seq / med["update_s"],
-               update_mfu=flops * rows * seq / med["update_s"] / common.PEAK_FLOPS,
+               **({"update_tokens_per_s": rows * seq / med["update_s"],
+                   "update_mfu": flops * rows * seq / med["update_s"] / common.PEAK_FLOPS}
+                  if args.phase_sync else {}),
                generated_tokens_mean=statistics.mean(generated), final_loss=loss,
                logprob_mismatch=mismatch,
                peak_gib=common.peak_gib(), device=common.device_name(),

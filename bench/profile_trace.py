@@ -104,6 +104,31 @@ def timeline(trace_dir: str, label: str, steps: int, top: int) -> None:
         common.log(what="profile_collective", label=label, op=op[:120], ms=ns / 1e6 / steps)
 
 
+def gaps(trace_dir: str, label: str, top: int, at_least_us: float = 50.0) -> None:
+    """GPU 0's idle stretches of at least `at_least_us`, longest first: where a traced
+    iteration waits on its host (a sync, a dispatch, host work between jitted calls), each
+    with the kernels (and their XLA ops) on either side and its start in ms from the first
+    kernel."""
+    events = sorted(device_events(trace_dir, "/device:GPU:0"), key=lambda e: e[1])
+    if not events:
+        common.log(what="profile_gaps", label=label, error="no GPU kernels in the trace")
+        return
+    t0, end, last = events[0][1], events[0][2], events[0]
+    found = []
+    for event in events[1:]:
+        if event[1] - end >= at_least_us * 1e3:
+            found.append((event[1] - end, end, last, event))
+        if event[2] > end:
+            end, last = event[2], event
+    common.log(what="profile_gaps", label=label, gaps=len(found),
+               idle_in_gaps_ms=sum(g[0] for g in found) / 1e6,
+               span_ms=(end - t0) / 1e6)
+    for ns, start, before, after in sorted(found, key=lambda g: -g[0])[:top]:
+        common.log(what="profile_gap", label=label, ms=ns / 1e6, at_ms=(start - t0) / 1e6,
+                   before=f"{before[0][:60]} [{before[3][:40]}]",
+                   after=f"{after[0][:60]} [{after[3][:40]}]")
+
+
 def summarize(trace_dir: str, label: str, divide: int, top: int) -> None:
     per_kernel = collections.Counter()
     counts = collections.Counter()
