@@ -42,6 +42,8 @@ def get_config(preset: str = "") -> ConfigDict:
     m.scan_layers = True                 # lax.scan over layers: compile time O(1) in depth
     #                                      (False unrolls: faster steps on GPU, longer compiles)
     m.logits_chunk = 512                 # sequence chunk of vocabulary projections in losses
+    #                                      (shortened to fit scoring.logits_budget:
+    #                                       a sixth of a device's memory, >= 8 GiB)
     m.vocab_size = 0                     # 0 = from the tokenizer (scratch models only)
     m.overrides = ""                     # other ModelConfig fields: "num_layers=3,hidden_size=96"
     m.lora = ConfigDict()                # low-rank adapters (easyalign/model/lora.py)
