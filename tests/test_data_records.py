@@ -42,8 +42,10 @@ def test_sft_errors_name_record_and_field():
         normalize_sft([rec({"prompt": "p", "response": "r"}), rec({"prompt": "p"}, 3)])
     with raises(1, "response", "empty"):
         normalize_sft([rec({"prompt": "p", "response": "  "})])
-    with raises(1, "prompt", "expected a string, got int"):
+    with raises(1, "prompt", "expected a string, got the number 7"):
         normalize_sft([rec({"prompt": 7, "response": "r"})])
+    with raises(1, "response", "expected a string, got null"):  # there, not "missing"
+        normalize_sft([rec({"prompt": "p", "response": None})])
     with raises(1, "messages[1]", "content must be a string"):
         normalize_sft([rec({"messages": [{"role": "user", "content": "a"},
                                          {"role": "assistant", "content": None}]})])

@@ -141,6 +141,41 @@ def test_hf_datasets_local_file(tmp_path):
                                   Record({"prompt": "c", "response": "d"}, "hf:json:train[1]")]
 
 
+def test_a_local_dataset_directory_is_read_file_by_file(tmp_path):
+    """`hf:DIR` reads the files datasets would (split names in file names) with this module's
+    readers: records, and a bad line, name their file and line (datasets' reader named a row
+    index); a split the directory lacks is named beside the ones it has; Parquet shards name
+    their rows; a README's config pointing at other files is followed."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    d = tmp_path / "ds"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", [{"prompt": "a", "response": "b"},
+                                    {"prompt": "c", "response": "d"}])
+    write_jsonl(d / "test.jsonl.gz", [{"prompt": "e", "response": "f"}, "",
+                                      '{"prompt": "g",}'], gz=True)
+    records = load_records(SourceSpec(hf_name=str(d)))
+    assert records == [Record({"prompt": "a", "response": "b"}, f"{d}/train.jsonl:1"),
+                       Record({"prompt": "c", "response": "d"}, f"{d}/train.jsonl:2")]
+    with pytest.raises(DataError, match=re.escape(f"{d}/test.jsonl.gz:3")):
+        load_records(SourceSpec(hf_name=str(d), split="test"))
+    with pytest.raises(DataError, match=re.escape(
+            f"hf:{d}: no split 'validation' in this directory (its splits: test, train)")):
+        load_records(SourceSpec(hf_name=str(d), split="validation"))
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for i in range(2):
+        pq.write_table(pa.table({"prompt": [f"p{i}"], "response": [f"r{i}"]}),
+                       shards / f"part-{i}.parquet")
+    assert [r.where for r in load_records(SourceSpec(hf_name=str(shards)))] == [
+        f"{shards}/part-0.parquet[0]", f"{shards}/part-1.parquet[0]"]
+    (d / "README.md").write_text("---\nconfigs:\n- config_name: default\n  data_files:\n"
+                                 "  - split: train\n    path: test.jsonl.gz\n---\n")
+    with pytest.raises(DataError, match=re.escape(f"{d}/test.jsonl.gz:3")):
+        load_records(SourceSpec(hf_name=str(d)))
+
+
 def test_an_unreachable_hub_fails_at_once_in_one_line(tmp_path, monkeypatch):
     """Offline, a Hub dataset name fails in one line naming what to do, before datasets'
     retries (five with back-off, ~25 s of warnings); local paths, datasets' own builders, an

@@ -174,12 +174,28 @@ def _missing(data: dict, where: str, field: str, detail: str = "") -> DataError:
                     f": {columns_hint(field, columns, whose='its')}")
 
 
+def json_kind(value: Any) -> str:
+    """A value as its file wrote it, for errors: `null`, `true`, a number, an object, a list
+    (a JSON `null` is there, and not "missing"; Python's `NoneType` says nothing to a user)."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return f"the number {value}"
+    if isinstance(value, dict):
+        return "an object"
+    if isinstance(value, (list, tuple)):
+        return "a list"
+    return type(value).__name__
+
+
 def _string(data: dict, field: str, where: str) -> str:
     if field not in data:
         raise _missing(data, where, field)
     value = data[field]
     if not isinstance(value, str):
-        raise DataError(where, f"expected a string, got {type(value).__name__}", field=field)
+        raise DataError(where, f"expected a string, got {json_kind(value)}", field=field)
     return value
 
 
@@ -239,7 +255,7 @@ def _alpaca_prompt(data: dict, where: str) -> tuple[list[dict[str, str]], list[T
     instruction = _string(data, "instruction", where)
     extra = data.get("input")
     if extra is not None and not isinstance(extra, str):
-        raise DataError(where, f"expected a string, got {type(extra).__name__}", field="input")
+        raise DataError(where, f"expected a string, got {json_kind(extra)}", field="input")
     text = JOINER.join(part for part in (instruction, extra) if part and part.strip())
     return [{"role": "user", "content": text}], [("instruction", text, "empty prompt")]
 

@@ -14,7 +14,10 @@ say exactly which input is wrong:
 * ``"path/file.jsonl:17"``   -- JSONL and CSV: 1-based line where the record starts;
 * ``"path/file.json[3]"``    -- JSON (a top-level list): 0-based index into the list;
 * ``"path/file.parquet[3]"`` -- Parquet: 0-based row number;
-* ``"hf:name:split[3]"``     -- Hugging Face ``datasets``: 0-based row index.
+* ``"hf:name:split[3]"``     -- Hugging Face ``datasets``: 0-based row index. A local directory
+  (``hf:DIR``) of JSONL / JSON / CSV / Parquet files is read file by file with this module's
+  readers (the files and splits datasets would read: :func:`local_dataset_files`), so its
+  records name their file and line like the formats above.
 
 Text files are read as spreadsheet and Windows tools write them: a UTF-8 byte-order mark is
 dropped (a CSV header ``\\ufeffprompt`` reads as ``prompt``), ``\\r\\n`` line ends are fine, and
@@ -181,9 +184,7 @@ def load_records(spec: SourceSpec | Mapping[str, Any] | str) -> list[Record]:
 def read_rows(spec: SourceSpec | Mapping[str, Any] | str) -> list[Record]:
     """Every row of a source as it is stored (no column mapping)."""
     spec = as_spec(spec)
-    readers = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv,
-               "parquet": _read_parquet, "hf": _read_hf}
-    return [Record(data, where) for data, where in readers[spec.resolved_format()](spec)]
+    return [Record(data, where) for data, where in READERS[spec.resolved_format()](spec)]
 
 
 # ----------------------------------------------------------------------------- text files
@@ -390,7 +391,55 @@ def hub_unreachable(name: str, packaged: Iterable[str] = ()) -> str | None:
     return None
 
 
+# datasets' builders whose files this module reads itself (the `.json` builder reads JSON lines
+# and JSON lists alike; each file's own suffix picks the reader here).
+OWN_BUILDERS = ("json", "csv", "parquet")
+
+
+def local_dataset_files(spec: SourceSpec) -> list[str] | None:
+    """The files of `spec.split` that `datasets.load_dataset` would read for a local dataset
+    directory (`hf:DIR`) — its own resolution: split names in file names, a README's
+    `configs`, the builder its extensions choose — when that builder is one whose files this
+    module reads (`OWN_BUILDERS`), one configuration, no `hf_kwargs`, and every file's suffix
+    is one of `SUFFIXES`; else None (datasets reads it). Read here, a record's `where` names
+    its file and line instead of datasets' row index. Raises DataError for a split the
+    directory does not have."""
+    if spec.hf_kwargs or not Path(spec.hf_name).is_dir():
+        return None
+    from datasets.load import LocalDatasetModuleFactory  # lazy: slow to import
+
+    try:
+        module = LocalDatasetModuleFactory(spec.hf_name).get_module()
+    except Exception:  # noqa: BLE001 — datasets' own load reports whatever is wrong
+        return None
+    configs = module.builder_configs_parameters.builder_configs
+    if module.module_path.rsplit(".", 1)[-1] not in OWN_BUILDERS or len(configs) != 1:
+        return None
+    config = configs[0]
+    if getattr(config, "field", None) or not config.data_files:
+        return None
+    if spec.split not in config.data_files:
+        raise DataError(f"hf:{spec.hf_name}", f"no split {spec.split!r} in this directory "
+                        f"(its splits: {', '.join(sorted(map(str, config.data_files)))})")
+    base = Path(spec.hf_name).expanduser().resolve()
+    files = []
+    for path in config.data_files[spec.split]:
+        name = path.lower().removesuffix(".gz")
+        if not any(name.endswith(suffix) for suffix, _ in SUFFIXES):
+            return None
+        inside = (base / path).resolve()  # a README's configs name files relative to it
+        files.append(str(Path(spec.hf_name) / inside.relative_to(base))
+                     if inside.is_relative_to(base) else str(inside))
+    return files
+
+
 def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
+    files = local_dataset_files(spec)
+    if files is not None:
+        for path in files:
+            yield from READERS[SourceSpec(path=path).resolved_format()](
+                SourceSpec(path=path, encoding=spec.encoding))
+        return
     import datasets  # lazy: slow to import and only needed for this source kind
     import datasets.packaged_modules
 
@@ -409,6 +458,10 @@ def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
                         f"such dataset? {type(e).__name__}: {first})") from None
     for i, data in enumerate(ds):
         yield dict(data), f"hf:{spec.hf_name}:{spec.split}[{i}]"
+
+
+READERS = {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet,
+           "hf": _read_hf}  # format -> `(data, where)` iterator of a SourceSpec
 
 
 # ----------------------------------------------------------------------------- column mapping
