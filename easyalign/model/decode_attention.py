@@ -32,7 +32,8 @@ blocks the first reads from HBM the others read from L2. No split over the seque
 decode batch of ≥ 16 rows already gives ≥ 128 programs, and a split would need a second
 kernel to merge the partial softmaxes. Measured on an H200 at the GRPO shape (64 rows,
 Llama-3.2-1B heads): 12.3 µs per layer against cuDNN's 20.8 µs plus two 2.4 µs scatters
-(perf-notes 33).
+(perf-notes 33); 12.9 µs with RoPE inside, which removes a 1.7 µs fusion and its launch gap
+per layer (perf-notes 37).
 
 `decode_attention(..., interpret=True)` runs the same kernel through Pallas's interpreter
 (any backend): the CPU tests check it against `attention.cached_attention`.
