@@ -14,7 +14,7 @@ completions, one jitted pass scores them (reference log π_ref; policy log π_ol
 in minibatches), the responses are decoded and rewarded on the host, advantages per group — then
 `make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy keeps
 fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in the
-policy's parameter dtype (`--ref-dtype` to change). Timing: after 2 warm-up iterations
+policy's parameter dtype (`--ref-dtype` to change). Timing: after `--warmup` (2) iterations
 (compilation), `--steps` iterations run back to back as the training loop runs them (no sync
 between rollout and update, nor between iterations, beyond the loop's own: the sampler's
 output fetched for decoding); `step_s` is their mean, as the anchor reports the mean of 6 steps
@@ -23,7 +23,9 @@ after 2. `sample_s` is the sampler alone, as `rollout_batch` times it (median). 
 + scoring + decode + rewards + advantages), `update_s` and `step_s` are medians (`step_s_mean`
 beside it), and the syncs expose dispatch latencies the loop hides. Sampled tokens/s counts
 prompts × G × new tokens per step, as the anchor (a completion that stops early at `w2` still
-counts; `generated_tokens_mean` says how many were drawn).
+counts; `generated_tokens_mean` says how many were drawn per iteration, over all completions).
+`--profile` adds a kernel profile of each phase of one more iteration, `--trace-step` the GPU's
+idle stretches over one whole iteration (`profile_trace.gaps`).
 
 Not the same work as the anchor: easyalign's log-probs and entropy cover all 512 positions (TRL's
 only the 256 completion positions); at μ = 1 both take log π_old from the loss forward's detached
@@ -136,15 +138,15 @@ def trace_iteration(s, score_fn, update, state, ids, prompt_len, mesh, top):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--preset", default="llama-3.2-1b")
-    ap.add_argument("--prompts", type=int, default=8)
+    ap.add_argument("--preset", default="llama-3.2-1b", help="model shape (model.presets)")
+    ap.add_argument("--prompts", type=int, default=8, help="prompts per iteration")
     ap.add_argument("--group", type=int, default=8, help="G: completions per prompt")
-    ap.add_argument("--prompt", type=int, default=256)
-    ap.add_argument("--new", type=int, default=256)
-    ap.add_argument("--steps", type=int, default=6)
-    ap.add_argument("--warmup", type=int, default=2)
-    ap.add_argument("--remat", default="none")
-    ap.add_argument("--grad-accum", type=int, default=1)
+    ap.add_argument("--prompt", type=int, default=256, help="prompt tokens")
+    ap.add_argument("--new", type=int, default=256, help="sampled tokens per completion")
+    ap.add_argument("--steps", type=int, default=6, help="timed iterations")
+    ap.add_argument("--warmup", type=int, default=2, help="untimed iterations first (compiles)")
+    ap.add_argument("--remat", default="none", help="model.remat: none | full | dots | ...")
+    ap.add_argument("--grad-accum", type=int, default=1, help="train.grad_accum")
     ap.add_argument("--chunk", type=int, default=512, help="logits chunk (library default 512)")
     ap.add_argument("--scan", type=int, default=0, help="1: lax.scan over layers; 0: unrolled")
     ap.add_argument("--ref-dtype", default="float32", help="reference parameter dtype")
@@ -166,7 +168,9 @@ def main():
                     "(reports rollout_s and update_s; their dispatch latencies are exposed); "
                     "without it the timed iterations run back to back as `easyalign grpo` "
                     "runs them and step_s is their mean")
-    ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--cpu", action="store_true",
+                    help="a smoke run on the CPU: the tiny model at the anchor's tiny shape (2 "
+                    "prompts x 4, 16 + 16 tokens), whatever the shape flags say")
     args = ap.parse_args()
     if args.logits_budget_gib:
         from easyalign.model import scoring

@@ -87,8 +87,8 @@ def get_config(preset: str = "") -> ConfigDict:
     d.eval_fraction = 0.05               # auto: hold out this fraction of a source's records ...
     d.eval_max = 1000                    # ... at most this many (0 = no cap), never trained on
     d.eval_seed = 0                      # auto: which records are held out (not train.seed)
-    d.split = "train"                    # split for hf:NAME sources
-    d.eval_split = "test"                # split for an hf:NAME eval_source
+    d.split = "train"                    # split of an hf: source (a dataset or a directory)
+    d.eval_split = "test"                # split of an hf: eval_source
     d.tokenizer = ""                     # tokenizer dir ("" = the world's, or the HF model's)
     d.max_length = 64                    # static sequence length of every batch
     d.max_prompt_length = 0              # prompts are cut from the left to this (0 = room for the

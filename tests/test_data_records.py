@@ -44,8 +44,8 @@ def test_sft_errors_name_record_and_field():
         normalize_sft([rec({"prompt": "p", "response": "  "})])
     with raises(1, "prompt", "expected a string, got the number 7"):
         normalize_sft([rec({"prompt": 7, "response": "r"})])
-    with raises(1, "response", "expected a string, got null"):  # there, not "missing"
-        normalize_sft([rec({"prompt": "p", "response": None})])
+    with raises(1, "response", "expected a string, got an object"):
+        normalize_sft([rec({"prompt": "p", "response": {"text": "r"}})])
     with raises(1, "messages[1]", "content must be a string"):
         normalize_sft([rec({"messages": [{"role": "user", "content": "a"},
                                          {"role": "assistant", "content": None}]})])
@@ -239,6 +239,8 @@ def test_hh_dialogues_as_prompts():
 # ------------------------------------------------------------------- empty text, no preference
 EMPTY_CASES = [  # (kind, record, field, reason)
     ("sft", {"prompt": "p", "response": " "}, "response", "empty response"),
+    ("sft", {"prompt": "p", "response": None}, "response", "empty response"),  # JSON null
+    ("preference", {"prompt": "p", "chosen": "c", "rejected": None}, "rejected", "empty rejected"),
     ("sft", {"prompt": "", "response": "r"}, "prompt", "empty prompt"),
     ("sft", {"instruction": "Add.", "input": "", "output": ""}, "output", "empty response"),
     ("sft", {"messages": [user("a"), assistant(""), user("b"), assistant("c")]}, "messages[1]",

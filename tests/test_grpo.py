@@ -130,6 +130,17 @@ def test_grpo_raises_held_out_instruction_exact_match(world_runs):
     assert em[15] > em[0]
 
 
+def test_an_update_without_signal_is_one_warning_line():
+    """When every group of an update got equal rewards (a policy that solves none of its
+    prompts: the README's GRPO run after a 2-step SFT) the loss and gradient are 0: one line
+    says so and what to change; a single group with signal is no warning."""
+    line = grpo.no_signal_warning(np.array([True, True]), 1, "exact_match:1.0")
+    assert line.startswith("[grpo] warning: every group of iteration 1 got equal rewards under "
+                           "grpo.rewards='exact_match:1.0'")
+    assert "grpo.num_generations" in line
+    assert grpo.no_signal_warning(np.array([True, False]), 1, "exact_match:1.0") is None
+
+
 def test_choose_groups_puts_signal_first_then_fills():
     zero = [np.array([True, False, True]), np.array([False, True, False])]
     # Groups 0..5 over two rounds; signal: 1, 3, 5; zero-signal fill: 0, 2, 4.

@@ -522,8 +522,20 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=N
         metrics[f"reward/{name}"] = jnp.float32(v.mean())
         metrics[f"reward_std/{name}"] = jnp.float32(v.std())
     rows_out = {"tokens": scored["tokens"], "lengths": _global_rows(lengths, mesh),
-                "scores": jnp.asarray(rewards.reshape(-1))}
+                "scores": jnp.asarray(rewards.reshape(-1)), "zero_signal": chosen_zero}
     return batch, metrics, rows_out | {"prompt_lengths": prompt_lengths}
+
+
+def no_signal_warning(zero_signal: np.ndarray, it: int, rewards: str) -> str | None:
+    """The line to print when every group of iteration `it`'s update got equal rewards
+    (`zero_signal [B]` host bools): the update then has nothing to learn from — the policy
+    solves none (or all) of its prompts under `rewards` (`grpo.rewards`). None otherwise."""
+    if not zero_signal.size or not zero_signal.all():
+        return None
+    return (f"[grpo] warning: every group of iteration {it} got equal rewards under "
+            f"grpo.rewards={rewards!r} (no signal: loss and gradient are 0); the policy solves "
+            "none or all of its prompts — start from a better-trained model, sample more per "
+            "prompt (grpo.num_generations), or add a reward that grades partial success")
 
 
 def make_scorer(s: Setup):
@@ -570,10 +582,18 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
     score_fn = make_scorer(s)
     timer = UpdateTimer(rows * c.data.max_length * g.num_iterations)
 
+    warned = False
+
     def rollout_hook(it, state, prompts, writer):
+        nonlocal warned
         rolled, metrics, rows_ = rollout_iteration(
             s, score_fn, state.params, prompts, it,
             more_prompts=lambda: to_global_batch(next(s.loader), run_.mesh))
+        line = None if warned else no_signal_warning(rows_["zero_signal"], it, g.rewards)
+        if line:  # once per run
+            warned = True
+            if jax.process_index() == 0:
+                print(line, flush=True)
         if g.sample_every and it % g.sample_every == 0:
             writer.write_text(it, "samples", rollout.sample_text(
                 run_.tokenizer, {"prompt_lengths": rows_["prompt_lengths"]}, rows_,

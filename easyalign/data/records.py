@@ -47,8 +47,8 @@ message list, and the stripped final turns become ``chosen`` / ``rejected``.
 Records left out on purpose (:class:`Skip`) are collected in a :class:`Dropped` report -- one
 line per load, never a silent skip:
 
-* **empty text** (``on_empty``): a blank response, chosen/rejected, teacher_response or prompt,
-  or a blank user/assistant turn (4 of the 2,312 HH-RLHF harmless-base test pairs end with an
+* **empty text** (``on_empty``): a blank (or null) response, chosen/rejected, teacher_response
+  or prompt, or a blank user/assistant turn (4 of the 2,312 HH-RLHF harmless-base test pairs end with an
   empty Assistant turn). ``"error"`` (the default of these functions) raises a
   :class:`DataError` naming record, field and the ``data.on_empty`` key; ``"drop"`` (the
   default of the ``data.on_empty`` config key) skips the record; ``"keep"`` keeps it, and an
@@ -191,9 +191,13 @@ def json_kind(value: Any) -> str:
 
 
 def _string(data: dict, field: str, where: str) -> str:
+    """The text of a required field; a JSON `null` is an empty text (`on_empty` decides: data
+    read through datasets or Parquet writes a missing value as null)."""
     if field not in data:
         raise _missing(data, where, field)
     value = data[field]
+    if value is None:
+        return ""
     if not isinstance(value, str):
         raise DataError(where, f"expected a string, got {json_kind(value)}", field=field)
     return value

@@ -454,8 +454,9 @@ def _read_hf(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
         ds = datasets.load_dataset(spec.hf_name, split=spec.split, **dict(spec.hf_kwargs or {}))
     except (ConnectionError, OSError, ValueError) as e:
         first = " ".join(str(e).split())[:200]
-        raise DataError(f"hf:{spec.hf_name}", f"cannot load split {spec.split!r} (offline, or no "
-                        f"such dataset? {type(e).__name__}: {first})") from None
+        guess = "" if Path(spec.hf_name).is_dir() else "offline, or no such dataset? "
+        raise DataError(f"hf:{spec.hf_name}", f"cannot load split {spec.split!r} ({guess}"
+                        f"{type(e).__name__}: {first})") from None
     for i, data in enumerate(ds):
         yield dict(data), f"hf:{spec.hf_name}:{spec.split}[{i}]"
 
