@@ -83,12 +83,13 @@ def get_config(preset: str = "") -> ConfigDict:
     #                                      "PATH*N:prompt=goal,response=target" maps its columns
     #                                      as data.columns does for source
     d.eval_source = "auto"               # auto | world | path | hf:NAME | "" (no eval); auto =
-    #                                      the world's held-out files, or a held-out split of source
+    #                                      the world's held-out files, an hf:DIR's own eval_split
+    #                                      files, or a held-out split of source
     d.eval_fraction = 0.05               # auto: hold out this fraction of a source's records ...
     d.eval_max = 1000                    # ... at most this many (0 = no cap), never trained on
     d.eval_seed = 0                      # auto: which records are held out (not train.seed)
     d.split = "train"                    # split of an hf: source (a dataset or a directory)
-    d.eval_split = "test"                # split of an hf: eval_source
+    d.eval_split = "test"                # split of an hf: eval_source (auto: of an hf:DIR)
     d.tokenizer = ""                     # tokenizer dir ("" = the world's, or the HF model's)
     d.max_length = 64                    # static sequence length of every batch
     d.max_prompt_length = 0              # prompts are cut from the left to this (0 = room for the

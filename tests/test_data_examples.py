@@ -352,6 +352,26 @@ def test_a_bad_record_is_named_at_its_first_line_in_the_file(tmp_path):
             runsetup.load_examples(run, "sft", split)
 
 
+def test_auto_evaluates_a_directory_on_its_own_test_split(tmp_path, capsys):
+    """`data.eval_source=auto` on an `hf:DIR` holding `train.jsonl` and `test.jsonl` trains on
+    all of train and evaluates on test (datasets' split convention), saying so; a directory
+    with no test files holds records out of train as for any file."""
+    d = tmp_path / "ds"
+    d.mkdir()
+    write_jsonl(d / "train.jsonl", [{"prompt": f"p{i}", "response": "r"} for i in range(40)])
+    write_jsonl(d / "test.jsonl", [{"prompt": f"q{i}", "response": "r"} for i in range(3)])
+    run = run_for(f"--config.data.source=hf:{d}")
+    train = runsetup.load_examples(run, "sft", "train")
+    assert len(train) == 40
+    assert f"evaluating on the 'test' split of hf:{d}" in capsys.readouterr().out
+    assert sources(runsetup.load_examples(run, "sft", "eval")) == [
+        f"{d}/test.jsonl:{i}" for i in (1, 2, 3)]
+    (d / "test.jsonl").unlink()
+    train, held = (runsetup.load_examples(run, "sft", split) for split in ("train", "eval"))
+    assert len(train) + len(held) == 40 and 0 < len(held) < 40
+    assert "held out" in capsys.readouterr().out
+
+
 def test_a_directory_as_data_source_points_at_hf_datasets(tmp_path):
     """A directory given as `data.source` says so (it read "unknown file type") and names the
     setting that reads a directory of data files, which then loads."""

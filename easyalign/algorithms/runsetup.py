@@ -176,8 +176,9 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
 
     `data.source` feeds "train" and `data.eval_source` "eval" (a built-in source's name = its
     file for the kind and split, `data.builtin`; "" = none). The default
-    `data.eval_source="auto"` evaluates a built-in source on its own held-out files, and any
-    other on a held-out split of `data.source` (`held_out_rows`) that training does not see.
+    `data.eval_source="auto"` evaluates a built-in source on its own held-out files, a local
+    `hf:DIR` with a `data.eval_split` split of its own on that split, and any other on a
+    held-out split of `data.source` (`held_out_rows`) that training does not see.
     Records with empty text follow `data.on_empty`; whatever is skipped is printed as one
     `[data]` line.
     """
@@ -186,10 +187,14 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     source = data.eval_source if split == "eval" and not auto else data.source
     if not source:
         return []
-    spec = _source_spec(run, source, kind, split)
+    own_eval = auto and _has_eval_split(data, source)
+    spec = _source_spec(run, source, kind, split, own_eval)
     rows = side = data_sources.read_rows(spec)
-    if auto and data_builtin.resolve(source) is None:  # a built-in source holds out its own
-        side = _split_rows(run, rows, source, split)
+    if own_eval and split == "train" and run.is_main:
+        print(f"[data] evaluating on the {data.eval_split!r} split of {source} and training on "
+              f"all of {data.split!r} (data.eval_split; data.eval_source=auto)")
+    elif auto and not own_eval and data_builtin.resolve(source) is None:
+        side = _split_rows(run, rows, source, split)  # a built-in source holds out its own
     with _first_error_in_file(run, rows, spec.columns, kind):
         examples = _normalized(run, data_sources.apply_columns(side, spec.columns), kind, split,
                                source)
@@ -261,15 +266,31 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
     return examples
 
 
-def _source_spec(run: Run, source: str, kind: str, split: str) -> data_sources.SourceSpec:
+def _has_eval_split(data, source: str) -> bool:
+    """Whether `source` is a local `hf:DIR` whose files hold a `data.eval_split` split of
+    their own (`train.jsonl` beside `test.jsonl`): `auto` then evaluates on it, as datasets'
+    users expect, instead of holding records out of `data.split`."""
+    if not source.startswith("hf:") or data.eval_split == data.split:
+        return False
+    try:
+        return data_sources.local_dataset_files(
+            data_sources.SourceSpec(hf_name=source[3:], split=data.eval_split)) is not None
+    except data_sources.DataError:  # no such split
+        return False
+
+
+def _source_spec(run: Run, source: str, kind: str, split: str, own_eval: bool = False
+                 ) -> data_sources.SourceSpec:
     data = run.config.data
     builtin = data_builtin.resolve(source)
     if builtin is not None:
         return builtin.spec(run.source_dirs[source], kind, split)
     columns = _columns(data.columns)
     if source.startswith("hf:"):
-        # An explicit hf eval source reads `eval_split`; the auto split holds out of `split`.
-        hf_split = data.eval_split if split == "eval" and data.eval_source != "auto" else data.split
+        # An explicit hf eval source reads `eval_split`, and so does `auto` for a directory
+        # with that split (`own_eval`); otherwise the auto split holds out of `split`.
+        own = split == "eval" and (data.eval_source != "auto" or own_eval)
+        hf_split = data.eval_split if own else data.split
         return data_sources.SourceSpec(hf_name=source[3:], split=hf_split, columns=columns)
     return data_sources.SourceSpec(path=source, format=data.format or None, columns=columns,
                                    encoding=data.encoding)
