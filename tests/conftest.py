@@ -130,15 +130,26 @@ SHARED_FIXTURE_GROUPS = {"world_runs": "world-runs", "student_runs": "student-ru
                          "student_reward_runs": "student-runs"}
 
 
+# The groups' order at the head of the run: their tests form the suite's longest chains (the
+# world's SFT and reward runs, then the pipeline and GRPO on them: ~10 minutes on one worker),
+# so they start first and the other worker takes the rest beside them. Left in file order
+# (test_grpo, test_pipeline, test_world_pipeline come late) the chain started minutes in.
+GROUP_ORDER = ("world-runs", "student-runs")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist's own hook turns the marks into groups
 def pytest_collection_modifyitems(config, items):
+    rank = {}
     for item in items:
         groups = {SHARED_FIXTURE_GROUPS[f] for f in getattr(item, "fixturenames", ())
                   if f in SHARED_FIXTURE_GROUPS}
         if len(groups) > 1:
             raise pytest.UsageError(f"{item.nodeid} uses fixtures of two groups {groups}")
         if groups:
-            item.add_marker(pytest.mark.xdist_group(groups.pop()))
+            group = groups.pop()
+            item.add_marker(pytest.mark.xdist_group(group))
+            rank[item.nodeid] = GROUP_ORDER.index(group)
+    items.sort(key=lambda item: rank.get(item.nodeid, len(GROUP_ORDER)))  # stable
 
 
 # ----------------------------------------------------------------------------- subprocesses
