@@ -48,8 +48,8 @@ Records left out on purpose (:class:`Skip`) are collected in a :class:`Dropped` 
 line per load, never a silent skip:
 
 * **empty text** (``on_empty``): a blank (or null) response, chosen/rejected, teacher_response
-  or prompt, or a blank user/assistant turn (4 of the 2,312 HH-RLHF harmless-base test pairs end with an
-  empty Assistant turn). ``"error"`` (the default of these functions) raises a
+  or prompt, or a blank user/assistant turn (4 of the 2,312 HH-RLHF harmless-base test pairs
+  end with an empty Assistant turn). ``"error"`` (the default of these functions) raises a
   :class:`DataError` naming record, field and the ``data.on_empty`` key; ``"drop"`` (the
   default of the ``data.on_empty`` config key) skips the record; ``"keep"`` keeps it, and an
   empty response trains just the end-of-turn token ("say nothing").
