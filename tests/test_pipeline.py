@@ -23,7 +23,10 @@ def results(world_runs):
     config.pipeline.stages = STAGES
     # No KL estimate (tests/test_eval.py checks it): one sampling pass per variant less on the
     # suite's longest chain; the pipeline's eval still names the SFT model as its reference.
-    config.pipeline.overrides = (*config.pipeline.overrides, "eval:eval.kl_samples=none")
+    # Only the suites the alignment score reads (instructions, harmful, benign): facts and
+    # unknown entities are the eval tests' (tests/test_eval.py), not this chain's.
+    config.pipeline.overrides = (*config.pipeline.overrides, "eval:eval.kl_samples=none",
+                                 "eval:eval.suites=('instructions','harmful','benign')")
     pipeline.run_stages(config)
     return config, load_results(world_runs / "eval" / "results.json")
 
