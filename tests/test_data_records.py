@@ -46,9 +46,12 @@ def test_sft_errors_name_record_and_field():
         normalize_sft([rec({"prompt": 7, "response": "r"})])
     with raises(1, "response", "expected a string, got an object"):
         normalize_sft([rec({"prompt": "p", "response": {"text": "r"}})])
-    with raises(1, "messages[1]", "content must be a string"):
+    with raises(1, "messages[1]", "content must be a string, got a list"):
         normalize_sft([rec({"messages": [{"role": "user", "content": "a"},
-                                         {"role": "assistant", "content": None}]})])
+                                         {"role": "assistant", "content": [{"text": "r"}]}]})])
+    with raises(1, "messages[1]", "the message has no content"):
+        normalize_sft([rec({"messages": [{"role": "user", "content": "a"},
+                                         {"role": "assistant"}]})])
     with raises(1, "messages[0]", "expected {role in"):
         normalize_sft([rec({"messages": [{"role": "human", "content": "a"}]})])
     with raises(1, "messages", "the last message must be an assistant turn"):
@@ -246,6 +249,10 @@ EMPTY_CASES = [  # (kind, record, field, reason)
     ("sft", {"messages": [user("a"), assistant(""), user("b"), assistant("c")]}, "messages[1]",
      "empty assistant turn"),
     ("sft", {"conversations": [{"from": "human", "value": "\n"}, {"from": "gpt", "value": "c"}]},
+     "conversations[0]", "empty user turn"),
+    ("sft", {"messages": [user("a"), {"role": "assistant", "content": None}]}, "messages[1]",
+     "empty assistant turn"),  # JSON null content
+    ("sft", {"conversations": [{"from": "human", "value": None}, {"from": "gpt", "value": "c"}]},
      "conversations[0]", "empty user turn"),
     ("preference", {"prompt": "p", "chosen": "", "rejected": "r"}, "chosen", "empty chosen"),
     ("preference", {"chosen": [user("q"), assistant("a")], "rejected": [user("q"), assistant("")]},

@@ -213,18 +213,24 @@ def _nonempty(where: str, texts: Sequence[Text], keep_empty: bool) -> None:
 
 
 def _turn(m: Any, where: str, name: str) -> dict[str, str]:
+    """One message as `{role, content}`. A JSON `null` content is an empty text, as in
+    `_string` (`on_empty` decides: datasets and Parquet write a missing value as null, and
+    OpenAI-style tool-call turns carry `"content": null`); a missing content key is an error."""
     if isinstance(m, dict) and "from" in m and "role" not in m:  # ShareGPT
-        role, content = SHAREGPT_ROLES.get(m["from"]), m.get("value")
+        role, key = SHAREGPT_ROLES.get(m["from"]), "value"
         if role is None:
             raise DataError(where, f"expected ShareGPT {{from in {tuple(SHAREGPT_ROLES)}, value}}, "
                                    f"got {m!r:.80}", field=name)
     elif isinstance(m, dict) and m.get("role") in ROLES:
-        role, content = m["role"], m.get("content")
+        role, key = m["role"], "content"
     else:
         raise DataError(where, f"expected {{role in {ROLES}, content}} or ShareGPT {{from, value}},"
                                f" got {m!r:.80}", field=name)
+    if key not in m:
+        raise DataError(where, f"the message has no {key}", field=name)
+    content = "" if m[key] is None else m[key]
     if not isinstance(content, str):
-        raise DataError(where, "content must be a string", field=name)
+        raise DataError(where, f"{key} must be a string, got {json_kind(content)}", field=name)
     return {"role": role, "content": content}
 
 
