@@ -608,9 +608,10 @@ def check_data_source(config, key: str, value: str) -> None:
 
 
 def check_mix_entry(entry: str) -> None:
-    """One `data.mix` entry: `PATH[*N][:FIELD=COLUMN,...]` (`sources.parse_mix_entry`), an
+    """One `data.mix` entry: `PATH[*N][:FIELD=COLUMN,...]` (`columns.parse_mix_entry`), an
     existing file of a known suffix."""
-    from easyalign.data.sources import SUFFIXES, parse_mix_entry
+    from easyalign.data.columns import parse_mix_entry
+    from easyalign.data.sources import SUFFIXES
 
     try:
         path = parse_mix_entry(entry).path

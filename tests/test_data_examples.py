@@ -276,7 +276,7 @@ def test_mix_entries_map_their_own_columns(tmp_path):
 def test_a_partly_mapped_mix_entry_is_suggested_whole(tmp_path):
     """An entry that maps some fields but not a required one: the suggestion keeps the pairs it
     maps already, and the suggested entry, its COLUMN filled in, parses and loads."""
-    from easyalign.data.sources import MixEntry, parse_mix_entry
+    from easyalign.data.columns import MixEntry, parse_mix_entry
 
     goals = tmp_path / "goals.csv"
     goals.write_text("goal,target\n" + "".join(f"Do {i},ok\n" for i in range(20)))
@@ -306,7 +306,7 @@ def test_a_partly_mapped_mix_entry_is_suggested_whole(tmp_path):
     ("a.csv:prompt=goal,response", "'response' is not FIELD=COLUMN"),
 ])
 def test_mix_column_suffixes_are_checked(entry, message):
-    from easyalign.data.sources import MixEntry, parse_mix_entry
+    from easyalign.data.columns import MixEntry, parse_mix_entry
 
     assert parse_mix_entry("a/b.csv*5:prompt=goal, response=x+y") == MixEntry(
         "a/b.csv", 5, {"prompt": "goal", "response": "x+y"})

@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from easyalign.data.sources import (DataError, Record, SourceSpec, apply_columns,
-                                    load_records, read_rows)
+from easyalign.data.columns import apply_columns
+from easyalign.data.sources import DataError, Record, SourceSpec, load_records, read_rows
 
 SHARED = Path(os.environ.get("EASYALIGN_SHARED_DATA",
                              Path(__file__).resolve().parents[2] / "shared" / "data"))

@@ -29,6 +29,7 @@ from jax.sharding import Mesh
 
 from easyalign import config_check, distributed, sharding
 from easyalign.data import builtin as data_builtin
+from easyalign.data import columns as data_columns
 from easyalign.data import loader as data_loader
 from easyalign.data import records as data_records
 from easyalign.data import sources as data_sources
@@ -196,7 +197,7 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     elif auto and not own_eval and data_builtin.resolve(source) is None:
         side = _split_rows(run, rows, source, split)  # a built-in source holds out its own
     with _first_error_in_file(run, rows, spec.columns, kind):
-        examples = _normalized(run, data_sources.apply_columns(side, spec.columns), kind, split,
+        examples = _normalized(run, data_columns.apply_columns(side, spec.columns), kind, split,
                                source)
     if split == "train":
         for entry in data.mix:
@@ -205,7 +206,7 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
 
 
 def _normalized(run: Run, records: list, kind: str, split: str, source: str,
-                columns_key: str | data_sources.ColumnsKey = data_sources.COLUMNS_KEY
+                columns_key: str | data_columns.ColumnsKey = data_columns.COLUMNS_KEY
                 ) -> list[dict]:
     """`records` as examples of `kind`; what `data.on_empty` skips is printed as one line.
     A record that lacks a field names `columns_key` as the setting that maps one."""
@@ -222,7 +223,7 @@ def _normalized(run: Run, records: list, kind: str, split: str, source: str,
 
 @contextlib.contextmanager
 def _first_error_in_file(run: Run, rows: list, columns, kind: str,
-                         columns_key: str | data_sources.ColumnsKey = data_sources.COLUMNS_KEY):
+                         columns_key: str | data_columns.ColumnsKey = data_columns.COLUMNS_KEY):
     """Reading one side of a held-out split of `rows`: an error names the file's first bad
     record, whichever side it is on. The side alone would name its own first one, a later line
     than the one a user fixes first (the other side's would come up on the next run). The
@@ -230,7 +231,7 @@ def _first_error_in_file(run: Run, rows: list, columns, kind: str,
     try:
         yield
     except ValueError:
-        data_records.normalize(data_sources.apply_columns(rows, columns, key=columns_key), kind,
+        data_records.normalize(data_columns.apply_columns(rows, columns, key=columns_key), kind,
                                on_empty=run.config.data.on_empty,
                                dropped=data_records.Dropped(), columns_key=columns_key)
         raise
@@ -239,12 +240,12 @@ def _first_error_in_file(run: Run, rows: list, columns, kind: str,
 def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
     """The training records one `data.mix` entry adds to `data.source`'s: a file's own layout
     (detected as for `data.source`; `data.columns` describe `data.source` only, and the entry's
-    own `:FIELD=COLUMN` suffix maps the file's columns, `sources.parse_mix_entry`), less its
+    own `:FIELD=COLUMN` suffix maps the file's columns, `columns.parse_mix_entry`), less its
     held-out rows — the same `data.eval_fraction`/`eval_max`/`eval_seed` split every stage
     and the evaluation's suites take of that file, so a mixed-in file's evaluation rows are
     never trained on — then N of them drawn without replacement (seed `train.seed`)."""
     data = run.config.data
-    mix = data_sources.parse_mix_entry(entry)
+    mix = data_columns.parse_mix_entry(entry)
     path, count = mix.path, mix.count
     spec = data_sources.SourceSpec(path=path, encoding=data.encoding, columns=mix.columns)
     rows = data_sources.read_rows(spec)
@@ -258,7 +259,7 @@ def _mixed_examples(run: Run, entry: str, kind: str) -> list[dict]:
                                                                    replace=False)
         train = [train[i] for i in sorted(pick)]
     with _first_error_in_file(run, rows, spec.columns, kind, mix.key):
-        examples = _normalized(run, data_sources.apply_columns(train, spec.columns, key=mix.key),
+        examples = _normalized(run, data_columns.apply_columns(train, spec.columns, key=mix.key),
                                kind, "train", path, columns_key=mix.key)
     if run.is_main:
         print(f"[data] {kind} train: mixed in {len(examples)} of the {len(rows)} records of "
@@ -304,7 +305,7 @@ def _columns(columns) -> dict:
     if unknown:
         raise ValueError(f"data.columns: unknown field(s) {unknown}; a column mapping fills "
                          f"{', '.join(data_records.COLUMN_FIELDS)}")
-    return data_sources.parse_columns(mapping)
+    return data_columns.parse_columns(mapping)
 
 
 def _split_rows(run: Run, rows: list, source: str, split: str) -> list:

@@ -72,8 +72,8 @@ from typing import Any
 
 import numpy as np
 
-from .sources import (COLUMN_FIELDS, COLUMNS_KEY, JOINER, ColumnsKey, DataError, Record,
-                      columns_hint)
+from .columns import COLUMN_FIELDS, COLUMNS_KEY, JOINER, ColumnsKey, columns_hint
+from .sources import DataError, Record
 
 __all__ = ["COLUMN_FIELDS", "KINDS", "ON_EMPTY", "Dropped", "EmptyText", "Skip", "Unmapped",
            "normalize", "normalize_sft", "normalize_preference", "normalize_prompts",
@@ -142,7 +142,7 @@ class Unmapped(DataError):
     """A record whose layout lacks a field: the message names the record's columns, the closest
     one and the setting that can map a column to the field. ``normalize`` names that setting
     as its caller's config has it (``data.columns.prompt``, or a ``data.mix`` entry's
-    ``:prompt=COLUMN`` suffix; :class:`sources.ColumnsKey`)."""
+    ``:prompt=COLUMN`` suffix; :class:`columns.ColumnsKey`)."""
 
     def __init__(self, where: str, field: str | None, head: str, map_field: str | None,
                  tail: str, key: ColumnsKey = ColumnsKey()):
@@ -166,7 +166,7 @@ class Unmapped(DataError):
 def _missing(data: dict, where: str, field: str, detail: str = "") -> DataError:
     """A field the record's layout needs is absent: the error names the record's columns, the
     closest one and the setting that can fill the field (:class:`Unmapped`,
-    ``sources.columns_hint``, as a column mapping's own errors do)."""
+    ``columns.columns_hint``, as a column mapping's own errors do)."""
     columns = [str(k) for k in data]
     fill = "; map a column to it with " if field in COLUMN_FIELDS else "; map columns with "
     return Unmapped(where, field, f"missing{detail}{fill}",
@@ -477,7 +477,7 @@ def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",
 
     Skipped records go to ``dropped``; without one, a warning states what was dropped. A record
     that lacks a field is an :class:`Unmapped` error naming ``columns_key`` (a config key
-    prefix or a ``sources.ColumnsKey``) as the setting that maps a column to it.
+    prefix or a ``columns.ColumnsKey``) as the setting that maps a column to it.
     """
     key = columns_key if isinstance(columns_key, ColumnsKey) else ColumnsKey(columns_key)
     if kind not in _BUILDERS:

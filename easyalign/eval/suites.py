@@ -50,8 +50,8 @@ from typing import Any, Mapping
 from ml_collections import ConfigDict, FrozenConfigDict
 
 from easyalign.config_keys import parse_named_paths  # noqa: F401  (eval's variants syntax)
-from easyalign.data.sources import (DataError, apply_columns, columns_hint, file_columns,
-                                    load_records, parse_columns, read_rows)
+from easyalign.data.columns import apply_columns, columns_hint, file_columns, parse_columns
+from easyalign.data.sources import DataError, load_records, read_rows
 from easyalign.data.world import SUITES as WORLD_SUITES
 from easyalign.eval.metrics import TAGS
 
@@ -192,7 +192,7 @@ def parse_filter(spec: str, where: str = "filter") -> list[tuple[str, str, str]]
 
 def _check_columns(rows, names: list[str], where: str) -> None:
     """Every named column (its first dotted part) exists in some row, else list the columns
-    (and the closest one) as the data column mapping does (`sources.columns_hint`)."""
+    (and the closest one) as the data column mapping does (`columns.columns_hint`)."""
     present = file_columns(rows)
     for name in names:
         if name not in present and name.split(".")[0] not in present:
