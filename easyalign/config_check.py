@@ -367,7 +367,7 @@ def _model_sources(config) -> list[tuple[str, str, str]]:
         g = config.grpo
         if g.get("beta"):
             out.append(("grpo.reference", g.reference, ""))
-        if "reward_model" in _grpo_rewards(g.get("rewards", "")):
+        if "reward_model" in grpo_reward_names(g.get("rewards", "")):
             out.append(("grpo.reward_model", g.reward_model, ""))
     if phase == "distill":
         out += [(f"distill.{k}", config.distill.get(k, ""), "")
@@ -379,8 +379,8 @@ def _model_sources(config) -> list[tuple[str, str, str]]:
     return [(k, v, kind) for k, v, kind in out if v]
 
 
-def _grpo_rewards(spec: str) -> dict:
-    """The reward names of `grpo.rewards` (the reward model is `grpo_rewards.REWARD_MODEL`,
+def grpo_reward_names(spec: str) -> dict:
+    """The rewards and weights of `grpo.rewards` (the reward model is `grpo_rewards.REWARD_MODEL`,
     "reward_model"); grpo's own check names a bad entry."""
     try:
         return parse_weights(spec, "grpo.rewards")

@@ -13,7 +13,10 @@ the coordinator is reachable (TCP connect with a timeout; process 0 checks its p
 Memory per device (bytes; `t` = mesh.tensor, `s` = data × fsdp, `bp`/`bc` = bytes of the
 param / compute dtype; d, F, H, K, hd, V, L = hidden, MLP, heads, KV heads, head dim,
 vocabulary, layers; r = sequences per device per micro-batch = ⌈batch·seqs / grad_accum / s⌉,
-seqs = 2 for pairwise phases (reward, DPO); T = data.max_length):
+seqs = 2 for pairwise phases (reward, DPO); PPO's micro-batch is `ppo.minibatch_size` sequences,
+GRPO's `grpo.minibatch_size` completions or, at 0, the whole rollout (batch · G), whose
+trunk holds one P + G·R stream per group under `grpo.shared_prefix` and whose LM head sees the
+R response positions only (`grpo_activation_bytes`); T = data.max_length):
 
     params        exact: Σ over weights of the per-device block (⌈dim / mesh axes⌉ per dim,
                   by the rules of `sharding.py`) × bp
@@ -41,15 +44,18 @@ seqs = 2 for pairwise phases (reward, DPO); T = data.max_length):
     logits        the chunked LM head (`model/scoring.py`): logits and their gradient of one
                   chunk, 2 · r · min(T, c) · V/t · 4, c = `model.logits_chunk` as
                   `scoring.fit_chunk` shortens it for large batches
-    frozen models DPO's live reference, PPO's reference and reward model, the distillation
+    frozen models DPO's live reference, PPO's reference and reward model, GRPO's reference
+                  (β > 0) and reward model (a `reward_model` reward), the distillation
                   teacher: their params (× bp); PPO's value model is trained (params, optimizer,
                   gradients, activations)
     LoRA          (`model.lora.rank` > 0) params count the base in `model.lora.base_dtype` and
                   the adapters; optimizer and gradients only the adapters (and a reward head);
                   a reference that is the policy's own base (DPO live, PPO's @sft) costs nothing
-    KV cache      phases that sample (PPO, on-policy distillation, generate, teacher-data):
-                  2 · L · r · (T + new tokens) · K/t · hd · bc; inference phases count params,
-                  cache and one prefill layer instead of the training terms
+    KV cache      phases that sample (PPO, GRPO, on-policy distillation, generate,
+                  teacher-data): 2 · L · r · (T + new tokens) · K/t · hd · bc, r the rows
+                  sampled per device (GRPO: batch · G / s; its T holds the new tokens);
+                  inference phases count params, cache and one prefill layer instead of the
+                  training terms
 
 Not counted: XLA's temporary workspace, fragmentation and the CUDA context (keep ~10% free).
 """
@@ -66,12 +72,12 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from easyalign import sharding
+from easyalign import config_check, sharding
 from easyalign.model.config import ModelConfig
 
 GiB = 1024 ** 3
 # Phases that train, with the sequences each example contributes to a forward pass.
-TRAINING = {"sft": 1, "reward": 2, "dpo": 2, "ppo": 1, "distill": 1}
+TRAINING = {"sft": 1, "reward": 2, "dpo": 2, "ppo": 1, "grpo": 1, "distill": 1}
 # Phases that only sample: block holding the model path and the batch.
 INFERENCE = {"generate": ("generate", "model"), "teacher_data": ("teacher_data", "teacher")}
 # Bytes per attention-score element the xla attention keeps for the backward pass: fp32 scores
@@ -238,9 +244,28 @@ def extra_models(config, policy: ModelConfig) -> list[dict]:
         return ([] if same_base else [load("reference", p.reference, "lm", False)]) + [
                 load("reward model", p.reward_model, "scalar", False),
                 load("value model", p.value_model, "scalar", True)]
+    if config.phase == "grpo":
+        g = config.grpo
+        same_base = policy.lora is not None and g.reference == config.model.path
+        reference = [] if same_base or not g.beta else [load("reference", g.reference, "lm", False)]
+        rewards = config_check.grpo_reward_names(g.rewards)
+        return reference + ([load("reward model", g.reward_model, "scalar", False)]
+                            if "reward_model" in rewards else [])
     if config.phase == "distill":
         return [load("teacher", config.distill.teacher, "lm", False)]
     return []
+
+
+def step_sequences(config) -> int:
+    """Sequences one optimizer step trains on (before `train.grad_accum` splits them): PPO's
+    and GRPO's minibatch (GRPO's whole rollout of batch · G completions at 0), otherwise the
+    batch times the phase's sequences per example (2 for pairs)."""
+    if config.phase == "ppo":
+        return config.ppo.minibatch_size
+    if config.phase == "grpo":
+        return (config.grpo.minibatch_size
+                or config.train.batch_size * config.grpo.num_generations)
+    return config.train.batch_size * TRAINING[config.phase]
 
 
 def divisibility(model: ModelConfig, mesh: dict, rows: int) -> list[str]:
@@ -356,6 +381,25 @@ def activation_bytes(model: ModelConfig, rows: int, length: int, t: int, shards:
             * model.vocab_size / t * 4}
 
 
+def grpo_activation_bytes(config, model: ModelConfig, t: int, shards: int = 1,
+                          device_memory: int | None = None) -> dict:
+    """`activation_bytes` of GRPO's update, by the library's own rules
+    (`algorithms.grpo.minibatch_rows`, `shared_prefix_group`): the trunk over each micro-batch's
+    completions, P + R positions each, or — with the shared prefix — over one stream per group
+    of G, P + G·R positions (P = data.max_length − R, R = grpo.max_new_tokens); the LM head
+    over each completion's R response positions alone (`rollout.response_span`)."""
+    from easyalign.algorithms import grpo
+
+    R = config.grpo.max_new_tokens
+    P = config.data.max_length - R
+    completions = math.ceil(grpo.minibatch_rows(config) / config.train.grad_accum / shards)
+    G = grpo.shared_prefix_group(config, model)
+    trunk = activation_bytes(model, math.ceil(completions / G), P + G * R, t, shards,
+                             device_memory)
+    trunk["logits"] = activation_bytes(model, completions, R, t, shards, device_memory)["logits"]
+    return trunk
+
+
 def logits_chunk(model: ModelConfig, rows: int, length: int, shards: int = 1,
                  device_memory: int | None = None) -> int:
     """The sequence chunk the losses project to the vocabulary at a time: the library's own
@@ -388,9 +432,7 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict,
                                          + SCORE_BYTES * model.num_heads / t * length)
         return out
     train = config.train
-    sequences = config.ppo.minibatch_size if config.phase == "ppo" else (
-        train.batch_size * TRAINING[config.phase])
-    rows = math.ceil(sequences / train.grad_accum / shards)
+    rows = math.ceil(step_sequences(config) / train.grad_accum / shards)
     out.update(dict.fromkeys(("optimizer", "gradients", "activations", "logits"), 0))
     for m in [model] + [x["config"] for x in extras if x["trained"]]:
         p = params if m is model else parameter_bytes(m, mesh)
@@ -399,7 +441,9 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict,
         out["optimizer"] += optimizer_bytes(config.optim, trained)
         fp32_grads = trained["per_device"] / np.dtype(m.param_dtype).itemsize * 4
         out["gradients"] += fp32_grads * (2 if train.grad_accum > 1 else 1)
-        act = activation_bytes(m, rows, length, t, shards, device_memory)
+        act = (grpo_activation_bytes(config, m, t, shards, device_memory)
+               if config.phase == "grpo" else activation_bytes(m, rows, length, t, shards,
+                                                                device_memory))
         out["logits"] += act.pop("logits")
         out["activations"] += sum(act.values())
     if mesh["fsdp"] > 1:
@@ -410,6 +454,9 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict,
         out["frozen_models"] = sum(parameter_bytes(m, mesh)["per_device"] for m in frozen)
     if config.phase == "ppo" or (config.phase == "distill" and config.distill.mode == "on_policy"):
         out["kv_cache"] = kv_cache_bytes(model, math.ceil(train.batch_size / shards), length, t)
+    if config.phase == "grpo":  # G completions of each prompt, the new tokens inside T
+        sampled = train.batch_size * config.grpo.num_generations
+        out["kv_cache"] = kv_cache_bytes(model, math.ceil(sampled / shards), length, t)
     return out
 
 
@@ -460,8 +507,7 @@ def diagnose(config) -> dict:
     if mesh is None:
         return report
     if config.phase in TRAINING:
-        sequences = TRAINING[config.phase] * config.train.batch_size // config.train.grad_accum
-        notes.extend(divisibility(model, mesh, sequences))
+        notes.extend(divisibility(model, mesh, step_sequences(config) // config.train.grad_accum))
     # The logits' chunks follow the device memory the library itself would see: the GPU's
     # allocator limit, or the memory the plan names (on the CPU it budgets its fixed floor).
     chunk_memory = devs["memory_bytes"] if devs["memory_source"] in (

@@ -173,6 +173,45 @@ def test_dpo_live_reference_and_generate_are_sized(tmp_path):
     assert gen["memory"]["per_device"]["kv_cache"] == 2 * 2 * 4 * 528 * 2 * 16 * 2
 
 
+def test_grpo_is_sized_with_its_frozen_models_rollout_cache_and_minibatch():
+    """GRPO with β > 0 and a reward-model reward: the reference and the reward model are frozen
+    extras (their @stages absent here: the policy's shape is assumed), the sampler's KV cache
+    holds batch · G rows of data.max_length positions, and the update trains on the whole
+    rollout unless grpo.minibatch_size cuts it."""
+    base = ["--config=configs/doctor.py:grpo", "--config.workdir=/nonexistent/grpo",
+            "--config.model.init=scratch", "--config.model.vocab_size=1024",
+            "--config.doctor.devices=1", "--config.grpo.beta=0.04",
+            "--config.grpo.rewards=world:1.0,reward_model:0.5", "--config.train.batch_size=4",
+            "--config.grpo.num_generations=8", "--config.data.max_length=96"]
+    whole = doctor.diagnose(load_config(base))
+    assert [x["role"] for x in whole["extra_models"]] == ["reference", "reward model"]
+    memory = whole["memory"]["per_device"]
+    assert memory["frozen_models"] > memory["params"]  # two frozen models of the policy's size
+    m = preset("world-teacher", vocab_size=1024)
+    itemsize = jnp.dtype(whole["model"]["dtype"]).itemsize
+    # K and V: layers × (4 prompts × 8 completions) rows × 96 positions × kv heads × head dim.
+    assert memory["kv_cache"] == 2 * m.num_layers * 32 * 96 * m.num_kv_heads * m.head_dim * itemsize
+    quarter = doctor.diagnose(load_config(base + ["--config.grpo.minibatch_size=8"]))
+    # 32 completions per step → 8: every per-sequence activation term shrinks 4×.
+    assert quarter["memory"]["per_device"]["activations"] == pytest.approx(
+        memory["activations"] / 4, rel=0.05)
+    no_reference = doctor.diagnose(load_config(base + ["--config.grpo.beta=0.0"]))
+    assert [x["role"] for x in no_reference["extra_models"]] == ["reward model"]
+    # The trunk's positions: 32 rows of P + R = 96, or with the shared prefix 4 streams of
+    # P + G·R = 64 + 8 · 32 (grpo.max_new_tokens 32); the head: 32 × 32 response positions.
+    rows = doctor.diagnose(load_config(base + ["--config.grpo.shared_prefix=False"]))
+    model = preset("world-teacher", vocab_size=1024, dtype=whole["model"]["dtype"],
+                   attention_impl=whole["model"]["attention_impl"])
+
+    def trunk(n, length):
+        act = doctor.activation_bytes(model, n, length, 1)
+        return act["layers"] + act["recompute"] + act["residual_grads"]
+
+    assert rows["memory"]["per_device"]["activations"] == trunk(32, 96)
+    assert memory["activations"] == trunk(4, 64 + 8 * 32)
+    assert memory["logits"] == doctor.activation_bytes(model, 32, 32, 1)["logits"]
+
+
 def test_coordinator_check():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
