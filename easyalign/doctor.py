@@ -72,7 +72,7 @@ import jax
 import numpy as np
 from ml_collections import ConfigDict
 
-from easyalign import config_check, sharding
+from easyalign import config_paths, sharding
 from easyalign.model.config import ModelConfig
 
 GiB = 1024 ** 3
@@ -248,7 +248,7 @@ def extra_models(config, policy: ModelConfig) -> list[dict]:
         g = config.grpo
         same_base = policy.lora is not None and g.reference == config.model.path
         reference = [] if same_base or not g.beta else [load("reference", g.reference, "lm", False)]
-        rewards = config_check.grpo_reward_names(g.rewards)
+        rewards = config_paths.grpo_reward_names(g.rewards)
         return reference + ([load("reward model", g.reward_model, "scalar", False)]
                             if "reward_model" in rewards else [])
     if config.phase == "distill":

@@ -207,7 +207,8 @@ def check_stages(pending: list[tuple[str, object]]) -> None:
     (`config_check.validate`: keys, values, files, `@stage` references — those to this
     pipeline's stages count as present): a bad path in `pipeline.overrides` fails now, naming
     its stage, not after the stages before it have trained."""
-    from easyalign.config_check import ConfigError, planned_stages, validate
+    from easyalign.config_check import ConfigError, validate
+    from easyalign.config_paths import planned_stages
 
     with planned_stages(Path(config.workdir) for _, config in pending):
         for name, config in pending:

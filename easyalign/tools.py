@@ -130,7 +130,7 @@ def _convert(args: list[str]) -> None:
     if fv.from_hf is not None:
         if not (Path(fv.from_hf) / "config.json").is_file():
             raise ToolError(f"--from_hf={fv.from_hf}: no config.json (not an HF model directory)")
-        from easyalign.config_check import check_hf_dir
+        from easyalign.config_paths import check_hf_dir
 
         check_hf_dir(Path(fv.from_hf), "--from_hf", tokenizer=False)
         from easyalign.hf.peft import PeftAdapterError

@@ -316,14 +316,14 @@ def test_mix_column_suffixes_are_checked(entry, message):
 
 
 def test_mix_paths_are_checked_before_the_run(tmp_path):
-    from easyalign import config_check
+    from easyalign import config_check, config_paths
 
     config = load_config(["--config=configs/ppo.py:tiny",
                           f"--config.data.mix=('{tmp_path}/nothing.jsonl*5',)"])
     with pytest.raises(config_check.ConfigError, match=r"data.mix: .*no such file"):
-        config_check.check_mix_entry(config.data.mix[0])
+        config_paths.check_mix_entry(config.data.mix[0])
     with pytest.raises(config_check.ConfigError, match=r"is a directory; name one file in it"):
-        config_check.check_mix_entry(f"{tmp_path}*5")
+        config_paths.check_mix_entry(f"{tmp_path}*5")
 
 
 def test_a_bad_record_is_named_at_its_first_line_in_the_file(tmp_path):
@@ -375,7 +375,7 @@ def test_auto_evaluates_a_directory_on_its_own_test_split(tmp_path, capsys):
 def test_a_directory_as_data_source_points_at_hf_datasets(tmp_path):
     """A directory given as `data.source` says so (it read "unknown file type") and names the
     setting that reads a directory of data files, which then loads."""
-    from easyalign import config_check
+    from easyalign import config_check, config_paths
     from easyalign.data.sources import SourceSpec, load_records
 
     (tmp_path / "shards").mkdir()
@@ -387,11 +387,11 @@ def test_a_directory_as_data_source_points_at_hf_datasets(tmp_path):
     with pytest.raises(config_check.ConfigError, match=re.escape(
             f"{key}={value}: a directory; name one file in it, or read the directory's data "
             f"files with HF datasets: {key}=hf:{value}")):
-        config_check.check_data_source(config, key, value)
-    config_check.check_data_source(config, key, f"hf:{value}")
+        config_paths.check_data_source(config, key, value)
+    config_paths.check_data_source(config, key, f"hf:{value}")
     with pytest.raises(config_check.ConfigError, match=re.escape(  # a misspelled local path
             f"{key}=hf:{value}x: no such file or directory {value}x")):
-        config_check.check_data_source(config, key, f"hf:{value}x")
+        config_paths.check_data_source(config, key, f"hf:{value}x")
     records = load_records(SourceSpec(hf_name=value))  # what runsetup makes of hf:PATH
     assert sorted(r.data["prompt"] for r in records) == ["p0", "p1"]
 
