@@ -29,10 +29,7 @@ import difflib
 from typing import Iterable
 
 from easyalign.config_keys import ConfigError, check_choice, flat_keys  # noqa: F401
-
-TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
-# The phases whose workdir another stage may name as `@<phase>` (a model, or teacher data).
-PRODUCING_PHASES = TRAINING_PHASES + ("teacher_data",)
+from easyalign.config_paths import TRAINING_PHASES, check_paths
 # Commands whose config is a phase config, and the `phase` value it carries.
 COMMAND_PHASES = {"teacher-data": "teacher_data", "ablate": "ablate"}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -122,8 +119,6 @@ def validate(config, command: str | None = None, *, devices: bool | int = False,
         _check_path_is_read(config.model, phase)
     _check_names(config)
     if paths:
-        from easyalign.config_paths import check_paths
-
         check_paths(config)
     return warnings
 

@@ -24,8 +24,11 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-from easyalign.config_check import PRODUCING_PHASES, TRAINING_PHASES
 from easyalign.config_keys import ConfigError, parse_named_paths, parse_weights
+
+TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
+# The phases whose workdir another stage may name as `@<phase>` (a model, or teacher data).
+PRODUCING_PHASES = TRAINING_PHASES + ("teacher_data",)
 
 
 def check_paths(config) -> None:

@@ -4,8 +4,9 @@ included) goes to the same layer or a lower one, and no two units import each ot
     config_keys, sharding, distributed            (foundations)
     model, losses, data, hf                        (what is trained, on what, from where)
     train, sampler                                 (the loop and the decoder)
-    algorithms, config_check                       (the phases; config_check validates their
-                                                    configs against the registries below)
+    algorithms, config_check, config_paths         (the phases; config_check validates their
+                                                    configs against the registries below,
+                                                    config_paths the files they name)
     eval                                           (evaluation of trained models)
     pipeline, stages, tools, doctor, cli           (front-ends)
 
@@ -20,7 +21,7 @@ LAYERS = [
     {"config_keys", "sharding", "distributed"},
     {"model", "losses", "data", "hf"},
     {"train", "sampler"},
-    {"algorithms", "config_check"},
+    {"algorithms", "config_check", "config_paths"},
     {"eval"},
     {"pipeline", "stages", "tools", "doctor", "cli", "__main__", "__init__"},
 ]
