@@ -12,12 +12,13 @@ the file or directory that is missing or broken:
   (`sharding.resolve_mesh_shape`, the rule the run uses);
 * names: every enum-like key (`model.init`, `optim.name`, `dpo.loss_type`, ...) is checked
   against the registry the code looks it up in, naming the bad value and the choices;
-* paths (`config_paths.py`): the model a run loads (`model.path`, PPO's, GRPO's and distillation's frozen
-  models) exists, is complete (`model_config.json`, an HF `config.json` that parses,
-  safetensors files whose headers and sizes agree, tokenizer files), the data file exists and
-  its format is known, and the workdir can be written. Every `@stage` reference (those keys,
-  `distill.teacher_data`, eval's and latency's variants) goes through `check_stage_reference`:
-  one line naming the key, the missing path, the command that makes it and the key to set.
+* paths (`config_paths.py`): the model a run loads (`model.path`, PPO's, GRPO's and
+  distillation's frozen models) exists, is complete (`model_config.json`, an HF `config.json`
+  that parses, safetensors files whose headers and sizes agree, tokenizer files), the data file
+  exists and its format is known, and the workdir can be written. Every `@stage` reference
+  (those keys, `distill.teacher_data`, eval's and latency's variants) goes through
+  `check_stage_reference`: one line naming the key, the missing path, the command that makes it
+  and the key to set.
 
 `suggest_key(name, known)` answers a key HF/TRL users type (`learning_rate`,
 `per_device_train_batch_size`, `num_train_epochs`, ...) with ours.
