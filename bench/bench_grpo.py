@@ -48,7 +48,7 @@ from flax import nnx
 
 from configs import grpo as grpo_config
 from easyalign import sharding
-from easyalign.algorithms import grpo, grpo_rewards, rollout, runsetup
+from easyalign.algorithms import grpo, grpo_rewards, grpo_rollout, rollout, runsetup
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.model import create_model, preset
 from easyalign.train import optim
@@ -89,7 +89,7 @@ def profile_phases(s, score_fn, update, state, ids, prompt_len, group, new, mesh
     prompts = sharding.to_global_batch(
         {"prompt_tokens": ids, "prompt_lengths": np.full((n,), prompt_len, np.int32),
          "index": np.arange(n, dtype=np.int32)}, mesh)
-    rep = grpo.repeat_prompts(prompts, group)
+    rep = grpo_rollout.repeat_prompts(prompts, group)
     holder = {"state": state}  # the update donates its state: keep the one it returns
     sample = lambda: rollout.sample(  # noqa: E731
         s.graphs, holder["state"].params, prompts, jax.random.key(9), max_new_tokens=new,

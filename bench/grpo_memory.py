@@ -26,7 +26,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from configs import grpo as grpo_config
 from easyalign import losses, sampler, sharding
-from easyalign.algorithms import grpo, rollout
+from easyalign.algorithms import grpo, grpo_rollout, rollout
 from easyalign.model import abstract_model, preset
 from easyalign.train import optim
 from easyalign.train.state import TrainState, opt_state_shardings, state_shardings
@@ -111,9 +111,9 @@ def main():
                                              per_prompt["prompt_lengths"], key).compile()
             report("sample", compiled, **shape)
         if "score" in pieces:
-            score_fn = (grpo.make_score_fn(graphs, 0, 2, losses.GRPOSettings.from_config(g),
+            score_fn = (grpo_rollout.make_score_fn(graphs, 0, 2, losses.GRPOSettings.from_config(g),
                                            old_logps=scored_old)
-                        if new_api else grpo.make_score_fn(graphs, 0, 2))
+                        if new_api else grpo_rollout.make_score_fn(graphs, 0, 2))
             compiled = (score_fn.lower(params, {"reference": ref_params}, prompts, gen, 1)
                         if new_api else score_fn.lower(params, {"reference": ref_params}, prompts,
                                                        gen)).compile()

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import host, phase_config
-from easyalign.algorithms import grpo, grpo_rewards
+from easyalign.algorithms import grpo, grpo_rewards, grpo_rollout
 
 QUIET = dict(train__plot=False, train__async_checkpointing=False)
 
@@ -134,18 +134,18 @@ def test_an_update_without_signal_is_one_warning_line():
     """When every group of an update got equal rewards (a policy that solves none of its
     prompts: the README's GRPO run after a 2-step SFT) the loss and gradient are 0: one line
     says so and what to change; a single group with signal is no warning."""
-    line = grpo.no_signal_warning(np.array([True, True]), 1, "exact_match:1.0")
+    line = grpo_rollout.no_signal_warning(np.array([True, True]), 1, "exact_match:1.0")
     assert line.startswith("[grpo] warning: every group of iteration 1 got equal rewards under "
                            "grpo.rewards='exact_match:1.0'")
     assert "grpo.num_generations" in line
-    assert grpo.no_signal_warning(np.array([True, False]), 1, "exact_match:1.0") is None
+    assert grpo_rollout.no_signal_warning(np.array([True, False]), 1, "exact_match:1.0") is None
 
 
 def test_choose_groups_puts_signal_first_then_fills():
     zero = [np.array([True, False, True]), np.array([False, True, False])]
     # Groups 0..5 over two rounds; signal: 1, 3, 5; zero-signal fill: 0, 2, 4.
-    np.testing.assert_array_equal(grpo.choose_groups(zero, 3), [1, 3, 5])
-    np.testing.assert_array_equal(grpo.choose_groups(zero, 5), [1, 3, 5, 0, 2])
+    np.testing.assert_array_equal(grpo_rollout.choose_groups(zero, 3), [1, 3, 5])
+    np.testing.assert_array_equal(grpo_rollout.choose_groups(zero, 5), [1, 3, 5, 0, 2])
 
 
 def test_dynamic_sampling_refills_zero_signal_groups(world_runs):
@@ -168,16 +168,16 @@ def test_dynamic_sampling_refills_zero_signal_groups(world_runs):
     drawn = iter(batches[1:])
     rng = jax.random.key(5)
     with sharding.use_mesh(s.run.mesh):
-        batch, metrics, _ = grpo.rollout_batch(s, score_fn, s.params, to_global(batches[0]),
+        batch, metrics, _ = grpo_rollout.rollout_batch(s, score_fn, s.params, to_global(batches[0]),
                                                rng, more_prompts=lambda: to_global(next(drawn)))
         rounds = int(metrics["sampling_rounds"])
         assert rounds > 1  # the SFT model's first round has zero-signal groups
-        singles = [grpo.sample_round(s, score_fn, s.params, to_global(batches[r]),
+        singles = [grpo_rollout.sample_round(s, score_fn, s.params, to_global(batches[r]),
                                      rng if r == 0 else jax.random.fold_in(rng, r))
                    for r in range(rounds)]
     zero = [np.asarray(grpo_losses.zero_signal_groups(r.rewards)) for r in singles]
     assert sum(int((~z).sum()) for z in zero[:-1]) < B  # each extra round was needed
-    groups = grpo.choose_groups(zero, B)
+    groups = grpo_rollout.choose_groups(zero, B)
     tokens = np.concatenate([np.asarray(r.scored["tokens"]) for r in singles])
     rows = (groups[:, None] * G + np.arange(G)).reshape(-1)
     np.testing.assert_array_equal(np.asarray(batch["tokens"]), tokens[rows])
@@ -258,7 +258,7 @@ def test_detached_old_logps_give_the_same_loss_and_gradients(tmp_path, full_fp32
     gen = sampler.Generation(tokens=tokens[:, 4:], logprobs=jnp.zeros((rows, width - 4)),
                              lengths=jnp.full((rows,), 3), done=jnp.ones((rows,), bool))
     prompts = {"prompt_tokens": tokens[:, :4], "prompt_lengths": jnp.full((rows,), 4)}
-    scored_keys = jax.eval_shape(grpo.make_score_fn(graphs, 0, 2, settings, old_logps=False),
+    scored_keys = jax.eval_shape(grpo_rollout.make_score_fn(graphs, 0, 2, settings, old_logps=False),
                                  params, {}, prompts, gen, 1).keys()
     assert scored_keys == {"tokens", "mask", "sampler_logps"}
 
