@@ -26,13 +26,16 @@ from __future__ import annotations
 
 import ast
 import importlib
+import re
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 import jax
 
 from easyalign import stages as stage_table
 from easyalign.algorithms import runsetup
+from easyalign.config_keys import ConfigError
 from easyalign.hf import models
 from easyalign.train import rundir
 
@@ -56,23 +59,37 @@ def parse_stage(spec: str, default_preset: str) -> tuple[str, str, str]:
     return name, command, preset or ("" if command in ("eval", "latency") else default_preset)
 
 
-def parse_overrides(entries) -> dict[str, list[tuple[str, object]]]:
-    """`stage:key=value` strings → {stage: [(key, value)]}; values parsed as Python literals."""
-    out: dict[str, list[tuple[str, object]]] = {}
+class Override(NamedTuple):
+    """One `pipeline.overrides` entry: the key it sets, the value, and the entry as written
+    (what an error about it quotes)."""
+
+    key: str
+    value: object
+    entry: str
+
+
+def parse_overrides(entries) -> dict[str, list[Override]]:
+    """`stage:key=value` strings → {stage: [Override]}; values parsed as Python literals (a
+    value that is no literal stays the string written, as `*:model.dtype=bfloat16`)."""
+    out: dict[str, list[Override]] = {}
     for entry in entries:
+        if not isinstance(entry, str):
+            raise ConfigError(f"pipeline.overrides entry {entry!r}: expected a string "
+                              "'stage:key=value'")
         stage, _, assignment = entry.partition(":")
         key, eq, raw = assignment.partition("=")
         if not eq:
-            raise ValueError(f"pipeline.overrides entry {entry!r}: expected stage:key=value")
+            raise ConfigError(f"pipeline.overrides entry {entry!r}: expected stage:key=value")
         try:
             value = ast.literal_eval(raw)
-        except (ValueError, SyntaxError):
+        except (ValueError, SyntaxError, TypeError, MemoryError, RecursionError):
             value = raw
-        out.setdefault(stage, []).append((key, value))
+        out.setdefault(stage, []).append(Override(key.strip(), value, entry))
     return out
 
 
-def _set(config, dotted: str, value, *, missing_ok: bool = False, stage: str = "") -> None:
+def _set(config, override: Override, *, missing_ok: bool = False, stage: str = "") -> None:
+    dotted, value = override.key, override.value
     if not _has(config, dotted):
         if missing_ok:
             return
@@ -80,13 +97,37 @@ def _set(config, dotted: str, value, *, missing_ok: bool = False, stage: str = "
         from easyalign.config_keys import flat_keys
 
         hint = suggest_key(dotted, flat_keys(config))
-        raise ValueError(f"pipeline.overrides: stage {stage} has no config key {dotted!r}"
-                         + (f"; {hint}" if hint else ""))
+        raise ConfigError(f"pipeline.overrides: stage {stage} has no config key {dotted!r}"
+                          + (f"; {hint}" if hint else ""))
     *parents, leaf = dotted.split(".")
     node = config
     for part in parents:
         node = node[part]
-    node[leaf] = value
+    try:
+        node[leaf] = value
+    except (TypeError, ValueError):  # ml_collections refuses a value of another type
+        raise _type_error(override, node[leaf], stage) from None
+
+
+def _type_error(override: Override, current, stage: str) -> ConfigError:
+    """One line for an override whose value does not fit its key's type: the entry, the key,
+    the type it takes and the value's. Two entries without a comma between them are one string
+    to Python (`'*:a=1' '*:b=2'`), which is the usual cause: said when the value looks so."""
+    value = override.value
+    message = (f"pipeline.overrides entry {override.entry!r}"
+               + (f" (stage {stage})" if stage else "")
+               + f": {override.key} takes {_type_name(current)}, got {value!r} "
+               f"({_type_name(value)})")
+    if isinstance(value, str) and re.search(r"[\w*]:[\w.]+=", value):
+        message += "; a missing comma between two entries?"
+    return ConfigError(message)
+
+
+def _type_name(value) -> str:
+    if hasattr(value, "keys"):
+        return "a block of keys"
+    name = type(value).__name__
+    return f"{'an' if name[0] in 'aeiou' else 'a'} {name}"
 
 
 def _has(config, dotted: str) -> bool:
@@ -107,10 +148,10 @@ def stage_config(pipe, name: str, command: str, preset: str, overrides):
         config[block] = pipe[block]
     config.data.world = pipe.data.world
     config.train.progress_bar = pipe.train.progress_bar
-    for key, value in overrides.get("*", []):
-        _set(config, key, value, missing_ok=True)
-    for key, value in overrides.get(name, []):
-        _set(config, key, value, stage=name)
+    for override in overrides.get("*", []):
+        _set(config, override, missing_ok=True, stage=name)
+    for override in overrides.get(name, []):
+        _set(config, override, stage=name)
     return config
 
 
@@ -169,11 +210,12 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
     overrides = parse_overrides(p.overrides)
     unknown = set(overrides) - {name for name, _, _ in stages} - {"*"}
     if unknown:
-        raise ValueError(f"pipeline.overrides names unknown stage(s) {sorted(unknown)}")
+        raise ConfigError(f"pipeline.overrides names unknown stage(s) {sorted(unknown)}")
     configs = [stage_config(pipe, *stage, overrides) for stage in stages]
-    for key, _ in overrides.get("*", []):
-        if not any(_has(config, key) for config in configs):
-            raise ValueError(f"pipeline.overrides: no stage has the config key {key!r} ('*:')")
+    for override in overrides.get("*", []):
+        if not any(_has(config, override.key) for config in configs):
+            raise ConfigError(f"pipeline.overrides: no stage has the config key "
+                              f"{override.key!r} ('*:')")
     for (name, command, preset), config in zip(stages, configs):
         if command == "eval":
             _configure_eval(config, pipe, stages)

@@ -34,3 +34,32 @@ def test_unknown_stage_or_key_is_named(tmp_path):
     config.pipeline.overrides = ("sftt:train.steps=3",)
     with pytest.raises(ValueError, match=r"unknown stage\(s\) \['sftt'\]"):
         pipeline.run_stages(config)
+
+
+@pytest.mark.parametrize("entries, stage, key, takes, got", [
+    # Two entries without a comma: Python joins the strings into one entry.
+    (("*:train.steps=2" "*:train.batch_size=4",), "base", "train.steps", "an int",
+     "'2*:train.batch_size=4' (a str)"),
+    (("sft:train.steps=1.5",), "sft", "train.steps", "an int", "1.5 (a float)"),
+    (("*:optim.lr=fast",), "base", "optim.lr", "a float", "'fast' (a str)"),
+    (("dpo:train.progress_bar='yes'",), "dpo", "train.progress_bar", "a bool",
+     "'yes' (a str)"),
+    (("*:data.world=3",), "base", "data.world", "a block of keys", "3 (an int)"),
+])
+def test_a_value_of_the_wrong_type_is_one_line_naming_entry_and_key(entries, stage, key, takes,
+                                                                     got):
+    """Every override value ml_collections refuses (any key, any type) is a ValueError (the
+    CLI's one line) quoting the entry and naming the key and the type it takes, not
+    ml_collections' TypeError (the CLI's "internal error")."""
+    with pytest.raises(ValueError) as excinfo:
+        stage_configs(*entries)
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert message.startswith(f"pipeline.overrides entry {entries[0]!r} (stage {stage}): "
+                              f"{key} takes {takes}, got {got}")
+    assert message.endswith("a missing comma between two entries?") == ("*:train" in got)
+
+
+def test_an_entry_that_is_not_a_string_is_named():
+    with pytest.raises(ValueError, match=r"pipeline.overrides entry 3: expected a string"):
+        stage_configs(3)
