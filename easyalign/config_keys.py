@@ -68,16 +68,36 @@ def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
     return dict(pairs)
 
 
-def parse_weights(spec: str, what: str) -> dict[str, float]:
-    """`"name:weight,name"` → {name: weight} (1 when omitted), in order; the names are not
-    checked here (the registry that reads them does). Raises ValueError naming `what` for a
-    weight that is not a number."""
+def parse_weights(spec: str, what: str, known: Iterable[str] | None = None,
+                  example: str = "") -> dict[str, float]:
+    """`"name:weight,name"` → {name: weight} (1 when omitted), in order.
+
+    Every mistake is one ConfigError naming `what` and the entry, with the format
+    (`name:weight`, e.g. `example`) where the entry breaks it: `name=weight` (the `key=value`
+    habit of every other setting) is answered with the entry as it should be, a weight that is
+    not a number is named, and with `known` (a registry's names) an unknown name gets the
+    registry's "did you mean" and its list. Without `known` the names are not checked here."""
+    form = "entries are name:weight" + (f", e.g. {example!r}" if example else "")
+    known = None if known is None else tuple(known)
     out: dict[str, float] = {}
     for part in filter(None, (p.strip() for p in spec.split(","))):
-        name, _, weight = part.partition(":")
+        name, colon, weight = part.partition(":")
+        if not colon and "=" in part:
+            name, _, weight = (p.strip() for p in part.partition("="))
+            if known is not None and name not in known:  # suggest the name it most likely is
+                name = next(iter(difflib.get_close_matches(name, known, 1, 0.6)), name)
+            raise ConfigError(f"{what}: {part!r} is not name:weight; did you mean "
+                              f"'{name}:{weight}'? ({form})")
+        name = name.strip()
         try:
-            out[name.strip()] = float(weight) if weight.strip() else 1.0
+            out[name] = float(weight) if weight.strip() else 1.0
         except ValueError:
-            raise ValueError(f"{what}: weight of {name.strip()!r} is not a number: "
-                             f"{weight.strip()!r}") from None
+            raise ConfigError(f"{what}: weight of {name!r} is not a number: "
+                              f"{weight.strip()!r} ({form})") from None
+        if known is not None and name not in known:
+            hint = did_you_mean(name, known)
+            raise ConfigError(f"{what}: unknown name {name!r}"
+                              + (f" in {part!r}" if part != name else "")
+                              + (f"; {hint}" if hint else "")
+                              + f" (known: {', '.join(sorted(known))}; {form})")
     return out

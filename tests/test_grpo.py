@@ -43,7 +43,7 @@ def test_verifiable_rewards_on_world_records():
     assert grpo_rewards.world_grade({"kind": "unknown"}, "I don't know.") == 1.0
     assert grpo_rewards.parse_rewards("exact_match:2,reward_model") == {
         "exact_match": 2.0, "reward_model": 1.0}
-    with pytest.raises(ValueError, match="unknown grpo.rewards entry 'nope'"):
+    with pytest.raises(ValueError, match=r"grpo.rewards: unknown name 'nope' in 'nope:1' \(known"):
         grpo_rewards.parse_rewards("nope:1")
     grpo_rewards.register("length", lambda record, response: float(len(response)))
     scores = grpo_rewards.verifiable_scores({"length": 0.5, "exact_match": 1.0}, [inst, inst],
@@ -61,6 +61,30 @@ def test_verifiable_rewards_on_world_records():
     assert grpo_rewards.ungradeable({"world": 1.0, "ifeval_strict": 1.0}, records) == []
     assert grpo_rewards.ungradeable({"exact_match": 1.0, "reward_model": 1.0}, records) == []
     assert grpo_rewards.ungradeable({"length": 1.0}, records) == []  # no `applies`: grades all
+
+
+@pytest.mark.parametrize("spec, message", [
+    # `key=value`, the habit of every other setting: the entry as it should be written.
+    ("reward_model=1.0", "grpo.rewards: 'reward_model=1.0' is not name:weight; did you mean "
+                         "'reward_model:1.0'?"),
+    ("exact_match:1,reward_modl=0.5", "grpo.rewards: 'reward_modl=0.5' is not name:weight; "
+                                      "did you mean 'reward_model:0.5'?"),
+    # A misspelt name: the closest registered reward, as every other unknown name gets.
+    ("reward_modle", "grpo.rewards: unknown name 'reward_modle'; did you mean 'reward_model'?"),
+    ("exact_match:1,refusall:0.5", "grpo.rewards: unknown name 'refusall' in 'refusall:0.5'; "
+                                   "did you mean 'refusal'?"),
+    ("exact_match:high", "grpo.rewards: weight of 'exact_match' is not a number: 'high'"),
+    (" , ", "grpo.rewards names no reward"),
+])
+def test_a_bad_rewards_entry_is_one_line_with_the_format(spec, message):
+    """Every `grpo.rewards` mistake names the entry, and the `name:weight` format with an
+    example; the known names are listed for an unknown one."""
+    with pytest.raises(ValueError) as excinfo:
+        grpo_rewards.parse_rewards(spec)
+    text = str(excinfo.value)
+    assert text.startswith(message) and "\n" not in text
+    assert text.endswith("entries are name:weight, e.g. 'exact_match:1.0,reward_model:0.5')")
+    assert ("known: " in text) == ("unknown name" in text)
 
 
 def test_ungradeable_prompts_are_one_warning_line(capsys):

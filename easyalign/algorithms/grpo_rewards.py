@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from easyalign.config_keys import parse_weights
+from easyalign.config_keys import ConfigError, parse_weights
 from easyalign.data import ifeval
 from easyalign.data import world as world_lib
 from easyalign.data.rules import is_refusal
@@ -128,14 +128,14 @@ def ungradeable(weights: Mapping[str, float], records: list[Mapping[str, Any]]) 
 
 
 def parse_rewards(spec: str) -> dict[str, float]:
-    """`"name:weight,name"` → {name: weight} (weight 1 when omitted), every name checked."""
-    out = parse_weights(spec, "grpo.rewards")
-    for name in out:
-        if name != REWARD_MODEL and name not in VERIFIABLE_REWARDS:
-            valid = ", ".join(sorted([REWARD_MODEL, *VERIFIABLE_REWARDS]))
-            raise ValueError(f"unknown grpo.rewards entry {name!r}; valid: {valid}")
+    """`"name:weight,name"` → {name: weight} (weight 1 when omitted), every name checked
+    against the registered rewards (`config_keys.parse_weights`: one line naming the entry, the
+    `name:weight` format and the closest reward name)."""
+    out = parse_weights(spec, "grpo.rewards", known=[REWARD_MODEL, *VERIFIABLE_REWARDS],
+                        example="exact_match:1.0,reward_model:0.5")
     if not out:
-        raise ValueError("grpo.rewards names no reward")
+        raise ConfigError("grpo.rewards names no reward (entries are name:weight, e.g. "
+                          "'exact_match:1.0,reward_model:0.5')")
     return out
 
 
