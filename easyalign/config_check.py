@@ -4,7 +4,9 @@
 `ConfigError` (a ValueError) with one line naming the key, its value and what would do, or
 the file or directory that is missing or broken:
 
-* the config belongs to the command (`easyalign dpo --config=configs/sft.py` is refused);
+* the config belongs to the command (`easyalign dpo --config=configs/sft.py` is refused), and
+  every key it sets is one of its phase's (`check_keys`: a typo in a config file or in Python
+  is an error, not a silently added key);
 * numbers: `train.steps` > 0, `optim.lr` ≥ 0 (lr = 0 is allowed — a dry run that moves no
   weight — and announced as a warning), `train.log_every` / `checkpoint_every` ≥ 1,
   `train.eval_every` ≥ 0, `train.batch_size` ≥ 1, divisible by `train.grad_accum` and by the
@@ -27,6 +29,7 @@ the file or directory that is missing or broken:
 from __future__ import annotations
 
 import difflib
+import functools
 from typing import Iterable
 
 from easyalign.config_keys import ConfigError, check_choice, flat_keys  # noqa: F401
@@ -101,6 +104,54 @@ def check_command(config, command: str) -> None:
                           f"--config=configs/{file}.py")
 
 
+# Blocks whose keys the user names (one extra eval suite per key), not settings of ours.
+OPEN_BLOCKS = ("eval.extra_suites",)
+# `phase` → the config file that defines its keys, where the names differ.
+PHASE_CONFIG_FILES = {"ablate": "ablations"}
+
+
+@functools.lru_cache(maxsize=None)
+def reference_keys(phase: str, command: str | None = None) -> frozenset[str] | None:
+    """Every key a config of `phase` may set: the leaves of `configs/<phase>.py`'s
+    `get_config()` (`configs/base.py`'s defaults and the phase's own block; presets change
+    values, never keys) — with the `doctor` block for `easyalign doctor`. None when that file
+    cannot be imported (easyalign used without its `configs/` package): nothing to check
+    against."""
+    import importlib
+
+    file = PHASE_CONFIG_FILES.get(phase, phase)
+    try:
+        if command == "doctor":
+            reference = importlib.import_module("configs.doctor").get_config(file)
+        else:
+            reference = importlib.import_module(f"configs.{file}").get_config()
+    except (ImportError, ValueError):
+        return None
+    return frozenset(flat_keys(reference))
+
+
+def check_keys(config, command: str | None = None) -> None:
+    """Every key of `config` is one its phase has (`reference_keys`), so that a typo in a config
+    file or in Python (`c.train.stpes = 1`, `easyalign.run("sft", c)`) stops the run instead of
+    being carried silently into its manifest while the default runs. Keys under `OPEN_BLOCKS`
+    are names, not settings. Raises ConfigError naming the first unknown key, with a "did you
+    mean" (`suggest_key`: close keys, or ours for an HF/TRL name)."""
+    phase = config.get("phase", "")
+    # A doctor config is its phase's config plus the `doctor` block (`configs/doctor.py`).
+    planning = "doctor" if command == "doctor" or "doctor" in config else None
+    known = reference_keys(phase, planning) if phase else None
+    if known is None:
+        return
+    for key in flat_keys(config):
+        if key in known or any(key.startswith(block + ".") for block in OPEN_BLOCKS):
+            continue
+        hint = suggest_key(key, known)
+        file = PHASE_CONFIG_FILES.get(phase, phase)
+        raise ConfigError(f"config key {key} does not exist" + (f" ({hint})" if hint else "")
+                          + f"; the keys of `easyalign {phase.replace('_', '-')}` are those of "
+                          f"configs/{file}.py (with configs/base.py's)")
+
+
 def validate(config, command: str | None = None, *, devices: bool | int = False,
              paths: bool = True) -> list[str]:
     """Check `config` for `command` (None: the config's own phase); return warnings to print.
@@ -113,6 +164,7 @@ def validate(config, command: str | None = None, *, devices: bool | int = False,
     phase = config.get("phase", "")
     if command is not None:
         check_command(config, command)
+    check_keys(config, command)
     warnings: list[str] = []
     if phase in TRAINING_PHASES:
         warnings += _check_training(config, devices)
@@ -161,6 +213,7 @@ def _check_training(config, devices: bool | int) -> list[str]:
                         "train on a randomly initialised, frozen base; load a trained base "
                         "with model.init=hf|checkpoint|gguf and model.path, or set "
                         "model.lora.rank=0 to train the whole model")
+    warnings += _rate_warnings(config)
     if devices is False:
         return warnings
     if devices is True:
@@ -189,6 +242,34 @@ def _check_training(config, devices: bool | int) -> list[str]:
           + f" is not divisible by the {shards} data-parallel devices (mesh data×fsdp = "
           f"{data}×{fsdp} of {n_devices} devices): use a multiple of {shards}")
     return warnings
+
+
+# Above these peak rates a pretrained model loses what it knows within a few steps: full
+# fine-tuning recipes use 1e-6–1e-4 (TRL's SFT default 2e-5, DPO 1e-6; the `real` presets
+# 5e-6–2e-5), LoRA 1e-4–1e-3. The tiny presets' 3e-3 is a from-scratch rate.
+PRETRAINED_MAX_LR = {"full": 1e-4, "lora": 1e-3}
+# Phases whose `train.steps` counts optimizer steps (PPO and GRPO take several per iteration).
+STEP_PHASES = ("sft", "reward", "dpo", "distill")
+
+
+def _rate_warnings(config) -> list[str]:
+    """Warnings about the learning-rate schedule that cost a run without stopping it: a
+    from-scratch rate on a pretrained model (`model.init` hf | gguf; a user pointing a tiny
+    preset at a real model), and a warm-up longer than the run (the whole run warms up)."""
+    o, t, m = config.optim, config.train, config.get("model")
+    out = []
+    if m is not None and m.get("init") in ("hf", "gguf"):
+        kind = "lora" if m.get("lora") is not None and m.lora.rank > 0 else "full"
+        if o.lr > PRETRAINED_MAX_LR[kind]:
+            out.append(f"optim.lr={o.lr:g} with model.init={m.init} (a pretrained model): "
+                       f"above the usual {'LoRA' if kind == 'lora' else 'fine-tuning'} range "
+                       f"(≤ {PRETRAINED_MAX_LR[kind]:g}; the real presets use 5e-6–2e-5), a "
+                       "rate that can erase what the model knows in a few steps — a tiny "
+                       "preset's from-scratch settings? start from the `real` preset")
+    if config.phase in STEP_PHASES and o.warmup_steps > t.steps:
+        out.append(f"optim.warmup_steps={o.warmup_steps} > train.steps={t.steps}: the whole run "
+                   f"is warm-up (cut to {t.steps} steps), the rate never holds optim.lr")
+    return out
 
 
 # Phases that load their models from their own keys: `model.path` / `model.init` are not read.

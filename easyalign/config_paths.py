@@ -234,6 +234,8 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
         raise ConfigError(f"{key}={value}: no such file or directory{_alias_hint(value)}")
     if not path.is_dir():
         raise ConfigError(f"{key}={value}: not a directory")
+    if kind in ("hf", "checkpoint"):
+        _check_init_matches(key, value, kind)
     if kind == "hf" or (kind in ("", "derive") and (path / "config.json").is_file()
                         and not (path / "model_config.json").is_file()
                         and not (path / "model" / "model_config.json").is_file()):
@@ -245,6 +247,27 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
                 "not an easyalign model checkpoint (model_config.json), a phase workdir "
                 "(model/) or an HF model directory (config.json + *.safetensors)")
         raise ConfigError(f"{key}={value}: {what}")
+
+
+# What each `model.init` loads, in the words of the error that names another one.
+INIT_KINDS = {"hf": "an HF model directory (config.json + *.safetensors)",
+              "checkpoint": "an easyalign checkpoint (model_config.json, or a phase workdir's "
+                            "model/)"}
+
+
+def _check_init_matches(key: str, value: str, init: str) -> None:
+    """A directory that holds the other kind of model than `model.init` says (an HF export
+    given to init=checkpoint, a phase workdir to init=hf) is named as what it is, with the
+    init that loads it — not reported as broken (`resolve_model_dir` tells the kinds apart)."""
+    from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+
+    try:
+        actual = resolve_model_dir(value)[1]
+    except (ModelDirError, OSError, ValueError):
+        return  # neither kind: the checks below name what is missing
+    if actual != init and actual in INIT_KINDS:
+        raise ConfigError(f"{key}={value} is {INIT_KINDS[actual]}, which model.init={init} does "
+                          f"not load: set model.init={actual}")
 
 
 def _alias_hint(value: str) -> str:

@@ -165,14 +165,40 @@ def resolve_mesh(data: int, fsdp: int, tensor: int, n_devices: int) -> tuple[dic
 
 # ----------------------------------------------------------------------------- models
 def read_model_config(config, path: str) -> ModelConfig:
-    """The ModelConfig of a checkpoint / phase workdir / HF directory / GGUF file / `@stage`."""
+    """The ModelConfig of a checkpoint / phase workdir / HF directory / GGUF file / `@stage`
+    (a stage that has not run yet: `planned_stage_model`)."""
     from easyalign.algorithms.runsetup import stage_path
     from easyalign.hf import read_checkpoint_config, read_gguf_config, read_hf_config
     from easyalign.hf.checkpoint import resolve_model_dir
 
-    location, kind = resolve_model_dir(stage_path(config, path))
+    location = stage_path(config, path)
+    if str(path).startswith("@") and not Path(location).exists():
+        planned = planned_stage_model(config, path)
+        if planned is not None:
+            return planned[0]
+    location, kind = resolve_model_dir(location)
     return {"checkpoint": read_checkpoint_config, "hf": read_hf_config,
             "gguf": read_gguf_config}[kind](location)
+
+
+def planned_stage_model(config, path: str) -> tuple[ModelConfig, str] | None:
+    """`(model, source)` of the model a `@stage` reference will name once that stage has run,
+    planned from the stage's own config — `configs/<stage>.py` with this config's preset, its
+    workdir beside this one, as `easyalign pipeline` builds it — so that the doctor sizes every
+    stage of a pipeline before the first has run. None when there is no such config file or
+    preset (then the reference is reported as missing)."""
+    import importlib
+
+    name = str(path)[1:].split("/")[0]
+    preset = config.get("preset") or ""
+    try:
+        stage = importlib.import_module(f"configs.{name}").get_config(preset)
+    except (ImportError, ValueError):
+        return None
+    stage.workdir = str(Path(config.workdir).absolute().parent / name)
+    model, source = main_model(stage)
+    where = f"configs/{name}.py" + (f":{preset}" if preset else "")
+    return model, f"{path}, not run yet: planned from {where} ({source})"
 
 
 def _vocab(config) -> tuple[int | None, str]:
@@ -214,6 +240,12 @@ def main_model(config) -> tuple[ModelConfig, str]:
             f"preset {m.preset} (vocab from {source})"
     else:
         path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
+        if path.startswith("@") and not Path(stage_path(config, path)).exists():
+            planned = planned_stage_model(config, path)
+            if planned is not None:
+                model, where = planned
+                model = model.replace(lora=None, **numerics)
+                return model.replace(lora=lora_config(m, model.num_experts)), where
         block = ConfigDict(m.to_dict())
         block.path = stage_path(config, path)
         model, where = source_model_config(block).replace(lora=None, **numerics), \
@@ -568,7 +600,12 @@ def format_report(report: dict) -> str:
 
 
 def run(config) -> dict:
-    """Print the report (and its JSON); exit with status 1 when there is a problem."""
+    """Print the report (and its JSON); exit with status 1 when there is a problem. A key the
+    phase does not have stops it first (`config_check.check_keys`): the plan would not be the
+    run's."""
+    from easyalign.config_check import check_keys
+
+    check_keys(config, "doctor")
     report = diagnose(config)
     print(format_report(report))
     path = options(config)["json"]

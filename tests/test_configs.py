@@ -124,3 +124,57 @@ def test_model_overrides_are_checked_field_by_field():
                                         "'moe_capacity_factor'?")]:
         with pytest.raises(ValueError, match=re.escape(f"model overrides: {message}")):
             ModelConfig.parse_overrides(text)
+
+
+def test_a_key_typo_in_a_config_file_or_in_python_stops_the_run(tmp_path):
+    """A key the phase does not have (a typo in the user's own config file, or set in Python
+    before `easyalign.run`) is one line naming it and the key meant — never a silently added key
+    that the manifest records while the default runs — and nothing is written."""
+    import easyalign
+    from easyalign.cli import load_config
+
+    file = tmp_path / "mysft.py"
+    file.write_text("from configs import sft\n\n\ndef get_config():\n"
+                    "    c = sft.get_config('tiny')\n    c.train.stpes = 1\n    return c\n")
+    config = load_config([f"--config={file}", f"--config.workdir={tmp_path / 'run'}"])
+    with pytest.raises(config_check.ConfigError, match=re.escape(
+            "config key train.stpes does not exist (did you mean train.steps")):
+        config_check.validate(config, "sft")
+
+    config = load("sft", "tiny")
+    config.workdir = str(tmp_path / "api")
+    config.optim.learning_rate = 1e-4  # HF's name for optim.lr
+    with pytest.raises(config_check.ConfigError, match=re.escape(
+            "config key optim.learning_rate does not exist (did you mean optim.lr?)")):
+        easyalign.run("sft", config)
+    assert not (tmp_path / "api").exists()
+    # A doctor config is its phase's keys plus the doctor block; named extra suites are names.
+    doctor = load("doctor", "grpo:real")
+    config_check.check_keys(doctor, "doctor")
+    doctor.doctor.devicse = 2
+    with pytest.raises(config_check.ConfigError, match="doctor.devicse does not exist"):
+        config_check.check_keys(doctor, "doctor")
+    eval_config = load("eval", "real")
+    eval_config.eval.extra_suites = {**eval_config.eval.extra_suites,
+                                     "mine": {"path": "/data/mine.jsonl", "column": "prompt"}}
+    config_check.check_keys(eval_config)
+
+
+def test_learning_rate_warnings_on_a_pretrained_model_and_a_warm_up_longer_than_the_run():
+    """A tiny preset's from-scratch rate pointed at a pretrained model (model.init hf | gguf)
+    warns (full fine-tuning above 1e-4, LoRA above 1e-3); the real presets do not; a warm-up
+    longer than train.steps warns that the whole run is warm-up."""
+    config = load("sft", "tiny")
+    config.model.init, config.model.path = "hf", "/some/model"
+    config.train.steps = 2
+    warnings = config_check.validate(config, paths=False)
+    assert any(w.startswith("optim.lr=0.003 with model.init=hf (a pretrained model): above the "
+                            "usual fine-tuning range (≤ 0.0001") for w in warnings), warnings
+    assert "optim.warmup_steps=20 > train.steps=2: the whole run is warm-up" in " ".join(warnings)
+    config.optim.lr, config.model.lora.rank = 5e-4, 8  # a LoRA rate
+    assert not any("model.init=hf" in w for w in config_check.validate(config, paths=False))
+    config.optim.lr = 2e-3
+    assert any("above the usual LoRA range (≤ 0.001" in w
+               for w in config_check.validate(config, paths=False))
+    for name in ("sft", "reward", "dpo", "ppo", "grpo", "distill"):
+        assert not config_check.validate(load(name, "real"), paths=False), name

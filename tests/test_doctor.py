@@ -19,6 +19,7 @@ import pytest
 
 from easyalign import doctor, sharding
 from easyalign.cli import load_config
+from easyalign.config_keys import ConfigError
 from easyalign.model import create_model, preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -175,7 +176,7 @@ def test_dpo_live_reference_and_generate_are_sized(tmp_path):
 
 def test_grpo_is_sized_with_its_frozen_models_rollout_cache_and_minibatch():
     """GRPO with β > 0 and a reward-model reward: the reference and the reward model are frozen
-    extras (their @stages absent here: the policy's shape is assumed), the sampler's KV cache
+    extras (their @stages not run here: planned from their configs), the sampler's KV cache
     holds batch · G rows of data.max_length positions, and the update trains on the whole
     rollout unless grpo.minibatch_size cuts it."""
     base = ["--config=configs/doctor.py:grpo", "--config.workdir=/nonexistent/grpo",
@@ -210,6 +211,34 @@ def test_grpo_is_sized_with_its_frozen_models_rollout_cache_and_minibatch():
     assert rows["memory"]["per_device"]["activations"] == trunk(32, 96)
     assert memory["activations"] == trunk(4, 64 + 8 * 32)
     assert memory["logits"] == doctor.activation_bytes(model, 32, 32, 1)["logits"]
+
+
+def test_a_pipeline_stage_not_run_yet_is_planned_from_its_own_config(tmp_path):
+    """On a fresh checkout `doctor.py:grpo:tiny` sizes the policy `@sft` names before the SFT
+    stage has run: the model `configs/sft.py:tiny` would train (the world-teacher preset), not
+    an error; a stage that has run is read from its model instead."""
+    base = ["--config=configs/doctor.py:grpo:tiny", f"--config.workdir={tmp_path / 'grpo'}",
+            "--config.doctor.devices=1"]
+    report = doctor.diagnose(load_config(base))
+    assert report["problems"] == [], report["problems"]
+    sft_model = doctor.main_model(load_config(["--config=configs/sft.py:tiny"]))[0]
+    assert sft_model.num_layers == preset("world-teacher", vocab_size=1).num_layers
+    assert report["model"]["params"] == sft_model.param_count()
+    assert report["model"]["source"].startswith(
+        "@sft, not run yet: planned from configs/sft.py:tiny (preset world-teacher")
+    # Once the stage has run, its own model decides (here one of another shape).
+    model = create_model(preset("world-student", vocab_size=1024))
+    from easyalign.hf import save_checkpoint_model
+
+    save_checkpoint_model(model, tmp_path / "sft" / "model")
+    report = doctor.diagnose(load_config(base))
+    assert report["model"]["params"] == model.config.param_count() != sft_model.param_count()
+    assert report["model"]["source"] == "checkpoint @sft"
+    typo = load_config(base)
+    with typo.unlocked():
+        typo.grpo.num_generation = 4  # as a user's config file with a typo sets it
+    with pytest.raises(ConfigError, match="config key grpo.num_generation does not exist"):
+        doctor.run(typo)
 
 
 def test_coordinator_check():

@@ -122,3 +122,49 @@ def test_unsupported_configs(hf_dir, changes, message):
     edit_config(hf_dir, **changes)
     with pytest.raises(HFConfigError, match=message):
         from_hf(hf_dir)
+
+
+def test_a_directory_of_the_other_kind_than_model_init_names_the_init_that_loads_it(
+        hf_dir, tmp_path):
+    """An HF export given to `model.init=checkpoint`, and an easyalign checkpoint given to
+    `model.init=hf`, are named as what they are with the init that loads them — not reported
+    as an unfinished run or a directory without weights."""
+    from easyalign.config_paths import check_model_source
+    from easyalign.config_keys import ConfigError
+    from easyalign.hf import save_checkpoint_model
+    from easyalign.model import create_model, preset
+
+    with pytest.raises(ConfigError, match=re.escape(
+            f"model.path={hf_dir} is an HF model directory (config.json + *.safetensors), which "
+            "model.init=checkpoint does not load: set model.init=hf")):
+        check_model_source({}, "model.path", str(hf_dir), "checkpoint")
+    workdir = tmp_path / "workdir"
+    save_checkpoint_model(create_model(preset("world-student", vocab_size=64)), workdir / "model")
+    (workdir / "config.json").write_text("{}")  # the run's config, as a phase workdir has
+    with pytest.raises(ConfigError, match=re.escape(
+            f"model.path={workdir} is an easyalign checkpoint (model_config.json, or a phase "
+            "workdir's model/), which model.init=hf does not load: set model.init=checkpoint")):
+        check_model_source({}, "model.path", str(workdir), "hf")
+    check_model_source({}, "model.path", str(workdir), "checkpoint")  # the right init: fine
+
+
+def test_a_max_length_beyond_the_models_context_is_one_line(hf_dir):
+    """`data.max_length` longer than the model's `max_position_embeddings` stops the run before
+    any weight is read (a stray zero once asked XLA for 734 TB), naming both numbers."""
+    from configs import sft
+    from easyalign.config_keys import ConfigError
+    from easyalign.hf import read_hf_config
+    from easyalign.hf.models import check_context
+
+    model = read_hf_config(hf_dir)
+    positions = json.loads((hf_dir / "config.json").read_text())["max_position_embeddings"]
+    assert model.max_position_embeddings == positions
+    config = sft.get_config("tiny")
+    config.model.init, config.model.path = "hf", str(hf_dir)
+    config.data.max_length = positions
+    check_context(config, model)  # exactly the context: fine
+    config.data.max_length = positions + 1
+    with pytest.raises(ConfigError, match=re.escape(
+            f"data.max_length={positions + 1} is longer than the model's context ({positions} "
+            f"positions, max_position_embeddings of {hf_dir})")):
+        check_context(config, model)

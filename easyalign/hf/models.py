@@ -161,6 +161,8 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
     m = model_cfg or run.config.model
     config = model_config(run, m, head=head,
                           adapters=model_cfg is None if adapters is None else adapters)
+    if model_cfg is None:
+        check_context(run.config, config)
     seed = run.config.train.seed if seed is None else seed
     plain = lora.base_config(config)
     if m.init == "scratch":  # the same base as without adapters, then the adapters
@@ -183,6 +185,22 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
         model = _regraft(source, plain, run.mesh, seed, where=f"model.path={m.path}")
     return model if config.lora is None else lora.attach(model, config.lora, run.mesh, seed,
                                                       config.param_dtype)
+
+
+def check_context(config, model: ModelConfig) -> None:
+    """`data.max_length` fits the model's context (`max_position_embeddings`), checked before
+    any weight is read: longer rows run positions the model never learnt (and a stray extra
+    zero asks XLA for terabytes). Raises ConfigError naming both numbers and the two ways out."""
+    from easyalign.config_keys import ConfigError
+
+    length = config.get("data", {}).get("max_length", 0) if "data" in config else 0
+    if length > model.max_position_embeddings:
+        source = config.model.path or f"preset {config.model.preset}"
+        raise ConfigError(f"data.max_length={length} is longer than the model's context "
+                          f"({model.max_position_embeddings} positions, max_position_embeddings "
+                          f"of {source}): lower data.max_length, or extend the context on "
+                          "purpose with model.overrides='max_position_embeddings=N' (and a RoPE "
+                          "scaling that supports it)")
 
 
 def _numeric_overrides(config: ModelConfig, include_head: bool) -> dict:
