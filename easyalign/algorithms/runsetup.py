@@ -102,10 +102,12 @@ def stage_reference(config, value: str) -> str:
     return value
 
 
-def prepare(config) -> Run:
+def prepare(config, *, workdir: bool = True) -> Run:
     """Validate the config (`config_check`), start processes, build the mesh, create the
     workdir (lock, manifest), record the resolved config and prepare the built-in data sources
-    the config uses (`data.builtin`)."""
+    the config uses (`data.builtin`). With `workdir=False` nothing is created there: a command
+    told to write its output elsewhere (`generate.output`) writes only that, and `config.workdir`
+    only anchors `@stage` references and the built-in world."""
     raw_path = config.model.path
     for warning in config_check.validate(config):
         if jax.process_index() == 0:
@@ -114,11 +116,15 @@ def prepare(config) -> Run:
     distributed.initialize_from_config(config)
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = rundir.start_workdir(config, {"model.path": stage_reference(config, raw_path)})
-    if _STOP_WHEN_COMPLETE.get():
-        _stop_if_complete(config, workdir)
+    if workdir:
+        directory = rundir.start_workdir(config,
+                                         {"model.path": stage_reference(config, raw_path)})
+        if _STOP_WHEN_COMPLETE.get():
+            _stop_if_complete(config, directory)
+    else:
+        directory = Path(config.workdir).absolute()
     source_dirs = data_builtin.prepare(config)
-    return Run(config=config, mesh=mesh, workdir=workdir,
+    return Run(config=config, mesh=mesh, workdir=directory,
                tokenizer=load_tokenizer(config, source_dirs), source_dirs=source_dirs)
 
 
@@ -278,6 +284,14 @@ def _has_eval_split(data, source: str) -> bool:
             data_sources.SourceSpec(hf_name=source[3:], split=data.eval_split)) is not None
     except data_sources.DataError:  # no such split
         return False
+
+
+def source_rows(run: Run, kind: str, split: str) -> list[data_sources.Record]:
+    """The rows of `data.source` that serve `kind` and `split`, every field as the source holds
+    it: before `data.columns` keeps only the mapped fields and before any held-out split
+    (`generate` carries each row's other fields into its output)."""
+    spec = _source_spec(run, run.config.data.source, kind, split)
+    return data_sources.read_rows(dataclasses.replace(spec, columns=None))
 
 
 def _source_spec(run: Run, source: str, kind: str, split: str, own_eval: bool = False
