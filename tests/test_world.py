@@ -3,6 +3,8 @@ import dataclasses
 import json
 import re
 
+from pathlib import Path
+
 import pytest
 
 from easyalign.data.world import (IDK, KINDS, REFUSALS, SUITES, WorldConfig, build_world, grade, grade_fact,
@@ -174,9 +176,11 @@ def test_bad_configs_are_rejected():
 
 
 def test_world_files_appear_complete_or_not_at_all(tmp_path, monkeypatch):
-    """`ensure_world` stops at each of its renames in turn (a kill between two files): no
-    completeness mark before every other file is in place, no staging directory left, and the
-    next call finishes with the bytes of an uninterrupted build."""
+    """A new world directory appears in one rename: a build stopped there leaves neither it nor
+    a staging directory. Into an existing one (a tokenizer-only world completed) the files move
+    one by one, each part's mark last: a build stopped after any file leaves no mark of a part
+    before the rest of that part. The next call finishes with the bytes of an uninterrupted
+    build."""
     import os
 
     from configs import base
@@ -187,28 +191,72 @@ def test_world_files_appear_complete_or_not_at_all(tmp_path, monkeypatch):
         c.data.world.dir = str(tmp_path / name)
         return c
 
+    def files(directory):
+        return {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+                if p.is_file()}
+
     whole = world_source.ensure_world(config("whole"))
-    expected = {p.relative_to(whole): p.read_bytes() for p in whole.rglob("*") if p.is_file()}
-    assert len(expected) > 3 and world_source.WORLD_DONE in expected
+    expected = files(whole)
+    assert len(expected) > 3 and {world_source.WORLD_DONE, world_source.DATA_DONE} <= set(expected)
+    records = [f for f in expected if f.parts[0] != "tokenizer"]
 
     real_replace = os.replace
-    for stop in (1, len(expected) - 1):  # after the first file; before the mark alone
-        calls = []
+
+    def stop_after(stop):
+        moved = []
 
         def replace(src, dst):
-            if len(calls) == stop:
+            if len(moved) == stop:
                 raise KeyboardInterrupt
-            calls.append(dst)
             real_replace(src, dst)
+            moved.append(dst)
 
-        directory = tmp_path / f"cut{stop}"
         monkeypatch.setattr(os, "replace", replace)
+
+    stop_after(0)
+    with pytest.raises(KeyboardInterrupt):
+        world_source.ensure_world(config("fresh"))
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["whole"]  # no half-made world, no staging
+    assert files(world_source.ensure_world(config("fresh"))) == expected
+
+    for stop in (1, len(records) - 1, len(records) + 1):
+        directory = world_source.ensure_world(config(f"cut{stop}"), tokenizer_only=True)
+        tokenizer = files(directory)
+        assert tokenizer == {f: b for f, b in expected.items() if f.parts[0] == "tokenizer"}
+        stop_after(stop)
         with pytest.raises(KeyboardInterrupt):
             world_source.ensure_world(config(directory.name))
         monkeypatch.setattr(os, "replace", real_replace)
-        moved = {p.relative_to(directory) for p in directory.rglob("*") if p.is_file()}
-        assert len(moved) == stop and world_source.WORLD_DONE not in moved
+        present = set(files(directory))
+        assert len(present - set(tokenizer)) == min(stop, len(records))
+        assert (world_source.DATA_DONE in present) == (set(records) <= present)
         assert [p.name for p in tmp_path.iterdir() if ".tmp" in p.name] == []
-        world_source.ensure_world(config(directory.name))
-        assert {p.relative_to(directory): p.read_bytes()
-                for p in directory.rglob("*") if p.is_file()} == expected
+        assert files(world_source.ensure_world(config(directory.name))) == expected
+
+
+def test_a_run_that_reads_no_world_record_gets_only_its_tokenizer(tmp_path):
+    """A scratch model (the tiny presets) on a file of the user's reads only the world's
+    tokenizer: that is all `data.builtin.prepare` writes beside the workdir, byte for byte the
+    tokenizer of the whole world, which a run on `data.source="world"` gets."""
+    from configs import sft
+    from easyalign.data import builtin
+
+    config = sft.get_config("tiny")
+    config.workdir = str(tmp_path / "runs" / "mine" / "sft")
+    config.data.source = str(tmp_path / "mine.jsonl")
+    [(name, directory)] = builtin.prepare(config).items()
+    assert name == "world" and directory.parent == tmp_path / "runs" / "mine"
+    tokenizer = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+                 if p.is_file()}
+    assert {p.parts[0] for p in tokenizer} == {"tokenizer"}
+    assert (directory / "tokenizer" / "tokenizer.json").is_file()
+
+    config.data.source = "world"
+    assert builtin.prepare(config) == {"world": directory}  # the same world, now whole
+    whole = {p.relative_to(directory): p.read_bytes() for p in directory.rglob("*")
+             if p.is_file()}
+    assert {p for p in whole if p.parts[0] != "tokenizer"} >= {
+        Path("world.json"), Path("sft_train.jsonl"), Path("rl_prompts.jsonl")}
+    assert {p: b for p, b in whole.items() if p.parts[0] == "tokenizer"} == tokenizer
+    assert sorted(p.name for p in directory.parent.iterdir()) == [directory.name]

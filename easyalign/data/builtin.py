@@ -51,7 +51,7 @@ class BuiltinSource:
 
 
 BUILTIN = {source.name: source for source in (
-    BuiltinSource("world", directory=world_source.world_dir, prepare=world_source.ensure_world,
+    BuiltinSource("world", directory=world_source.world_dir, prepare=world_source.prepare_source,
                   files=world_source.WORLD_FILES, tokenizer="tokenizer"),
 )}
 # The built-in source whose tokenizer a scratch model without `data.tokenizer` uses.

@@ -3,7 +3,10 @@ and generating them (with the world's tokenizer) once per settings.
 
 `data.builtin` registers it under the name "world" (`data.source="world"`), and a phase reads it
 through that registry like any other built-in source: `WORLD_FILES` names the file of each
-record kind and split, `ensure_world` prepares it.
+record kind and split, `prepare_source` prepares it. A run that reads none of its records (a
+scratch model on a file of the user's, which only needs a tokenizer) gets only the tokenizer:
+the world's 1 MB of records are not written for nothing. `ensure_world` makes the whole of it
+(the evaluation's world suites call it directly).
 """
 
 from __future__ import annotations
@@ -50,26 +53,39 @@ def world_dir(config) -> Path:
     return Path(config.workdir).absolute().parent / f"world-{digest}"
 
 
-def ensure_world(config) -> Path:
-    """Generate the built-in world and train its tokenizer once; later calls reuse the files.
-    Complete means `tokenizer/tokenizer.json` exists, and it is the last file to appear
-    (`_build_world_files`)."""
+def prepare_source(config) -> Path:
+    """The world a run needs, generated once (`data.builtin`'s preparation of "world"): the
+    whole of it when `data.source` or `data.eval_source` reads its records, else only its
+    tokenizer (what a scratch model without `data.tokenizer` reads)."""
+    return ensure_world(config, tokenizer_only="world" not in (config.data.source,
+                                                                 config.data.eval_source))
+
+
+def ensure_world(config, tokenizer_only: bool = False) -> Path:
+    """Generate the built-in world and train its tokenizer once (with `tokenizer_only`, the
+    tokenizer alone); later calls reuse the files. Complete means the last file of each part
+    exists (`DATA_DONE`, `WORLD_DONE`: `_build_world_files` moves them in last)."""
     directory = world_dir(config)
-    if jax.process_index() == 0 and not (directory / WORLD_DONE).exists():
-        _build_world_files(config, directory)
+    marks = (WORLD_DONE,) if tokenizer_only else (DATA_DONE, WORLD_DONE)
+    if jax.process_index() == 0 and not all((directory / m).exists() for m in marks):
+        _build_world_files(config, directory, tokenizer_only)
     distributed.barrier("world")
     return directory
 
 
-WORLD_DONE = Path("tokenizer") / "tokenizer.json"
+WORLD_DONE = Path("tokenizer") / "tokenizer.json"  # the tokenizer's last file
+DATA_DONE = Path("world.json")                     # the records' last file
 
 
-def _build_world_files(config, directory: Path) -> None:
+def _build_world_files(config, directory: Path, tokenizer_only: bool = False) -> None:
     """Write the world and its tokenizer into a private staging directory beside `directory`,
-    then move them in file by file with atomic renames, `WORLD_DONE` last. A build killed at any
-    point leaves no half-written file and no completeness mark; concurrent builds of one world
-    (the runs of a sweep share `world-<digest>`) each move in the same bytes, and a reader never
-    sees a file being written."""
+    then rename the staging directory to `directory` in one step: it appears complete or not at
+    all, and a build that fails or is killed leaves no half-made world (and, but for a SIGKILL,
+    no staging directory). Where `directory` exists already (a `data.world.dir` made
+    beforehand, a tokenizer-only world now completed, a concurrent build that finished first)
+    the files move in one by one with atomic renames, each part's mark (`DATA_DONE`,
+    `WORLD_DONE`) last: a reader never sees a file being written nor a mark before its part,
+    and concurrent builds of one world each move in the same bytes."""
     from easyalign.data.tokenizer import build_world_tokenizer
     from easyalign.data.world import build_world
 
@@ -77,11 +93,23 @@ def _build_world_files(config, directory: Path) -> None:
     staging = Path(tempfile.mkdtemp(prefix=f".{directory.name}.tmp", dir=directory.parent))
     try:
         world = build_world(world_settings(config))
-        world.write(staging)
+        if not tokenizer_only:
+            world.write(staging)
         build_world_tokenizer(world, staging / "tokenizer")
-        files = sorted((f for f in staging.rglob("*") if f.is_file()),
-                       key=lambda f: f == staging / WORLD_DONE)
-        for file in files:
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)  # mkdtemp's 0700 would hide a shared world from others
+        try:
+            os.replace(staging, directory)
+            return
+        except OSError:  # `directory` exists and holds files: move them in one by one
+            pass
+
+        def order(file: Path) -> tuple[bool, bool]:  # records, their mark, tokenizer, its mark
+            relative = file.relative_to(staging)
+            return relative.parts[0] == WORLD_DONE.parts[0], relative in (DATA_DONE, WORLD_DONE)
+
+        for file in sorted((f for f in staging.rglob("*") if f.is_file()), key=order):
             target = directory / file.relative_to(staging)
             target.parent.mkdir(parents=True, exist_ok=True)
             os.replace(file, target)
