@@ -27,7 +27,8 @@ def get_config(preset: str = ""):
     c.data.max_length = 512              # prompt budget in tokens (longer prompts lose their start)
     c.generate = g = ConfigDict()
     g.model = "@sft"                     # checkpoint | workdir | HF dir | .gguf | smollm2 | @stage
-    g.output = ""                        # JSONL written ("" = workdir/generations.jsonl)
+    g.output = ""                        # JSONL written ("" = workdir/generations.jsonl, with the
+    #                                      run's config.json; a path: only that file is written)
     g.batch_size = 32                    # decode slots (global), refilled as rows finish
     g.max_new_tokens = 128               # response budget per prompt
     g.sampling = "greedy"                # greedy | temperature | top_k | top_p
