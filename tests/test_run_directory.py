@@ -1,13 +1,13 @@
 """A run directory is never left corrupted or looking complete when it is not (issue 16).
 
-* the lock: a live holder refuses, a dead one is taken over;
+* the lock: a live holder refuses, a dead one (a zombie too) is taken over;
 * the manifest: a changed lr or data content refuses with the diff unless allowed (both
   configs kept); a set-up or pipeline stage that fails leaves the workdir as it found it;
 * the final model is written last: a crash mid-save leaves no complete-looking stage; a torn
   `metrics.jsonl` line does not break a resume;
 * divergence stops before any checkpoint holds NaN, and a dead model is warned about;
 * one real tiny SFT run: its last line names the model and metric, a rerun says it is
-  complete; Ctrl-C before the first checkpoint says one line and leaves nothing.
+  complete; Ctrl-C or SIGTERM before the first checkpoint says one line and leaves nothing.
 
 Bad configs and data (one line naming the key, file or path) are `test_bad_inputs.py`'s.
 """
@@ -50,6 +50,28 @@ def test_lock_refuses_a_live_holder_and_takes_over_a_dead_ones(tmp_path):
     assert rundir.acquire(tmp_path) is None  # re-entrant in one process
     rundir.release(tmp_path)
     assert not lock.exists()
+
+
+def test_a_zombie_holder_is_dead(tmp_path):
+    """A run killed with SIGKILL is `<defunct>` until its parent reaps it: its lock is stale
+    (the rerun refused, "in use by another run", naming the zombie's pid)."""
+    import socket
+    import time
+
+    zombie = subprocess.Popen(["true"])  # not waited for: a zombie until `wait` below
+    deadline = time.monotonic() + 30
+    while Path(f"/proc/{zombie.pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z":
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    lock = tmp_path / rundir.LOCK_FILE
+    lock.write_text(json.dumps({"pid": zombie.pid, "host": socket.gethostname(),
+                                "started": "t"}))
+    try:
+        note = rundir.acquire(tmp_path)
+        assert note and f"stale lock of pid {zombie.pid}" in note
+    finally:
+        rundir.release(tmp_path)
+        zombie.wait()
 
 
 def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
@@ -273,12 +295,14 @@ def test_a_run_ends_naming_its_model_and_a_rerun_says_it_is_complete(tmp_path, c
     assert {p: p.stat().st_mtime_ns for p in model_files} == model_files
 
 
+@pytest.mark.parametrize("signum", [2, 15], ids=["SIGINT", "SIGTERM"])
 def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp_path,
-                                                                           built_world):
+                                                                           built_world, signum):
     """Ctrl-C (SIGINT) while a new run compiles or trains toward its first checkpoint: one line
-    on stderr (no traceback), exit status 130, and the workdir it made gone — its logs
-    included (it printed a traceback, exited with a segfault and kept `logs/`)."""
-    import signal
+    on stderr (no traceback) saying the workdir was removed, exit status 128 + the signal, and
+    the workdir it made gone — its logs included (it printed a traceback, exited with a
+    segfault and kept `logs/`). SIGTERM (`kill`, `timeout`, SLURM preemption) alike: it left
+    run.lock, config.json, manifest.json and an empty checkpoints/."""
     import time
 
     from conftest import cpu_devices_env, sft_command
@@ -292,9 +316,13 @@ def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp
         assert time.monotonic() < deadline, "the run never started its logs"
         time.sleep(0.05)
     assert not (workdir / "checkpoints").is_dir() or not any((workdir / "checkpoints").iterdir())
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signum)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-3000:]
+    assert process.returncode == 128 + signum, stderr[-3000:]
     assert "Traceback" not in stderr, stderr[-3000:]
-    assert stderr.strip().splitlines()[-1].startswith("easyalign sft: interrupted"), stderr
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("easyalign sft: interrupted (" +
+                           ("Ctrl-C" if signum == 2 else "SIGTERM")), stderr
+    assert f"removed {workdir} (no checkpoint had been saved): the same command starts over" \
+        in last, last
     assert not (tmp_path / "runs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))

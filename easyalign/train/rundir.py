@@ -2,7 +2,8 @@
 
 * **Lock** (`workdir/run.lock`): created with O_EXCL by process 0 and holding its pid, host and
   start time. A second run on the same workdir refuses, naming the first. A lock whose pid is
-  dead on this host is stale (a killed run): it is taken over with a note. Released when the
+  dead on this host (gone, or a zombie not yet reaped) is stale (a killed run): it is taken
+  over with a note. Released when the
   phase ends (and at exit).
 * **Manifest** (`workdir/manifest.json`): the training-relevant config (every key except how
   often to log/evaluate/checkpoint, the mesh and process layout, the preset's name (its values
@@ -56,13 +57,20 @@ class RunDirError(ValueError):
 
 # ----------------------------------------------------------------------------- lock
 def _alive(pid: int) -> bool:
+    """Whether `pid` is a running process on this host. A zombie is not: a run killed with
+    SIGKILL stays `<defunct>` in the process table until its parent reaps it (a shell's
+    `timeout`, a job runner), and its lock is as stale as if the pid were gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:
-        return True
-    return True
+        pass  # another user's process: it exists
+    try:  # the state is the field after the command name, which may hold spaces and ")"
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True  # no /proc (macOS): the signal check is all there is
+    return state not in ("Z", "X")
 
 
 def acquire(workdir: Path) -> str | None:
@@ -264,6 +272,9 @@ def _checkpoint_entries(workdir: Path) -> frozenset[str]:
 
 
 _started: list[dict[Path, _Found]] = []  # one per open `undo_on_failure`, innermost last
+# What the undo of a failed or interrupted phase did, one phrase per workdir (`_put_back`):
+# the CLI's line about an interruption says it, so that a cleanup is never silent.
+undone: list[str] = []
 
 
 @contextlib.contextmanager
@@ -286,7 +297,7 @@ def undo_on_failure():
         yield
     except BaseException:
         for workdir, found in started.items():
-            _put_back(workdir, found)
+            undone.append(_put_back(workdir, found))
         raise
     else:
         for workdir in started:
@@ -295,12 +306,13 @@ def undo_on_failure():
         _started.pop()  # the innermost, this one (uses nest)
 
 
-def _put_back(workdir: Path, found: _Found) -> None:
-    """`undo_on_failure`'s undo of one workdir; never raises (the phase's error is the one)."""
+def _put_back(workdir: Path, found: _Found) -> str:
+    """`undo_on_failure`'s undo of one workdir, and a phrase saying what it did; never raises
+    (the phase's error is the one)."""
     release(workdir)
     try:
         if _checkpoint_entries(workdir) - found.checkpoints:
-            return
+            return f"{workdir} keeps its checkpoints: {_rerun(workdir)}"
         for path in workdir.iterdir():
             if _RECORDS.fullmatch(path.name) and path.name not in found.records:
                 path.unlink()
@@ -318,6 +330,20 @@ def _put_back(workdir: Path, found: _Found) -> None:
                     break
     except OSError:
         pass
+    if not workdir.exists():
+        return f"removed {workdir} (no checkpoint had been saved): the same command starts over"
+    return f"put {workdir} back as it was (no new checkpoint had been saved): {_rerun(workdir)}"
+
+
+def _rerun(workdir: Path) -> str:
+    """What the same command does next in `workdir`: resume from its last complete step (a
+    save cut short is a temporary directory, not a step), or start over."""
+    try:
+        steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
+    except OSError:  # no checkpoints/ (or it went away)
+        steps = []
+    return f"the same command resumes from step {max(steps)}" if steps else (
+        "the same command starts over")
 
 
 def write_atomic(path: Path, text: str) -> Path:
