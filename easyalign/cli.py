@@ -11,9 +11,11 @@ when it runs, so `easyalign --help` is instant; `easyalign <command> --help` lis
 command's flags and config keys with their one-line comments (from the config files).
 
 The error boundary: every failure a user can cause — a config key or value, a missing or broken
-file, a locked or mismatched run directory, a full disk, a diverged run — ends as one line on
-stderr, `easyalign <command>: <what is wrong, naming the key, file or path>`, and exit status 1.
-`--debug` (or `EASYALIGN_DEBUG=1`) shows the traceback instead.
+file, a locked or mismatched run directory, a full disk, a device out of memory, a diverged run
+— ends as one line on stderr, `easyalign <command>: <what is wrong, naming the key, file or
+path>`, and exit status 1. `--debug` (or `EASYALIGN_DEBUG=1`) shows the traceback instead.
+Ctrl-C and SIGTERM (`kill`, `timeout`, SLURM preemption) stop a run alike: one line saying what
+became of its workdir, exit status 128 + the signal.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from __future__ import annotations
 import errno
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -76,6 +79,11 @@ def _unknown_key(args: list[str]) -> ConfigError:
 def load_config(args: list[str]):
     """Parse `--config=FILE[:preset]`, `--config.a.b=v` overrides and the multi-host flags."""
     argv = ["easyalign"] + list(args)
+    if not any(a == "--config" or a.startswith("--config=") for a in args):
+        # absl would name the first override an unknown flag: the file is what is missing.
+        raise ConfigError("missing --config=FILE[:preset] (e.g. --config=configs/sft.py:tiny)"
+                          + (" before the --config.KEY=VALUE overrides"
+                             if any(a.startswith("--config.") for a in args) else ""))
     try:
         fv = _config_flags(argv)
         rest = fv(argv)
@@ -101,7 +109,7 @@ def load_config(args: list[str]):
     if len(rest) > 1:
         raise ConfigError(f"unexpected argument(s) {rest[1:]}: every input is a flag, e.g. "
                           "--config.train.steps=10")
-    if config is None:
+    if config is None:  # `--config` given without a value
         raise ConfigError("missing --config=FILE[:preset] (e.g. --config=configs/sft.py:tiny)")
     if fv.coordinator is not None:
         config.distributed.coordinator = fv.coordinator
@@ -169,12 +177,13 @@ def command_help(command: str, args: list[str]) -> str:
         return tools.usage(command)
     repo = Path(__file__).resolve().parents[1]
     phase = command.replace("-", "_")
-    given = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")),
-                 f"configs/{'ablations' if phase == 'ablate' else phase}.py")
+    example = f"configs/{'ablations' if phase == 'ablate' else phase}.py"
+    # The keys shown are those of the given config file, else of the phase's own (an example:
+    # a run always names its file, there is no default).
+    given = next((a.split("=", 1)[1] for a in args if a.startswith("--config=")), example)
     lines = [f"usage: easyalign {command} --config=FILE[:preset] [--config.KEY=VALUE ...]",
              f"  {STAGES[command][2]}", "", "flags:",
-             "  --config=FILE[:preset]   the config file (default here: "
-             f"{given}), e.g. configs/{phase}.py:tiny",
+             f"  --config=FILE[:preset]   the config file (required), e.g. {example}:tiny",
              "  --config.KEY=VALUE       override any key below (unknown keys are errors)",
              "  --coordinator=HOST:PORT  --num_processes=N  --process_id=I   multi-host",
              "  --debug                  show the traceback of an error", ""]
@@ -184,7 +193,8 @@ def command_help(command: str, args: list[str]) -> str:
         return "\n".join(lines + [f"(config keys unavailable: {e})"])
     file = repo / given.split(":", 1)[0]
     comments = config_comments(repo / "configs" / "base.py", file)
-    lines.append(f"config keys ({given}):")
+    named = any(a.startswith("--config=") for a in args)
+    lines.append(f"config keys ({given if named else 'as in ' + given}):")
     for key in flat_keys(config):
         node = config
         for part in key.split("."):
@@ -204,10 +214,43 @@ def _causes(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
-def describe(error: BaseException) -> str:
-    """One line for an error a user caused: its message, or the OS error and the path."""
+_OOM = re.compile(r"RESOURCE_EXHAUSTED|out of memory", re.IGNORECASE)
+_OOM_BYTES = re.compile(r"(?:allocat\w*|requested)\s+(?:of\s+)?([\d,]+)\s*(?:bytes|B\b)",
+                        re.IGNORECASE)
+
+
+def out_of_memory(error: BaseException, command: str = "") -> str | None:
+    """The one line for a device running out of memory (XLA's RESOURCE_EXHAUSTED, whatever
+    the exception class of the jax version): what was asked for and which keys lower the
+    peak; None for any other error. A user's config causes this, not a bug: no traceback."""
+    chain = list(_causes(error))
+    text = next((str(e) for e in chain if _OOM.search(str(e))), None)
+    host = text is None and any(isinstance(e, MemoryError) for e in chain)
+    if text is None and not host:
+        return None
+    size = _OOM_BYTES.search(text or "")
+    tried = (f" allocating {int(size.group(1).replace(',', '')) / 2**30:.2f} GiB"
+             if size else "")
+    phase = command.replace("-", "_")
+    try:
+        from easyalign.doctor import INFERENCE, TRAINING  # the phases the doctor plans
+    except ImportError:  # the boundary must not fail in its turn
+        INFERENCE = TRAINING = ()
+    phase = phase if phase in TRAINING or phase in INFERENCE else "PHASE"
+    return (f"out of {'host' if host else 'device'} memory{tried}: lower train.batch_size "
+            "(raise train.grad_accum to keep the batch) or data.max_length, or set "
+            "model.remat=full; plan the fit with easyalign doctor "
+            f"--config=configs/doctor.py:{phase}[:preset]")
+
+
+def describe(error: BaseException, command: str = "") -> str:
+    """One line for an error a user caused: its message, the OS error and the path, or what
+    to change when the device ran out of memory (`command` names the phase in that hint)."""
     from easyalign.train.loop import NonFiniteLossError
 
+    oom = out_of_memory(error, command)
+    if oom is not None:
+        return oom
     chain = list(_causes(error))
     for e in chain:
         if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
@@ -264,6 +307,9 @@ def main(argv: list[str] | None = None) -> None:
         # data pipeline cuts to data.max_length itself and reports what it cut).
         logging.getLogger("transformers").setLevel(logging.ERROR)
     _deliver_ctrl_c_reliably()
+    from easyalign.train import rundir
+
+    rundir.undone.clear()  # an in-process caller's earlier command is not this one's
     try:
         if command in STAGES:
             config = load_config(args)
@@ -281,18 +327,20 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, KeyboardInterrupt) or _ctrl_c:
             _exit_interrupted(command)
         _silence_stderr_loggers()
-        sys.exit(f"easyalign {command}: {describe(e)}")
+        sys.exit(f"easyalign {command}: {describe(e, command)}")
     finally:
-        from easyalign.train import rundir
-
         rundir.release()
 
 
-_ctrl_c = []  # a SIGINT arrived (`_deliver_ctrl_c_reliably`)
+_ctrl_c = []  # the numbers of the stop signals that arrived (`_deliver_ctrl_c_reliably`)
+# Ctrl-C, and what `kill`, `timeout` and a SLURM preemption send.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
 
 def _deliver_ctrl_c_reliably() -> None:
-    """Ctrl-C raises KeyboardInterrupt wherever the main thread is. Two ways that goes wrong,
+    """Ctrl-C raises KeyboardInterrupt wherever the main thread is, and so does SIGTERM — what
+    `kill`, `timeout` and a SLURM preemption send: a run stopped either way is undone or kept
+    alike (`rundir.undo_on_failure`) and says so in one line. Two ways that goes wrong,
     both seen on a 2-core machine during the first compilation: Python drops one raised inside a
     garbage-collector callback (jax registers one; "Exception ignored in _xla_gc_callback") and
     the run trains on; and one raised inside a library's `with lock:` surfaces as another error
@@ -300,7 +348,6 @@ def _deliver_ctrl_c_reliably() -> None:
     delivered again at the main thread's next Python step, and `main` reports any error that
     follows a Ctrl-C as the interruption it is."""
     import _thread
-    import signal
     import threading
 
     if getattr(sys.unraisablehook, "delivers_ctrl_c", False) or (
@@ -315,13 +362,14 @@ def _deliver_ctrl_c_reliably() -> None:
             return
         previous(unraisable)
 
-    def on_sigint(signum, frame):
+    def on_stop(signum, frame):
         _ctrl_c.append(signum)
         signal.default_int_handler(signum, frame)
 
     hook.delivers_ctrl_c = True
     sys.unraisablehook = hook
-    signal.signal(signal.SIGINT, on_sigint)
+    for signum in STOP_SIGNALS:
+        signal.signal(signum, on_stop)
 
 
 # What a rerun keeps, for the commands without training checkpoints.
@@ -334,18 +382,25 @@ RESUMES_FROM = {"eval": "the variants finished before (the interrupted one start
 
 
 def _exit_interrupted(command: str) -> None:
-    """One line, the locks released, exit status 130 — not through interpreter shutdown: with
-    XLA's compiler threads mid-work that segfaulted (exit -11 after the traceback). Checkpoints
-    need no flush: a save cut short is a temporary directory that a restore never reads."""
+    """One line — which signal, what the undo did to each workdir (`rundir.undone`), where a
+    rerun resumes — the locks released, exit status 128 + the signal (130 for Ctrl-C, 143 for
+    SIGTERM), not through interpreter shutdown: with XLA's compiler threads mid-work that
+    segfaulted (exit -11 after the traceback). Checkpoints need no flush: a save cut short is
+    a temporary directory that a restore never reads."""
     from easyalign.train import rundir
 
     rundir.release()
+    signum = _ctrl_c[0] if _ctrl_c else signal.SIGINT
+    by = "Ctrl-C" if signum == signal.SIGINT else signal.Signals(signum).name
     resumes = RESUMES_FROM.get(command, "the last complete checkpoint (a run interrupted "
                                         "before its first one was undone)")
-    print(f"easyalign {command}: interrupted; the same command resumes from {resumes}",
-          file=sys.stderr, flush=True)
+    line = f"easyalign {command}: interrupted ({by})" + "".join(
+        f"; {note}" for note in rundir.undone)
+    if command in RESUMES_FROM or not rundir.undone:  # else the notes say where it resumes
+        line += f"; the same command resumes from {resumes}"
+    print(line, file=sys.stderr, flush=True)
     sys.stdout.flush()
-    os._exit(130)
+    os._exit(128 + signum)
 
 
 def _silence_stderr_loggers() -> None:

@@ -92,7 +92,15 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
          "none.jsonl"),
         ("workdir locked", SFT, "pid 1 "),
         ("convert: missing checkpoint", ["convert", f"--to_hf={tmp / 'none'}",
-                                         f"--out={tmp / 'out'}"], "none"),
+                                         f"--out={tmp / 'out'}"],
+         "none: no such file or directory"),
+        ("sample: missing checkpoint", ["sample", f"--checkpoint={tmp / 'none'}", "--prompt=hi"],
+         "none: no such file or directory"),
+        ("convert: dtype bf16", ["convert", f"--to_hf={tmp / 'none'}", f"--out={tmp / 'out'}",
+                                 "--dtype=bf16"],
+         "--dtype='bf16': not one of float32 | bfloat16 | float16; did you mean 'bfloat16'?"),
+        ("overrides without --config", ["sft", "--config.train.steps=3"],
+         "missing --config=FILE[:preset]"),
     ]
 
 
@@ -107,9 +115,10 @@ RUNNER = textwrap.dedent("""
         os.dup2(err.fileno(), 2)
         code = 0
         try:
+            tool = argv[0] in ("convert", "sample")
             cli.main(["easyalign", *argv, f"--config.workdir={workdir}"]
-                     if argv[0] != "convert" and not any(a.startswith("--config.workdir")
-                                                         for a in argv) else ["easyalign", *argv])
+                     if not tool and not any(a.startswith("--config.workdir") for a in argv)
+                     else ["easyalign", *argv])
         except SystemExit as e:  # what the interpreter does with sys.exit(message)
             code = e.code if isinstance(e.code, int) else 1
             if not isinstance(e.code, int) and e.code is not None:
@@ -228,6 +237,9 @@ def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):
     assert "optim.name = 'adamw'    # adamw | adafactor | sgd | lion" in text
     cli.main(["easyalign", "convert", "--help"])
     assert "--to_hf" in capsys.readouterr().out
+    cli.main(["easyalign", "sft", "--help"])  # a run names its config: there is no default
+    text = capsys.readouterr().out
+    assert "default" not in text.split("config keys")[0] and "(required)" in text
 
 
 def test_the_boundary_names_a_full_disk_and_a_divergence_in_one_line():
@@ -243,6 +255,29 @@ def test_the_boundary_names_a_full_disk_and_a_divergence_in_one_line():
     assert "no space left" in line and "/runs/x/checkpoints/4" in line and "\n" not in line
     line = cli.describe(NonFiniteLossError("non-finite loss or gradient norm at step 3;\n x"))
     assert line.startswith("non-finite") and "\n" not in line
+
+
+def test_running_out_of_memory_is_one_line_saying_what_to_change():
+    """XLA's RESOURCE_EXHAUSTED (raised by jax as JaxRuntimeError, wrapped or not) is the
+    user's config, not an internal error: the size in GiB and the keys that lower the peak."""
+    from jax.errors import JaxRuntimeError
+
+    error = JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory allocating 56858647624 bytes.")
+    line = cli.describe(error, "grpo")
+    assert line.startswith("out of device memory allocating 52.95 GiB"), line
+    for key in ("train.batch_size", "data.max_length", "train.grad_accum", "model.remat",
+                "easyalign doctor --config=configs/doctor.py:grpo"):
+        assert key in line, line
+    try:
+        try:
+            raise error
+        except JaxRuntimeError as inner:
+            raise RuntimeError("while compiling the step") from inner
+    except RuntimeError as e:
+        assert "52.95 GiB" in cli.describe(e, "pipeline") and "doctor.py:PHASE" in \
+            cli.describe(e, "pipeline")
+    assert "internal error" not in line and "\n" not in line
+    assert "internal error" in cli.describe(RuntimeError("a bug"))
 
 
 def test_orbax_tracked_metric_warning_is_silenced(tmp_path, caplog):
