@@ -12,7 +12,8 @@
 A model directory may be given three ways everywhere (`resolve_model_dir`): an easyalign model
 checkpoint (`DIR/{model_config.json, params/, tokenizer/}`), a phase's workdir (its final model
 is `DIR/model/`), or an HF directory (`config.json` + safetensors). `--to_hf` takes the first
-two; `sample` all three.
+two; `sample` all three. Both also take an intermediate checkpoint of a run,
+`WORKDIR/checkpoints/STEP` (`hf.step_checkpoint`: the model as it was at that step).
 
 Both tools run in one process and spread the model over every local device as FSDP
 (`--fsdp=-1`, the default), so a model larger than one device still converts; `--fsdp=1` keeps
@@ -33,8 +34,14 @@ import jax
 from absl import flags
 
 from easyalign import sharding
+from easyalign.config_keys import ConfigError, check_choice
 from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+from easyalign.hf.step_checkpoint import StepCheckpointError, training_step
 
+DTYPES = ("float32", "bfloat16", "float16")  # as `model.dtype` / `model.param_dtype` take
+# The short names other tools use: a "did you mean" difflib does not find (fp16 → float16).
+_DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "fp16": "float16", "f16": "float16",
+                  "half": "float16", "bf16": "bfloat16"}
 
 
 class ToolError(ValueError):
@@ -71,6 +78,19 @@ def usage(command: str) -> str:
     return "\n".join(lines)
 
 
+def _check_dtype(value: str | None) -> None:
+    """`--dtype` is one of DTYPES (unset is the tool's default): one line otherwise, the
+    same as `--config.model.dtype`'s."""
+    if not value:
+        return
+    try:
+        check_choice("--dtype", value, DTYPES)
+    except ConfigError as e:
+        alias = _DTYPE_ALIASES.get(value.lower())
+        hint = f"; did you mean {alias!r}?" if alias and "did you mean" not in str(e) else ""
+        raise ToolError(f"{e}{hint}") from None
+
+
 def _mesh(fv: flags.FlagValues):
     devices = jax.local_devices()
     n = len(devices) if fv.fsdp == -1 else fv.fsdp
@@ -83,7 +103,7 @@ def _run(command: str, body: Callable[[list[str]], None], args: list[str]) -> No
     """Turn a ToolError (or a missing file) into `easyalign <command>: message`, exit status 1."""
     try:
         body(args)
-    except (ToolError, ModelDirError, FileNotFoundError) as e:
+    except (ToolError, ModelDirError, StepCheckpointError, FileNotFoundError) as e:
         sys.exit(f"easyalign {command}: {e}")
 
 
@@ -92,13 +112,14 @@ def _define_convert(fv: flags.FlagValues) -> None:
     flags.DEFINE_string("from_hf", None, "HF model directory to import", flag_values=fv)
     flags.DEFINE_string("from_gguf", None, "GGUF file to import (or an installed model: "
                         "smollm2)", flag_values=fv)
-    flags.DEFINE_string("to_hf", None, "model checkpoint (or phase workdir) to export",
+    flags.DEFINE_string("to_hf", None, "model checkpoint, phase workdir or a run's "
+                        "checkpoints/STEP to export",
                         flag_values=fv)
     flags.DEFINE_string("out", None, "output directory (must not exist or be empty)",
                         flag_values=fv)
-    flags.DEFINE_string("dtype", None, "--from_hf/--from_gguf: stored param dtype (default "
-                        "float32); "
-                        "--to_hf: weight dtype written (default the stored one)", flag_values=fv)
+    flags.DEFINE_string("dtype", None, "float32 | bfloat16 | float16 — --from_hf/--from_gguf: "
+                        "stored param dtype (default float32); --to_hf: weight dtype written "
+                        "(default the stored one)", flag_values=fv)
     flags.DEFINE_string("max_shard_size", "2GB", "--to_hf: largest safetensors file",
                         flag_values=fv)
     flags.DEFINE_string("peft", None, "--from_hf: a PEFT LoRA adapter directory for that base, "
@@ -118,6 +139,7 @@ def _convert(args: list[str]) -> None:
                         "--to_hf=CHECKPOINT (with --out=DIR)")
     if not fv.out:
         raise ToolError("missing --out=DIR")
+    _check_dtype(fv.dtype)
     out = Path(fv.out)
     if out.exists() and any(out.iterdir()):
         raise ToolError(f"--out={out} exists and is not empty; refusing to overwrite")
@@ -152,6 +174,10 @@ def _convert(args: list[str]) -> None:
             raise ToolError(str(e)) from None
         _publish(out, final)
         print(f"easyalign convert: {source} → model checkpoint {final}")
+    elif training_step(fv.to_hf):
+        _export_step(fv, mesh, out)
+        _publish(out, final)
+        print(f"easyalign convert: {fv.to_hf} → HF directory {final}")
     else:
         source, kind = resolve_model_dir(fv.to_hf)
         if kind == "hf":
@@ -172,6 +198,25 @@ def _convert(args: list[str]) -> None:
         print(f"easyalign convert: {source} → {what} {final}")
 
 
+def _export_step(fv: flags.FlagValues, mesh, out: Path) -> None:
+    """`--to_hf=<workdir>/checkpoints/<step>`: that step's model (`hf.step_checkpoint`), with
+    the run's tokenizer when it can be found (a note says so when not)."""
+    from easyalign.hf.export import to_hf
+    from easyalign.hf.step_checkpoint import load_step_model, step_tokenizer
+
+    if fv.adapter == "peft":
+        raise ToolError(f"--to_hf={fv.to_hf} --adapter=peft: an intermediate checkpoint of a "
+                        "LoRA run is not exported; pass the finished run's workdir")
+    to_hf(load_step_model(fv.to_hf, mesh=mesh), out, max_shard_size=fv.max_shard_size,
+          dtype=fv.dtype)
+    tokenizer = step_tokenizer(fv.to_hf)
+    if tokenizer is None:
+        print(f"easyalign convert: note: the tokenizer of the run of {fv.to_hf} was not found; "
+              "copy its tokenizer files into the output")
+    elif jax.process_index() == 0:
+        tokenizer.save_pretrained(str(out))
+
+
 def _publish(partial: Path, final: Path) -> None:
     """Rename the complete output into place (`final` is absent or an empty directory)."""
     if final.exists():
@@ -186,7 +231,8 @@ def convert(args: list[str]) -> None:
 
 # ----------------------------------------------------------------------------- sample
 def _define_sample(fv: flags.FlagValues) -> None:
-    flags.DEFINE_string("checkpoint", None, "model checkpoint, phase workdir, HF directory, "
+    flags.DEFINE_string("checkpoint", None, "model checkpoint, phase workdir, a run's "
+                        "checkpoints/STEP, HF directory, "
                         "GGUF file or installed alias (smollm2)", flag_values=fv)
     flags.DEFINE_multi_string("prompt", [], "a user prompt (repeat for several)", flag_values=fv)
     flags.DEFINE_integer("max_new_tokens", 64, "response budget per prompt", flag_values=fv)
@@ -198,8 +244,8 @@ def _define_sample(fv: flags.FlagValues) -> None:
     flags.DEFINE_integer("seed", 0, "sampling seed (greedy ignores it)", flag_values=fv)
     flags.DEFINE_string("tokenizer", None, "tokenizer directory when the model has none",
                         flag_values=fv)
-    flags.DEFINE_string("dtype", "", "compute dtype override (default as stored)",
-                        flag_values=fv)
+    flags.DEFINE_string("dtype", "", "compute dtype override: float32 | bfloat16 | float16 "
+                        "(default as stored)", flag_values=fv)
     flags.DEFINE_bool("json", False, "one JSON object per prompt instead of text",
                       flag_values=fv)
 
@@ -219,10 +265,14 @@ def _sample(args: list[str]) -> None:
         method = sampling_method(fv.method, fv.temperature, fv.top_k, fv.top_p)
     except ValueError as e:
         raise ToolError(str(e)) from None
-    path, _ = resolve_model_dir(fv.checkpoint)
+    _check_dtype(fv.dtype)
     mesh = _mesh(fv)
-    model = load_model(path, mesh, fv.dtype)
-    tokenizer = load_tokenizer(path, fv.tokenizer)
+    if training_step(fv.checkpoint):
+        model, tokenizer = _step_model(fv, mesh)
+    else:
+        path, _ = resolve_model_dir(fv.checkpoint)
+        model = load_model(path, mesh, fv.dtype)
+        tokenizer = load_tokenizer(path, fv.tokenizer)
     # One batch for a handful of prompts; rows are padded to the batch, so no more than needed.
     sampler = Sampler.from_model(model, tokenizer, batch_size=min(len(fv.prompt), 32), mesh=mesh)
     outs = sampler.sample_texts(fv.prompt, max_new_tokens=fv.max_new_tokens, method=method,
@@ -237,6 +287,22 @@ def _sample(args: list[str]) -> None:
         end = "stopped" if out["finished"] else f"cut at max_new_tokens={fv.max_new_tokens}"
         print(f"### prompt {i + 1}: {out['prompt']}\n{out['response']}\n"
               f"[{num_tokens} tokens, {end}]\n")
+
+
+def _step_model(fv: flags.FlagValues, mesh):
+    """`(model, tokenizer)` of `--checkpoint=<workdir>/checkpoints/<step>`, computing in the
+    stored dtype unless `--dtype` (as `load_model` does)."""
+    from easyalign.hf.step_checkpoint import load_step_model, step_model_config, step_tokenizer
+    from transformers import AutoTokenizer
+
+    dtype = fv.dtype or step_model_config(fv.checkpoint).param_dtype
+    model = load_step_model(fv.checkpoint, mesh=mesh, dtype=dtype)
+    tokenizer = (AutoTokenizer.from_pretrained(fv.tokenizer) if fv.tokenizer
+                 else step_tokenizer(fv.checkpoint))
+    if tokenizer is None:
+        raise ToolError(f"--checkpoint={fv.checkpoint}: the tokenizer of its run was not found; "
+                        "pass --tokenizer=DIR")
+    return model, tokenizer
 
 
 def sample(args: list[str]) -> None:

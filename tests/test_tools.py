@@ -72,7 +72,11 @@ def test_convert_round_trip_is_bit_identical(tmp_path):
     ([], "give exactly one direction"),
     (["--from_hf=a", "--to_hf=b", "--out=c"], "give exactly one direction"),
     (["--from_hf=a"], "missing --out"),
-    (["--to_hf=/nonexistent", "--out=/tmp/x"], "not an easyalign model checkpoint"),
+    (["--to_hf=/nonexistent", "--out=/tmp/x"], "/nonexistent: no such file or directory"),
+    (["--to_hf=/tmp", "--out=/tmp/x"], "not an easyalign model checkpoint"),
+    (["--to_hf=a", "--out=b", "--dtype=bf16"],
+     "--dtype='bf16': not one of float32 | bfloat16 | float16; did you mean 'bfloat16'?"),
+    (["--from_hf=a", "--out=b", "--dtype=fp16"], "did you mean 'float16'?"),
     (["--from_hf=/nonexistent", "--out=/tmp/x"], "no config.json"),
     (["--to_hf=a", "--out=b", "stray"], "unexpected argument"),
     (["--frm_hf=a"], "Unknown command line flag 'frm_hf'"),
@@ -96,6 +100,53 @@ def test_a_phase_workdir_without_its_model_is_explained(tmp_path):
     (tmp_path / "config.json").write_text("{}")
     with pytest.raises(tools.ModelDirError, match="model/ is missing"):
         tools.resolve_model_dir(tmp_path)
+
+
+def _save_steps(workdir: Path, checkpoint: Path, world: Path) -> None:
+    """`workdir` as a run that saved steps 3 (a plain train state) and 4 (PPO's: params of
+    policy and value), but no final model yet, with the run's recorded config."""
+    import optax
+    from flax import nnx
+
+    from easyalign.sharding import single_device_mesh
+    from easyalign.train import checkpoint as ckpt, state as train_state
+
+    config = load_config(["--config=configs/sft.py:tiny", f"--config.workdir={workdir}",
+                          f"--config.data.tokenizer={world / 'tokenizer'}"])
+    workdir.mkdir(parents=True)
+    (workdir / "config.json").write_text(config.to_json_best_effort())
+    model = load_model(checkpoint)
+    params = nnx.state(model, nnx.Param)
+    saver = ckpt.Checkpointer(workdir / "checkpoints", keep=5, async_save=False)
+    for step, tree in ((3, params), (4, {"policy": params, "value": params})):
+        state = train_state.create_train_state(tree, optax.adam(1e-3), 0, single_device_mesh())
+        saver.save(step, state, {}, model.config.to_dict(), force=True)
+    saver.close()
+
+
+def test_an_intermediate_checkpoint_is_exported_and_sampled(world_model, tmp_path, capsys):
+    """`--to_hf` / `--checkpoint` = `<workdir>/checkpoints/<step>`: the model of that step with
+    the run's tokenizer, the same as the model it was saved from; elsewhere a step is one line
+    saying what to pass, and a workdir without its final model names its latest step."""
+    _, world, checkpoint = world_model
+    workdir = tmp_path / "runs" / "sft"
+    _save_steps(workdir, checkpoint, world)
+    tools.convert([f"--to_hf={checkpoint}", f"--out={tmp_path / 'final'}"])
+    for step in (3, 4):
+        out = tmp_path / f"step{step}"
+        tools.convert([f"--to_hf={workdir / 'checkpoints' / str(step)}", f"--out={out}"])
+        assert_same_tensors(tmp_path / "final", out)
+        assert (out / "tokenizer.json").is_file()
+    capsys.readouterr()
+    args = [f"--prompt={PROMPTS[0]}", "--max_new_tokens=8", "--json"]
+    tools.sample([f"--checkpoint={workdir / 'checkpoints' / '3'}", *args])
+    tools.sample([f"--checkpoint={checkpoint}", *args])
+    from_step, from_model = capsys.readouterr().out.strip().splitlines()
+    assert from_step == from_model
+    with pytest.raises(tools.ModelDirError, match="intermediate checkpoint .step 3.*--to_hf="):
+        tools.resolve_model_dir(workdir / "checkpoints" / "3")
+    with pytest.raises(tools.ModelDirError, match=r"latest checkpoint .*checkpoints/4"):
+        tools.resolve_model_dir(workdir)
 
 
 # ----------------------------------------------------------------------------- sample

@@ -150,10 +150,19 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
     `GGUFError` that says how to install it.
     """
     from easyalign.hf.gguf import INSTALLED, alias_hint, is_gguf, resolve_gguf
+    from easyalign.hf.step_checkpoint import latest_step, training_step
 
     if is_gguf(path):
         return resolve_gguf(path), "gguf"
     path = Path(path)
+    if not path.exists():
+        raise ModelDirError(f"{path}: no such file or directory{alias_hint(str(path))}")
+    step = training_step(path)
+    if step is not None:  # only the tools read one (`hf.step_checkpoint`); elsewhere: say so
+        raise ModelDirError(
+            f"{path}: an intermediate checkpoint (step {step[1]}) of the run in {step[0]}; "
+            f"give that workdir for its final model, or export the step first: easyalign "
+            f"convert --to_hf={path} --out=DIR")
     if (path / CONFIG_FILE).is_file():
         return path, "checkpoint"
     if (path / MODEL_DIR / CONFIG_FILE).is_file():
@@ -162,10 +171,12 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
     if (path / "config.json").is_file() and any(path.glob("*.safetensors")):
         return path, "hf"
     if (path / "config.json").is_file():
+        latest = latest_step(path)
         raise ModelDirError(f"{path}: looks like a phase workdir whose final model/ is missing "
-                            "(did the run finish?)")
+                            "(did the run finish?)" + (
+                                f"; its latest checkpoint {latest} is read by easyalign "
+                                "convert --to_hf and easyalign sample" if latest else ""))
     raise ModelDirError(f"{path}: not an easyalign model checkpoint (model_config.json), a "
                         "phase workdir (model/), an HF model directory (config.json + "
                         "*.safetensors) or a GGUF file (.gguf, or an installed alias: "
-                        f"{sorted(INSTALLED)})"
-                        + ("" if path.exists() else alias_hint(str(path))))
+                        f"{sorted(INSTALLED)})")

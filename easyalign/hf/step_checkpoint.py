@@ -1,0 +1,146 @@
+"""An intermediate training checkpoint (`<workdir>/checkpoints/<step>/`) read as a model.
+
+A phase saves its train state every `train.checkpoint_every` steps (`train.checkpoint`), and
+its final model (`<workdir>/model/`) only at the end. `easyalign convert --to_hf` and
+`easyalign sample` also read a step, so that a user can export or try the model of step 400
+of a run that is still going, or that was stopped:
+
+* the model config is the step's own (`<step>/model/`, JSON: each step describes itself);
+* the params are the `params` subtree of its train state (`<step>/state/`), restored alone
+  (Orbax partial restore: the optimizer state, twice the params' size under Adam, is not
+  read) straight into the current mesh's shardings; a PPO state's `params["policy"]` is the
+  policy;
+* the tokenizer is the run's: its final model's `tokenizer/` when the run finished, else the
+  one its recorded config (`<workdir>/config.json`) names (`data.tokenizer`, the source
+  model's, or a built-in source's when it was generated).
+
+A LoRA run's train state holds only the adapters (the base is not trained, so not saved):
+it cannot be read without the base, and says what to pass instead.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from easyalign import sharding
+from easyalign.model import abstract_model
+from easyalign.model.config import ModelConfig
+
+STATE_ITEM, MODEL_ITEM = "state", "model"  # `train.checkpoint.Checkpointer`'s item names
+
+
+class StepCheckpointError(ValueError):
+    """A step checkpoint that cannot be read as a model (the CLI prints the message)."""
+
+
+def training_step(path: str | Path) -> tuple[Path, int] | None:
+    """`(workdir, step)` when `path` is a saved step `<workdir>/checkpoints/<step>`, else None."""
+    path = Path(path)
+    if (path.name.isdigit() and path.parent.name == "checkpoints"
+            and (path / STATE_ITEM).is_dir() and (path / MODEL_ITEM).is_dir()):
+        return path.parent.parent, int(path.name)
+    return None
+
+
+def latest_step(workdir: str | Path) -> Path | None:
+    """The last complete step `<workdir>/checkpoints/<step>` (Orbax renames a step into place
+    when its save is complete), or None."""
+    directory = Path(workdir) / "checkpoints"
+    steps = [p for p in directory.iterdir() if training_step(p)] if directory.is_dir() else []
+    return max(steps, key=lambda p: int(p.name), default=None)
+
+
+def step_model_config(step_dir: str | Path) -> ModelConfig:
+    """The ModelConfig a step recorded (`<step>/model/metadata`, Orbax's JSON item)."""
+    step_dir = Path(step_dir)
+    files = sorted((step_dir / MODEL_ITEM).glob("*metadata*"))
+    for file in files:
+        try:
+            return ModelConfig.from_dict(json.loads(file.read_text()))
+        except (json.JSONDecodeError, UnicodeDecodeError, TypeError, KeyError):
+            continue
+    raise StepCheckpointError(f"{step_dir}: no readable model config in {MODEL_ITEM}/ (a "
+                              "checkpoint saved by another easyalign version?)")
+
+
+def _params_prefix(step_dir: Path, wanted: set[tuple]) -> tuple[str, ...]:
+    """Where the model's params lie in the stored train state: `("params",)`, or
+    `("params", "policy")` for PPO's policy + value state."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(step_dir / STATE_ITEM).item_metadata.tree
+    params = tree.get("params", {}) if isinstance(tree, dict) else {}
+    for prefix, subtree in ((("params",), params),
+                            *((("params", k), v) for k, v in params.items()
+                              if isinstance(v, dict))):
+        if _paths(subtree) == wanted:
+            return prefix
+    raise StepCheckpointError(f"{step_dir}: its train state holds no parameters of the model "
+                              "its model config describes")
+
+
+def load_step_model(step_dir: str | Path, mesh=None, **config_overrides):
+    """The model of a saved step, restored into the shardings of `mesh` (default: one
+    device); `config_overrides` as `load_checkpoint_model`'s (`dtype`, `param_dtype`)."""
+    step_dir = Path(step_dir).absolute()
+    config = step_model_config(step_dir)
+    if config.lora is not None:
+        workdir = step_dir.parent.parent
+        raise StepCheckpointError(
+            f"{step_dir}: a checkpoint of a LoRA run holds only the adapters (the base is not "
+            f"saved with them); pass the finished run's workdir ({workdir}) instead")
+    config = config.replace(**config_overrides)
+    mesh = mesh or sharding.single_device_mesh()
+    graphdef, abstract, shardings = abstract_model(config, mesh)
+    # The stored nnx state keeps each variable's value under a "value" key.
+    target = jax.tree.map(lambda value, where: {"value": jax.ShapeDtypeStruct(
+        value.shape, value.dtype, sharding=where)},
+        nnx.to_pure_dict(abstract), nnx.to_pure_dict(shardings))
+    wanted = {path + ("value",) for path in _paths(nnx.to_pure_dict(abstract))}
+    prefix = _params_prefix(step_dir, wanted)
+    item = target
+    for key in reversed(prefix):
+        item = {key: item}
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        restored = checkpointer.restore(step_dir / STATE_ITEM, args=ocp.args.PyTreeRestore(
+            item=item, restore_args=ocp.checkpoint_utils.construct_restore_args(item),
+            partial_restore=True))
+    for key in prefix:
+        restored = restored[key]
+    params = jax.tree.map(lambda leaf: leaf["value"], restored,
+                          is_leaf=lambda x: isinstance(x, dict) and set(x) == {"value"})
+    nnx.replace_by_pure_dict(abstract, params)
+    return nnx.merge(graphdef, abstract)
+
+
+def _paths(tree) -> set[tuple]:
+    return {tuple(getattr(k, "key", k) for k in path)
+            for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
+
+
+def step_tokenizer(step_dir: str | Path):
+    """The run's tokenizer for a step (module docstring), or None when it cannot be found."""
+    from transformers import AutoTokenizer
+
+    workdir = Path(step_dir).absolute().parent.parent
+    final = workdir / "model" / "tokenizer"
+    if final.is_dir():
+        return AutoTokenizer.from_pretrained(str(final))
+    try:
+        from ml_collections import ConfigDict
+
+        from easyalign.algorithms.runsetup import load_tokenizer
+        from easyalign.data import builtin
+
+        config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+        # A built-in source's tokenizer, where it was generated (nothing is generated here).
+        made = {name: builtin.BUILTIN[name].directory(config) for name in builtin.used(config)}
+        made = {name: d for name, d in made.items()
+                if (d / builtin.BUILTIN[name].tokenizer).is_dir()}
+        return load_tokenizer(config, made)
+    except Exception:  # noqa: BLE001 — no recorded config, or its tokenizer is gone: the
+        return None     # callers say what to pass instead
