@@ -147,6 +147,8 @@ def test_an_intermediate_checkpoint_is_exported_and_sampled(world_model, tmp_pat
         tools.resolve_model_dir(workdir / "checkpoints" / "3")
     with pytest.raises(tools.ModelDirError, match=r"latest checkpoint .*checkpoints/4"):
         tools.resolve_model_dir(workdir)
+    with pytest.raises(tools.ModelDirError, match=r"or one step .*checkpoints/4 is the latest"):
+        tools.resolve_model_dir(workdir / "checkpoints")
 
 
 # ----------------------------------------------------------------------------- sample

@@ -163,6 +163,10 @@ def resolve_model_dir(path: str | Path) -> tuple[Path, str]:
             f"{path}: an intermediate checkpoint (step {step[1]}) of the run in {step[0]}; "
             f"give that workdir for its final model, or export the step first: easyalign "
             f"convert --to_hf={path} --out=DIR")
+    if path.name == "checkpoints" and latest_step(path.parent):
+        raise ModelDirError(f"{path}: the checkpoints of the run in {path.parent}; give that "
+                            f"workdir for its final model, or one step ({latest_step(path.parent)}"
+                            " is the latest) to easyalign convert --to_hf or easyalign sample")
     if (path / CONFIG_FILE).is_file():
         return path, "checkpoint"
     if (path / MODEL_DIR / CONFIG_FILE).is_file():
