@@ -202,7 +202,7 @@ def _export_step(fv: flags.FlagValues, mesh, out: Path) -> None:
     """`--to_hf=<workdir>/checkpoints/<step>`: that step's model (`hf.step_checkpoint`), with
     the run's tokenizer when it can be found (a note says so when not)."""
     from easyalign.hf.export import to_hf
-    from easyalign.hf.step_checkpoint import load_step_model, step_tokenizer
+    from easyalign.hf.step_checkpoint import load_step_model
 
     if fv.adapter == "peft":
         raise ToolError(f"--to_hf={fv.to_hf} --adapter=peft: an intermediate checkpoint of a "
@@ -292,7 +292,7 @@ def _sample(args: list[str]) -> None:
 def _step_model(fv: flags.FlagValues, mesh):
     """`(model, tokenizer)` of `--checkpoint=<workdir>/checkpoints/<step>`, computing in the
     stored dtype unless `--dtype` (as `load_model` does)."""
-    from easyalign.hf.step_checkpoint import load_step_model, step_model_config, step_tokenizer
+    from easyalign.hf.step_checkpoint import load_step_model, step_model_config
     from transformers import AutoTokenizer
 
     dtype = fv.dtype or step_model_config(fv.checkpoint).param_dtype
@@ -308,3 +308,28 @@ def _step_model(fv: flags.FlagValues, mesh):
 def sample(args: list[str]) -> None:
     """`easyalign sample`: print a model's completions of a few prompts."""
     _run("sample", _sample, args)
+
+
+def step_tokenizer(step_dir: str | Path):
+    """The run's tokenizer for a training step `<workdir>/checkpoints/<step>` (which one:
+    `hf.step_checkpoint`'s docstring), or None when it cannot be found."""
+    from transformers import AutoTokenizer
+
+    workdir = Path(step_dir).absolute().parent.parent
+    final = workdir / "model" / "tokenizer"
+    if final.is_dir():
+        return AutoTokenizer.from_pretrained(str(final))
+    try:
+        from ml_collections import ConfigDict
+
+        from easyalign.algorithms.runsetup import load_tokenizer
+        from easyalign.data import builtin
+
+        config = ConfigDict(json.loads((workdir / "config.json").read_text()))
+        # A built-in source's tokenizer, where it was generated (nothing is generated here).
+        made = {name: builtin.BUILTIN[name].directory(config) for name in builtin.used(config)}
+        made = {name: d for name, d in made.items()
+                if (d / builtin.BUILTIN[name].tokenizer).is_dir()}
+        return load_tokenizer(config, made)
+    except Exception:  # noqa: BLE001 — no recorded config, or its tokenizer is gone: the
+        return None     # callers say what to pass instead

@@ -10,9 +10,10 @@ of a run that is still going, or that was stopped:
   (Orbax partial restore: the optimizer state, twice the params' size under Adam, is not
   read) straight into the current mesh's shardings; a PPO state's `params["policy"]` is the
   policy;
-* the tokenizer is the run's: its final model's `tokenizer/` when the run finished, else the
-  one its recorded config (`<workdir>/config.json`) names (`data.tokenizer`, the source
-  model's, or a built-in source's when it was generated).
+* the tokenizer is the run's (`tools.step_tokenizer`, above this layer: it reads the run's
+  recorded config as a run would): its final model's `tokenizer/` when the run finished,
+  else the one its recorded config (`<workdir>/config.json`) names (`data.tokenizer`, the
+  source model's, or a built-in source's when it was generated).
 
 A LoRA run's train state holds only the adapters (the base is not trained, so not saved):
 it cannot be read without the base, and says what to pass instead.
@@ -120,27 +121,3 @@ def load_step_model(step_dir: str | Path, mesh=None, **config_overrides):
 def _paths(tree) -> set[tuple]:
     return {tuple(getattr(k, "key", k) for k in path)
             for path, _ in jax.tree_util.tree_flatten_with_path(tree)[0]}
-
-
-def step_tokenizer(step_dir: str | Path):
-    """The run's tokenizer for a step (module docstring), or None when it cannot be found."""
-    from transformers import AutoTokenizer
-
-    workdir = Path(step_dir).absolute().parent.parent
-    final = workdir / "model" / "tokenizer"
-    if final.is_dir():
-        return AutoTokenizer.from_pretrained(str(final))
-    try:
-        from ml_collections import ConfigDict
-
-        from easyalign.algorithms.runsetup import load_tokenizer
-        from easyalign.data import builtin
-
-        config = ConfigDict(json.loads((workdir / "config.json").read_text()))
-        # A built-in source's tokenizer, where it was generated (nothing is generated here).
-        made = {name: builtin.BUILTIN[name].directory(config) for name in builtin.used(config)}
-        made = {name: d for name, d in made.items()
-                if (d / builtin.BUILTIN[name].tokenizer).is_dir()}
-        return load_tokenizer(config, made)
-    except Exception:  # noqa: BLE001 — no recorded config, or its tokenizer is gone: the
-        return None     # callers say what to pass instead
