@@ -242,6 +242,14 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
         check_hf_dir(path, key, tokenizer=not (config.get("data") and config.data.tokenizer))
     elif not ((path / "model_config.json").is_file()
               or (path / "model" / "model_config.json").is_file()):
+        from easyalign.hf.step_checkpoint import training_step
+
+        step = training_step(path)
+        if step is not None:  # a training step's train state, not a model a run starts from
+            raise ConfigError(f"{key}={value} is step {step[1]}'s train state, not a model: "
+                              f"give the run's workdir ({step[0]}) once it finishes, or export "
+                              f"the step with `easyalign convert --to_hf={value} --out=DIR` "
+                              "and load DIR with model.init=hf")
         what = ("a phase workdir whose final model/ is missing (did the run finish?)"
                 if (path / "config.json").is_file() else
                 "not an easyalign model checkpoint (model_config.json), a phase workdir "

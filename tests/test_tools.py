@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -149,6 +150,16 @@ def test_an_intermediate_checkpoint_is_exported_and_sampled(world_model, tmp_pat
         tools.resolve_model_dir(workdir)
     with pytest.raises(tools.ModelDirError, match=r"or one step .*checkpoints/4 is the latest"):
         tools.resolve_model_dir(workdir / "checkpoints")
+    # A run's model.path naming a step: the config check says what to pass instead.
+    from easyalign.config_keys import ConfigError
+    from easyalign.config_paths import check_model_source
+
+    step = workdir / "checkpoints" / "3"
+    with pytest.raises(ConfigError, match=re.escape(
+            f"model.path={step} is step 3's train state, not a model: give the run's workdir "
+            f"({workdir}) once it finishes, or export the step with `easyalign convert "
+            f"--to_hf={step} --out=DIR`")):
+        check_model_source({}, "model.path", str(step), "checkpoint")
 
 
 # ----------------------------------------------------------------------------- sample
