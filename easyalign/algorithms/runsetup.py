@@ -109,11 +109,13 @@ def prepare(config, *, workdir: bool = True) -> Run:
     told to write its output elsewhere (`generate.output`) writes only that, and `config.workdir`
     only anchors `@stage` references and the built-in world."""
     raw_path = config.model.path
-    for warning in config_check.validate(config):
-        if jax.process_index() == 0:
-            print(f"[config] warning: {warning}")
+    warnings = config_check.validate(config)
     config.model.path = stage_path(config, config.model.path)
     distributed.initialize_from_config(config)
+    # Printed only now: `jax.process_index()` would start the backend, which must come after
+    # `jax.distributed.initialize` in a multi-process run.
+    for warning in warnings if jax.process_index() == 0 else ():
+        print(f"[config] warning: {warning}")
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
     if workdir:
