@@ -151,3 +151,27 @@ def test_frozen_model_keeps_checkpoint_shape(pipeline):
     stored = load_checkpoint_model(pipeline[0] / "dpo" / "model")
     for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(stored))):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_teacher_is_any_model_by_path_and_a_bad_one_names_its_key(pipeline, tmp_path):
+    """`teacher_data.teacher` / `distill.teacher` take what every model key takes — here the
+    teacher exported as an HF directory gives the same weights as its checkpoint — and an empty
+    or modelless path is one line naming the key (it was `init=checkpoint` only: an alias or a
+    .gguf file failed after the prompts were read, naming neither)."""
+    import re
+
+    from easyalign import to_hf
+    from easyalign.config_keys import ConfigError
+
+    stored = load_checkpoint_model(pipeline[0] / "dpo" / "model")
+    to_hf(stored, tmp_path / "hf", tokenizer=AutoTokenizer.from_pretrained(
+        str(pipeline[1] / "tokenizer")))
+    config = tiny_config(pipeline, "any_path")
+    run = runsetup.prepare(config)
+    model = teacher_data.frozen_model(run, str(tmp_path / "hf"))
+    for a, b in zip(jax.tree.leaves(nnx.state(model)), jax.tree.leaves(nnx.state(stored))):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=0, atol=0)
+    with pytest.raises(ConfigError, match=re.escape("teacher_data.teacher is empty: set it")):
+        teacher_data.frozen_model(run, "", key="teacher_data.teacher")
+    with pytest.raises(ConfigError, match=re.escape(f"distill.teacher='{tmp_path}': ")):
+        teacher_data.frozen_model(run, str(tmp_path), key="distill.teacher")

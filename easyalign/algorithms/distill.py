@@ -180,7 +180,7 @@ def setup(config) -> Setup:
     teacher_data.teacher_tokenizer(config, d.teacher)
     run_ = runsetup.prepare(config)
     student = models.init_model(run_, head="lm")
-    teacher = teacher_data.frozen_model(run_, d.teacher)
+    teacher = teacher_data.frozen_model(run_, d.teacher, key="distill.teacher")
     if teacher.config.vocab_size != student.config.vocab_size:
         raise ValueError(f"teacher vocabulary ({teacher.config.vocab_size}) differs from the "
                          f"student's ({student.config.vocab_size}): distillation needs one "
@@ -189,7 +189,8 @@ def setup(config) -> Setup:
     reward_graphdef = reward_params = None
     if d.reward_model:
         reward_graphdef, reward_params = nnx.split(
-            teacher_data.frozen_model(run_, d.reward_model, head="scalar"))
+            teacher_data.frozen_model(run_, d.reward_model, head="scalar",
+                                      key="distill.reward_model"))
     train_prompts, held_prompts, width = _prompts(run_, d.max_new_tokens)
     on_policy = d.mode == "on_policy"
     wiring = DL.Wiring(

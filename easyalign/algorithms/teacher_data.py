@@ -67,19 +67,42 @@ SUMMARY = "teacher_data.json"
 
 
 # ----------------------------------------------------------------------------- shared helpers
-def frozen_model(run: runsetup.Run, path: str, head: str = "lm"):
-    """A read-only model (teacher, reward model) from an easyalign checkpoint, on the run's mesh,
-    with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides."""
+def frozen_model(run: runsetup.Run, path: str, head: str = "lm", key: str = "teacher"):
+    """A read-only model (teacher, reward model) by path — an easyalign checkpoint or phase
+    workdir, an HF directory, a GGUF file or installed alias, a `@stage` — on the run's mesh,
+    with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides.
+    Raises ConfigError naming `key` when the path holds no model."""
+    from easyalign.config_keys import ConfigError
+    from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+
+    location = runsetup.stage_path(run.config, path)
+    if not location:
+        raise ConfigError(f"{key} is empty: set it to a model (checkpoint, workdir, HF directory, "
+                          ".gguf file, installed alias such as smollm2, or @stage)")
+    try:
+        kind = resolve_model_dir(location)[1]
+    except ModelDirError as error:
+        raise ConfigError(f"{key}={path!r}: {error}") from None
     block = ConfigDict(run.config.model.to_dict())
-    block.init, block.path, block.overrides = "checkpoint", runsetup.stage_path(run.config, path), ""
+    block.init, block.path, block.overrides = kind, location, ""
     return models.init_model(run, block, head=head)
 
 
 def teacher_tokenizer(config, path: str) -> None:
-    """Use the teacher's own tokenizer when the config names none (students share it)."""
-    candidate = Path(runsetup.stage_path(config, path)) / "tokenizer"
-    if not config.data.tokenizer and candidate.is_dir():
-        config.data.tokenizer = str(candidate)
+    """Use the teacher's own tokenizer when the config names none (students share it): a
+    checkpoint's `tokenizer/`, an HF directory's files, a GGUF file's metadata."""
+    from easyalign.hf.gguf import is_gguf
+
+    location = runsetup.stage_path(config, path)
+    if config.data.tokenizer or not location:
+        return
+    if is_gguf(location):
+        config.data.tokenizer = location
+    elif (Path(location) / "tokenizer").is_dir():
+        config.data.tokenizer = str(Path(location) / "tokenizer")
+    elif (Path(location) / "tokenizer.json").is_file() or (
+            Path(location) / "tokenizer.model").is_file():
+        config.data.tokenizer = location
 
 
 # ----------------------------------------------------------------------------- sampling
@@ -215,7 +238,7 @@ def run(config) -> Path:
         examples = examples[:t.limit]
     if not examples:
         raise ValueError("teacher_data: the prompt set is empty (data.source)")
-    teacher = frozen_model(run_, t.teacher)
+    teacher = frozen_model(run_, t.teacher, key="teacher_data.teacher")
     expected = settings(run_, teacher, examples, t)
     output = run_.workdir / OUTPUT
     if is_complete(run_.workdir, expected):
