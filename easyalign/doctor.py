@@ -301,17 +301,24 @@ def step_sequences(config) -> int:
 
 
 def divisibility(model: ModelConfig, mesh: dict, rows: int) -> list[str]:
-    """Axes the mesh splits unevenly (XLA pads them: wasted memory and compute)."""
-    t, f = mesh["tensor"], mesh["fsdp"]
-    checks = [("heads", model.num_heads, t), ("kv_heads", model.num_kv_heads, t),
-              ("mlp", model.intermediate_size, t), ("vocab", model.vocab_size, t * f),
-              ("embed", model.hidden_size, f)]
-    notes = [f"{name} {size} is not divisible by {axis} shards" for name, size, axis in checks
-             if size % axis]
+    """Notes on axes the mesh splits unevenly: the batch rows (padded, wasted compute). The
+    weights are checked exactly (`uneven_weights`): a jax.Array has equal shards."""
+    f = mesh["fsdp"]
+    notes = []
     if rows % (mesh["data"] * f):
         notes.append(f"the micro-batch ({rows} sequences) is not divisible by data × fsdp = "
                      f"{mesh['data'] * f}")
     return notes
+
+
+def uneven_weights(model: ModelConfig, mesh: dict) -> str | None:
+    """The weight a mesh of these axis sizes (maybe another machine's) cannot split evenly, as
+    `sharding.uneven_weight` names it, or None (the specs from this machine's one-device
+    mesh: the rules name the same axes)."""
+    from easyalign.model import abstract_model
+
+    _, state, shardings = abstract_model(model)
+    return sharding.uneven_weight(state, shardings, mesh)
 
 
 # ----------------------------------------------------------------------------- memory
@@ -538,6 +545,9 @@ def diagnose(config) -> dict:
                                "trained": x["trained"], "note": x["note"]} for x in extras]
     if mesh is None:
         return report
+    uneven = uneven_weights(model, mesh)
+    if uneven:
+        problems.append(f"mesh: {uneven} (the run would stop when it places the weights)")
     if config.phase in TRAINING:
         notes.extend(divisibility(model, mesh, step_sequences(config) // config.train.grad_accum))
     # The logits' chunks follow the device memory the library itself would see: the GPU's

@@ -165,6 +165,27 @@ def abstract_model(build: Callable[[], nnx.Module], mesh: Mesh):
     return graphdef, state, shardings
 
 
+def uneven_weight(state, shardings, axis_sizes) -> str | None:
+    """The first weight of `state` whose shape a mesh of `axis_sizes` (`{axis: devices}`, e.g.
+    `Mesh.shape`) cannot split evenly by its sharding's spec — a `jax.Array` has equal shards,
+    so placing it fails (`NamedSharding ... implies that array axis 2 is partitioned 2 times,
+    but the dimension size is 3`) — as "`path` axis i (size n) over `axes` = k devices"; None
+    when every weight splits. The specs follow the rules alone, so `shardings` may come from
+    any mesh with these axis names (the doctor plans other machines' meshes)."""
+    leaves = jax.tree_util.tree_flatten_with_path(state)[0]
+    for (path, leaf), spec in zip(leaves, jax.tree.leaves(
+            shardings, is_leaf=lambda x: isinstance(x, NamedSharding))):
+        for i, (size, axes) in enumerate(zip(leaf.shape, spec.spec)):
+            names = () if axes is None else (axes,) if isinstance(axes, str) else tuple(axes)
+            ways = math.prod(axis_sizes[a] for a in names)
+            if ways > 1 and size % ways:
+                where = ".".join(str(getattr(k, "key", getattr(k, "name", k))) for k in path)
+                where = where.removesuffix(".value")  # nnx.Variable's payload
+                return (f"{where} axis {i} (size {size}) over {'×'.join(names)} = {ways} "
+                        "devices")
+    return None
+
+
 def create_sharded(build: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Module:
     """Run `build()` inside one jit whose outputs are sharded by the rules (no host copy)."""
     graphdef, _, shardings = abstract_model(build, mesh)

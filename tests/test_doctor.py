@@ -8,6 +8,7 @@ analysis of the compiled SFT step on CPU.
 from __future__ import annotations
 
 import json
+import re
 import os
 import socket
 import subprocess
@@ -305,3 +306,30 @@ def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def test_a_mesh_that_cannot_split_a_weight_is_a_problem_and_stops_the_run_first():
+    """SmolLM2's head counts (9 heads, 3 KV heads) on mesh.tensor=2: jax places only equal
+    shards, so the run died placing `k_proj` after loading its data, while the doctor said
+    "ready". The doctor reports it as a problem, and `init_model`'s check stops the run with one
+    line before any weight is read; tensor=3 divides every axis."""
+    from easyalign.hf.models import check_mesh
+
+    model = preset("tiny", vocab_size=96, num_heads=9, num_kv_heads=3, head_dim=16,
+                   intermediate_size=192)
+    two = {"data": 1, "fsdp": 1, "tensor": 2}
+    assert doctor.uneven_weights(model, two) == (
+        "layers.attn.k_proj.kernel axis 2 (size 3) over tensor = 2 devices")
+    assert doctor.uneven_weights(model, {"data": 1, "fsdp": 1, "tensor": 3}) is None
+    assert doctor.uneven_weights(model, {"data": 2, "fsdp": 1, "tensor": 1}) is None
+    with pytest.raises(ConfigError, match=re.escape(
+            "mesh data=1 fsdp=1 tensor=2 cannot split the model's weights evenly (layers.attn."
+            "k_proj.kernel axis 2 (size 3) over tensor = 2 devices): mesh.tensor must divide "
+            "num_heads=9, num_kv_heads=3")):
+        check_mesh(model, two)
+    report = doctor.diagnose(config("--config.model.vocab_size=1024", "--config.mesh.tensor=2",
+                                    "--config.doctor.devices=2",
+                                    "--config.model.overrides=num_heads=9,num_kv_heads=3,"
+                                    "head_dim=16"))
+    assert any(p.startswith("mesh: layers.attn.k_proj.kernel axis 2 (size 3) over tensor = 2")
+               for p in report["problems"]), report["problems"]

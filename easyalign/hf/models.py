@@ -163,6 +163,7 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
                           adapters=model_cfg is None if adapters is None else adapters)
     if model_cfg is None:
         check_context(run.config, config)
+    check_mesh(config, run.mesh.shape)
     seed = run.config.train.seed if seed is None else seed
     plain = lora.base_config(config)
     if m.init == "scratch":  # the same base as without adapters, then the adapters
@@ -201,6 +202,25 @@ def check_context(config, model: ModelConfig) -> None:
                           f"of {source}): lower data.max_length, or extend the context on "
                           "purpose with model.overrides='max_position_embeddings=N' (and a RoPE "
                           "scaling that supports it)")
+
+
+def check_mesh(model: ModelConfig, axis_sizes) -> None:
+    """Every weight of `model` splits evenly over a mesh of `axis_sizes` (`Mesh.shape`;
+    `sharding.uneven_weight`), checked before any weight is read: `mesh.tensor` must divide the
+    heads, KV heads and MLP width, `mesh.fsdp` the axes it splits. Raises ConfigError naming
+    the weight and the sizes."""
+    from easyalign import sharding
+    from easyalign.config_keys import ConfigError
+    from easyalign.model import abstract_model
+
+    _, state, shardings = abstract_model(model)  # the specs follow the rules, not the sizes
+    where = sharding.uneven_weight(state, shardings, axis_sizes)
+    if where:
+        shape = " ".join(f"{k}={v}" for k, v in axis_sizes.items())
+        raise ConfigError(f"mesh {shape} cannot split the model's weights evenly ({where}): "
+                          f"mesh.tensor must divide num_heads={model.num_heads}, "
+                          f"num_kv_heads={model.num_kv_heads} and intermediate_size="
+                          f"{model.intermediate_size}; mesh.fsdp the weights' other axes")
 
 
 def _numeric_overrides(config: ModelConfig, include_head: bool) -> dict:
