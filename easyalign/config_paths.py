@@ -221,6 +221,8 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
         return
     if kind == "gguf" or (kind in ("", "derive") and (value in INSTALLED
                                                        or value.endswith(".gguf"))):
+        if kind == "gguf" and Path(value).is_dir():  # another kind of model: name it
+            _check_init_matches(key, value, kind)
         if value not in INSTALLED and not Path(value).is_file():
             raise ConfigError(f"{key}={value}: no such GGUF file{_alias_hint(value)}")
         return
@@ -260,7 +262,8 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
 # What each `model.init` loads, in the words of the error that names another one.
 INIT_KINDS = {"hf": "an HF model directory (config.json + *.safetensors)",
               "checkpoint": "an easyalign checkpoint (model_config.json, or a phase workdir's "
-                            "model/)"}
+                            "model/)",
+              "gguf": "a GGUF file"}
 
 
 def _check_init_matches(key: str, value: str, init: str) -> None:

@@ -146,6 +146,11 @@ def test_a_directory_of_the_other_kind_than_model_init_names_the_init_that_loads
             "workdir's model/), which model.init=hf does not load: set model.init=checkpoint")):
         check_model_source({}, "model.path", str(workdir), "hf")
     check_model_source({}, "model.path", str(workdir), "checkpoint")  # the right init: fine
+    # A real preset (model.init=gguf) pointed at a checkpoint directory.
+    with pytest.raises(ConfigError, match=re.escape(
+            f"model.path={workdir} is an easyalign checkpoint (model_config.json, or a phase "
+            "workdir's model/), which model.init=gguf does not load: set model.init=checkpoint")):
+        check_model_source({}, "model.path", str(workdir), "gguf")
 
 
 def test_a_max_length_beyond_the_models_context_is_one_line(hf_dir):
