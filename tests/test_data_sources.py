@@ -103,6 +103,14 @@ def test_a_missing_column_names_file_key_columns_and_the_closest_one(tmp_path):
         "record of the file; the file's columns are ['prompt', 'response', 'id']; did you mean "
         "'prompt'? (the file has its own 'prompt' column: clear the mapping, "
         "--config.data.columns.prompt=)")
+    # The same mapping over a messages file: it needs none, and the line says so.
+    chat = write_jsonl(tmp_path / "chat.jsonl", [{"messages": [
+        {"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Hello"}]}])
+    with pytest.raises(DataError, match=re.escape(
+            "the file's columns are ['messages'] (a conversation file needs no column mapping: "
+            "clear the preset's, --config.data.columns.prompt= and its other data.columns keys)")):
+        load_records({"path": chat, "columns": {"prompt": "instruction+input",
+                                                "response": "output"}})
     # A typo: difflib's closest column.
     with pytest.raises(DataError, match=re.escape(
             "(data.columns.response='respnse') is in no record of the file; the file's columns "

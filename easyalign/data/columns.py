@@ -129,6 +129,10 @@ def columns_hint(wanted: str, columns: Sequence[str], target: str | None = None,
     return f"{whose} columns are {shown}" + (f"; {hint}" if hint else "")
 
 
+# Columns of the conversation layouts read without a mapping (`messages`, ShareGPT).
+CONVERSATION_COLUMNS = {"messages", "conversations"}
+
+
 def _missing_column_error(missing: _MissingColumn, record: Record, records: list[Record],
                           key: ColumnsKey, value: str) -> DataError:
     setting = key.setting(missing.target, value)
@@ -151,6 +155,10 @@ def _missing_column_error(missing: _MissingColumn, record: Record, records: list
                 # e.g. the real preset's Alpaca mapping over a plain prompt/response file
                 message += (f" (the file has its own {missing.target!r} column: clear the "
                             f"mapping, --config.{flag}=)")
+            elif flag.startswith("data.columns.") and set(columns) & CONVERSATION_COLUMNS:
+                # the same preset over a messages / ShareGPT file, which needs no mapping
+                message += (" (a conversation file needs no column mapping: clear the "
+                            f"preset's, --config.{flag}= and its other data.columns keys)")
     error = DataError(where, message)
     error.field = missing.target  # the message names the setting; the field stays available
     return error
