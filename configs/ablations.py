@@ -13,7 +13,7 @@ workdir) are reused.
 from configs import pipeline
 
 ABLATION_STAGES = ("student_offline=distill:tiny_offline",
-                   "student_reward_weighted=distill:tiny")
+                   "student_reward_weighted=distill:tiny_reward_weighted")
 
 
 def get_config(preset: str = ""):
@@ -22,5 +22,4 @@ def get_config(preset: str = ""):
     stages = list(c.pipeline.stages)
     at = stages.index("eval")
     c.pipeline.stages = tuple(stages[:at] + list(ABLATION_STAGES) + stages[at:])
-    c.pipeline.overrides = ("student_reward_weighted:distill.reward_model=@reward",)
     return c

@@ -51,7 +51,7 @@ def get_config(preset: str = ""):
 
     c.optim.lr = 1e-3
     c.train.steps = 300
-    if preset in ("tiny", "tiny_offline"):
+    if preset in ("tiny", "tiny_offline", "tiny_reward_weighted"):
         c.data.max_length = 48
         c.train.batch_size = 32
         c.train.steps = 500
@@ -75,11 +75,14 @@ def get_config(preset: str = ""):
         c.optim.lr = 2e-4
         c.optim.warmup_steps = 50
         base.mix_benign(c)           # on-policy prompts: benign ones too (teacher_data has them)
-    elif preset == "tiny":
+    elif preset in ("tiny", "tiny_reward_weighted"):
         d.lmbda = 0.5
+        if preset == "tiny_reward_weighted":  # the ablation's student: weighted by the RM
+            d.reward_model = "@reward"
     elif preset == "tiny_offline":
         d.mode = "offline"
         d.topk_weight = 1.0
     elif preset:
-        raise base.unknown_preset("configs/distill.py", preset, ("tiny", "tiny_offline", "real"))
+        raise base.unknown_preset("configs/distill.py", preset,
+                                  ("tiny", "tiny_offline", "tiny_reward_weighted", "real"))
     return c

@@ -63,3 +63,26 @@ def test_a_value_of_the_wrong_type_is_one_line_naming_entry_and_key(entries, sta
 def test_an_entry_that_is_not_a_string_is_named():
     with pytest.raises(ValueError, match=r"pipeline.overrides entry 3: expected a string"):
         stage_configs(3)
+
+
+def test_ablate_keeps_its_reward_weighted_student_under_a_users_overrides():
+    """The reward-weighted student is what its stage spec says (`distill:tiny_reward_weighted`),
+    not an entry of `pipeline.overrides`, which the user's own `--config.pipeline.overrides`
+    replaced: the ablation then compared two unweighted students without a word."""
+    from configs import ablations
+    from easyalign import pipeline
+
+    config = ablations.get_config("tiny")
+    config.pipeline.overrides = ("*:train.steps=10", "*:train.keep_checkpoints=1")
+    overrides = pipeline.parse_overrides(config.pipeline.overrides)
+    specs = [pipeline.parse_stage(spec, config.pipeline.preset) for spec in config.pipeline.stages]
+    built = {name: pipeline.stage_config(config, name, command, preset, overrides)
+             for name, command, preset in specs if command == "distill"}
+    assert built["student_reward_weighted"].distill.reward_model == "@reward"
+    assert built["distill"].distill.reward_model == ""
+    assert built["student_reward_weighted"].train.steps == built["distill"].train.steps == 10
+    weighted, plain = built["student_reward_weighted"].to_dict(), built["distill"].to_dict()
+    weighted["distill"].pop("reward_model"), plain["distill"].pop("reward_model")
+    for key in ("workdir", "preset"):
+        weighted.pop(key), plain.pop(key)
+    assert weighted == plain  # the reward model is the only setting that differs
