@@ -175,3 +175,25 @@ def test_a_teacher_is_any_model_by_path_and_a_bad_one_names_its_key(pipeline, tm
         teacher_data.frozen_model(run, "", key="teacher_data.teacher")
     with pytest.raises(ConfigError, match=re.escape(f"distill.teacher='{tmp_path}': ")):
         teacher_data.frozen_model(run, str(tmp_path), key="distill.teacher")
+
+
+def test_a_batch_the_devices_do_not_divide_runs(pipeline):
+    """`teacher_data.batch_size=6` on 4 devices: the top-k scoring pass rounds its batch up to
+    whole rows per device (it crashed placing a `[6, T]` batch on a 4-way axis; the sampler,
+    eval and generate already padded). Same prompts, same lines, top-k aligned."""
+    from conftest import REPO, run_on_cpu_devices
+
+    root, world = pipeline
+    workdir = root / "td_four_devices"
+    result = run_on_cpu_devices(
+        4, "-m", "easyalign", "teacher-data", "--config=configs/teacher_data.py",
+        f"--config.workdir={workdir}", f"--config.data.world.dir={world}",
+        f"--config.teacher_data.limit={N_PROMPTS}", "--config.teacher_data.batch_size=6",
+        "--config.teacher_data.max_new_tokens=6", f"--config.teacher_data.topk={TOPK}",
+        "--config.teacher_data.keep_unfinished=True", timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr[-3000:]
+    records = read_lines(workdir / "teacher_data.jsonl")
+    assert len(records) == N_PROMPTS
+    examples = data_records.normalize_teacher(data_sources.load_records(
+        {"path": str(workdir / "teacher_data.jsonl")}))
+    assert all(len(ex["teacher_topk"]["ids"][0]) == TOPK for ex in examples)

@@ -161,6 +161,10 @@ def teacher_topk(run: runsetup.Run, model, examples: list[dict], k: int, batch_s
         out = over_predictions(fn, [hidden], chunk=chunk)
         return {"logprobs": out[..., :k], "ids": out[..., k:].astype(jnp.int32)}
 
+    # Whole rows per data-parallel device: the batch rounds up to a multiple of `data × fsdp`
+    # (padding rows carry `valid` 0), as the sampler's slots do — any batch size runs.
+    shards = run.mesh.shape["data"] * run.mesh.shape["fsdp"]
+    batch_size = -(-batch_size // shards) * shards
     batches = data_loader.make_eval_batches(tokenized, kind="teacher", batch_size=batch_size,
                                             max_length=width, pad_id=runsetup.pad_id(run))
     arrays = reference_cache.compute_per_example(score, params, batches, len(tokenized),
