@@ -250,9 +250,16 @@ def test_reward_weighting_equal_scores_equals_unweighted(pipeline, half):
     np.testing.assert_allclose(m_equal["loss_weight"], m_plain["loss_weight"], rtol=1e-6)
 
 
-def test_offline_loss_is_cross_entropy_plus_topk_kl(pipeline):
+def test_offline_loss_is_cross_entropy_plus_topk_kl(pipeline, monkeypatch):
+    read = []
+    real_load = distill.runsetup.load_examples
+    monkeypatch.setattr(distill.runsetup, "load_examples",
+                        lambda run, kind, split: read.append((kind, split)) or real_load(
+                            run, kind, split))
     s = distill.setup(tiny_config(pipeline, "offline", mode="offline"))
     assert s.frozen["teacher"] is None and s.wiring.teacher is None  # no teacher in training
+    # Offline steps never sample: the training prompts are not read (nor warned about).
+    assert ("prompt", "train") not in read and ("prompt", "eval") in read
     graphdef, params = nnx.split(s.model)
     batch = next(s.loader)
     k = 3

@@ -162,15 +162,19 @@ class Setup:
     eval_batches: list[dict]
 
 
-def _prompts(run: runsetup.Run, max_new_tokens: int) -> tuple[list[dict], list[dict], int]:
+def _prompts(run: runsetup.Run, max_new_tokens: int, sampled: bool
+             ) -> tuple[list[dict], list[dict], int]:
     """Tokenised train and held-out prompts, cut to leave room for the response, and the
-    prompt-block width that fits all of them."""
+    prompt-block width that fits all of them. Training prompts only when the student samples
+    on them (`sampled`: on-policy steps); offline runs read only the held-out ones, for
+    evaluation — no warning about prompts they never use."""
     budget = run.config.data.max_length - max_new_tokens
-    train = runsetup.tokenize(run, runsetup.load_examples(run, "prompt", "train"), "prompt", budget)
+    train = (runsetup.tokenize(run, runsetup.load_examples(run, "prompt", "train"), "prompt",
+                               budget) if sampled else [])
     held = runsetup.tokenize(run, runsetup.load_examples(run, "prompt", "eval"), "prompt", budget)
-    if not train + held:
-        raise ValueError("distill: no prompts (data.source / data.eval_source)")
-    width = max(len(ex["prompt_tokens"]) for ex in train + held)
+    if sampled and not train:
+        raise ValueError("distill: no prompts to sample on (data.source)")
+    width = max((len(ex["prompt_tokens"]) for ex in train + held), default=1)
     return train, held, width
 
 
@@ -191,8 +195,9 @@ def setup(config) -> Setup:
         reward_graphdef, reward_params = nnx.split(
             teacher_data.frozen_model(run_, d.reward_model, head="scalar",
                                       key="distill.reward_model"))
-    train_prompts, held_prompts, width = _prompts(run_, d.max_new_tokens)
     on_policy = d.mode == "on_policy"
+    train_prompts, held_prompts, width = _prompts(run_, d.max_new_tokens,
+                                                  sampled=on_policy and d.lmbda > 0)
     wiring = DL.Wiring(
         mode=d.mode, divergence=d.divergence, beta=d.beta, temperature=d.temperature,
         sampling=method_from_config(d), max_new_tokens=d.max_new_tokens,
