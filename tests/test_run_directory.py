@@ -326,3 +326,33 @@ def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp
     assert f"removed {workdir} (no checkpoint had been saved): the same command starts over" \
         in last, last
     assert not (tmp_path / "runs").exists(), sorted(str(p) for p in tmp_path.rglob("*"))
+
+
+def test_sigterm_after_a_checkpoint_keeps_it_and_the_same_command_resumes(tmp_path, built_world):
+    """SLURM's preemption signal once the run has checkpoints: one line saying they are kept and
+    from which step the same command resumes, exit status 143, the lock released, no final
+    model (the run is not complete); the rerun continues from that step to the end."""
+    import time
+
+    from conftest import cpu_devices_env, sft_command
+
+    workdir = tmp_path / "runs" / "sft"
+    command = sft_command(workdir, 200, "--config.train.checkpoint_every=2", world=built_world)
+    process = subprocess.Popen(command, cwd=REPO, env=cpu_devices_env(1),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 180
+    while not (workdir / "checkpoints" / "4").is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, "no checkpoint in time"
+        time.sleep(0.05)
+    process.send_signal(15)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 143, stderr[-3000:]
+    last = stderr.strip().splitlines()[-1]
+    assert last.startswith("easyalign sft: interrupted (SIGTERM)") and "Traceback" not in stderr
+    kept = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
+    assert f"keeps its checkpoints: the same command resumes from step {kept}" in last, last
+    assert not (workdir / "run.lock").exists() and not (workdir / "model").exists()
+    resumed = subprocess.run(command, cwd=REPO, env=cpu_devices_env(1), capture_output=True,
+                             text=True, timeout=300)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert f"continuing from step {kept}" in resumed.stdout and (workdir / "model").is_dir()
