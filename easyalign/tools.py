@@ -34,11 +34,11 @@ import jax
 from absl import flags
 
 from easyalign import sharding
+from easyalign.config_check import DTYPES  # as `model.dtype` / `model.param_dtype` take
 from easyalign.config_keys import ConfigError, check_choice
 from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
 from easyalign.hf.step_checkpoint import StepCheckpointError, training_step
 
-DTYPES = ("float32", "bfloat16", "float16")  # as `model.dtype` / `model.param_dtype` take
 # The short names other tools use: a "did you mean" difflib does not find (fp16 → float16).
 _DTYPE_ALIASES = {"fp32": "float32", "f32": "float32", "fp16": "float16", "f16": "float16",
                   "half": "float16", "bf16": "bfloat16"}
