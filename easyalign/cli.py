@@ -233,7 +233,7 @@ def out_of_memory(error: BaseException, command: str = "") -> str | None:
              if size else "")
     phase = command.replace("-", "_")
     try:
-        from easyalign.doctor import INFERENCE, TRAINING  # the phases the doctor plans
+        from easyalign.doctor_models import INFERENCE, TRAINING  # the phases the doctor plans
     except ImportError:  # the boundary must not fail in its turn
         INFERENCE = TRAINING = ()
     phase = phase if phase in TRAINING or phase in INFERENCE else "PHASE"

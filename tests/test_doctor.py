@@ -18,7 +18,7 @@ from pathlib import Path
 import jax.numpy as jnp
 import pytest
 
-from easyalign import doctor, sharding
+from easyalign import doctor, doctor_models, sharding
 from easyalign.cli import load_config
 from easyalign.config_keys import ConfigError
 from easyalign.model import create_model, preset
@@ -89,7 +89,7 @@ def test_logits_memory_follows_logits_chunk_and_the_library_rule():
     sizes = {}
     for chunk in (512, 4096):
         c = config("--config.data.max_length=4096", f"--config.model.logits_chunk={chunk}")
-        model, _ = doctor.main_model(c)
+        model, _ = doctor_models.main_model(c)
         assert model.logits_chunk == chunk
         sizes[chunk] = doctor.activation_bytes(model, 1, 4096, 1)["logits"]
     assert sizes[4096] == pytest.approx(8 * sizes[512])
@@ -107,7 +107,7 @@ def test_estimate_is_close_to_xlas_memory_analysis(remat):
     c = config(f"--config.model.remat={remat}", "--config.model.preset=world-teacher",
                "--config.model.vocab_size=1024", "--config.data.max_length=256",
                "--config.train.batch_size=8")
-    model_config, _ = doctor.main_model(c)
+    model_config, _ = doctor_models.main_model(c)
     mesh = sharding.single_device_mesh()
     graphdef, params = nnx.split(create_model(model_config, mesh))
     tx, schedule = optim.make_optimizer(c.optim, 10)
@@ -222,7 +222,7 @@ def test_a_pipeline_stage_not_run_yet_is_planned_from_its_own_config(tmp_path):
             "--config.doctor.devices=1"]
     report = doctor.diagnose(load_config(base))
     assert report["problems"] == [], report["problems"]
-    sft_model = doctor.main_model(load_config(["--config=configs/sft.py:tiny"]))[0]
+    sft_model = doctor_models.main_model(load_config(["--config=configs/sft.py:tiny"]))[0]
     assert sft_model.num_layers == preset("world-teacher", vocab_size=1).num_layers
     assert report["model"]["params"] == sft_model.param_count()
     assert report["model"]["source"].startswith(
@@ -318,10 +318,10 @@ def test_a_mesh_that_cannot_split_a_weight_is_a_problem_and_stops_the_run_first(
     model = preset("tiny", vocab_size=96, num_heads=9, num_kv_heads=3, head_dim=16,
                    intermediate_size=192)
     two = {"data": 1, "fsdp": 1, "tensor": 2}
-    assert doctor.uneven_weights(model, two) == (
+    assert doctor_models.uneven_weights(model, two) == (
         "layers.attn.k_proj.kernel axis 2 (size 3) over tensor = 2 devices")
-    assert doctor.uneven_weights(model, {"data": 1, "fsdp": 1, "tensor": 3}) is None
-    assert doctor.uneven_weights(model, {"data": 2, "fsdp": 1, "tensor": 1}) is None
+    assert doctor_models.uneven_weights(model, {"data": 1, "fsdp": 1, "tensor": 3}) is None
+    assert doctor_models.uneven_weights(model, {"data": 2, "fsdp": 1, "tensor": 1}) is None
     with pytest.raises(ConfigError, match=re.escape(
             "mesh data=1 fsdp=1 tensor=2 cannot split the model's weights evenly (layers.attn."
             "k_proj.kernel axis 2 (size 3) over tensor = 2 devices): mesh.tensor must divide "

@@ -126,7 +126,7 @@ def test_every_model_by_path_value_takes_the_installed_alias(path, model, hf_gre
     """`sample --checkpoint=smollm2`, `generate.model`, `doctor` and `model.init=derive` share
     one resolver (`resolve_model_dir`): the alias is the installed GGUF file. The sampled text
     is transformers' greedy continuation (cut at the end of turn if it comes first)."""
-    from easyalign.doctor import read_model_config
+    from easyalign.doctor_models import read_model_config
     from easyalign.hf.checkpoint import resolve_model_dir
 
     assert resolve_model_dir("smollm2") == (path, "gguf")
