@@ -197,3 +197,19 @@ def test_a_batch_the_devices_do_not_divide_runs(pipeline):
     examples = data_records.normalize_teacher(data_sources.load_records(
         {"path": str(workdir / "teacher_data.jsonl")}))
     assert all(len(ex["teacher_topk"]["ids"][0]) == TOPK for ex in examples)
+
+
+def test_ppo_and_grpo_frozen_model_blocks_take_the_kind_found_at_the_path(pipeline, tmp_path):
+    """PPO's and GRPO's reference / reward / value keys (`ppo.model_block`): the init is the
+    kind found at the path — a phase workdir (which has the run's config.json) is a checkpoint,
+    not an HF directory as the old config.json test took it; an HF export is `hf`."""
+    from easyalign import to_hf
+    from easyalign.algorithms.ppo import model_block
+
+    workdir = pipeline[0] / "dpo"
+    (workdir / "config.json").write_text("{}")  # what a finished phase workdir has
+    to_hf(load_checkpoint_model(workdir / "model"), tmp_path / "hf")
+    config = tiny_config(pipeline, "blocks")
+    assert model_block(config, str(workdir)).init == "checkpoint"
+    assert model_block(config, "@dpo").init == "checkpoint"
+    assert model_block(config, str(tmp_path / "hf")).init == "hf"

@@ -45,7 +45,6 @@ is the mean score of greedy responses to held-out prompts (iteration 0 = the SFT
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import jax
@@ -82,10 +81,18 @@ def check_config(config) -> None:
 
 
 def model_block(config, path: str):
-    """The `model` block with another source: an easyalign checkpoint, or an HF directory."""
+    """The `model` block with another source — any model by path (`resolve_model_dir`: a
+    checkpoint or phase workdir, an HF directory, a GGUF file or installed alias, `@stage`),
+    its `init` the kind found there. A phase workdir has a `config.json` too (the run's): the
+    old test of that file alone took it for an HF directory."""
+    from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+
     block = config.model.copy_and_resolve_references()
     block.path = runsetup.stage_path(config, path)
-    block.init = "hf" if (Path(block.path) / "config.json").exists() else "checkpoint"
+    try:
+        block.init = resolve_model_dir(block.path)[1]
+    except ModelDirError:  # the config check has named what is missing; the loader says it too
+        block.init = "checkpoint"
     return block
 
 
