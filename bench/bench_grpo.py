@@ -15,10 +15,12 @@ in minibatches), the responses are decoded and rewarded on the host, advantages 
 `make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy keeps
 fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in the
 policy's parameter dtype (`--ref-dtype` to change). Timing: after `--warmup` (2) iterations
-(compilation), `--steps` iterations run back to back as the training loop runs them (no sync
-between rollout and update, nor between iterations, beyond the loop's own: the sampler's
-output fetched for decoding); `step_s` is their mean, as the anchor reports the mean of 6 steps
-after 2. `sample_s` is the sampler alone, as `rollout_batch` times it (median). With
+(compilation), `--steps` iterations run back to back (no sync between rollout and update, nor
+between iterations, beyond the sampler's output fetched for decoding); `step_s` is their
+mean, as the anchor reports the mean of 6 steps after 2. The training loop also waits for
+each update (`grpo.UpdateTimer`); `--sync-update` adds that wait (0.695 s against 0.692 /
+0.699 s without, perf-notes 45). `sample_s` is the sampler as `rollout_batch` times it
+(median; back to back it includes the wait for the previous update's parameters). With
 `--phase-sync` each iteration runs alone with a sync after its rollout: `rollout_s` (sampling
 + scoring + decode + rewards + advantages), `update_s` and `step_s` are medians (`step_s_mean`
 beside it), and the syncs expose dispatch latencies the loop hides. Sampled tokens/s counts
@@ -168,6 +170,9 @@ def main():
                     "(reports rollout_s and update_s; their dispatch latencies are exposed); "
                     "without it the timed iterations run back to back as `easyalign grpo` "
                     "runs them and step_s is their mean")
+    ap.add_argument("--sync-update", action="store_true",
+                    help="wait for each update before the next rollout, as the training "
+                    "loop's update timer does (`grpo.UpdateTimer`)")
     ap.add_argument("--cpu", action="store_true",
                     help="a smoke run on the CPU: the tiny model at the anchor's tiny shape (2 "
                     "prompts x 4, 16 + 16 tokens), whatever the shape flags say")
@@ -261,6 +266,8 @@ def main():
                     times["rollout_s"].append(rolled_at - start)
                     times["update_s"].append(end - rolled_at)
                     times["step_s"].append(end - start)
+            if args.sync_update:  # as `grpo.UpdateTimer.after_update` in the training loop
+                jax.block_until_ready(update_metrics)
             if timed:
                 rollout_metrics.append(metrics)
             elif not args.phase_sync:
@@ -293,6 +300,7 @@ def main():
                logits_chunk=args.chunk, scan_layers=bool(args.scan), ref_dtype=args.ref_dtype,
                shared_prefix_group=s.settings.group, steps=args.steps, **med,
                step_s_mean=statistics.mean(times["step_s"]), phase_sync=args.phase_sync,
+               sync_update=args.sync_update,
                sampled_tokens_per_s=sampled / med["step_s"],
                sampler_tokens_per_s=sampled / med["sample_s"],
                **({"update_tokens_per_s": rows * seq / med["update_s"],

@@ -191,3 +191,18 @@ def test_picked_logprob_and_entropy_match_autodiff():
         got = jax.grad(lambda z: objective(lambda x: picked_logprob_and_entropy(x, targets),
                                            z))(logits)
         assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_picked_logprob_and_entropy_with_masked_vocabulary_entries():
+    """Logits of −inf (tokens masked out of the vocabulary) have probability 0: the log-prob and
+    entropy equal those of the distribution over the other tokens (no 0 · −inf NaN)."""
+    from easyalign.model.scoring import picked_logprob_and_entropy
+
+    rng = np.random.default_rng(1)
+    finite = rng.normal(0, 2, (4, 9)).astype(np.float32)
+    logits = np.concatenate([finite, np.full((4, 3), -np.inf, np.float32)], axis=1)
+    targets = jnp.asarray(rng.integers(0, 9, (4,)), jnp.int32)
+    picked, entropy = picked_logprob_and_entropy(jnp.asarray(logits), targets)
+    logp = finite - np.log(np.sum(np.exp(finite.astype(np.float64)), axis=1, keepdims=True))
+    assert_allclose(picked, logp[np.arange(4), np.asarray(targets)], rtol=1e-5)
+    assert_allclose(entropy, -np.sum(np.exp(logp) * logp, axis=1), rtol=1e-5)

@@ -108,8 +108,13 @@ def picked_logprob_and_entropy(logits: jax.Array, targets: jax.Array
                                ) -> tuple[jax.Array, jax.Array]:
     """`(log softmax(logits)[target], H)` in float32, H = −Σ_v p_v log p_v the entropy.
 
-    Forward: reductions over the logits alone (the log-sum-exp, the picked logit and
-    H = −Σ p (z − lse)) — no `[..., V]` log-softmax array beside the logits. Backward, one
+    Forward: reductions over the logits alone, two passes — the row max m, then together
+    s = Σ_v e^(z_v − m) and t = Σ_v e^(z_v − m)(z_v − m) (sibling reductions XLA fuses into
+    one read) — and the picked logit; lse = m + log s and H = log s − t / s (from
+    H = lse − Σ p z). No `[..., V]` log-softmax array beside the logits, and one read of the
+    logits fewer than H taken from the log-softmax: measured on an H200 at the GRPO
+    benchmark's shape (64 × 256 × 128K float32 logits), the forward's reductions took 4.3 ms
+    instead of 5.8 ms, in scoring and in the update alike (perf-notes 45). Backward, one
     elementwise pass as `picked_logprob`'s: with p = softmax(z), ∂ log p_y/∂z = onehot(y) − p and
     ∂H/∂z = −p (log p + H), so
 
@@ -122,9 +127,17 @@ def picked_logprob_and_entropy(logits: jax.Array, targets: jax.Array
 
 
 def _picked_entropy_forward(logits, targets):
-    picked, lse = _picked_forward(logits, targets)
-    entropy = -jnp.sum(jnp.exp(logits - lse[..., None]) * (logits - lse[..., None]), axis=-1)
-    return (picked, entropy), (lse, entropy)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    shifted = logits - top
+    weights = jnp.exp(shifted)
+    total = jnp.sum(weights, axis=-1)
+    # A −inf logit has weight 0: its term is 0 (not 0 · −inf).
+    weighted = jnp.sum(jnp.where(weights > 0, weights * shifted, 0.0), axis=-1)
+    log_total = jnp.log(total)
+    lse = top[..., 0] + log_total
+    picked = jnp.take_along_axis(logits, targets[..., None], axis=-1)[..., 0]
+    entropy = log_total - weighted / total
+    return (picked - lse, entropy), (lse, entropy)
 
 
 def _picked_entropy_fwd(logits, targets):
