@@ -14,6 +14,13 @@ Public API, imported lazily on first use so that `import easyalign` stays cheap:
 from __future__ import annotations
 
 import importlib
+import os
+
+# Import-time advice that is not about the caller's work — transformers without PyTorch ("PyTorch
+# was not found…": the library needs only its tokenizers), the C++ INFO lines of XLA — silenced
+# for the CLI and the Python API alike, unless the caller set these variables.
+os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
 
 _EXPORTS = {
     "from_hf": "easyalign.hf",

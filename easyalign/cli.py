@@ -273,12 +273,6 @@ def describe(error: BaseException, command: str = "") -> str:
     return f"{type(error).__name__}: {first} (an internal error: --debug shows the traceback)"
 
 
-def _quiet() -> None:
-    """Silence import-time advice that is not about the run (transformers without PyTorch)."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "1")
-
-
 def main(argv: list[str] | None = None) -> None:
     argv = list(sys.argv if argv is None else argv)
     if len(argv) < 2 or argv[1] in ("-h", "--help", "help"):
@@ -291,7 +285,6 @@ def main(argv: list[str] | None = None) -> None:
                  + " (easyalign --help lists them)")
     debug = "--debug" in args or bool(os.environ.get("EASYALIGN_DEBUG"))
     args = [a for a in args if a != "--debug"]
-    _quiet()
     if any(a in ("--help", "-h", "--helpfull") for a in args):
         print(command_help(command, args))
         return

@@ -14,6 +14,7 @@ included) goes to the same layer or a lower one, and no two units import each ot
 """
 
 import ast
+import os
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "easyalign"
@@ -79,3 +80,22 @@ def test_no_two_units_import_each_other():
     pairs = {(s, t) for edge in imports() if edge not in KNOWN for s, t in [edge[1:]]}
     cycles = sorted(f"{s} ⇄ {t}" for s, t in pairs if (t, s) in pairs and s < t)
     assert not cycles, cycles
+
+
+def test_the_python_api_imports_without_transformers_advice_about_pytorch():
+    """Without PyTorch (the demo's install), importing transformers logs "PyTorch was not
+    found…"; the library needs only its tokenizers, so `import easyalign` silences that advice
+    for the Python API as for the CLI — and a caller's own setting of the variable wins."""
+    import subprocess
+    import sys
+
+    hide_torch = "import sys; sys.modules['torch'] = None; "
+    run = lambda code, **env: subprocess.run(  # noqa: E731
+        [sys.executable, "-c", hide_torch + code], capture_output=True, text=True,
+        env={**{k: v for k, v in os.environ.items()
+                if k != "TRANSFORMERS_NO_ADVISORY_WARNINGS"}, **env}, check=True)
+    advice = "PyTorch was not found"
+    assert advice in run("import transformers").stderr  # the advice this test is about
+    assert advice not in run("import easyalign; easyalign.preset; import transformers").stderr
+    assert advice in run("import easyalign; import transformers",
+                         TRANSFORMERS_NO_ADVISORY_WARNINGS="").stderr
