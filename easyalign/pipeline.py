@@ -15,7 +15,9 @@ world / mesh / process settings, and any `pipeline.overrides` entry `stage:key=v
 `*:model.dtype=bfloat16`; a stage's own entry wins). Stages
 refer to each other as `@<stage>` (`algorithms.runsetup.stage_path`). A stage whose outputs are
 complete is skipped, so re-running the command resumes a killed pipeline (and the stage that
-was running resumes from its own last checkpoint).
+was running resumes from its own last checkpoint) — unless it was made with other settings
+than its config now, or from a stage that is to be made again: then the run stops before
+any stage, naming the differences (`check_reuse`).
 
 Ablations (`configs/ablations.py`) are the same mechanism with more stages: off-policy vs
 on-policy distillation at equal student steps, reward-weighted vs unweighted distillation —
@@ -26,6 +28,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 import time
 from pathlib import Path
@@ -171,6 +174,55 @@ def stage_done(command: str, config) -> bool:
     return models.stage_done(workdir)
 
 
+def _output(command: str, workdir: Path) -> Path:
+    """The file whose presence says the stage's outputs are complete."""
+    return workdir / {"eval": "results.json", "latency": "latency.json",
+                      "teacher-data": "teacher_data.json"}.get(command,
+                                                               f"{models.MODEL_DIR}/model_config.json")
+
+
+def _settings(config) -> dict:
+    """The stage's manifest as its run writes it (`runsetup.prepare`: `model.path` as given)."""
+    return rundir.manifest(config, {"model.path": runsetup.stage_reference(
+        config, config.model.path)})
+
+
+def check_reuse(stages, configs, done) -> None:
+    """Refuse to skip a complete stage whose outputs no longer follow from this pipeline: made
+    with other settings than the stage's config now (its `manifest.json` against the manifest
+    this run would write: a changed `pipeline.overrides` entry, data file or preset), or made
+    from an earlier stage that is to be made again now (its directory was removed). Skipping
+    them would report old results as the new settings' — one line instead, naming the stage,
+    the differences and what to remove. Raises ConfigError."""
+    remade = []   # (name, workdir) of the stages that will run
+    for (name, command, _), config, complete in zip(stages, configs, done):
+        workdir = Path(config.workdir).absolute()
+        if command == "teacher-data":  # it decides itself; absent output means it will run
+            complete = _output(command, workdir).is_file()
+        if not complete:
+            remade.append((name, workdir))
+            continue
+        manifest_file = workdir / rundir.MANIFEST_FILE
+        if manifest_file.is_file():
+            recorded = json.loads(manifest_file.read_text())
+            changes = rundir.differences(recorded, _settings(config))
+            if changes:
+                raise ConfigError(
+                    f"pipeline stage {name}: {workdir} is complete but was made with other "
+                    f"settings: {'; '.join(changes)} — remove it (and the stages after it that "
+                    "read it) to make it again with these, or give the pipeline a new "
+                    "--config.workdir")
+        reads = json.dumps(_settings(config))
+        for upstream, upstream_dir in remade:
+            if any(mark in reads for mark in (f'"@{upstream}"', f'"{upstream_dir}/',
+                                              f'={upstream_dir}/')):
+                raise ConfigError(
+                    f"pipeline stage {name}: {workdir} is complete but was made from "
+                    f"{upstream} ({upstream_dir}), which is to be made again now — remove "
+                    f"{workdir} too to make it from the new {upstream}, or give the pipeline a "
+                    "new --config.workdir")
+
+
 def save_base(config) -> None:
     """The untrained model of the SFT shape, saved like a stage's final model."""
     run = runsetup.prepare(config)
@@ -226,6 +278,7 @@ def run_stages(pipe) -> list[tuple[str, str, str]]:
             if command == "distill" and config.model.init == "derive":
                 config.model.path = "@" + p.teacher  # the student comes from the teacher's layers
     done = [stage_done(command, config) for (_, command, _), config in zip(stages, configs)]
+    check_reuse(stages, configs, done)
     check_stages([(name, config) for (name, _, _), config, complete in
                   zip(stages, configs, done) if not complete])
     for (name, command, preset), config, complete in zip(stages, configs, done):
@@ -274,12 +327,11 @@ def print_results(pipe) -> None:
     if table.exists():
         text = table.read_text()
         print("\n" + text.split("\n\n## ")[0].strip() + "\n")
-    summary = root / "latency" / "latency.md"
-    if summary.exists():
-        lines = [line for line in summary.read_text().splitlines()
-                 if line.startswith("Student:")]
-        if lines:
-            print(lines[0])
+    measured = root / "latency" / "latency.json"
+    if measured.exists():
+        summary = json.loads(measured.read_text()).get("summary")
+        if summary:
+            print(summary)
 
 
 def run(config) -> None:

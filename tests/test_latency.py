@@ -72,5 +72,12 @@ def test_summary_line_format():
                                    ("advbench_refusal", "reward_win_rate", "mc1"))
     assert line == ("Student: 2.5× faster, 0.25× memory, keeps 90% of the teacher's advbench "
                     "refusal, 50% of its reward win rate")
+    # Reported: a teacher refusal rate of 0 dropped the metric from the line without a word.
+    scores = {"t": {"advbench_refusal": 0.0, "reward_win_rate": 0.6},
+              "s": {"advbench_refusal": 0.03, "reward_win_rate": 0.3}}
+    line = latency.student_summary(entries, "t", "s", scores,
+                                   ("advbench_refusal", "reward_win_rate"))
+    assert line == ("Student: 2.5× faster, 0.25× memory, keeps 50% of the teacher's reward win "
+                    "rate; advbench refusal: the teacher's is 0 (the student's 0.030)")
     with pytest.raises(ValueError, match="not a measured variant"):
         latency.student_summary(entries, "t", "x", None)

@@ -132,13 +132,20 @@ def _measure_isolated(path: str, settings: dict, mesh_config: dict) -> dict:
     return json.loads(lines[-1][len(_RESULT_MARK):])
 
 
-def summary_line(speedup: float, memory_ratio: float, kept: dict[str, float]) -> str:
-    """`Student: X× faster, Y× memory, keeps Z% of the teacher's <metric>[, W% of its ...]`."""
+def summary_line(speedup: float, memory_ratio: float, kept: dict[str, float],
+                 unrated: dict[str, float] | None = None) -> str:
+    """`Student: X× faster, Y× memory, keeps Z% of the teacher's <metric>[, W% of its ...]`,
+    then `; <metric>: the teacher's is 0 (the student's V)` for each metric in `unrated` (a
+    teacher value of 0 has no ratio: said, not dropped)."""
     line = f"Student: {speedup:.1f}× faster, {memory_ratio:.2f}× memory"
     owners = ["the teacher's"] + ["its"] * (len(kept) - 1)
     clauses = [f"{pct:.0f}% of {owner} {metric.replace('_', ' ')}"
                for owner, (metric, pct) in zip(owners, kept.items())]
-    return line + (", keeps " + ", ".join(clauses) if clauses else "")
+    line += ", keeps " + ", ".join(clauses) if clauses else ""
+    for metric, student_value in (unrated or {}).items():
+        line += (f"; {metric.replace('_', ' ')}: the teacher's is 0 (the student's "
+                 f"{student_value:.3f})")
+    return line
 
 
 def student_summary(entries: dict, teacher: str, student: str, scores: dict[str, dict] | None,
@@ -148,14 +155,18 @@ def student_summary(entries: dict, teacher: str, student: str, scores: dict[str,
         if name not in entries:
             raise ValueError(f"latency: {name!r} is not a measured variant ({sorted(entries)})")
     t, s = entries[teacher], entries[student]
-    kept = {}
+    kept, unrated = {}, {}
     for metric in metrics:
         teacher_value = (scores or {}).get(teacher, {}).get(metric)
         student_value = (scores or {}).get(student, {}).get(metric)
-        if teacher_value and student_value is not None:  # a teacher value of 0 keeps no ratio
+        if student_value is None or teacher_value is None:
+            continue
+        if teacher_value:
             kept[metric] = 100.0 * student_value / teacher_value
+        else:  # a teacher value of 0 keeps no ratio
+            unrated[metric] = student_value
     return summary_line(s["decode_tokens_per_s"] / t["decode_tokens_per_s"],
-                        s["peak_memory_bytes"] / t["peak_memory_bytes"], kept)
+                        s["peak_memory_bytes"] / t["peak_memory_bytes"], kept, unrated)
 
 
 def markdown(entries: dict, settings: dict, summary: str | None) -> str:
@@ -218,7 +229,7 @@ def run(config) -> dict:
         scores = load_results(results) if results and results.is_file() else None
         summary = student_summary(entries, c.teacher, c.student, scores, c.keep_metrics)
         print(summary)
-        if "keeps" not in summary:
+        if "keeps" not in summary and "teacher's is 0" not in summary:
             print(f"[latency] no {'/'.join(c.keep_metrics)} for {c.teacher!r} and "
                   f"{c.student!r} in latency.results={c.results!r}")
     doc = {"settings": settings, "variants": entries, "summary": summary}

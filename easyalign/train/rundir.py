@@ -164,7 +164,8 @@ def manifest(config, overrides: dict | None = None) -> dict:
     return values
 
 
-def _difference(old: dict, new: dict) -> list[str]:
+def differences(old: dict, new: dict) -> list[str]:
+    """`key: old → new` for every key whose value differs between two manifests."""
     out = []
     for key in sorted(set(old) | set(new)):
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
@@ -189,7 +190,7 @@ def check_resume(config, workdir: Path, overrides: dict | None = None) -> str | 
             old = json.loads(path.read_text())
         except json.JSONDecodeError:
             old = None
-        changes = _difference(old, new) if old is not None else ["manifest.json unreadable"]
+        changes = differences(old, new) if old is not None else ["manifest.json unreadable"]
         phases = ((old or {}).get("phase"), new.get("phase"))
         if phases[0] and phases[1] and phases[0] != phases[1]:
             # Another phase's run: no config change makes it resumable, so none is offered.

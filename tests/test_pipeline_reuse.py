@@ -1,0 +1,61 @@
+"""`easyalign pipeline` on a directory it ran before: complete stages are skipped only when they
+still follow from the pipeline's settings (`pipeline.check_reuse`) — a two-stage pipeline (SFT
+then a reward model from it, two steps each) on the built-in world — and its closing summary."""
+
+import json
+import shutil
+
+import pytest
+
+from configs import pipeline as pipeline_config
+from configs import sft as sft_config
+from easyalign import pipeline
+from easyalign.config_keys import ConfigError
+
+
+def pipe_config(workdir, *overrides):
+    config = pipeline_config.get_config("tiny")
+    config.workdir = str(workdir)
+    config.train.progress_bar = False
+    config.pipeline.stages = ("sft", "reward")
+    config.pipeline.overrides = ("*:train.steps=2", "*:train.plot=False", *overrides)
+    return config
+
+
+def test_a_rerun_with_other_settings_or_a_stage_to_remake_stops_before_any_stage(tmp_path,
+                                                                                capsys):
+    """Reported: a rerun with a changed stage setting skipped every stage and reprinted the old
+    results. Now: the same settings skip (both stages), a changed one stops naming the stage,
+    the key and both values, and a stage whose source is to be made again (its directory
+    removed) stops naming both — before anything is trained or removed."""
+    root = tmp_path / "runs" / "p"
+    pipeline.run_stages(pipe_config(root))
+    capsys.readouterr()
+    pipeline.run_stages(pipe_config(root))
+    skipped = [line for line in capsys.readouterr().out.splitlines() if "complete, skipped" in line]
+    assert len(skipped) == 2, skipped
+
+    lr = sft_config.get_config("tiny").optim.lr
+    with pytest.raises(ConfigError, match=rf"pipeline stage sft: {root / 'sft'} is complete but "
+                                          rf"was made with other settings: optim.lr: {lr!r} → "
+                                          r"0.002 — remove it"):
+        pipeline.run_stages(pipe_config(root, "sft:optim.lr=0.002"))
+
+    shutil.move(root / "sft", tmp_path / "sft-aside")
+    with pytest.raises(ConfigError, match=rf"pipeline stage reward: {root / 'reward'} is complete "
+                                          rf"but was made from sft \({root / 'sft'}\), which is "
+                                          "to be made again now"):
+        pipeline.run_stages(pipe_config(root))
+    assert not (root / "sft").exists()  # refused before the SFT stage started
+
+
+def test_the_closing_summary_prints_the_latency_line(tmp_path, capsys):
+    """Reported: the summary kept only lines starting `Student:` of latency.md, which writes the
+    line in bold, so the pipeline's last words never had it. It is read from latency.json."""
+    line = "Student: 2.5× faster, 0.51× memory, keeps 90% of the teacher's alignment score"
+    (tmp_path / "latency").mkdir()
+    (tmp_path / "latency" / "latency.json").write_text(json.dumps({"summary": line}))
+    (tmp_path / "latency" / "latency.md").write_text(f"# Latency\n\n**{line}**\n")
+    config = pipe_config(tmp_path)
+    pipeline.print_results(config)
+    assert capsys.readouterr().out.strip().splitlines()[-1] == line
