@@ -171,6 +171,7 @@ def validate(config, command: str | None = None, *, devices: bool | int = False,
     if config.get("model") is not None:
         _check_path_is_read(config.model, phase)
     _check_names(config)
+    _check_ranges(config)
     if paths:
         check_paths(config)
     return warnings
@@ -331,6 +332,75 @@ def _choices(config, key: str, choices: Iterable[str]) -> None:
         value = value.get(part)
     if value is not None:
         check_choice(key, value, choices)
+
+
+# Algorithm settings with a meaningful range: (key, low, high, why). `low`/`high` are
+# `(bound, inclusive)` or None; a value outside names the key, the range and why.
+RANGES = (
+    ("grpo.epsilon", (0, False), (1, False), "the ratio's clip band is [1 − ε, 1 + ε_high]"),
+    ("grpo.epsilon_high", (0, True), None, "0 means ε_high = ε"),
+    ("grpo.beta", (0, True), None, "the KL weight: a negative one pays the policy for leaving "
+     "the reference"),
+    ("grpo.temperature", (0, False), None, "GRPO samples its groups; greedy completions of a "
+     "prompt would all be the same"),
+    ("grpo.num_iterations", (1, True), None, "updates per rollout"),
+    ("ppo.clip_eps", (0, False), (1, False), "the ratio's clip band is [1 − ε, 1 + ε]"),
+    ("ppo.value_clip_eps", (0, True), None, "the value clip, in value units"),
+    ("ppo.gamma", (0, True), (1, True), "the discount"),
+    ("ppo.lam", (0, True), (1, True), "GAE's λ"),
+    ("ppo.kl_coef", (0, True), None, "the KL penalty's weight"),
+    ("ppo.kl_target", (0, False), None, "the adaptive controller's target KL"),
+    ("ppo.kl_horizon", (1, True), None, "the adaptive controller's horizon"),
+    ("ppo.vf_coef", (0, True), None, "the value loss's weight"),
+    ("ppo.entropy_coef", (0, True), None, "the entropy bonus's weight"),
+    ("ppo.score_clip", (0, True), None, "0 = no clip"),
+    ("ppo.epochs", (1, True), None, "passes over each rollout"),
+    ("dpo.beta", (0, False), None, "the implicit reward's scale"),
+    ("dpo.label_smoothing", (0, True), (0.5, False), "the assumed rate of flipped labels"),
+    ("dpo.sft_weight", (0, True), None, "the SFT term's weight"),
+    ("distill.beta", (0, True), (1, True), "the generalised JSD's mixture weight"),
+    ("distill.lmbda", (0, True), (1, True), "the fraction of on-policy batches"),
+    ("distill.reward_temperature", (0, False), None, "the reward weighting's temperature"),
+    ("distill.topk_weight", (0, True), None, "the top-k term's weight"),
+)
+# What each sampling field of a block with a `sampling` method must be, when the method reads it.
+SAMPLING_RANGES = {"temperature": ((0, False), None), "top_k": ((1, True), None),
+                   "top_p": ((0, False), (1, True))}
+
+
+def _in_range(value, low, high) -> bool:
+    return ((low is None or value > low[0] or (low[1] and value == low[0]))
+            and (high is None or value < high[0] or (high[1] and value == high[0])))
+
+
+def _range_text(low, high) -> str:
+    if high is None:
+        return f"must be {'≥' if low[1] else '>'} {low[0]}"
+    return (f"must be in {'[' if low[1] else '('}{low[0]}, {high[0]}{']' if high[1] else ')'}")
+
+
+def _check_ranges(config) -> None:
+    """`RANGES`, and the sampling fields the chosen method of each sampling block reads (GRPO's
+    and PPO's samplers have no `sampling` key: temperature only). Raises ConfigError."""
+    from easyalign.sampler import SAMPLING_METHODS
+
+    for key, low, high, why in RANGES:
+        block, name = key.split(".")
+        if block in config and name in config[block]:
+            value = config[block][name]
+            _need(_in_range(value, low, high), f"{key}={value!r}: {_range_text(low, high)} "
+                                               f"({why})")
+    for block in ("distill", "teacher_data", "generate", "eval"):
+        node = config.get(block)
+        if node is None or "sampling" not in node or node.sampling not in SAMPLING_METHODS:
+            continue
+        for field in SAMPLING_METHODS[node.sampling].config_fields.values():
+            low, high = SAMPLING_RANGES[field]
+            value = node[field]
+            hint = (f"; greedy decoding is {block}.sampling='greedy'" if field == "temperature"
+                    else "")
+            _need(_in_range(value, low, high), f"{block}.{field}={value!r}: "
+                  f"{_range_text(low, high)} for {block}.sampling={node.sampling!r}{hint}")
 
 
 def _check_names(config) -> None:

@@ -178,3 +178,35 @@ def test_learning_rate_warnings_on_a_pretrained_model_and_a_warm_up_longer_than_
                for w in config_check.validate(config, paths=False))
     for name in ("sft", "reward", "dpo", "ppo", "grpo", "distill"):
         assert not config_check.validate(load(name, "real"), paths=False), name
+
+
+@pytest.mark.parametrize("phase, key, value, message", [
+    # Reported: both trained to the end (a clip band [2, 0]; a KL term that pays for leaving).
+    ("grpo", "grpo.epsilon", -1.0, "grpo.epsilon=-1.0: must be in (0, 1) (the ratio's clip band"),
+    ("grpo", "grpo.beta", -0.1, "grpo.beta=-0.1: must be ≥ 0 (the KL weight"),
+    # Reported: failed after loading the model, naming no key.
+    ("grpo", "grpo.temperature", 0.0, "grpo.temperature=0.0: must be > 0 (GRPO samples"),
+    ("ppo", "ppo.gamma", 1.5, "ppo.gamma=1.5: must be in [0, 1] (the discount)"),
+    ("ppo", "ppo.clip_eps", 0.0, "ppo.clip_eps=0.0: must be in (0, 1)"),
+    ("dpo", "dpo.beta", 0.0, "dpo.beta=0.0: must be > 0"),
+    ("dpo", "dpo.label_smoothing", 0.5, "dpo.label_smoothing=0.5: must be in [0, 0.5)"),
+    ("distill", "distill.lmbda", 2.0, "distill.lmbda=2.0: must be in [0, 1]"),
+    ("distill", "distill.temperature", 0.0, "distill.temperature=0.0: must be > 0 for "
+     "distill.sampling="),
+    ("generate", "generate.top_p", 1.5, "generate.top_p=1.5: must be in (0, 1] for "
+     "generate.sampling='top_p'"),
+])
+def test_an_algorithm_setting_out_of_its_range_is_one_line_naming_the_key(phase, key, value,
+                                                                         message):
+    """Every algorithm setting with a meaning only in a range (`config_check.RANGES`, and the
+    fields a block's sampling method reads) is checked before any work, naming the key."""
+    config = load(phase, "tiny")
+    block, name = key.split(".")
+    if key == "generate.top_p":
+        config.generate.sampling = "top_p"
+    config[block][name] = value
+    with pytest.raises(config_check.ConfigError, match=re.escape(message)):
+        config_check.validate(config, paths=False)
+    if key == "distill.temperature":  # greedy reads no temperature
+        config.distill.sampling = "greedy"
+        config_check.validate(config, paths=False)
