@@ -69,14 +69,15 @@ def parse_named_paths(spec: Any, what: str = "eval.variants") -> dict[str, str]:
 
 
 def parse_weights(spec: str, what: str, known: Iterable[str] | None = None,
-                  example: str = "") -> dict[str, float]:
+                  example: str = "", unknown_hint: str = "") -> dict[str, float]:
     """`"name:weight,name"` → {name: weight} (1 when omitted), in order.
 
     Every mistake is one ConfigError naming `what` and the entry, with the format
     (`name:weight`, e.g. `example`) where the entry breaks it: `name=weight` (the `key=value`
     habit of every other setting) is answered with the entry as it should be, a weight that is
     not a number is named, and with `known` (a registry's names) an unknown name gets the
-    registry's "did you mean" and its list. Without `known` the names are not checked here."""
+    registry's "did you mean" and its list (and `unknown_hint`, how a name gets registered).
+    Without `known` the names are not checked here."""
     form = "entries are name:weight" + (f", e.g. {example!r}" if example else "")
     known = None if known is None else tuple(known)
     out: dict[str, float] = {}
@@ -99,5 +100,6 @@ def parse_weights(spec: str, what: str, known: Iterable[str] | None = None,
             raise ConfigError(f"{what}: unknown name {name!r}"
                               + (f" in {part!r}" if part != name else "")
                               + (f"; {hint}" if hint else "")
-                              + f" (known: {', '.join(sorted(known))}; {form})")
+                              + f" (known: {', '.join(sorted(known))}; {form})"
+                              + (f"; {unknown_hint}" if unknown_hint else ""))
     return out

@@ -43,7 +43,7 @@ def test_verifiable_rewards_on_world_records():
     assert grpo_rewards.world_grade({"kind": "unknown"}, "I don't know.") == 1.0
     assert grpo_rewards.parse_rewards("exact_match:2,reward_model") == {
         "exact_match": 2.0, "reward_model": 1.0}
-    with pytest.raises(ValueError, match=r"grpo.rewards: unknown name 'nope' in 'nope:1' \(known"):
+    with pytest.raises(ValueError, match=r"grpo.rewards: unknown name 'nope' in 'nope:1' \(known.*registered by your config file"):
         grpo_rewards.parse_rewards("nope:1")
     grpo_rewards.register("length", lambda record, response: float(len(response)))
     scores = grpo_rewards.verifiable_scores({"length": 0.5, "exact_match": 1.0}, [inst, inst],
@@ -83,7 +83,9 @@ def test_a_bad_rewards_entry_is_one_line_with_the_format(spec, message):
         grpo_rewards.parse_rewards(spec)
     text = str(excinfo.value)
     assert text.startswith(message) and "\n" not in text
-    assert text.endswith("entries are name:weight, e.g. 'exact_match:1.0,reward_model:0.5')")
+    assert text.endswith("entries are name:weight, e.g. 'exact_match:1.0,reward_model:0.5')" +
+                         ("; a function of your own is registered by your config file (README: "
+                          "Add a verifiable reward)" if "unknown name" in text else ""))
     assert ("known: " in text) == ("unknown name" in text)
 
 
@@ -326,3 +328,4 @@ def test_response_span_scores_equal_the_full_pass(full_fp32_matmuls):
         assert np.all(np.asarray(got)[~inside] == 0.0)
     for a, b in zip(host(grads), host(full_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
+

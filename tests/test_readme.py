@@ -23,7 +23,7 @@ def readme_python(marker: str) -> str:
 
 def test_every_readme_python_snippet_is_tested():
     blocks = re.findall(r"```python\n(.*?)```", README.read_text(), flags=re.S)
-    assert len(blocks) == 3, "a new Python snippet in the README needs a test here"
+    assert len(blocks) == 4, "a new Python snippet in the README needs a test here"
 
 
 def test_readme_python_snippet_runs(tmp_path):
@@ -53,10 +53,32 @@ def test_readme_reward_snippet_registers_a_verifiable_reward():
 
     namespace: dict = {}
     try:
-        exec(compile(readme_python("grpo_rewards.register"), str(README), "exec"), namespace)
+        exec(compile(readme_python("def has_citation("), str(README), "exec"), namespace)
         assert grpo_rewards.parse_rewards("has_citation:1.0") == {"has_citation": 1.0}
         reward = grpo_rewards.reward_function("has_citation")
         assert reward({}, "as shown in [1].") == 1.0 and reward({}, "no source") == 0.0
+    finally:
+        grpo_rewards.VERIFIABLE_REWARDS.pop("has_citation", None)
+
+
+def test_readme_reward_config_file_registers_it_for_the_command_line(tmp_path, monkeypatch):
+    """The README's config-file recipe, as written (its `my_rewards` module beside it): the
+    CLI's loader reads it, and the config check accepts the name it registered — the CLI's
+    only way to a reward of one's own (reported: `unknown name`, no recipe)."""
+    from easyalign import config_check
+    from easyalign.algorithms import grpo_rewards
+    from easyalign.cli import load_config
+
+    (tmp_path / "my_rewards.py").write_text(
+        "def has_citation(record, response):\n    return float('[1]' in response)\n")
+    (tmp_path / "my_grpo.py").write_text(readme_python("def get_config("))
+    monkeypatch.syspath_prepend(str(tmp_path))
+    try:
+        config = load_config([f"--config={tmp_path / 'my_grpo.py'}:tiny",
+                              f"--config.workdir={tmp_path / 'run'}"])
+        config_check.validate(config, "grpo", paths=False)
+        assert config.grpo.rewards == "has_citation:1.0"
+        assert grpo_rewards.reward_function("has_citation")({}, "see [1]") == 1.0
     finally:
         grpo_rewards.VERIFIABLE_REWARDS.pop("has_citation", None)
 

@@ -132,7 +132,9 @@ def parse_rewards(spec: str) -> dict[str, float]:
     against the registered rewards (`config_keys.parse_weights`: one line naming the entry, the
     `name:weight` format and the closest reward name)."""
     out = parse_weights(spec, "grpo.rewards", known=[REWARD_MODEL, *VERIFIABLE_REWARDS],
-                        example="exact_match:1.0,reward_model:0.5")
+                        example="exact_match:1.0,reward_model:0.5",
+                        unknown_hint="a function of your own is registered by your config file "
+                        "(README: Add a verifiable reward)")
     if not out:
         raise ConfigError("grpo.rewards names no reward (entries are name:weight, e.g. "
                           "'exact_match:1.0,reward_model:0.5')")
