@@ -281,3 +281,40 @@ def test_export_lists_every_stop_token_for_transformers(tmp_path):
     generation = transformers.GenerationConfig.from_pretrained(tmp_path)
     assert generation.eos_token_id == [tok.eos_token_id, eot]
     assert read_hf_config(tmp_path).eos_token_id == (tok.eos_token_id, eot)
+
+
+def test_an_over_long_text_gets_no_transformers_length_warning():
+    """Reported: a long example printed transformers' "Token indices sequence length is longer
+    than the specified maximum…" beside easyalign's own over-long line (`data.on_overflow`).
+    The library's encoding asks for no such warning; a plain call still gets it."""
+    import logging
+
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from easyalign.data.chat_format import _encode
+
+    def tokenizer():
+        tok = Tokenizer(models.WordLevel({f"w{i}": i for i in range(10)}, unk_token="w0"))
+        tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+        return PreTrainedTokenizerFast(tokenizer_object=tok, model_max_length=4)
+
+    class Seen(logging.Handler):
+        def __init__(self):
+            super().__init__()
+            self.messages = []
+
+        def emit(self, record):
+            self.messages.append(record.getMessage())
+
+    seen = Seen()
+    logger = logging.getLogger("transformers")
+    logger.addHandler(seen)
+    try:
+        text = " ".join(f"w{i % 10}" for i in range(12))
+        assert _encode(tokenizer(), text) == [i % 10 for i in range(12)]
+        assert not [m for m in seen.messages if "Token indices sequence length" in m]
+        tokenizer()(text + " w1", add_special_tokens=False)
+        assert [m for m in seen.messages if "Token indices sequence length" in m]
+    finally:
+        logger.removeHandler(seen)

@@ -86,7 +86,10 @@ class ChatFormat:
 
 
 def _encode(tokenizer, text: str) -> list[int]:
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+    # verbose=False: an example longer than the tokenizer's `model_max_length` is the data
+    # pipeline's to report (`data.on_overflow` names it); transformers' "Token indices sequence
+    # length is longer…" would be a second line about the same thing, in its terms.
+    return list(tokenizer(text, add_special_tokens=False, verbose=False)["input_ids"])
 
 
 def _special_ids(tokenizer) -> set[int]:
