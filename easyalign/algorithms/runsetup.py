@@ -102,19 +102,20 @@ def stage_reference(config, value: str) -> str:
     return value
 
 
-def prepare(config, *, workdir: bool = True) -> Run:
+def prepare(config, *, workdir: bool = True, trains: bool = True) -> Run:
     """Validate the config (`config_check`), start processes, build the mesh, create the
     workdir (lock, manifest), record the resolved config and prepare the built-in data sources
     the config uses (`data.builtin`). With `workdir=False` nothing is created there: a command
     told to write its output elsewhere (`generate.output`) writes only that, and `config.workdir`
-    only anchors `@stage` references and the built-in world."""
+    only anchors `@stage` references and the built-in world. `trains=False` (the pipeline's
+    untrained base model) prints no warning about the training settings it does not use."""
     raw_path = config.model.path
     warnings = config_check.validate(config)
     config.model.path = stage_path(config, config.model.path)
     distributed.initialize_from_config(config)
     # Printed only now: `jax.process_index()` would start the backend, which must come after
     # `jax.distributed.initialize` in a multi-process run.
-    for warning in warnings if jax.process_index() == 0 else ():
+    for warning in warnings if trains and jax.process_index() == 0 else ():
         print(f"[config] warning: {warning}")
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
