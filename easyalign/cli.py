@@ -214,15 +214,60 @@ def _causes(error: BaseException):
         error = error.__cause__ or error.__context__
 
 
+# A full disk, as an OSError (ENOSPC, or EDQUOT: a quota) or as the text of one wrapped by a
+# library — tensorstore (Orbax's writer) reports it as RESOURCE_EXHAUSTED, the status XLA gives
+# a device out of memory, so this is asked first.
+_DISK_FULL = re.compile(r"No space left on device|Disk quota exceeded|"
+                        r"os_error_code='?(?:28|122)\b", re.IGNORECASE)
+_QUOTED_PATH = re.compile(r'"(/[^"]+)"')
+_WRITE_BYTES = re.compile(r"(?:Failed to write|writing)\s+([\d,]+)\s+bytes", re.IGNORECASE)
 _OOM = re.compile(r"RESOURCE_EXHAUSTED|out of memory", re.IGNORECASE)
 _OOM_BYTES = re.compile(r"(?:allocat\w*|requested)\s+(?:of\s+)?([\d,]+)\s*(?:bytes|B\b)",
                         re.IGNORECASE)
 
 
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def disk_full(error: BaseException, command: str = "", workdir: str | None = None) -> str | None:
+    """The one line for a full disk or an exceeded quota anywhere in `error`'s chain: the path
+    being written (the OSError's, else the last absolute path quoted in the message — a
+    checkpoint's temporary name given as the checkpoint —, else `workdir`), how much when the
+    message says, and what to do; None for any other error."""
+    chain = list(_causes(error))
+    hit = next((e for e in chain if isinstance(e, OSError) and e.errno in (
+        errno.ENOSPC, errno.EDQUOT) or _DISK_FULL.search(str(e))), None)
+    if hit is None:
+        return None
+    text = " ".join(str(e) for e in chain)
+    quota = (isinstance(hit, OSError) and hit.errno == errno.EDQUOT) or bool(
+        re.search(r"quota exceeded|os_error_code='?122\b", text, re.IGNORECASE))
+    where = next((str(e.filename) for e in chain if isinstance(e, OSError) and e.filename), "")
+    if not where:
+        paths = _QUOTED_PATH.findall(str(hit))
+        where = paths[-1] if paths else (str(workdir) if workdir else "")
+    where = re.sub(r"\.orbax-checkpoint-tmp.*$", "", where)  # the step being saved
+    size = _WRITE_BYTES.search(text)
+    what = f" writing {_size(int(size.group(1).replace(',', '')))}" if size else (
+        " writing" if where else "")
+    fix = ("free space there, or write elsewhere" if command in TOOLS else
+           "free space there, or point --config.workdir at a larger disk (a lower "
+           "train.keep_checkpoints keeps fewer checkpoints)")
+    return (f"disk full ({'disk quota exceeded' if quota else 'no space left on device'})"
+            f"{what}{f' to {where}' if where else ''}: {fix}")
+
+
 def out_of_memory(error: BaseException, command: str = "") -> str | None:
     """The one line for a device running out of memory (XLA's RESOURCE_EXHAUSTED, whatever
     the exception class of the jax version): what was asked for and which keys lower the
-    peak; None for any other error. A user's config causes this, not a bug: no traceback."""
+    peak; None for any other error (a full disk too, which tensorstore also reports as
+    RESOURCE_EXHAUSTED: `disk_full`). A user's config causes this, not a bug: no traceback."""
+    if disk_full(error) is not None:
+        return None
     chain = list(_causes(error))
     text = next((str(e) for e in chain if _OOM.search(str(e))), None)
     host = text is None and any(isinstance(e, MemoryError) for e in chain)
@@ -243,20 +288,21 @@ def out_of_memory(error: BaseException, command: str = "") -> str | None:
             f"--config=configs/doctor.py:{phase}[:preset]")
 
 
-def describe(error: BaseException, command: str = "") -> str:
+def describe(error: BaseException, command: str = "", workdir: str | None = None,
+             undone: tuple[str, ...] | list[str] = ()) -> str:
     """One line for an error a user caused: its message, the OS error and the path, or what
-    to change when the device ran out of memory (`command` names the phase in that hint)."""
+    to change when the disk is full or the device ran out of memory (`command` names the phase
+    in that hint; `workdir` is the path of a full disk whose message names none, and `undone`
+    what the undo of the failed run did to its workdir, `rundir.undone`)."""
     from easyalign.train.loop import NonFiniteLossError
 
+    full = disk_full(error, command, workdir)
+    if full is not None:
+        return full + "".join(f"; {note}" for note in undone)
     oom = out_of_memory(error, command)
     if oom is not None:
         return oom
     chain = list(_causes(error))
-    for e in chain:
-        if isinstance(e, OSError) and e.errno == errno.ENOSPC or "No space left on device" in str(e):
-            where = next((x.filename for x in chain if isinstance(x, OSError) and x.filename), "")
-            return (f"no space left on device{f' writing {where}' if where else ''}; the "
-                    "checkpoints saved before are intact — free space and run again to resume")
     for e in chain:
         if isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError)) or (
                 isinstance(e, OSError) and e.errno == errno.EROFS):
@@ -303,9 +349,11 @@ def main(argv: list[str] | None = None) -> None:
     from easyalign.train import rundir
 
     rundir.undone.clear()  # an in-process caller's earlier command is not this one's
+    workdir = None  # where a phase writes: named by a full disk's line when its error names none
     try:
         if command in STAGES:
             config = load_config(args)
+            workdir = config.get("workdir") or None
             from easyalign.config_check import check_command
 
             check_command(config, command)
@@ -320,7 +368,7 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, KeyboardInterrupt) or _ctrl_c:
             _exit_interrupted(command)
         _silence_stderr_loggers()
-        sys.exit(f"easyalign {command}: {describe(e, command)}")
+        sys.exit(f"easyalign {command}: {describe(e, command, workdir, rundir.undone)}")
     finally:
         rundir.release()
 

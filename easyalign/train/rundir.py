@@ -13,9 +13,10 @@
   manifest are kept as `config.<n>.json` / `manifest.<n>.json` beside the new ones.
 * **A failed set-up leaves nothing** (`undo_on_failure`, around every stage the stage table
   runs): a phase that raises before it saves a checkpoint — a bad data entry found while
-  loading, Ctrl-C — puts back what `start_workdir` changed: its lock, config and manifest go,
-  a resumable run's own config and manifest are restored, and a directory it created is
-  removed when empty. Nothing else in the workdir is touched.
+  loading, Ctrl-C, a disk too full for the first checkpoint — puts back what `start_workdir`
+  changed: its lock, config and manifest go, a resumable run's own config and manifest are
+  restored, a save cut short (`*.orbax-checkpoint-tmp*`) is removed, and a directory it created
+  is removed when empty. Nothing else in the workdir is touched.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ import os
 import re
 import shutil
 import socket
+import sys
 from pathlib import Path
 
 import jax
@@ -267,7 +269,8 @@ _RUN_OUTPUTS = ("logs", "plots", "checkpoints")
 
 
 def _checkpoint_entries(workdir: Path) -> frozenset[str]:
-    """Everything under `workdir/checkpoints` (saved steps, and a save in progress)."""
+    """Everything under `workdir/checkpoints` (saved steps, and a save in progress or cut
+    short: `<step>.orbax-checkpoint-tmp*`, never a checkpoint)."""
     directory = workdir / "checkpoints"
     return frozenset(p.name for p in directory.iterdir()) if directory.is_dir() else frozenset()
 
@@ -283,10 +286,11 @@ def undo_on_failure():
     """Run a phase so that, if it raises before it saves a checkpoint, every workdir it
     started (`start_workdir`) is put back as it was found: the lock released, the config and
     manifest files this run wrote removed and those it replaced restored, the logs and empty
-    checkpoint directory it made removed (`_RUN_OUTPUTS`), and the directories it created
-    removed where empty. A run that saved a checkpoint keeps its new manifest (it
-    describes that checkpoint, as does one with a save in progress). Nested uses (a pipeline's
-    stages) each answer for the workdirs they started.
+    checkpoint directory it made removed (`_RUN_OUTPUTS`), a save it cut short removed, and the
+    directories it created removed where empty. A save still in flight is let end first
+    (`checkpoint.settle`); a run that then has a new complete checkpoint keeps its new manifest
+    (it describes that checkpoint). Nested uses (a pipeline's stages) each answer for the
+    workdirs they started.
 
     When the phase returns, the locks of the workdirs it started are released: the phase is
     over, whether or not it went through the training driver (which releases its own). Evaluation
@@ -311,9 +315,16 @@ def _put_back(workdir: Path, found: _Found) -> str:
     """`undo_on_failure`'s undo of one workdir, and a phrase saying what it did; never raises
     (the phase's error is the one)."""
     release(workdir)
+    checkpoint = sys.modules.get("easyalign.train.checkpoint")  # not imported: no save ran
     try:
-        if _checkpoint_entries(workdir) - found.checkpoints:
+        if checkpoint is not None:
+            checkpoint.settle(workdir)
+        new = _checkpoint_entries(workdir) - found.checkpoints
+        if any(name.isdigit() for name in new):
             return f"{workdir} keeps its checkpoints: {_rerun(workdir)}"
+        for name in new:  # saves cut short (`checkpoint.PARTIAL`; a complete one is a number)
+            if ".orbax-checkpoint-tmp" in name:
+                shutil.rmtree(workdir / "checkpoints" / name, ignore_errors=True)
         for path in workdir.iterdir():
             if _RECORDS.fullmatch(path.name) and path.name not in found.records:
                 path.unlink()
