@@ -331,13 +331,16 @@ def test_ctrl_c_before_the_first_checkpoint_says_one_line_and_leaves_nothing(tmp
 def test_sigterm_after_a_checkpoint_keeps_it_and_the_same_command_resumes(tmp_path, built_world):
     """SLURM's preemption signal once the run has checkpoints: one line saying they are kept and
     from which step the same command resumes, exit status 143, the lock released, no final
-    model (the run is not complete); the rerun continues from that step to the end."""
+    model (the run is not complete); the rerun continues from that step to the end. With the
+    progress bar on, the line starts a line of its own (reported: it was printed on the bar's
+    last line, the bar never closed)."""
     import time
 
     from conftest import cpu_devices_env, sft_command
 
     workdir = tmp_path / "runs" / "sft"
-    command = sft_command(workdir, 200, "--config.train.checkpoint_every=2", world=built_world)
+    command = sft_command(workdir, 200, "--config.train.checkpoint_every=2",
+                          "--config.train.progress_bar=True", world=built_world)
     process = subprocess.Popen(command, cwd=REPO, env=cpu_devices_env(1),
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.monotonic() + 180
@@ -349,6 +352,7 @@ def test_sigterm_after_a_checkpoint_keeps_it_and_the_same_command_resumes(tmp_pa
     assert process.returncode == 143, stderr[-3000:]
     last = stderr.strip().splitlines()[-1]
     assert last.startswith("easyalign sft: interrupted (SIGTERM)") and "Traceback" not in stderr
+    assert "\neasyalign sft: interrupted (SIGTERM)" in stderr  # after the bar's line, not on it
     kept = max(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit())
     assert f"keeps its checkpoints: the same command resumes from step {kept}" in last, last
     assert not (workdir / "run.lock").exists() and not (workdir / "model").exists()

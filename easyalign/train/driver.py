@@ -132,13 +132,23 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
         if run.is_main:
             print(f"[resume] {run.workdir.name}: continuing from {unit} {latest}")
     shardings = train_state.state_shardings(state)
-    with sharding.use_mesh(run.mesh):
-        step_fn = make_train_step(loss_fn, tx, schedule, shardings, grad_accum=c.train.grad_accum)
-        state = train_loop.run_loop(
-            state=state, step_fn=update_for(step_fn) if update_for else step_fn, frozen=frozen,
-            loader=_LoaderState(loader), mesh=run.mesh, loop=loop, checkpointer=checkpointer,
-            writer=writer, model_config=model_config.to_dict(), hooks=hooks,
-            start_step=latest or 0)
+    try:
+        with sharding.use_mesh(run.mesh):
+            step_fn = make_train_step(loss_fn, tx, schedule, shardings,
+                                      grad_accum=c.train.grad_accum)
+            state = train_loop.run_loop(
+                state=state, step_fn=update_for(step_fn) if update_for else step_fn,
+                frozen=frozen, loader=_LoaderState(loader), mesh=run.mesh, loop=loop,
+                checkpointer=checkpointer, writer=writer, model_config=model_config.to_dict(),
+                hooks=hooks, start_step=latest or 0)
+    except BaseException:
+        # The progress bar's line ends (the error's one line then starts a line of its own)
+        # and the metrics written so far are flushed.
+        try:
+            writer.close()
+        except Exception:  # noqa: BLE001 — a full disk, say: the run's own error is reported
+            pass
+        raise
     checkpointer.close()
     if c.train.plot:
         writer.plot(run.workdir / "plots")
