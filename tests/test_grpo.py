@@ -329,3 +329,38 @@ def test_response_span_scores_equal_the_full_pass(full_fp32_matmuls):
     for a, b in zip(host(grads), host(full_grads)):
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7)
 
+
+
+@pytest.mark.parametrize("group", [1, 2])
+def test_an_update_whose_loss_keeps_no_token_still_measures_the_sampled_ones(group):
+    """Reported: with every group dropped from the loss (zero signal), the update logged entropy,
+    ratio and logprob_mismatch 0. The loss (`make_loss`) reads the kept tokens; its entropy,
+    mismatch, ratio and KL the sampled ones (`response_mask`), with or without the shared
+    prefix: the same values as when every token is kept, and a loss of 0."""
+    import jax.numpy as jnp
+    from flax import nnx
+
+    from easyalign.algorithms import rollout
+    from easyalign.losses import grpo as grpo_losses
+    from easyalign.model import create_model, preset
+
+    graphdef, params = nnx.split(create_model(preset("tiny", dtype="float32"), seed=0))
+    graphs = rollout.Graphs(policy=graphdef, value=None, reference=graphdef, reward=None)
+    settings = grpo_losses.GRPOSettings(beta=0.1, loss_type="token_mean", max_length=4,
+                                        group=group)
+    rng = np.random.default_rng(0)
+    tokens = np.concatenate([np.repeat(rng.integers(3, 200, (2, 3)), 2, axis=0),
+                             rng.integers(3, 200, (4, 4))], axis=1).astype(np.int32)
+    mask = np.zeros((4, 7), np.float32)
+    mask[:, 3:] = 1.0
+    batch = {"tokens": jnp.asarray(tokens), "mask": jnp.asarray(mask),
+             "advantages": jnp.asarray([1.0, -1.0, 0.5, -0.5]),
+             "sampler_logps": jnp.asarray(rng.normal(-5, 0.1, (4, 7)), jnp.float32),
+             "ref_logps": jnp.asarray(rng.normal(-5, 0.1, (4, 7)), jnp.float32)}
+    loss_fn = grpo.make_loss(graphs, settings)
+    _, kept = loss_fn(params, batch, None, None)
+    loss, dropped = loss_fn(params, {**batch, "mask": jnp.zeros_like(batch["mask"]),
+                                     "response_mask": batch["mask"]}, None, None)
+    assert float(loss) == 0.0 and float(dropped["entropy"]) > 1.0
+    for key in ("entropy", "logprob_mismatch", "ratio", "kl", "clip_frac"):
+        np.testing.assert_allclose(float(dropped[key]), float(kept[key]), rtol=1e-6, err_msg=key)

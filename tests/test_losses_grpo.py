@@ -107,6 +107,40 @@ def test_loss_matches_hand_computed(loss_type, level, eps_high, beta):
     assert np.isfinite(float(loss))
 
 
+@pytest.mark.parametrize("level", G.IMPORTANCE_LEVELS)
+def test_metrics_describe_every_sampled_token_and_the_loss_only_the_kept_ones(level):
+    """Reported: with every group dropped from the loss (zero signal), the update logged ratio,
+    KL and clip fraction 0 — a masked mean over no token. With `metrics_mask` (the sampled
+    tokens) they are those of every sampled token, computed by hand here, while the loss is
+    the kept rows' alone."""
+    kept = MASK * np.array([[1], [0], [1], [0]], np.float32)  # rows 1 and 3 dropped
+    loss, metrics = G.grpo_policy_loss(
+        jnp.asarray(NEW), jnp.asarray(OLD), jnp.asarray(ADV), jnp.asarray(kept),
+        loss_type="token_mean", importance_sampling_level=level, ref_logps=jnp.asarray(REF),
+        beta=0.1, metrics_mask=jnp.asarray(MASK))
+    dropped_only, _ = G.grpo_policy_loss(
+        jnp.asarray(NEW), jnp.asarray(OLD), jnp.asarray(ADV), jnp.asarray(kept),
+        loss_type="token_mean", importance_sampling_level=level, ref_logps=jnp.asarray(REF),
+        beta=0.1)
+    assert float(loss) == float(dropped_only)
+    ratios, kls, clipped = [], [], 0
+    for i in range(N):
+        toks = [t for t in range(T) if MASK[i, t]]
+        mean_lr = sum(float(NEW[i, t] - OLD[i, t]) for t in toks) / max(len(toks), 1)
+        for t in toks:
+            rho = math.exp(mean_lr if level == "sequence" else float(NEW[i, t] - OLD[i, t]))
+            d = float(NEW[i, t] - REF[i, t])
+            ratios.append(rho)
+            kls.append(math.exp(-d) - 1 + d)
+            clipped += (rho < 0.8 and ADV[i] < 0) or (rho > 1.2 and ADV[i] > 0)
+    np.testing.assert_allclose(float(metrics["ratio"]), np.mean(ratios), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["kl"]), np.mean(kls), rtol=1e-5)
+    np.testing.assert_allclose(float(metrics["clip_frac"]), clipped / len(ratios), atol=1e-6)
+    _, empty = G.grpo_policy_loss(jnp.asarray(NEW), jnp.asarray(OLD), jnp.asarray(ADV),
+                                  jnp.zeros((N, T)), metrics_mask=jnp.asarray(MASK))
+    assert float(empty["ratio"]) > 0.5  # no kept token: still the sampled tokens' ratio
+
+
 def test_gradient_is_zero_on_the_clipped_side_and_at_ratio_one_is_minus_advantage():
     # At π_θ = π_old the token-mean gradient wrt log π_θ is −A / (number of tokens).
     grad = jax.grad(lambda x: G.grpo_policy_loss(x, jnp.asarray(NEW), jnp.asarray(ADV),

@@ -278,20 +278,23 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
     def loss_fn(params, batch, rng, frozen):
         del rng, frozen  # deterministic; the frozen models were used in the rollout
         mask = batch["mask"]
+        # Metrics describe every sampled token, the loss only those it keeps (`response_mask`
+        # is there when zero-signal groups are dropped from the loss).
+        sampled = batch.get("response_mask", mask)
         policy = nnx.merge(graphs.policy, params)
         logps, entropy, router_loss = rollout.response_logps(
-            policy, batch["tokens"], mask, settings.max_length, temperature=settings.temperature,
-            group=settings.group)
+            policy, batch["tokens"], sampled, settings.max_length,
+            temperature=settings.temperature, group=settings.group)
         extra = {}
         old_logps = batch.get("old_logps")
         if old_logps is None:  # π_old = π_θ now: ratio exactly 1, ∇ratio = ∇log π_θ
             old_logps = jax.lax.stop_gradient(logps)
             extra["logprob_mismatch"] = jnp.max(jnp.abs(old_logps - batch["sampler_logps"])
-                                                * mask)
+                                                * sampled)
         loss, metrics = settings.loss(logps, old_logps, batch["advantages"], mask,
-                                      batch.get("ref_logps"))
+                                      batch.get("ref_logps"), metrics_mask=sampled)
         return losses_common.add_router_loss(
-            loss, {**metrics, **extra, "entropy": losses_common.masked_mean(entropy, mask),
+            loss, {**metrics, **extra, "entropy": losses_common.masked_mean(entropy, sampled),
                    "loss_weight": grpo_losses.aggregation_weight(settings.loss_type, mask)},
             router_loss, policy.config.num_experts)
 

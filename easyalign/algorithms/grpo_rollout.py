@@ -184,11 +184,12 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=N
         prompt_lengths = scored.pop("prompt_lengths")
     advantages = np.asarray(grpo_losses.ADVANTAGES[g.advantage_estimator](rewards), np.float32)
     mask = scored["mask"]
+    batch = {"tokens": scored["tokens"]}
     if g.skip_zero_signal_groups or g.dynamic_sampling:
         keep = _global_rows(np.repeat(~chosen_zero, G).astype(np.float32), mesh)
+        batch["response_mask"] = mask  # every sampled token: what the update's metrics describe
         mask = mask * keep[:, None]
-    batch = {"tokens": scored["tokens"], "mask": mask,
-             "advantages": _global_rows(advantages.reshape(-1), mesh)}
+    batch |= {"mask": mask, "advantages": _global_rows(advantages.reshape(-1), mesh)}
     response_mask = scored["mask"]
     sampled = sum(r.lengths.sum() for r in rounds)
     metrics = {"reward": jnp.float32(rewards.mean()),

@@ -165,6 +165,7 @@ def grpo_policy_loss(
     beta: float = 0.0,
     kl_estimator: str = "k3",
     max_length: int | None = None,
+    metrics_mask: Array | None = None,
 ) -> tuple[Array, dict[str, Array]]:
     """The clipped GRPO-family loss (module docstring) of `[N, T]` log-probs.
 
@@ -178,12 +179,17 @@ def grpo_policy_loss(
       importance_sampling_level: "token" (GRPO) or "sequence" (GSPO).
       ref_logps, beta, kl_estimator: the KL penalty β · KL_t to π_ref (skipped when β = 0).
       max_length: L_max of the `constant` normaliser (default T).
+      metrics_mask: `[N, T]` the tokens `ratio`, the clip fractions and `kl` describe (default
+        `mask`): GRPO passes every sampled token, so a group dropped from the loss (zero
+        signal) is still measured — as TRL measures every completion — and an update whose
+        loss keeps no token does not report a ratio and KL of 0.
 
     Returns:
       (loss, {"pg_loss", "clip_frac", "clip_frac_low", "clip_frac_high", "ratio", "kl"}):
-      clip fractions over masked tokens where the clip is active (ratio outside the band on
-      the side that the advantage's sign makes binding); kl the masked token mean of KL_t
-      (0 without a reference).
+      pg_loss the policy term as the loss aggregates it (over `mask`); clip fractions over the
+      measured tokens where the clip is active (ratio outside the band on the side that the
+      advantage's sign makes binding); kl the measured tokens' mean of KL_t (0 without a
+      reference).
     """
     aggregate = get(AGGREGATIONS, loss_type, "grpo.loss_type")
     if importance_sampling_level not in IMPORTANCE_LEVELS:
@@ -191,10 +197,15 @@ def grpo_policy_loss(
                          f"valid: {', '.join(IMPORTANCE_LEVELS)}")
     eps_high = epsilon if epsilon_high is None else epsilon_high
     mask = fp32(mask)
-    log_ratio = (fp32(new_logps) - fp32(old_logps)) * mask
-    if importance_sampling_level == "sequence":
-        log_ratio = masked_mean(log_ratio, mask, axis=-1)[:, None] * jnp.ones_like(log_ratio)
-    ratio = jnp.exp(log_ratio)
+
+    def ratio_over(tokens):
+        log_ratio = (fp32(new_logps) - fp32(old_logps)) * tokens
+        if importance_sampling_level == "sequence":
+            log_ratio = masked_mean(log_ratio, tokens, axis=-1)[:, None] * jnp.ones_like(
+                log_ratio)
+        return jnp.exp(log_ratio)
+
+    ratio = ratio_over(mask)
     adv = fp32(advantages)[:, None]
     unclipped = ratio * adv
     clipped = jnp.clip(ratio, 1.0 - epsilon, 1.0 + eps_high) * adv
@@ -205,14 +216,16 @@ def grpo_policy_loss(
         per_token = per_token + beta * kl
     L = per_token.shape[1] if max_length is None else max_length
     loss = aggregate(per_token, mask, L)
-    low = fp32((ratio < 1.0 - epsilon) & (adv < 0))
-    high = fp32((ratio > 1.0 + eps_high) & (adv > 0))
+    seen = mask if metrics_mask is None else fp32(metrics_mask)
+    seen_ratio = ratio if metrics_mask is None else ratio_over(seen)
+    low = fp32((seen_ratio < 1.0 - epsilon) & (adv < 0))
+    high = fp32((seen_ratio > 1.0 + eps_high) & (adv > 0))
     metrics = {"pg_loss": aggregate(-jnp.minimum(unclipped, clipped), mask, L),
-               "clip_frac": masked_mean(low + high, mask),
-               "clip_frac_low": masked_mean(low, mask),
-               "clip_frac_high": masked_mean(high, mask),
-               "ratio": masked_mean(ratio, mask),
-               "kl": masked_mean(kl, mask)}
+               "clip_frac": masked_mean(low + high, seen),
+               "clip_frac_low": masked_mean(low, seen),
+               "clip_frac_high": masked_mean(high, seen),
+               "ratio": masked_mean(seen_ratio, seen),
+               "kl": masked_mean(kl, seen)}
     return loss, metrics
 
 
@@ -268,10 +281,12 @@ class GRPOSettings:
                    max_length=int(block.max_new_tokens), temperature=float(block.temperature))
 
     def loss(self, new_logps: Array, old_logps: Array, advantages: Array, mask: Array,
-             ref_logps: Array | None = None) -> tuple[Array, dict[str, Array]]:
+             ref_logps: Array | None = None, metrics_mask: Array | None = None
+             ) -> tuple[Array, dict[str, Array]]:
         """`grpo_policy_loss` of these settings."""
         return grpo_policy_loss(
             new_logps, old_logps, advantages, mask, epsilon=self.epsilon,
             epsilon_high=self.epsilon_high, loss_type=self.loss_type,
             importance_sampling_level=self.importance_sampling_level, ref_logps=ref_logps,
-            beta=self.beta, kl_estimator=self.kl_estimator, max_length=self.max_length)
+            beta=self.beta, kl_estimator=self.kl_estimator, max_length=self.max_length,
+            metrics_mask=metrics_mask)
