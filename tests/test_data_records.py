@@ -32,6 +32,7 @@ def test_sft_prompt_response_and_messages():
                          rec({"messages": messages, "id": "x"}, 2)])
     assert out[0] == {"messages": [{"role": "user", "content": "Hi"},
                                    {"role": "assistant", "content": "Hello"}],
+                      "prompt": "Hi", "response": "Hello",  # the file's fields ride along
                       "weight": 0.5, "source": "data.jsonl:1"}
     assert out[1]["messages"][-1] == {"role": "assistant", "content": "4"}
     assert out[1]["id"] == "x" and out[1]["source"] == "data.jsonl:2"
@@ -154,7 +155,7 @@ def test_sharegpt_conversations_for_sft_and_prompts():
     [sft] = normalize_sft([rec({"conversations": conversation, "id": 7})])
     assert sft == {"messages": [{"role": "system", "content": "Be brief."}, user("Hi"),
                                 assistant("Hello"), user("2+2?"), assistant("4")],
-                   "id": 7, "source": "data.jsonl:1"}
+                   "conversations": conversation, "id": 7, "source": "data.jsonl:1"}
     # The same turns under `messages` (e.g. mapped with data.columns.messages=...) read alike.
     assert normalize_sft([rec({"messages": conversation})])[0]["messages"] == sft["messages"]
     [prompt] = normalize_prompts([rec({"conversations": conversation})])
@@ -171,7 +172,8 @@ def test_alpaca_rows_are_detected():
     out = normalize_sft(rows)
     assert [ex["messages"] for ex in out] == [[user("Add.\n\n2 2"), assistant("4")],
                                               [user("Greet."), assistant("Hi")]]
-    assert set(out[0]) == {"messages", "source"}  # instruction/input/output are consumed
+    # instruction/input/output ride along beside the derived messages
+    assert set(out[0]) == {"messages", "instruction", "input", "output", "source"}
     assert [ex["prompt"] for ex in normalize_prompts(rows)] == [[user("Add.\n\n2 2")],
                                                                 [user("Greet.")]]
     with raises(1, "output", "missing"):

@@ -5,11 +5,12 @@ column is a dotted path into nested data (integers index lists, negative ones fr
 ``chosen.-1.content``; a column whose own name contains a dot is found by that name first).
 Several columns joined by ``+`` (or given as a list) become one string, the non-empty ones joined
 with a blank line: the usual "instruction + optional input" layout, where a null or empty input
-adds nothing. With a mapping the record holds exactly the mapped fields; without one it holds
-the source row unchanged. A target mapped to ``""`` is not mapped (the config declares every
-target that way). A mapped column a record lacks is one error line naming the record, the
-column, the setting that asked for it (``data.columns.prompt='instruction'``), the file's
-columns and the closest of them.
+adds nothing. With a mapping the record's ``data`` holds exactly the mapped fields (all its
+layout is detected from) and ``Record.row`` the source row, whose fields ride along into the
+normalised example (``records.normalize``); without one ``data`` is the source row unchanged.
+A target mapped to ``""`` is not mapped (the config declares every target that way). A mapped
+column a record lacks is one error line naming the record, the column, the setting that asked
+for it (``data.columns.prompt='instruction'``), the file's columns and the closest of them.
 
 A ``data.mix`` entry maps its own file's columns with a suffix (:func:`parse_mix_entry`):
 ``"goals.csv*500:prompt=goal"``; its errors name that suffix (:class:`ColumnsKey`).
@@ -73,7 +74,8 @@ class ColumnsKey:
 def apply_columns(records: Iterable[Record],
                   columns: Mapping[str, str | Sequence[str]] | None,
                   key: str | ColumnsKey = COLUMNS_KEY) -> list[Record]:
-    """The records with their mapped fields only; all of them unchanged without a mapping.
+    """The records with their mapped fields only (the row kept as ``Record.row``); all of them
+    unchanged without a mapping.
 
     A mapped column that a record lacks is a :class:`DataError` of one line naming the record
     (file and line), the column, the setting that asked for it (``key``, a config key prefix
@@ -88,12 +90,13 @@ def apply_columns(records: Iterable[Record],
     out = []
     for r in records:
         try:
-            out.append(Record({target: _mapped(r.data, paths, r.where, target)
-                               for target, paths in parsed.items()}, r.where,
-                              tuple(map(str, r.data)) if isinstance(r.data, Mapping) else None))
+            mapped = {target: _mapped(r.data, paths, r.where, target)
+                      for target, paths in parsed.items()}
         except _MissingColumn as missing:
             value = JOIN.join(parsed[missing.target])
             raise _missing_column_error(missing, r, records, key, value) from None
+        row = r.data if isinstance(r.data, Mapping) else None
+        out.append(Record(mapped, r.where, None if row is None else tuple(map(str, row)), row))
     return out
 
 

@@ -28,8 +28,17 @@ Conventions of a normalised example (a plain dict):
 * Alpaca: the prompt is ``instruction``, then a blank line and ``input`` when that is non-empty;
   the response is ``output`` (the same as ``data.columns.prompt=instruction+input``).
 * ``source`` is the record's ``where`` (file:line), carried on so later errors can name it.
-* Fields of the record that the kind does not consume are kept unchanged; tokenisation later
-  passes the numeric scalar ones (e.g. ``weight``) through to batches as per-example values.
+* Every field of the file's record rides along unchanged beside the derived fields (a GRPO
+  reward sees an Alpaca row's ``output``, a ShareGPT row's ``conversations``, an HH pair's
+  ``chosen``), except a field read into the derived field of its own name (a string ``prompt``
+  becomes its message list; a preference row's ``chosen`` / ``rejected`` become the final
+  responses; ``teacher_response`` / ``teacher_topk``). A field named like a derived field that
+  holds something else -- a file's own ``source`` column, always -- is kept as
+  ``input_<name>`` (``input_input_<name>`` if that is taken too), as ``easyalign generate``
+  keeps its input fields. With a column mapping (``data.columns``) the layout is detected from
+  the mapped fields alone; the row's fields then ride along by the same rule, a column whose
+  value the mapped field of its name holds unchanged not repeated. Tokenisation reads the
+  derived fields only, so what rides along never changes the tokens trained on.
 
 Preference conversations (UltraFeedback-binarized, TRL's conversational format): ``chosen`` and
 ``rejected`` are message lists that end with an assistant turn -- the two responses -- and share
@@ -86,7 +95,6 @@ ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {"human": "user", "user": "user", "gpt": "assistant", "assistant": "assistant",
                   "system": "system"}
 CONVERSATION_FIELDS = ("messages", "conversations")   # OpenAI/HF, ShareGPT
-ALPACA_FIELDS = ("instruction", "input", "output")
 HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 
@@ -270,10 +278,45 @@ def _alpaca_prompt(data: dict, where: str) -> tuple[list[dict[str, str]], list[T
     return [{"role": "user", "content": text}], [("instruction", text, "empty prompt")]
 
 
-def _rest(data: dict, consumed: Sequence[str], where: str) -> dict[str, Any]:
-    """The fields the kind does not consume, plus the record's provenance."""
-    out = {k: v for k, v in data.items() if k not in consumed}
-    out["source"] = where
+def _own_fields(row: dict, taken: dict, skip: Callable[[str], bool]) -> dict[str, Any]:
+    """The fields of ``row`` to keep beside the fields ``taken`` (all but those ``skip``
+    names): one named like a taken field is kept as ``input_<name>`` (``input_input_<name>``
+    if the row has an ``input_<name>`` too)."""
+    kept: dict[str, Any] = {}
+    for name, value in row.items():
+        if skip(name):
+            continue
+        key = name
+        while key in taken or key in kept or (key != name and key in row):
+            key = f"input_{key}"
+        kept[key] = value
+    return kept
+
+
+def _example(derived: dict[str, Any], data: dict, where: str,
+             replaced: Sequence[str] = ()) -> dict[str, Any]:
+    """The normalised example: the ``derived`` fields, every field of the record but those
+    ``replaced`` (read into the derived field of their own name; module docstring), and the
+    record's provenance ``source``."""
+    taken = {**derived, "source": where}
+    return {**derived, **_own_fields(data, taken, lambda name: name in replaced),
+            "source": where}
+
+
+def _same(a: Any, b: Any) -> bool:
+    return type(a) is type(b) and a == b  # True is not 1 here
+
+
+def _with_row(example: dict[str, Any], record: Record) -> dict[str, Any]:
+    """A column-mapped record's example with the fields of its file's row beside the mapped
+    ones (module docstring); the example itself without a mapping."""
+    if record.row is None:
+        return example
+    out = {k: v for k, v in example.items() if k != "source"}
+    mapped = record.data
+    out |= _own_fields(record.row, example,
+                       lambda name: name in mapped and _same(mapped[name], record.row[name]))
+    out["source"] = example["source"]
     return out
 
 
@@ -286,14 +329,14 @@ def _sft(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
             raise DataError(where, "the last message must be an assistant turn (the trained "
                                    "response)", field=field)
         _nonempty(where, _turn_texts(messages, field), keep_empty)
-        return {"messages": messages, **_rest(d, (field,), where)}
+        return _example({"messages": messages}, d, where, ("messages",))
     if "prompt" in d or "response" in d:
         prompt, texts = _prompt(d, where)
-        response, consumed = _string(d, "response", where), ("prompt", "response")
+        response = _string(d, "response", where)
         texts = texts + [("response", response, "empty response")]
     elif "instruction" in d:
         prompt, texts = _alpaca_prompt(d, where)
-        response, consumed = _string(d, "output", where), ALPACA_FIELDS
+        response = _string(d, "output", where)
         texts = texts + [("output", response, "empty response")]
     else:
         columns = columns_hint("messages", [str(k) for k in d], whose="its")
@@ -301,8 +344,7 @@ def _sft(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
                        "prompt + response, or instruction + output (Alpaca); map other columns "
                        "with ", None, f" (prompt + response, or messages): {columns}")
     _nonempty(where, texts, keep_empty)
-    return {"messages": prompt + [{"role": "assistant", "content": response}],
-            **_rest(d, consumed, where)}
+    return _example({"messages": prompt + [{"role": "assistant", "content": response}]}, d, where)
 
 
 # ----------------------------------------------------------------------------- preference
@@ -399,8 +441,8 @@ def _preference(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
     if chosen.strip() == rejected.strip():
         raise Skip(where, "chosen == rejected", field="rejected",
                    message="chosen and rejected are the same response (no preference)")
-    return {"prompt": prompt, "chosen": chosen, "rejected": rejected,
-            **_rest(d, ("prompt", "chosen", "rejected"), where)}
+    return _example({"prompt": prompt, "chosen": chosen, "rejected": rejected}, d, where,
+                    ("prompt", "chosen", "rejected"))
 
 
 # ----------------------------------------------------------------------------- prompts, teacher
@@ -408,24 +450,24 @@ def _prompt_example(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
     field = _conversation_field(d)
     if "prompt" in d:
         prompt, texts = _prompt(d, where)
-        consumed = ("prompt",)
+        replaced: tuple[str, ...] = ("prompt",)
     elif field is not None:
         turns = _turns(d[field], where, field)
         prompt = turns[:-1] if turns[-1]["role"] == "assistant" else turns
         if not prompt:
             raise DataError(where, "no turn before the final assistant turn", field=field)
-        texts, consumed = _turn_texts(prompt, field), (field,)
+        texts, replaced = _turn_texts(prompt, field), ()
     elif "instruction" in d:
         prompt, texts = _alpaca_prompt(d, where)
-        consumed = ALPACA_FIELDS
+        replaced = ()
     elif "chosen" in d and "rejected" in d:
         prompt, _, _, _ = _split_preference(d, where)
-        texts, consumed = _turn_texts(prompt, "chosen"), ("chosen", "rejected")
+        texts, replaced = _turn_texts(prompt, "chosen"), ()
     else:
         raise _missing(d, where, "prompt", " (no prompt, messages, conversations, instruction or "
                                            "chosen + rejected column)")
     _nonempty(where, texts, keep_empty)
-    return {"prompt": prompt, **_rest(d, consumed, where)}
+    return _example({"prompt": prompt}, d, where, replaced)
 
 
 def _topk(value: Any, where: str) -> dict[str, np.ndarray]:
@@ -450,8 +492,8 @@ def _teacher(d: dict, where: str, keep_empty: bool) -> dict[str, Any]:
     response = _string(d, "teacher_response", where)
     _nonempty(where, texts + [("teacher_response", response, "empty teacher_response")],
               keep_empty)
-    ex = {"prompt": prompt, "teacher_response": response,
-          **_rest(d, ("prompt", "teacher_response", "teacher_topk"), where)}
+    ex = _example({"prompt": prompt, "teacher_response": response}, d, where,
+                  ("prompt", "teacher_response", "teacher_topk"))
     if d.get("teacher_topk") is not None:
         ex["teacher_topk"] = _topk(d["teacher_topk"], where)
     return ex
@@ -489,7 +531,7 @@ def normalize(records: Sequence[Record], kind: str, *, on_empty: str = "error",
     out = []
     for r in records:
         try:
-            out.append(build(r.data, r.where, keep_empty))
+            out.append(_with_row(build(r.data, r.where, keep_empty), r))
         except Unmapped as unmapped:
             if r.source_columns is not None:
                 unmapped = unmapped.listing(r.source_columns)

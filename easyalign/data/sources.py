@@ -82,6 +82,10 @@ class Record:
     # The columns the row had in its file before a column mapping kept only the mapped fields
     # (`apply_columns`): what an error about a field the mapping left out lists.
     source_columns: tuple[str, ...] | None = dataclasses.field(default=None, compare=False)
+    # The row as its file has it, when a column mapping made `data` (`apply_columns`): the
+    # fields that ride along into the normalised example beside the mapped ones
+    # (`records.normalize`), never read to detect its layout.
+    row: Mapping[str, Any] | None = dataclasses.field(default=None, compare=False, repr=False)
 
 
 @dataclasses.dataclass(frozen=True)
