@@ -181,10 +181,19 @@ def _output(command: str, workdir: Path) -> Path:
                                                                f"{models.MODEL_DIR}/model_config.json")
 
 
+# Keys a phase fills in before it records its manifest when the config leaves them unset
+# (`dpo.check_config`: average_logps from the loss type; teacher data and generate: the
+# teacher's or model's own tokenizer). Unset here, they match whatever the run recorded;
+# set, they are compared like any other key.
+FILLED_BY_PHASE = ("dpo.average_logps", "data.tokenizer")
+
+
 def _settings(config) -> dict:
-    """The stage's manifest as its run writes it (`runsetup.prepare`: `model.path` as given)."""
-    return rundir.manifest(config, {"model.path": runsetup.stage_reference(
+    """The stage's manifest as its run writes it (`runsetup.prepare`: `model.path` as given),
+    without the `FILLED_BY_PHASE` keys the config leaves unset."""
+    values = rundir.manifest(config, {"model.path": runsetup.stage_reference(
         config, config.model.path)})
+    return {k: v for k, v in values.items() if not (k in FILLED_BY_PHASE and v in (None, ""))}
 
 
 def check_reuse(stages, configs, done) -> None:
@@ -204,8 +213,10 @@ def check_reuse(stages, configs, done) -> None:
             continue
         manifest_file = workdir / rundir.MANIFEST_FILE
         if manifest_file.is_file():
-            recorded = json.loads(manifest_file.read_text())
-            changes = rundir.differences(recorded, _settings(config))
+            now = _settings(config)
+            recorded = {k: v for k, v in json.loads(manifest_file.read_text()).items()
+                        if k in now or k not in FILLED_BY_PHASE}
+            changes = rundir.differences(recorded, now)
             if changes:
                 raise ConfigError(
                     f"pipeline stage {name}: {workdir} is complete but was made with other "

@@ -1,6 +1,6 @@
 """`easyalign pipeline` on a directory it ran before: complete stages are skipped only when they
-still follow from the pipeline's settings (`pipeline.check_reuse`) — a two-stage pipeline (SFT
-then a reward model from it, two steps each) on the built-in world — and its closing summary."""
+still follow from the pipeline's settings (`pipeline.check_reuse`) — a two-stage pipeline (SFT,
+a reward model and DPO from it, a few steps each, and teacher data) on the built-in world — and its closing summary."""
 
 import json
 import shutil
@@ -17,8 +17,10 @@ def pipe_config(workdir, *overrides):
     config = pipeline_config.get_config("tiny")
     config.workdir = str(workdir)
     config.train.progress_bar = False
-    config.pipeline.stages = ("base", "sft", "reward")
-    config.pipeline.overrides = ("*:train.steps=2", "*:train.plot=False", *overrides)
+    config.pipeline.stages = ("base", "sft", "reward", "dpo", "teacher_data=teacher-data")
+    config.pipeline.overrides = ("*:train.steps=2", "*:train.plot=False",
+                                 "sft:train.steps=60", "teacher_data:teacher_data.limit=8",
+                                 *overrides)
     return config
 
 
@@ -30,13 +32,16 @@ def test_a_rerun_with_other_settings_or_a_stage_to_remake_stops_before_any_stage
     removed) stops naming both — before anything is trained or removed."""
     root = tmp_path / "runs" / "p"
     pipeline.run_stages(pipe_config(root))
-    # Two steps against the presets' warm-up: SFT and reward warn; the base model (untrained:
-    # no optimizer) does not (reported: it printed the warning too).
+    # Two steps against the presets' warm-up: reward and DPO warn (SFT's 60 steps outlast its
+    # warm-up); the base model (untrained: no optimizer) does not (reported: it warned too).
     warned = [line for line in capsys.readouterr().out.splitlines() if "warmup_steps" in line]
     assert len(warned) == 2, warned
+    # The same settings: every stage skipped — DPO and teacher data too, whose runs recorded
+    # settings they fill in themselves (`FILLED_BY_PHASE`; teacher data skips itself).
     pipeline.run_stages(pipe_config(root))
-    skipped = [line for line in capsys.readouterr().out.splitlines() if "complete, skipped" in line]
-    assert len(skipped) == 3, skipped
+    out = capsys.readouterr().out
+    skipped = [line for line in out.splitlines() if "complete, skipped" in line]
+    assert len(skipped) == 4 and "complete for these settings; skipping" in out, out
 
     lr = sft_config.get_config("tiny").optim.lr
     with pytest.raises(ConfigError, match=rf"pipeline stage sft: {root / 'sft'} is complete but "
