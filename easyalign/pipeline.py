@@ -174,13 +174,6 @@ def stage_done(command: str, config) -> bool:
     return models.stage_done(workdir)
 
 
-def _output(command: str, workdir: Path) -> Path:
-    """The file whose presence says the stage's outputs are complete."""
-    return workdir / {"eval": "results.json", "latency": "latency.json",
-                      "teacher-data": "teacher_data.json"}.get(command,
-                                                               f"{models.MODEL_DIR}/model_config.json")
-
-
 # Keys a phase fills in before it records its manifest when the config leaves them unset
 # (`dpo.check_config`: average_logps from the loss type; teacher data and generate: the
 # teacher's or model's own tokenizer). Unset here, they match whatever the run recorded;
@@ -206,8 +199,8 @@ def check_reuse(stages, configs, done) -> None:
     remade = []   # (name, workdir) of the stages that will run
     for (name, command, _), config, complete in zip(stages, configs, done):
         workdir = Path(config.workdir).absolute()
-        if command == "teacher-data":  # it decides itself; absent output means it will run
-            complete = _output(command, workdir).is_file()
+        if command == "teacher-data":  # it decides itself; no summary means it will run
+            complete = (workdir / "teacher_data.json").is_file()  # teacher_data.SUMMARY
         if not complete:
             remade.append((name, workdir))
             continue
