@@ -360,7 +360,10 @@ RANGES = (
     ("dpo.sft_weight", (0, True), None, "the SFT term's weight"),
     ("distill.beta", (0, True), (1, True), "the generalised JSD's mixture weight"),
     ("distill.lmbda", (0, True), (1, True), "the fraction of on-policy batches"),
+    ("distill.temperature", (0, False), None, "the divergence's temperature, and the "
+     "sampler's"),
     ("distill.reward_temperature", (0, False), None, "the reward weighting's temperature"),
+    ("distill.max_new_tokens", (1, True), None, "the sampled response's budget"),
     ("distill.topk_weight", (0, True), None, "the top-k term's weight"),
 )
 # What each sampling field of a block with a `sampling` method must be, when the method reads it.

@@ -204,9 +204,9 @@ def check_reuse(stages, configs, done) -> None:
         if not complete:
             remade.append((name, workdir))
             continue
+        now = _settings(config)
         manifest_file = workdir / rundir.MANIFEST_FILE
         if manifest_file.is_file():
-            now = _settings(config)
             recorded = {k: v for k, v in json.loads(manifest_file.read_text()).items()
                         if k in now or k not in FILLED_BY_PHASE}
             changes = rundir.differences(recorded, now)
@@ -216,7 +216,7 @@ def check_reuse(stages, configs, done) -> None:
                     f"settings: {'; '.join(changes)} — remove it (and the stages after it that "
                     "read it) to make it again with these, or give the pipeline a new "
                     "--config.workdir")
-        reads = json.dumps(_settings(config))
+        reads = json.dumps(now)
         for upstream, upstream_dir in remade:
             if any(mark in reads for mark in (f'"@{upstream}"', f'"{upstream_dir}/',
                                               f'={upstream_dir}/')):

@@ -191,8 +191,10 @@ def test_learning_rate_warnings_on_a_pretrained_model_and_a_warm_up_longer_than_
     ("dpo", "dpo.beta", 0.0, "dpo.beta=0.0: must be > 0"),
     ("dpo", "dpo.label_smoothing", 0.5, "dpo.label_smoothing=0.5: must be in [0, 0.5)"),
     ("distill", "distill.lmbda", 2.0, "distill.lmbda=2.0: must be in [0, 1]"),
-    ("distill", "distill.temperature", 0.0, "distill.temperature=0.0: must be > 0 for "
-     "distill.sampling="),
+    ("distill", "distill.temperature", 0.0, "distill.temperature=0.0: must be > 0 (the "
+     "divergence's temperature"),
+    ("generate", "generate.temperature", 0.0, "generate.temperature=0.0: must be > 0 for "
+     "generate.sampling="),
     ("generate", "generate.top_p", 1.5, "generate.top_p=1.5: must be in (0, 1] for "
      "generate.sampling='top_p'"),
 ])
@@ -202,11 +204,11 @@ def test_an_algorithm_setting_out_of_its_range_is_one_line_naming_the_key(phase,
     fields a block's sampling method reads) is checked before any work, naming the key."""
     config = load(phase, "tiny")
     block, name = key.split(".")
-    if key == "generate.top_p":
-        config.generate.sampling = "top_p"
+    if key in ("generate.top_p", "generate.temperature"):
+        config.generate.sampling = key.split(".")[1] if key.endswith("top_p") else "temperature"
     config[block][name] = value
     with pytest.raises(config_check.ConfigError, match=re.escape(message)):
         config_check.validate(config, paths=False)
-    if key == "distill.temperature":  # greedy reads no temperature
-        config.distill.sampling = "greedy"
+    if key == "generate.temperature":  # greedy reads no temperature
+        config.generate.sampling = "greedy"
         config_check.validate(config, paths=False)

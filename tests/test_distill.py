@@ -321,10 +321,15 @@ def test_lmbda_zero_never_samples(pipeline, monkeypatch):
 
 def test_config_errors(pipeline):
     for fields, match in [(dict(mode="both"), "mode"), (dict(divergence="tvd"), "divergence"),
-                          (dict(lmbda=1.5), "lmbda"), (dict(topk_weight=1.0), "topk_weight"),
+                          (dict(topk_weight=1.0), "topk_weight"),
                           (dict(max_new_tokens=40), "max_length")]:
         with pytest.raises(ValueError, match=match):
             distill.check_config(tiny_config(pipeline, "errors", **fields))
+    # Ranges are the config check's (`config_check.RANGES`), as for every phase.
+    from easyalign import config_check
+
+    with pytest.raises(ValueError, match="lmbda"):
+        config_check.validate(tiny_config(pipeline, "errors", lmbda=1.5), paths=False)
     missing = tiny_config(pipeline, "errors", mode="offline", teacher_data="/nonexistent.jsonl")
     with pytest.raises(FileNotFoundError, match="teacher-data"):
         distill.setup(missing)
