@@ -46,7 +46,7 @@ R response positions only (`grpo_activation_bytes`); T = data.max_length):
                   `scoring.fit_chunk` shortens it for large batches
     frozen models DPO's live reference, PPO's reference and reward model, GRPO's reference
                   (β > 0) and reward model (a `reward_model` reward), the distillation
-                  teacher: their params (× bp); PPO's value model is trained (params, optimizer,
+                  teacher: their params (× bc: held in the compute dtype); PPO's value model is trained (params, optimizer,
                   gradients, activations)
     LoRA          (`model.lora.rank` > 0) params count the base in `model.lora.base_dtype` and
                   the adapters; optimizer and gradients only the adapters (and a reward head);
@@ -329,7 +329,10 @@ def estimate(config, model: ModelConfig, extras: list[dict], mesh: dict,
                               * np.dtype(model.dtype).itemsize)
     frozen = [x["config"] for x in extras if not x["trained"]]
     if frozen:
-        out["frozen_models"] = sum(parameter_bytes(m, mesh)["per_device"] for m in frozen)
+        # Held in the compute dtype (`layers.cast_for_compute`; the few weights read in
+        # float32 — MoE routers, Gemma's norm scales — counted at bc too: a rounding error).
+        out["frozen_models"] = sum(parameter_bytes(m.replace(param_dtype=m.dtype), mesh)
+                                   ["per_device"] for m in frozen)
     if config.phase == "ppo" or (config.phase == "distill" and config.distill.mode == "on_policy"):
         out["kv_cache"] = kv_cache_bytes(model, math.ceil(train.batch_size / shards), length, t)
     if config.phase == "grpo":  # G completions of each prompt, the new tokens inside T

@@ -158,9 +158,13 @@ def test_dpo_live_reference_and_generate_are_sized(tmp_path):
     base = ["--config.model.init=scratch", "--config.model.vocab_size=1024",
             "--config.doctor.devices=1"]
     live = doctor.diagnose(load_config(["--config=configs/doctor.py:dpo", *base,
-                                        "--config.dpo.reference=live"]))
+                                        "--config.dpo.reference=live",
+                                        "--config.model.dtype=bfloat16"]))
     assert live["extra_models"][0]["role"] == "reference"
-    assert live["memory"]["per_device"]["frozen_models"] == live["memory"]["per_device"]["params"]
+    # The copy is held in the compute dtype: float32 master weights, bfloat16 compute → half.
+    assert (live["model"]["param_dtype"], live["model"]["dtype"]) == ("float32", "bfloat16")
+    assert live["memory"]["per_device"]["frozen_models"] == pytest.approx(
+        live["memory"]["per_device"]["params"] / 2, rel=1e-6)
 
     model = create_model(preset("world-student", vocab_size=1024))
     from easyalign.hf import save_checkpoint_model
@@ -184,11 +188,14 @@ def test_grpo_is_sized_with_its_frozen_models_rollout_cache_and_minibatch():
             "--config.model.init=scratch", "--config.model.vocab_size=1024",
             "--config.doctor.devices=1", "--config.grpo.beta=0.04",
             "--config.grpo.rewards=world:1.0,reward_model:0.5", "--config.train.batch_size=4",
-            "--config.grpo.num_generations=8", "--config.data.max_length=96"]
+            "--config.grpo.num_generations=8", "--config.data.max_length=96",
+            "--config.model.dtype=bfloat16", "--config.model.param_dtype=float32"]
     whole = doctor.diagnose(load_config(base))
     assert [x["role"] for x in whole["extra_models"]] == ["reference", "reward model"]
     memory = whole["memory"]["per_device"]
-    assert memory["frozen_models"] > memory["params"]  # two frozen models of the policy's size
+    # The two frozen models are held in bfloat16, 2 bytes per parameter (the policy in float32).
+    assert memory["frozen_models"] == 2 * sum(x["params"] for x in whole["extra_models"])
+    assert memory["params"] == 4 * whole["model"]["params"]
     m = preset("world-teacher", vocab_size=1024)
     itemsize = jnp.dtype(whole["model"]["dtype"]).itemsize
     # K and V: layers × (4 prompts × 8 completions) rows × 96 positions × kv heads × head dim.

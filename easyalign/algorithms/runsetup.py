@@ -431,13 +431,14 @@ def reference_model(run: Run, block, policy, head: str = "lm"):
 
     When the policy carries LoRA adapters and the block loads the policy's own source, the
     reference is that base with the adapters off (`AdaptersOff`): the step's params hold it
-    already, so no second copy is loaded. Otherwise the block's model, loaded (`init_model`).
+    already, so no second copy is loaded. Otherwise the block's model, loaded frozen
+    (`init_model(frozen=True)`: held in the compute dtype).
     """
     same = (Path(block.path).absolute() == Path(run.config.model.path).absolute()
             and run.config.model.init in SOURCE_INITS)
     if policy.config.lora is not None and same:
         return AdaptersOff(policy)
-    return init_model(run, block, head=head)
+    return init_model(run, block, head=head, frozen=True)
 
 
 def split_frozen(model, key: str | None = None):

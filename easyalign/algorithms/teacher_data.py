@@ -70,8 +70,8 @@ SUMMARY = "teacher_data.json"
 def frozen_model(run: runsetup.Run, path: str, head: str = "lm", key: str = "teacher"):
     """A read-only model (teacher, reward model) by path — an easyalign checkpoint or phase
     workdir, an HF directory, a GGUF file or installed alias, a `@stage` — on the run's mesh,
-    with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides.
-    Raises ConfigError naming `key` when the path holds no model."""
+    with the run's numerics (`model.dtype`, ...) but none of the trained model's overrides,
+    held in the compute dtype (`init_model(frozen=True)`). Raises ConfigError naming `key` when the path holds no model."""
     from easyalign.config_keys import ConfigError
     from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
 
@@ -85,7 +85,7 @@ def frozen_model(run: runsetup.Run, path: str, head: str = "lm", key: str = "tea
         raise ConfigError(f"{key}={path!r}: {error}") from None
     block = ConfigDict(run.config.model.to_dict())
     block.init, block.path, block.overrides = kind, location, ""
-    return models.init_model(run, block, head=head)
+    return models.init_model(run, block, head=head, frozen=True)
 
 
 def teacher_tokenizer(config, path: str) -> None:

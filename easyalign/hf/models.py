@@ -23,6 +23,7 @@ from easyalign import distributed
 from easyalign.data.tokenize import pad_token_id
 from easyalign.hf.checkpoint import MODEL_DIR
 from easyalign.model import ModelConfig, Transformer, create_model, lora, preset
+from easyalign.model.layers import cast_for_compute
 
 SOURCE_INITS = ("hf", "checkpoint", "gguf")  # model.init values that load a model as it is
 MODEL_INITS = ("scratch",) + SOURCE_INITS + ("derive",)  # every model.init value
@@ -144,7 +145,7 @@ def model_config(run, model_cfg=None, *, head: str = "lm", adapters: bool | None
 
 
 def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None,
-               adapters: bool | None = None) -> Transformer:
+               adapters: bool | None = None, frozen: bool = False) -> Transformer:
     """A sharded model: fresh (`scratch`), loaded (`hf`, `checkpoint`, `gguf`) or a student
     derived from a teacher (`derive`: `model.layers`, `model.intermediate_size`; see
     `easyalign.model.student`).
@@ -157,7 +158,19 @@ def init_model(run, model_cfg=None, *, head: str = "lm", seed: int | None = None
     base is loaded in `model.lora.base_dtype` and fresh adapters are attached (B = 0: the
     model computes the source's function). A source saved with adapters (an earlier LoRA
     stage) is merged first, so the new stage's base is that stage's model.
+
+    `frozen`: a model that is never trained (a KL reference, a reward model, a teacher): its
+    weights are cast to the compute dtype once (`layers.cast_for_compute`: the same numbers,
+    half the memory of float32 weights, no cast in every step).
     """
+    model = _init_model(run, model_cfg, head=head, seed=seed, adapters=adapters)
+    if frozen:
+        cast_for_compute(model, model.config.compute_dtype)
+    return model
+
+
+def _init_model(run, model_cfg, *, head: str, seed: int | None, adapters: bool | None
+                ) -> Transformer:
     m = model_cfg or run.config.model
     config = model_config(run, m, head=head,
                           adapters=model_cfg is None if adapters is None else adapters)

@@ -3,7 +3,10 @@
 Every weight is declared with the logical names of its dimensions (see `easyalign.sharding`),
 so the same module shards as FSDP, tensor-parallel or both without code changes.
 Weights are stored in `param_dtype` and cast to the compute `dtype` at use; normalisation
-statistics and RoPE angles are computed in float32 (DESIGN decision 4).
+statistics and RoPE angles are computed in float32 (DESIGN decision 4). A module that reads a
+weight in float32 instead names it in `float32_weights`, so that `cast_for_compute` — the
+cast done once for a model that will not be trained (the sampler's weights, a frozen
+reference) — leaves that weight as stored and changes no number.
 """
 
 from __future__ import annotations
@@ -23,6 +26,24 @@ from easyalign.sharding import constrain
 def _param(rngs: nnx.Rngs, init, shape: Sequence[int], names: Sequence[str | None],
            dtype) -> nnx.Param:
     return nnx.Param(init(rngs.params(), tuple(shape), dtype), out_sharding=tuple(names))
+
+
+def cast_for_compute(model: nnx.Module, dtype) -> None:
+    """Cast, in place, the floating weights of `model` (and its submodules) to `dtype`, the
+    dtype every use casts them to — except those a module reads in float32 and names in its
+    `float32_weights` (Gemma's (1 + w) norm scales, the MoE router): the model computes the
+    same numbers as before (equal bitwise), from half the bytes when weights are float32.
+
+    For a model whose weights do not change afterwards: the sampler, once per call before its
+    decode loop (`sampler.decode.compute_weights`); frozen references, reward models and
+    teachers, once when loaded (`algorithms.runsetup.frozen`).
+    """
+    for _, module in nnx.iter_modules(model):
+        kept = getattr(module, "float32_weights", ())
+        for name, variable in vars(module).items():
+            if (isinstance(variable, nnx.Param) and name not in kept
+                    and jnp.issubdtype(variable.dtype, jnp.floating)):
+                variable.set_value(variable.get_value().astype(dtype))
 
 
 def compute_copy(weight: jax.Array, names: Sequence[str | None], dtype) -> jax.Array:
@@ -160,6 +181,11 @@ class RMSNorm(nnx.Module):
         self.one_plus = config.rms_norm_one_plus
         init = nnx.initializers.zeros if self.one_plus else nnx.initializers.ones
         self.scale = _param(rngs, init, (size,), names, config.weight_dtype)
+
+    @property
+    def float32_weights(self) -> tuple[str, ...]:
+        """Gemma's scale is read in float32 (`cast_for_compute` keeps it as stored)."""
+        return ("scale",) if self.one_plus else ()
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dtype = x.dtype

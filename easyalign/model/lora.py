@@ -313,12 +313,18 @@ def live_reference(model) -> tuple[Any, Any]:
     """`(frozen, graphdef)` of a reference equal to `model` as it is now, for a train step.
 
     Without adapters: a copy of the params (the step donates, and so overwrites, the policy's
-    own buffers). With adapters: `BaseReference()` and the base model's graphdef — the policy's
-    base weights with the adapters off, which is the model at step 0 (B = 0) and costs no copy.
+    own buffers), held in the compute dtype (`layers.cast_for_compute`: the same numbers, half
+    the memory of float32 master weights). With adapters: `BaseReference()` and the base
+    model's graphdef — the policy's base weights with the adapters off, which is the model at
+    step 0 (B = 0) and costs no copy.
     """
     if model.config.lora is None:
+        from easyalign.model.layers import cast_for_compute  # layers imports this module
+
         graphdef, params = nnx.split(model)
-        return jax.tree.map(jnp.copy, params), graphdef
+        reference = nnx.merge(graphdef, jax.tree.map(jnp.copy, params))
+        cast_for_compute(reference, model.config.compute_dtype)
+        return nnx.split(reference)[1], graphdef
     from easyalign.model import abstract_model
 
     graphdef, _, _ = abstract_model(base_config(model.config))

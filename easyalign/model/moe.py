@@ -60,6 +60,8 @@ class MoE(nnx.Module):
     """Top-k routed SwiGLU experts, `[B, T, d] → ([B, T, d], RouterStats)`
     (HF `Qwen3MoeSparseMoeBlock`)."""
 
+    float32_weights = ("router",)  # routing runs in float32 (`layers.cast_for_compute`)
+
     def __init__(self, config: ModelConfig, *, rngs: nnx.Rngs):
         d, f, e = config.hidden_size, config.moe_intermediate_size, config.num_experts
         self.k, self.num_experts, self.norm_topk = (config.num_experts_per_tok, e,

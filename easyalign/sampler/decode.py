@@ -65,6 +65,7 @@ from jax.sharding import Mesh
 from easyalign import sharding
 from easyalign.model import KVCache
 from easyalign.model.attention import reads_shared_prompts
+from easyalign.model.layers import cast_for_compute
 from easyalign.sampler.methods import Greedy, SamplingMethod, sampling_method
 
 
@@ -161,14 +162,13 @@ def share_prompts(cache: KVCache, slots: jax.Array, lengths: jax.Array) -> KVCac
 
 
 def compute_weights(graphdef: nnx.GraphDef, state: nnx.State) -> nnx.Module:
-    """The model with its floating weights cast to the compute dtype once, and q/k/v and
-    gate/up fused into one kernel each (`Transformer.fuse_for_inference`). Every use of a
-    weight casts it anyway: casting outside the decode loop gives the same numbers and halves
-    the bytes each step reads for fp32 master weights."""
-    config = nnx.merge(graphdef, state).config
-    state = jax.tree.map(lambda x: x.astype(config.compute_dtype)
-                         if jnp.issubdtype(x.dtype, jnp.floating) else x, state)
+    """The model with its weights cast to the compute dtype once (`layers.cast_for_compute`:
+    those read in float32 stay as stored), and q/k/v and gate/up fused into one kernel each
+    (`Transformer.fuse_for_inference`). Every use of a weight casts it anyway: casting outside
+    the decode loop gives the same numbers and halves the bytes each step reads for fp32
+    master weights."""
     model = nnx.merge(graphdef, state)
+    cast_for_compute(model, model.config.compute_dtype)
     model.fuse_for_inference()
     return model
 
