@@ -219,7 +219,10 @@ def test_metrics_samples_and_model_written(pipeline, trained):
     train_rows = [row for row in rows if "reward" in row]
     assert [row["step"] for row in train_rows] == list(range(1, 21))
     assert {"kl", "kl_coef", "pg_clipfrac", "approx_kl", "vf_loss", "pg_loss", "entropy",
-            "response_length", "logprob_mismatch"} <= train_rows[-1].keys()
+            "response_length", "logprob_mismatch", "sample_tokens_per_s",
+            "update_tokens_per_s"} <= train_rows[-1].keys()
+    assert all(row["sample_tokens_per_s"] > 0 and row["update_tokens_per_s"] > 0
+               for row in train_rows)
     assert max(row["logprob_mismatch"] for row in train_rows) < 1e-5
     assert [row["step"] for row in rows if "eval/reward" in row] == [0, 20]
     assert "[reward" in (workdir / "logs" / "samples.txt").read_text()

@@ -233,7 +233,7 @@ def setup(config) -> Setup:
                                                        models["policy"])
     if grpo_rewards.REWARD_MODEL in weights:
         models["reward"] = hf_models.init_model(run_, model_block(config, g.reward_model),
-                                             head="scalar")
+                                                head="scalar", frozen=True)
     vocab = {name: m.config.vocab_size for name, m in models.items()}
     if len(set(vocab.values())) > 1:
         raise ValueError(f"the GRPO models must share one tokenizer; vocabulary sizes: {vocab}")
@@ -330,20 +330,6 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
     return {k: v / max(count, 1) for k, v in sums.items()}
 
 
-class UpdateTimer:
-    """Times each update (a host-device sync after it: the next rollout syncs anyway) and adds
-    `update_tokens_per_s` to its metrics."""
-
-    def __init__(self, tokens_per_update: int):
-        self.tokens, self.start = tokens_per_update, None
-
-    def after_update(self, step: int, metrics: dict) -> None:
-        del step
-        jax.block_until_ready(metrics)
-        elapsed = time.perf_counter() - self.start
-        metrics["update_tokens_per_s"] = jnp.float32(self.tokens / max(elapsed, 1e-9))
-
-
 def make_scorer(s: Setup):
     """The jitted scoring pass of `s`'s models (`make_score_fn`) with the run's pad and
     end-of-turn ids; log π_old only when the update cannot take it from its own forward
@@ -386,7 +372,7 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
     rows = t.batch_size * g.num_generations
     mb = minibatch_rows(c)
     score_fn = make_scorer(s)
-    timer = UpdateTimer(rows * c.data.max_length * g.num_iterations)
+    timer = rollout.UpdateTimer(rows * c.data.max_length * g.num_iterations)
 
     warned = False
 

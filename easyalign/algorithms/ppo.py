@@ -30,21 +30,24 @@ reference and reward model are frozen params (no optimizer state) used only by t
 
 The outer loop is the generic one (`train.loop.run_loop`, through `driver.fit`): one loop step
 is one iteration, its `rollout` hook the rollout, its step the minibatch update
-(`train.loop.make_minibatch_update`), its `after_update` hook the KL controller. A checkpoint,
-every `train.checkpoint_every` iterations, holds the train state (both param trees, optimizer,
+(`train.loop.make_minibatch_update`), its `after_update` hook the update timer and the KL
+controller. A checkpoint, every `train.checkpoint_every` iterations, holds the train state (both param trees, optimizer,
 RNG, step) plus, as JSON, the prompt loader's state and the KL coefficient (`KLCoefficient`, the
 loop's `extra` state); the iteration is its step number. Rollout randomness and minibatch order
 are derived from (seed, iteration), so a killed run resumes on the identical trajectory.
 
 Metrics per iteration (`logs/metrics.jsonl`): reward (mean reward-model score), kl (per-sequence
 KL to the reference), kl_coef, pg_clipfrac, approx_kl, vf_loss, pg_loss, entropy,
-response_length, eos_rate, logprob_mismatch (max |sampler − scoring log-prob|); `eval/reward`
+response_length, eos_rate, logprob_mismatch (max |sampler − scoring log-prob|),
+sample_tokens_per_s (generated tokens / sampling wall time) and update_tokens_per_s (rows ×
+data.max_length × ppo.epochs / update wall time; both with compilation at iteration 1); `eval/reward`
 is the mean score of greedy responses to held-out prompts (iteration 0 = the SFT policy).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any
 
 import jax
@@ -128,7 +131,8 @@ def setup(config) -> Setup:
                                                    limit=config.train.eval_batches)]
     built = {"policy": models.init_model(run_, head="lm"),
              "value": models.init_model(run_, blocks["value_model"], head="scalar"),
-             "reward": models.init_model(run_, blocks["reward_model"], head="scalar")}
+             "reward": models.init_model(run_, blocks["reward_model"], head="scalar",
+                                         frozen=True)}
     # LoRA: the policy's own base with its adapters off, when the reference is that base.
     built["reference"] = runsetup.reference_model(run_, blocks["reference"], built["policy"])
     vocab = {name: m.config.vocab_size for name, m in built.items()}
@@ -228,22 +232,35 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
     rollout_fn = rollout.make_rollout_fn(s.graphs, s.settings, pad_id,
                                          chat_format(run_.tokenizer).end_of_turn_id)
 
+    timer = rollout.UpdateTimer(t.batch_size * c.data.max_length * p.epochs)
+
     def rollout_hook(it, state, prompts, writer):
+        start = time.perf_counter()
         gen = rollout.sample(s.graphs, state.params["policy"], prompts,
                              jax.random.fold_in(rollout_key, it), max_new_tokens=p.max_new_tokens,
                              stop_tokens=s.stop_tokens, pad_id=pad_id, mesh=mesh)
-        batch, rows, metrics = rollout_fn(state.params, s.frozen, prompts, gen, kl.value)
+        # The lengths' copy waits for the sampler alone: the scoring pass runs meanwhile.
+        got, (batch, rows, metrics) = rollout.host_beside(
+            {"lengths": gen.lengths},
+            lambda: rollout_fn(state.params, s.frozen, prompts, gen, kl.value))
+        metrics["sample_tokens_per_s"] = jnp.float32(
+            got["lengths"].sum() / max(time.perf_counter() - start, 1e-9))
         if p.sample_every and it % p.sample_every == 0:
             writer.write_text(it, "samples",
                               rollout.sample_text(run_.tokenizer, prompts, rows, p.num_samples))
         minibatches = rollout.minibatch_indices(t.batch_size, p.minibatch_size, p.epochs,
                                                 (t.seed, it))
+        timer.start = time.perf_counter()
         return ({k: batch[k] for k in rollout.TRAIN_KEYS}, minibatches), metrics
+
+    def after_update(step, metrics):
+        timer.after_update(step, metrics)
+        kl.update(step, metrics)
 
     hooks = train_loop.StepHooks(
         evaluate=((lambda state: _evaluate(s, rollout_fn, state.params, kl.value))
                   if s.eval_batches else None),
-        tokens=lambda batch: 0, rollout=rollout_hook, after_update=kl.update, extra=kl)
+        tokens=lambda batch: 0, rollout=rollout_hook, after_update=after_update, extra=kl)
     loop = driver.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
                               hint="Lower optim.lr or ppo.kl_coef.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now

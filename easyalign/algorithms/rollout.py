@@ -46,6 +46,7 @@ one host or many.
 from __future__ import annotations
 
 import dataclasses
+import time
 from typing import Any, Callable
 
 import jax
@@ -288,6 +289,22 @@ def host_beside(tree, work: Callable[[], Any]) -> tuple[Any, Any]:
         return host(tree), done
     fetched = host(tree)
     return fetched, work()
+
+
+class UpdateTimer:
+    """Times each update of a rollout loop (PPO, GRPO) and adds `update_tokens_per_s` (the
+    update's `tokens_per_update` / its wall time, compilation included at iteration 1) to its
+    metrics. The rollout hook sets `start` as it hands over the batch; `after_update` (the
+    loop's hook) waits for the update — a host-device sync the next rollout makes anyway."""
+
+    def __init__(self, tokens_per_update: int):
+        self.tokens, self.start = tokens_per_update, None
+
+    def after_update(self, step: int, metrics: dict) -> None:
+        del step
+        jax.block_until_ready(metrics)
+        elapsed = time.perf_counter() - self.start
+        metrics["update_tokens_per_s"] = jnp.float32(self.tokens / max(elapsed, 1e-9))
 
 
 def sample_text(tokenizer, prompts: dict, rows: dict, n: int) -> str:
