@@ -13,8 +13,9 @@ iteration, without the loop or a run directory): `rollout_iteration` — the jit
 completions, one jitted pass scores them (reference log π_ref; policy log π_old only when μ > 1 or
 in minibatches), the responses are decoded and rewarded on the host, advantages per group — then
 `make_update(make_train_step(make_loss(...)))`, the jitted, donated train step. The policy keeps
-fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds it, in the
-policy's parameter dtype (`--ref-dtype` to change). Timing: after `--warmup` (2) iterations
+fp32 master weights (bf16 compute); the reference is held as `easyalign grpo` holds a frozen
+model: loaded in the policy's parameter dtype (`--ref-dtype` to change), then cast once to the
+compute dtype (`hf.models.init_model(frozen=True)`, `layers.cast_for_compute`). Timing: after `--warmup` (2) iterations
 (compilation), `--steps` iterations run back to back (no sync between rollout and update, nor
 between iterations, beyond the sampler's output fetched for decoding); `step_s` is their
 mean, as the anchor reports the mean of 6 steps after 2. The training loop also waits for
@@ -29,8 +30,11 @@ counts; `generated_tokens_mean` says how many were drawn per iteration, over all
 `--profile` adds a kernel profile of each phase of one more iteration, `--trace-step` the GPU's
 idle stretches over one whole iteration (`profile_trace.gaps`).
 
-Not the same work as the anchor: easyalign's log-probs and entropy cover all 512 positions (TRL's
-only the 256 completion positions); at μ = 1 both take log π_old from the loss forward's detached
+Where the work differs from the anchor's: both run the LM head on the 256 completion positions
+alone (`rollout.response_span`; TRL's `logits_to_keep`), but easyalign's scoring and update run
+each prompt's 256 tokens through the model once for its 8 completions (the shared-prefix
+forward, `model.shared_prefix`; `--shared-prefix 0` runs every row whole, as TRL does); at μ = 1
+both take log π_old from the loss forward's detached
 log-probs (`grpo.detached_old_logps`: no policy forward in the rollout scoring); TRL checkpoints
 gradients by default (`GRPOConfig.gradient_checkpointing=True`), the default run here keeps every
 activation (`--remat full` is TRL's setting).
@@ -53,6 +57,7 @@ from easyalign import sharding
 from easyalign.algorithms import grpo, grpo_rewards, grpo_rollout, rollout, runsetup
 from easyalign.data.chat_format import stop_token_ids
 from easyalign.model import create_model, preset
+from easyalign.model.layers import cast_for_compute
 from easyalign.train import optim
 from easyalign.train.state import create_train_state, state_shardings
 from easyalign.train.step import make_train_step
@@ -214,7 +219,10 @@ def main():
     mesh = sharding.make_mesh(1, -1, 1)
     tokenizer = anchor_tokenizer(policy_config.vocab_size)
     graphdef, params = nnx.split(create_model(policy_config, mesh, seed=0))
-    ref_graphdef, ref_params = nnx.split(create_model(ref_config, mesh, seed=0))
+    reference = create_model(ref_config, mesh, seed=0)
+    cast_for_compute(reference, ref_config.compute_dtype)  # as init_model(frozen=True)
+    ref_graphdef, ref_params = nnx.split(reference)
+    del reference
     total = prompts_n * (args.warmup + args.steps)
     rng = np.random.RandomState(2)
     ids = rng.randint(4, policy_config.vocab_size, (total, prompt_len)).astype(np.int32)
