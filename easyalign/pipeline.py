@@ -229,9 +229,11 @@ def check_reuse(stages, configs, done) -> None:
 
 def save_base(config) -> None:
     """The untrained model of the SFT shape, saved like a stage's final model."""
+    from flax import nnx
+
     run = runsetup.prepare(config, trains=False)
     model = models.init_model(run, head="lm")
-    graphdef, params = models.frozen_params(model)
+    graphdef, params = nnx.split(model)
     models.save_model(run, params, graphdef)
 
 

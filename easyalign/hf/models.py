@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import jax
 from flax import nnx
@@ -280,12 +279,6 @@ def _regraft(source: Transformer, config: ModelConfig, mesh: Mesh, seed: int,
     nnx.replace_by_pure_dict(target_state, traverse_util.unflatten_dict(target_flat))
     nnx.update(target, target_state)
     return target
-
-
-def frozen_params(model: Transformer) -> tuple[Any, nnx.State]:
-    """`(graphdef, params)` of a model that is read but not trained."""
-    graphdef, params = nnx.split(model)
-    return graphdef, params
 
 
 def save_model(run, params: nnx.State, graphdef, name: str = MODEL_DIR) -> Path:
