@@ -185,17 +185,19 @@ def _settings(config) -> dict:
     """The stage's manifest as its run writes it (`runsetup.prepare`: `model.path` as given),
     without the `FILLED_BY_PHASE` keys the config leaves unset."""
     values = rundir.manifest(config, {"model.path": runsetup.stage_reference(
-        config, config.model.path)})
+        config, config.model.path)}, runsetup.models_read(config))
     return {k: v for k, v in values.items() if not (k in FILLED_BY_PHASE and v in (None, ""))}
 
 
 def check_reuse(stages, configs, done) -> None:
     """Refuse to skip a complete stage whose outputs no longer follow from this pipeline: made
     with other settings than the stage's config now (its `manifest.json` against the manifest
-    this run would write: a changed `pipeline.overrides` entry, data file or preset), or made
-    from an earlier stage that is to be made again now (its directory was removed). Skipping
-    them would report old results as the new settings' — one line instead, naming the stage,
-    the differences and what to remove. Raises ConfigError."""
+    this run would write: a changed `pipeline.overrides` entry, data file or preset), from
+    another save of a model it reads (an earlier stage retrained in place: the manifest records
+    when each model it read was saved, `rundir.models_read`), or from an earlier stage that is
+    to be made again now (its directory was removed). Skipping them would report old results
+    as the new settings' — one line instead, naming the stage, the differences and what to
+    remove. Raises ConfigError."""
     remade = []   # (name, workdir) of the stages that will run
     for (name, command, _), config, complete in zip(stages, configs, done):
         workdir = Path(config.workdir).absolute()
@@ -211,11 +213,13 @@ def check_reuse(stages, configs, done) -> None:
                         if k in now or k not in FILLED_BY_PHASE}
             changes = rundir.differences(recorded, now)
             if changes:
+                made = ("from another save of a model it reads (retrained in place?)"
+                        if all(c.split(": ")[0].endswith(rundir.SAVED) for c in changes)
+                        else "with other settings")
                 raise ConfigError(
-                    f"pipeline stage {name}: {workdir} is complete but was made with other "
-                    f"settings: {'; '.join(changes)} — remove it (and the stages after it that "
-                    "read it) to make it again with these, or give the pipeline a new "
-                    "--config.workdir")
+                    f"pipeline stage {name}: {workdir} is complete but was made {made}: "
+                    f"{'; '.join(changes)} — remove it (and the stages after it that read it) "
+                    "to make it again with these, or give the pipeline a new --config.workdir")
         reads = json.dumps(now)
         for upstream, upstream_dir in remade:
             if any(mark in reads for mark in (f'"@{upstream}"', f'"{upstream_dir}/',

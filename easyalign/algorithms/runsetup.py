@@ -91,6 +91,12 @@ def stage_path(config, value: str) -> str:
     return value
 
 
+def models_read(config):
+    """The manifest's record of when each model the run reads was saved (`rundir.models_read`,
+    `@stage`s resolved against this config's workdir)."""
+    return rundir.models_read(lambda value: stage_path(config, value))
+
+
 def stage_reference(config, value: str) -> str:
     """The inverse of `stage_path`: `<parent of workdir>/<stage>/model` → `@<stage>`, so that
     a config resolved by an earlier run (its `model.path` made absolute in place) records the
@@ -121,7 +127,8 @@ def prepare(config, *, workdir: bool = True, trains: bool = True) -> Run:
     mesh = sharding.mesh_from_config(config.mesh)
     if workdir:
         directory = rundir.start_workdir(config,
-                                         {"model.path": stage_reference(config, raw_path)})
+                                         {"model.path": stage_reference(config, raw_path)},
+                                         models_read(config))
         if _STOP_WHEN_COMPLETE.get():
             _stop_if_complete(config, directory)
     else:

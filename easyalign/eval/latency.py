@@ -234,9 +234,10 @@ def run(config) -> dict:
                   f"{c.student!r} in latency.results={c.results!r}")
     doc = {"settings": settings, "variants": entries, "summary": summary}
     if not multi_process or jax.process_index() == 0:
+        from easyalign.algorithms.runsetup import models_read
         from easyalign.train.rundir import start_workdir, write_atomic
 
-        workdir = start_workdir(config)
+        workdir = start_workdir(config, identify=models_read(config))
         # latency.json marks the stage complete (`pipeline.stage_done`): written last.
         write_atomic(workdir / "latency.md", markdown(entries, settings, summary))
         write_atomic(workdir / "latency.json", json.dumps(doc, indent=2) + "\n")

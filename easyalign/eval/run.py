@@ -355,7 +355,7 @@ def run(config) -> dict:
     from easyalign.data.world_source import ensure_world
     from easyalign.train.rundir import start_workdir, write_atomic
 
-    from easyalign.algorithms.runsetup import stage_path
+    from easyalign.algorithms.runsetup import models_read, stage_path
     from easyalign.config_check import validate
 
     e = config.eval
@@ -380,7 +380,7 @@ def run(config) -> dict:
                          f"that name (have {list(variants)}) and eval.reward_model")
     distributed.initialize_from_config(config)
     mesh = sharding.mesh_from_config(config.mesh)
-    workdir = Path(start_workdir(config))
+    workdir = Path(start_workdir(config, identify=models_read(config)))
     world = ensure_world(config) if e.suites else None
     fallback = e.tokenizer or (str(world / "tokenizer") if world else None)
     suites = load_suites(config, world)

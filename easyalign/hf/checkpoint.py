@@ -9,6 +9,8 @@ A model checkpoint is a directory:
                           (`embed_tokens/embedding`, `layers/attn/q_proj/kernel`, ...), stacked
                           block weights with their leading `[L]` axis, as in the model
       tokenizer/          HF tokenizer files, copied verbatim (optional)
+      saved.json          {"saved_at": UTC time of the save, to the microsecond}: which save
+                          of a path a later run read (`saved_at`; copied with the directory)
 
 `params/` is a plain Orbax PyTree, so a training checkpoint can hold the same tree as one item
 of a `CheckpointManager` step and these functions read it. Restore is sharding-aware: the
@@ -20,6 +22,7 @@ saved on one mesh restores on any other, and the stored dtype is cast to the con
 
 from __future__ import annotations
 
+import datetime
 import json
 import shutil
 from pathlib import Path
@@ -37,6 +40,7 @@ from easyalign.model.config import ModelConfig
 
 PARAMS_DIR = "params"
 CONFIG_FILE = "model_config.json"
+SAVED_FILE = "saved.json"
 MODEL_DIR = "model"  # where a phase writes its final model, inside its workdir
 
 
@@ -72,7 +76,24 @@ def save_checkpoint_model(model: Transformer, ckpt_dir: str | Path,
         (ckpt_dir / CONFIG_FILE).write_text(json.dumps(model.config.to_dict(), indent=2) + "\n")
         if tokenizer_dir is not None:
             _copy_tokenizer(Path(tokenizer_dir), ckpt_dir / TOKENIZER_DIR)
+        now = datetime.datetime.now(datetime.timezone.utc)
+        (ckpt_dir / SAVED_FILE).write_text(json.dumps(
+            {"saved_at": now.isoformat(timespec="microseconds")}) + "\n")
     return ckpt_dir
+
+
+def saved_at(path: str | Path) -> str | None:
+    """When the model checkpoint at `path` (or in a phase workdir's `model/`) was saved, as
+    `save_checkpoint_model` recorded it; None for anything else (an HF directory, a GGUF file,
+    a checkpoint saved before the record existed, a path that is not there). A run records it
+    for every model it reads (`rundir.manifest`), so a model saved again in place — retrained
+    under the same settings — no longer matches the runs made from it."""
+    for directory in (Path(path), Path(path) / MODEL_DIR):
+        try:
+            return json.loads((directory / SAVED_FILE).read_text())["saved_at"]
+        except (OSError, ValueError, KeyError, TypeError):
+            continue
+    return None
 
 
 def read_checkpoint_config(ckpt_dir: str | Path) -> ModelConfig:

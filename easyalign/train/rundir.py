@@ -33,6 +33,7 @@ import shutil
 import socket
 import sys
 from pathlib import Path
+from typing import Any, Callable
 
 import jax
 
@@ -143,11 +144,40 @@ def _training_relevant(key: str) -> bool:
     return not any(key == k or (k.endswith(".") and key.startswith(k)) for k in NOT_TRAINING)
 
 
-def manifest(config, overrides: dict | None = None) -> dict:
+# The suffix of the manifest entries that record when a model a run reads was saved
+# (`models_read`): compared only where both manifests have them (`differences`).
+SAVED = " (saved at)"
+
+
+def models_read(resolve: Callable[[str], str]) -> Callable[[str, Any], dict]:
+    """The `manifest` hook that records, for every setting naming a model (a path, an `@stage`,
+    `name=path` entries of a list), when that model was saved (`hf.checkpoint.saved_at`):
+    `{"<key> (saved at)": time}` or `{"<key>[<name>] (saved at)": time}`. `resolve` turns a
+    setting's value into a path (`runsetup.stage_path` for `@stage`s)."""
+    from easyalign.hf.checkpoint import saved_at
+
+    def entries(key: str, value) -> dict:
+        out = {}
+        for item in value if isinstance(value, (list, tuple)) else (value,):
+            if not isinstance(item, str) or not item:
+                continue
+            name, _, path = item.partition("=")
+            if not path or "/" in name:
+                name, path = "", item
+            when = saved_at(resolve(path))
+            if when:
+                out[f"{key}[{name}]{SAVED}" if name else f"{key}{SAVED}"] = when
+        return out
+
+    return entries
+
+
+def manifest(config, overrides: dict | None = None, identify=None) -> dict:
     """The training-relevant config, flattened, with each data file's content fingerprint.
 
     `overrides` replaces values as the user gave them (`model.path="@sft"` rather than the
-    absolute path it resolves to, so that a copied pipeline directory still matches)."""
+    absolute path it resolves to, so that a copied pipeline directory still matches).
+    `identify(key, value) -> dict` adds entries of its own per setting (`models_read`)."""
     values = {}
     for key in flat_keys(config):
         if _training_relevant(key):
@@ -158,6 +188,9 @@ def manifest(config, overrides: dict | None = None) -> dict:
                 json.loads(json.dumps(node, default=str)) if isinstance(node, (list, tuple))
                 else str(node))
     values.update({k: v for k, v in (overrides or {}).items() if k in values})
+    if identify is not None:
+        values.update({k: v for key, value in list(values.items())
+                       for k, v in identify(key, value).items()})
     data = config.get("data")
     for key in ("source", "eval_source"):
         value = data.get(key, "") if data is not None else ""
@@ -167,9 +200,14 @@ def manifest(config, overrides: dict | None = None) -> dict:
 
 
 def differences(old: dict, new: dict) -> list[str]:
-    """`key: old → new` for every key whose value differs between two manifests."""
+    """`key: old → new` for every key whose value differs between two manifests. When a model
+    was saved (`SAVED` entries) is compared only where both record it: a manifest written
+    before the record existed, or a model that is gone (the pipeline says so itself), is no
+    difference."""
     out = []
     for key in sorted(set(old) | set(new)):
+        if key.endswith(SAVED) and not (key in old and key in new):
+            continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             out.append(f"{key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}")
     return out
@@ -180,12 +218,14 @@ def has_checkpoints(workdir: Path) -> bool:
     return directory.is_dir() and any(p.name.isdigit() for p in directory.iterdir())
 
 
-def check_resume(config, workdir: Path, overrides: dict | None = None) -> str | None:
+def check_resume(config, workdir: Path, overrides: dict | None = None,
+                 identify=None) -> str | None:
     """Compare the config with the manifest of the checkpoints it would resume; write the
-    manifest. Returns a note when a change was allowed; raises RunDirError otherwise."""
+    manifest (`manifest(config, overrides, identify)`). Returns a note when a change was
+    allowed; raises RunDirError otherwise."""
     workdir = Path(workdir)
     path = workdir / MANIFEST_FILE
-    new = manifest(config, overrides)
+    new = manifest(config, overrides, identify)
     note = None
     if path.is_file() and has_checkpoints(workdir):
         try:
@@ -228,10 +268,11 @@ def complete_message(phase: str, latest: int, total: int, unit: str, model_dir: 
             f"{model_dir} (train again in a new --config.workdir)")
 
 
-def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
+def start_workdir(config, manifest_overrides: dict | None = None, identify=None) -> Path:
     """Create `config.workdir`, take its lock, check a resume against the manifest of its
-    checkpoints (above), and write the resolved config into it (process 0). Inside
-    `undo_on_failure`, what this changes is put back if the phase fails before a checkpoint."""
+    checkpoints (above; `check_resume(config, workdir, manifest_overrides, identify)`), and
+    write the resolved config into it (process 0). Inside `undo_on_failure`, what this
+    changes is put back if the phase fails before a checkpoint."""
     workdir = Path(config.workdir).absolute()
     if jax.process_index() == 0:
         missing = [p for p in (workdir, *workdir.parents) if not p.exists()]
@@ -243,7 +284,7 @@ def start_workdir(config, manifest_overrides: dict | None = None) -> Path:
                 {p.name: p.read_bytes() for p in workdir.iterdir()
                  if p.is_file() and _RECORDS.fullmatch(p.name)},
                 frozenset(p.name for p in workdir.iterdir()))
-        notes.append(check_resume(config, workdir, manifest_overrides))
+        notes.append(check_resume(config, workdir, manifest_overrides, identify))
         for note in notes:
             if note:
                 print(note)
