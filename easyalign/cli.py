@@ -80,7 +80,12 @@ def load_config(args: list[str]):
     """Parse `--config=FILE[:preset]`, `--config.a.b=v` overrides and the multi-host flags."""
     argv = ["easyalign"] + list(args)
     if not any(a == "--config" or a.startswith("--config=") for a in args):
-        # absl would name the first override an unknown flag: the file is what is missing.
+        # absl would name the first override an unknown flag: the file is what is missing —
+        # or was given under a misspelt flag (`--confg=...`), which is then named.
+        for arg in args:
+            flag = arg[2:].split("=", 1)[0] if arg.startswith("--") else ""
+            if flag and not flag.startswith("config.") and did_you_mean(flag, ["config"]):
+                raise ConfigError(f"unknown flag --{flag} ({arg}): did you mean --config?")
         raise ConfigError("missing --config=FILE[:preset] (e.g. --config=configs/sft.py:tiny)"
                           + (" before the --config.KEY=VALUE overrides"
                              if any(a.startswith("--config.") for a in args) else ""))

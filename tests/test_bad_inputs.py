@@ -49,6 +49,8 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     """(name, argv after `easyalign`, what the one line must name)."""
     bad_data = tmp / "train.txt"
     bad_data.write_text("{}\n")
+    empty = tmp / "empty.jsonl"
+    empty.write_text("")
     return [
         ("steps 0", SFT + ["--config.train.steps=0"], "train.steps=0"),
         ("steps negative", SFT + ["--config.train.steps=-5"], "train.steps=-5"),
@@ -101,6 +103,16 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
          "--dtype='bf16': not one of float32 | bfloat16 | float16; did you mean 'bfloat16'?"),
         ("overrides without --config", ["sft", "--config.train.steps=3"],
          "missing --config=FILE[:preset]"),
+        # Reported: reported as a missing --config, the misspelt flag unnamed.
+        ("--config misspelt", ["sft", "--confg=configs/sft.py:tiny"],
+         "unknown flag --confg (--confg=configs/sft.py:tiny): did you mean --config?"),
+        # Reported: "holds out all 0 records …; lower it" (no fraction helps), or with no
+        # held-out split "no examples", naming no file.
+        ("empty data file", SFT + [f"--config.data.source={empty}"],
+         f"{empty}: no records (data.source names it)"),
+        ("empty data file, no eval split", SFT + [f"--config.data.source={empty}",
+                                                  "--config.data.eval_source="],
+         f"{empty}: no records (data.source names it)"),
     ]
 
 

@@ -58,12 +58,14 @@ def test_json_list_and_csv(tmp_path):
 
 def test_malformed_inputs_name_file_and_line(tmp_path):
     path = write_jsonl(tmp_path / "bad.jsonl", ['{"prompt": "ok"}', '{"prompt": "unterminated'])
-    with pytest.raises(DataError, match=re.escape(f"{path}:2: malformed JSON line")):
+    # Reported: json's "Unterminated string starting at" came out as "… at at column 12".
+    with pytest.raises(DataError, match=re.escape(
+            f"{path}:2: malformed JSON line (Unterminated string starting at: column 12)")):
         load_records(path)
     # A fault at the end of a line is reported there (the newline is not part of the record).
     path = write_jsonl(tmp_path / "open.jsonl", ['{"prompt": "ok"}', '{"prompt": "a", "r": "b"'])
     with pytest.raises(DataError, match=re.escape(f"{path}:2: malformed JSON line (Expecting "
-                                                  "',' delimiter at column 25)")):
+                                                  "',' delimiter: column 25)")):
         load_records(path)
     path = write_jsonl(tmp_path / "list.jsonl", ['{"prompt": "ok"}', "[1, 2]"])
     with pytest.raises(DataError, match=re.escape(f"{path}:2: expected a JSON object")):
@@ -339,6 +341,15 @@ def test_json_structure_errors_name_the_line(tmp_path):
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}/tail.json:3: malformed JSON "
                                                   "(extra data")):
         load_records(str(tmp_path / "tail.json"))
+    # Reported: a one-line file cut short lost the position ("…starting at)"): column and
+    # character offset now (json's own numbers).
+    text = '[{"prompt": "a"}, {"prompt": "cut sh'
+    quote = text.index('"cut')  # where the unterminated string starts (0-based)
+    (tmp_path / "cut.json").write_text(text)
+    with pytest.raises(DataError, match=re.escape(
+            f"{tmp_path}/cut.json:1: malformed JSON (Unterminated string starting at: column "
+            f"{quote + 1}, char {quote})")):
+        load_records(str(tmp_path / "cut.json"))
     (tmp_path / "empty.json").write_text(" [ ] ")
     assert load_records(str(tmp_path / "empty.json")) == []
 

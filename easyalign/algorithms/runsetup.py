@@ -207,6 +207,10 @@ def load_examples(run: Run, kind: str, split: str) -> list[dict]:
     own_eval = auto and _has_eval_split(data, source)
     spec = _source_spec(run, source, kind, split, own_eval)
     rows = side = data_sources.read_rows(spec)
+    if not rows:  # an empty file: no split or column setting can help
+        key = "data.eval_source" if split == "eval" and not auto else "data.source"
+        raise data_sources.DataError(spec.path or spec.hf_name or source,
+                                     f"no records ({key} names it)")
     if own_eval and split == "train" and run.is_main:
         print(f"[data] evaluating on the {data.eval_split!r} split of {source} and training on "
               f"all of {data.split!r} (data.eval_split; data.eval_source=auto)")

@@ -262,12 +262,18 @@ def read_jsonl_objects(path: "str | Path", encoding: str = "utf-8"
             # at "column 1" of the newline's next line.
             data = _DECODER.decode(line.rstrip("\r\n"))
         except json.JSONDecodeError as e:
-            raise DataError(where, f"malformed JSON line ({e.msg} at column {e.colno})") from None
+            raise DataError(where, f"malformed JSON line ({_json_problem(e)})") from None
         except _DuplicateKey as e:
             raise _duplicate(where, e.key) from None
         if not isinstance(data, dict):
             raise DataError(where, f"expected a JSON object, got {type(data).__name__}")
         yield data, where
+
+
+def _json_problem(error: json.JSONDecodeError) -> str:
+    """`json`'s message and the column it points at: "Expecting ',' delimiter: column 12"
+    (its messages may end in "at", as "Unterminated string starting at")."""
+    return f"{error.msg}: column {error.colno}"
 
 
 def _read_json(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
@@ -282,7 +288,8 @@ def _read_json(spec: SourceSpec) -> Iterator[tuple[dict, str]]:
         try:
             return _DECODER.raw_decode(text, pos)
         except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}", f"malformed JSON ({e.msg})") from None
+            raise DataError(f"{path}:{e.lineno}",
+                            f"malformed JSON ({_json_problem(e)}, char {e.pos})") from None
         except _DuplicateKey as e:
             raise _duplicate(f"{line_of(pos)} ({what})", e.key) from None
 
