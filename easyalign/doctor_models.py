@@ -2,10 +2,11 @@
 
 `main_model` is the model the run trains or samples, with the run's numerics, read from its
 source without loading a weight — a checkpoint, phase workdir, HF directory, GGUF file, or a
-`@stage` that has not run yet, planned from that stage's own config (`planned_stage_model`);
-`extra_models` the frozen ones beside it (reference, reward, value, teacher). `step_sequences`
-counts the sequences of one optimizer step; `divisibility` and `uneven_weights` say where the
-mesh splits the batch or a weight unevenly. `doctor.py` sizes and reports them.
+`@stage` that has not run yet, planned from that stage's own config (`planned_stage_model`),
+and a student derived from any of them cut to its shape (`_source_model`); `extra_models`
+the frozen ones beside it (reference, reward, value, teacher). `step_sequences` counts the
+sequences of one optimizer step; `divisibility` and `uneven_weights` say where the mesh
+splits the batch or a weight unevenly. `doctor.py` sizes and reports them.
 """
 
 from __future__ import annotations
@@ -27,15 +28,19 @@ def read_model_config(config, path: str) -> ModelConfig:
     """The ModelConfig of a checkpoint / phase workdir / HF directory / GGUF file / `@stage`
     (a stage that has not run yet: `planned_stage_model`)."""
     from easyalign.algorithms.runsetup import stage_path
-    from easyalign.hf import read_checkpoint_config, read_gguf_config, read_hf_config
     from easyalign.hf.checkpoint import resolve_model_dir
 
-    location = stage_path(config, path)
-    if str(path).startswith("@") and not Path(location).exists():
-        planned = planned_stage_model(config, path)
-        if planned is not None:
-            return planned[0]
-    location, kind = resolve_model_dir(location)
+    planned = planned_stage_model(config, path)
+    if planned is not None:
+        return planned[0]
+    location, kind = resolve_model_dir(stage_path(config, path))
+    return _read_stored(kind, location)
+
+
+def _read_stored(kind: str, location) -> ModelConfig:
+    """The ModelConfig stored with a model of `kind` (checkpoint, hf, gguf) at `location`."""
+    from easyalign.hf import read_checkpoint_config, read_gguf_config, read_hf_config
+
     return {"checkpoint": read_checkpoint_config, "hf": read_hf_config,
             "gguf": read_gguf_config}[kind](location)
 
@@ -44,10 +49,15 @@ def planned_stage_model(config, path: str) -> tuple[ModelConfig, str] | None:
     """`(model, source)` of the model a `@stage` reference will name once that stage has run,
     planned from the stage's own config — `configs/<stage>.py` with this config's preset, its
     workdir beside this one, as `easyalign pipeline` builds it — so that the doctor sizes every
-    stage of a pipeline before the first has run. None when there is no such config file or
-    preset (then the reference is reported as missing)."""
+    stage of a pipeline before the first has run. None when `path` is no `@stage`, the stage
+    has run (its model is read instead), or there is no such config file or preset (then the
+    reference is reported as missing)."""
     import importlib
 
+    from easyalign.algorithms.runsetup import stage_path
+
+    if not str(path).startswith("@") or Path(stage_path(config, path)).exists():
+        return None
     name = str(path)[1:].split("/")[0]
     preset = config.get("preset") or ""
     try:
@@ -71,7 +81,7 @@ def _vocab(config) -> tuple[int | None, str]:
         from transformers import AutoTokenizer
 
         return len(AutoTokenizer.from_pretrained(path)), f"tokenizer {path}"
-    return None, "the preset's (no tokenizer yet)"
+    return None, "the preset: no tokenizer yet"
 
 
 def main_model(config) -> tuple[ModelConfig, str]:
@@ -84,10 +94,7 @@ def main_model(config) -> tuple[ModelConfig, str]:
         model = read_model_config(config, path)
         dtype = config[block].get("dtype")
         return (model.replace(dtype=dtype) if dtype else model), f"{path}"
-    from easyalign.algorithms.runsetup import stage_path
-    from easyalign.hf.models import model_numerics, source_model_config
-
-    from easyalign.hf.models import lora_config
+    from easyalign.hf.models import lora_config, model_numerics
 
     m = config.model
     numerics = dict(model_numerics(m, head="scalar" if config.phase == "reward" else "lm"),
@@ -98,19 +105,35 @@ def main_model(config) -> tuple[ModelConfig, str]:
         model, where = preset(m.preset, **extra, **numerics), \
             f"preset {m.preset} (vocab from {source})"
     else:
-        path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
-        if path.startswith("@") and not Path(stage_path(config, path)).exists():
-            planned = planned_stage_model(config, path)
-            if planned is not None:
-                model, where = planned
-                model = model.replace(lora=None, **numerics)
-                return model.replace(lora=lora_config(m, model.num_experts)), where
-        block = ConfigDict(m.to_dict())
-        block.path = stage_path(config, path)
-        model, where = source_model_config(block).replace(lora=None, **numerics), \
-            f"{m.init} {path}"
+        model, where = _source_model(config, m)
+        model = model.replace(lora=None, **numerics)
     # LoRA: the base in its base dtype and the adapters (only those are trained)
     return model.replace(lora=lora_config(m, model.num_experts)), where
+
+
+def _source_model(config, m) -> tuple[ModelConfig, str]:
+    """The ModelConfig a loading block (`init=hf|checkpoint|gguf|derive`) starts from, before
+    its numerics, and where it comes from: read from `model.path` (by `m.init`'s kind, as the
+    run loads it), or planned from the stage's config for a `@stage` not run yet. `init=derive`
+    cuts either to the student's layers and MLP width, as `hf.models.source_model_config` does
+    a stored teacher: a student of a teacher not trained yet is the student the run will
+    derive, not the whole teacher."""
+    from easyalign.algorithms.runsetup import stage_path
+    from easyalign.hf.models import model_source
+    from easyalign.model.student import parse_layers, student_config
+
+    path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
+    planned = planned_stage_model(config, path)
+    if planned is not None:
+        model, where = planned
+    else:
+        block = ConfigDict(m.to_dict())
+        block.path = stage_path(config, path)
+        model, where = _read_stored(*model_source(block)), f"{m.init} {path}"
+    if m.init == "derive":
+        model = student_config(model, parse_layers(m.layers, model.num_layers),
+                               m.intermediate_size)
+    return model, where
 
 
 def extra_models(config, policy: ModelConfig) -> list[dict]:

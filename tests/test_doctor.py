@@ -249,6 +249,29 @@ def test_a_pipeline_stage_not_run_yet_is_planned_from_its_own_config(tmp_path):
         doctor.run(typo)
 
 
+def test_a_student_derived_from_a_stage_not_run_yet_is_planned_derived(tmp_path):
+    """`doctor.py:distill:real` on a fresh checkout planned the student (`init=derive` from
+    `@dpo`) as the whole 30-layer teacher: the derive was applied to a teacher read from disk
+    only, not to one planned from its stage's config. Planned, the student has the kept layers
+    and MLP width, and the size it has once the teacher exists."""
+    base = ["--config=configs/doctor.py:distill:tiny", f"--config.workdir={tmp_path / 'distill'}",
+            "--config.doctor.devices=1", "--config.model.init=derive",
+            "--config.model.path=@dpo", "--config.model.layers=spread:2",
+            "--config.model.intermediate_size=192"]
+    planned = doctor.diagnose(load_config(base))
+    assert planned["model"]["source"].startswith("@dpo, not run yet: planned from configs/dpo.py")
+    assert planned["model"]["layers"] == 2, planned["model"]
+    # The teacher DPO would train (world-teacher: 4 layers, MLP 384), saved as if it had run.
+    teacher = create_model(preset("world-teacher", vocab_size=planned["model"]["vocab"]))
+    from easyalign.hf import save_checkpoint_model
+
+    save_checkpoint_model(teacher, tmp_path / "dpo" / "model")
+    stored = doctor.diagnose(load_config(base))
+    assert stored["model"]["source"] == "derive @dpo"
+    assert stored["model"]["params"] == planned["model"]["params"] < teacher.config.param_count()
+    assert planned["extra_models"][0]["params"] == teacher.config.param_count()
+
+
 def test_coordinator_check():
     with socket.socket() as server:
         server.bind(("127.0.0.1", 0))
