@@ -143,6 +143,32 @@ def test_a_set_up_that_fails_on_its_data_leaves_the_workdir_as_it_found_it(tmp_p
     assert [p.name for p in (resumable / "checkpoints").iterdir()] == ["5"]
 
 
+def test_a_failed_set_up_removes_the_built_in_world_it_generated_in_a_directory_it_made(
+        tmp_path, monkeypatch):
+    """Reported: a failed tiny run left `runs/fresh/world-<hash>/` (the built-in world, made
+    beside its workdir for the sibling stages) in the `runs/fresh` it had created itself. The
+    world goes with the directories the run made; one made before the run is kept."""
+    from configs import sft
+    from easyalign import stages
+    from easyalign.algorithms import runsetup
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("reading the data")
+
+    monkeypatch.setattr(runsetup, "load_examples", broken)
+    config = sft.get_config("tiny")
+    config.workdir = str(tmp_path / "runs" / "fresh" / "sft")
+    with pytest.raises(RuntimeError, match="reading the data"):
+        stages.run("sft", config)
+    assert list(tmp_path.iterdir()) == []
+
+    (tmp_path / "runs" / "kept").mkdir(parents=True)  # there before the run: the world stays
+    config.workdir = str(tmp_path / "runs" / "kept" / "sft")
+    with pytest.raises(RuntimeError, match="reading the data"):
+        stages.run("sft", config)
+    assert [p.name.split("-")[0] for p in (tmp_path / "runs" / "kept").iterdir()] == ["world"]
+
+
 def test_a_pipeline_failure_undoes_only_the_stage_that_failed(tmp_path):
     """Nested `undo_on_failure` (a pipeline's stages): a stage that finished keeps its workdir
     when a later one fails; the failed one's is gone."""
@@ -175,6 +201,47 @@ def test_torn_metrics_line_does_not_break_a_resume(tmp_path):
     writer.close()
     rows = [json.loads(line) for line in (logs / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3]
+
+
+def events(path):
+    """The `Event` protos of a TensorBoard events file (TFRecord framing: length, its CRC,
+    the record, its CRC)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    data, out, pos = path.read_bytes(), [], 0
+    while pos < len(data):
+        (length,) = struct.unpack("<Q", data[pos:pos + 8])
+        out.append(event_pb2.Event.FromString(data[pos + 12:pos + 12 + length]))
+        pos += 12 + length + 4
+    return out
+
+
+@pytest.mark.parametrize("checkpoint", [None, 50])
+def test_a_restarted_run_drops_what_the_killed_attempt_logged_after_its_checkpoint(tmp_path,
+                                                                                 checkpoint):
+    """Reported: a run killed before its first complete checkpoint starts again at step 0, but
+    its metrics.jsonl kept the killed attempt's lines (steps 25…100 twice). From the last
+    checkpoint — or from step 0 when there is none — every later line goes, and the new
+    TensorBoard events file purges the later steps of the old ones."""
+    from easyalign.train.metrics import MetricsWriter
+
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    (logs / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": step, "loss": 1.0}) + "\n" for step in (0, 25, 50, 75, 100)))
+    writer = MetricsWriter(tmp_path, total_steps=120, progress_bar=False, enabled=True,
+                           resume_step=checkpoint)
+    writer.resume(-1 if checkpoint is None else checkpoint)
+    writer.write(checkpoint or 0, {"loss": 0.5})
+    writer.close()
+    steps = [json.loads(line)["step"] for line in (logs / "metrics.jsonl").read_text().splitlines()]
+    assert steps == ([0] if checkpoint is None else [0, 25, 50, 50])
+    (events_file,) = logs.glob("events.out.tfevents.*")
+    purge = [e for e in events(events_file) if e.HasField("session_log")]
+    assert [(e.session_log.status, e.step) for e in purge] == [
+        (purge[0].session_log.START, 0 if checkpoint is None else checkpoint + 1)]
 
 
 def test_a_crash_while_saving_the_model_leaves_the_stage_incomplete(tmp_path):

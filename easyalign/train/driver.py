@@ -112,8 +112,10 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
     del params
     latest = checkpointer.latest_step()
     writer = train_metrics.MetricsWriter(run.workdir, total_steps=loop.total_steps,
-                                         progress_bar=c.train.progress_bar)
-    if latest is not None:
+                                         progress_bar=c.train.progress_bar, resume_step=latest)
+    if latest is None:  # from step 0: what a run killed before its first checkpoint logged goes
+        writer.resume(-1)
+    else:
         state, data_state = checkpointer.restore(latest, train_state.abstract_like(state))
         if latest >= loop.total_steps and stage_done(run.workdir):
             # A rerun of a finished run: nothing to train, nothing to rewrite.
@@ -129,8 +131,7 @@ def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,
         if hooks.extra:
             hooks.extra.set_state(data_state)
         writer.resume(latest)
-        if run.is_main:
-            print(f"[resume] {run.workdir.name}: continuing from {unit} {latest}")
+        writer.note(f"[resume] {run.workdir.name}: continuing from {unit} {latest}")
     shardings = train_state.state_shardings(state)
     try:
         with sharding.use_mesh(run.mesh):

@@ -32,8 +32,13 @@ def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int)
 
 
 class MetricsWriter:
+    """The run's logs. `resume_step`: the checkpoint the run continues from (None: it starts at
+    step 0). What an earlier attempt logged after it is dropped — from metrics.jsonl by
+    `resume`, from TensorBoard by the purge step of the new events file (events of steps ≥
+    `resume_step + 1`, or of every step for a fresh start, are discarded by its readers)."""
+
     def __init__(self, workdir: str | Path, *, total_steps: int, progress_bar: bool = True,
-                 enabled: bool | None = None):
+                 enabled: bool | None = None, resume_step: int | None = None):
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._bar = None
@@ -44,11 +49,14 @@ class MetricsWriter:
         self._jsonl = open(self.logdir / "metrics.jsonl", "a", encoding="utf-8")
         from tensorboardX import SummaryWriter  # imported lazily: heavy, and process 0 only
 
-        self._tb = SummaryWriter(str(self.logdir))
+        self._tb = SummaryWriter(str(self.logdir),
+                                 purge_step=0 if resume_step is None else resume_step + 1)
         if progress_bar:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total_steps, dynamic_ncols=True, leave=True)
+            # A resumed run's bar starts at its checkpoint: its rate counts this run's steps.
+            self._bar = tqdm(total=total_steps, initial=max(resume_step or 0, 0),
+                             dynamic_ncols=True, leave=True)
 
     def write(self, step: int, metrics: Mapping[str, float], prefix: str = "") -> None:
         """Log scalar metrics of `step` (keys get `prefix`, e.g. "eval/")."""
@@ -114,7 +122,8 @@ class MetricsWriter:
     def resume(self, step: int) -> None:
         """Continue a killed run: drop lines logged after `step` (they will be logged again by
         the resumed run) and a line torn by the kill, and reload the rest, so curves cover the
-        whole history. The file is rewritten through a temporary sibling and a rename."""
+        whole history. The file is rewritten through a temporary sibling and a rename. Step −1:
+        a run killed before its first checkpoint starts again, and every line goes."""
         path = self.logdir / "metrics.jsonl" if self.enabled else None
         if path is None or not path.exists():
             return
@@ -137,8 +146,15 @@ class MetricsWriter:
             for key, value in row.items():
                 if key not in ("step", "time") and isinstance(value, (int, float)):
                     self.history[key].append((row["step"], float(value)))
+
+    def note(self, text: str) -> None:
+        """Print a line above the progress bar (a plain print inside it would share its line)."""
+        if not self.enabled:
+            return
         if self._bar is not None:
-            self.advance(step)
+            self._bar.write(text)
+        else:
+            print(text, flush=True)
 
     def close(self) -> None:
         if not self.enabled:
