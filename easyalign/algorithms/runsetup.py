@@ -133,7 +133,10 @@ def prepare(config, *, workdir: bool = True, trains: bool = True) -> Run:
             _stop_if_complete(config, directory)
     else:
         directory = Path(config.workdir).absolute()
+    generated = data_builtin.not_prepared(config)
     source_dirs = data_builtin.prepare(config)
+    for directory_made in generated if workdir else ():  # removed if the set-up fails
+        rundir.made_beside(directory, directory_made)
     return Run(config=config, mesh=mesh, workdir=directory,
                tokenizer=load_tokenizer(config, source_dirs), source_dirs=source_dirs)
 

@@ -9,6 +9,7 @@ this module generically and names no source itself:
                                        reads, and the tokenizer's for a scratch model without
                                        `data.tokenizer` (`SCRATCH_TOKENIZER`)
     prepare(config)                    {name: directory} of those, generated once
+    not_prepared(config)               the directories prepare will generate
     resolve(name)                      the BuiltinSource a `data.source` value names, or None
                                        (a file, `hf:...`)
     BuiltinSource.spec(dir, kind, split)   the file and columns that serve a kind and split
@@ -76,6 +77,12 @@ def used(config) -> list[str]:
 def prepare(config) -> dict[str, Path]:
     """`{name: directory}` of the built-in sources `config` needs, each generated once."""
     return {name: BUILTIN[name].prepare(config) for name in used(config)}
+
+
+def not_prepared(config) -> list[Path]:
+    """The directories `prepare(config)` will generate (those not there yet)."""
+    return [d for d in (BUILTIN[name].directory(config) for name in used(config))
+            if not d.exists()]
 
 
 def tokenizer_dir(prepared: Mapping[str, Path]) -> str:

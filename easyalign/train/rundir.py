@@ -301,6 +301,7 @@ class _Found:
     checkpoints: frozenset[str]   # `_checkpoint_entries`
     records: dict[str, bytes]     # its config and manifest files (`_RECORDS`) by name
     entries: frozenset[str] = frozenset()  # every name in it
+    made: list[Path] = dataclasses.field(default_factory=list)  # `made_beside`
 
 
 # What a training run makes in its workdir before its first checkpoint: the log of a run that
@@ -352,6 +353,17 @@ def undo_on_failure():
         _started.pop()  # the innermost, this one (uses nest)
 
 
+def made_beside(workdir: Path, path: Path) -> None:
+    """Record that the phase set up in `workdir` generated `path` outside it (a built-in data
+    source beside it, shared by sibling stages): the undo of a failed set-up removes it when it
+    lies in a directory the run itself created, so that directory goes too."""
+    for started in reversed(_started):
+        found = started.get(Path(workdir).absolute())
+        if found is not None:
+            found.made.append(Path(path).absolute())
+            return
+
+
 def _put_back(workdir: Path, found: _Found) -> str:
     """`undo_on_failure`'s undo of one workdir, and a phrase saying what it did; never raises
     (the phase's error is the one)."""
@@ -377,6 +389,9 @@ def _put_back(workdir: Path, found: _Found) -> str:
             if name not in found.entries and (workdir / name).is_dir():
                 shutil.rmtree(workdir / name)
         if found.created is not None:
+            for path in found.made:
+                if found.created in path.parents:
+                    shutil.rmtree(path, ignore_errors=True)
             for directory in (workdir, *workdir.parents):
                 directory.rmdir()  # an OSError (not empty) ends the walk up
                 if directory == found.created:
