@@ -2,9 +2,10 @@
 anything is built, loaded or written (`check_paths`).
 
 * the models a run loads (`model.path`, PPO's, GRPO's and distillation's frozen models, the
-  teacher, `generate.model`) exist and are complete: a checkpoint's `model_config.json`, an HF
-  directory's `config.json` that parses, safetensors files whose headers and sizes agree, the
-  tokenizer files (`check_model_source`, `check_hf_dir`, `check_safetensors`);
+  teacher, `generate.model`, eval's and latency's variants) exist and are complete: a
+  checkpoint's `model_config.json`, an HF directory's `config.json` that parses, safetensors
+  files whose headers and sizes agree, the tokenizer files (`check_model_source`,
+  `check_hf_dir`, `check_safetensors`);
 * every `@stage` reference (those keys, `distill.teacher_data`, eval's and latency's variants)
   names a stage directory that exists or that the same pipeline plans to make
   (`planned_stages`): one line naming the key, the missing path, the command that makes it and
@@ -44,8 +45,11 @@ def check_paths(config) -> None:
 
         check_stage_reference(config, "distill.teacher_data", d.teacher_data,
                               TEACHER_DATA_FILE, TEACHER_DATA_FILE)
-    for key, value, instead in _stage_variants(config):
-        check_stage_reference(config, key, value, instead=instead)
+    for key, value, instead in _variant_models(config):
+        if value.startswith("@"):
+            check_stage_reference(config, key, value, instead=instead)
+        else:
+            check_model_source(config, key, value)
     if "data" in config and config.phase not in ("eval", "latency", "pipeline", "ablate"):
         for key in ("source", "eval_source"):
             check_data_source(config, f"data.{key}", config.data.get(key, ""))
@@ -108,9 +112,10 @@ def grpo_reward_names(spec: str) -> dict:
         return {}
 
 
-def _stage_variants(config) -> list[tuple[str, str, str]]:
-    """`(key, value, instead)` of the `@stage` models an eval or latency run loads
-    (`eval.variants`, `eval.reference`, ...); their other paths are checked as they load."""
+def _variant_models(config) -> list[tuple[str, str, str]]:
+    """`(key, value, instead)` of the models an eval or latency run loads (`eval.variants`,
+    `eval.reference`, ...): `@stage`s and paths alike, checked before the first variant runs
+    (a missing path used to surface after the prompts were loaded, naming no key)."""
     phase = config.get("phase")
     if phase not in ("eval", "latency"):
         return []
@@ -124,7 +129,7 @@ def _stage_variants(config) -> list[tuple[str, str, str]]:
     if phase == "eval":
         out += [(f"eval.{k}", block.get(k, ""), f"set eval.{k}=PATH")
                 for k in ("reference", "reward_model")]
-    return [entry for entry in out if str(entry[1]).startswith("@")]
+    return [entry for entry in out if entry[1]]
 
 
 def _stage(config, value: str) -> Path:

@@ -103,6 +103,10 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
          "--dtype='bf16': not one of float32 | bfloat16 | float16; did you mean 'bfloat16'?"),
         ("overrides without --config", ["sft", "--config.train.steps=3"],
          "missing --config=FILE[:preset]"),
+        # Reported: a missing variant surfaced after the prompts were loaded, naming no key.
+        ("eval: missing variant path", ["eval", "--config=configs/eval.py",
+                                        f"--config.eval.variants=('x={tmp / 'nope'}/model',)"],
+         f"eval.variants[x]={tmp / 'nope'}/model: no such file or directory"),
         # Reported: reported as a missing --config, the misspelt flag unnamed.
         ("--config misspelt", ["sft", "--confg=configs/sft.py:tiny"],
          "unknown flag --confg (--confg=configs/sft.py:tiny): did you mean --config?"),

@@ -3,6 +3,7 @@ and `easyalign eval` end to end on tiny random variants (world suites, AdvBench,
 
 import json
 import math
+import re
 
 import jax
 import jax.numpy as jnp
@@ -97,6 +98,15 @@ def test_mc1_mc2_on_known_likelihoods():
 
 
 # ----------------------------------------------------------------------------- parsing
+def test_an_extra_suite_file_that_is_not_there_is_named_with_its_key(tmp_path):
+    """Reported: `[Errno 2] No such file or directory: '…/harmful.csv'`, naming no key."""
+    from easyalign.eval.suites import extra_suite
+
+    with pytest.raises(ValueError, match=re.escape(
+            f"eval.extra_suites.adv: path={tmp_path / 'harmful.csv'}: no such file")):
+        extra_suite("adv", str(tmp_path / "harmful.csv"), column="goal", tag="harmful")
+
+
 def test_parse_variants_and_extra_suites():
     expected = {"sft": "/a/sft", "dpo": "/b/dpo"}
     assert parse_named_paths("sft=/a/sft, dpo=/b/dpo") == expected

@@ -211,6 +211,8 @@ def extra_suite(name: str, path: str, column: str = "prompt", tag: str = "plain"
     if name in WORLD_SUITES:
         raise ValueError(f"eval.extra_suites: {name!r} is the name of a built-in world suite")
     where = f"eval.extra_suites.{name} ({path})"
+    if not path.startswith("hf:") and not Path(path).exists():  # not an OS error's bare text
+        raise ValueError(f"eval.extra_suites.{name}: path={path}: no such file")
     rows = read_rows({"path": path})
     conditions = parse_filter(filter, where)
     _check_columns(rows, [c for c, _, _ in conditions] + [
