@@ -93,7 +93,8 @@ def load_step_model(step_dir: str | Path, mesh=None, **config_overrides):
         workdir = step_dir.parent.parent
         raise StepCheckpointError(
             f"{step_dir}: a checkpoint of a LoRA run holds only the adapters (the base is not "
-            f"saved with them); pass the finished run's workdir ({workdir}) instead")
+            f"saved with them, and a step is not assembled from the run's model.path); the "
+            f"finished run's workdir ({workdir}) gives its final model")
     config = config.replace(**config_overrides)
     mesh = mesh or sharding.single_device_mesh()
     graphdef, abstract, shardings = abstract_model(config, mesh)
