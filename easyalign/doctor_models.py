@@ -29,20 +29,13 @@ def read_model_config(config, path: str) -> ModelConfig:
     (a stage that has not run yet: `planned_stage_model`)."""
     from easyalign.algorithms.runsetup import stage_path
     from easyalign.hf.checkpoint import resolve_model_dir
+    from easyalign.hf.models import read_source_config
 
     planned = planned_stage_model(config, path)
     if planned is not None:
         return planned[0]
     location, kind = resolve_model_dir(stage_path(config, path))
-    return _read_stored(kind, location)
-
-
-def _read_stored(kind: str, location) -> ModelConfig:
-    """The ModelConfig stored with a model of `kind` (checkpoint, hf, gguf) at `location`."""
-    from easyalign.hf import read_checkpoint_config, read_gguf_config, read_hf_config
-
-    return {"checkpoint": read_checkpoint_config, "hf": read_hf_config,
-            "gguf": read_gguf_config}[kind](location)
+    return read_source_config(kind, location)
 
 
 def planned_stage_model(config, path: str) -> tuple[ModelConfig, str] | None:
@@ -113,27 +106,20 @@ def main_model(config) -> tuple[ModelConfig, str]:
 
 def _source_model(config, m) -> tuple[ModelConfig, str]:
     """The ModelConfig a loading block (`init=hf|checkpoint|gguf|derive`) starts from, before
-    its numerics, and where it comes from: read from `model.path` (by `m.init`'s kind, as the
-    run loads it), or planned from the stage's config for a `@stage` not run yet. `init=derive`
-    cuts either to the student's layers and MLP width, as `hf.models.source_model_config` does
-    a stored teacher: a student of a teacher not trained yet is the student the run will
-    derive, not the whole teacher."""
+    its numerics, and where it comes from: read from `model.path`, or planned from the stage's
+    config for a `@stage` not run yet — and for `init=derive` cut to the student's shape either
+    way (`hf.models.source_model_config`): a student of a teacher not trained yet is the
+    student the run will derive, not the whole teacher."""
     from easyalign.algorithms.runsetup import stage_path
-    from easyalign.hf.models import model_source
-    from easyalign.model.student import parse_layers, student_config
+    from easyalign.hf.models import source_model_config
 
     path = m.path or "@sft"  # DPO's empty path is the sibling SFT stage
+    block = ConfigDict(m.to_dict())
+    block.path = stage_path(config, path)
     planned = planned_stage_model(config, path)
     if planned is not None:
-        model, where = planned
-    else:
-        block = ConfigDict(m.to_dict())
-        block.path = stage_path(config, path)
-        model, where = _read_stored(*model_source(block)), f"{m.init} {path}"
-    if m.init == "derive":
-        model = student_config(model, parse_layers(m.layers, model.num_layers),
-                               m.intermediate_size)
-    return model, where
+        return source_model_config(block, stored=planned[0]), planned[1]
+    return source_model_config(block), f"{m.init} {path}"
 
 
 def extra_models(config, policy: ModelConfig) -> list[dict]:

@@ -45,10 +45,12 @@ def model_source(m) -> tuple[str, str]:
     return kind, str(resolve_gguf(path)) if kind == "gguf" else path
 
 
-def source_model_config(m) -> ModelConfig:
+def source_model_config(m, stored: ModelConfig | None = None) -> ModelConfig:
     """The stored ModelConfig a loading block (`init=hf|checkpoint|gguf|derive`) starts from,
-    before the block's numerics and overrides; a derived student's shape for `derive`."""
-    config = _read_source_config(*model_source(m))
+    before the block's numerics and overrides; a derived student's shape for `derive`.
+    `stored`: the source's config when known without reading `m.path` (the doctor plans a
+    `@stage` that has not run yet from its stage config)."""
+    config = stored if stored is not None else read_source_config(*model_source(m))
     if m.init == "derive":
         from easyalign.model.student import student_config
 
@@ -56,7 +58,8 @@ def source_model_config(m) -> ModelConfig:
     return config
 
 
-def _read_source_config(kind: str, path: str) -> ModelConfig:
+def read_source_config(kind: str, path: str) -> ModelConfig:
+    """The ModelConfig stored with a model of `kind` (`model_source`: checkpoint, hf, gguf)."""
     from easyalign.hf import read_checkpoint_config, read_hf_config
     from easyalign.hf.gguf import read_gguf_config
 
