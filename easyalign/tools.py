@@ -4,7 +4,8 @@
     easyalign convert --from_gguf=FILE.gguf|smollm2 --out=CKPT_DIR [--dtype=float32]
     easyalign convert --from_hf=HF_DIR --peft=ADAPTER_DIR --out=CKPT_DIR   (base + PEFT LoRA)
     easyalign convert --to_hf=CKPT_DIR --out=HF_DIR [--dtype=bfloat16] [--max_shard_size=2GB]
-    easyalign convert --to_hf=CKPT_DIR --out=ADAPTER_DIR --adapter=peft [--base_model=NAME]
+    easyalign convert --to_hf=CKPT_DIR --out=ADAPTER_DIR --adapter=peft [--base_model=HF_DIR|REPO]
+    easyalign convert --to_hf=CKPT_DIR --out=BASE_DIR --adapter=base  (a LoRA model's base)
     easyalign sample --checkpoint=DIR --prompt="What is 2+3?" [--prompt=...] \
         [--max_new_tokens=64] [--method=greedy|temperature|top_k|top_p] [--temperature=0.7] \
         [--top_k=40] [--top_p=0.9] [--seed=0] [--json]
@@ -124,10 +125,14 @@ def _define_convert(fv: flags.FlagValues) -> None:
                         flag_values=fv)
     flags.DEFINE_string("peft", None, "--from_hf: a PEFT LoRA adapter directory for that base, "
                         "imported with it", flag_values=fv)
-    flags.DEFINE_enum("adapter", "merged", ["merged", "peft"], "--to_hf of a LoRA model: the "
-                      "merged model, or the adapters alone in PEFT's format", flag_values=fv)
-    flags.DEFINE_string("base_model", "", "--adapter=peft: the base model recorded in "
-                        "adapter_config.json (base_model_name_or_path)", flag_values=fv)
+    flags.DEFINE_enum("adapter", "merged", ["merged", "peft", "base"], "--to_hf of a LoRA "
+                      "model: the merged model, the adapters alone in PEFT's format, or the "
+                      "base they were trained on (an HF directory for --base_model)",
+                      flag_values=fv)
+    flags.DEFINE_string("base_model", "", "--adapter=peft: the adapters' base, recorded in "
+                        "adapter_config.json (base_model_name_or_path): an HF directory (checked "
+                        "against the base; e.g. --adapter=base's output) or a hub repo id; "
+                        "default the run's own base when it is an HF directory", flag_values=fv)
 
 
 def _convert(args: list[str]) -> None:
@@ -139,6 +144,11 @@ def _convert(args: list[str]) -> None:
                         "--to_hf=CHECKPOINT (with --out=DIR)")
     if not fv.out:
         raise ToolError("missing --out=DIR")
+    if fv.to_hf is None and fv["adapter"].present:
+        raise ToolError(f"--adapter={fv.adapter} is for --to_hf (the export of a LoRA model)")
+    if fv.base_model and fv.adapter != "peft":
+        raise ToolError(f"--base_model={fv.base_model} names the base of a PEFT adapter: it "
+                        "goes with --adapter=peft")
     _check_dtype(fv.dtype)
     out = Path(fv.out)
     if out.exists() and any(out.iterdir()):
@@ -185,17 +195,27 @@ def _convert(args: list[str]) -> None:
         if kind == "gguf":
             raise ToolError(f"--to_hf={fv.to_hf} is a GGUF file: convert it with "
                             f"--from_gguf={fv.to_hf} first, then --to_hf the checkpoint")
-        from easyalign.hf.peft import PeftAdapterError
+        from easyalign.hf.peft import PeftAdapterError, export_adapter
 
         try:
-            convert_checkpoint_to_hf(source, out, mesh=mesh, max_shard_size=fv.max_shard_size,
-                                     dtype=fv.dtype, adapter=fv.adapter,
-                                     base_model=fv.base_model)
+            if fv.adapter == "peft":
+                _, base, notes = export_adapter(source, out, base_model=fv.base_model,
+                                                dtype=fv.dtype, mesh=mesh)
+            else:
+                convert_checkpoint_to_hf(source, out, mesh=mesh,
+                                         max_shard_size=fv.max_shard_size, dtype=fv.dtype,
+                                         adapter=fv.adapter)
         except PeftAdapterError as e:
             raise ToolError(str(e)) from None
         _publish(out, final)
-        what = "PEFT adapter" if fv.adapter == "peft" else "HF directory"
-        print(f"easyalign convert: {source} → {what} {final}")
+        if fv.adapter == "peft":
+            for note in notes:
+                print(f"easyalign convert: note: {note}")
+            print(f"easyalign convert: {source} → PEFT adapter {final} (base_model_name_or_path:"
+                  f" {base})")
+        else:
+            what = "HF directory of the base" if fv.adapter == "base" else "HF directory"
+            print(f"easyalign convert: {source} → {what} {final}")
 
 
 def _export_step(fv: flags.FlagValues, mesh, out: Path) -> None:
@@ -204,9 +224,9 @@ def _export_step(fv: flags.FlagValues, mesh, out: Path) -> None:
     from easyalign.hf.export import to_hf
     from easyalign.hf.step_checkpoint import load_step_model
 
-    if fv.adapter == "peft":
-        raise ToolError(f"--to_hf={fv.to_hf} --adapter=peft: an intermediate checkpoint of a "
-                        "LoRA run is not exported; pass the finished run's workdir")
+    if fv.adapter != "merged":
+        raise ToolError(f"--to_hf={fv.to_hf} --adapter={fv.adapter}: an intermediate checkpoint "
+                        "of a LoRA run is not exported; pass the finished run's workdir")
     to_hf(load_step_model(fv.to_hf, mesh=mesh), out, max_shard_size=fv.max_shard_size,
           dtype=fv.dtype)
     tokenizer = step_tokenizer(fv.to_hf)

@@ -25,6 +25,7 @@ from __future__ import annotations
 import datetime
 import json
 import shutil
+import warnings
 from pathlib import Path
 
 import jax
@@ -144,16 +145,30 @@ def convert_checkpoint_to_hf(ckpt_dir: str | Path, out_dir: str | Path,
                              base_model: str = "") -> Path:
     """Model checkpoint → HF directory (weights in `dtype`, default the stored param dtype).
 
-    A model with LoRA adapters is written merged (`adapter="merged"`) or as a PEFT adapter
-    directory (`adapter="peft"`, `base_model` recorded as its base; `hf.peft.to_peft`).
+    A model with LoRA adapters is written merged (`adapter="merged"`), as a PEFT adapter
+    directory (`adapter="peft"`: `hf.peft.export_adapter`, which records `base_model` — or the
+    run's own HF base — after checking it, and refuses a base PEFT cannot load; its notes are
+    warnings here), or as its base alone (`adapter="base"`: the weights the adapters were
+    trained on, `hf.peft.base_of`, an HF directory to give the PEFT adapter as its base).
     """
-    model = load_checkpoint_model(ckpt_dir, mesh=mesh)
     if adapter == "peft":
-        from easyalign.hf.peft import to_peft
+        from easyalign.hf.peft import export_adapter
 
-        return to_peft(model, out_dir, base_model=base_model, dtype=dtype or "float32")
-    if adapter != "merged":
-        raise ValueError(f"adapter={adapter!r}: expected merged or peft")
+        out_dir, _, notes = export_adapter(ckpt_dir, out_dir, base_model=base_model,
+                                           dtype=dtype, mesh=mesh)
+        for note in notes:
+            warnings.warn(note, stacklevel=2)
+        return out_dir
+    if adapter not in ("merged", "base"):
+        raise ValueError(f"adapter={adapter!r}: expected merged, peft or base")
+    model = load_checkpoint_model(ckpt_dir, mesh=mesh)
+    if adapter == "base":
+        from easyalign.hf.peft import PeftAdapterError, base_of
+
+        if model.config.lora is None:
+            raise PeftAdapterError(f"{ckpt_dir}: the model has no LoRA adapters, so it is its "
+                                   "own base: export it without --adapter (merged)")
+        model = base_of(model)
     out_dir = to_hf(model, out_dir, max_shard_size=max_shard_size, dtype=dtype)
     if jax.process_index() == 0:
         _copy_tokenizer(Path(ckpt_dir) / TOKENIZER_DIR, Path(out_dir))
