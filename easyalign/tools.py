@@ -226,10 +226,11 @@ def _export_step(fv: flags.FlagValues, mesh, out: Path) -> None:
 
     if fv.adapter != "merged":
         raise ToolError(f"--to_hf={fv.to_hf} --adapter={fv.adapter}: an intermediate checkpoint "
-                        "of a LoRA run is not exported; pass the finished run's workdir")
-    to_hf(load_step_model(fv.to_hf, mesh=mesh), out, max_shard_size=fv.max_shard_size,
-          dtype=fv.dtype)
+                        "of a LoRA run is exported merged (its base and adapters as one model); "
+                        "--adapter=peft|base take the finished run's workdir")
     tokenizer = step_tokenizer(fv.to_hf)
+    to_hf(load_step_model(fv.to_hf, mesh=mesh, tokenizer=tokenizer), out,
+          max_shard_size=fv.max_shard_size, dtype=fv.dtype)
     if tokenizer is None:
         print(f"easyalign convert: note: the tokenizer of the run of {fv.to_hf} was not found; "
               "copy its tokenizer files into the output")
@@ -316,13 +317,12 @@ def _step_model(fv: flags.FlagValues, mesh):
     from transformers import AutoTokenizer
 
     dtype = fv.dtype or step_model_config(fv.checkpoint).param_dtype
-    model = load_step_model(fv.checkpoint, mesh=mesh, dtype=dtype)
     tokenizer = (AutoTokenizer.from_pretrained(fv.tokenizer) if fv.tokenizer
                  else step_tokenizer(fv.checkpoint))
     if tokenizer is None:
         raise ToolError(f"--checkpoint={fv.checkpoint}: the tokenizer of its run was not found; "
                         "pass --tokenizer=DIR")
-    return model, tokenizer
+    return load_step_model(fv.checkpoint, mesh=mesh, tokenizer=tokenizer, dtype=dtype), tokenizer
 
 
 def sample(args: list[str]) -> None:

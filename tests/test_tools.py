@@ -162,6 +162,30 @@ def test_an_intermediate_checkpoint_is_exported_and_sampled(world_model, tmp_pat
         check_model_source({}, "model.path", str(step), "checkpoint")
 
 
+def test_a_lora_runs_step_is_its_base_and_adapters_merged(tmp_path, capsys):
+    """Reported: a LoRA run's steps could not be exported or sampled (its train state holds
+    the adapters alone). A step is the base loaded as the run loaded it (here from the run's
+    seed: a scratch base) with the step's adapters, merged: the last step exports exactly the
+    finished run's merged model, an earlier step another one, and it samples."""
+    from conftest import phase_config
+    from easyalign import stages
+
+    workdir = tmp_path / "runs" / "l" / "sft"
+    stages.run("sft", phase_config("sft", workdir, train__steps=2, train__checkpoint_every=1,
+                                   train__plot=False, model__lora__rank=4))
+    tools.convert([f"--to_hf={workdir}", f"--out={tmp_path / 'final'}"])  # merged
+    for step in (1, 2):
+        tools.convert([f"--to_hf={workdir / 'checkpoints' / str(step)}",
+                       f"--out={tmp_path / f'step{step}'}"])
+    assert_same_tensors(tmp_path / "final", tmp_path / "step2")
+    with pytest.raises(AssertionError):  # step 1's adapters are not step 2's
+        assert_same_tensors(tmp_path / "final", tmp_path / "step1")
+    capsys.readouterr()
+    tools.sample([f"--checkpoint={workdir / 'checkpoints' / '1'}", f"--prompt={PROMPTS[0]}",
+                  "--max_new_tokens=4", "--json"])
+    assert json.loads(capsys.readouterr().out.strip().splitlines()[-1])["response"] is not None
+
+
 # ----------------------------------------------------------------------------- sample
 def test_sample_prints_the_samplers_completions(world_model, capsys):
     root, _, checkpoint = world_model

@@ -16,7 +16,10 @@ of a run that is still going, or that was stopped:
   source model's, or a built-in source's when it was generated).
 
 A LoRA run's train state holds only the adapters (the base is not trained, so not saved):
-it cannot be read without the base, and says what to pass instead.
+its step's model is the base loaded again as the run loaded it (`hf.models.init_model` with
+the run's recorded `model` block, `<workdir>/config.json`), the step's adapters restored into
+it and merged (`lora.merge`: a model without adapters, as `convert --to_hf` writes a finished
+LoRA run's model).
 """
 
 from __future__ import annotations
@@ -69,35 +72,9 @@ def step_model_config(step_dir: str | Path) -> ModelConfig:
                               "checkpoint saved by another easyalign version?)")
 
 
-def _params_prefix(step_dir: Path, wanted: set[tuple]) -> tuple[str, ...]:
-    """Where the model's params lie in the stored train state: `("params",)`, or
-    `("params", "policy")` for PPO's policy + value state."""
-    with ocp.PyTreeCheckpointer() as checkpointer:
-        tree = checkpointer.metadata(step_dir / STATE_ITEM).item_metadata.tree
-    params = tree.get("params", {}) if isinstance(tree, dict) else {}
-    for prefix, subtree in ((("params",), params),
-                            *((("params", k), v) for k, v in params.items()
-                              if isinstance(v, dict))):
-        if _paths(subtree) == wanted:
-            return prefix
-    raise StepCheckpointError(f"{step_dir}: its train state holds no parameters of the model "
-                              "its model config describes")
-
-
-def load_step_model(step_dir: str | Path, mesh=None, **config_overrides):
-    """The model of a saved step, restored into the shardings of `mesh` (default: one
-    device); `config_overrides` as `load_checkpoint_model`'s (`dtype`, `param_dtype`)."""
-    step_dir = Path(step_dir).absolute()
-    config = step_model_config(step_dir)
-    if config.lora is not None:
-        workdir = step_dir.parent.parent
-        raise StepCheckpointError(
-            f"{step_dir}: a checkpoint of a LoRA run holds only the adapters (the base is not "
-            f"saved with them, and a step is not assembled from the run's model.path); the "
-            f"finished run's workdir ({workdir}) gives its final model")
-    config = config.replace(**config_overrides)
-    mesh = mesh or sharding.single_device_mesh()
-    graphdef, abstract, shardings = abstract_model(config, mesh)
+def _restore_params(step_dir: Path, abstract, shardings):
+    """The params of `abstract` (an nnx State of `ShapeDtypeStruct`s, with `shardings`) as the
+    step's train state holds them (`_params_prefix`), restored alone: a pure dict."""
     # The stored nnx state keeps each variable's value under a "value" key.
     target = jax.tree.map(lambda value, where: {"value": jax.ShapeDtypeStruct(
         value.shape, value.dtype, sharding=where)},
@@ -113,9 +90,72 @@ def load_step_model(step_dir: str | Path, mesh=None, **config_overrides):
             partial_restore=True))
     for key in prefix:
         restored = restored[key]
-    params = jax.tree.map(lambda leaf: leaf["value"], restored,
-                          is_leaf=lambda x: isinstance(x, dict) and set(x) == {"value"})
-    nnx.replace_by_pure_dict(abstract, params)
+    return jax.tree.map(lambda leaf: leaf["value"], restored,
+                        is_leaf=lambda x: isinstance(x, dict) and set(x) == {"value"})
+
+
+def _lora_step_model(step_dir: Path, mesh, tokenizer, config_overrides: dict):
+    """A LoRA run's step (module docstring): the base as the run loaded it, the step's
+    adapters, merged. Raises StepCheckpointError when the run left no record of its base, or
+    its base was initialised from scratch and `tokenizer` (the run's) is not given."""
+    import types
+
+    from ml_collections import ConfigDict
+
+    from easyalign.hf.models import init_model
+    from easyalign.model import lora
+
+    workdir = step_dir.parent.parent
+    try:
+        record = ConfigDict(json.loads((workdir / "config.json").read_text()))
+        record.model.update(config_overrides)
+    except (OSError, ValueError, AttributeError) as error:
+        raise StepCheckpointError(
+            f"{step_dir}: a LoRA run's step holds only its adapters, and the run's record of "
+            f"its base ({workdir / 'config.json'}) cannot be read ({error}); the finished "
+            f"run's workdir gives its final model") from None
+    if record.model.init == "scratch" and tokenizer is None:  # its ids and vocabulary
+        raise StepCheckpointError(f"{step_dir}: the base of this LoRA run was initialised from "
+                                  "scratch, with its tokenizer's ids: pass the run's tokenizer")
+    # The base loaded again as the run did (a scratch base from the run's seed), with fresh
+    # adapters of the run's shape.
+    model = init_model(types.SimpleNamespace(config=record, mesh=mesh, tokenizer=tokenizer))
+    trainable, _ = lora.split(nnx.state(model, nnx.Param))
+    shardings = jax.tree.map(lambda x: x.sharding, trainable)
+    abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), trainable)
+    nnx.replace_by_pure_dict(trainable, _restore_params(step_dir, abstract, shardings))
+    nnx.update(model, trainable)
+    return lora.merge(model)
+
+
+def _params_prefix(step_dir: Path, wanted: set[tuple]) -> tuple[str, ...]:
+    """Where the model's params lie in the stored train state: `("params",)`, or
+    `("params", "policy")` for PPO's policy + value state."""
+    with ocp.PyTreeCheckpointer() as checkpointer:
+        tree = checkpointer.metadata(step_dir / STATE_ITEM).item_metadata.tree
+    params = tree.get("params", {}) if isinstance(tree, dict) else {}
+    for prefix, subtree in ((("params",), params),
+                            *((("params", k), v) for k, v in params.items()
+                              if isinstance(v, dict))):
+        if _paths(subtree) == wanted:
+            return prefix
+    raise StepCheckpointError(f"{step_dir}: its train state holds no parameters of the model "
+                              "its model config describes")
+
+
+def load_step_model(step_dir: str | Path, mesh=None, tokenizer=None, **config_overrides):
+    """The model of a saved step, restored into the shardings of `mesh` (default: one
+    device); `config_overrides` as `load_checkpoint_model`'s (`dtype`, `param_dtype`). A LoRA
+    run's step comes back merged (module docstring; `tokenizer`, the run's, is needed when its
+    base was initialised from scratch)."""
+    step_dir = Path(step_dir).absolute()
+    config = step_model_config(step_dir)
+    mesh = mesh or sharding.single_device_mesh()
+    if config.lora is not None:
+        return _lora_step_model(step_dir, mesh, tokenizer, config_overrides)
+    config = config.replace(**config_overrides)
+    graphdef, abstract, shardings = abstract_model(config, mesh)
+    nnx.replace_by_pure_dict(abstract, _restore_params(step_dir, abstract, shardings))
     return nnx.merge(graphdef, abstract)
 
 
