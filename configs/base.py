@@ -68,6 +68,8 @@ def get_config(preset: str = "") -> ConfigDict:
     c.distributed.cpu_collectives = "gloo"  # CPU-only multi-process collectives
     c.distributed.heartbeat_timeout_s = 30   # a process silent this long is declared dead and
     #                                          the others stop with an error (JAX's default: 100)
+    c.distributed.init_timeout_s = 300   # a process the others do not join within this stops
+    #                                      with one line
 
     # ------------------------------------------------------------------ data
     c.data = d = ConfigDict()

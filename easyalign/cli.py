@@ -312,6 +312,16 @@ def describe(error: BaseException, command: str = "", workdir: str | None = None
         if isinstance(e, (PermissionError, IsADirectoryError, NotADirectoryError)) or (
                 isinstance(e, OSError) and e.errno == errno.EROFS):
             return f"{e.strerror or e}: {e.filename}" if e.filename else str(e)
+    from easyalign import distributed
+
+    if isinstance(error, distributed.DistributedError):
+        return str(error)
+    if distributed.is_initialized() and any(mark in str(e) for e in chain for mark in (
+            "Gloo", "Connection reset by peer", "Connection refused", "DEADLINE_EXCEEDED",
+            "coordination service", "another task", "heartbeat")):
+        return ("another process of this run stopped or cannot be reached "
+                f"({_last_line(' '.join(str(error).split()))[:200]}): start every process "
+                "again with the same command; each resumes from the last complete checkpoint")
     if isinstance(error, (ValueError, FileNotFoundError, NonFiniteLossError, KeyError)):
         text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
         return " ".join(text.split())
@@ -373,7 +383,17 @@ def main(argv: list[str] | None = None) -> None:
         if isinstance(e, KeyboardInterrupt) or _ctrl_c:
             _exit_interrupted(command)
         _silence_stderr_loggers()
-        sys.exit(f"easyalign {command}: {describe(e, command, workdir, rundir.undone)}")
+        line = f"easyalign {command}: {describe(e, command, workdir, rundir.undone)}"
+        from easyalign import distributed
+
+        if distributed.is_initialized():
+            # Not through interpreter shutdown: the JAX runtime's teardown with a process gone
+            # (or a join still pending) aborts with a C++ stack trace and exit status 134.
+            rundir.release()
+            print(line, file=sys.stderr, flush=True)
+            sys.stdout.flush()
+            os._exit(1)
+        sys.exit(line)
     finally:
         rundir.release()
 

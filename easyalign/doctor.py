@@ -131,9 +131,12 @@ def _visible_count(count: int, platform: str) -> int:
 
 def coordinator(address: str, is_coordinator: bool, timeout: float) -> dict:
     """Process 0 binds the port; the others must reach it. Never joins the runtime."""
+    from easyalign.distributed import check_coordinator
+
+    problem = check_coordinator(address)
+    if problem:
+        return {"ok": False, "detail": problem}
     host, _, port = address.rpartition(":")
-    if not host or not port.isdigit():
-        return {"ok": False, "detail": f"{address!r} is not HOST:PORT"}
     if is_coordinator:
         with socket.socket() as s:
             try:

@@ -107,6 +107,10 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval: missing variant path", ["eval", "--config=configs/eval.py",
                                         f"--config.eval.variants=('x={tmp / 'nope'}/model',)"],
          f"eval.variants[x]={tmp / 'nope'}/model: no such file or directory"),
+        # Reported: "IndexError: list index out of range (an internal error …)".
+        ("coordinator without a port", SFT + ["--coordinator=127.0.0.1", "--num_processes=2",
+                                              "--process_id=0"],
+         "--coordinator: '127.0.0.1' is not HOST:PORT (e.g. 10.0.0.1:1234)"),
         # Reported: reported as a missing --config, the misspelt flag unnamed.
         ("--config misspelt", ["sft", "--confg=configs/sft.py:tiny"],
          "unknown flag --confg (--confg=configs/sft.py:tiny): did you mean --config?"),
