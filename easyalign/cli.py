@@ -76,6 +76,21 @@ def _unknown_key(args: list[str]) -> ConfigError:
     return ConfigError(f"unknown config key in {[a for a in args if a.startswith('--config.')]}")
 
 
+def _config_dir(args: list[str]) -> str:
+    """The directory of the `--config=FILE[:preset]` file ("" when none is given)."""
+    value = next((a[len("--config="):] for a in args if a.startswith("--config=")), "")
+    path = value.rsplit(":", 1)[0] if ":" in Path(value).name else value
+    return os.path.dirname(os.path.abspath(path)) if path else ""
+
+
+def _importable_beside(args: list[str]) -> None:
+    """Let a config file import the modules beside it (`my_rewards.py` next to `my_grpo.py`),
+    as `python my_grpo.py` would: its directory goes on `sys.path`."""
+    directory = _config_dir(args)
+    if directory and directory not in sys.path:
+        sys.path.insert(0, directory)
+
+
 def load_config(args: list[str]):
     """Parse `--config=FILE[:preset]`, `--config.a.b=v` overrides and the multi-host flags."""
     argv = ["easyalign"] + list(args)
@@ -89,6 +104,7 @@ def load_config(args: list[str]):
         raise ConfigError("missing --config=FILE[:preset] (e.g. --config=configs/sft.py:tiny)"
                           + (" before the --config.KEY=VALUE overrides"
                              if any(a.startswith("--config.") for a in args) else ""))
+    _importable_beside(args)
     try:
         fv = _config_flags(argv)
         rest = fv(argv)
@@ -97,6 +113,10 @@ def load_config(args: list[str]):
             config.get("phase")  # a file that failed to load raises only when first used
     except (AttributeError, KeyError):  # ml_collections: an override names no field
         raise _unknown_key(args) from None
+    except ImportError as e:  # the config file's own imports (a module of one's own)
+        where = next((a for a in args if a.startswith("--config=")), "--config")
+        raise ConfigError(f"{where}: {e} (the file's directory, {_config_dir(args)}, and the "
+                          "PYTHONPATH are searched)") from None
     except flags.Error as e:
         message = str(e)
         if "Error whilst parsing config file" in message or "Traceback" in message:

@@ -1,7 +1,9 @@
 """The README's Python snippet runs as written, on a tiny random HF model (only its placeholder
 paths are replaced), and `easyalign.run` is the stage table's entry point."""
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +74,8 @@ def test_readme_reward_config_file_registers_it_for_the_command_line(tmp_path, m
     (tmp_path / "my_rewards.py").write_text(
         "def has_citation(record, response):\n    return float('[1]' in response)\n")
     (tmp_path / "my_grpo.py").write_text(readme_python("def get_config("))
-    monkeypatch.syspath_prepend(str(tmp_path))
+    # Reported: the CLI did not find `my_rewards` beside the config file ("an internal error").
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", os.getcwd())])
     try:
         config = load_config([f"--config={tmp_path / 'my_grpo.py'}:tiny",
                               f"--config.workdir={tmp_path / 'run'}"])
