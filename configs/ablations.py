@@ -12,14 +12,20 @@ workdir) are reused.
 
 from configs import pipeline
 
-ABLATION_STAGES = ("student_offline=distill:tiny_offline",
-                   "student_reward_weighted=distill:tiny_reward_weighted")
+
+def ablation_stages(preset: str) -> tuple[str, ...]:
+    """The two distillation variants, with the `configs/distill.py` presets of this pipeline's
+    data (`tiny_*` on the built-in world, `real_*` on the real preset's)."""
+    family = "real" if preset == "real" else "tiny"
+    return (f"student_offline=distill:{family}_offline",
+            f"student_reward_weighted=distill:{family}_reward_weighted")
 
 
 def get_config(preset: str = ""):
     c = pipeline.get_config(preset)
     c.phase = "ablate"
     stages = list(c.pipeline.stages)
-    at = stages.index("eval")
-    c.pipeline.stages = tuple(stages[:at] + list(ABLATION_STAGES) + stages[at:])
+    # Before the evaluation stage, whatever its entry says (`eval`, or `eval=eval:real`).
+    at = next(i for i, entry in enumerate(stages) if entry.split("=")[0] == "eval")
+    c.pipeline.stages = tuple(stages[:at] + list(ablation_stages(preset)) + stages[at:])
     return c

@@ -18,7 +18,10 @@ compare them at equal steps):
                 on-policy ablation)
   tiny_offline  sequence-level KD on the teacher data (cross-entropy + top-k KL)
 and `real`: a student derived from the real DPO teacher (12 of its 30 layers) distilled
-on-policy on HH-RLHF harmless prompts (the real pipeline's stage).
+on-policy on HH-RLHF harmless prompts (the real pipeline's stage); `real_offline` and
+`real_reward_weighted` are its two ablation variants (`easyalign ablate
+--config=configs/ablations.py:real`), as `tiny_offline` and `tiny_reward_weighted` are the
+tiny one's.
 """
 
 from ml_collections import ConfigDict
@@ -59,7 +62,7 @@ def get_config(preset: str = ""):
         c.train.log_every = 25
         c.optim.lr = 2e-3
         c.optim.warmup_steps = 20
-    if preset == "real":
+    if preset in ("real", "real_offline", "real_reward_weighted"):
         # A student of 12 of the teacher's 30 layers (evenly spread, embeddings and head copied),
         # on-policy GKD on HH-RLHF harmless prompts, half the steps on the teacher's responses.
         base.real(c, base.HH_HARMLESS, max_length=352)  # prompt ≤ 256 + 96 new tokens
@@ -75,6 +78,7 @@ def get_config(preset: str = ""):
         c.optim.lr = 2e-4
         c.optim.warmup_steps = 50
         base.mix_benign(c)           # on-policy prompts: benign ones too (teacher_data has them)
+        _variant(c, preset)
     elif preset in ("tiny", "tiny_reward_weighted"):
         d.lmbda = 0.5
         if preset == "tiny_reward_weighted":  # the ablation's student: weighted by the RM
@@ -84,5 +88,15 @@ def get_config(preset: str = ""):
         d.topk_weight = 1.0
     elif preset:
         raise base.unknown_preset("configs/distill.py", preset,
-                                  ("tiny", "tiny_offline", "tiny_reward_weighted", "real"))
+                                  ("tiny", "tiny_offline", "tiny_reward_weighted", "real",
+                                   "real_offline", "real_reward_weighted"))
     return c
+
+
+def _variant(c, preset: str) -> None:
+    """The ablation's students of the real preset (`configs/ablations.py`): sequence-level KD on
+    the teacher data, or on-policy weighted by the reward model."""
+    if preset == "real_offline":
+        c.distill.mode, c.distill.topk_weight = "offline", 1.0
+    elif preset == "real_reward_weighted":
+        c.distill.reward_model = "@reward"

@@ -17,9 +17,10 @@ CONFIG_DIR = Path(__file__).resolve().parents[1] / "configs"
 PRESETS = {
     "base": [], "sft": ["tiny", "real"], "reward": ["tiny", "real"], "dpo": ["tiny", "real"],
     "ppo": ["tiny", "real"], "grpo": ["tiny", "real"], "teacher_data": ["tiny", "real"],
-    "distill": ["tiny", "tiny_offline", "tiny_reward_weighted", "real"], "eval": ["tiny", "real", "shared"],
+    "distill": ["tiny", "tiny_offline", "tiny_reward_weighted", "real", "real_offline",
+                "real_reward_weighted"], "eval": ["tiny", "real", "shared"],
     "latency": ["tiny", "real"], "generate": ["tiny"], "pipeline": ["tiny", "real"],
-    "ablations": ["tiny"],
+    "ablations": ["tiny", "real"],
     "doctor": ["sft", "dpo:tiny"],
 }
 

@@ -65,14 +65,16 @@ def test_an_entry_that_is_not_a_string_is_named():
         stage_configs(3)
 
 
-def test_ablate_keeps_its_reward_weighted_student_under_a_users_overrides():
+@pytest.mark.parametrize("preset", ["tiny", "real"])
+def test_ablate_keeps_its_reward_weighted_student_under_a_users_overrides(preset):
     """The reward-weighted student is what its stage spec says (`distill:tiny_reward_weighted`),
     not an entry of `pipeline.overrides`, which the user's own `--config.pipeline.overrides`
-    replaced: the ablation then compared two unweighted students without a word."""
+    replaced: the ablation then compared two unweighted students without a word. The real
+    preset's ablation (reported: `'eval' is not in list`) compares real students alike."""
     from configs import ablations
     from easyalign import pipeline
 
-    config = ablations.get_config("tiny")
+    config = ablations.get_config(preset)
     config.pipeline.overrides = ("*:train.steps=10", "*:train.keep_checkpoints=1")
     overrides = pipeline.parse_overrides(config.pipeline.overrides)
     specs = [pipeline.parse_stage(spec, config.pipeline.preset) for spec in config.pipeline.stages]
@@ -86,3 +88,6 @@ def test_ablate_keeps_its_reward_weighted_student_under_a_users_overrides():
     for key in ("workdir", "preset"):
         weighted.pop(key), plain.pop(key)
     assert weighted == plain  # the reward model is the only setting that differs
+    offline = built["student_offline"]
+    assert (offline.distill.mode, built["distill"].distill.mode) == ("offline", "on_policy")
+    assert offline.model.to_dict() == built["distill"].model.to_dict()  # the same student
