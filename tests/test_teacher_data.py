@@ -121,6 +121,16 @@ def test_unfinished_and_empty_responses(pipeline):
     assert [r["prompt"] for r in records] == ["q0", "q1"] and counts["written"] == 2
 
 
+def test_no_usable_response_says_what_would_help():
+    """Reported: all 8 responses empty, and the hint said to raise max_new_tokens or keep
+    unfinished ones — neither helps an empty response. The hint follows the counts, in keys."""
+    empty = teacher_data.no_response_hint({"prompts": 8, "unfinished": 0, "empty": 8})
+    assert "teacher_data.sampling=temperature" in empty and "max_new_tokens" not in empty
+    cut = teacher_data.no_response_hint({"prompts": 8, "unfinished": 8, "empty": 0})
+    assert "teacher_data.max_new_tokens" in cut and "teacher_data.keep_unfinished=True" in cut
+    assert "sampling" not in cut
+
+
 def test_sampling_method_and_errors():
     config = teacher_data_config.get_config("tiny").teacher_data
     config.sampling = "top_p"

@@ -67,6 +67,19 @@ SUMMARY = "teacher_data.json"
 
 
 # ----------------------------------------------------------------------------- shared helpers
+def no_response_hint(counts: dict) -> str:
+    """What to change when the teacher gave no usable response: its responses were cut at the
+    budget (unfinished), or empty (it stopped at once — an empty response is never kept)."""
+    hints = []
+    if counts.get("unfinished"):
+        hints.append("raise teacher_data.max_new_tokens or set teacher_data.keep_unfinished=True "
+                     "(cut responses)")
+    if counts.get("empty"):
+        hints.append("the teacher stopped at once (empty responses): train it further, or sample "
+                     "(teacher_data.sampling=temperature) instead of greedy decoding")
+    return "; ".join(hints) or "check the teacher and its prompts"
+
+
 def frozen_model(run: runsetup.Run, path: str, head: str = "lm", key: str = "teacher"):
     """A read-only model (teacher, reward model) by path — an easyalign checkpoint or phase
     workdir, an HF directory, a GGUF file or installed alias, a `@stage` — on the run's mesh,
@@ -256,8 +269,7 @@ def run(config) -> Path:
     samples = sample_responses(run_, teacher, tokenized, t)
     records, counts = build_records(run_, examples, samples, t.keep_unfinished)
     if not records:
-        raise ValueError(f"teacher_data: no usable response ({counts}); raise max_new_tokens or "
-                         "set keep_unfinished")
+        raise ValueError(f"teacher_data: no usable response ({counts}); " + no_response_hint(counts))
     if t.topk:
         normalized = data_records.normalize_teacher(
             [data_sources.Record(r, f"{OUTPUT}:{i + 1}") for i, r in enumerate(records)])
