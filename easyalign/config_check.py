@@ -397,13 +397,25 @@ def _check_ranges(config) -> None:
         node = config.get(block)
         if node is None or "sampling" not in node or node.sampling not in SAMPLING_METHODS:
             continue
-        for field in SAMPLING_METHODS[node.sampling].config_fields.values():
-            low, high = SAMPLING_RANGES[field]
-            value = node[field]
-            hint = (f"; greedy decoding is {block}.sampling='greedy'" if field == "temperature"
-                    else "")
-            _need(_in_range(value, low, high), f"{block}.{field}={value!r}: "
-                  f"{_range_text(low, high)} for {block}.sampling={node.sampling!r}{hint}")
+        problem = sampling_problem(node.sampling, node, lambda f, b=block: f"{b}.{f}")
+        _need(problem is None, problem or "")
+
+
+def sampling_problem(method: str, values, name_of) -> str | None:
+    """Why the sampling fields `method` reads (of `values`, a mapping) are out of range, in one
+    line naming them as `name_of(field)` names them (`name_of("sampling")` the method's own
+    setting: a config key, or a command-line flag); None when they are fine."""
+    from easyalign.sampler import SAMPLING_METHODS
+
+    for field in SAMPLING_METHODS[method].config_fields.values():
+        low, high = SAMPLING_RANGES[field]
+        value = values[field]
+        if not _in_range(value, low, high):
+            hint = (f"; greedy decoding is {name_of('sampling')}='greedy'"
+                    if field == "temperature" else "")
+            return (f"{name_of(field)}={value!r}: {_range_text(low, high)} for "
+                    f"{name_of('sampling')}={method!r}{hint}")
+    return None
 
 
 def _check_names(config) -> None:

@@ -282,10 +282,21 @@ def _sample(args: list[str]) -> None:
         raise ToolError('missing --prompt="..." (repeat the flag for several prompts)')
     if fv.max_new_tokens < 1:
         raise ToolError(f"--max_new_tokens must be ≥ 1, got {fv.max_new_tokens}")
-    try:
-        method = sampling_method(fv.method, fv.temperature, fv.top_k, fv.top_p)
-    except ValueError as e:
-        raise ToolError(str(e)) from None
+    from easyalign.config_check import sampling_problem
+    from easyalign.sampler import SAMPLING_METHODS
+
+    flag = {"sampling": "--method"}.get
+    problem = sampling_problem(fv.method, {k: fv[k].value for k in ("temperature", "top_k",
+                                                                   "top_p")},
+                               lambda field: flag(field, f"--{field}"))
+    if problem:
+        raise ToolError(problem)
+    unread = [f"--{k}" for k in ("temperature", "top_k", "top_p") if fv[k].present
+              and k not in SAMPLING_METHODS[fv.method].config_fields.values()]
+    if unread:
+        print(f"easyalign sample: note: {', '.join(unread)} not read by --method={fv.method}",
+              file=sys.stderr)
+    method = sampling_method(fv.method, fv.temperature, fv.top_k, fv.top_p)
     _check_dtype(fv.dtype)
     mesh = _mesh(fv)
     if training_step(fv.checkpoint):

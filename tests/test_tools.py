@@ -199,10 +199,13 @@ def test_sample_prints_the_samplers_completions(world_model, capsys):
         assert line["prompt"] == e["prompt"] and line["finished"] == e["finished"]
         assert line["num_tokens"] == len(e["tokens"]) - int(e["finished"])
 
-    tools.sample([f"--checkpoint={checkpoint}", *args])
-    text = capsys.readouterr().out
+    # Reported: a sampling flag the method does not read was taken without a word.
+    tools.sample([f"--checkpoint={checkpoint}", "--temperature=0.5", *args])
+    captured = capsys.readouterr()
+    text = captured.out
     assert f"### prompt 1: {PROMPTS[0]}" in text and f"### prompt 2: {PROMPTS[1]}" in text
-    assert expected[1]["response"] in text
+    assert expected[1]["response"] in text  # greedy: the temperature changed nothing
+    assert "note: --temperature not read by --method=greedy" in captured.err
 
 
 def test_sample_reads_an_hf_directory_and_seeds_random_methods(world_model, tmp_path, capsys):
@@ -222,7 +225,15 @@ def test_sample_reads_an_hf_directory_and_seeds_random_methods(world_model, tmp_
     (["--prompt=hi"], "missing --checkpoint"),
     (["--checkpoint=X"], "missing --prompt"),
     (["--checkpoint=X", "--prompt=hi", "--max_new_tokens=0"], "max_new_tokens must be ≥ 1"),
-    (["--checkpoint=X", "--prompt=hi", "--method=top_p", "--top_p=1.5"], "p must be in (0, 1]"),
+    # Reported: "TopP: p must be in (0, 1]", "temperature must be > 0 (use Greedy …)": the
+    # sampler's class names, not the flags.
+    (["--checkpoint=X", "--prompt=hi", "--method=top_p", "--top_p=1.5"],
+     "--top_p=1.5: must be in (0, 1] for --method='top_p'"),
+    (["--checkpoint=X", "--prompt=hi", "--method=top_k", "--top_k=-1"],
+     "--top_k=-1: must be ≥ 1 for --method='top_k'"),
+    (["--checkpoint=X", "--prompt=hi", "--method=temperature", "--temperature=0"],
+     "--temperature=0.0: must be > 0 for --method='temperature'; greedy decoding is "
+     "--method='greedy'"),
     (["--checkpoint=X", "--prompt=hi", "--method=beam"], "value should be one of"),
 ])
 def test_sample_errors_name_the_problem(args, message):
