@@ -65,6 +65,14 @@ def test_export_writes_the_tokenizer_and_its_pad_id(tmp_path):
 def test_missing_checkpoint_config(tmp_path):
     with pytest.raises(FileNotFoundError, match="no model_config.json"):
         load_checkpoint_model(tmp_path)
+    # Reported: a phase workdir and a missing path got that same line, with no hint.
+    with pytest.raises(FileNotFoundError, match="nowhere: no such directory"):
+        load_checkpoint_model(tmp_path / "nowhere")
+    make_hf_model("llama", tmp_path / "hf")
+    convert_hf_to_checkpoint(tmp_path / "hf", tmp_path / "runs" / "sft" / "model")
+    with pytest.raises(FileNotFoundError, match=(
+            f"sft: a phase workdir: its final model is {tmp_path / 'runs' / 'sft' / 'model'}")):
+        load_checkpoint_model(tmp_path / "runs" / "sft")
 
 
 def test_a_phase_workdir_loads_as_its_final_model(tmp_path):

@@ -98,10 +98,23 @@ def saved_at(path: str | Path) -> str | None:
 
 
 def read_checkpoint_config(ckpt_dir: str | Path) -> ModelConfig:
+    """The ModelConfig a model checkpoint describes itself with. Raises FileNotFoundError,
+    saying what `ckpt_dir` is when it is not a checkpoint (a phase workdir, a training step,
+    nothing) and what reads that."""
     path = Path(ckpt_dir) / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"{ckpt_dir}: no {CONFIG_FILE} (not an easyalign model "
-                                "checkpoint)")
+        from easyalign.hf.step_checkpoint import training_step
+
+        if not Path(ckpt_dir).exists():
+            what = "no such directory"
+        elif (Path(ckpt_dir) / MODEL_DIR / CONFIG_FILE).is_file():
+            what = f"a phase workdir: its final model is {Path(ckpt_dir) / MODEL_DIR}"
+        elif training_step(ckpt_dir):
+            what = ("a training step: easyalign.hf.step_checkpoint.load_step_model reads it "
+                    "(or easyalign convert --to_hf)")
+        else:
+            what = f"no {CONFIG_FILE} (not an easyalign model checkpoint)"
+        raise FileNotFoundError(f"{ckpt_dir}: {what}")
     return ModelConfig.from_dict(json.loads(path.read_text()))
 
 
