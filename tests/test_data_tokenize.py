@@ -224,11 +224,11 @@ def test_truncation_report_counts_names_the_key_and_is_loud_when_most_are_cut():
     assert report(short, short, long) == (
         "[data] data.jsonl: 1 of 3 sft examples exceed data.max_length=12 (1 truncated, 5 "
         "tokens cut); raise data.max_length to keep them whole")
-    # Most or all: a warning line that starts with the source.
+    # Most or all: a warning, tagged [data] as the other data lines (reported: it was not).
     assert report(long, long, short).startswith(
-        "data.jsonl: WARNING: 2 of 3 sft examples exceed data.max_length=12")
+        "[data] data.jsonl: WARNING: 2 of 3 sft examples exceed data.max_length=12")
     assert report(long, long) == (
-        "data.jsonl: WARNING: ALL 2 sft examples exceed data.max_length=12 (2 truncated, 10 "
+        "[data] data.jsonl: WARNING: ALL 2 sft examples exceed data.max_length=12 (2 truncated, 10 "
         "tokens cut); raise data.max_length")
     capped = TruncationPolicy(12, 8)
     assert report(long, policy=capped).endswith(
@@ -261,5 +261,6 @@ def test_a_phase_reports_truncation_once_naming_its_prompt_budget(capsys):
     assert capsys.readouterr().out == ""
     out = runsetup.tokenize(run, prompts, "prompt", max_length=10)
     assert capsys.readouterr().out == (
-        "p.jsonl: WARNING: ALL 2 prompt examples exceed data.max_length − ppo.max_new_tokens=10 "
-        "(2 truncated, 4 tokens cut); raise data.max_length − ppo.max_new_tokens\n")
+        "[data] p.jsonl: WARNING: ALL 2 prompt examples exceed data.max_length − "
+        "ppo.max_new_tokens=10 (2 truncated, 4 tokens cut); raise data.max_length − "
+        "ppo.max_new_tokens\n")

@@ -279,7 +279,7 @@ def truncation_report(stats: TruncationStats, policy: TruncationPolicy, *, kind:
         what.append(f"{stats.dropped} dropped")
     if 2 * hit > stats.seen:  # most or all: the data trained on is not the data given
         share = f"ALL {hit}" if hit == stats.seen else f"{hit} of {stats.seen}"
-        return (f"{source}: WARNING: {share} {kind} examples exceed {limit} "
+        return (f"[data] {source}: WARNING: {share} {kind} examples exceed {limit} "
                 f"({'; '.join(what)}); raise {raise_keys}")
     return (f"[data] {source}: {hit} of {stats.seen} {kind} examples exceed {limit} "
             f"({'; '.join(what)}); raise {raise_keys} to keep them whole")
