@@ -337,8 +337,8 @@ def describe(error: BaseException, command: str = "", workdir: str | None = None
     if isinstance(error, distributed.DistributedError):
         return str(error)
     if distributed.is_initialized() and any(mark in str(e) for e in chain for mark in (
-            "Gloo", "Connection reset by peer", "Connection refused", "DEADLINE_EXCEEDED",
-            "coordination service", "another task", "heartbeat")):
+            "Gloo", "Connection reset by peer", "DEADLINE_EXCEEDED", "coordination service",
+            "another task", "heartbeat")):
         return ("another process of this run stopped or cannot be reached "
                 f"({_last_line(' '.join(str(error).split()))[:200]}): start every process "
                 "again with the same command; each resumes from the last complete checkpoint")
