@@ -15,6 +15,11 @@ class ConfigError(ValueError):
     """A config file, key or value the user gave cannot be used; the message says which."""
 
 
+# The suffix of a run manifest's keys recording when a model the run read was saved
+# (`train.rundir.models_read`: "model.path (saved at)"; `hf.peft.run_base` reads them too).
+SAVED_AT_SUFFIX = " (saved at)"
+
+
 def flat_keys(config, prefix: str = "") -> list[str]:
     """Every leaf key of a ConfigDict, dotted (`optim.lr`, `data.world.seed`, ...)."""
     out = []

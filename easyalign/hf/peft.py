@@ -299,8 +299,6 @@ _NOT_ARCHITECTURE = ("dtype", "param_dtype", "attention_impl", "remat", "scan_la
                      "initializer_range", "router_aux_loss_coef")
 _HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 _SAFETENSORS_DTYPES = {"F32": "float32", "BF16": "bfloat16", "F16": "float16"}
-# The manifest entry in which a run records when its model.path was saved (train.rundir.SAVED).
-_PATH_SAVED_AT = "model.path (saved at)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -337,6 +335,7 @@ def run_base(ckpt_dir) -> RunBase | None:
     trained it (`hf.models.init_model`: the source as it is, merged first when it is itself a
     LoRA model); None when no run record lies beside the checkpoint. `hf_dir` is set only for
     an HF directory loaded as it is (no `model.overrides`), which PEFT can load as the base."""
+    from easyalign.config_keys import SAVED_AT_SUFFIX
     from easyalign.hf.checkpoint import CONFIG_FILE, MODEL_DIR, saved_at
     from easyalign.hf.gguf import INSTALLED
 
@@ -378,7 +377,8 @@ def run_base(ckpt_dir) -> RunBase | None:
                 f"the merged LoRA model {_shown(model_dir)}" if merged else
                 f"the easyalign checkpoint {_shown(where)}")
         try:
-            read_at = json.loads((workdir / "manifest.json").read_text()).get(_PATH_SAVED_AT)
+            read_at = json.loads((workdir / "manifest.json").read_text()).get(
+                "model.path" + SAVED_AT_SUFFIX)
         except (OSError, ValueError, AttributeError):
             read_at = None
         now = saved_at(where)

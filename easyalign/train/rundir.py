@@ -37,7 +37,7 @@ from typing import Any, Callable
 
 import jax
 
-from easyalign.config_keys import flat_keys
+from easyalign.config_keys import SAVED_AT_SUFFIX, flat_keys
 
 LOCK_FILE = "run.lock"
 MANIFEST_FILE = "manifest.json"
@@ -146,7 +146,7 @@ def _training_relevant(key: str) -> bool:
 
 # The suffix of the manifest entries that record when a model a run reads was saved
 # (`models_read`): compared only where both manifests have them (`differences`).
-SAVED = " (saved at)"
+SAVED = SAVED_AT_SUFFIX
 
 
 def models_read(resolve: Callable[[str], str]) -> Callable[[str, Any], dict]:
