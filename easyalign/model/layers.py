@@ -42,7 +42,7 @@ def cast_for_compute(model: nnx.Module, dtype) -> None:
         kept = getattr(module, "float32_weights", ())
         for name, variable in vars(module).items():
             if (isinstance(variable, nnx.Param) and name not in kept
-                    and jnp.issubdtype(variable.dtype, jnp.floating)):
+                    and jnp.issubdtype(variable.dtype, jnp.floating) and variable.dtype != dtype):
                 variable.set_value(variable.get_value().astype(dtype))
 
 
