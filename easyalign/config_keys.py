@@ -8,6 +8,8 @@ registries (`train.optim`) and the CLI use them as well as the config checks (`c
 from __future__ import annotations
 
 import difflib
+import os
+from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 
@@ -19,6 +21,16 @@ class ConfigError(ValueError):
 # (`train.rundir.models_read`: "model.path (saved at)"; `hf.peft.run_base` reads them too).
 SAVED_AT_SUFFIX = " (saved at)"
 
+
+
+def shown_path(path) -> str:
+    """`path` as a user types it in a message: relative to the working directory when below
+    it, else absolute."""
+    path = Path(os.path.abspath(path))
+    try:
+        return str(path.relative_to(Path.cwd())) or "."
+    except ValueError:
+        return str(path)
 
 def flat_keys(config, prefix: str = "") -> list[str]:
     """Every leaf key of a ConfigDict, dotted (`optim.lr`, `data.world.seed`, ...)."""

@@ -25,7 +25,7 @@ import struct
 from pathlib import Path
 from typing import Iterable
 
-from easyalign.config_keys import ConfigError, parse_named_paths, parse_weights
+from easyalign.config_keys import ConfigError, parse_named_paths, parse_weights, shown_path
 
 TRAINING_PHASES = ("sft", "reward", "dpo", "ppo", "grpo", "distill")
 # The phases whose workdir another stage may name as `@<phase>` (a model, or teacher data).
@@ -173,15 +173,15 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
         return
     stage, target = value[1:], stage_dir / product
     if not stage_dir.is_dir() or not target.exists():
-        what = f"{_shown(target)} does not exist"
+        what = f"{shown_path(target)} does not exist"
     else:
-        what = f"{_shown(target)} is incomplete (no {Path(complete).name}: did the run finish?)"
+        what = f"{shown_path(target)} is incomplete (no {Path(complete).name}: did the run finish?)"
     command = stage.replace("_", "-")
     if stage.replace("-", "_") in PRODUCING_PHASES:
         file = stage.replace("-", "_")
         how = (f"run the {stage} stage first (easyalign {command} "
                f"{_config_flag(file, config.get('preset', ''))} "
-               f"--config.workdir={_shown(stage_dir)})")
+               f"--config.workdir={shown_path(stage_dir)})")
     else:
         siblings = [p.name for p in stage_dir.parent.iterdir() if p.is_dir()] \
             if stage_dir.parent.is_dir() else []
@@ -205,14 +205,6 @@ def _config_flag(phase: str, preset: str) -> str:
     except (ImportError, ValueError):  # no such preset there (or no configs/ to ask)
         return f"--config={file}[:preset]"
     return f"--config={file}:{preset}"
-
-
-def _shown(path: Path) -> str:
-    """`path` relative to the working directory when it is under it (as the user typed it)."""
-    try:
-        return str(path.relative_to(Path.cwd()))
-    except ValueError:
-        return str(path)
 
 
 def check_model_source(config, key: str, value: str, kind: str = "") -> None:

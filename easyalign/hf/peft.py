@@ -59,6 +59,7 @@ import numpy as np
 from flax import nnx
 from safetensors.numpy import load_file
 
+from easyalign.config_keys import shown_path
 from easyalign.hf.tables import Layout, Row, rows_for, sizes
 from easyalign.model import lora
 
@@ -310,15 +311,6 @@ class RunBase:
     hub_original: str | None = None  # the hub repo a GGUF alias was quantised from
 
 
-def _shown(path) -> str:
-    """`path` as a user types it: relative to the working directory when below it."""
-    path = Path(os.path.abspath(path))
-    try:
-        return str(path.relative_to(Path.cwd())) or "."
-    except ValueError:
-        return str(path)
-
-
 def run_workdir(ckpt_dir) -> Path | None:
     """The workdir of the run whose final model `ckpt_dir` is (`<workdir>/model`, beside the
     run's config.json); None for any other checkpoint (one `convert` wrote, a copy)."""
@@ -350,7 +342,7 @@ def run_base(ckpt_dir) -> RunBase | None:
     overrides = block.get("overrides") or ""
     changed = f" with model.overrides={overrides!r}" if overrides else ""
     if init == "scratch":
-        return RunBase(f"the scratch-initialised model of the run {_shown(workdir)}")
+        return RunBase(f"the scratch-initialised model of the run {shown_path(workdir)}")
     if init == "derive":
         return RunBase(f"the student derived from {path} (model.init=derive){changed}")
     if init == "gguf":
@@ -359,10 +351,10 @@ def run_base(ckpt_dir) -> RunBase | None:
             return RunBase(f"the GGUF model {path} ({INSTALLED[path][1]}"
                            f"{f', quantised from {origin}' if origin else ''}){changed}",
                            hub_original=origin)
-        return RunBase(f"the GGUF file {_shown(path)} (dequantised){changed}")
+        return RunBase(f"the GGUF file {shown_path(path)} (dequantised){changed}")
     if init == "hf":
         found = (Path(path) / "config.json").is_file()
-        return RunBase(f"the HF model {_shown(path)}{changed}"
+        return RunBase(f"the HF model {shown_path(path)}{changed}"
                        f"{'' if found else ' (not found from here)'}",
                        Path(os.path.abspath(path)) if found and not changed else None)
     if init == "checkpoint":
@@ -372,10 +364,10 @@ def run_base(ckpt_dir) -> RunBase | None:
             merged = json.loads((model_dir / CONFIG_FILE).read_text()).get("lora") is not None
         except (OSError, ValueError, AttributeError):
             merged = False
-        what = (f"the merged model of the LoRA run {_shown(model_dir.parent)}" if merged
+        what = (f"the merged model of the LoRA run {shown_path(model_dir.parent)}" if merged
                 and model_dir.name == MODEL_DIR else
-                f"the merged LoRA model {_shown(model_dir)}" if merged else
-                f"the easyalign checkpoint {_shown(where)}")
+                f"the merged LoRA model {shown_path(model_dir)}" if merged else
+                f"the easyalign checkpoint {shown_path(where)}")
         try:
             read_at = json.loads((workdir / "manifest.json").read_text()).get(
                 "model.path" + SAVED_AT_SUFFIX)
@@ -535,7 +527,7 @@ def export_adapter(ckpt_dir, out_dir, base_model: str = "", dtype: str | None = 
 
     _check_exportable(read_checkpoint_config(ckpt_dir))
     known = run_base(ckpt_dir)
-    label = _shown(run_workdir(ckpt_dir) or ckpt_dir)
+    label = shown_path(run_workdir(ckpt_dir) or ckpt_dir)
     export = f"`easyalign convert --to_hf={label} --adapter=base --out=BASE_DIR`"
     what = known.what if known else "the model this checkpoint holds under its adapters"
     recorded, check, notes = _chosen_base(base_model, known, what, export, label)
@@ -544,7 +536,7 @@ def export_adapter(ckpt_dir, out_dir, base_model: str = "", dtype: str | None = 
         problem = base_mismatch(model, check, mesh)
         if problem:
             given = (f"--base_model={base_model} is not" if base_model else
-                     f"{_shown(check)}, the run's model.path, no longer holds")
+                     f"{shown_path(check)}, the run's model.path, no longer holds")
             raise PeftAdapterError(f"{given} the adapters' base ({what}): {problem}; export "
                                    f"the base with {export} and pass --base_model=BASE_DIR")
     return to_peft(model, out_dir, base_model=recorded, dtype=dtype or "float32"), recorded, notes
