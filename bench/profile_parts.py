@@ -17,6 +17,7 @@ from flax import nnx
 from easyalign import sharding
 from easyalign.model import KVCache, create_model, preset
 from easyalign.model.scoring import token_logprobs
+from easyalign.sampler.methods import categorical
 
 
 def sft_parts(args):
@@ -94,8 +95,8 @@ def decode_parts(args):
                     h, cache = m.trunk(tok, positions=pos + i, cache=cache)
                     if with_head:
                         logits = m.logits(h[:, 0])
-                        if sample == "gumbel":
-                            nxt = jax.random.categorical(jax.random.key(i), logits)
+                        if sample == "categorical":  # the sampler's random draw
+                            nxt = categorical(jax.random.key(i), logits)
                         elif sample == "greedy":
                             nxt = jnp.argmax(logits, -1)
                         else:
@@ -110,7 +111,7 @@ def decode_parts(args):
 
             with sharding.use_mesh(mesh):
                 for name, wh, smp in (("trunk_only", False, ""), ("trunk_head_argmax", True, "greedy"),
-                                      ("trunk_head_sample", True, "gumbel")):
+                                      ("trunk_head_sample", True, "categorical")):
                     fn = jax.jit(lambda p, c: loop(p, c, wh, smp))
                     sec = common.time_calls(lambda: fn(params, cache), repeats=5)
                     common.log(what="decode_part", variant=variant, batch=B, part=name,

@@ -316,6 +316,30 @@ def test_temperature_matches_scaled_softmax():
     assert abs(jax.nn.softmax(logits / 0.5)[0] - jax.nn.softmax(logits / 2.0)[0]) > 0.2
 
 
+def test_inverse_cdf_inverts_the_float64_cumulative_distribution():
+    # Two blocks of `CDF_BLOCK` and a partial one; a masked (−inf) run and a whole block of zero
+    # mass; ties. Token i is drawn iff F(i − 1) ≤ u < F(i), F computed in float64 by numpy.
+    rng = np.random.default_rng(0)
+    vocab = 2 * S.CDF_BLOCK + 100
+    logits = rng.normal(size=vocab).astype(np.float32) * 3
+    logits[10:40] = -np.inf
+    logits[S.CDF_BLOCK:2 * S.CDF_BLOCK] = -np.inf
+    logits[500:503] = logits[499]
+    probs = np.exp(logits.astype(np.float64) - logits.max())
+    cumulative = np.cumsum(probs / probs.sum())
+    uniform = np.linspace(0, 1, 50_001, endpoint=False).astype(np.float32)
+    # u within float32 rounding of an interval's edge may fall either side.
+    clear = np.min(np.abs(uniform[:, None] - cumulative[None, :]), axis=1) > 1e-6
+    drawn = np.asarray(jax.jit(jax.vmap(S.inverse_cdf, in_axes=(None, 0)))(
+        jnp.asarray(logits), jnp.asarray(uniform)))
+    expected = np.searchsorted(cumulative, uniform.astype(np.float64), side="right")
+    np.testing.assert_array_equal(drawn[clear], expected[clear])
+    assert clear.mean() > 0.99
+    assert not np.isin(drawn, np.flatnonzero(probs == 0)).any()
+    # u → 1: the last token of positive mass, never one past it.
+    assert int(S.inverse_cdf(jnp.asarray(logits), jnp.float32(1 - 2 ** -24))) == vocab - 1
+
+
 def test_top_k_stays_in_top_k():
     logits = np.array([0.3, 2.0, -1.0, 1.5, 1.9, 0.0, 1.4], np.float32)
     samples = _draw(S.TopK(3), logits)

@@ -2,7 +2,8 @@
 
 Every method is a frozen dataclass with `sample(logits [B, V] float32, rng) -> [B] int32`; the
 decoder calls it once per row with that row's own key (`decode.row_keys`), so a row's draw does
-not depend on which batch or slot it sits in. `SAMPLING_METHODS` is the one name → class table:
+not depend on which batch or slot it sits in. The random methods draw with `categorical`: one
+uniform number per row, inverted through the distribution's cumulative sum. `SAMPLING_METHODS` is the one name → class table:
 configs name a method there and carry the flat fields `temperature`, `top_k`, `top_p`; each
 class's `config_fields` says which of them its arguments come from.
 """
@@ -14,6 +15,70 @@ from typing import Any, ClassVar
 
 import jax
 import jax.numpy as jnp
+
+# Tokens per block of `inverse_cdf`'s two-level cumulative sum: the block sums are accumulated
+# over V / 256 terms and a token's offset within its block over ≤ 256 terms, instead of one
+# float32 running sum over the whole vocabulary.
+CDF_BLOCK = 256
+
+
+def categorical(rng: jax.Array, logits: jax.Array) -> jax.Array:
+    """A draw from softmax(logits) along the last axis: `[..., V]` float → `[...]` int32.
+
+    Inverse transform sampling (Devroye, "Non-Uniform Random Variate Generation", 1986, §II.2):
+    one uniform u ~ U[0, 1) per row from `rng`, then the token whose cumulative probability
+    interval holds u (`inverse_cdf`). `jax.random.categorical` (the Gumbel-max trick) draws one
+    random number per vocabulary entry: at 64 rows × 128,256 logits that is 8.2M threefry draws
+    and 43 µs of a 1.28 ms decode step on an H200 (perf-notes 38, 48). Entries at −inf are never
+    drawn; a row must hold at least one finite logit.
+    """
+    uniform = jax.random.uniform(rng, logits.shape[:-1], jnp.float32)
+    return inverse_cdf(logits, uniform)
+
+
+def inverse_cdf(logits: jax.Array, uniform: jax.Array) -> jax.Array:
+    """The token i of each row with F(i − 1) ≤ u < F(i), F the cumulative sum of
+    softmax(logits) in token order: `logits [..., V]`, `uniform [...]` in [0, 1) → `[...]` int32.
+
+    F is computed in two levels so that a block's mass is not rounded away against a running
+    total near 1: w_i = exp(z_i − max z), block sums over `CDF_BLOCK` tokens, their cumulative
+    sum C; the block k holding t = u · C_last is the first with C_k > t, then the token within
+    it is found against the block's own cumulative sum (t − C_{k−1}). Zero-mass tokens and
+    blocks are never chosen (the comparison is strict), and where float32 rounding puts t past
+    the last positive entry the draw falls to that entry: each token's probability is exact up
+    to float32 rounding of the sums (~1e-7 of the row's mass).
+    """
+    logits = logits.astype(jnp.float32)
+    vocab = logits.shape[-1]
+    blocks = -(-vocab // CDF_BLOCK)
+    top = jnp.max(logits, axis=-1, keepdims=True)
+    weights = jnp.exp(logits - top)                                          # [..., V]
+    padding = [(0, 0)] * (logits.ndim - 1) + [(0, blocks * CDF_BLOCK - vocab)]
+    block_mass = jnp.pad(weights, padding).reshape(
+        logits.shape[:-1] + (blocks, CDF_BLOCK)).sum(-1)                     # [..., blocks]
+    cumulative = jnp.cumsum(block_mass, axis=-1)
+    target = uniform * cumulative[..., -1]
+    last_block = _last_positive(block_mass)
+    block = jnp.minimum(jnp.sum(cumulative <= target[..., None], axis=-1), last_block)
+    before = jnp.where(block > 0, jnp.take_along_axis(
+        cumulative, jnp.maximum(block - 1, 0)[..., None], axis=-1)[..., 0], 0.0)
+    columns = block[..., None] * CDF_BLOCK + jnp.arange(CDF_BLOCK)           # [..., BLOCK]
+    inside = columns < vocab
+    # The chosen block's weights again from the logits (not gathered from `weights`, which XLA
+    # would then keep whole instead of fusing the exp into the block sums).
+    block_weights = jnp.where(inside, jnp.exp(jnp.take_along_axis(
+        logits, jnp.minimum(columns, vocab - 1), axis=-1) - top), 0.0)
+    within = jnp.sum(jnp.cumsum(block_weights, axis=-1) <= (target - before)[..., None],
+                     axis=-1)
+    within = jnp.minimum(within, _last_positive(block_weights))
+    return (block * CDF_BLOCK + within).astype(jnp.int32)
+
+
+def _last_positive(values: jax.Array) -> jax.Array:
+    """Index of the last entry > 0 along the last axis (0 when there is none)."""
+    positions = jnp.arange(values.shape[-1])
+    return jnp.max(jnp.where(values > 0, positions, 0), axis=-1)
+
 
 @dataclasses.dataclass(frozen=True)
 class Greedy:
@@ -38,7 +103,7 @@ class Temperature:
         _check_temperature(self.temperature)
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-        return jax.random.categorical(rng, logits / self.temperature, axis=-1).astype(jnp.int32)
+        return categorical(rng, logits / self.temperature).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,7 +127,7 @@ class TopK:
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
         values, indices = jax.lax.top_k(logits, min(self.k, logits.shape[-1]))
-        choice = jax.random.categorical(rng, values / self.temperature, axis=-1)
+        choice = categorical(rng, values / self.temperature)
         return jnp.take_along_axis(indices, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
 
 
@@ -94,13 +159,13 @@ class TopP:
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
         scaled = logits / self.temperature
         if self.p >= 1.0:
-            return jax.random.categorical(rng, scaled, axis=-1).astype(jnp.int32)
+            return categorical(rng, scaled)
         order = jnp.argsort(scaled, axis=-1, descending=True, stable=True)
         ranked = jnp.take_along_axis(scaled, order, axis=-1)
         probs = jax.nn.softmax(ranked, axis=-1)
         mass_above = jnp.cumsum(probs, axis=-1) - probs  # exclusive cumsum; exactly 0 at rank 0
         ranked = jnp.where(mass_above < self.p, ranked, -jnp.inf)
-        choice = jax.random.categorical(rng, ranked, axis=-1)
+        choice = categorical(rng, ranked)
         return jnp.take_along_axis(order, choice[..., None], axis=-1)[..., 0].astype(jnp.int32)
 
 
