@@ -74,8 +74,9 @@ def get_config(preset: str = ""):
         c.grpo.max_new_tokens = 16
         c.grpo.num_iterations = 2
         c.grpo.minibatch_size = 64
-        # 3e-5 left greedy held-out exact match where SFT had it after 15 iterations; 1e-4
-        # raised it 0.094 → 0.188 (exact_match reward on instruction prompts, 2-core CPU).
+        # 1e-4 learns a fixed prompt batch's exact_match reward in 10 iterations (greedy
+        # 0.19 → 0.69, tests/test_grpo.py); held-out exact match stays within noise at any lr
+        # from 3e-5 to 1e-3 (README's GRPO section).
         c.optim.lr = 1e-4
         c.data.max_length = 48
     elif preset == "real":
