@@ -45,6 +45,8 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=256)
     ap.add_argument("--cpu", action="store_true", help="run on the CPU (a smoke test)")
     args = ap.parse_args()
+    if min(args.rows, args.vocab, args.steps) < 1:
+        ap.error("--rows, --vocab and --steps must be ≥ 1")
     logits = 2.0 * jax.random.normal(jax.random.key(0), (args.rows, args.vocab), jnp.float32)
     rows = jnp.arange(args.rows)
 

@@ -38,7 +38,7 @@ def get_config(preset: str = ""):
         c.workdir = "runs/tiny"
     elif preset == "real":
         p.preset = "real"
-        # GRPO too (at PPO's sampled tokens): 8.6 minutes in all on one H200 (2026-11-30).
+        # GRPO too (at PPO's sampled tokens): 9.3 minutes in all on one H200 (2026-11-30, README).
         stages = STAGES[:-2] + ("eval=eval:real", "latency=latency:real")
         p.stages = stages[:stages.index("ppo") + 1] + ("grpo",) + stages[stages.index("ppo") + 1:]
         c.workdir = "runs/real"

@@ -113,6 +113,9 @@ def load_config(args: list[str]):
             config.get("phase")  # a file that failed to load raises only when first used
     except (AttributeError, KeyError):  # ml_collections: an override names no field
         raise _unknown_key(args) from None
+    except SyntaxError as e:  # the config file's own Python (or a module it imports)
+        where = next((a for a in args if a.startswith("--config=")), "--config")
+        raise ConfigError(f"{where}: {e.msg} ({e.filename}, line {e.lineno})") from None
     except ImportError as e:  # the config file's own imports (a module of one's own)
         where = next((a for a in args if a.startswith("--config=")), "--config")
         raise ConfigError(f"{where}: {e} (the file's directory, {_config_dir(args)}, and the "

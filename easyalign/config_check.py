@@ -34,6 +34,7 @@ from typing import Iterable
 
 from easyalign.config_keys import ConfigError, check_choice, flat_keys  # noqa: F401
 from easyalign.config_paths import TRAINING_PHASES, check_paths
+from easyalign.sampler.methods import MAX_TEMPERATURE, MIN_TEMPERATURE
 # Commands whose config is a phase config, and the `phase` value it carries.
 COMMAND_PHASES = {"teacher-data": "teacher_data", "ablate": "ablate"}
 DTYPES = ("float32", "bfloat16", "float16")
@@ -341,8 +342,8 @@ RANGES = (
     ("grpo.epsilon_high", (0, True), None, "0 means ε_high = ε"),
     ("grpo.beta", (0, True), None, "the KL weight: a negative one pays the policy for leaving "
      "the reference"),
-    ("grpo.temperature", (0, False), None, "GRPO samples its groups; greedy completions of a "
-     "prompt would all be the same"),
+    ("grpo.temperature", (MIN_TEMPERATURE, True), (MAX_TEMPERATURE, True), "GRPO samples its "
+     "groups; greedy completions of a prompt would all be the same"),
     ("grpo.num_iterations", (1, True), None, "updates per rollout"),
     ("ppo.clip_eps", (0, False), (1, False), "the ratio's clip band is [1 − ε, 1 + ε]"),
     ("ppo.value_clip_eps", (0, True), None, "the value clip, in value units"),
@@ -360,14 +361,15 @@ RANGES = (
     ("dpo.sft_weight", (0, True), None, "the SFT term's weight"),
     ("distill.beta", (0, True), (1, True), "the generalised JSD's mixture weight"),
     ("distill.lmbda", (0, True), (1, True), "the fraction of on-policy batches"),
-    ("distill.temperature", (0, False), None, "the divergence's temperature, and the "
-     "sampler's"),
+    ("distill.temperature", (MIN_TEMPERATURE, True), (MAX_TEMPERATURE, True), "the "
+     "divergence's temperature, and the sampler's"),
     ("distill.reward_temperature", (0, False), None, "the reward weighting's temperature"),
     ("distill.max_new_tokens", (1, True), None, "the sampled response's budget"),
     ("distill.topk_weight", (0, True), None, "the top-k term's weight"),
 )
 # What each sampling field of a block with a `sampling` method must be, when the method reads it.
-SAMPLING_RANGES = {"temperature": ((0, False), None), "top_k": ((1, True), None),
+SAMPLING_RANGES = {"temperature": ((MIN_TEMPERATURE, True), (MAX_TEMPERATURE, True)),
+                   "top_k": ((1, True), None),
                    "top_p": ((0, False), (1, True))}
 
 

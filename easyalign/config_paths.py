@@ -300,6 +300,15 @@ def check_hf_dir(path: Path, key: str, tokenizer: bool = True) -> None:
                           f"({getattr(e, 'msg', e)})") from None
     files = sorted(path.glob("*.safetensors"))
     if not files:
+        if (path / "logs").is_dir() or (path / "checkpoints").is_dir():
+            # A phase workdir (its config.json is the run's) whose run did not finish: the
+            # message the model loader gives for it.
+            from easyalign.hf.checkpoint import ModelDirError, resolve_model_dir
+
+            try:
+                resolve_model_dir(path)
+            except ModelDirError as e:
+                raise ConfigError(f"{key}={e}") from None
         raise ConfigError(f"{key}={path}: no *.safetensors weights (PyTorch pickles are never "
                           "loaded)")
     for file in files:

@@ -318,7 +318,7 @@ def _sample(args: list[str]) -> None:
             continue
         end = "stopped" if out["finished"] else f"cut at max_new_tokens={fv.max_new_tokens}"
         print(f"### prompt {i + 1}: {out['prompt']}\n{out['response']}\n"
-              f"[{num_tokens} tokens, {end}]\n")
+              f"[{num_tokens} token{'' if num_tokens == 1 else 's'}, {end}]\n")
 
 
 def _step_model(fv: flags.FlagValues, mesh):

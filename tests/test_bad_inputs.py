@@ -51,6 +51,9 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
     bad_data.write_text("{}\n")
     empty = tmp / "empty.jsonl"
     empty.write_text("")
+    unfinished = tmp / "stopped"           # a phase workdir without its final model/
+    (unfinished / "logs").mkdir(parents=True)
+    (unfinished / "config.json").write_text("{}")
     return [
         ("steps 0", SFT + ["--config.train.steps=0"], "train.steps=0"),
         ("steps negative", SFT + ["--config.train.steps=-5"], "train.steps=-5"),
@@ -107,6 +110,11 @@ def cases(tmp: Path) -> list[tuple[str, list[str], str]]:
         ("eval: missing variant path", ["eval", "--config=configs/eval.py",
                                         f"--config.eval.variants=('x={tmp / 'nope'}/model',)"],
          f"eval.variants[x]={tmp / 'nope'}/model: no such file or directory"),
+        # Reported: a stopped run's workdir as a variant read "no *.safetensors weights".
+        ("eval: unfinished run as variant", ["eval", "--config=configs/eval.py",
+                                             f"--config.eval.variants=('g={unfinished}',)"],
+         f"eval.variants[g]={unfinished}: looks like a phase workdir whose final model/ is "
+         "missing (did the run finish?)"),
         # Reported: "IndexError: list index out of range (an internal error …)".
         ("coordinator without a port", SFT + ["--coordinator=127.0.0.1", "--num_processes=2",
                                               "--process_id=0"],

@@ -178,6 +178,34 @@ def test_an_update_without_signal_is_one_warning_line():
     assert grpo_rollout.no_signal_warning(np.array([True, False]), 1, "exact_match:1.0") is None
 
 
+def test_a_failing_reward_function_is_one_line_naming_it_and_the_record():
+    """Reported: a reward returning NaN was diagnosed as 'equal rewards' then a non-finite loss
+    ('lower optim.lr'); None became NaN; one that raised was 'an internal error'. Each stops at
+    scoring, naming the reward, the record and its prompt."""
+    records = [{"prompt": "Add 2 and 3.", "kind": "instruction", "answer": "5"}] * 2
+    cases = {"nan": lambda r, y: float("nan"), "none": lambda r, y: None,
+             "text": lambda r, y: "yes", "boom": lambda r, y: 1 / 0}
+    try:
+        for name, fn in cases.items():
+            grpo_rewards.register(name, fn)
+            with pytest.raises(grpo_rewards.RewardError) as raised:
+                grpo_rewards.verifiable_scores({name: 1.0}, records, ["5", "6"])
+            line = str(raised.value)
+            assert line.startswith(f"grpo.rewards: reward {name!r} on prompt record 0 "
+                                   "('Add 2 and 3.')"), line
+            assert ("ZeroDivisionError" in line if name == "boom"
+                    else "a reward must be a finite real number" in line), line
+    finally:
+        for name in cases:
+            grpo_rewards.VERIFIABLE_REWARDS.pop(name, None)
+    grpo_rewards.register("count", lambda r, y: len(y))  # an int is a real number
+    try:
+        np.testing.assert_array_equal(
+            grpo_rewards.verifiable_scores({"count": 1.0}, records, ["5", "66"])["count"], [1, 2])
+    finally:
+        grpo_rewards.VERIFIABLE_REWARDS.pop("count", None)
+
+
 def test_choose_groups_puts_signal_first_then_fills():
     zero = [np.array([True, False, True]), np.array([False, True, False])]
     # Groups 0..5 over two rounds; signal: 1, 3, 5; zero-signal fill: 0, 2, 4.

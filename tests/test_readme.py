@@ -86,6 +86,20 @@ def test_readme_reward_config_file_registers_it_for_the_command_line(tmp_path, m
         grpo_rewards.VERIFIABLE_REWARDS.pop("has_citation", None)
 
 
+def test_a_syntax_error_in_a_config_file_is_one_line(tmp_path):
+    """Reported: "SyntaxError: '(' was never closed … (an internal error: --debug shows the
+    traceback)": the user's file, its line."""
+    from easyalign.cli import load_config
+    from easyalign.config_keys import ConfigError
+
+    (tmp_path / "broken.py").write_text("def get_config(preset=''):\n    return (\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config([f"--config={tmp_path / 'broken.py'}:tiny"])
+    line = str(raised.value)
+    assert line.startswith(f"--config={tmp_path / 'broken.py'}:tiny: ") and "line 2" in line, line
+    assert "internal error" not in line
+
+
 def test_readme_sampling_snippet_runs():
     """The engine snippet, with a tiny model's graph and parameters and two prompts in scope
     (and 8 new tokens instead of 256): 4 samples per prompt, in rows n·4 + g."""

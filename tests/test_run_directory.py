@@ -286,7 +286,13 @@ def test_divergence_guard_names_the_first_bad_step_and_warns_on_a_dead_model(cap
     assert "gradient norm 0 for the last 3 steps" in capsys.readouterr().out
     guard.observe(4, {"loss": jnp.float32(1.0), "grad_norm": jnp.float32(jnp.inf)})
     guard.observe(5, {"loss": jnp.float32(jnp.nan), "grad_norm": jnp.float32(1.0)})
-    with pytest.raises(NonFiniteLossError, match="at step 4; stopped without saving"):
+    # Reported: "the last complete checkpoint is iteration None" before any was written.
+    with pytest.raises(NonFiniteLossError, match=r"at step 4; stopped without saving it \(no "
+                       r"checkpoint was written before it\)"):
+        guard.check(checkpointer)
+    checkpointer.saved.append(2)
+    with pytest.raises(NonFiniteLossError, match=r"\(the last complete checkpoint is step 2 in "
+                       r"/ckpt\)"):
         guard.check(checkpointer)
 
 

@@ -340,6 +340,19 @@ def test_inverse_cdf_inverts_the_float64_cumulative_distribution():
     assert int(S.inverse_cdf(jnp.asarray(logits), jnp.float32(1 - 2 ** -24))) == vocab - 1
 
 
+def test_temperatures_outside_the_float32_range_are_refused_and_overflow_is_greedy():
+    """Reported: temperature 1e-10 returned pad tokens with log-prob +inf, depending on the
+    slot count, and inf was accepted. Out of [1e-4, 1e4] one line says what to use; and an
+    overflowed +inf logit is the whole mass of the draw (it was NaN weights)."""
+    for bad in (1e-5, 1e-10, float("inf"), 2e4):
+        with pytest.raises(ValueError, match=r"temperature must be in \[0.0001, 10000\]"):
+            S.Temperature(bad)
+    S.Temperature(1e-4), S.TopP(0.9, 1e4)
+    logits = jnp.array([[1.0, jnp.inf, 3.0, -jnp.inf], [0.0, 2.0, jnp.inf, jnp.inf]])
+    assert S.inverse_cdf(logits, jnp.array([0.99, 0.0])).tolist() == [1, 2]
+    assert S.inverse_cdf(logits, jnp.array([0.0, 0.99])).tolist() == [1, 3]
+
+
 def test_top_k_stays_in_top_k():
     logits = np.array([0.3, 2.0, -1.0, 1.5, 1.9, 0.0, 1.4], np.float32)
     samples = _draw(S.TopK(3), logits)

@@ -143,10 +143,28 @@ def parse_rewards(spec: str) -> dict[str, float]:
 
 def verifiable_scores(weights: Mapping[str, float], records: list[Mapping[str, Any]],
                       responses: list[str]) -> dict[str, np.ndarray]:
-    """{name: `[N]` float32} of every verifiable reward in `weights` on (record, response) pairs."""
-    return {name: np.asarray([reward_function(name)(r, y) for r, y in zip(records, responses)],
-                             np.float32)
+    """{name: `[N]` float32} of every verifiable reward in `weights` on (record, response) pairs.
+    Raises RewardError (one line naming the reward, the record and its prompt) when a reward
+    function raises or returns anything but a finite real number."""
+    return {name: np.asarray([_score(name, i, r, y)
+                              for i, (r, y) in enumerate(zip(records, responses))], np.float32)
             for name in weights if name != REWARD_MODEL}
+
+
+class RewardError(ValueError):
+    """A verifiable reward function failed on a record: the user's code, not the library's."""
+
+
+def _score(name: str, index: int, record: Mapping[str, Any], response: str) -> float:
+    where = f"grpo.rewards: reward {name!r} on prompt record {index} ({str(record.get('prompt'))[:60]!r})"
+    try:
+        value = reward_function(name)(record, response)
+    except Exception as e:  # noqa: BLE001 — the user's function: name it, keep the cause
+        raise RewardError(f"{where} raised {type(e).__name__}: {e}") from e
+    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
+            or not np.isfinite(value):
+        raise RewardError(f"{where} returned {value!r}; a reward must be a finite real number")
+    return float(value)
 
 
 def combine(weights: Mapping[str, float], scores: Mapping[str, np.ndarray]) -> np.ndarray:

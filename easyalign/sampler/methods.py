@@ -16,6 +16,12 @@ from typing import Any, ClassVar
 import jax
 import jax.numpy as jnp
 
+# The sampling temperatures every sampler accepts (and the config keys that set one:
+# `config_check`). Below 1e-4 every logit gap above 0.01 is worth more than 100 nats (the draw
+# is greedy's up to exact ties), and scaled float32 logits near 1e-9 and below lose the
+# distribution altogether: use greedy. Above 1e4 the draw is uniform to float32.
+MIN_TEMPERATURE, MAX_TEMPERATURE = 1e-4, 1e4
+
 # Tokens per block of `inverse_cdf`'s two-level cumulative sum: the block sums are accumulated
 # over V / 256 terms and a token's offset within its block over ≤ 256 terms, instead of one
 # float32 running sum over the whole vocabulary.
@@ -52,7 +58,8 @@ def inverse_cdf(logits: jax.Array, uniform: jax.Array) -> jax.Array:
     vocab = logits.shape[-1]
     blocks = -(-vocab // CDF_BLOCK)
     top = jnp.max(logits, axis=-1, keepdims=True)
-    weights = jnp.exp(logits - top)                                          # [..., V]
+    # An overflowed +inf logit (scaled by a tiny temperature) is the whole mass, not NaN.
+    weights = jnp.where(logits == top, 1.0, jnp.exp(logits - top))           # [..., V]
     padding = [(0, 0)] * (logits.ndim - 1) + [(0, blocks * CDF_BLOCK - vocab)]
     block_mass = jnp.pad(weights, padding).reshape(
         logits.shape[:-1] + (blocks, CDF_BLOCK)).sum(-1)                     # [..., blocks]
@@ -66,8 +73,8 @@ def inverse_cdf(logits: jax.Array, uniform: jax.Array) -> jax.Array:
     inside = columns < vocab
     # The chosen block's weights again from the logits (not gathered from `weights`, which XLA
     # would then keep whole instead of fusing the exp into the block sums).
-    block_weights = jnp.where(inside, jnp.exp(jnp.take_along_axis(
-        logits, jnp.minimum(columns, vocab - 1), axis=-1) - top), 0.0)
+    picked = jnp.take_along_axis(logits, jnp.minimum(columns, vocab - 1), axis=-1)
+    block_weights = jnp.where(inside, jnp.where(picked == top, 1.0, jnp.exp(picked - top)), 0.0)
     within = jnp.sum(jnp.cumsum(block_weights, axis=-1) <= (target - before)[..., None],
                      axis=-1)
     within = jnp.minimum(within, _last_positive(block_weights))
@@ -170,8 +177,9 @@ class TopP:
 
 
 def _check_temperature(temperature: float) -> None:
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (use Greedy for argmax), got {temperature!r}")
+    if not MIN_TEMPERATURE <= temperature <= MAX_TEMPERATURE:
+        raise ValueError(f"temperature must be in [{MIN_TEMPERATURE:g}, {MAX_TEMPERATURE:g}] (use "
+                         f"Greedy for argmax), got {temperature!r}")
 
 
 SamplingMethod = Greedy | Temperature | TopK | TopP

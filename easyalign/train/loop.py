@@ -71,10 +71,13 @@ class DivergenceGuard:
         A host-device sync point: call it at log and checkpoint boundaries only."""
         first_bad, zero_run = (int(x) for x in jax.device_get(self.flags))
         if first_bad >= 0:
+            latest = checkpointer.latest_step()
+            kept = (f"the last complete checkpoint is {self.unit} {latest} in "
+                    f"{checkpointer.directory}" if latest is not None else
+                    "no checkpoint was written before it")
             raise NonFiniteLossError(
                 f"non-finite loss or gradient norm at {self.unit} {first_bad}; stopped without "
-                f"saving it (the last complete checkpoint is {self.unit} "
-                f"{checkpointer.latest_step()} in {checkpointer.directory}). {self.hint}")
+                f"saving it ({kept}). {self.hint}")
         if self.dead_steps and zero_run >= self.dead_steps and not self.warned:
             self.warned = True
             if jax.process_index() == 0:

@@ -16,6 +16,7 @@ with N the parameters (a tied head counted once), L layers, d width, S sequence 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import time
@@ -48,6 +49,10 @@ class MetricsWriter:
         self.logdir.mkdir(parents=True, exist_ok=True)
         self._jsonl = open(self.logdir / "metrics.jsonl", "a", encoding="utf-8")
         from tensorboardX import SummaryWriter  # imported lazily: heavy, and process 0 only
+
+        # A NaN metric is the run's own one-line error (`loop.DivergenceGuard`), not a log
+        # line of tensorboardX's on the terminal.
+        logging.getLogger("tensorboardX.x2num").setLevel(logging.ERROR)
 
         self._tb = SummaryWriter(str(self.logdir),
                                  purge_step=0 if resume_step is None else resume_step + 1)
