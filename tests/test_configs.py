@@ -186,15 +186,18 @@ def test_learning_rate_warnings_on_a_pretrained_model_and_a_warm_up_longer_than_
     ("grpo", "grpo.epsilon", -1.0, "grpo.epsilon=-1.0: must be in (0, 1) (the ratio's clip band"),
     ("grpo", "grpo.beta", -0.1, "grpo.beta=-0.1: must be ≥ 0 (the KL weight"),
     # Reported: failed after loading the model, naming no key.
-    ("grpo", "grpo.temperature", 0.0, "grpo.temperature=0.0: must be in [0.0001, 10000.0] (GRPO samples"),
+    ("grpo", "grpo.temperature", 0.0, "grpo.temperature=0.0: must be in [0.0001, 10000.0] "
+     "(GRPO samples"),
     ("ppo", "ppo.gamma", 1.5, "ppo.gamma=1.5: must be in [0, 1] (the discount)"),
     ("ppo", "ppo.clip_eps", 0.0, "ppo.clip_eps=0.0: must be in (0, 1)"),
     ("dpo", "dpo.beta", 0.0, "dpo.beta=0.0: must be > 0"),
     ("dpo", "dpo.label_smoothing", 0.5, "dpo.label_smoothing=0.5: must be in [0, 0.5)"),
     ("distill", "distill.lmbda", 2.0, "distill.lmbda=2.0: must be in [0, 1]"),
-    ("distill", "distill.temperature", 0.0, "distill.temperature=0.0: must be in [0.0001, 10000.0] (the "
+    ("distill", "distill.temperature", 0.0, "distill.temperature=0.0: must be in "
+     "[0.0001, 10000.0] (the "
      "divergence's temperature"),
-    ("generate", "generate.temperature", 0.0, "generate.temperature=0.0: must be in [0.0001, 10000.0] for "
+    ("generate", "generate.temperature", 0.0, "generate.temperature=0.0: must be in "
+     "[0.0001, 10000.0] for "
      "generate.sampling="),
     ("generate", "generate.top_p", 1.5, "generate.top_p=1.5: must be in (0, 1] for "
      "generate.sampling='top_p'"),

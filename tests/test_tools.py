@@ -232,7 +232,8 @@ def test_sample_reads_an_hf_directory_and_seeds_random_methods(world_model, tmp_
     (["--checkpoint=X", "--prompt=hi", "--method=top_k", "--top_k=-1"],
      "--top_k=-1: must be ≥ 1 for --method='top_k'"),
     (["--checkpoint=X", "--prompt=hi", "--method=temperature", "--temperature=0"],
-     "--temperature=0.0: must be in [0.0001, 10000.0] for --method='temperature'; greedy decoding is "
+     "--temperature=0.0: must be in [0.0001, 10000.0] for --method='temperature'; greedy "
+     "decoding is "
      "--method='greedy'"),
     (["--checkpoint=X", "--prompt=hi", "--method=beam"], "value should be one of"),
 ])

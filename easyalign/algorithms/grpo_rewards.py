@@ -156,7 +156,8 @@ class RewardError(ValueError):
 
 
 def _score(name: str, index: int, record: Mapping[str, Any], response: str) -> float:
-    where = f"grpo.rewards: reward {name!r} on prompt record {index} ({str(record.get('prompt'))[:60]!r})"
+    prompt = str(record.get("prompt"))[:60]
+    where = f"grpo.rewards: reward {name!r} on prompt record {index} ({prompt!r})"
     try:
         value = reward_function(name)(record, response)
     except Exception as e:  # noqa: BLE001 — the user's function: name it, keep the cause

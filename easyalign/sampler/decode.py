@@ -39,9 +39,9 @@ sampling distribution (GRPO at τ ≠ 1, as TRL). A test holds them to 1e-5 in f
 
 Randomness. Token i of output row b is drawn with the key `fold_in(fold_in(rng, o + b), i)`
 (`row_keys`; o = `row_offset`, 0 by default) — one uniform number, inverted through the
-distribution's cumulative sum (`methods.categorical`): a row's samples depend on the key, its row index
-and the model only — not on the slot count, the refill size or the other rows, so continuous
-batching and a static batch sample the same tokens (up to float rounding of differently shaped
+distribution's cumulative sum (`methods.categorical`): a row's samples depend on the key, its
+row index and the model only — not on the slot count, the refill size or the other rows, so
+continuous batching and a static batch sample the same tokens (up to float rounding of differently shaped
 matmuls). A long list sampled in several calls passes each call's first row as `row_offset`,
 so its samples do not depend on how it was cut (`front.sample_prompt_batches`).
 

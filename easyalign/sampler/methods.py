@@ -3,9 +3,10 @@
 Every method is a frozen dataclass with `sample(logits [B, V] float32, rng) -> [B] int32`; the
 decoder calls it once per row with that row's own key (`decode.row_keys`), so a row's draw does
 not depend on which batch or slot it sits in. The random methods draw with `categorical`: one
-uniform number per row, inverted through the distribution's cumulative sum. `SAMPLING_METHODS` is the one name → class table:
-configs name a method there and carry the flat fields `temperature`, `top_k`, `top_p`; each
-class's `config_fields` says which of them its arguments come from.
+uniform number per row, inverted through the distribution's cumulative sum. `SAMPLING_METHODS`
+is the one name → class table: configs name a method there and carry the flat fields
+`temperature`, `top_k`, `top_p`; each class's `config_fields` says which of them its arguments
+come from.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class Temperature:
         _check_temperature(self.temperature)
 
     def sample(self, logits: jax.Array, rng: jax.Array) -> jax.Array:
-        return categorical(rng, logits / self.temperature).astype(jnp.int32)
+        return categorical(rng, logits / self.temperature)
 
 
 @dataclasses.dataclass(frozen=True)
