@@ -194,16 +194,22 @@ def test_a_failing_reward_function_is_one_line_naming_it_and_the_record():
             assert line.startswith(f"grpo.rewards: reward {name!r} on prompt record 0 "
                                    "('Add 2 and 3.')"), line
             assert ("ZeroDivisionError" in line if name == "boom"
-                    else "a reward must be a finite real number" in line), line
+                    else "a reward must be a finite number" in line), line
     finally:
         for name in cases:
             grpo_rewards.VERIFIABLE_REWARDS.pop(name, None)
-    grpo_rewards.register("count", lambda r, y: len(y))  # an int is a real number
+    # An int, a bool and a numpy scalar are numbers.
+    plain = {"count": lambda r, y: len(y), "is_five": lambda r, y: y == "5",
+             "half": lambda r, y: np.float32(0.5)}
     try:
-        np.testing.assert_array_equal(
-            grpo_rewards.verifiable_scores({"count": 1.0}, records, ["5", "66"])["count"], [1, 2])
+        for name, fn in plain.items():
+            grpo_rewards.register(name, fn)
+        scores = grpo_rewards.verifiable_scores(dict.fromkeys(plain, 1.0), records, ["5", "66"])
+        assert {k: v.tolist() for k, v in scores.items()} == {
+            "count": [1, 2], "is_five": [1, 0], "half": [0.5, 0.5]}
     finally:
-        grpo_rewards.VERIFIABLE_REWARDS.pop("count", None)
+        for name in plain:
+            grpo_rewards.VERIFIABLE_REWARDS.pop(name, None)
 
 
 def test_choose_groups_puts_signal_first_then_fills():

@@ -31,6 +31,7 @@ and every reward function's mean and std are logged (`reward/<name>`, `reward_st
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping
 
 import numpy as np
@@ -145,8 +146,8 @@ def verifiable_scores(weights: Mapping[str, float], records: list[Mapping[str, A
                       responses: list[str]) -> dict[str, np.ndarray]:
     """{name: `[N]` float32} of every verifiable reward in `weights` on (record, response) pairs.
     Raises RewardError (one line naming the reward, the record and its prompt) when a reward
-    function raises or returns anything but a finite real number."""
-    return {name: np.asarray([_score(name, i, r, y)
+    function raises or returns anything but a finite number (a bool counts as 0 or 1)."""
+    return {name: np.asarray([_score(name, reward_function(name), i, r, y)
                               for i, (r, y) in enumerate(zip(records, responses))], np.float32)
             for name in weights if name != REWARD_MODEL}
 
@@ -155,17 +156,21 @@ class RewardError(ValueError):
     """A verifiable reward function failed on a record: the user's code, not the library's."""
 
 
-def _score(name: str, index: int, record: Mapping[str, Any], response: str) -> float:
+def _score(name: str, fn: RewardFn, index: int, record: Mapping[str, Any],
+           response: str) -> float:
     prompt = str(record.get("prompt"))[:60]
     where = f"grpo.rewards: reward {name!r} on prompt record {index} ({prompt!r})"
     try:
-        value = reward_function(name)(record, response)
+        value = fn(record, response)
     except Exception as e:  # noqa: BLE001 — the user's function: name it, keep the cause
         raise RewardError(f"{where} raised {type(e).__name__}: {e}") from e
-    if isinstance(value, bool) or not isinstance(value, (int, float, np.integer, np.floating)) \
-            or not np.isfinite(value):
-        raise RewardError(f"{where} returned {value!r}; a reward must be a finite real number")
-    return float(value)
+    try:
+        number = None if isinstance(value, (str, bytes)) else float(value)
+    except (TypeError, ValueError):
+        number = None
+    if number is None or not math.isfinite(number):
+        raise RewardError(f"{where} returned {value!r}; a reward must be a finite number")
+    return number
 
 
 def combine(weights: Mapping[str, float], scores: Mapping[str, np.ndarray]) -> np.ndarray:
