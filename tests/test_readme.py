@@ -100,21 +100,30 @@ def test_a_syntax_error_in_a_config_file_is_one_line(tmp_path):
     assert "internal error" not in line
 
 
-def test_readme_sampling_snippet_runs():
-    """The engine snippet, with a tiny model's graph and parameters and two prompts in scope
-    (and 8 new tokens instead of 256): 4 samples per prompt, in rows n·4 + g."""
-    import jax
-    from flax import nnx
+def test_readme_sampling_snippet_runs(tmp_path, built_world):
+    """The sampling snippet as written, on a random world-student model saved with the world's
+    tokenizer (its path replaced; 8 new tokens instead of 32 and 256): one line per question,
+    then 4 samples per prompt in rows n·4 + g, each row's tokens decoded to text."""
+    from transformers import AutoTokenizer
 
-    from easyalign.model import create_model, preset
+    from eval_fixtures import save_model
 
-    graphdef, params = nnx.split(create_model(preset("tiny", dtype="float32"), seed=0))
-    namespace = {"jax": jax, "graphdef": graphdef, "params": params, "stops": (2,),
-                 "prompt_tokens": np.array([[5, 6, 7, 0], [8, 9, 10, 11]], np.int32),
-                 "prompt_lengths": np.array([3, 4], np.int32)}
-    code = readme_python("sampler.generate").replace("max_new_tokens=256", "max_new_tokens=8")
+    tokenizer = AutoTokenizer.from_pretrained(str(built_world / "tokenizer"))
+    model_dir = save_model(tmp_path / "model", tokenizer, seed=0,
+                           tokenizer_dir=built_world / "tokenizer")
+    code = (readme_python("sampler.generate").replace("runs/demo/sft/model", str(model_dir))
+            .replace("max_new_tokens=256", "max_new_tokens=8")
+            .replace("max_new_tokens=32", "max_new_tokens=8"))
+    printed = []
+    namespace = {"print": lambda *args: printed.append(args)}
     exec(compile(code, str(README), "exec"), namespace)
-    out = namespace["out"]
+    assert [line[0] for line in printed] == namespace["questions"]
+    assert all(line[1] == "→" and isinstance(line[2], str) for line in printed)
+    out, ids = namespace["out"], namespace["ids"]
+    # The prompts are the chat template's rendering, ending with the assistant's header.
+    assert tokenizer.decode(ids[0]).endswith(
+        tokenizer.apply_chat_template([{"role": "user", "content": "What is 3 + 4?"}],
+                                      tokenize=False, add_generation_prompt=True)[-20:])
     assert out.tokens.shape == (8, 8) and out.lengths.shape == (8,)
     assert ((out.lengths >= 1) & (out.lengths <= 8)).all()
     assert len({tuple(row) for row in np.asarray(out.tokens)[:4].tolist()}) > 1  # 4 samples

@@ -354,8 +354,8 @@ def test_a_run_ends_naming_its_model_and_a_rerun_says_it_is_complete(tmp_path, c
     shutil.rmtree(tmp_path / "world")
     assert easyalign.run("sft", config) == tmp_path / "runs" / "t" / "sft"
     complete = (f"[sft] already complete (2 of 2 steps): the model is in "
-                f"{tmp_path / 'runs' / 't' / 'sft' / 'model'} (train again in a new "
-                "--config.workdir)")
+                f"{tmp_path / 'runs' / 't' / 'sft' / 'model'} (train again with a "
+                "new config.workdir)")
     assert capsys.readouterr().out.strip().splitlines()[-1] == complete
     assert not (tmp_path / "world").exists()
     assert not (tmp_path / "runs" / "t" / "sft" / rundir.LOCK_FILE).exists()

@@ -265,7 +265,7 @@ def check_resume(config, workdir: Path, overrides: dict | None = None,
 def complete_message(phase: str, latest: int, total: int, unit: str, model_dir: Path) -> str:
     """What a rerun of a finished run prints (the stage runner's early stop and the driver)."""
     return (f"[{phase}] already complete ({latest} of {total} {unit}s): the model is in "
-            f"{model_dir} (train again in a new --config.workdir)")
+            f"{model_dir} (train again with a new config.workdir)")
 
 
 def start_workdir(config, manifest_overrides: dict | None = None, identify=None) -> Path:
