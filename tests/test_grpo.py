@@ -192,9 +192,21 @@ def test_a_failing_reward_function_is_one_line_naming_it_and_the_record():
                 grpo_rewards.verifiable_scores({name: 1.0}, records, ["5", "6"])
             line = str(raised.value)
             assert line.startswith(f"grpo.rewards: reward {name!r} on prompt record 0 "
-                                   "('Add 2 and 3.')"), line
+                                   "('Add 2 and 3.'), response '5'"), line
             assert ("ZeroDivisionError" in line if name == "boom"
                     else "a reward must be a finite number" in line), line
+        # Reported: "record 0" was the batch position, not the file line, and the response
+        # that broke the function was not shown: a record read from a file is named by its
+        # source, the response is shown (cut at 60 characters), and so is the pass.
+        long = "The answer is " + "very " * 20 + "clearly 5"
+        with pytest.raises(grpo_rewards.RewardError) as raised:
+            grpo_rewards.verifiable_scores(
+                {"boom": 1.0}, [dict(records[0], source="math.jsonl:7")], [long],
+                "in the rollout of iteration 3")
+        assert str(raised.value) == (
+            "grpo.rewards: reward 'boom' on record math.jsonl:7 ('Add 2 and 3.'), response "
+            f"{(long[:59] + '…')!r}, in the rollout of iteration 3: raised ZeroDivisionError: "
+            "division by zero")
     finally:
         for name in cases:
             grpo_rewards.VERIFIABLE_REWARDS.pop(name, None)

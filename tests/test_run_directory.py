@@ -74,6 +74,24 @@ def test_a_zombie_holder_is_dead(tmp_path):
         zombie.wait()
 
 
+def test_resume_takes_another_sample_log_setting(tmp_path):
+    """Reported: `--config.grpo.sample_every=1` on a GRPO run's resume was refused as a changed
+    training config, though the README says logging intervals may change freely. What the
+    sample log writes is free; what the rollout samples is not."""
+    from configs import grpo
+
+    config = grpo.get_config("tiny")
+    workdir = tmp_path / "run"
+    (workdir / "checkpoints" / "2").mkdir(parents=True)
+    assert rundir.check_resume(config, workdir) is None
+    (workdir / "config.json").write_text("{}")
+    config.grpo.sample_every, config.grpo.num_samples = 1, 8
+    assert rundir.check_resume(config, workdir) is None
+    config.grpo.num_generations = 4
+    with pytest.raises(rundir.RunDirError, match="grpo.num_generations: 8 → 4"):
+        rundir.check_resume(config, workdir)
+
+
 def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
     from configs import sft
 

@@ -320,7 +320,8 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
         records = s.eval_records[offset:offset + n]
         offset += n
         responses = decode_responses(s.run.tokenizer, got["tokens"][:n], got["lengths"][:n])
-        scores = rewards_of(s, records, responses, {k: v[:n] for k, v in scored.items()})
+        scores = rewards_of(s, records, responses, {k: v[:n] for k, v in scored.items()},
+                            "in the held-out evaluation")
         scores = {k: v[:n] for k, v in scores.items()}
         scores["reward"] = grpo_rewards.combine(s.weights, scores)
         scores["response_length"] = got["lengths"][:n].astype(np.float32)
@@ -351,7 +352,7 @@ def rollout_iteration(s: Setup, score_fn, params, prompts: dict, it: int, more_p
     g, t = c.grpo, c.train
     batch, metrics, rows = rollout_batch(s, score_fn, params, prompts,
                                          jax.random.fold_in(jax.random.key(t.seed), it),
-                                         more_prompts)
+                                         more_prompts, f"in the rollout of iteration {it}")
     minibatches = rollout.minibatch_indices(t.batch_size * g.num_generations, minibatch_rows(c),
                                             g.num_iterations, (t.seed, it), minibatch_group(c))
     return (batch, minibatches), metrics, rows

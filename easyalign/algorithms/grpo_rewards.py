@@ -143,11 +143,13 @@ def parse_rewards(spec: str) -> dict[str, float]:
 
 
 def verifiable_scores(weights: Mapping[str, float], records: list[Mapping[str, Any]],
-                      responses: list[str]) -> dict[str, np.ndarray]:
+                      responses: list[str], during: str = "") -> dict[str, np.ndarray]:
     """{name: `[N]` float32} of every verifiable reward in `weights` on (record, response) pairs.
-    Raises RewardError (one line naming the reward, the record and its prompt) when a reward
-    function raises or returns anything but a finite number (a bool counts as 0 or 1)."""
-    return {name: np.asarray([_score(name, reward_function(name), i, r, y)
+    Raises RewardError — one line naming the reward, the record (its `source`, `file:LINE`,
+    when it has one, else its position), its prompt, the response and `during` (e.g. "in the
+    rollout of iteration 3") — when a reward function raises or returns anything but a finite
+    number (a bool counts as 0 or 1)."""
+    return {name: np.asarray([_score(name, reward_function(name), i, r, y, during)
                               for i, (r, y) in enumerate(zip(records, responses))], np.float32)
             for name in weights if name != REWARD_MODEL}
 
@@ -156,20 +158,29 @@ class RewardError(ValueError):
     """A verifiable reward function failed on a record: the user's code, not the library's."""
 
 
+def _short(text: Any, limit: int = 60) -> str:
+    text = " ".join(str(text).split())
+    return repr(text if len(text) <= limit else text[:limit - 1] + "…")
+
+
 def _score(name: str, fn: RewardFn, index: int, record: Mapping[str, Any],
-           response: str) -> float:
-    prompt = str(record.get("prompt"))[:60]
-    where = f"grpo.rewards: reward {name!r} on prompt record {index} ({prompt!r})"
+           response: str, during: str = "") -> float:
+    def where() -> str:  # only built when a reward fails
+        source = record.get("source")
+        which = f"record {source}" if source else f"prompt record {index}"
+        return (f"grpo.rewards: reward {name!r} on {which} ({_short(record.get('prompt'))}), "
+                f"response {_short(response)}" + (f", {during}" if during else ""))
+
     try:
         value = fn(record, response)
     except Exception as e:  # noqa: BLE001 — the user's function: name it, keep the cause
-        raise RewardError(f"{where} raised {type(e).__name__}: {e}") from e
+        raise RewardError(f"{where()}: raised {type(e).__name__}: {e}") from e
     try:
         number = None if isinstance(value, (str, bytes)) else float(value)
     except (TypeError, ValueError):
         number = None
     if number is None or not math.isfinite(number):
-        raise RewardError(f"{where} returned {value!r}; a reward must be a finite number")
+        raise RewardError(f"{where()}: returned {value!r}; a reward must be a finite number")
     return number
 
 

@@ -78,10 +78,11 @@ def decode_responses(tokenizer, tokens: np.ndarray, lengths: np.ndarray) -> list
             for b, n in enumerate(lengths.tolist())]
 
 
-def rewards_of(s: Setup, records: list[dict], responses: list[str], scored: dict
-               ) -> dict[str, np.ndarray]:
-    """{reward name: `[N]`} of every reward in `s.weights`."""
-    scores = grpo_rewards.verifiable_scores(s.weights, records, responses)
+def rewards_of(s: Setup, records: list[dict], responses: list[str], scored: dict,
+               during: str = "") -> dict[str, np.ndarray]:
+    """{reward name: `[N]`} of every reward in `s.weights` (`during` names the pass in a
+    failing reward's message)."""
+    scores = grpo_rewards.verifiable_scores(s.weights, records, responses, during)
     if grpo_rewards.REWARD_MODEL in s.weights:
         scores[grpo_rewards.REWARD_MODEL] = np.asarray(rollout.host(scored["scores"]), np.float32)
     return scores
@@ -107,9 +108,9 @@ class Round:
     sample_time: float              # seconds of sampling (wall)
 
 
-def sample_round(s: Setup, score_fn, params, prompts: dict, rng) -> Round:
+def sample_round(s: Setup, score_fn, params, prompts: dict, rng, during: str = "") -> Round:
     """Sample G completions of every prompt of a global batch, score and reward them
-    (module docstring, steps 1–2)."""
+    (module docstring, steps 1–2); `during` names the rollout in a failing reward's message."""
     run_, g, mesh = s.run, s.run.config.grpo, s.run.mesh
     G = g.num_generations
     rep = repeat_prompts(prompts, G)
@@ -127,7 +128,7 @@ def sample_round(s: Setup, score_fn, params, prompts: dict, rng) -> Round:
     sample_time = time.perf_counter() - start
     records = [s.records[int(i)] for i in got["index"] for _ in range(G)]
     responses = decode_responses(run_.tokenizer, got["tokens"], got["lengths"])
-    scores = rewards_of(s, records, responses, scored)
+    scores = rewards_of(s, records, responses, scored, during)
     return Round(scored=scored, prompt_lengths=rep["prompt_lengths"], lengths=got["lengths"],
                  done=got["done"], scores=scores,
                  rewards=grpo_rewards.combine(s.weights, scores).reshape(-1, G),
@@ -148,8 +149,8 @@ _take_rows = rollout.make_take()
 _concat_rows = jax.jit(lambda trees: jax.tree.map(lambda *v: jnp.concatenate(v, axis=0), *trees))
 
 
-def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=None
-                  ) -> tuple[dict, dict, dict]:
+def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=None,
+                  during: str = "") -> tuple[dict, dict, dict]:
     """One group rollout (module docstring, steps 1–3): (update batch, metrics, per-row rows for
     sample logging).
 
@@ -159,13 +160,13 @@ def rollout_batch(s: Setup, score_fn, params, prompts: dict, rng, more_prompts=N
     `fold_in(rng, r)`."""
     g, t, mesh = s.run.config.grpo, s.run.config.train, s.run.mesh
     G = g.num_generations
-    rounds = [sample_round(s, score_fn, params, prompts, rng)]
+    rounds = [sample_round(s, score_fn, params, prompts, rng, during)]
     zero = [np.asarray(grpo_losses.zero_signal_groups(rounds[0].rewards))]
     while (g.dynamic_sampling and more_prompts is not None
            and sum(int((~z).sum()) for z in zero) < t.batch_size
            and len(rounds) < g.max_sampling_rounds):
         rounds.append(sample_round(s, score_fn, params, more_prompts(),
-                                   jax.random.fold_in(rng, len(rounds))))
+                                   jax.random.fold_in(rng, len(rounds)), during))
         zero.append(np.asarray(grpo_losses.zero_signal_groups(rounds[-1].rewards)))
     # One round: its groups as they are (no reordering); several: `choose_groups`.
     groups = choose_groups(zero, t.batch_size) if len(rounds) > 1 else np.arange(t.batch_size)

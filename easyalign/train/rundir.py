@@ -47,7 +47,9 @@ NOT_TRAINING = ("workdir", "preset", "train.progress_bar", "train.plot", "train.
                 "train.keep_checkpoints", "train.async_checkpointing",
                 "train.allow_config_change", "train.dead_model_steps", "distributed.", "perf.",
                 "mesh.", "model.attention_impl", "model.remat", "model.logits_chunk",
-                "data.world.dir", "data.eval_source", "data.eval_split", "doctor.")
+                "data.world.dir", "data.eval_source", "data.eval_split", "doctor.",
+                # what the rollouts' sample log writes (samples.txt), not what they sample
+                "ppo.sample_every", "ppo.num_samples", "grpo.sample_every", "grpo.num_samples")
 
 _held: dict[Path, Path] = {}
 # The config and manifest files `start_workdir` and `check_resume` write (and their temporaries).
