@@ -76,6 +76,21 @@ def check_writable(path: Path, key: str) -> None:
         raise ConfigError(f"{key}={path}: {probe} is not writable ({e.strerror})") from None
 
 
+def _reference_instead(config, key: str) -> str | None:
+    """What else a missing KL reference (`ppo.reference`, `grpo.reference`) can be: with LoRA,
+    the policy's own source — its base with the adapters off, no second copy
+    (`runsetup.reference_model`); for GRPO also none at all (β = 0)."""
+    if key not in ("ppo.reference", "grpo.reference"):
+        return None
+    m = config.get("model")
+    options = [f"set {key}=PATH"]
+    if m is not None and m.get("lora", {}).get("rank", 0) > 0 and m.get("path"):
+        options.append(f"{key}={m.path} (with LoRA: the base with its adapters off, no copy)")
+    if key == "grpo.reference":
+        options.append("grpo.beta=0 (no KL term, no reference)")
+    return ", ".join(options[:-1]) + " or " + options[-1] if len(options) > 1 else options[0]
+
+
 def _model_sources(config) -> list[tuple[str, str, str]]:
     """`(key, value, kind)` of every model the run loads; kind "" = any model directory."""
     out = []
@@ -212,7 +227,7 @@ def check_model_source(config, key: str, value: str, kind: str = "") -> None:
     from easyalign.hf.gguf import INSTALLED
 
     if value.startswith("@"):
-        check_stage_reference(config, key, value)
+        check_stage_reference(config, key, value, instead=_reference_instead(config, key))
         return
     if _is_planned(Path(value)):
         return

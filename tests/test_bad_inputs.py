@@ -436,6 +436,17 @@ def test_every_missing_stage_reference_names_its_key_and_the_command(tmp_path):
         f"eval.variants[dpo]='@dpo': {runs / 'dpo' / 'model'} does not exist; run the dpo stage "
         f"first (easyalign dpo --config=configs/dpo.py "
         f"--config.workdir={runs / 'dpo'}) or give eval.variants 'dpo=PATH'")
+    # A KL reference (the trial: LoRA on the installed model, `grpo.reference` left '@sft'):
+    # with LoRA the policy's own source is its base with the adapters off; GRPO needs none
+    # at β = 0.
+    sft_dir = tmp_path / "runs" / "solo" / "sft"
+    assert error("--config=configs/grpo.py:tiny", f"--config.workdir={sft_dir.parent / 'grpo'}",
+                 f"--config.model.path={runs / 'sft' / 'model'}", "--config.grpo.beta=0.04",
+                 "--config.model.lora.rank=8") == (
+        f"grpo.reference='@sft': {sft_dir / 'model'} does not exist; run the sft stage first "
+        f"(easyalign sft --config=configs/sft.py:tiny --config.workdir={sft_dir}) or set "
+        f"grpo.reference=PATH, grpo.reference={runs / 'sft' / 'model'} (with LoRA: the base "
+        "with its adapters off, no copy) or grpo.beta=0 (no KL term, no reference)")
     (runs / "teacher_data").mkdir()
     assert error("--config=configs/distill.py:tiny", f"--config.workdir={runs / 'distill'}",
                  "--config.distill.teacher=@sft", "--config.distill.lmbda=0.5").startswith(
