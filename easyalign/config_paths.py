@@ -173,6 +173,15 @@ def _is_planned(path: Path) -> bool:
     return any(path == w or w in path.parents for w in _planned)
 
 
+class MissingStage(ConfigError):
+    """A `@stage` reference to a stage that has not run (or not finished): `stage_dir` is the
+    workdir that would make it. The doctor plans such a stage instead of stopping."""
+
+    def __init__(self, message: str, stage_dir: Path):
+        super().__init__(message)
+        self.stage_dir = stage_dir
+
+
 def check_stage_reference(config, key: str, value: str, product: str = "model",
                           complete: str = "model/model_config.json",
                           instead: str | None = None) -> None:
@@ -203,7 +212,8 @@ def check_stage_reference(config, key: str, value: str, product: str = "model",
         known = dict.fromkeys([*siblings, *PRODUCING_PHASES])
         hint = did_you_mean(stage, known)
         how = f"run the pipeline stage {stage!r} first" + (f" ({hint})" if hint else "")
-    raise ConfigError(f"{key}={value!r}: {what}; {how} or {instead or f'set {key}=PATH'}")
+    raise MissingStage(f"{key}={value!r}: {what}; {how} or {instead or f'set {key}=PATH'}",
+                       stage_dir)
 
 
 def _config_flag(phase: str, preset: str) -> str:

@@ -8,7 +8,9 @@ flags or SLURM variables describe, this process's devices (memory from `Device.m
 on CPU the host RAM shared by the fake devices), the mesh `config.mesh` resolves to over
 processes × local devices (or why it cannot), the model and its parameter count, an estimate of
 memory per device against what a device has ("fits" / "does not fit (by X GiB)"), and whether
-the coordinator is reachable (TCP connect with a timeout; process 0 checks its port is free).
+the coordinator is reachable (TCP connect with a timeout; process 0 checks its port is free),
+and the run's own checks before it loads anything (`preflight`: values, the batch split over
+the devices, every path it reads; a `@stage` not run yet is planned and listed as needed first).
 
 Memory per device (bytes; `t` = mesh.tensor, `s` = data × fsdp, `bp`/`bc` = bytes of the
 param / compute dtype; d, F, H, K, hd, V, L = hidden, MLP, heads, KV heads, head dim,
@@ -366,6 +368,8 @@ def diagnose(config) -> dict:
     report["mesh"] = {"asked": dict(config.mesh), "resolved": mesh}
     if why:
         problems.append(why)
+    elif config.phase in TRAINING or config.phase in INFERENCE:
+        report["needs"] = preflight(config, devs["total"], problems, notes)
     if config.phase not in TRAINING and config.phase not in INFERENCE:
         notes.append(f"no memory estimate for phase {config.phase!r} (doctor sizes "
                      f"{', '.join([*TRAINING, *INFERENCE])})")
@@ -415,6 +419,31 @@ def diagnose(config) -> dict:
     return report
 
 
+def preflight(config, n_devices: int, problems: list[str], notes: list[str]) -> list[str]:
+    """The run's own checks before it loads anything (`config_check.validate`: values, the
+    batch split over `n_devices`, every path it reads): a run they stop is not ready (one entry
+    in `problems`). A `@stage` that has not run yet is planned instead — the doctor sizes a
+    pipeline's later stages before the first has run — and returned: what the run needs first,
+    each line as the run itself would print it."""
+    from easyalign.config_check import ConfigError, validate
+    from easyalign.config_paths import MissingStage, planned_stages
+
+    needs: list[MissingStage] = []
+    while True:
+        try:
+            with planned_stages(e.stage_dir for e in needs):
+                notes.extend(f"config: {w}" for w in validate(config, devices=n_devices))
+            return [str(e) for e in needs]
+        except MissingStage as e:
+            if any(e.stage_dir == n.stage_dir for n in needs):  # planning did not take: stop
+                problems.append(f"config: {e}")
+                return [str(n) for n in needs]
+            needs.append(e)
+        except ConfigError as e:
+            problems.append(f"config: {e}")
+            return [str(e) for e in needs]
+
+
 def format_report(report: dict) -> str:
     procs, devs = report["processes"], report["devices"]
     lines = [f"easyalign doctor — phase {report['phase']}",
@@ -451,9 +480,15 @@ def format_report(report: dict) -> str:
         capacity = f" of {mem['capacity'] / GiB:.2f} GiB" if mem["capacity"] else ""
         lines.append(f"  {'total':<16}{mem['total'] / GiB:8.3f} GiB{capacity} → {mem['verdict']}")
     lines += [f"note: {n}" for n in report["notes"]]
+    lines += [f"needs first: {n}" for n in report.get("needs", [])]
     lines += [f"PROBLEM: {p}" for p in report["problems"]]
-    lines.append("verdict: " + ("ready" if not report["problems"] else
-                                f"{len(report['problems'])} problem(s)"))
+    if report["problems"]:
+        verdict = f"{len(report['problems'])} problem(s)"
+    elif report.get("needs"):
+        verdict = "ready once the stages it reads have run (needs first, above)"
+    else:
+        verdict = "ready"
+    lines.append("verdict: " + verdict)
     return "\n".join(lines)
 
 

@@ -134,6 +134,17 @@ def test_mesh_resolution_and_its_messages():
     assert any("not divisible by 3" in p for p in report["problems"])
 
 
+def test_a_batch_the_mesh_cannot_split_is_a_problem():
+    """The trial: 4 devices, mesh.data=2, train.batch_size=2 read "verdict: ready"; the run
+    then stopped at once. The doctor runs the run's own checks, with the run's line."""
+    report = doctor.diagnose(config("--config.doctor.devices=4", "--config.mesh.data=2",
+                                    "--config.train.batch_size=2"))
+    assert report["problems"] == [
+        "config: train.batch_size=2 is not divisible by the 4 data-parallel devices (mesh "
+        "data×fsdp = 2×2 of 4 devices): use a multiple of 4"], report["problems"]
+    assert doctor.format_report(report).splitlines()[-1] == "verdict: 1 problem(s)"
+
+
 def test_verdicts_for_an_8b_model():
     plan = ["--config.model.preset=llama-3.1-8b", "--config.model.vocab_size=128256",
             "--config.model.dtype=bfloat16", "--config.model.remat=full",
@@ -231,6 +242,12 @@ def test_a_pipeline_stage_not_run_yet_is_planned_from_its_own_config(tmp_path):
             "--config.doctor.devices=1"]
     report = doctor.diagnose(load_config(base))
     assert report["problems"] == [], report["problems"]
+    # ... and says the run needs it first, as the run itself would (the trial: a standalone
+    # LoRA run whose grpo.reference was left '@sft' read "verdict: ready", then stopped).
+    assert [n.split(":")[0] for n in report["needs"]] == ["model.path='@sft'"]
+    assert "run the sft stage first" in report["needs"][0]
+    assert doctor.format_report(report).splitlines()[-1] == (
+        "verdict: ready once the stages it reads have run (needs first, above)")
     sft_model = doctor_models.main_model(load_config(["--config=configs/sft.py:tiny"]))[0]
     assert sft_model.num_layers == preset("world-teacher", vocab_size=1).num_layers
     assert report["model"]["params"] == sft_model.param_count()
