@@ -207,7 +207,14 @@ def _check_training(config, devices: bool | int) -> list[str]:
         a = model.lora
         _need(a.rank >= 0, f"model.lora.rank={a.rank}: must be ≥ 0 (0 = no adapters)")
         _need(a.alpha >= 0, f"model.lora.alpha={a.alpha}: must be ≥ 0")
+        _need(a.alpha > 0 or a.rank == 0,
+              f"model.lora.alpha=0 with model.lora.rank={a.rank}: the adapters' scale alpha / r "
+              "is 0, so they never change the model and get no gradient; set alpha > 0 (16 is "
+              "the default) or rank=0 for no adapters")
         _need(0 <= a.dropout < 1, f"model.lora.dropout={a.dropout}: must be in [0, 1)")
+        if a.rank > 0 and a.dropout > 0 and config.get("phase") != "sft":
+            warnings.append(f"model.lora.dropout={a.dropout} is applied in SFT only: easyalign "
+                            f"{config.get('phase')} runs the adapters without dropout")
     if model is not None and model.get("init") == "scratch" and model.get("lora") \
             and model.lora.rank > 0:
         # Adapters over a frozen random base learn next to nothing: almost never intended.

@@ -294,6 +294,40 @@ def test_lora_config_block_builds_the_model_config(tmp_path):
         models.model_config(run_)
 
 
+def test_settings_that_train_nothing_or_waste_are_said():
+    """The trial: alpha=0 trained with grad_norm 0; rank 1000 on a 576-wide model planned 2.3×
+    the base's parameters; dropout in GRPO was silently not applied. alpha=0 stops the run;
+    a rank reaching a targeted weight's narrower side, and dropout outside SFT, are warnings."""
+    from configs import grpo, sft
+    from easyalign.config_check import ConfigError, validate
+
+    c = sft.get_config("tiny")
+    c.model.lora.rank, c.model.lora.alpha = 8, 0.0
+    with pytest.raises(ConfigError, match=r"^model\.lora\.alpha=0 with model\.lora\.rank=8: "
+                                          r"the adapters' scale alpha / r is 0"):
+        validate(c, paths=False)
+    c.model.lora.rank = 0  # no adapters: alpha is not read
+    validate(c, paths=False)
+    for module, warned in ((sft, False), (grpo, True)):
+        c = module.get_config("tiny")
+        c.model.lora.rank, c.model.lora.dropout = 8, 0.1
+        lines = [w for w in validate(c, paths=False) if "dropout" in w]
+        assert lines == ([f"model.lora.dropout=0.1 is applied in SFT only: easyalign "
+                          f"{c.phase} runs the adapters without dropout"] if warned else [])
+    # SmolLM2-135M's widths: hidden 576, 3 KV heads × 64 = 192 (k_proj, v_proj 576 × 192).
+    smol = ModelConfig(**dict(TINY, hidden_size=576, intermediate_size=1536, num_heads=9,
+                              num_kv_heads=3, head_dim=64))
+    assert lora.rank_warning(smol.replace(lora=LoraConfig(rank=64))) is None
+    line = lora.rank_warning(smol.replace(lora=LoraConfig(rank=1000)))
+    assert line.startswith("[config] warning: model.lora.rank=1000 ≥ 192, the narrower side of "
+                           "k_proj (576 × 192): an adapter of that rank")
+    # Only the targeted weights count: the MLP alone is 576 wide at its narrow side.
+    assert lora.rank_warning(smol.replace(lora=LoraConfig(rank=500, targets=("gate", "up",
+                                                                             "down")))) is None
+    assert "≥ 576, the narrower side of gate_proj" in lora.rank_warning(
+        smol.replace(lora=LoraConfig(rank=576, targets=("gate", "up", "down"))))
+
+
 # ----------------------------------------------------------------------------- DPO reference
 def test_dpo_reference_is_the_base_with_adapters_off_and_costs_no_copy():
     """The live DPO reference of a LoRA policy is `BaseReference`: the step's arguments hold

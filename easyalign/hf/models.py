@@ -178,6 +178,9 @@ def _init_model(run, model_cfg, *, head: str, seed: int | None, adapters: bool |
                           adapters=model_cfg is None if adapters is None else adapters)
     if model_cfg is None:
         check_context(run.config, config)
+        line = lora.rank_warning(config)
+        if line and jax.process_index() == 0:
+            print(line, flush=True)
     check_mesh(config, run.mesh.shape)
     seed = run.config.train.seed if seed is None else seed
     plain = lora.base_config(config)

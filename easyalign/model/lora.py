@@ -428,14 +428,38 @@ def merge(model, dtype: str | None = None):
     return nnx.merge(graphdef, nnx.from_flat_state(flat))
 
 
+def projection_widths(config) -> dict[str, tuple[int, int]]:
+    """(in, out) features of each projection of one layer of `config` (an MoE expert's MLP
+    is not adapted: `available_targets`)."""
+    d, f = config.hidden_size, config.intermediate_size
+    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
+    return {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d),
+            "gate": (d, f), "up": (d, f), "down": (f, d)}
+
+
 def param_count(config) -> int:
     """Adapter parameters of `config` (0 without LoRA): r·(in + out) per targeted projection
     and layer."""
     lora = config.lora
     if lora is None:
         return 0
-    d, f = config.hidden_size, config.intermediate_size
-    q, kv = config.num_heads * config.head_dim, config.num_kv_heads * config.head_dim
-    widths = {"q": (d, q), "k": (d, kv), "v": (d, kv), "o": (q, d),
-              "gate": (d, f), "up": (d, f), "down": (f, d)}
+    widths = projection_widths(config)
     return config.num_layers * lora.rank * sum(sum(widths[t]) for t in lora.targets)
+
+
+def rank_warning(config) -> str | None:
+    """One line when `config.lora.rank` reaches the narrower side of a targeted weight: ΔW = B·A
+    has rank ≤ min(in, out) (Hu et al. 2021, LoRA §4.1), so a larger r adds parameters (r · (in
+    + out) ≥ in · out) and no expressiveness. None when every targeted weight is wider."""
+    lora = config.lora
+    if lora is None:
+        return None
+    widths = projection_widths(config)
+    name = min(lora.targets, key=lambda t: min(widths[t]))
+    narrow = min(widths[name])
+    if lora.rank < narrow:
+        return None
+    return (f"[config] warning: model.lora.rank={lora.rank} ≥ {narrow}, the narrower side of "
+            f"{PROJECTIONS[name][1]} ({widths[name][0]} × {widths[name][1]}): an adapter of that "
+            "rank can express any update of the weight, with more parameters than the weight "
+            "itself; LoRA ranks are usually 8–64 (model.lora.rank=0 trains the whole model)")
