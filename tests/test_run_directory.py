@@ -221,6 +221,24 @@ def test_torn_metrics_line_does_not_break_a_resume(tmp_path):
     assert [r["step"] for r in rows] == [1, 2, 3]
 
 
+def test_the_progress_bar_shows_reward_and_kl_besides_the_loss(tmp_path):
+    """The trial: GRPO's bar showed only `loss=0.0000` (near 0 by design) and nothing of the
+    reward or the evaluations until the run ended. It shows the headline metrics a phase
+    logs, training and held-out, the latest of each."""
+    from easyalign.train.metrics import MetricsWriter
+
+    writer = MetricsWriter(tmp_path, total_steps=4, progress_bar=True, enabled=True)
+    writer.status("first iteration (compiles)")  # the trial: a slow first step, unexplained
+    assert writer._bar.desc == "first iteration (compiles)"
+    writer.status("")
+    assert writer._bar.desc == ""
+    writer.write(0, {"reward": 0.25, "response_length": 7.0}, prefix="eval/")
+    writer.write(1, {"loss": -0.001, "reward": 0.5, "kl": 0.0123, "clip_frac": 0.1})
+    writer.write(2, {"loss": 0.002, "reward": 0.625, "kl": 0.02})
+    assert writer._bar.postfix == "eval_reward=0.2500, loss=0.0020, reward=0.6250, kl=0.0200"
+    writer.close()
+
+
 def events(path):
     """The `Event` protos of a TensorBoard events file (TFRecord framing: length, its CRC,
     the record, its CRC)."""

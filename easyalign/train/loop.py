@@ -159,7 +159,9 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
     tokens_since, interval_start, timed_steps = 0, None, 0
     guard = DivergenceGuard(loop.unit, loop.dead_steps, loop.hint)
     if loop.eval_at_start and step == 0 and hooks.evaluate:
+        writer.status("evaluating (compiles)")
         writer.write(0, hooks.evaluate(state), prefix="eval/")
+    writer.status(f"first {loop.unit} (compiles)")
     while step < loop.total_steps:
         host_batch = next(loader)
         batch = to_global_batch(host_batch, mesh)
@@ -176,6 +178,7 @@ def run_loop(*, state, step_fn: Callable, frozen: Any, loader: Iterator[dict], m
         if interval_start is None:
             # The first step compiles; time from its end so tokens/s measures steady state.
             jax.block_until_ready(state.step)
+            writer.status("")
             interval_start = time.perf_counter()
         else:
             timed_steps += 1

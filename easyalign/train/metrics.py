@@ -32,6 +32,11 @@ def flops_per_token(num_params: int, num_layers: int, hidden: int, seq_len: int)
     return 6.0 * num_params + 6.0 * num_layers * hidden * seq_len
 
 
+# What the progress bar shows of each training line and evaluation (`eval_` keys), those a
+# phase logs: a GRPO or PPO loss is near 0 by design, its reward and KL say how it goes.
+HEADLINE = ("loss", "reward", "kl")
+
+
 class MetricsWriter:
     """The run's logs. `resume_step`: the checkpoint the run continues from (None: it starts at
     step 0). What an earlier attempt logged after it is dropped — from metrics.jsonl by
@@ -43,6 +48,7 @@ class MetricsWriter:
         self.enabled = jax.process_index() == 0 if enabled is None else enabled
         self.history: dict[str, list[tuple[int, float]]] = defaultdict(list)
         self._bar = None
+        self._postfix: dict[str, str] = {}
         if not self.enabled:
             return
         self.logdir = Path(workdir) / "logs"
@@ -77,8 +83,12 @@ class MetricsWriter:
         row["time"] = time.time()
         self._jsonl.write(json.dumps(row) + "\n")
         self._jsonl.flush()
-        if self._bar is not None and not prefix and "loss" in metrics:
-            self._bar.set_postfix(loss=f"{float(metrics['loss']):.4f}", refresh=False)
+        if self._bar is not None and prefix in ("", "eval/"):
+            shown = {("eval_" if prefix else "") + k: f"{float(metrics[k]):.4f}"
+                     for k in HEADLINE if k in metrics}
+            if shown:
+                self._postfix.update(shown)
+                self._bar.set_postfix(self._postfix, refresh=False)
 
     def write_text(self, step: int, tag: str, text: str) -> None:
         """Free text (e.g. sample completions) into tensorboard and a samples log."""
@@ -87,6 +97,11 @@ class MetricsWriter:
         self._tb.add_text(tag, text, int(step))
         with open(self.logdir / "samples.txt", "a", encoding="utf-8") as f:
             f.write(f"--- step {step} · {tag}\n{text}\n")
+
+    def status(self, text: str) -> None:
+        """Words before the bar while no step is counted ("first step (compiles)"); "" clears."""
+        if self._bar is not None:
+            self._bar.set_description_str(text)
 
     def advance(self, step: int) -> None:
         if self._bar is not None:
