@@ -91,9 +91,21 @@ def _importable_beside(args: list[str]) -> None:
         sys.path.insert(0, directory)
 
 
+def _config_file_first(args: list[str]) -> list[str]:
+    """`--config=FILE` (or `--config FILE`) moved before the overrides, wherever it was typed:
+    absl applies `--config.KEY=VALUE` only after the file, and otherwise stops."""
+    for i, arg in enumerate(args):
+        if arg.startswith("--config="):
+            return [arg, *args[:i], *args[i + 1:]]
+        if arg == "--config" and i + 1 < len(args):
+            return [arg, args[i + 1], *args[:i], *args[i + 2:]]
+    return args
+
+
 def load_config(args: list[str]):
     """Parse `--config=FILE[:preset]`, `--config.a.b=v` overrides and the multi-host flags."""
-    argv = ["easyalign"] + list(args)
+    args = _config_file_first(list(args))
+    argv = ["easyalign"] + args
     if not any(a == "--config" or a.startswith("--config=") for a in args):
         # absl would name the first override an unknown flag: the file is what is missing —
         # or was given under a misspelt flag (`--confg=...`), which is then named.
@@ -102,7 +114,7 @@ def load_config(args: list[str]):
             if flag and not flag.startswith("config.") and did_you_mean(flag, ["config"]):
                 raise ConfigError(f"unknown flag --{flag} ({arg}): did you mean --config?")
         raise ConfigError("missing --config=FILE[:preset] (e.g. --config=configs/sft.py:tiny)"
-                          + (" before the --config.KEY=VALUE overrides"
+                          + (" for the --config.KEY=VALUE overrides"
                              if any(a.startswith("--config.") for a in args) else ""))
     _importable_beside(args)
     try:

@@ -257,6 +257,15 @@ def test_a_model_path_its_init_does_not_read_is_an_error(tmp_path):
                                                    "--config.model.path=smollm2"]), paths=False)
 
 
+def test_overrides_may_come_before_the_config_file(tmp_path):
+    """The trial: `--config.workdir=... --config=...` stopped with absl's "Found
+    --config.workdir=... in argv before a value for --config was specified"; the order of the
+    file and its overrides does not matter (the overrides keep theirs)."""
+    config = cli.load_config([f"--config.workdir={tmp_path}", "--config.train.steps=3",
+                              "--config", "configs/sft.py:tiny", "--config.train.steps=5"])
+    assert (config.workdir, config.train.steps, config.phase) == (str(tmp_path), 5, "sft")
+
+
 def test_help_lists_the_commands_flags_and_config_keys_with_comments(capsys):
     cli.main(["easyalign", "dpo", "--help"])
     text = capsys.readouterr().out

@@ -112,7 +112,7 @@ def test_records_carry_world_answers(trained):
 
 
 def test_policy_moves_metrics_written(world_runs, trained):
-    _, before, after = trained
+    s, before, after = trained
     assert any(not np.array_equal(a, b) for a, b in zip(before, after))
     rows = [json.loads(line) for line in
             (world_runs / "grpo" / "logs" / "metrics.jsonl").read_text().splitlines()]
@@ -125,6 +125,8 @@ def test_policy_moves_metrics_written(world_runs, trained):
     assert max(r["logprob_mismatch"] for r in train_rows) < 1e-5
     assert all(0.0 <= r["zero_signal_frac"] <= 1.0 for r in train_rows)
     assert [r["step"] for r in rows if "eval/exact_match" in r] == [0, 4]
+    # How many held-out prompts each evaluation scored (the trial could not tell).
+    assert {r["eval/prompts"] for r in rows if "eval/exact_match" in r} == {len(s.eval_records)}
     assert "[reward" in (world_runs / "grpo" / "logs" / "samples.txt").read_text()
     assert (world_runs / "grpo" / "model" / "model_config.json").exists()
 
@@ -222,6 +224,47 @@ def test_a_failing_reward_function_is_one_line_naming_it_and_the_record():
     finally:
         for name in plain:
             grpo_rewards.VERIFIABLE_REWARDS.pop(name, None)
+
+
+def test_a_resume_after_the_reward_code_changed_says_so(tmp_path):
+    """The trial: only the reward's name was recorded, so a resume after editing the reward
+    function continued as the same run. The manifest holds a digest of the user's reward
+    functions' source (easyalign's own are the library version's, not recorded); a run made
+    before the digest existed resumes."""
+    import importlib.util
+
+    from configs import grpo as grpo_config
+    from easyalign.train import rundir
+
+    def register_from(name: str, body: str) -> None:
+        path = tmp_path / f"{name}.py"
+        path.write_text(f"def mine(record, response):\n    return {body}\n")
+        spec = importlib.util.spec_from_file_location(name, path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        grpo_rewards.register("mine", module.mine)
+
+    try:
+        register_from("rewards_v1", "1.0")
+        first = grpo_rewards.code_identity("grpo.rewards", "mine:1.0,exact_match:0.5")
+        assert list(first) == ["grpo.rewards (code)"]
+        assert grpo_rewards.code_identity("grpo.rewards", "exact_match:1.0") == {}
+        assert grpo_rewards.code_identity("train.steps", 3) == {}
+        config = grpo_config.get_config("tiny")
+        config.grpo.rewards = "mine:1.0"
+        workdir = tmp_path / "run"
+        (workdir / "checkpoints" / "2").mkdir(parents=True)
+        assert rundir.check_resume(config, workdir, None, grpo_rewards.code_identity) is None
+        (workdir / "config.json").write_text("{}")
+        assert rundir.check_resume(config, workdir, None, grpo_rewards.code_identity) is None
+        register_from("rewards_v2", "0.0")
+        with pytest.raises(rundir.RunDirError, match=r"grpo\.rewards \(code\): '[0-9a-f]{16}' → "):
+            rundir.check_resume(config, workdir, None, grpo_rewards.code_identity)
+        # A manifest without the entry (a run from before it was recorded) resumes.
+        assert rundir.check_resume(config, workdir) is None
+        assert rundir.check_resume(config, workdir, None, grpo_rewards.code_identity) is None
+    finally:
+        grpo_rewards.VERIFIABLE_REWARDS.pop("mine", None)
 
 
 def test_choose_groups_puts_signal_first_then_fills():

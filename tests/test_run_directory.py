@@ -92,6 +92,15 @@ def test_resume_takes_another_sample_log_setting(tmp_path):
         rundir.check_resume(config, workdir)
 
 
+def test_an_interrupted_rollout_phase_names_its_unit(tmp_path):
+    """The trial: Ctrl-C on GRPO said "resumes from step 2", its resume "continuing from
+    iteration 2": PPO's and GRPO's checkpoints count iterations, and the line says so."""
+    (tmp_path / "checkpoints" / "2").mkdir(parents=True)
+    assert rundir._rerun(tmp_path) == "the same command resumes from step 2"  # no config yet
+    (tmp_path / "config.json").write_text('{"phase": "grpo"}')
+    assert rundir._rerun(tmp_path) == "the same command resumes from iteration 2"
+
+
 def test_resume_with_another_training_config_refuses_with_the_diff(tmp_path):
     from configs import sft
 

@@ -214,7 +214,7 @@ def setup(config) -> Setup:
     weights = grpo_rewards.parse_rewards(g.rewards)
     from easyalign.algorithms.ppo import model_block  # `@stage` → a loadable model block
 
-    run_ = runsetup.prepare(config)
+    run_ = runsetup.prepare(config, identify=grpo_rewards.code_identity)
     width = config.data.max_length - g.max_new_tokens  # the prompt block
     kinds = tuple(k.strip() for k in g.prompt_kinds.split(",") if k.strip())
     prompts, records = prompt_records(run_, "train", width, kinds)
@@ -304,7 +304,7 @@ def make_loss(graphs: rollout.Graphs, settings: grpo_losses.GRPOSettings):
 # ----------------------------------------------------------------------------- the loop
 def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
     """Mean reward (each function and combined) and length of greedy responses to the held-out
-    prompts."""
+    prompts, and their count (`prompts`)."""
     g, mesh = s.run.config.grpo, s.run.mesh
     sums: dict[str, float] = {}
     count, offset = 0, 0
@@ -328,7 +328,9 @@ def _evaluate(s: Setup, score_fn, params) -> dict[str, float]:
         for k, v in scores.items():
             sums[k] = sums.get(k, 0.0) + float(np.sum(v))
         count += n
-    return {k: v / max(count, 1) for k, v in sums.items()}
+    # `prompts`: how many were scored (train.eval_batches × train.batch_size at most, fewer
+    # when the held-out split is smaller), so a 0.5 of two prompts reads as what it is.
+    return {k: v / max(count, 1) for k, v in sums.items()} | {"prompts": float(count)}
 
 
 def make_scorer(s: Setup):

@@ -142,6 +142,32 @@ def parse_rewards(spec: str) -> dict[str, float]:
     return out
 
 
+def code_identity(key: str, value: Any) -> dict[str, str]:
+    """The manifest entry of `grpo.rewards` (`runsetup.prepare`'s `identify`): a digest of the
+    source of the reward functions it names that are the user's own (not easyalign's), so
+    that a resume after that code changed says so instead of continuing another run."""
+    if key != "grpo.rewards":
+        return {}
+    import hashlib
+    import inspect
+
+    parts = []
+    for name in sorted(parse_rewards(str(value))):
+        fn = VERIFIABLE_REWARDS.get(name)
+        if fn is None or str(getattr(fn, "__module__", "")).startswith("easyalign."):
+            continue
+        try:
+            source = inspect.getsource(fn)
+        except (OSError, TypeError):  # no source file (a lambda typed into a REPL, a builtin)
+            source = getattr(fn, "__qualname__", repr(fn))
+        parts.append(f"{name}\n{source}")
+    if not parts:
+        return {}
+    from easyalign.train.rundir import CODE
+
+    return {key + CODE: hashlib.sha256("\n".join(parts).encode()).hexdigest()[:16]}
+
+
 def verifiable_scores(weights: Mapping[str, float], records: list[Mapping[str, Any]],
                       responses: list[str], during: str = "") -> dict[str, np.ndarray]:
     """{name: `[N]` float32} of every verifiable reward in `weights` on (record, response) pairs.

@@ -108,13 +108,15 @@ def stage_reference(config, value: str) -> str:
     return value
 
 
-def prepare(config, *, workdir: bool = True, trains: bool = True) -> Run:
+def prepare(config, *, workdir: bool = True, trains: bool = True, identify=None) -> Run:
     """Validate the config (`config_check`), start processes, build the mesh, create the
     workdir (lock, manifest), record the resolved config and prepare the built-in data sources
     the config uses (`data.builtin`). With `workdir=False` nothing is created there: a command
     told to write its output elsewhere (`generate.output`) writes only that, and `config.workdir`
     only anchors `@stage` references and the built-in world. `trains=False` (the pipeline's
-    untrained base model) prints no warning about the training settings it does not use."""
+    untrained base model) prints no warning about the training settings it does not use.
+    `identify(key, value) -> dict`: the phase's own manifest entries per setting, beside
+    when each model it reads was saved (`rundir.manifest`)."""
     raw_path = config.model.path
     warnings = config_check.validate(config)
     config.model.path = stage_path(config, config.model.path)
@@ -126,9 +128,10 @@ def prepare(config, *, workdir: bool = True, trains: bool = True) -> Run:
     config_check.validate(config, devices=True, paths=False)  # the mesh and the batch split
     mesh = sharding.mesh_from_config(config.mesh)
     if workdir:
-        directory = rundir.start_workdir(config,
-                                         {"model.path": stage_reference(config, raw_path)},
-                                         models_read(config))
+        saved = models_read(config)
+        directory = rundir.start_workdir(
+            config, {"model.path": stage_reference(config, raw_path)},
+            saved if identify is None else lambda k, v: saved(k, v) | identify(k, v))
         if _STOP_WHEN_COMPLETE.get():
             _stop_if_complete(config, directory)
     else:
@@ -161,9 +164,6 @@ def stop_when_complete():
         _STOP_WHEN_COMPLETE.reset(token)
 
 
-ITERATION_PHASES = ("ppo", "grpo")  # phases whose steps are rollout iterations
-
-
 def _stop_if_complete(config, workdir: Path) -> None:
     """A rerun of a finished run (same config: `start_workdir` checked it; its model written
     and its last checkpoint at `train.steps`) says so and raises `StageComplete` before any
@@ -183,7 +183,7 @@ def _stop_if_complete(config, workdir: Path) -> None:
         return
     rundir.release(workdir)
     if jax.process_index() == 0:
-        unit = "iteration" if config.phase in ITERATION_PHASES else "step"
+        unit = "iteration" if config.phase in rundir.ITERATION_PHASES else "step"
         print(rundir.complete_message(config.phase, latest, steps, unit, workdir / MODEL_DIR),
               flush=True)
     raise StageComplete(str(workdir))

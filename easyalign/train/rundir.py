@@ -40,6 +40,7 @@ import jax
 from easyalign.config_keys import SAVED_AT_SUFFIX, flat_keys
 
 LOCK_FILE = "run.lock"
+ITERATION_PHASES = ("ppo", "grpo")  # phases whose steps (and checkpoints) are rollout iterations
 MANIFEST_FILE = "manifest.json"
 # Keys (or prefixes ending in ".") that do not change what is trained.
 NOT_TRAINING = ("workdir", "preset", "train.progress_bar", "train.plot", "train.log_every",
@@ -149,6 +150,7 @@ def _training_relevant(key: str) -> bool:
 # The suffix of the manifest entries that record when a model a run reads was saved
 # (`models_read`): compared only where both manifests have them (`differences`).
 SAVED = SAVED_AT_SUFFIX
+CODE = " (code)"  # a digest of user code a setting names (`grpo_rewards.code_identity`)
 
 
 def models_read(resolve: Callable[[str], str]) -> Callable[[str, Any], dict]:
@@ -203,12 +205,12 @@ def manifest(config, overrides: dict | None = None, identify=None) -> dict:
 
 def differences(old: dict, new: dict) -> list[str]:
     """`key: old → new` for every key whose value differs between two manifests. When a model
-    was saved (`SAVED` entries) is compared only where both record it: a manifest written
-    before the record existed, or a model that is gone (the pipeline says so itself), is no
-    difference."""
+    was saved (`SAVED` entries), and the digest of user code (`CODE`), are compared only where
+    both record them: a manifest written before the record existed, or a model that is gone
+    (the pipeline says so itself), is no difference."""
     out = []
     for key in sorted(set(old) | set(new)):
-        if key.endswith(SAVED) and not (key in old and key in new):
+        if key.endswith((SAVED, CODE)) and not (key in old and key in new):
             continue
         if old.get(key, "<absent>") != new.get(key, "<absent>"):
             out.append(f"{key}: {old.get(key, '<absent>')!r} → {new.get(key, '<absent>')!r}")
@@ -412,8 +414,14 @@ def _rerun(workdir: Path) -> str:
         steps = [int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()]
     except OSError:  # no checkpoints/ (or it went away)
         steps = []
-    return f"the same command resumes from step {max(steps)}" if steps else (
-        "the same command starts over")
+    if not steps:
+        return "the same command starts over"
+    try:
+        phase = json.loads((workdir / "config.json").read_text()).get("phase")
+    except (OSError, ValueError):
+        phase = None
+    unit = "iteration" if phase in ITERATION_PHASES else "step"
+    return f"the same command resumes from {unit} {max(steps)}"
 
 
 def write_atomic(path: Path, text: str) -> Path:
