@@ -13,6 +13,7 @@ import os
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import jax.numpy as jnp
@@ -29,8 +30,13 @@ ONE = {"data": 1, "fsdp": 1, "tensor": 1}
 FSDP4_TP2 = {"data": 1, "fsdp": 4, "tensor": 2}
 
 
+# A workdir that need not exist, under a directory anyone may write (the doctor runs the
+# run's own checks, the workdir's among them).
+SCRATCH = Path(tempfile.gettempdir()) / "easyalign-doctor-test"
+
+
 def config(*flags: str):
-    return load_config(["--config=configs/doctor.py:sft", "--config.workdir=/nonexistent/sft",
+    return load_config(["--config=configs/doctor.py:sft", f"--config.workdir={SCRATCH}/sft",
                         *flags])
 
 
@@ -197,7 +203,7 @@ def test_grpo_is_sized_with_its_frozen_models_rollout_cache_and_minibatch():
     extras (their @stages not run here: planned from their configs), the sampler's KV cache
     holds batch · G rows of data.max_length positions, and the update trains on the whole
     rollout unless grpo.minibatch_size cuts it."""
-    base = ["--config=configs/doctor.py:grpo", "--config.workdir=/nonexistent/grpo",
+    base = ["--config=configs/doctor.py:grpo", f"--config.workdir={SCRATCH}/grpo",
             "--config.model.init=scratch", "--config.model.vocab_size=1024",
             "--config.doctor.devices=1", "--config.grpo.beta=0.04",
             "--config.grpo.rewards=world:1.0,reward_model:0.5", "--config.train.batch_size=4",
