@@ -212,6 +212,13 @@ def _check_training(config, devices: bool | int) -> list[str]:
               "is 0, so they never change the model and get no gradient; set alpha > 0 (16 is "
               "the default) or rank=0 for no adapters")
         _need(0 <= a.dropout < 1, f"model.lora.dropout={a.dropout}: must be in [0, 1)")
+        if a.rank > 0:  # names no projection at all: said before the data loads (an MoE's
+            from easyalign.model import lora  # experts are checked once the model is read)
+
+            try:
+                lora.resolve_targets(a.targets)
+            except ValueError as e:
+                raise ConfigError(str(e)) from None
         if a.rank > 0 and a.dropout > 0 and config.get("phase") != "sft":
             warnings.append(f"model.lora.dropout={a.dropout} is applied in SFT only: easyalign "
                             f"{config.get('phase')} runs the adapters without dropout")

@@ -308,6 +308,11 @@ def test_settings_that_train_nothing_or_waste_are_said():
         validate(c, paths=False)
     c.model.lora.rank = 0  # no adapters: alpha is not read
     validate(c, paths=False)
+    # A target that names no projection: said before the data loads (it came after).
+    c.model.lora.rank, c.model.lora.alpha, c.model.lora.targets = 8, 16.0, "q_proj,x_proj"
+    with pytest.raises(ConfigError, match=r"^model\.lora\.targets: 'x_proj' matches no "
+                                          r"projection"):
+        validate(c, paths=False)
     for module, warned in ((sft, False), (grpo, True)):
         c = module.get_config("tiny")
         c.model.lora.rank, c.model.lora.dropout = 8, 0.1
