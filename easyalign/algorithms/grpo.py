@@ -400,7 +400,7 @@ def train(s: Setup) -> tuple[Any, rollout.Graphs]:
         evaluate=((lambda state: _evaluate(s, score_fn, state.params))
                   if s.eval_batches else None),
         tokens=lambda batch: 0, rollout=rollout_hook, after_update=timer.after_update)
-    loop = driver.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
+    loop = driver.loop_config(run_, t.steps, eval_at_start=True,
                               hint="Lower optim.lr, or raise grpo.beta.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now
     state, history = driver.fit(

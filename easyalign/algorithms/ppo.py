@@ -261,7 +261,7 @@ def train(s: Setup) -> tuple[dict, rollout.Graphs]:
         evaluate=((lambda state: _evaluate(s, rollout_fn, state.params, kl.value))
                   if s.eval_batches else None),
         tokens=lambda batch: 0, rollout=rollout_hook, after_update=after_update, extra=kl)
-    loop = driver.loop_config(run_, t.steps, unit="iteration", eval_at_start=True,
+    loop = driver.loop_config(run_, t.steps, eval_at_start=True,
                               hint="Lower optim.lr or ppo.kl_coef.")
     params, s.params = s.params, None  # the state owns (and donates) these buffers now
     state, history = driver.fit(

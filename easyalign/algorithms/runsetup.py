@@ -183,9 +183,8 @@ def _stop_if_complete(config, workdir: Path) -> None:
         return
     rundir.release(workdir)
     if jax.process_index() == 0:
-        unit = "iteration" if config.phase in rundir.ITERATION_PHASES else "step"
-        print(rundir.complete_message(config.phase, latest, steps, unit, workdir / MODEL_DIR),
-              flush=True)
+        print(rundir.complete_message(config.phase, latest, steps, rundir.step_unit(config.phase),
+                                      workdir / MODEL_DIR), flush=True)
     raise StageComplete(str(workdir))
 
 

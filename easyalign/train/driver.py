@@ -80,12 +80,14 @@ def train(run, *, model: Transformer, loss_fn_for: Callable, loader, frozen: Any
 
 
 def loop_config(run, total_steps: int, **overrides) -> train_loop.LoopConfig:
-    """The generic loop's settings from the `train` and `perf` blocks."""
+    """The generic loop's settings from the `train` and `perf` blocks; what a step is called
+    follows the phase (`rundir.step_unit`)."""
     t = run.config.train
-    return train_loop.LoopConfig(
+    settings = dict(
         total_steps=total_steps, log_every=t.log_every, eval_every=t.eval_every,
         checkpoint_every=t.checkpoint_every, dead_steps=t.dead_model_steps,
-        peak_flops=run.config.perf.peak_tflops * 1e12, **overrides)
+        peak_flops=run.config.perf.peak_tflops * 1e12, unit=rundir.step_unit(run.config.phase))
+    return train_loop.LoopConfig(**(settings | overrides))
 
 
 def fit(run, *, params, loss_fn: Callable, loader, loop: train_loop.LoopConfig,

@@ -41,6 +41,11 @@ from easyalign.config_keys import SAVED_AT_SUFFIX, flat_keys
 
 LOCK_FILE = "run.lock"
 ITERATION_PHASES = ("ppo", "grpo")  # phases whose steps (and checkpoints) are rollout iterations
+
+
+def step_unit(phase: str | None) -> str:
+    """What a phase's steps (and checkpoint numbers) count: "iteration" or "step"."""
+    return "iteration" if phase in ITERATION_PHASES else "step"
 MANIFEST_FILE = "manifest.json"
 # Keys (or prefixes ending in ".") that do not change what is trained.
 NOT_TRAINING = ("workdir", "preset", "train.progress_bar", "train.plot", "train.log_every",
@@ -420,8 +425,7 @@ def _rerun(workdir: Path) -> str:
         phase = json.loads((workdir / "config.json").read_text()).get("phase")
     except (OSError, ValueError):
         phase = None
-    unit = "iteration" if phase in ITERATION_PHASES else "step"
-    return f"the same command resumes from {unit} {max(steps)}"
+    return f"the same command resumes from {step_unit(phase)} {max(steps)}"
 
 
 def write_atomic(path: Path, text: str) -> Path:
